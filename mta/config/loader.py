@@ -1,0 +1,186 @@
+"""TOML text → a validated, frozen `Config`, or a `ConfigError` listing every
+bad key by path (``delivery.retry_schedule: "5x" is not a duration list``).
+
+Resolution of which file to read (first that applies): an explicit path,
+``MTA_CONFIG``, else the embedded default (sandbox mode, submission on
+127.0.0.1:2525 with STARTTLS). ``MTA_STATE_DIR`` overrides
+``server.state_dir`` in every case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from types import MappingProxyType
+from typing import Any
+
+from mta.config.schema import HOSTPORT, KeyError_, check_bounds
+from mta.config.sections import SECTIONS, Config, ListenerConfig
+from mta.core.address import AddressError, parse_domain
+from mta.core.errors import ConfigError
+
+EMBEDDED_DEFAULT = """\
+# The embedded default: a sandbox you can try without writing a config file.
+[server]
+hostname = "localhost"
+state_dir = "./var/mta"
+mode = "sandbox"
+
+[[listeners]]
+name = "submission"
+address = "127.0.0.1:2525"
+role = "submission"
+tls = "starttls"
+"""
+
+
+def _build(cls: type, table: Any, path: str, errors: list[str]) -> Any:
+    if not isinstance(table, dict):
+        errors.append(f"{path}: must be a table")
+        return cls()
+    values: dict[str, Any] = {}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata}
+    for name, raw in table.items():
+        f = fields.get(name)
+        if f is None:
+            errors.append(f"{path}.{name}: unknown key")
+            continue
+        meta = f.metadata
+        try:
+            value = meta["kind"].parse(raw)
+            check_bounds(value, meta)
+            values[name] = value
+        except KeyError_ as exc:
+            errors.append(f"{path}.{name}: {exc}")
+    return cls(**values)
+
+
+def _routes(table: Any, errors: list[str]) -> MappingProxyType:
+    out: dict[str, str] = {}
+    if not isinstance(table, dict):
+        errors.append("routes: must be a table of domain = \"host:port\"")
+        return MappingProxyType(out)
+    for dom, hop in table.items():
+        try:
+            name = "*" if dom == "*" else parse_domain(dom)
+        except AddressError:
+            errors.append(f"routes.{dom}: not a domain")
+            continue
+        try:
+            out[name] = HOSTPORT.parse(hop)
+        except KeyError_ as exc:
+            errors.append(f"routes.{dom}: {exc}")
+    return MappingProxyType(out)
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    errors: list[str] = []
+    kwargs: dict[str, Any] = {"source": source}
+    for name, raw in data.items():
+        if name in SECTIONS:
+            kwargs[name] = _build(SECTIONS[name], raw, name, errors)
+        elif name == "listeners":
+            if not isinstance(raw, list):
+                errors.append("listeners: must be an array of tables ([[listeners]])")
+                continue
+            kwargs["listeners"] = tuple(
+                _build(ListenerConfig, t, f"listeners[{i}]", errors) for i, t in enumerate(raw))
+        elif name == "routes":
+            kwargs["routes"] = _routes(raw, errors)
+        else:
+            errors.append(f"{name}: unknown section")
+    cfg = Config(**kwargs)
+    errors.extend(_cross_checks(cfg))
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def _cross_checks(cfg: Config) -> list[str]:
+    errors = []
+    names = [lst.name for lst in cfg.listeners]
+    for i, lst in enumerate(cfg.listeners):
+        if names.count(lst.name) > 1:
+            errors.append(f"listeners[{i}].name: {lst.name!r} is used by more than one listener")
+        if (lst.cert is None) != (lst.key is None):
+            errors.append(f"listeners[{i}]: set both cert and key, or neither")
+        if lst.tls == "none" and lst.require_tls_for_auth and not lst.trusted_networks:
+            errors.append(f"listeners[{i}]: tls = \"none\" with require_tls_for_auth = true "
+                          "and no trusted_networks means nobody can submit")
+    addrs = [lst.address for lst in cfg.listeners]
+    for a in set(addrs):
+        if addrs.count(a) > 1:
+            errors.append(f"listeners: address {a} is used by more than one listener")
+    return errors
+
+
+def load_config(path: str | None = None) -> Config:
+    """Load from `path`, else ``$MTA_CONFIG``, else the embedded default."""
+    path = path or os.environ.get("MTA_CONFIG") or None
+    if path is None:
+        cfg = parse_config(EMBEDDED_DEFAULT, "<embedded default>")
+    else:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        cfg = parse_config(text, path)
+    state = os.environ.get("MTA_STATE_DIR")
+    if state:
+        cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, state_dir=state))
+    return cfg
+
+
+def _render_value(value: Any, meta: dict) -> Any:
+    return value if value is None else meta["kind"].render(value)
+
+
+def _section_dict(obj: Any) -> dict[str, Any]:
+    return {f.name: _render_value(getattr(obj, f.name), f.metadata)
+            for f in dataclasses.fields(obj) if f.metadata}
+
+
+def render_config(cfg: Config) -> str:
+    """The effective configuration as TOML (unset optional keys as comments)."""
+    lines = [f"# effective configuration from {cfg.source}"]
+
+    def emit_table(header: str, obj: Any) -> None:
+        lines.append("")
+        lines.append(header)
+        for f in dataclasses.fields(obj):
+            if not f.metadata:
+                continue
+            v = _render_value(getattr(obj, f.name), f.metadata)
+            doc = f.metadata["doc"]
+            if v is None:
+                lines.append(f"# {f.name} = (unset)  # {doc}")
+            else:
+                lines.append(f"{f.name} = {json.dumps(v)}  # {doc}")
+
+    emit_table("[server]", cfg.server)
+    for lst in cfg.listeners:
+        emit_table("[[listeners]]", lst)
+    emit_table("[delivery]", cfg.delivery)
+    emit_table("[dns]", cfg.dns)
+    lines.append("")
+    lines.append("[routes]")
+    for dom, hop in cfg.routes.items():
+        lines.append(f"{json.dumps(dom)} = {json.dumps(hop)}")
+    return "\n".join(lines) + "\n"
+
+
+def config_as_dict(cfg: Config) -> dict[str, Any]:
+    return {
+        "server": _section_dict(cfg.server),
+        "listeners": [_section_dict(lst) for lst in cfg.listeners],
+        "delivery": _section_dict(cfg.delivery),
+        "dns": _section_dict(cfg.dns),
+        "routes": dict(cfg.routes),
+    }

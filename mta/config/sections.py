@@ -1,0 +1,104 @@
+"""The configuration: one frozen dataclass per TOML section.
+
+Every key is declared exactly once here, with default, kind, bounds and doc
+(shown by `mta config check` and documented in conf/mta.toml).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from mta.config.schema import (BOOL, CIDR_LIST, DURATION, DURATION_LIST, HOSTPORT, INT,
+                               NAMESERVER_LIST, SIZE, STR, choice)
+from mta.config.schema import key as K  # a field is named "key"
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str = K("localhost", "name used in EHLO, Received: headers, Message-ID and DSNs")
+    state_dir: str = K("./var/mta", "directory for spool, index, keys and credentials "
+                         "(MTA_STATE_DIR overrides)")
+    mode: str = K("production", "\"production\" delivers to the Internet; \"sandbox\" captures "
+                    "every message into state_dir/sandbox (maildir) and delivers nothing",
+                    choice("production", "sandbox"))
+    shutdown_timeout: float = K(30.0, "on SIGTERM, how long in-flight deliveries may finish",
+                                  DURATION, min=0, max=3600)
+    log_level: str = K("info", "log level", choice("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str = K("submission", "name used in logs and metrics")
+    address: str = K("127.0.0.1:587", "\"host:port\" to listen on", HOSTPORT)
+    role: str = K("submission", "\"submission\": authenticated clients hand in mail",
+                    choice("submission"))
+    tls: str = K("starttls", "\"starttls\", \"implicit\" (TLS from the first byte) or \"none\"",
+                   choice("starttls", "implicit", "none"))
+    cert: str | None = K(None, "PEM certificate chain path (default: a self-signed "
+                           "certificate generated into state_dir/tls)", STR, optional=True)
+    key: str | None = K(None, "PEM private key path", STR, optional=True)
+    require_tls_for_auth: bool = K(True, "offer and accept AUTH only inside TLS", BOOL)
+    max_message_size: int = K(25 * MiB, "largest message accepted, in bytes (SIZE)", SIZE,
+                                min=1024, max=1024 * MiB)
+    max_recipients: int = K(1000, "most RCPT TO per transaction", INT, min=1, max=100_000)
+    trusted_networks: tuple[str, ...] = K((), "CIDRs whose clients may submit without AUTH "
+                                            "(like Postfix mynetworks)", CIDR_LIST)
+    auth_max_failures: int = K(5, "failed AUTH attempts from one IP before it is locked out",
+                                 INT, min=1, max=1000)
+    auth_lockout: float = K(300.0, "how long an IP stays locked out after too many failures",
+                              DURATION, min=1, max=86400)
+    idle_timeout: float = K(300.0, "close a session idle this long", DURATION, min=1, max=3600)
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    retry_schedule: tuple[float, ...] = K((300.0, 600.0, 1200.0, 2400.0, 3600.0, 7200.0, 14400.0),
+                                            "waits between attempts; the last one repeats",
+                                            DURATION_LIST, min=1, max=7 * 86400)
+    max_queue_lifetime: float = K(5 * 86400.0, "a recipient still deferred after this "
+                                    "expires and bounces", DURATION, min=10, max=60 * 86400)
+    concurrency_per_destination: int = K(20, "most simultaneous connections per destination",
+                                           INT, min=1, max=1000)
+    max_messages_per_connection: int = K(100, "messages sent over one SMTP connection "
+                                           "before it is closed", INT, min=1, max=100_000)
+    max_recipients_per_transaction: int = K(100, "recipients per SMTP transaction", INT,
+                                              min=1, max=1000)
+    connect_timeout: float = K(30.0, "TCP connect + greeting timeout", DURATION,
+                                 min=0.1, max=600)
+    command_timeout: float = K(300.0, "timeout for each SMTP command and for DATA",
+                                 DURATION, min=0.1, max=3600)
+    delay_warning_after: float | None = K(None, "send a delay DSN once a recipient has been "
+                                            "deferred this long (unset: never)", DURATION,
+                                            optional=True, min=1, max=60 * 86400)
+    destination_backoff: tuple[float, ...] = K((1.0, 5.0, 30.0, 60.0, 300.0),
+                                                 "pause of a destination after consecutive "
+                                                 "connection failures; the last one repeats",
+                                                 DURATION_LIST, min=0.1, max=86400)
+    batch_size: int = K(500, "due recipients loaded from the index per scheduler pass",
+                          INT, min=1, max=100_000)
+    smtp_port: int = K(25, "port of remote MX hosts", INT, min=1, max=65535)
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = K((), "\"ip\" or \"ip:port\" resolvers; empty: the system "
+                                       "resolver (/etc/resolv.conf)", NAMESERVER_LIST)
+    timeout: float = K(5.0, "per-query timeout", DURATION, min=0.1, max=60)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    listeners: tuple[ListenerConfig, ...] = ()
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    # domain → "host:port"; "*" routes every domain (a smarthost)
+    routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    source: str = "<embedded default>"   # file the config came from (not a key)
+
+
+SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig}

@@ -1,0 +1,22 @@
+"""Values shared by every layer: ids, addresses, replies, outcomes, errors, clock.
+
+Stdlib only. Nothing here does I/O except `SystemClock` reading the time.
+"""
+
+from mta.core.address import Address, AddressError, parse_address, parse_domain
+from mta.core.clock import Clock, FakeClock, SystemClock
+from mta.core.durations import DurationError, format_duration, parse_duration
+from mta.core.errors import ConfigError, MtaError, PermFailure, StorageError, TempFailure
+from mta.core.ids import new_queue_id
+from mta.core.outcome import DestinationHealth, RecipientFate, RecipientOutcome
+from mta.core.reply import Reply
+
+__all__ = [
+    "Address", "AddressError", "parse_address", "parse_domain",
+    "Clock", "FakeClock", "SystemClock",
+    "DurationError", "format_duration", "parse_duration",
+    "ConfigError", "MtaError", "PermFailure", "StorageError", "TempFailure",
+    "new_queue_id",
+    "DestinationHealth", "RecipientFate", "RecipientOutcome",
+    "Reply",
+]

@@ -1,0 +1,52 @@
+"""Typed errors, by who is at fault; each maps to one SMTP reply at the boundary.
+
+`TempFailure(reply)` → a 4xx to the client, `PermFailure(reply)` → a 5xx.
+`StorageError` is raised by the spool and always becomes ``451 4.3.0`` (or
+``452 4.3.1`` when the disk is full, see `StorageError.disk_full`).
+"""
+
+from __future__ import annotations
+
+from mta.core.reply import Reply
+
+
+class MtaError(Exception):
+    """Base of every error mta raises on purpose."""
+
+
+class ConfigError(MtaError):
+    """Invalid configuration. `errors` lists one message per bad key path."""
+
+    def __init__(self, errors: list[str] | str):
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+class TempFailure(MtaError):
+    def __init__(self, reply: Reply):
+        if not reply.is_temp:
+            raise ValueError(f"TempFailure needs a 4xx reply, got {reply}")
+        self.reply = reply
+        super().__init__(str(reply))
+
+
+class PermFailure(MtaError):
+    def __init__(self, reply: Reply):
+        if not reply.is_perm:
+            raise ValueError(f"PermFailure needs a 5xx reply, got {reply}")
+        self.reply = reply
+        super().__init__(str(reply))
+
+
+class StorageError(MtaError):
+    """The spool could not make something durable. Never a 5xx."""
+
+    def __init__(self, message: str, *, disk_full: bool = False):
+        self.disk_full = disk_full
+        super().__init__(message)
+
+    @property
+    def reply(self) -> Reply:
+        if self.disk_full:
+            return Reply(452, "4.3.1", "Insufficient system storage, try again later")
+        return Reply(451, "4.3.0", "Local storage error, try again later")
