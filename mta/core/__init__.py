@@ -6,12 +6,17 @@ Stdlib only. Nothing here does I/O except `SystemClock` reading the time.
 from mta.core.address import Address, AddressError, parse_address, parse_domain
 from mta.core.clock import Clock, FakeClock, SystemClock
 from mta.core.durations import DurationError, format_duration, parse_duration
+from mta.core.envelope import (BOUNCED, DELIVERED, EXPIRED, FAILED_STATES, FINAL_STATES,
+                               QUEUED, Destination, DsnCandidate, FailedRecipient,
+                               QueuedRecipient, RecipientUpdate)
 from mta.core.errors import ConfigError, MtaError, PermFailure, StorageError, TempFailure
 from mta.core.ids import new_queue_id
 from mta.core.outcome import DestinationHealth, RecipientFate, RecipientOutcome
 from mta.core.reply import Reply
 
 __all__ = [
+    "BOUNCED", "DELIVERED", "EXPIRED", "FAILED_STATES", "FINAL_STATES", "QUEUED",
+    "Destination", "DsnCandidate", "FailedRecipient", "QueuedRecipient", "RecipientUpdate",
     "Address", "AddressError", "parse_address", "parse_domain",
     "Clock", "FakeClock", "SystemClock",
     "DurationError", "format_duration", "parse_duration",

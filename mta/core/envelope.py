@@ -1,0 +1,90 @@
+"""Values that cross layers between receiving, the spool, the scheduler and
+delivery. Plain frozen data; no behaviour beyond small derived properties.
+
+Recipient states (persisted in the index, see mta/spool):
+  queued     waiting for its next attempt (first attempt or after a deferral)
+  delivered  a remote 2xx (or the sandbox capture) accepted it     — final
+  bounced    a remote 5xx, or a permanent local failure (null MX…) — final
+  expired    still deferred after max_queue_lifetime               — final
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mta.core.reply import Reply
+
+QUEUED, DELIVERED, BOUNCED, EXPIRED = "queued", "delivered", "bounced", "expired"
+FINAL_STATES = frozenset({DELIVERED, BOUNCED, EXPIRED})
+FAILED_STATES = frozenset({BOUNCED, EXPIRED})
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a recipient's mail goes next; the scheduler queues per `name`.
+
+    kind "mx":      look up MX of `domain`, deliver on `port` (name = domain)
+    kind "route":   a configured next hop host:port, no MX lookup
+                    (name = "[host]:port", so domains sharing a smarthost share a queue)
+    kind "sandbox": local capture, nothing leaves the machine (name = "sandbox")
+    """
+    name: str
+    kind: str
+    domain: str = ""
+    host: str = ""
+    port: int = 25
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRecipient:
+    """One recipient due for an attempt, as leased from the spool."""
+    queue_id: str
+    rcpt_idx: int
+    address: str          # local@domain (domain normalised)
+    domain: str
+    sender: str           # "" for the null reverse path
+    attempts: int         # attempts made before this one
+    received_at: float
+    next_attempt: float
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientUpdate:
+    """What happened to one recipient; `spool.record` persists a batch of these.
+
+    state is one of QUEUED (deferred again, with `next_attempt`), DELIVERED,
+    BOUNCED, EXPIRED. `counts_attempt` is False when the recipient was put
+    back without being tried (shutdown, destination paused).
+    """
+    queue_id: str
+    rcpt_idx: int
+    state: str
+    reply: Reply | None = None
+    next_attempt: float | None = None
+    attempted_at: float = 0.0
+    duration: float = 0.0
+    remote_host: str = ""
+    remote_ip: str = ""
+    tls: str = ""
+    counts_attempt: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRecipient:
+    """A recipient that a DSN reports on."""
+    rcpt_idx: int
+    address: str
+    state: str            # BOUNCED | EXPIRED | QUEUED (for delay warnings)
+    reply: Reply | None   # last reply (remote verbatim, or our own)
+    remote_host: str = ""
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DsnCandidate:
+    """A message that owes its sender a DSN (failure or delay warning)."""
+    queue_id: str
+    sender: str
+    received_at: float
+    recipients: tuple[FailedRecipient, ...] = field(default_factory=tuple)
