@@ -1,0 +1,171 @@
+"""`mta …` — the command line.
+
+Every command accepts `--config PATH` before or after the subcommand
+(`mta --config F queue list` == `mta queue list --config F`); `MTA_CONFIG`
+is the fallback and `MTA_STATE_DIR` overrides `server.state_dir`.
+Exit codes: 0 ok, 1 failure (config invalid, command failed), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from typing import Sequence
+
+from mta.config import config_as_dict, load_config, render_config
+from mta.core import ConfigError
+
+
+def _config_parent(top: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS on subcommands so an unset sub-level flag does not erase a
+    # top-level `--config` given before the subcommand.
+    p.add_argument("--config", metavar="PATH", default=None if top else argparse.SUPPRESS,
+                   help="config file (default: $MTA_CONFIG, else the embedded default)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    cfgp = _config_parent(False)
+    parser = argparse.ArgumentParser(prog="mta", description="mta mail transfer agent",
+                                     parents=[_config_parent(True)])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("serve", parents=[cfgp], help="run the daemon")
+
+    config = sub.add_parser("config", parents=[cfgp], help="configuration")
+    csub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = csub.add_parser("check", parents=[cfgp],
+                            help="validate and print the effective configuration")
+    check.add_argument("--json", action="store_true")
+
+    user = sub.add_parser("user", parents=[cfgp], help="submission credentials")
+    usub = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, hlp in (("add", "create a credential"), ("passwd", "change a password")):
+        u = usub.add_parser(name, parents=[cfgp], help=hlp)
+        u.add_argument("name")
+        u.add_argument("--password-stdin", action="store_true",
+                       help="read the password from stdin (else one is generated and printed)")
+    rm = usub.add_parser("remove", parents=[cfgp], help="delete a credential")
+    rm.add_argument("name")
+    ls = usub.add_parser("list", parents=[cfgp], help="list credentials")
+    ls.add_argument("--json", action="store_true")
+
+    queue = sub.add_parser("queue", parents=[cfgp], help="inspect the queue")
+    qsub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ql = qsub.add_parser("list", parents=[cfgp], help="queued messages (like mailq)")
+    ql.add_argument("--json", action="store_true")
+    ql.add_argument("--all", action="store_true", help="include finished messages")
+    ql.add_argument("--limit", type=int, default=1000)
+    return parser
+
+
+def _fail(msg: str) -> int:
+    print(f"mta: {msg}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        if args.command == "config":
+            print("configuration errors:", file=sys.stderr)
+        for e in exc.errors:
+            print(f"  {e}" if args.command == "config" else f"mta: config: {e}", file=sys.stderr)
+        return 1
+    handler = {"serve": _serve, "config": _config, "user": _user, "queue": _queue}[args.command]
+    try:
+        return handler(cfg, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(cfg, args) -> int:
+    from mta.runtime.daemon import run
+    from mta.runtime.logs import setup_logging
+    setup_logging(cfg.server.log_level)
+    return run(cfg)
+
+
+def _config(cfg, args) -> int:
+    if args.json:
+        print(json.dumps(config_as_dict(cfg), indent=2))
+    else:
+        print(render_config(cfg), end="")
+    return 0
+
+
+def _read_password() -> str:
+    pw = sys.stdin.readline().rstrip("\r\n")
+    if not pw:
+        raise ValueError("empty password on stdin")
+    return pw
+
+
+def _user(cfg, args) -> int:
+    from mta.runtime.daemon import state_paths
+    from mta.runtime.users import CredentialError, CredentialStore
+    paths = state_paths(cfg)
+    paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = CredentialStore(paths["credentials"])
+    try:
+        if args.action in ("add", "passwd"):
+            pw = _read_password() if args.password_stdin else None
+            op = store.add if args.action == "add" else store.passwd
+            result = op(args.name, pw)
+            if pw is None:
+                print(f"user={args.name} password={result}")
+                print("(shown once; store it now)", file=sys.stderr)
+            else:
+                print(f"user {args.name} {'added' if args.action == 'add' else 'updated'}")
+        elif args.action == "remove":
+            store.remove(args.name)
+            print(f"user {args.name} removed")
+        else:
+            users = store.list()
+            if args.json:
+                print(json.dumps(users, indent=2))
+            else:
+                for u in users:
+                    created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(u.get("created", 0)))
+                    print(f"{u['name']}\tcreated {created}Z")
+    except (CredentialError, ValueError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def _fmt_time(t: float | None) -> str:
+    return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
+
+
+def _queue(cfg, args) -> int:
+    from mta.runtime.inspect import NoQueue, queue_listing
+    try:
+        rows = queue_listing(cfg.server.state_dir, include_done=args.all, limit=args.limit)
+    except NoQueue as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("Mail queue is empty")
+        return 0
+    for m in rows:
+        print(f"{m['id']}  {m['size']:>8}  {_fmt_time(m['received_at'])}  "
+              f"<{m['sender']}>{'  (DSN)' if m['is_dsn'] else ''}")
+        for r in m["recipients"]:
+            extra = f"next {_fmt_time(r['next_attempt'])}" if r["state"] == "queued" else ""
+            print(f"    {r['state']:<9} {r['address']}  attempts={r['attempts']} {extra}")
+            if r["last_reply"]:
+                print(f"              ({r['last_reply']})")
+    print(f"-- {len(rows)} message(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The composition root: builds every part from a `Config`, starts them in
+order, handles signals, and stops them in reverse order.
+
+Start order: state dirs → spool (recovery) → credentials (first-run
+credential when there is none) → TLS contexts → queue runner → listeners.
+Listeners come last so nothing is accepted before recovery finished; on stop
+they go first so nothing is accepted after we decided to leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from mta.config import Config
+from mta.core import Clock, SystemClock
+from mta.delivery.resolver import DnsResolver
+from mta.delivery.client import SmtpTransport
+from mta.delivery.sandbox import SandboxTransport
+from mta.policy.authlimit import AuthThrottle
+from mta.policy.retry import RetryPolicy
+from mta.runtime.logs import event
+from mta.runtime.queue_runner import QueueRunner
+from mta.runtime.tls import ensure_self_signed, server_context
+from mta.scheduler import Scheduler
+from mta.server.credentials import CredentialStore
+from mta.server.listener import SubmissionListener
+from mta.spool import Spool
+
+log = logging.getLogger("mta.daemon")
+
+INITIAL_CREDENTIAL_FILE = "initial-credential.txt"
+FIRST_USER = "test"
+
+
+def state_paths(cfg: Config) -> dict[str, Path]:
+    root = Path(cfg.server.state_dir)
+    return {"root": root, "tls": root / "tls", "sandbox": root / "sandbox",
+            "credentials": root / "credentials.json"}
+
+
+def ensure_first_credential(cfg: Config, store: CredentialStore) -> str | None:
+    """In sandbox mode with no users, create one so a new user can send at
+    once; the password is printed once and kept (0600) in the state dir."""
+    if cfg.server.mode != "sandbox" or store.names():
+        return None
+    password = store.add(FIRST_USER)
+    path = state_paths(cfg)["root"] / INITIAL_CREDENTIAL_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"user={FIRST_USER}\npassword={password}\n")
+    return password
+
+
+class Daemon:
+    def __init__(self, cfg: Config, clock: Clock | None = None):
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self.spool: Spool | None = None
+        self.runner: QueueRunner | None = None
+        self.listeners: list[SubmissionListener] = []
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        paths = state_paths(cfg)
+        paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.spool = await Spool.open(paths["root"], now=self.clock.now())
+        event(log, "recovery_done", **_report_fields(self.spool.recovery))
+        credentials = CredentialStore(paths["credentials"])
+        password = ensure_first_credential(cfg, credentials)
+        if password:
+            # Printed once on purpose: this is how a new user learns it.
+            print(f"mta: created the first credential  user={FIRST_USER}  password={password}\n"
+                  f"mta: (also saved in {paths['root'] / INITIAL_CREDENTIAL_FILE})", flush=True)
+        elif not credentials.names():
+            event(log, "no_credentials", level=logging.WARNING,
+                  hint="add one with: mta user add NAME")
+        d = cfg.delivery
+        scheduler = Scheduler(concurrency=d.concurrency_per_destination,
+                              max_messages_per_connection=d.max_messages_per_connection,
+                              max_recipients_per_transaction=d.max_recipients_per_transaction,
+                              backoff=d.destination_backoff)
+        resolver = DnsResolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
+        transport = SmtpTransport(hostname=cfg.server.hostname, resolver=resolver,
+                                  connect_timeout=d.connect_timeout,
+                                  command_timeout=d.command_timeout)
+        sandbox = cfg.server.mode == "sandbox"
+        self.runner = QueueRunner(
+            spool=self.spool, scheduler=scheduler, transport=transport,
+            sandbox_transport=SandboxTransport(str(paths["sandbox"])) if sandbox else None,
+            retry=RetryPolicy.from_config(d), clock=self.clock, routes=cfg.routes,
+            sandbox=sandbox, mx_port=d.smtp_port, hostname=cfg.server.hostname,
+            batch_size=d.batch_size, delay_warning_after=d.delay_warning_after)
+        self.runner.start()
+        spool = _PokingSpool(self.spool, self.runner)
+        for lcfg in cfg.listeners:
+            ctx = None
+            if lcfg.tls != "none":
+                cert, key = (lcfg.cert, lcfg.key) if lcfg.cert else ensure_self_signed(
+                    paths["tls"], cfg.server.hostname)
+                ctx = server_context(cert, key)
+            lst = SubmissionListener(
+                lcfg, hostname=cfg.server.hostname, spool=spool, credentials=credentials,
+                tls_context=ctx, clock=self.clock,
+                auth_throttle=AuthThrottle(lcfg.auth_max_failures, lcfg.auth_lockout))
+            await lst.start()
+            self.listeners.append(lst)
+            host, port = lst.sockname[:2]
+            event(log, "listening", listener=lcfg.name, address=f"{host}:{port}", tls=lcfg.tls,
+                  role=lcfg.role)
+        event(log, "ready", mode=cfg.server.mode, config=cfg.source,
+              state_dir=str(paths["root"]))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        await self._stop.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        event(log, "stopping")
+        for lst in self.listeners:
+            await lst.stop()
+        if self.runner:
+            await self.runner.stop(self.cfg.server.shutdown_timeout)
+        if self.spool:
+            await self.spool.close()
+        event(log, "stopped")
+
+
+class _PokingSpool:
+    """The spool as the listeners see it: enqueue, then wake the queue runner
+    so a new message is attempted at once instead of at the next poll."""
+
+    def __init__(self, spool: Spool, runner: QueueRunner):
+        self._spool, self._runner = spool, runner
+
+    async def enqueue(self, msg, now, **kw):
+        qid = await self._spool.enqueue(msg, now, **kw)
+        self._runner.poke()
+        return qid
+
+
+def _report_fields(report) -> dict:
+    try:
+        from dataclasses import asdict
+        return {k: v for k, v in asdict(report).items() if not isinstance(v, (list, dict))}
+    except TypeError:
+        return {"report": str(report)}
+
+
+def run(cfg: Config) -> int:
+    try:
+        import uvloop  # type: ignore
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    runner(Daemon(cfg).run())
+    return 0

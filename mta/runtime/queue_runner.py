@@ -1,0 +1,285 @@
+"""The runtime loop that moves work between spool, scheduler and delivery.
+
+One job: lease due recipients from the spool in bounded batches, feed them to
+the (pure) scheduler, start a delivery task for each `Batch` it releases,
+turn each `DeliveryReport` into `RecipientUpdate`s with the retry policy, and
+record them. It also owes senders their DSNs: after outcomes are recorded,
+`dsn_pass` builds one report per finished message and enqueues it in the
+same transaction that marks the original notified (spool `dsn_for`).
+
+Invariants:
+- Memory is bounded by `max_pending` + the in-flight window, never by the
+  queue: deferred recipients stay in SQLite until due.
+- Every leased recipient is either recorded or released; at shutdown,
+  in-flight batches get `shutdown_timeout` to finish, then what is left is
+  released (a crash instead resets leases at recovery).
+- Decisions use `now` from the clock seam; no sleeping inside decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol, Sequence
+
+from mta.core import (BOUNCED, DELIVERED, EXPIRED, QUEUED, Clock, DestinationHealth,
+                      PermFailure, RecipientFate, RecipientOutcome, RecipientUpdate, Reply,
+                      TempFailure)
+from mta.core.envelope import Destination
+from mta.delivery.client import DeliveryReport, OutboundMessage
+from mta.mail.dsn import build_dsn
+from mta.policy.retry import RetryPolicy
+from mta.policy.routing import destination_for
+from mta.runtime.logs import event
+from mta.scheduler import Batch, Idle, Scheduler, Sleep, Work
+from mta.spool import DsnMark, NewMessage, Spool
+
+log = logging.getLogger("mta.queue")
+
+
+class Transport(Protocol):
+    async def deliver(self, destination: Destination,
+                      messages: Sequence[OutboundMessage]) -> DeliveryReport: ...
+
+
+class QueueRunner:
+    def __init__(self, *, spool: Spool, scheduler: Scheduler, transport: Transport,
+                 sandbox_transport: Transport | None, retry: RetryPolicy, clock: Clock,
+                 routes, sandbox: bool, mx_port: int, hostname: str, batch_size: int,
+                 delay_warning_after: float | None, max_pending: int = 5000):
+        self.spool, self.scheduler, self.retry, self.clock = spool, scheduler, retry, clock
+        self.transport, self.sandbox_transport = transport, sandbox_transport
+        self.routes, self.sandbox, self.mx_port = routes, sandbox, mx_port
+        self.hostname, self.batch_size, self.max_pending = hostname, batch_size, max_pending
+        self.delay_warning_after = delay_warning_after
+        self.wakeup = asyncio.Event()
+        self.dsn_wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
+        self._main: asyncio.Task | None = None
+        self._dsn: asyncio.Task | None = None
+        self._leased: dict[tuple[str, int], Work] = {}
+
+    # ---- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        self._main = asyncio.create_task(self._run(), name="queue-runner")
+        self._dsn = asyncio.create_task(self._dsn_loop(), name="dsn-loop")
+
+    def poke(self) -> None:
+        """New mail was queued: look for due work now."""
+        self.wakeup.set()
+
+    async def stop(self, timeout: float) -> None:
+        self._stopping = True
+        self.wakeup.set()
+        if self._main:
+            await asyncio.gather(self._main, return_exceptions=True)
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._dsn:
+            self._dsn.cancel()
+            await asyncio.gather(self._dsn, return_exceptions=True)
+        # Whatever is still leased (pending in the scheduler, or cancelled
+        # in flight) goes back unattempted; a later start retries it.
+        self.scheduler.drain()
+        if self._leased:
+            await self.spool.release(list(self._leased))
+            self._leased.clear()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._tasks)
+
+    # ---- main loop -------------------------------------------------------
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._refill()
+                decision = self.scheduler.next_batch(self.clock.now())
+                if isinstance(decision, Batch):
+                    t = asyncio.create_task(self._deliver(decision))
+                    self._tasks.add(t)
+                    t.add_done_callback(self._task_done)
+                    continue
+                await self._wait(decision)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Storage trouble while leasing: keep the daemon alive, retry soon.
+                log.exception("event=queue_runner_error")
+                await asyncio.sleep(1.0)
+
+    def _task_done(self, t: asyncio.Task) -> None:
+        self._tasks.discard(t)
+        self.wakeup.set()
+        if not t.cancelled() and t.exception() is not None:
+            log.error("event=delivery_task_crashed", exc_info=t.exception())
+
+    async def _wait(self, decision: Sleep | Idle) -> None:
+        now = self.clock.now()
+        deadline = decision.until if isinstance(decision, Sleep) else now + 60.0
+        due = await self.spool.next_due_at()
+        if due is not None and self.scheduler.pending_count() < self.max_pending:
+            deadline = min(deadline, due)
+        timeout = max(0.0, deadline - now)
+        if timeout == 0.0:
+            timeout = 0.05  # due but nothing leasable (e.g. window full): don't spin
+        self.wakeup.clear()
+        try:
+            await asyncio.wait_for(self.wakeup.wait(), timeout=min(timeout, 60.0))
+        except asyncio.TimeoutError:
+            pass
+
+    async def _refill(self) -> None:
+        room = self.max_pending - self.scheduler.pending_count()
+        if room <= 0:
+            return
+        now = self.clock.now()
+        items = await self.spool.lease_due(now, min(room, self.batch_size))
+        if not items:
+            return
+        works, expired = [], []
+        for it in items:
+            if self.retry.is_expired(it.received_at, now):
+                expired.append(RecipientUpdate(
+                    it.queue_id, it.rcpt_idx, EXPIRED, counts_attempt=False, attempted_at=now,
+                    reply=Reply(451, "4.4.7", "Message expired: delivery time limit exceeded")))
+                continue
+            dest = destination_for(it.domain, self.routes, sandbox=self.sandbox,
+                                   mx_port=self.mx_port)
+            w = Work(it, dest)
+            self._leased[(it.queue_id, it.rcpt_idx)] = w
+            works.append(w)
+        if expired:
+            await self._record(expired)
+        self.scheduler.add(works, now)
+
+    # ---- one batch -------------------------------------------------------
+    async def _deliver(self, batch: Batch) -> None:
+        started = self.clock.now()
+        t0 = time.monotonic()
+        dest = batch.destination
+        messages = []
+        for group in batch.messages:
+            first = group[0].item
+            try:
+                body = await self.spool.read_body(first.queue_id)
+            except Exception as exc:  # missing/corrupt body: keep the rows, retry later
+                log.error("event=body_unreadable id=%s error=%r", first.queue_id, exc)
+                body = None
+            if body is None:
+                continue
+            messages.append(OutboundMessage(
+                queue_id=first.queue_id, sender=first.sender,
+                recipients=tuple((w.item.rcpt_idx, w.item.address) for w in group), body=body))
+        transport = self.sandbox_transport if dest.kind == "sandbox" else self.transport
+        try:
+            report = await transport.deliver(dest, messages)
+            outcomes, health = report.outcomes, report.health
+        except (PermFailure, TempFailure) as exc:
+            # Destination-level verdicts (null MX, NXDOMAIN, DNS SERVFAIL).
+            fate = RecipientFate.BOUNCED if isinstance(exc, PermFailure) else RecipientFate.DEFERRED
+            health = DestinationHealth.OK if fate is RecipientFate.BOUNCED else DestinationHealth.DOWN
+            outcomes = {m.queue_id: {i: RecipientOutcome(fate, exc.reply) for i, _ in m.recipients}
+                        for m in messages}
+        except Exception:
+            log.exception("event=delivery_error destination=%s", dest.name)
+            health = DestinationHealth.DOWN
+            reply = Reply(451, "4.3.0", "Local delivery error, will retry")
+            outcomes = {m.queue_id: {i: RecipientOutcome(RecipientFate.DEFERRED, reply)
+                                     for i, _ in m.recipients} for m in messages}
+        now = self.clock.now()
+        elapsed = time.monotonic() - t0
+        updates = []
+        for group in batch.messages:
+            for w in group:
+                it = w.item
+                oc = outcomes.get(it.queue_id, {}).get(it.rcpt_idx)
+                if oc is None:  # body unreadable or the transport said nothing: retry later
+                    oc = RecipientOutcome(RecipientFate.DEFERRED,
+                                          Reply(451, "4.3.0", "Local error reading the message, will retry"))
+                updates.append(self._update_for(it, oc, now, started, elapsed, dest))
+        await self._record(updates)
+        self.scheduler.complete(batch, health, now)
+
+    def _update_for(self, it, oc: RecipientOutcome, now: float, started: float,
+                    elapsed: float, dest: Destination) -> RecipientUpdate:
+        common = dict(reply=oc.reply, attempted_at=started, duration=elapsed,
+                      remote_host=oc.remote_host, remote_ip=oc.remote_ip, tls=oc.tls)
+        if oc.fate is RecipientFate.DELIVERED:
+            state, nxt = DELIVERED, None
+        elif oc.fate is RecipientFate.BOUNCED:
+            state, nxt = BOUNCED, None
+        else:
+            nxt = self.retry.after_temp_failure(it.received_at, it.attempts + 1, now)
+            state = EXPIRED if nxt is None else QUEUED
+        event(log, {DELIVERED: "delivered", BOUNCED: "bounced", EXPIRED: "expired",
+                    QUEUED: "deferred"}[state],
+              id=it.queue_id, rcpt=it.address, destination=dest.name,
+              mx=oc.remote_host or None, ip=oc.remote_ip or None, tls=oc.tls or "none",
+              attempt=it.attempts + 1, delay=f"{now - it.received_at:.3f}s",
+              reply=str(oc.reply), next_attempt=(f"{nxt - now:.0f}s" if nxt else None))
+        return RecipientUpdate(it.queue_id, it.rcpt_idx, state, next_attempt=nxt, **common)
+
+    async def _record(self, updates: list[RecipientUpdate]) -> None:
+        try:
+            await self.spool.record(updates)
+        except Exception:
+            # The rows stay leased in memory; recovery would reset them. Put
+            # them back so a later pass retries (the remote may see a duplicate:
+            # the accepted trade-off of DESIGN.md §3).
+            log.exception("event=record_failed count=%d", len(updates))
+            await asyncio.sleep(1.0)
+            try:
+                await self.spool.release([(u.queue_id, u.rcpt_idx) for u in updates])
+            except Exception:
+                log.exception("event=release_failed")
+        finally:
+            for u in updates:
+                self._leased.pop((u.queue_id, u.rcpt_idx), None)
+        if any(u.state in (BOUNCED, EXPIRED) for u in updates):
+            self.dsn_wakeup.set()
+
+    # ---- DSNs ------------------------------------------------------------
+    async def _dsn_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.dsn_wakeup.wait(), timeout=30.0)
+            except asyncio.TimeoutError:
+                pass
+            self.dsn_wakeup.clear()
+            try:
+                await self.dsn_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event=dsn_pass_failed")
+                await asyncio.sleep(5.0)
+
+    async def dsn_pass(self) -> int:
+        sent = 0
+        now = self.clock.now()
+        batches = [("failure", await self.spool.dsn_candidates(100))]
+        if self.delay_warning_after is not None:
+            batches.append(("delay", await self.spool.delay_candidates(
+                now, self.delay_warning_after, 100)))
+        for kind, cands in batches:
+            for c in cands:
+                original = await self.spool.read_body(c.queue_id)
+                dsn_id_hint = c.queue_id
+                body = build_dsn(original=original, candidate=c, reporting_mta=self.hostname,
+                                 queue_id=dsn_id_hint, now=now, kind=kind)
+                qid = await self.spool.enqueue(
+                    NewMessage(sender="", recipients=(c.sender,), body=body, is_dsn=True,
+                               listener="dsn"),
+                    now, dsn_for=DsnMark(c.queue_id, tuple(r.rcpt_idx for r in c.recipients), kind))
+                event(log, "dsn_queued", id=qid, original=c.queue_id, kind=kind, to=c.sender,
+                      recipients=",".join(r.address for r in c.recipients))
+                sent += 1
+        if sent:
+            self.poke()
+        return sent

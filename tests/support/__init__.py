@@ -1,0 +1,1 @@
+"""Real test peers: a DNS server and a scripted SMTP sink, on loopback only."""
