@@ -1,0 +1,89 @@
+"""The spool: the durability contract (DESIGN.md §3).
+
+One job: keep every accepted message until each recipient has a final fate
+(and its sender has been told about failures), surviving SIGKILL and power
+loss at any instant.
+
+Layout under ``state_dir/spool/``::
+
+    lock                 flock held by the one process that owns the spool
+    index.sqlite3(-wal)  SQLite index, WAL, synchronous=FULL (index.py)
+    segments/NNNNNNNN.seg  append-only body log, one record per message:
+                         32-byte header (magic, queue id, length, crc32) + body
+
+Commit point of `Spool.enqueue` (the moment a ``250`` may be sent): the body
+record is written and fdatasynced, the directory is fsynced if that write
+created a new segment, and the ``messages`` + ``recipients`` rows are
+committed. Many sessions share one fdatasync and one transaction (writer.py).
+
+Crash-state table
+-----------------
+Every instant of the lifecycle is one of these states. "Files" and "rows"
+say what exists on disk after a crash there; "recovery" is the branch
+`recovery.recover` runs for it in `Spool.open` (counter in `RecoveryReport`).
+
+==  ==========================  ==================================  =====================================
+#   state                       files / rows on disk                recovery (RecoveryReport field)
+==  ==========================  ==================================  =====================================
+S0  op queued in memory only    nothing                             nothing; no 250 was sent, the client
+                                                                    retries
+S1  body appended, not synced   segment may hold a partial or       tail past the last committed record
+                                whole record (or nothing) at its    of a kept segment is truncated
+                                end; no rows                        (``tail_bytes_truncated``); a
+                                                                    segment with no live rows is
+                                                                    unlinked (``segments_removed``)
+S2  new segment created, dir    file may vanish after power loss;   as S1 (nothing references the file)
+    not fsynced                 no rows reference it
+S3  body + dir synced, index    whole records in a segment; no      as S1: orphan records are garbage,
+    txn not committed           rows                                never indexed; no 250 was sent
+S4  index committed (commit     record + ``messages`` row +         nothing; delivered normally. If the
+    point; the 250 may or may   recipients ``queued``, leased=0     250 never reached the client it
+    not have reached client)                                        resends: a duplicate, never a loss
+S5  recipient leased, attempt   as S4 with leased=1                 every leased=1 reset to 0
+    in flight                                                       (``leased_reset``); the recipient is
+                                                                    retried, so a remote 250 not yet
+                                                                    recorded may deliver twice
+                                                                    (accepted trade-off, DESIGN §3)
+S6  attempt recorded            ``attempts`` row, recipient state,  done/body_live recomputed for every
+                                the message's done/body_live, all   message (``flags_fixed``, expected 0:
+                                in one txn                          they are written in the same txn)
+S7  all recipients final, some  done=1, body_live=1, failed         nothing; `dsn_candidates` returns it
+    failed, DSN not enqueued    recipients dsn_state != 'sent'      again and the DSN is built after
+                                                                    restart
+S8  DSN enqueued + original     DSN's record and rows AND the       nothing: S7 and S8 are the only two
+    marked, one txn             original's dsn_state='sent',        outcomes of that txn, so a DSN is
+                                body_live=0                         never lost and never sent twice
+S9  segment dead, not unlinked  segment file whose messages all     unlinked (``segments_removed``)
+                                have body_live=0 (or no rows)
+S10 live body missing / short   a body_live=1 row points past the   logged at ERROR, rows kept untouched
+    (disk lost it, manual rm,   end of its segment, or at a         and listed in ``corrupt``; never
+    fs lied about fsync)        missing file                        dropped. `read_body` raises
+                                                                    StorageError for them, so delivery
+                                                                    defers instead of sending garbage
+S11 index missing, segments     ``*.seg`` files but no index file   refuse to open (StorageError): the
+    present (deleted/moved)                                         envelope lives only in the index,
+                                                                    and unlinking "unreferenced"
+                                                                    segments would destroy the bodies
+S12 index txn in the WAL, not   ``index.sqlite3-wal``               SQLite replays it on open
+    checkpointed
+==  ==========================  ==================================  =====================================
+
+Nothing a committed row references is ever truncated or unlinked: tails are
+cut at the end of the furthest record any row (live or dead) points at, and
+only segments no live row references are unlinked. New appends after a
+restart always go to a fresh segment, so a torn tail is never appended to.
+
+Public API: `Spool`, `NewMessage`, `DsnMark`, `RecoveryReport`, `SpoolStats`,
+`MessageView`, `RecipientView`, `AttemptView`, and the `BodyStore` interface
+with its `SegmentStore` implementation.
+"""
+
+from mta.spool.recovery import RecoveryReport
+from mta.spool.segments import BodyStore, SegmentStore
+from mta.spool.spool import DsnMark, NewMessage, Spool, SpoolStats
+from mta.spool.views import AttemptView, MessageView, RecipientView
+
+__all__ = [
+    "Spool", "NewMessage", "DsnMark", "SpoolStats", "RecoveryReport",
+    "MessageView", "RecipientView", "AttemptView", "BodyStore", "SegmentStore",
+]
