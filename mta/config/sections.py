@@ -60,7 +60,7 @@ class DeliveryConfig:
                                             "waits between attempts; the last one repeats",
                                             DURATION_LIST, min=1, max=7 * 86400)
     max_queue_lifetime: float = K(5 * 86400.0, "a recipient still deferred after this "
-                                    "expires and bounces", DURATION, min=10, max=60 * 86400)
+                                    "expires and bounces", DURATION, min=2, max=60 * 86400)
     concurrency_per_destination: int = K(20, "most simultaneous connections per destination",
                                            INT, min=1, max=1000)
     max_messages_per_connection: int = K(100, "messages sent over one SMTP connection "
