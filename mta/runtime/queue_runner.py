@@ -204,7 +204,14 @@ class QueueRunner:
                                           Reply(451, "4.3.0", "Local error reading the message, will retry"))
                 updates.append(self._update_for(it, oc, now, started, elapsed, dest))
         await self._record(updates)
-        self.scheduler.complete(batch, health, now)
+        handed_back = self.scheduler.complete(batch, health, now)
+        if handed_back:
+            # A long pause: don't hold that destination's waiting work in
+            # memory; it goes back to the spool, due when the pause ends.
+            until = self.scheduler.destination_states().get(dest.name, {}).get("paused_until") or now
+            await self._record([RecipientUpdate(w.item.queue_id, w.item.rcpt_idx, QUEUED,
+                                                next_attempt=until, counts_attempt=False,
+                                                reply=None) for w in handed_back])
 
     def _update_for(self, it, oc: RecipientOutcome, now: float, started: float,
                     elapsed: float, dest: Destination) -> RecipientUpdate:
@@ -272,7 +279,9 @@ class QueueRunner:
                 original = await self.spool.read_body(c.queue_id)
                 dsn_id_hint = c.queue_id
                 body = build_dsn(original=original, candidate=c, reporting_mta=self.hostname,
-                                 queue_id=dsn_id_hint, now=now, kind=kind)
+                                 queue_id=dsn_id_hint, now=now, kind=kind,
+                                 retry_until=(self.retry.expires_at(c.received_at)
+                                              if kind == "delay" else None))
                 qid = await self.spool.enqueue(
                     NewMessage(sender="", recipients=(c.sender,), body=body, is_dsn=True,
                                listener="dsn"),
