@@ -13,7 +13,7 @@ ALLOWED = {
     "mail": {"core"},
     "spool": {"core"},
     "delivery": {"core", "policy", "mail"},
-    "server": {"core", "policy", "mail", "spool"},
+    "server": {"core", "config", "policy", "mail", "spool"},  # config: ListenerConfig (lower layer)
     "admin": {"core", "spool", "scheduler"},
     "runtime": {"core", "config", "policy", "scheduler", "mail", "spool", "delivery",
                 "server", "admin"},

@@ -113,14 +113,21 @@ class DnsServer:
             response.set_rcode(dns.rcode.NXDOMAIN)
             return response.to_wire()
         rdtype = dns.rdatatype.to_text(q.rdtype)
-        values = records.get(rdtype) or []
-        if not values and rdtype != "CNAME" and records.get("CNAME"):
-            # Answer with the alias only; the resolver chases it with a new query.
-            rdtype, values = "CNAME", records["CNAME"]
-        if values:
-            texts = [self._rdata_text(rdtype, v) for v in values]
-            rrset = dns.rrset.from_text_list(q.name, self.ttl, dns.rdataclass.IN, rdtype, texts)
-            response.answer.append(rrset)
+        owner = q.name
+        for _ in range(8):  # follow in-zone CNAMEs, as a recursive server would
+            values = records.get(rdtype) or []
+            if not values and rdtype != "CNAME" and records.get("CNAME"):
+                target = self._rdata_text("CNAME", records["CNAME"][0])
+                response.answer.append(dns.rrset.from_text_list(
+                    owner, self.ttl, dns.rdataclass.IN, "CNAME", [target]))
+                owner = dns.name.from_text(target)
+                records = self._records(_norm(target)) or {}
+                continue
+            if values:
+                texts = [self._rdata_text(rdtype, v) for v in values]
+                response.answer.append(dns.rrset.from_text_list(
+                    owner, self.ttl, dns.rdataclass.IN, rdtype, texts))
+            break
         return response.to_wire()
 
     @staticmethod

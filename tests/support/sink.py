@@ -38,6 +38,7 @@ import re
 import ssl
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import trustme
@@ -135,8 +136,10 @@ class Sink:
         if self.tls == "broken":
             # Offer STARTTLS but only speak a protocol no modern client accepts,
             # so the handshake fails after "220 Ready to start TLS".
-            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
-            ctx.maximum_version = ssl.TLSVersion.TLSv1
+            with warnings.catch_warnings():  # deprecated on purpose: that is the point
+                warnings.simplefilter("ignore", DeprecationWarning)
+                ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+                ctx.maximum_version = ssl.TLSVersion.TLSv1
         return ctx
 
     def _protocol(self) -> SMTP:

@@ -1,0 +1,332 @@
+"""SmtpTransport end to end: real DNS on 127.0.0.153, a scripted aiosmtpd sink with
+STARTTLS on loopback, real sockets throughout (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from mta.core.envelope import Destination
+from mta.core.outcome import DestinationHealth, RecipientFate
+from mta.delivery.client import DeliveryReport, OutboundMessage, SmtpTransport
+from mta.delivery.resolver import DnsResolver
+from tests.support.dnsserver import DnsServer
+from tests.support.sink import Sink
+
+DELIVERED, DEFERRED, BOUNCED = RecipientFate.DELIVERED, RecipientFate.DEFERRED, RecipientFate.BOUNCED
+OK, DOWN, THROTTLING = DestinationHealth.OK, DestinationHealth.DOWN, DestinationHealth.THROTTLING
+
+ZONE = {
+    "example.test": {"MX": [(10, "mx1.example.test")]},
+    "mx1.example.test": {"A": ["127.0.0.1"]},
+    "two.test": {"MX": [(10, "down.two.test"), (20, "up.two.test")]},
+    "down.two.test": {"A": ["127.0.0.3"]},      # nothing listens there
+    "up.two.test": {"A": ["127.0.0.1"]},
+    "dead.test": {"MX": [(10, "down.two.test")]},
+    "implicit.test": {"A": ["127.0.0.1"]},
+    "v6only.test": {"AAAA": ["::1"]},
+    "nullmx.test": {"MX": [(0, ".")]},
+}
+
+BODY = b"From: a@sender.test\r\nTo: x@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+async def dns():
+    async with DnsServer(ZONE, servfail={"servfail.test"}, timeout={"slowdns.test"}) as server:
+        yield server
+
+
+@pytest.fixture
+async def sink():
+    async with Sink() as s:
+        yield s
+
+
+def transport(dns, command_timeout: float = 5.0) -> SmtpTransport:
+    return SmtpTransport(hostname="mta.test", resolver=DnsResolver([dns.nameserver], timeout=0.3,
+                                                                   cache=False),
+                         connect_timeout=2.0, command_timeout=command_timeout)
+
+
+def mx(domain: str, port: int) -> Destination:
+    return Destination(name=domain, kind="mx", domain=domain, port=port)
+
+
+def message(qid: str, *addresses: str, body: bytes = BODY, sender: str = "a@sender.test"):
+    return OutboundMessage(qid, sender, tuple(enumerate(addresses)), body)
+
+
+def check_complete(report: DeliveryReport, messages) -> None:
+    """The invariant: every recipient of every message has exactly one outcome."""
+    assert set(report.outcomes) == {m.queue_id for m in messages}
+    for m in messages:
+        assert set(report.outcomes[m.queue_id]) == {i for i, _ in m.recipients}
+
+
+async def deliver(t: SmtpTransport, dest: Destination, *messages) -> DeliveryReport:
+    report = await t.deliver(dest, list(messages))
+    check_complete(report, messages)
+    return report
+
+
+async def test_delivers_over_starttls_and_records_it(dns, sink):
+    report = await deliver(transport(dns), mx("example.test", sink.port),
+                           message("Q1", "ok@example.test"))
+    out = report.outcomes["Q1"][0]
+    assert report.health is OK
+    assert out.fate is DELIVERED
+    assert (out.reply.code, out.reply.esc, out.reply.text) == (250, "2.0.0", "Ok: queued as SINK00001")
+    assert (out.remote_host, out.remote_ip) == ("mx1.example.test", "127.0.0.1")
+    assert out.tls.startswith("TLSv1.")
+    [got] = sink.messages
+    assert got.tls == out.tls
+    assert got.mail_from == "a@sender.test" and got.rcpt_tos == ["ok@example.test"]
+    assert got.helo == "mta.test"
+    assert f"SIZE={len(BODY)}" in got.mail_options
+    assert got.data == BODY
+
+
+async def test_mixed_recipients_in_one_transaction(dns, sink):
+    msg = message("Q1", "ok@example.test", "tempfail-1@example.test", "reject@example.test",
+                  "other@example.test")
+    t = transport(dns)
+    report = await deliver(t, mx("example.test", sink.port), msg)
+    o = report.outcomes["Q1"]
+    assert report.health is OK  # one 550 says nothing about the destination
+    assert [o[i].fate for i in range(4)] == [DELIVERED, DEFERRED, BOUNCED, DELIVERED]
+    assert str(o[1].reply) == ("451 4.7.1 <tempfail-1@example.test>: Recipient address "
+                               "rejected: greylisted, try again later")
+    assert str(o[2].reply) == ("550 5.1.1 <reject@example.test>: Recipient address rejected: "
+                               "User unknown")
+    assert all(x.tls for x in o.values())
+    [got] = sink.messages
+    assert got.rcpt_tos == ["ok@example.test", "other@example.test"]
+
+    # Next attempt for the deferred one only: the sink now accepts it.
+    retry = OutboundMessage("Q1", "a@sender.test", ((1, "tempfail-1@example.test"),), BODY)
+    report = await deliver(t, mx("example.test", sink.port), retry)
+    assert report.outcomes["Q1"][1].fate is DELIVERED
+    assert sink.rcpt_attempts["tempfail-1@example.test"] == 2
+
+
+async def test_all_recipients_refused_sends_no_data(dns, sink):
+    report = await deliver(transport(dns), mx("example.test", sink.port),
+                           message("Q1", "reject@example.test", "tempfail-5@example.test"),
+                           message("Q2", "ok@example.test"))
+    assert [o.fate for o in report.outcomes["Q1"].values()] == [BOUNCED, DEFERRED]
+    assert report.outcomes["Q2"][0].fate is DELIVERED
+    assert [m.rcpt_tos for m in sink.messages] == [["ok@example.test"]]
+    assert sink.connections == 1   # RSET, then the same connection carried Q2
+
+
+async def test_several_messages_share_one_connection(dns, sink):
+    msgs = [message(f"Q{i}", f"ok{i}@example.test", "reject@example.test") for i in range(4)]
+    report = await deliver(transport(dns), mx("example.test", sink.port), *msgs)
+    assert report.health is OK
+    for m in msgs:
+        assert [o.fate for o in report.outcomes[m.queue_id].values()] == [DELIVERED, BOUNCED]
+    assert sink.connections == 1
+    assert [m.connection for m in sink.messages] == [1, 1, 1, 1]
+    assert [m.rcpt_tos for m in sink.messages] == [[f"ok{i}@example.test"] for i in range(4)]
+
+
+async def test_drop_defers_that_message_and_continues_on_a_new_connection(dns, sink):
+    msgs = [message("Q1", "ok@example.test"),
+            message("Q2", "ok@example.test", "drop@example.test"),
+            message("Q3", "ok@example.test")]
+    report = await deliver(transport(dns), mx("example.test", sink.port), *msgs)
+    assert report.outcomes["Q1"][0].fate is DELIVERED
+    q2 = report.outcomes["Q2"]
+    assert [q2[0].fate, q2[1].fate] == [DEFERRED, DEFERRED]
+    assert (q2[0].reply.code, q2[0].reply.esc) == (451, "4.4.2")
+    assert "connection lost" in q2[0].reply.text and "DATA" in q2[0].reply.text
+    assert "mx1.example.test[127.0.0.1]" in q2[0].reply.text
+    assert report.outcomes["Q3"][0].fate is DELIVERED
+    assert report.health is OK
+    assert sink.connections == 2
+    assert [m.connection for m in sink.messages] == [1, 2]
+
+
+async def test_second_lost_connection_means_down(dns, sink):
+    msgs = [message("Q1", "drop1@example.test"), message("Q2", "drop2@example.test"),
+            message("Q3", "ok@example.test")]
+    report = await deliver(transport(dns), mx("example.test", sink.port), *msgs)
+    assert report.health is DOWN
+    assert all(report.outcomes[q][0].fate is DEFERRED for q in ("Q1", "Q2", "Q3"))
+    assert report.outcomes["Q3"][0].reply.esc == "4.4.2"
+    assert sink.messages == []
+
+
+async def test_slow_answer_within_timeout_is_delivered(dns, sink):
+    report = await deliver(transport(dns, command_timeout=5), mx("example.test", sink.port),
+                           message("Q1", "slow-300@example.test"))
+    assert report.outcomes["Q1"][0].fate is DELIVERED
+
+
+async def test_slow_answer_past_timeout_is_deferred(dns, sink):
+    msgs = [message("Q1", "slow-3000@example.test"), message("Q2", "ok@example.test")]
+    report = await deliver(transport(dns, command_timeout=0.5), mx("example.test", sink.port),
+                           *msgs)
+    q1 = report.outcomes["Q1"][0]
+    assert q1.fate is DEFERRED and q1.reply.esc == "4.4.2"
+    assert "timed out" in q1.reply.text
+    assert report.outcomes["Q2"][0].fate is DELIVERED
+    assert report.health is OK
+
+
+async def test_421_defers_the_rest_and_reports_throttling(dns, sink):
+    msgs = [message("Q1", "ok@example.test"),
+            message("Q2", "ok@example.test", "throttle@example.test", "ok2@example.test"),
+            message("Q3", "ok@example.test")]
+    report = await deliver(transport(dns), mx("example.test", sink.port), *msgs)
+    assert report.health is THROTTLING
+    assert report.outcomes["Q1"][0].fate is DELIVERED
+    text = "421 4.7.0 sink.test Error: too many connections from you, slow down"
+    for qid, idx in (("Q2", 0), ("Q2", 1), ("Q2", 2), ("Q3", 0)):
+        out = report.outcomes[qid][idx]
+        assert out.fate is DEFERRED and str(out.reply) == text
+    assert len(sink.messages) == 1
+
+
+async def test_nothing_listening_means_down_with_441(dns, sink):
+    report = await deliver(transport(dns), mx("dead.test", sink.port),
+                           message("Q1", "ok@dead.test", "ok2@dead.test"),
+                           message("Q2", "ok@dead.test"))
+    assert report.health is DOWN
+    for per_msg in report.outcomes.values():
+        for out in per_msg.values():
+            assert out.fate is DEFERRED
+            assert (out.reply.code, out.reply.esc) == (451, "4.4.1")
+            assert f"down.two.test[127.0.0.3]:{sink.port}" in out.reply.text
+            assert "dead.test" in out.reply.text
+
+
+async def test_falls_back_to_the_second_mx(dns, sink):
+    report = await deliver(transport(dns), mx("two.test", sink.port),
+                           message("Q1", "ok@two.test"))
+    out = report.outcomes["Q1"][0]
+    assert out.fate is DELIVERED and out.remote_host == "up.two.test"
+    assert len(sink.messages) == 1
+
+
+async def test_implicit_mx(dns, sink):
+    report = await deliver(transport(dns), mx("implicit.test", sink.port),
+                           message("Q1", "ok@implicit.test"))
+    assert report.outcomes["Q1"][0].fate is DELIVERED
+    assert report.outcomes["Q1"][0].remote_host == "implicit.test"
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
+async def test_aaaa_only_over_ipv6_loopback(dns):
+    async with Sink(host="::1") as sink6:
+        report = await deliver(transport(dns), mx("v6only.test", sink6.port),
+                               message("Q1", "ok@v6only.test"))
+    out = report.outcomes["Q1"][0]
+    assert out.fate is DELIVERED and out.remote_ip == "::1"
+    assert len(sink6.messages) == 1
+
+
+@pytest.mark.parametrize("domain, fate, code, esc, health", [
+    ("nullmx.test", BOUNCED, 556, "5.1.10", OK),
+    ("nosuch.test", BOUNCED, 550, "5.1.2", OK),
+    ("servfail.test", DEFERRED, 451, "4.4.3", DOWN),
+    ("slowdns.test", DEFERRED, 451, "4.4.3", DOWN),
+])
+async def test_dns_outcomes(dns, sink, domain, fate, code, esc, health):
+    report = await deliver(transport(dns), mx(domain, sink.port),
+                           message("Q1", f"ok@{domain}", f"ok2@{domain}"))
+    assert report.health is health
+    for out in report.outcomes["Q1"].values():
+        assert (out.fate, out.reply.code, out.reply.esc) == (fate, code, esc)
+        assert domain in out.reply.text
+    assert sink.connections == 0
+
+
+async def test_dot_stuffing_keeps_the_body_intact(dns, sink):
+    body = (b"Subject: dots\r\n\r\nfirst\r\n.\r\n..x\r\n.y\r\n. \r\n...\r\nlast\r\n")
+    report = await deliver(transport(dns), mx("example.test", sink.port),
+                           message("Q1", "ok@example.test", body=body))
+    assert report.outcomes["Q1"][0].fate is DELIVERED
+    assert sink.messages[0].data == body
+
+
+async def test_failed_tls_handshake_retries_in_clear_text(dns):
+    async with Sink(tls="broken") as broken:
+        report = await deliver(transport(dns), mx("example.test", broken.port),
+                               message("Q1", "ok@example.test"))
+    out = report.outcomes["Q1"][0]
+    assert out.fate is DELIVERED and out.tls == ""
+    assert broken.connections == 2
+    assert broken.messages[0].tls is None
+
+
+async def test_clear_text_when_starttls_not_offered(dns):
+    async with Sink(tls=False) as plain:
+        report = await deliver(transport(dns), mx("example.test", plain.port),
+                               message("Q1", "ok@example.test"))
+    assert report.outcomes["Q1"][0].fate is DELIVERED
+    assert report.outcomes["Q1"][0].tls == ""
+
+
+async def test_smtputf8_used_when_offered(dns, sink):
+    report = await deliver(transport(dns), mx("example.test", sink.port),
+                           message("Q1", "ok-jürgen@example.test"))
+    assert report.outcomes["Q1"][0].fate is DELIVERED
+    assert "SMTPUTF8" in sink.messages[0].mail_options
+    assert sink.messages[0].rcpt_tos == ["ok-jürgen@example.test"]
+
+
+async def test_smtputf8_missing_bounces_only_the_utf8_recipient(dns):
+    async with Sink(smtputf8=False) as ascii_sink:
+        report = await deliver(transport(dns), mx("example.test", ascii_sink.port),
+                               message("Q1", "ok-jürgen@example.test", "ok@example.test"))
+    o = report.outcomes["Q1"]
+    assert (o[0].fate, o[0].reply.code, o[0].reply.esc) == (BOUNCED, 553, "5.6.7")
+    assert o[1].fate is DELIVERED
+    assert ascii_sink.messages[0].rcpt_tos == ["ok@example.test"]
+
+
+async def test_route_to_an_ip_needs_no_dns(sink):
+    class NoDns:
+        async def mx(self, domain):
+            raise AssertionError("routes do not look up MX")
+
+        async def addresses(self, host):
+            assert host == "127.0.0.1"
+            return [host]
+    t = SmtpTransport(hostname="mta.test", resolver=NoDns(), connect_timeout=2,
+                      command_timeout=5)
+    dest = Destination(name=f"[127.0.0.1]:{sink.port}", kind="route", host="127.0.0.1",
+                       port=sink.port)
+    report = await deliver(t, dest, message("Q1", "ok@anything.test"))
+    assert report.outcomes["Q1"][0].fate is DELIVERED
+    assert report.outcomes["Q1"][0].remote_host == "127.0.0.1"
+
+
+async def test_null_sender(dns, sink):
+    report = await deliver(transport(dns), mx("example.test", sink.port),
+                           message("Q1", "ok@example.test", sender=""))
+    assert report.outcomes["Q1"][0].fate is DELIVERED
+    assert sink.messages[0].mail_from == "<>"
+
+
+def test_sink_thread_mode():
+    import smtplib
+    sink = Sink(tls=False).start_in_thread()
+    try:
+        with smtplib.SMTP(sink.host, sink.port, timeout=5) as c:
+            c.sendmail("a@sender.test", ["ok@x.test"], BODY)
+        assert sink.wait_for_sync(1, timeout=5)[0].rcpt_tos == ["ok@x.test"]
+    finally:
+        sink.stop_in_thread()
