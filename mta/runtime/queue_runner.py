@@ -253,7 +253,19 @@ class QueueRunner:
 
     # ---- DSNs ------------------------------------------------------------
     async def _dsn_loop(self) -> None:
+        # Also the housekeeping loop: segment files whose messages are all
+        # finished are unlinked here (the spool never does it on its own).
+        last_reclaim = 0.0
         while True:
+            now = time.monotonic()
+            if now - last_reclaim >= 30.0:
+                last_reclaim = now
+                try:
+                    n = await self.spool.reclaim()
+                    if n:
+                        event(log, "segments_reclaimed", count=n)
+                except Exception:
+                    log.exception("event=reclaim_failed")
             try:
                 await asyncio.wait_for(self.dsn_wakeup.wait(), timeout=30.0)
             except asyncio.TimeoutError:

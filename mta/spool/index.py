@@ -1,0 +1,233 @@
+"""The SQLite index: schema, connection setup and every SQL statement.
+
+One job: own the table layout so the writer, reads and recovery never
+spell SQL of their own.
+
+API: `connect(path, *, reader=False) -> aiosqlite.Connection` (pragmas +
+schema applied), the `SQL_*` statements, `FLAGS_SET` (the done/body_live
+rule as SQL) and `STATE_TRANSITIONS`.
+
+Invariants:
+- WAL + synchronous=FULL: a COMMIT returns only after the WAL is fsynced,
+  so a committed row survives power loss (DESIGN §3 commit point).
+- Connections run with isolation_level=None; the writer issues BEGIN
+  IMMEDIATE / COMMIT itself, so a transaction spans exactly one batch.
+- Replies are stored as their wire string `str(Reply)`, parsed back with
+  `Reply.parse`.
+- `done` = no recipient left in 'queued'. `body_live` = not done, or some
+  bounced/expired recipient of a non-DSN message with a non-null sender still
+  has dsn_state != 'sent' (its DSN needs the original's headers). Both are
+  recomputed by `SQL_RECOMPUTE_FLAGS` in the same transaction as any change
+  to recipients, and by recovery.
+"""
+
+from __future__ import annotations
+
+import os
+
+import aiosqlite
+
+from mta.core.envelope import BOUNCED, DELIVERED, EXPIRED, QUEUED
+
+SCHEMA_VERSION = 1
+
+# A recipient's state machine: final states are terminal (envelope.py).
+# `record` only updates rows whose current state may move to the new one.
+STATE_TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({QUEUED, DELIVERED, BOUNCED, EXPIRED}),
+    DELIVERED: frozenset(),
+    BOUNCED: frozenset(),
+    EXPIRED: frozenset(),
+}
+ALL_STATES = (QUEUED, DELIVERED, BOUNCED, EXPIRED)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id          TEXT PRIMARY KEY,
+    sender      TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    size        INT  NOT NULL,
+    segment     INT  NOT NULL,
+    "offset"    INT  NOT NULL,
+    length      INT  NOT NULL,
+    credential  TEXT,
+    listener    TEXT NOT NULL DEFAULT '',
+    client_ip   TEXT NOT NULL DEFAULT '',
+    is_dsn      INT  NOT NULL DEFAULT 0,
+    done        INT  NOT NULL DEFAULT 0,
+    body_live   INT  NOT NULL DEFAULT 1,
+    dsn_for     TEXT
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS recipients (
+    message_id   TEXT NOT NULL,
+    rcpt_idx     INT  NOT NULL,
+    address      TEXT NOT NULL,
+    domain       TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    attempts     INT  NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    leased       INT  NOT NULL DEFAULT 0,
+    last_reply   TEXT,
+    last_remote  TEXT NOT NULL DEFAULT '',
+    last_tls     TEXT NOT NULL DEFAULT '',
+    updated_at   REAL NOT NULL,
+    dsn_state    TEXT NOT NULL DEFAULT '',   -- '', 'delay_sent', 'sent'
+    PRIMARY KEY (message_id, rcpt_idx)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS attempts (
+    id          INTEGER PRIMARY KEY,
+    message_id  TEXT NOT NULL,
+    rcpt_idx    INT  NOT NULL,
+    at          REAL NOT NULL,
+    duration    REAL NOT NULL,
+    state       TEXT NOT NULL,
+    reply       TEXT,
+    remote_host TEXT NOT NULL DEFAULT '',
+    remote_ip   TEXT NOT NULL DEFAULT '',
+    tls         TEXT NOT NULL DEFAULT ''
+);
+
+-- lease_due / next_due_at walk this in next_attempt order.
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, leased, next_attempt);
+-- Messages owing a failure DSN are exactly the done ones whose body is still live.
+CREATE INDEX IF NOT EXISTS messages_dsn_owed ON messages (received_at) WHERE done = 1 AND body_live = 1;
+CREATE INDEX IF NOT EXISTS messages_pending ON messages (received_at) WHERE done = 0;
+-- reclaim and recovery ask which segments live bodies sit in.
+CREATE INDEX IF NOT EXISTS messages_live_segment ON messages (segment) WHERE body_live = 1;
+CREATE INDEX IF NOT EXISTS attempts_by_message ON attempts (message_id, rcpt_idx);
+"""
+
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=OFF",
+    "PRAGMA busy_timeout=5000",
+)
+
+
+async def connect(path: str | os.PathLike, *, reader: bool = False) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(os.fspath(path), isolation_level=None)
+    try:
+        for pragma in PRAGMAS:
+            await conn.execute(pragma)
+        if reader:
+            await conn.execute("PRAGMA query_only=1")
+        else:
+            await conn.executescript(SCHEMA)
+            await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+# -- writes (writer.py) -----------------------------------------------------------
+
+SQL_INSERT_MESSAGE = (
+    'INSERT INTO messages (id, sender, received_at, size, segment, "offset", length, '
+    "credential, listener, client_ip, is_dsn, done, body_live, dsn_for) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?)")
+
+SQL_INSERT_RECIPIENT = (
+    "INSERT INTO recipients (message_id, rcpt_idx, address, domain, state, attempts, "
+    "next_attempt, leased, last_reply, last_remote, last_tls, updated_at, dsn_state) "
+    "VALUES (?, ?, ?, ?, 'queued', 0, ?, 0, NULL, '', '', ?, '')")
+
+# kind "failure" → 'sent' always; "delay" → 'delay_sent' but never downgrades 'sent'.
+SQL_MARK_DSN_SENT = "UPDATE recipients SET dsn_state = 'sent' WHERE message_id = ? AND rcpt_idx = ?"
+SQL_MARK_DELAY_SENT = ("UPDATE recipients SET dsn_state = 'delay_sent' "
+                       "WHERE message_id = ? AND rcpt_idx = ? AND dsn_state = ''")
+
+SQL_LEASE_SELECT = (
+    "SELECT r.message_id, r.rcpt_idx, r.address, r.domain, m.sender, r.attempts, "
+    "m.received_at, r.next_attempt, m.size "
+    "FROM recipients r JOIN messages m ON m.id = r.message_id "
+    "WHERE r.state = 'queued' AND r.leased = 0 AND r.next_attempt <= ? "
+    "ORDER BY r.next_attempt LIMIT ?")
+SQL_LEASE_SET = "UPDATE recipients SET leased = 1 WHERE message_id = ? AND rcpt_idx = ?"
+SQL_RELEASE = "UPDATE recipients SET leased = 0 WHERE message_id = ? AND rcpt_idx = ?"
+
+SQL_INSERT_ATTEMPT = (
+    "INSERT INTO attempts (message_id, rcpt_idx, at, duration, state, reply, "
+    "remote_host, remote_ip, tls) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+# Params: state, inc, next_attempt|None, reply|None, inc, remote, inc, tls, updated_at,
+#         message_id, rcpt_idx. Only a counted attempt overwrites remote/tls; a
+# put-back (counts_attempt=False) keeps what the last real attempt saw.
+SQL_RECORD = (
+    "UPDATE recipients SET state = ?, attempts = attempts + ?, "
+    "next_attempt = COALESCE(?, next_attempt), last_reply = COALESCE(?, last_reply), "
+    "last_remote = CASE WHEN ? THEN ? ELSE last_remote END, "
+    "last_tls = CASE WHEN ? THEN ? ELSE last_tls END, "
+    "leased = 0, updated_at = ? "
+    "WHERE message_id = ? AND rcpt_idx = ? AND state = 'queued'")
+
+# The unary "+" on r.state keeps SQLite from seeking recipients_due by state
+# (which would scan every queued recipient per message) instead of the
+# primary key by message_id.
+_M = "messages.id"
+_DONE = f"(NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = {_M} AND +r.state = 'queued'))"
+_OWES_DSN = (f"(messages.is_dsn = 0 AND messages.sender != '' AND EXISTS (SELECT 1 FROM recipients r "
+             f"WHERE r.message_id = {_M} AND +r.state IN ('bounced', 'expired') AND r.dsn_state != 'sent'))")
+_LIVE = f"(NOT {_DONE} OR {_OWES_DSN})"
+
+SQL_RECOMPUTE_FLAGS = f"UPDATE messages SET done = {_DONE}, body_live = {_LIVE} WHERE id = ?"
+# Recovery: fix every row whose stored flags disagree (normally none).
+SQL_RECOMPUTE_ALL_FLAGS = (
+    f"UPDATE messages SET done = {_DONE}, body_live = {_LIVE} "
+    f"WHERE done IS NOT {_DONE} OR body_live IS NOT {_LIVE}")
+
+SQL_RESET_LEASES = "UPDATE recipients SET leased = 0 WHERE leased = 1"
+
+# -- reads (reads.py, recovery.py) -----------------------------------------------
+
+# A skip-scan over messages_live_segment: one index seek per live segment,
+# not one row per live message (DISTINCT would read them all).
+SQL_LIVE_SEGMENTS = (
+    "WITH RECURSIVE s(seg) AS ("
+    " SELECT MIN(segment) FROM messages WHERE body_live = 1"
+    " UNION ALL SELECT (SELECT MIN(segment) FROM messages WHERE body_live = 1 AND segment > s.seg)"
+    " FROM s WHERE s.seg IS NOT NULL) "
+    "SELECT seg FROM s WHERE seg IS NOT NULL")
+SQL_SEGMENT_ENDS = 'SELECT segment, MAX("offset" + ? + length) FROM messages GROUP BY segment'
+SQL_MAX_SEGMENT = "SELECT MAX(segment) FROM messages"
+SQL_LIVE_IN_SEGMENT_PAST = ('SELECT id FROM messages WHERE body_live = 1 AND segment = ? '
+                            'AND "offset" + ? + length > ?')
+SQL_BODY_LOCATION = 'SELECT segment, "offset", length, body_live FROM messages WHERE id = ?'
+SQL_NEXT_DUE = "SELECT MIN(next_attempt) FROM recipients WHERE state = 'queued' AND leased = 0"
+SQL_COUNTS = "SELECT state, COUNT(*) FROM recipients GROUP BY state"
+
+SQL_DSN_OWED = (
+    "SELECT m.id, m.sender, m.received_at FROM messages m "
+    "WHERE m.done = 1 AND m.body_live = 1 AND m.is_dsn = 0 AND m.sender != '' "
+    "AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id "
+    "AND +r.state IN ('bounced', 'expired') AND r.dsn_state != 'sent') "
+    "ORDER BY m.received_at LIMIT ?")
+SQL_DSN_OWED_RCPTS = (
+    "SELECT message_id, rcpt_idx, address, state, last_reply, last_remote, attempts "
+    "FROM recipients WHERE message_id IN ({ids}) "
+    "AND +state IN ('bounced', 'expired') AND dsn_state != 'sent' ORDER BY message_id, rcpt_idx")
+
+SQL_DELAY_OWED = (
+    "SELECT m.id, m.sender, m.received_at FROM messages m "
+    "WHERE m.done = 0 AND m.is_dsn = 0 AND m.sender != '' AND m.received_at <= ? "
+    "AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id "
+    "AND +r.state = 'queued' AND r.attempts > 0 AND r.dsn_state = '') "
+    "ORDER BY m.received_at LIMIT ?")
+SQL_DELAY_OWED_RCPTS = (
+    "SELECT message_id, rcpt_idx, address, state, last_reply, last_remote, attempts "
+    "FROM recipients WHERE message_id IN ({ids}) "
+    "AND +state = 'queued' AND attempts > 0 AND dsn_state = '' ORDER BY message_id, rcpt_idx")
+
+_MESSAGE_COLS = "id, sender, received_at, size, credential, is_dsn, done"
+SQL_LIST_PENDING = f"SELECT {_MESSAGE_COLS} FROM messages WHERE done = 0 ORDER BY received_at LIMIT ?"
+SQL_LIST_ALL = f"SELECT {_MESSAGE_COLS} FROM messages ORDER BY id LIMIT ?"
+SQL_GET_MESSAGE = f"SELECT {_MESSAGE_COLS} FROM messages WHERE id = ?"
+SQL_RECIPIENTS_OF = (
+    "SELECT message_id, rcpt_idx, address, state, attempts, next_attempt, last_reply, "
+    "last_remote, last_tls FROM recipients WHERE message_id IN ({ids}) ORDER BY message_id, rcpt_idx")
+SQL_ATTEMPTS_OF = (
+    "SELECT rcpt_idx, at, duration, state, reply, remote_host, remote_ip, tls "
+    "FROM attempts WHERE message_id = ? ORDER BY id")

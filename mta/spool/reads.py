@@ -1,0 +1,128 @@
+"""Read-only queries over the index.
+
+One job: answer questions about the queue from the *reader* connection,
+which sees only committed data (a separate WAL reader, never the writer's
+connection, so a caller never acts on rows of a batch that may still roll
+back).
+
+API (each takes the reader `aiosqlite.Connection`):
+    next_due_at(conn) -> float | None
+    body_location(conn, queue_id) -> (segment, offset, length, body_live) | None
+    dsn_candidates(conn, limit) / delay_candidates(conn, cutoff, limit) -> list[DsnCandidate]
+    list_messages(conn, limit, include_done) / get_message(conn, queue_id)
+    counts(conn) -> {state: n}
+
+Invariant: every query is bounded by a `limit` or by one message, so memory
+follows the caller's window, not the queue size.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import aiosqlite
+
+from mta.core.envelope import DsnCandidate, FailedRecipient
+from mta.core.reply import Reply
+from mta.spool import index
+from mta.spool.views import AttemptView, MessageView, RecipientView
+
+_CHUNK = 500   # ids per IN (...) list, well under SQLite's variable limit
+
+
+def _reply(text: str | None) -> Reply | None:
+    if not text:
+        return None
+    try:
+        return Reply.parse(text)
+    except ValueError:
+        return None   # a malformed stored reply must not hide the recipient
+
+
+def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(ids), _CHUNK):
+        yield ids[i:i + _CHUNK]
+
+
+async def _rows_for(conn: aiosqlite.Connection, sql: str, ids: Sequence[str]) -> list:
+    rows: list = []
+    for chunk in _chunks(ids):
+        rows.extend(await conn.execute_fetchall(sql.format(ids=",".join("?" * len(chunk))), chunk))
+    return rows
+
+
+async def next_due_at(conn: aiosqlite.Connection) -> float | None:
+    rows = await conn.execute_fetchall(index.SQL_NEXT_DUE)
+    return rows[0][0] if rows else None
+
+
+async def body_location(conn: aiosqlite.Connection, queue_id: str):
+    rows = await conn.execute_fetchall(index.SQL_BODY_LOCATION, (queue_id,))
+    return tuple(rows[0]) if rows else None
+
+
+async def _candidates(conn, head_sql: str, head_params: tuple, rcpt_sql: str) -> list[DsnCandidate]:
+    heads = await conn.execute_fetchall(head_sql, head_params)
+    if not heads:
+        return []
+    by_id: dict[str, list[FailedRecipient]] = {h[0]: [] for h in heads}
+    for mid, idx, address, state, last_reply, last_remote, attempts in await _rows_for(
+            conn, rcpt_sql, list(by_id)):
+        by_id[mid].append(FailedRecipient(rcpt_idx=idx, address=address, state=state,
+                                          reply=_reply(last_reply), remote_host=last_remote,
+                                          attempts=attempts))
+    return [DsnCandidate(queue_id=mid, sender=sender, received_at=received_at,
+                         recipients=tuple(by_id[mid]))
+            for mid, sender, received_at in heads if by_id[mid]]
+
+
+async def dsn_candidates(conn: aiosqlite.Connection, limit: int) -> list[DsnCandidate]:
+    return await _candidates(conn, index.SQL_DSN_OWED, (limit,), index.SQL_DSN_OWED_RCPTS)
+
+
+async def delay_candidates(conn: aiosqlite.Connection, cutoff: float, limit: int) -> list[DsnCandidate]:
+    return await _candidates(conn, index.SQL_DELAY_OWED, (cutoff, limit), index.SQL_DELAY_OWED_RCPTS)
+
+
+def _message(row) -> MessageView:
+    mid, sender, received_at, size, credential, is_dsn, done = row
+    return MessageView(id=mid, sender=sender, received_at=received_at, size=size,
+                       credential=credential, is_dsn=bool(is_dsn), done=bool(done))
+
+
+async def _attach_recipients(conn, views: list[MessageView]) -> None:
+    by_id = {v.id: v for v in views}
+    for mid, idx, address, state, attempts, next_attempt, last_reply, last_remote, last_tls in \
+            await _rows_for(conn, index.SQL_RECIPIENTS_OF, list(by_id)):
+        by_id[mid].recipients.append(RecipientView(
+            idx=idx, address=address, state=state, attempts=attempts, next_attempt=next_attempt,
+            last_reply=last_reply or "", last_remote=last_remote, last_tls=last_tls))
+
+
+async def list_messages(conn: aiosqlite.Connection, limit: int, include_done: bool) -> list[MessageView]:
+    sql = index.SQL_LIST_ALL if include_done else index.SQL_LIST_PENDING
+    views = [_message(r) for r in await conn.execute_fetchall(sql, (limit,))]
+    if views:
+        await _attach_recipients(conn, views)
+    return views
+
+
+async def get_message(conn: aiosqlite.Connection, queue_id: str) -> MessageView | None:
+    rows = await conn.execute_fetchall(index.SQL_GET_MESSAGE, (queue_id,))
+    if not rows:
+        return None
+    view = _message(rows[0])
+    await _attach_recipients(conn, [view])
+    view.attempts = [
+        AttemptView(rcpt_idx=idx, at=at, duration=duration, state=state, reply=reply or "",
+                    remote_host=remote_host, remote_ip=remote_ip, tls=tls)
+        for idx, at, duration, state, reply, remote_host, remote_ip, tls
+        in await conn.execute_fetchall(index.SQL_ATTEMPTS_OF, (queue_id,))]
+    return view
+
+
+async def counts(conn: aiosqlite.Connection) -> dict[str, int]:
+    out = {state: 0 for state in index.ALL_STATES}
+    for state, n in await conn.execute_fetchall(index.SQL_COUNTS):
+        out[state] = n
+    return out

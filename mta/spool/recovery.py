@@ -1,0 +1,148 @@
+"""Crash recovery: bring index and segment files back to a consistent state.
+
+One job: run once in `Spool.open`, before the writer starts, one branch per
+crash state of the table in `mta/spool/__init__.py`, and count what each
+branch did in a `RecoveryReport`.
+
+API:
+    check_index_present(index_path, segment_dir)      # S11: raises StorageError
+    await recover(conn, segment_dir) -> RecoveryReport
+
+Invariants:
+- Never drops a committed message: a row whose body is missing or short is
+  reported (`corrupt`), not deleted or bounced.
+- Never truncates or unlinks bytes a committed row references: tails are cut
+  at the furthest record end of *any* row in that segment, and only
+  segments without a body_live=1 row are unlinked.
+- Idempotent: a crash during recovery is just another crash; running it
+  again reaches the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from mta.core.errors import StorageError
+from mta.spool import index
+from mta.spool.segments import HEADER, scan_segments, segment_name
+
+log = logging.getLogger("mta.spool")
+
+CORRUPT_LIST_MAX = 1000   # ids kept in the report; corrupt_count has the total
+
+
+@dataclass
+class RecoveryReport:
+    index_created: bool = False      # fresh spool (no index before open)
+    leased_reset: int = 0            # S5: recipients whose lease died with the process
+    flags_fixed: int = 0             # S6: messages whose done/body_live disagreed
+    corrupt: tuple[str, ...] = ()    # S10: live messages whose body is missing or short
+    corrupt_count: int = 0
+    segments_removed: int = 0        # S1-S3 orphans and S9 dead segments unlinked
+    tails_truncated: int = 0         # S1: segments cut back to their last committed record
+    tail_bytes_truncated: int = 0
+    segments_live: int = 0
+    next_segment: int = 1            # first number the body store may use
+    duration: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["corrupt"] = list(self.corrupt)
+        return d
+
+
+def check_index_present(index_path: Path, segment_dir: Path) -> bool:
+    """S11. Returns True when the index is about to be created fresh."""
+    if index_path.exists():
+        return False
+    if segment_dir.is_dir() and scan_segments(segment_dir):
+        raise StorageError(
+            f"{index_path} is missing but {segment_dir} holds segment files: refusing to start, "
+            "because recovery would treat every body as garbage. Restore the index, or move "
+            "the segments aside to start an empty spool.")
+    return True
+
+
+def _truncate(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+async def recover(conn: aiosqlite.Connection, segment_dir: Path, *, index_created: bool = False) -> RecoveryReport:
+    started = time.monotonic()
+    report = RecoveryReport(index_created=index_created)
+
+    # S5 + S6: one transaction, so a crash here leaves the old (equally valid) state.
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        report.leased_reset = (await conn.execute(index.SQL_RESET_LEASES)).rowcount
+        report.flags_fixed = (await conn.execute(index.SQL_RECOMPUTE_ALL_FLAGS)).rowcount
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.execute("ROLLBACK")
+        raise
+    if report.leased_reset:
+        log.info("spool recovery: %d leased recipients put back in the queue", report.leased_reset)
+    if report.flags_fixed:
+        log.warning("spool recovery: fixed done/body_live of %d messages", report.flags_fixed)
+
+    files = await asyncio.to_thread(scan_segments, segment_dir)
+    live = {r[0] for r in await conn.execute_fetchall(index.SQL_LIVE_SEGMENTS)}
+    ends = {seg: end for seg, end in await conn.execute_fetchall(index.SQL_SEGMENT_ENDS, (HEADER.size,))}
+    max_db = (await conn.execute_fetchall(index.SQL_MAX_SEGMENT))[0][0] or 0
+    report.segments_live = len(live)
+
+    # S10: live rows pointing at a missing file or past its end.
+    corrupt: list[str] = []
+    for seg in sorted(live):
+        size = files.get(seg, -1)
+        rows = await conn.execute_fetchall(index.SQL_LIVE_IN_SEGMENT_PAST, (seg, HEADER.size, size))
+        if rows:
+            what = "is missing" if size < 0 else f"is only {size} bytes"
+            log.error("spool recovery: segment %s %s; %d live messages lost their body "
+                      "(kept in the queue, reported as corrupt): %s", segment_name(seg), what,
+                      len(rows), " ".join(r[0] for r in rows[:20]))
+            report.corrupt_count += len(rows)
+            corrupt.extend(r[0] for r in rows[:max(0, CORRUPT_LIST_MAX - len(corrupt))])
+    report.corrupt = tuple(corrupt)
+
+    # S1-S3 orphans and S9 dead segments: nothing live points into them.
+    for seg in sorted(files):
+        if seg not in live:
+            await asyncio.to_thread(_unlink, segment_dir / segment_name(seg))
+            report.segments_removed += 1
+    if report.segments_removed:
+        log.info("spool recovery: removed %d dead segment files", report.segments_removed)
+
+    # S1: a torn or uncommitted tail after the last record any row references.
+    for seg in sorted(live & files.keys()):
+        end = ends.get(seg, 0)
+        if files[seg] > end:
+            await asyncio.to_thread(_truncate, segment_dir / segment_name(seg), end)
+            report.tails_truncated += 1
+            report.tail_bytes_truncated += files[seg] - end
+            log.warning("spool recovery: cut %d uncommitted bytes from the end of %s",
+                        files[seg] - end, segment_name(seg))
+
+    # Numbers are never reused, not even those of files already unlinked.
+    report.next_segment = max([max_db, *files.keys()], default=0) + 1
+    report.duration = time.monotonic() - started
+    return report

@@ -1,0 +1,261 @@
+"""The body store: append-only segment files, synced once per batch.
+
+One job: put message bodies on disk durably and give them back.
+
+API (`BodyStore` is the interface the writer and recovery code against, so a
+different store can replace segments when a benchmark says so):
+
+    await store.append_many([(queue_id, body), ...]) -> [(segment, offset, length), ...]
+    await store.read(segment, offset, length, queue_id=None) -> bytes
+    await store.reclaim(live_segments) -> int        # files unlinked
+    scan_segments(directory) -> {segment: size}      # sync, for recovery
+    iter_records(path)                               # forensics: walk a segment
+
+Record format (self-describing, for forensics with `iter_records`; recovery
+relies on the index, not on scanning)::
+
+    HEADER = magic b"MTA1" | queue id (16 bytes ASCII) | body length u64 | crc32 u32
+    (big endian, 32 bytes) followed by the body bytes
+
+`offset` is where the record header starts; `length` is the body length.
+
+Invariants:
+- `append_many` returns only after ONE fdatasync covering the whole batch,
+  and after the directory fsync when the batch created a new segment file.
+- Appends go to the current segment only; after any write/sync error the
+  segment is abandoned and the next batch opens a fresh one (after a failed
+  fsync the page cache state is unknown, so we never append there again).
+  A freshly opened store never appends to an existing file.
+- Segment numbers are never reused (`first_number` is above every number on
+  disk or in the index).
+- All file I/O runs off the event loop: appends and unlinks on one dedicated
+  thread (so an fsync never queues behind unrelated work in the default
+  pool), reads through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+from mta.core.errors import StorageError
+
+log = logging.getLogger("mta.spool")
+
+MAGIC = b"MTA1"
+HEADER = struct.Struct(">4s16sQI")
+SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+SUFFIX = ".seg"
+
+Location = tuple[int, int, int]
+
+
+class BodyStore(Protocol):
+    async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[Location]: ...
+    async def read(self, segment: int, offset: int, length: int, queue_id: str | None = None) -> bytes: ...
+    async def reclaim(self, live_segments: set[int]) -> int: ...
+    def close(self) -> None: ...
+
+
+def segment_name(number: int) -> str:
+    return f"{number:08d}{SUFFIX}"
+
+
+def parse_segment_name(name: str) -> int | None:
+    stem, dot, ext = name.partition(".")
+    if dot and "." + ext == SUFFIX and len(stem) == 8 and stem.isdigit():
+        return int(stem)
+    return None
+
+
+def record_size(length: int) -> int:
+    return HEADER.size + length
+
+
+def _qid_bytes(queue_id: str) -> bytes:
+    return queue_id.encode("ascii", "replace")[:16].ljust(16, b"\0")
+
+
+def scan_segments(directory: str | os.PathLike) -> dict[int, int]:
+    """{segment number: file size} for every segment file in `directory`."""
+    out: dict[int, int] = {}
+    with os.scandir(directory) as it:
+        for entry in it:
+            number = parse_segment_name(entry.name)
+            if number is not None:
+                out[number] = entry.stat().st_size
+    return out
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, str, int, bool]]:
+    """Yield (offset, queue_id, length, crc_ok) for each record until the
+    first byte that is not a record header (a torn or garbage tail)."""
+    with open(path, "rb") as f:
+        offset = 0
+        while True:
+            head = f.read(HEADER.size)
+            if len(head) < HEADER.size:
+                return
+            magic, qid, length, crc = HEADER.unpack(head)
+            if magic != MAGIC:
+                return
+            body = f.read(length)
+            if len(body) < length:
+                return
+            yield offset, qid.rstrip(b"\0").decode("ascii", "replace"), length, zlib.crc32(body) == crc
+            offset += HEADER.size + length
+
+
+class SegmentStore:
+    """`BodyStore` over append-only segment files in one directory."""
+
+    def __init__(self, directory: str | os.PathLike, *, first_number: int,
+                 max_bytes: int = SEGMENT_MAX_BYTES):
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self._next_number = max(first_number, 1)
+        self._current: int | None = None   # segment number appends go to
+        self._fd: int | None = None
+        self._size = 0
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mta-spool-seg")
+
+    @property
+    def current(self) -> int | None:
+        return self._current
+
+    # -- appends (writer thread) -------------------------------------------------
+
+    async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[Location]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, self._append_sync, items)
+
+    def _append_sync(self, items: Sequence[tuple[str, bytes]]) -> list[Location]:
+        if self._fd is None or self._size >= self.max_bytes:
+            self._rotate()
+        fd, number, start = self._fd, self._current, self._size
+        assert fd is not None and number is not None
+        parts: list[bytes] = []
+        locations: list[Location] = []
+        pos = start
+        for queue_id, body in items:
+            parts.append(HEADER.pack(MAGIC, _qid_bytes(queue_id), len(body), zlib.crc32(body)))
+            parts.append(body)
+            locations.append((number, pos, len(body)))
+            pos += HEADER.size + len(body)
+        data = memoryview(b"".join(parts))
+        try:
+            written = 0
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], start + written)
+            os.fdatasync(fd)
+        except BaseException:
+            # Unknown bytes may sit past `start`; abandon this file (see invariants).
+            self._abandon()
+            raise
+        self._size = pos
+        return locations
+
+    def _rotate(self) -> None:
+        self._abandon()
+        while True:
+            number = self._next_number
+            self._next_number += 1
+            path = self.directory / segment_name(number)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue  # never reuse a number, even one we did not expect on disk
+            break
+        try:
+            # The directory entry must be durable before any row points at it.
+            fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._current, self._size = fd, number, 0
+        log.debug("spool: new segment %s", path)
+
+    def _abandon(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._fd, self._current, self._size = None, None, 0
+
+    # -- reads (any thread) ----------------------------------------------------
+
+    async def read(self, segment: int, offset: int, length: int, queue_id: str | None = None) -> bytes:
+        return await asyncio.to_thread(self.read_sync, segment, offset, length, queue_id)
+
+    def read_sync(self, segment: int, offset: int, length: int, queue_id: str | None = None) -> bytes:
+        """Read and verify one record. FileNotFoundError propagates (the caller
+        knows whether the body was supposed to be live); any other mismatch is
+        a StorageError."""
+        path = self.directory / segment_name(segment)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            want = HEADER.size + length
+            data = os.pread(fd, want, offset)
+            while len(data) < want:
+                more = os.pread(fd, want - len(data), offset + len(data))
+                if not more:
+                    raise StorageError(f"segment {segment}: record at {offset} is truncated "
+                                       f"({len(data)} of {want} bytes)")
+                data += more
+        finally:
+            os.close(fd)
+        magic, qid, hlen, crc = HEADER.unpack_from(data)
+        body = data[HEADER.size:]
+        if magic != MAGIC or hlen != length:
+            raise StorageError(f"segment {segment}: no record header at {offset}")
+        if queue_id is not None and qid != _qid_bytes(queue_id):
+            raise StorageError(f"segment {segment}: record at {offset} belongs to "
+                               f"{qid.rstrip(bytes(1)).decode('ascii', 'replace')}, not {queue_id}")
+        if zlib.crc32(body) != crc:
+            raise StorageError(f"segment {segment}: record at {offset} fails its crc32")
+        return body
+
+    # -- reclaim / recovery ------------------------------------------------------
+
+    async def reclaim(self, live_segments: set[int]) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, self._reclaim_sync, set(live_segments))
+
+    def _reclaim_sync(self, live: set[int]) -> int:
+        removed = 0
+        for number in self.scan():
+            if number in live or number == self._current:
+                continue
+            self.unlink(number)
+            removed += 1
+        # No directory fsync: if an unlink is lost in a crash, recovery redoes it.
+        return removed
+
+    def scan(self) -> dict[int, int]:
+        return scan_segments(self.directory)
+
+    def unlink(self, number: int) -> None:
+        try:
+            os.unlink(self.directory / segment_name(number))
+        except FileNotFoundError:
+            pass
+        log.info("spool: removed dead segment %s", segment_name(number))
+
+    def close(self) -> None:
+        self._abandon()
+        self._io.shutdown(wait=True)

@@ -1,0 +1,242 @@
+"""`Spool`: the facade the server, runtime, admin API and CLI code against.
+
+One job: wire the index (index.py), the body store (segments.py), the
+group-commit writer (writer.py), the read queries (reads.py) and recovery
+(recovery.py) behind the public API below, and own the spool directory.
+
+API:
+    spool = await Spool.open(state_dir, *, now)         # creates dirs, locks, recovers
+    spool.recovery: RecoveryReport;  spool.stats: SpoolStats
+    await spool.enqueue(NewMessage, now, *, dsn_for: DsnMark | None = None) -> queue id
+    await spool.lease_due(now, limit) -> list[QueuedRecipient]
+    await spool.release([(queue_id, rcpt_idx), ...])
+    await spool.record([RecipientUpdate, ...])
+    await spool.next_due_at() -> float | None
+    await spool.read_body(queue_id) -> bytes
+    await spool.dsn_candidates(limit) / delay_candidates(now, after, limit) -> list[DsnCandidate]
+    await spool.list_messages(limit, include_done) / get_message(queue_id)
+    await spool.counts() -> {state: n};  await spool.reclaim() -> int;  await spool.close()
+
+Invariants:
+- `enqueue` returns only after the commit point (see the package docstring);
+  every failure on the way is a `StorageError`, never a silent drop.
+- One process owns a spool directory (an flock on ``spool/lock``); a second
+  `open` fails with StorageError instead of corrupting the first.
+- Writes go through the writer task; reads use a separate reader connection
+  that only ever sees committed rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import aiosqlite
+
+from mta.core.envelope import DsnCandidate, QueuedRecipient, RecipientUpdate
+from mta.core.errors import StorageError
+from mta.core.ids import new_queue_id
+from mta.spool import index, reads
+from mta.spool.faults import storage_error
+from mta.spool.recovery import RecoveryReport, check_index_present, recover
+from mta.spool.segments import SEGMENT_MAX_BYTES, SegmentStore, fsync_dir
+from mta.spool.views import MessageView
+from mta.spool.writer import (ENQUEUE, LEASE, RECLAIM, RECORD, RELEASE, PendingMessage,
+                              SpoolStats, Writer)
+
+log = logging.getLogger("mta.spool")
+
+DSN_KINDS = {"failure": "sent", "delay": "delay_sent"}
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    sender: str                  # "" = null reverse path
+    recipients: tuple[str, ...]  # "local@domain" with normalised domain
+    body: bytes                  # complete message, CRLF line endings
+    credential: str | None = None
+    listener: str = ""
+    client_ip: str = ""
+    is_dsn: bool = False
+
+
+@dataclass(frozen=True)
+class DsnMark:
+    """Marks recipients of an original message as notified, in the same
+    transaction that enqueues the DSN (crash states S7/S8)."""
+    queue_id: str
+    rcpt_idxs: tuple[int, ...]
+    kind: str                    # "failure" → dsn_state='sent'; "delay" → 'delay_sent'
+
+
+def _make_dirs(*dirs: Path) -> None:
+    # A directory we create must itself be durable before anything in it is.
+    for d in dirs:
+        if not d.is_dir():
+            d.mkdir(mode=0o700)
+            fsync_dir(d.parent)
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StorageError(f"{path} is locked: another mta process owns this spool") from None
+    return fd
+
+
+class Spool:
+    recovery: RecoveryReport
+
+    def __init__(self, root: Path, conn: aiosqlite.Connection, reader: aiosqlite.Connection,
+                 store: SegmentStore, recovery: RecoveryReport, lock_fd: int, opened_at: float):
+        self.root = root
+        self.recovery = recovery
+        self.stats = SpoolStats()
+        self.opened_at = opened_at
+        self._conn = conn
+        self._reader = reader
+        self._store = store
+        self._lock_fd = lock_fd
+        self._writer = Writer(conn, store, self.stats)
+        self._closed = False
+
+    @classmethod
+    async def open(cls, state_dir: str | os.PathLike, *, now: float,
+                   segment_max_bytes: int = SEGMENT_MAX_BYTES) -> "Spool":
+        state = Path(state_dir)
+        root = state / "spool"
+        segdir = root / "segments"
+        index_path = root / "index.sqlite3"
+        conn = reader = None
+        lock_fd = -1
+        try:
+            await asyncio.to_thread(_make_dirs, state, root, segdir)
+            lock_fd = await asyncio.to_thread(_lock, root / "lock")
+            created = await asyncio.to_thread(check_index_present, index_path, segdir)
+            conn = await index.connect(index_path)
+            if created:
+                await asyncio.to_thread(fsync_dir, root)
+            report = await recover(conn, segdir, index_created=created)
+            reader = await index.connect(index_path, reader=True)
+        except BaseException as exc:
+            for c in (reader, conn):
+                if c is not None:
+                    await c.close()
+            if lock_fd >= 0:
+                os.close(lock_fd)
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise storage_error(exc, f"opening spool {root}") from exc
+            raise
+        store = SegmentStore(segdir, first_number=report.next_segment, max_bytes=segment_max_bytes)
+        spool = cls(root, conn, reader, store, report, lock_fd, now)
+        spool._writer.start()
+        log.info("spool opened at %s: %s", root, report.to_dict())
+        return spool
+
+    # -- writes (all through the group-commit writer) --------------------------------
+
+    async def enqueue(self, msg: NewMessage, now: float, *, dsn_for: DsnMark | None = None) -> str:
+        if not msg.recipients:
+            raise ValueError("a message needs at least one recipient")
+        mark = None
+        if dsn_for is not None:
+            if dsn_for.kind not in DSN_KINDS:
+                raise ValueError(f"unknown DSN kind {dsn_for.kind!r}")
+            mark = (dsn_for.queue_id, tuple(dsn_for.rcpt_idxs), dsn_for.kind)
+        pending = PendingMessage(
+            queue_id=new_queue_id(now), sender=msg.sender, recipients=tuple(msg.recipients),
+            body=bytes(msg.body), received_at=now, credential=msg.credential,
+            listener=msg.listener, client_ip=msg.client_ip, is_dsn=msg.is_dsn,
+            dsn_for=dsn_for.queue_id if dsn_for is not None else None, dsn_mark=mark)
+        return await self._writer.submit(ENQUEUE, pending)
+
+    async def lease_due(self, now: float, limit: int) -> list[QueuedRecipient]:
+        if limit <= 0:
+            return []
+        return await self._writer.submit(LEASE, (now, limit))
+
+    async def release(self, items: Iterable[tuple[str, int]]) -> None:
+        pairs = [(qid, idx) for qid, idx in items]
+        if pairs:
+            await self._writer.submit(RELEASE, pairs)
+
+    async def record(self, updates: Sequence[RecipientUpdate]) -> None:
+        updates = list(updates)
+        for u in updates:
+            if u.state not in index.STATE_TRANSITIONS:
+                raise ValueError(f"unknown recipient state {u.state!r}")
+        if updates:
+            await self._writer.submit(RECORD, updates)
+
+    async def reclaim(self) -> int:
+        return await self._writer.submit(RECLAIM, None)
+
+    # -- reads (reader connection: committed data only) -------------------------------
+
+    async def next_due_at(self) -> float | None:
+        return await self._read(reads.next_due_at(self._reader))
+
+    async def read_body(self, queue_id: str) -> bytes:
+        loc = await self._read(reads.body_location(self._reader, queue_id))
+        if loc is None:
+            raise KeyError(queue_id)
+        segment, offset, length, live = loc
+        try:
+            return await self._store.read(segment, offset, length, queue_id)
+        except FileNotFoundError:
+            if not live:
+                raise KeyError(f"{queue_id}: body no longer kept (message done)") from None
+            raise StorageError(f"{queue_id}: segment {segment} is missing") from None
+        except OSError as exc:
+            raise storage_error(exc, f"reading body of {queue_id}") from exc
+
+    async def dsn_candidates(self, limit: int = 100) -> list[DsnCandidate]:
+        return await self._read(reads.dsn_candidates(self._reader, limit))
+
+    async def delay_candidates(self, now: float, after: float, limit: int = 100) -> list[DsnCandidate]:
+        return await self._read(reads.delay_candidates(self._reader, now - after, limit))
+
+    async def list_messages(self, limit: int = 1000, include_done: bool = False) -> list[MessageView]:
+        return await self._read(reads.list_messages(self._reader, limit, include_done))
+
+    async def get_message(self, queue_id: str) -> MessageView | None:
+        return await self._read(reads.get_message(self._reader, queue_id))
+
+    async def counts(self) -> dict[str, int]:
+        return await self._read(reads.counts(self._reader))
+
+    async def _read(self, coro):
+        if self._closed:
+            coro.close()
+            raise StorageError("spool is closed")
+        try:
+            return await coro
+        except sqlite3.Error as exc:
+            raise storage_error(exc, "reading the spool index") from exc
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._writer.stop()
+        try:
+            # A clean shutdown leaves no WAL to replay; failure here is harmless.
+            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        await self._reader.close()
+        await self._conn.close()
+        self._store.close()
+        os.close(self._lock_fd)
+        log.info("spool closed: %s", self.stats)

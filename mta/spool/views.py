@@ -1,0 +1,69 @@
+"""Read models of the queue for the admin API and the CLI.
+
+One job: plain dataclasses that `Spool.list_messages` / `get_message`
+return, each with `to_dict()` for JSON output (a public interface: keep the
+keys stable).
+
+Invariant: views are snapshots; nothing in them writes back to the spool.
+Replies appear as their wire string (``"550 5.1.1 No such user"``) or "".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientView:
+    idx: int
+    address: str
+    state: str
+    attempts: int
+    next_attempt: float
+    last_reply: str
+    last_remote: str
+    last_tls: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptView:
+    rcpt_idx: int
+    at: float
+    duration: float
+    state: str
+    reply: str
+    remote_host: str
+    remote_ip: str
+    tls: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class MessageView:
+    id: str
+    sender: str
+    received_at: float
+    size: int
+    credential: str | None
+    is_dsn: bool
+    done: bool
+    recipients: list[RecipientView] = field(default_factory=list)
+    attempts: list[AttemptView] = field(default_factory=list)   # only filled by get_message
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "sender": self.sender,
+            "received_at": self.received_at,
+            "size": self.size,
+            "credential": self.credential,
+            "is_dsn": self.is_dsn,
+            "done": self.done,
+            "recipients": [r.to_dict() for r in self.recipients],
+            "attempts": [a.to_dict() for a in self.attempts],
+        }
