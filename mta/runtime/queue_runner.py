@@ -60,6 +60,7 @@ class QueueRunner:
         self._main: asyncio.Task | None = None
         self._dsn: asyncio.Task | None = None
         self._leased: dict[tuple[str, int], Work] = {}
+        self._owing: set[str] = set()
 
     # ---- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -248,7 +249,18 @@ class QueueRunner:
         finally:
             for u in updates:
                 self._leased.pop((u.queue_id, u.rcpt_idx), None)
-        if any(u.state in (BOUNCED, EXPIRED) for u in updates):
+        # A DSN is owed once a message with a failed recipient is finished;
+        # remember such messages so the pass runs when their last recipient
+        # is recorded, not at the next timer tick. (After a restart the
+        # first pass of the DSN loop catches up on what was owed.)
+        wake = False
+        for u in updates:
+            if u.state in (BOUNCED, EXPIRED):
+                self._owing.add(u.queue_id)
+                wake = True
+            elif u.queue_id in self._owing and u.state != QUEUED:
+                wake = True
+        if wake:
             self.dsn_wakeup.set()
 
     # ---- DSNs ------------------------------------------------------------
@@ -256,6 +268,7 @@ class QueueRunner:
         # Also the housekeeping loop: segment files whose messages are all
         # finished are unlinked here (the spool never does it on its own).
         last_reclaim = 0.0
+        self.dsn_wakeup.set()  # first pass at once: catch up after a restart
         while True:
             now = time.monotonic()
             if now - last_reclaim >= 30.0:
@@ -267,7 +280,7 @@ class QueueRunner:
                 except Exception:
                     log.exception("event=reclaim_failed")
             try:
-                await asyncio.wait_for(self.dsn_wakeup.wait(), timeout=30.0)
+                await asyncio.wait_for(self.dsn_wakeup.wait(), timeout=10.0)
             except asyncio.TimeoutError:
                 pass
             self.dsn_wakeup.clear()
@@ -288,6 +301,7 @@ class QueueRunner:
                 now, self.delay_warning_after, 100)))
         for kind, cands in batches:
             for c in cands:
+                self._owing.discard(c.queue_id)
                 original = await self.spool.read_body(c.queue_id)
                 dsn_id_hint = c.queue_id
                 body = build_dsn(original=original, candidate=c, reporting_mta=self.hostname,

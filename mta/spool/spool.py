@@ -64,6 +64,9 @@ class NewMessage:
     listener: str = ""
     client_ip: str = ""
     is_dsn: bool = False
+    # Chosen by the caller when it must name the id before the commit point
+    # (the Received: header carries it); else the spool makes one.
+    queue_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ class Spool:
                 raise ValueError(f"unknown DSN kind {dsn_for.kind!r}")
             mark = (dsn_for.queue_id, tuple(dsn_for.rcpt_idxs), dsn_for.kind)
         pending = PendingMessage(
-            queue_id=new_queue_id(now), sender=msg.sender, recipients=tuple(msg.recipients),
+            queue_id=msg.queue_id or new_queue_id(now), sender=msg.sender, recipients=tuple(msg.recipients),
             body=bytes(msg.body), received_at=now, credential=msg.credential,
             listener=msg.listener, client_ip=msg.client_ip, is_dsn=msg.is_dsn,
             dsn_for=dsn_for.queue_id if dsn_for is not None else None, dsn_mark=mark)

@@ -1,0 +1,167 @@
+"""One submission listener: the socket and the lifecycle of its sessions.
+
+API
+    SubmissionListener(cfg, *, hostname, spool, credentials, tls_context, clock,
+                       auth_throttle=None, log=None, message_factory=None)
+    await .start()          bind cfg.address (port 0 allowed) and accept
+    .sockname               (host, port) actually bound
+    await .stop(grace=5.0)  stop accepting; sessions inside DATA get `grace`
+                            seconds to finish; every session is then closed
+                            (idle ones get "421 4.3.2" first)
+    .update(cfg, credentials, tls_context)
+                            config reload: new sessions use the new values;
+                            the bound address does not change (restart for that)
+
+Invariants
+  * tls="starttls" and tls="implicit" need a TLS context (ConfigError
+    otherwise): a submission listener never silently runs without the TLS
+    it was configured with. Implicit TLS wraps the socket from the first byte.
+  * aiosmtpd's own logger ("mail.log") is raised to WARNING on start unless
+    the operator configured it: at INFO it logs every command line and at
+    DEBUG every DATA line (message content). aiosmtpd ≥ 1.4 masks the AUTH
+    initial response and does not log challenge answers, but content has no
+    place in the log either.
+  * Only this module touches sockets; policy lives in session.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import ssl
+from typing import TYPE_CHECKING, Any, Callable
+
+from mta.core import Clock, ConfigError
+from mta.policy.authlimit import AuthThrottle
+from mta.server import replies
+from mta.server.credentials import CredentialStore
+from mta.server.protocol import SubmissionSMTP
+from mta.server.session import SubmissionHandler
+
+if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
+    from mta.config.sections import ListenerConfig
+
+__all__ = ["SubmissionListener", "parse_hostport"]
+
+_IDENT = "ESMTP mta"
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"listener address {text!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _quiet_aiosmtpd_logger() -> None:
+    lg = logging.getLogger("mail.log")
+    if lg.level == logging.NOTSET or lg.level < logging.WARNING:
+        lg.setLevel(logging.WARNING)
+
+
+class SubmissionListener:
+    def __init__(self, cfg: ListenerConfig, *, hostname: str, spool: Any,
+                 credentials: CredentialStore, tls_context: ssl.SSLContext | None,
+                 clock: Clock, auth_throttle: AuthThrottle | None = None,
+                 log: logging.Logger | None = None,
+                 message_factory: Callable[..., Any] | None = None):
+        self.log = log or logging.getLogger("mta.server")
+        self.hostname = hostname
+        if auth_throttle is None:
+            auth_throttle = AuthThrottle(cfg.auth_max_failures, cfg.auth_lockout)
+        self._check_tls(cfg, tls_context)
+        self.cfg = cfg
+        self.tls_context = tls_context
+        self.handler = SubmissionHandler(cfg, hostname=hostname, spool=spool,
+                                         credentials=credentials, clock=clock,
+                                         auth_throttle=auth_throttle, log=self.log,
+                                         message_factory=message_factory)
+        self._server: asyncio.AbstractServer | None = None
+        self._sessions: set[SubmissionSMTP] = set()
+
+    @staticmethod
+    def _check_tls(cfg: ListenerConfig, tls_context: ssl.SSLContext | None) -> None:
+        if cfg.tls in ("starttls", "implicit") and tls_context is None:
+            raise ConfigError(f"listener {cfg.name!r}: tls = \"{cfg.tls}\" needs a TLS "
+                              "certificate (cert/key), none was loaded")
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def _make_protocol(self) -> SubmissionSMTP:
+        cfg = self.cfg
+        implicit = cfg.tls == "implicit"
+        proto = SubmissionSMTP(
+            self.handler,
+            implicit_tls=implicit,
+            registry=self._sessions,
+            data_size_limit=cfg.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=self.hostname,
+            ident=_IDENT,
+            tls_context=self.tls_context if cfg.tls == "starttls" else None,
+            require_starttls=False,
+            timeout=cfg.idle_timeout,
+            auth_required=False,       # SubmissionSMTP.check_auth_needed decides
+            # Inside implicit TLS every session is encrypted; aiosmtpd only
+            # knows about STARTTLS, so tell it not to insist.
+            auth_require_tls=cfg.require_tls_for_auth and not implicit,
+            loop=asyncio.get_running_loop(),
+        )
+        return proto
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("listener already started")
+        _quiet_aiosmtpd_logger()
+        host, port = parse_hostport(self.cfg.address)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._make_protocol, host, port,
+            ssl=self.tls_context if self.cfg.tls == "implicit" else None,
+            reuse_address=True)
+        h, p = self.sockname
+        self.log.info("event=listening listener=%s address=%s:%d tls=%s", self.cfg.name,
+                      h, p, self.cfg.tls)
+
+    @property
+    def sockname(self) -> tuple[str, int]:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("listener not started")
+        name = self._server.sockets[0].getsockname()
+        return str(name[0]), int(name[1])
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(s.in_data for s in self._sessions) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for s in list(self._sessions):
+            s.close_for_shutdown(replies.SHUTTING_DOWN)
+        # Let connection_lost run for the closed transports.
+        for _ in range(20):
+            if not self._sessions:
+                break
+            await asyncio.sleep(0.01)
+        await self._server.wait_closed()
+        self._server = None
+        self.log.info("event=stopped listener=%s", self.cfg.name)
+
+    def update(self, cfg: ListenerConfig, credentials: CredentialStore,
+               tls_context: ssl.SSLContext | None) -> None:
+        if cfg.address != self.cfg.address or cfg.tls != self.cfg.tls:
+            self.log.warning("event=reload_ignored listener=%s reason=\"address/tls change "
+                             "needs a restart\"", self.cfg.name)
+            cfg = dataclasses.replace(cfg, address=self.cfg.address, tls=self.cfg.tls)
+        self._check_tls(cfg, tls_context)
+        self.cfg = cfg
+        self.tls_context = tls_context
+        self.handler.update(cfg, credentials)

@@ -1,0 +1,216 @@
+"""The aiosmtpd protocol subclass: wire-level fixes, no policy.
+
+API
+    SubmissionSMTP(handler, *, implicit_tls: bool, **aiosmtpd_kwargs)
+        .in_data          True while a DATA command is being received/handled
+        .tls_active       the session is inside TLS (STARTTLS or implicit)
+        .client_ip        peer address as a string
+        .close_for_shutdown(reply)
+        registry          optional set the instance is in while connected
+
+What it changes in aiosmtpd's `SMTP` (and why):
+  * `push` gives every reply an enhanced status code (replies.with_esc);
+    aiosmtpd's own texts mostly lack one. EHLO/HELO lines, the greeting,
+    334 challenges and 354 are exempt (RFC 2034).
+  * AUTH PLAIN / LOGIN are parsed here but *decided* by the handler
+    (`handler.authenticate`, async: the scrypt check runs in a thread and
+    the brute-force delay is awaited). aiosmtpd's own authenticator hook is
+    synchronous, so it cannot be used. An aborted/garbled exchange gets one
+    reply, not two (aiosmtpd 1.4 sends a 501 and then a 535).
+  * `check_auth_needed` asks the handler (`may_transact`): an authenticated
+    session or a trusted network. aiosmtpd's own `auth_required` flag is off,
+    because it knows nothing of trusted networks.
+  * MAIL/RCPT with an address aiosmtpd cannot parse get 501 5.1.7 / 5.1.3
+    naming the address, instead of aiosmtpd's bare "553 malformed address".
+  * A failed DATA (exception) resets the transaction, so the next MAIL works.
+  * Each instance owns its `command_size_limits` (aiosmtpd keeps it on the
+    class, so EHLO in one session changed limits in all of them).
+
+Invariants: nothing here accepts mail or decides who may send; the handler
+(session.py) does. Implicit-TLS sessions report `tls_active` from the first
+byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session
+
+from mta.core import Reply
+from mta.server import replies
+
+__all__ = ["SubmissionSMTP", "SubmissionSession"]
+
+
+class SubmissionSession(Session):
+    """aiosmtpd's Session plus what our policy needs to know."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
+        self.credential: str | None = None   # AUTH identity once authenticated
+        self.trusted: bool | None = None     # cached trusted-network decision
+
+
+class SubmissionSMTP(SMTP):
+    def __init__(self, handler: Any, *, implicit_tls: bool = False,
+                 registry: set["SubmissionSMTP"] | None = None, **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
+        self.implicit_tls = implicit_tls
+        self.in_data = False
+        self._raw_250 = False
+        self._registry = registry  # the listener's live sessions (for stop())
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._registry is not None:
+            self._registry.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._registry is not None:
+            self._registry.discard(self)
+        super().connection_lost(error)
+
+    # -- state ------------------------------------------------------------
+
+    def _create_session(self) -> Session:
+        return SubmissionSession(self.loop)
+
+    @property
+    def tls_active(self) -> bool:
+        if self._tls_protocol is not None:
+            return True
+        t = self.transport
+        return self.implicit_tls or (t is not None and t.get_extra_info("ssl_object") is not None)
+
+    @property
+    def client_ip(self) -> str:
+        peer = self.session.peer if self.session is not None else None
+        if isinstance(peer, tuple) and peer:
+            return str(peer[0])
+        return str(peer or "")
+
+    def close_for_shutdown(self, reply: Reply) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            try:
+                self.transport.write(str(reply).encode() + b"\r\n")
+            finally:
+                self.transport.close()
+
+    # -- replies ----------------------------------------------------------
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, Reply):
+            status = str(status)
+        elif isinstance(status, str) and not (self._raw_250 and status.startswith("250")):
+            status = replies.with_esc(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._raw_250 = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._raw_250 = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._raw_250 = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._raw_250 = False
+
+    # -- who may send -------------------------------------------------------
+
+    async def check_auth_needed(self, caller_method: str) -> bool:
+        if caller_method not in ("MAIL", "RCPT", "DATA", "VRFY"):
+            return False
+        if self.event_handler.may_transact(self, self.session):
+            return False
+        await self.push(replies.AUTH_REQUIRED)
+        return True
+
+    # -- MAIL / RCPT: name the address aiosmtpd could not parse ------------
+
+    def _unparsable(self, arg: str | None, keyword: str) -> str | None:
+        if arg is None:
+            return None
+        rest = self._strip_command_keyword(keyword, arg)
+        if rest is None:
+            return None
+        address, _ = self._getaddr(rest)
+        return rest.split(" ", 1)[0] if address is None else None
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        bad = self._unparsable(arg, "FROM:")
+        if (bad is not None and self.session.host_name
+                and self.event_handler.may_transact(self, self.session)):
+            await self.push(replies.bad_sender(bad))
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        bad = self._unparsable(arg, "TO:")
+        if (bad is not None and self.session.host_name and self.envelope.mail_from
+                and self.event_handler.may_transact(self, self.session)):
+            await self.push(replies.bad_recipient(bad))
+            return
+        await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        except Exception:
+            # The transaction is over whatever happened; without this the
+            # next MAIL would get "503 nested MAIL command".
+            self._set_post_data_state()
+            raise
+        finally:
+            self.in_data = False
+
+    # -- AUTH mechanisms: parse here, decide in the handler ----------------
+
+    async def _response(self, challenge: bytes) -> bytes | None:
+        """Send a 334 challenge and return the decoded answer (None: replied already)."""
+        blob = await self.challenge_auth(challenge, encode_to_b64=True)
+        return None if blob is MISSING else blob
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self._response(b"")
+            if blob is None:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push(replies.AUTH_BAD_BASE64)
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            await self.push(replies.AUTH_BAD_PLAIN)
+            return AuthResult(success=False, handled=True)
+        _authzid, login, password = parts
+        return await self.event_handler.authenticate(self, self.session, "PLAIN", login, password)
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self._response(b"Username:")
+            if login is None:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = base64.b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await self.push(replies.AUTH_BAD_BASE64)
+                return AuthResult(success=False, handled=True)
+        password = await self._response(b"Password:")
+        if password is None:
+            return AuthResult(success=False, handled=True)
+        return await self.event_handler.authenticate(self, self.session, "LOGIN", login, password)

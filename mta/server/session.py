@@ -1,0 +1,258 @@
+"""The aiosmtpd handler: per-command policy of the submission service.
+
+API
+    SubmissionHandler(cfg, *, hostname, spool, credentials, clock, auth_throttle,
+                      log, message_factory=None)
+    aiosmtpd hooks: handle_EHLO, handle_AUTH, handle_MAIL, handle_RCPT,
+                    handle_DATA, handle_exception
+    called by protocol.SubmissionSMTP: may_transact(server, session),
+                    authenticate(server, session, mechanism, login, password)
+
+Rules (the order inside each hook is the order of the checks):
+  * No open relay: MAIL, RCPT and DATA each re-check that the session is
+    authenticated or comes from `trusted_networks` (the protocol checks it
+    too, before parsing; this is the second lock on the same door).
+  * AUTH: refused during a transaction (RFC 4954 §4); refused with 421 and
+    the connection closed while the client IP is locked out by the
+    AuthThrottle; otherwise the reply (success or 535) is delayed by the
+    throttle's delay, on success too, so a guesser cannot tell early.
+  * DATA: hygiene (bare CR/LF, NUL) → size → headers → `spool.enqueue`
+    (NewMessage.queue_id is chosen here, so Received: names the real id);
+    "250 … queued as <id>" only after enqueue returned (the commit point).
+    StorageError → its own 4xx reply. Any other exception → 451 4.3.0 via
+    `handle_exception` (aiosmtpd's default would be a permanent 500).
+  * Logs: one `event=received` line per message; AUTH outcomes without
+    secrets (the login name only when it is a valid user name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
+
+from mta.core import AddressError, Clock, StorageError, new_queue_id, parse_address
+from mta.mail.headers import prepare_submission
+from mta.server import replies
+from mta.server.credentials import CredentialStore, valid_username
+from mta.server.hygiene import check_data
+
+if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
+    from mta.config.sections import ListenerConfig
+
+__all__ = ["SubmissionHandler", "ehlo_lines"]
+
+# Extensions aiosmtpd does not advertise itself (it supports PIPELINING by
+# reading commands from a stream; ENHANCEDSTATUSCODES is ours, see replies.py).
+_EXTRA_EXTENSIONS = ("PIPELINING", "ENHANCEDSTATUSCODES")
+
+
+def ehlo_lines(responses: list[str]) -> list[str]:
+    """aiosmtpd's EHLO lines → ours: drop "HELP", add our extensions, fix the last dash."""
+    words = [r[4:] for r in responses if r[4:] != "HELP"]
+    words += [e for e in _EXTRA_EXTENSIONS if e not in words]
+    return [f"250-{w}" for w in words[:-1]] + [f"250 {words[-1]}"]
+
+
+def _default_message_factory() -> Callable[..., Any]:
+    # Imported on first use: the spool package may import things the server
+    # does not need at import time (and is developed alongside this one).
+    from mta.spool import NewMessage
+    return NewMessage
+
+
+class SubmissionHandler:
+    def __init__(self, cfg: ListenerConfig, *, hostname: str, spool: Any,
+                 credentials: CredentialStore, clock: Clock, auth_throttle: Any,
+                 log: logging.Logger, message_factory: Callable[..., Any] | None = None):
+        self.hostname = hostname
+        self.spool = spool
+        self.clock = clock
+        self.throttle = auth_throttle
+        self.log = log
+        self._message_factory = message_factory
+        self.update(cfg, credentials)
+
+    def update(self, cfg: ListenerConfig, credentials: CredentialStore) -> None:
+        self.cfg = cfg
+        self.credentials = credentials
+        self._trusted = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.trusted_networks)
+
+    # -- who may send -------------------------------------------------------
+
+    def _is_trusted(self, ip: str) -> bool:
+        if not self._trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self._trusted)
+
+    def may_transact(self, server: Any, session: Session) -> bool:
+        if session.authenticated:
+            return True
+        if getattr(session, "trusted", None) is None:
+            session.trusted = self._is_trusted(server.client_ip)
+        return bool(session.trusted)
+
+    # -- EHLO / AUTH --------------------------------------------------------
+
+    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname  # the 5-argument hook must do this itself
+        return ehlo_lines(responses)
+
+    async def handle_AUTH(self, server: Any, session: Session, envelope: Envelope,
+                          args: list[str]) -> Any:
+        if envelope.mail_from:
+            return str(replies.AUTH_IN_TRANSACTION)
+        if self.throttle is not None and self.throttle.check(server.client_ip,
+                                                             self.clock.now()) is None:
+            await self._lock_out(server)
+            return None
+        return MISSING
+
+    async def _lock_out(self, server: Any) -> None:
+        self.log.warning("event=auth_locked_out listener=%s client=%s",
+                         self.cfg.name, server.client_ip)
+        await server.push(replies.AUTH_LOCKED)
+        if server.transport is not None:
+            server.transport.close()
+
+    async def authenticate(self, server: Any, session: Session, mechanism: str,
+                           login: bytes, password: bytes) -> AuthResult:
+        ip = server.client_ip
+        delay = 0.0
+        if self.throttle is not None:
+            d = self.throttle.check(ip, self.clock.now())
+            if d is None:
+                await self._lock_out(server)
+                return AuthResult(success=False, handled=True)
+            delay = d
+        ok = await asyncio.to_thread(self.credentials.verify, login, password)
+        try:
+            name = login.decode("utf-8")
+        except UnicodeError:
+            name = ""
+        shown = name if valid_username(name) else "<invalid>"
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if ok:
+            if self.throttle is not None:
+                self.throttle.success(ip)
+            session.credential = name
+            self.log.info("event=auth_ok listener=%s client=%s mechanism=%s credential=%s",
+                          self.cfg.name, ip, mechanism, shown)
+            return AuthResult(success=True, auth_data=name, message=str(replies.AUTH_OK))
+        self.log.info("event=auth_failed listener=%s client=%s mechanism=%s credential=%s",
+                      self.cfg.name, ip, mechanism, shown)
+        if self.throttle is not None:
+            self.throttle.failure(ip, self.clock.now())
+            if self.throttle.check(ip, self.clock.now()) is None:
+                await self._lock_out(server)
+                return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=str(replies.AUTH_INVALID))
+
+    # -- the transaction ------------------------------------------------------
+
+    def _check_address(self, address: str, envelope: Envelope, *, sender: bool) -> Any:
+        """Parsed address, or the Reply refusing it."""
+        if sender and address == "<>":
+            return ""
+        try:
+            address.encode("utf-8")  # aiosmtpd hands over undecodable bytes as surrogates
+            parsed = parse_address(address)
+        except (AddressError, UnicodeError) as exc:
+            why = str(exc) if isinstance(exc, AddressError) else "not UTF-8"
+            return (replies.bad_sender if sender else replies.bad_recipient)(address, why)
+        if not address.isascii() and not envelope.smtp_utf8:
+            return replies.NEED_SMTPUTF8
+        return str(parsed)
+
+    async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if not self.may_transact(server, session):
+            return str(replies.AUTH_REQUIRED)
+        checked = self._check_address(address, envelope, sender=True)
+        if not isinstance(checked, str):
+            return str(checked)
+        envelope.mail_from = checked or "<>"  # aiosmtpd treats "" as "no MAIL yet"
+        envelope.mail_options.extend(mail_options)
+        return str(replies.sender_ok(checked))
+
+    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if not self.may_transact(server, session):
+            return str(replies.AUTH_REQUIRED)
+        if len(envelope.rcpt_tos) >= self.cfg.max_recipients:
+            return str(replies.TOO_MANY_RECIPIENTS)
+        if address == "<>":
+            return str(replies.NULL_RECIPIENT)
+        checked = self._check_address(address, envelope, sender=False)
+        if not isinstance(checked, str):
+            return str(checked)
+        envelope.rcpt_tos.append(checked)
+        envelope.rcpt_options.extend(rcpt_options)
+        return str(replies.recipient_ok(checked))
+
+    def _protocol_name(self, server: Any, session: Session) -> str:
+        if not session.extended_smtp:
+            return "SMTP"
+        return "ESMTP" + ("S" if server.tls_active else "") + ("A" if session.authenticated else "")
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        if not self.may_transact(server, session):
+            return str(replies.AUTH_REQUIRED)
+        content: bytes = envelope.original_content or b""
+        refused = check_data(content)
+        if refused is not None:
+            self.log.warning("event=rejected reason=smuggling listener=%s client=%s "
+                             "credential=%s reply=%r", self.cfg.name, server.client_ip,
+                             session.credential, str(refused))
+            return str(refused)
+        if len(content) > self.cfg.max_message_size:
+            return str(replies.TOO_BIG)
+
+        now = self.clock.now()
+        sender = "" if envelope.mail_from == "<>" else envelope.mail_from
+        rcpts = tuple(envelope.rcpt_tos)
+        id_hint = new_queue_id(now)
+        body = prepare_submission(
+            content, hostname=self.hostname, helo=session.host_name or "unknown",
+            client_ip=server.client_ip, protocol=self._protocol_name(server, session),
+            queue_id_hint=id_hint, recipient=rcpts[0] if len(rcpts) == 1 else None,
+            now=now, authenticated=bool(session.authenticated))
+        factory = self._message_factory or _default_message_factory()
+        msg = factory(sender=sender, recipients=rcpts, body=body,
+                      credential=session.credential, listener=self.cfg.name,
+                      client_ip=server.client_ip, is_dsn=False,
+                      # the id named in Received: becomes the queue id
+                      queue_id=id_hint)
+        try:
+            queue_id = await self.spool.enqueue(msg, now)
+        except StorageError as exc:
+            self.log.error("event=enqueue_failed listener=%s client=%s error=%s reply=%r",
+                           self.cfg.name, server.client_ip, exc, str(exc.reply))
+            return str(exc.reply)
+        self.log.info("event=received id=%s sender=<%s> rcpts=%d size=%d listener=%s "
+                      "client=%s credential=%s", queue_id, sender, len(rcpts), len(body),
+                      self.cfg.name, server.client_ip, session.credential or "-")
+        return str(replies.queued(queue_id))
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd calls this without the session; the traceback is what matters.
+        if isinstance(error, TLSSetupException):  # a client that failed the handshake
+            self.log.info("event=tls_failed listener=%s error=%s", self.cfg.name,
+                          error.__cause__ or error)
+            return str(replies.INTERNAL_ERROR)  # not sent: aiosmtpd closes the connection
+        self.log.error("event=session_error listener=%s error=%s: %s\n%s", self.cfg.name,
+                       type(error).__name__, error,
+                       "".join(traceback.format_exception(error)).rstrip())
+        return str(replies.INTERNAL_ERROR)
