@@ -37,6 +37,7 @@ Known compromises (written down where they live):
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import ssl
@@ -176,6 +177,8 @@ class _Session:
         self.smtp = smtp
         self.peer = peer
         self.timeout = command_timeout
+        self.uses = 0            # transactions sent over this connection
+        self.expiry: asyncio.TimerHandle | None = None   # set while parked in the cache
 
     async def transact(self, msg: OutboundMessage, ledger: _Ledger) -> None:
         """One MAIL/RCPT/DATA transaction; settles what the remote answered.
@@ -187,6 +190,7 @@ class _Session:
         rcpts = ledger.unsettled(msg)
         if not rcpts:
             return
+        self.uses += 1
         options: list[str] = []
         if smtp.supports_extension("size"):
             options.append(f"SIZE={len(msg.body)}")
@@ -286,13 +290,62 @@ class _Session:
 
 
 class SmtpTransport:
+    """Delivers batches; keeps idle connections for `cache_time` seconds so
+    the next batch to the same destination skips connect, EHLO and STARTTLS
+    (Postfix's connection cache). A cached connection is used for at most
+    `max_uses` transactions, and at most `max_idle` are kept per destination."""
+
     def __init__(self, *, hostname: str, resolver: Resolver, connect_timeout: float,
-                 command_timeout: float):
+                 command_timeout: float, cache_time: float = 2.0, max_uses: int = 100,
+                 max_idle: int = 20):
         self.hostname = hostname
         self.resolver = resolver
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
+        self.cache_time, self.max_uses, self.max_idle = cache_time, max_uses, max_idle
         self._tls = _tls_context()
+        self._idle: dict[str, list[_Session]] = {}
+
+    # ---- connection cache ---------------------------------------------
+    def _take_idle(self, name: str) -> _Session | None:
+        sessions = self._idle.get(name)
+        while sessions:
+            session = sessions.pop()
+            if session.expiry:
+                session.expiry.cancel()
+                session.expiry = None
+            if session.smtp.is_connected:
+                return session
+            session.close()
+        return None
+
+    async def _park(self, name: str, session: _Session) -> None:
+        sessions = self._idle.setdefault(name, [])
+        if (self.cache_time <= 0 or session.uses >= self.max_uses
+                or len(sessions) >= self.max_idle or not session.smtp.is_connected):
+            await session.quit()
+            return
+        sessions.append(session)
+        session.expiry = asyncio.get_running_loop().call_later(
+            self.cache_time, self._expire, name, session)
+
+    def _expire(self, name: str, session: _Session) -> None:
+        sessions = self._idle.get(name, [])
+        if session in sessions:
+            sessions.remove(session)
+            session.expiry = None
+            asyncio.ensure_future(session.quit())
+        if not sessions:
+            self._idle.pop(name, None)
+
+    async def close(self) -> None:
+        """QUIT every cached connection (daemon shutdown)."""
+        idle, self._idle = self._idle, {}
+        for sessions in idle.values():
+            for session in sessions:
+                if session.expiry:
+                    session.expiry.cancel()
+                await session.quit()
 
     async def deliver(self, destination: Destination,
                       messages: Sequence[OutboundMessage]) -> DeliveryReport:
@@ -337,7 +390,10 @@ class SmtpTransport:
         pending = [m for m in messages if ledger.unsettled(m)]
         lost_once = False
         while pending:
-            session, failure = await self._open(destination, hops)
+            session = self._take_idle(destination.name)
+            reused = session is not None
+            if session is None:
+                session, failure = await self._open(destination, hops)
             if session is None:
                 assert failure is not None
                 reply, health = failure
@@ -345,8 +401,28 @@ class SmtpTransport:
                 return health
             try:
                 while pending:
-                    await session.transact(pending[0], ledger)
+                    try:
+                        await session.transact(pending[0], ledger)
+                    except _Lost as exc:
+                        # A cached connection the remote closed while idle:
+                        # nothing of this message was sent, so just reconnect.
+                        if reused and exc.stage == "MAIL FROM":
+                            session.close()
+                            break
+                        raise
+                    except _Throttled:
+                        # An idle-timeout 421 on a cached connection says
+                        # nothing about the destination: reconnect.
+                        if reused:
+                            session.close()
+                            break
+                        raise
+                    reused = False
                     pending.pop(0)
+                else:
+                    await self._park(destination.name, session)
+                    return DestinationHealth.OK
+                continue
             except _Throttled as exc:
                 session.close()
                 log.info("%s: %s[%s] throttles us: %s", destination.name, session.peer.host,
@@ -370,7 +446,6 @@ class SmtpTransport:
                     return DestinationHealth.DOWN
                 lost_once = True
                 continue
-            await session.quit()
         return DestinationHealth.OK
 
     async def _open(self, destination: Destination, hops: list[Hop]

@@ -48,3 +48,4 @@ def setup_logging(level: str = "info") -> None:
     # (base64 credentials): keep it at WARNING whatever our level is.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("aiosmtpd").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)  # one line per SQL call at DEBUG

@@ -90,6 +90,10 @@ class QueueRunner:
         if self._leased:
             await self.spool.release(list(self._leased))
             self._leased.clear()
+        for t in (self.transport, self.sandbox_transport):
+            close = getattr(t, "close", None)
+            if close:
+                await close()
 
     @property
     def inflight(self) -> int:
@@ -146,9 +150,14 @@ class QueueRunner:
         works, expired = [], []
         for it in items:
             if self.retry.is_expired(it.received_at, now):
+                # Keep the last remote reply as the diagnostic when there was
+                # one: "expired after 451 greylisted" tells the sender why.
                 expired.append(RecipientUpdate(
                     it.queue_id, it.rcpt_idx, EXPIRED, counts_attempt=False, attempted_at=now,
-                    reply=Reply(451, "4.4.7", "Message expired: delivery time limit exceeded")))
+                    reply=None if it.attempts else Reply(
+                        451, "4.4.7", "Message expired: delivery time limit exceeded "
+                                      "before any attempt succeeded")))
+                event(log, "expired", id=it.queue_id, rcpt=it.address, attempts=it.attempts)
                 continue
             dest = destination_for(it.domain, self.routes, sandbox=self.sandbox,
                                    mx_port=self.mx_port)

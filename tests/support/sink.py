@@ -100,7 +100,8 @@ class _Handler:
         ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
         sink.transactions += 1
         sink.messages.append(SinkMessage(
-            mail_from=envelope.mail_from, rcpt_tos=list(envelope.rcpt_tos),
+            mail_from="" if envelope.mail_from == "<>" else envelope.mail_from,
+            rcpt_tos=list(envelope.rcpt_tos),
             data=bytes(envelope.original_content or b""),
             tls=ssl_object.version() if ssl_object is not None else None,
             peer=session.peer, connection=getattr(server, "sink_connection", 0),
