@@ -208,3 +208,49 @@ async def test_queue_list_cli(mta, sink, tmp_path):
 async def _attempted(mta, qid):
     v = await mta.spool.get_message(qid)
     return v if v.attempts else None
+
+
+async def test_delay_warning_is_sent_once(tmp_path, sink, user):
+    port = free_port()
+    text = config_text(tmp_path / "state", port, routes={"*": f"127.0.0.1:{sink.address[1]}"},
+                       retry="1s", lifetime="60s", extra_delivery='delay_warning_after = "2s"')
+    async with running_daemon(text) as d:
+        qid = await submit(port, ["tempfail-1000@rcpt.test"])
+        dsns = await wait_until(lambda: _dsns(sink), timeout=15)
+        text = dsns[0].data.decode()
+        assert "Action: delayed" in text
+        assert "Final-Recipient: rfc822; tempfail-1000@rcpt.test" in text
+        assert "Will-Retry-Until:" in text
+        await asyncio.sleep(2.5)
+        assert len(await _dsns(sink)) == 1           # a warning is sent once
+        v = await d.spool.get_message(qid)
+        assert v.recipients[0].state == "queued"     # still being retried
+
+
+async def test_destination_down_defers_on_schedule(tmp_path, sink, user):
+    dead = free_port()  # nothing listens there
+    port = free_port()
+    text = config_text(tmp_path / "state", port, routes={"*": f"127.0.0.1:{dead}"},
+                       retry="2s,4s", lifetime="60s")
+    async with running_daemon(text) as d:
+        qids = [await submit(port, [f"ok-{i}@down.test"]) for i in range(5)]
+
+        async def all_attempted():
+            vs = [await d.spool.get_message(q) for q in qids]
+            return vs if all(v.attempts for v in vs) else None
+        views = await wait_until(all_attempted)
+        for v in views:
+            assert v.recipients[0].state == "queued"
+            assert v.attempts[0].reply.startswith("451 4.4.1")
+            assert f"127.0.0.1]:{dead}" in v.attempts[0].reply
+        await asyncio.sleep(3.0)
+        # no recipient is retried before its schedule step (2s, then 4s),
+        # however often the destination was found down meanwhile
+        for q in qids:
+            v = await d.spool.get_message(q)
+            at = [a.at for a in v.attempts]
+            assert 1 <= len(at) <= 2
+            for a, b, step in zip(at, at[1:], (2.0, 4.0)):
+                assert b - a >= step - 0.05, at
+        states = d.runner.scheduler.destination_states()
+        assert f"[127.0.0.1]:{dead}" in states
