@@ -39,18 +39,12 @@ import binascii
 import collections
 from typing import Any
 
-import re
-
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 
 from mta.core import Reply
 from mta.server import replies
 
 __all__ = ["SubmissionSMTP", "SubmissionSession"]
-
-
-# A line of more than 1000 bytes counting its CRLF (RFC 5321 4.5.3.1.6).
-_LONG_LINE = re.compile(rb"[^\n]{1001}")
 
 
 class SubmissionSession(Session):
@@ -238,7 +232,7 @@ class SubmissionSMTP(SMTP):
             await self.push("552 Error: Too much mail data")
             return
         del buf[-3:]  # the terminating ".\r\n"
-        if _LONG_LINE.search(buf):
+        if len(buf) > 1001 and max(map(len, buf.split(b"\n"))) > 1000:
             self._set_post_data_state()
             await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
             return
