@@ -1,0 +1,63 @@
+"""`mta user …` and `mta queue list` through the real console entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def mta(tmp_path, *args, stdin=None):
+    env = dict(os.environ, MTA_STATE_DIR=str(tmp_path / "state"), PYTHONPATH=str(ROOT))
+    env.pop("MTA_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "mta", *args], input=stdin, env=env,
+                          capture_output=True, text=True, cwd=tmp_path)
+
+
+def test_user_lifecycle(tmp_path):
+    r = mta(tmp_path, "user", "add", "app1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("user=app1 password=")
+    generated = r.stdout.split("password=")[1].strip()
+    assert len(generated) >= 20
+    r = mta(tmp_path, "user", "add", "app2", "--password-stdin", stdin="hunter2-long\n")
+    assert r.returncode == 0 and "hunter2" not in r.stdout
+    creds = (tmp_path / "state" / "credentials.json")
+    assert oct(creds.stat().st_mode & 0o777) == "0o600"
+    text = creds.read_text()
+    assert generated not in text and "hunter2-long" not in text   # stored hashed
+    from mta.server.credentials import CredentialStore
+    store = CredentialStore(creds)
+    assert store.verify("app1", generated) and store.verify("app2", "hunter2-long")
+
+    r = mta(tmp_path, "user", "list", "--json")
+    assert [u["name"] for u in json.loads(r.stdout)] == ["app1", "app2"]
+    r = mta(tmp_path, "user", "add", "app1")
+    assert r.returncode == 1 and "app1" in r.stderr
+    r = mta(tmp_path, "user", "passwd", "app2", "--password-stdin", stdin="new-password-9\n")
+    assert r.returncode == 0
+    assert CredentialStore(creds).verify("app2", "new-password-9")
+    assert not CredentialStore(creds).verify("app2", "hunter2-long")
+    r = mta(tmp_path, "user", "remove", "app1")
+    assert r.returncode == 0
+    r = mta(tmp_path, "user", "list")
+    assert "app1" not in r.stdout and "app2" in r.stdout
+    r = mta(tmp_path, "user", "remove", "nobody")
+    assert r.returncode == 1 and "nobody" in r.stderr
+    r = mta(tmp_path, "user", "add", "bad name!")
+    assert r.returncode == 1
+
+
+def test_queue_list_without_a_queue_is_a_clear_error(tmp_path):
+    r = mta(tmp_path, "queue", "list")
+    assert r.returncode == 1
+    assert "no queue index" in r.stderr
+
+
+def test_usage_errors_exit_2(tmp_path):
+    r = mta(tmp_path, "frobnicate")
+    assert r.returncode == 2
