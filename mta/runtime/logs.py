@@ -46,6 +46,10 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
     # aiosmtpd logs every command line at DEBUG, including AUTH payloads
     # (base64 credentials): keep it at WARNING whatever our level is.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    mail_log = logging.getLogger("mail.log")
+    mail_log.setLevel(logging.WARNING)
+    # aiosmtpd itself sets the deprecated Session.login_data on every AUTH
+    # and warns about it: noise in every session, nothing an operator can fix.
+    mail_log.addFilter(lambda r: "login_data is deprecated" not in r.getMessage())
     logging.getLogger("aiosmtpd").setLevel(logging.WARNING)
     logging.getLogger("aiosqlite").setLevel(logging.INFO)  # one line per SQL call at DEBUG
