@@ -6,6 +6,7 @@ Every key is declared exactly once here, with default, kind, bounds and doc
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
@@ -19,7 +20,10 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class ServerConfig:
-    hostname: str = K("localhost", "name used in EHLO, Received: headers, Message-ID and DSNs")
+    # gethostname(), not getfqdn(): the latter may query DNS at import time.
+    hostname: str = K(socket.gethostname() or "localhost",
+                      "name used in EHLO, Received: headers, Message-ID and DSNs "
+                      "(default: this machine's host name)")
     state_dir: str = K("./var/mta", "directory for spool, index, keys and credentials "
                          "(MTA_STATE_DIR overrides)")
     mode: str = K("production", "\"production\" delivers to the Internet; \"sandbox\" captures "

@@ -29,6 +29,7 @@ import socket
 import time
 from typing import Sequence
 
+from mta.core.files import fsync_dir
 from mta.core.envelope import Destination
 from mta.core.outcome import DestinationHealth, RecipientFate, RecipientOutcome
 from mta.core.reply import Reply
@@ -44,13 +45,6 @@ def _clean(text: str) -> str:
     # header line can never be split by what we prepend.
     return text.replace("\r", " ").replace("\n", " ")
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SandboxTransport:
@@ -91,7 +85,7 @@ class SandboxTransport:
             except OSError:
                 pass
             raise
-        _fsync_dir(os.path.join(self.maildir, "new"))
+        fsync_dir(os.path.join(self.maildir, "new"))
         return new
 
     def _write_all(self, messages: Sequence[OutboundMessage]) -> list[str | OSError]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mta.config import Config
 from mta.core import Clock, SystemClock
+from mta.core.files import atomic_write
 from mta.delivery.resolver import DnsResolver
 from mta.delivery.client import SmtpTransport
 from mta.delivery.sandbox import SandboxTransport
@@ -49,9 +50,7 @@ def ensure_first_credential(cfg: Config, store: CredentialStore) -> str | None:
         return None
     password = store.add(FIRST_USER)
     path = state_paths(cfg)["root"] / INITIAL_CREDENTIAL_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"user={FIRST_USER}\npassword={password}\n")
+    atomic_write(path, f"user={FIRST_USER}\npassword={password}\n".encode(), 0o600)
     return password
 
 

@@ -14,6 +14,8 @@ import os
 import ssl
 from pathlib import Path
 
+from mta.core.files import atomic_write
+
 
 def server_context(cert: str | os.PathLike, key: str | os.PathLike) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -44,19 +46,8 @@ def ensure_self_signed(directory: str | os.PathLike, hostname: str) -> tuple[Pat
             .not_valid_after(now + datetime.timedelta(days=3650))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(key, hashes.SHA256()))
-    _write_private(key_path, key.private_bytes(serialization.Encoding.PEM,
+    atomic_write(key_path, key.private_bytes(serialization.Encoding.PEM,
                                                serialization.PrivateFormat.PKCS8,
                                                serialization.NoEncryption()))
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

@@ -38,7 +38,6 @@ Invariants
 from __future__ import annotations
 
 import base64
-import errno
 import fcntl
 import hashlib
 import hmac
@@ -53,6 +52,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from mta.core.files import atomic_write
 from mta.core import Clock, MtaError
 
 __all__ = ["CredentialStore", "CredentialError", "valid_username"]
@@ -192,32 +192,7 @@ class CredentialStore:
     def _write(self, users: dict[str, dict[str, Any]]) -> None:
         data = json.dumps({"version": _FILE_VERSION, "users": users},
                           indent=2, sort_keys=True).encode() + b"\n"
-        directory = self.path.parent
-        tmp = directory / f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        except OSError as exc:  # some filesystems refuse directory fsync
-            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-                raise
-        finally:
-            os.close(dfd)
+        atomic_write(self.path, data, 0o600)
 
     # -- public API -------------------------------------------------------
 

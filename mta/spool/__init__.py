@@ -7,7 +7,8 @@ loss at any instant.
 Layout under ``state_dir/spool/``::
 
     lock                 flock held by the one process that owns the spool
-    index.sqlite3(-wal)  SQLite index, WAL, synchronous=FULL (index.py)
+    index.sqlite3(-wal)  SQLite index, WAL; FULL (fsynced) commits for acceptances,
+                         NORMAL for leases and attempt records (index.py, writer.py)
     segments/NNNNNNNN.seg  append-only body log, one record per message:
                          32-byte header (magic, queue id, length, crc32) + body
 
@@ -47,6 +48,10 @@ S5  recipient leased, attempt   as S4 with leased=1                 every leased
 S6  attempt recorded            ``attempts`` row, recipient state,  done/body_live recomputed for every
                                 the message's done/body_live, all   message (``flags_fixed``, expected 0:
                                 in one txn                          they are written in the same txn)
+                                (committed without fsync, see       after a power loss (not a process
+                                writer.py: a record may be lost to  crash) the record may be missing:
+                                power loss, never to SIGKILL)       the recipient is S4/S5 again and is
+                                                                    retried (a duplicate at worst)
 S7  all recipients final, some  done=1, body_live=1, failed         nothing; `dsn_candidates` returns it
     failed, DSN not enqueued    recipients dsn_state != 'sent'      again and the DSN is built after
                                                                     restart

@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
+from mta.core.files import fsync_dir
 from mta.core.errors import StorageError
 
 log = logging.getLogger("mta.spool")
@@ -93,12 +94,6 @@ def scan_segments(directory: str | os.PathLike) -> dict[int, int]:
     return out
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, str, int, bool]]:

@@ -45,7 +45,8 @@ from mta.core.ids import new_queue_id
 from mta.spool import index, reads
 from mta.spool.faults import storage_error
 from mta.spool.recovery import RecoveryReport, check_index_present, recover
-from mta.spool.segments import SEGMENT_MAX_BYTES, SegmentStore, fsync_dir
+from mta.core.files import fsync_dir
+from mta.spool.segments import SEGMENT_MAX_BYTES, SegmentStore
 from mta.spool.views import MessageView
 from mta.spool.writer import (ENQUEUE, LEASE, RECLAIM, RECORD, RELEASE, PendingMessage,
                               SpoolStats, Writer)

@@ -12,7 +12,9 @@ One batch = everything waiting when the writer wakes (up to MAX_BATCH ops
 or MAX_BATCH_BYTES of bodies):
   1. all new bodies go to the store in ONE append + fdatasync;
   2. all ops run in ONE SQLite transaction (BEGIN IMMEDIATE … COMMIT, and
-     COMMIT fsyncs the WAL: synchronous=FULL);
+     COMMIT fsyncs the WAL: synchronous=FULL — for batches with enqueues;
+     batches of only leases/releases/records commit with NORMAL, no fsync,
+     see `_transaction`);
   3. then every future is resolved. Nothing is acknowledged before 1 and 2.
 
 Invariants:
@@ -94,6 +96,7 @@ class Writer:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._sync = "FULL"   # what index.connect() set
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="mta-spool-writer")
@@ -199,6 +202,17 @@ class Writer:
 
     async def _transaction(self, enqueues: list[_Op], locations, others: list[_Op]) -> list[Any]:
         conn = self._conn
+        # Only an acceptance (or a DSN with its mark) must be durable before
+        # we answer: a batch without enqueues commits with synchronous=NORMAL
+        # (no fsync). Leases are reset by recovery anyway, and a lost
+        # delivery record only re-sends (the accepted duplicate of DESIGN §3,
+        # like Postfix not fsyncing its queue file unlink). A process crash
+        # loses nothing either way: the WAL frames are in the page cache; and
+        # the next FULL commit fsyncs the WAL up to and including them.
+        sync = "FULL" if enqueues else "NORMAL"
+        if sync != self._sync:
+            await conn.execute(f"PRAGMA synchronous={sync}")
+            self._sync = sync
         await conn.execute("BEGIN IMMEDIATE")
         try:
             touched: set[str] = set()
