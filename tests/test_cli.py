@@ -50,6 +50,13 @@ def test_user_lifecycle(tmp_path):
     assert r.returncode == 1 and "nobody" in r.stderr
     r = mta(tmp_path, "user", "add", "bad name!")
     assert r.returncode == 1
+    r = mta(tmp_path, "user", "add", "scoped", "--domain", "a.example", "--domain", "*.b.example")
+    assert r.returncode == 0, r.stderr
+    assert CredentialStore(creds).domains("scoped") == ("a.example", "*.b.example")
+    r = mta(tmp_path, "user", "list")
+    assert "a.example,*.b.example" in r.stdout
+    r = mta(tmp_path, "user", "add", "badscope", "--domain", "no domain")
+    assert r.returncode == 1 and "invalid sending domain" in r.stderr
 
 
 def test_queue_list_without_a_queue_is_a_clear_error(tmp_path):

@@ -28,7 +28,7 @@ def test_add_and_verify(path):
     assert not store.verify("nobody", "correct horse")
     assert store.names() == ["app@example.com"]
     assert store.list() == [{"name": "app@example.com", "created": 1_700_000_000.0,
-                             "updated": 1_700_000_000.0}]
+                             "updated": 1_700_000_000.0, "domains": []}]
 
 
 def test_generated_password_is_strong_and_returned(path):

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         u.add_argument("name")
         u.add_argument("--password-stdin", action="store_true",
                        help="read the password from stdin (else one is generated and printed)")
+        if name == "add":
+            u.add_argument("--domain", action="append", default=[], metavar="D",
+                           help="scope the credential to sending domain D (repeatable; "
+                                "*.D for its subdomains); unscoped: any verified domain")
     rm = usub.add_parser("remove", parents=[cfgp], help="delete a credential")
     rm.add_argument("name")
     ls = usub.add_parser("list", parents=[cfgp], help="list credentials")
@@ -116,8 +120,10 @@ def _user(cfg, args) -> int:
     try:
         if args.action in ("add", "passwd"):
             pw = _read_password() if args.password_stdin else None
-            op = store.add if args.action == "add" else store.passwd
-            result = op(args.name, pw)
+            if args.action == "add":
+                result = store.add(args.name, pw, domains=args.domain)
+            else:
+                result = store.passwd(args.name, pw)
             if pw is None:
                 print(f"user={args.name} password={result}")
                 print("(shown once; store it now)", file=sys.stderr)
@@ -133,7 +139,8 @@ def _user(cfg, args) -> int:
             else:
                 for u in users:
                     created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(u.get("created", 0)))
-                    print(f"{u['name']}\tcreated {created}Z")
+                    scope = ",".join(u.get("domains") or []) or "(any verified domain)"
+                    print(f"{u['name']}\tcreated {created}Z\tdomains {scope}")
     except (CredentialError, ValueError) as exc:
         return _fail(str(exc))
     return 0

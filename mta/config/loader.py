@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from types import MappingProxyType
 from typing import Any
@@ -113,6 +114,12 @@ def _cross_checks(cfg: Config) -> list[str]:
         if lst.tls == "none" and lst.require_tls_for_auth and not lst.trusted_networks:
             errors.append(f"listeners[{i}]: tls = \"none\" with require_tls_for_auth = true "
                           "and no trusted_networks means nobody can submit")
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", cfg.domains.bounce_subdomain):
+        errors.append(f"domains.bounce_subdomain: {cfg.domains.bounce_subdomain!r} is not "
+                      "one lower-case DNS label")
+    rua = cfg.domains.dmarc_rua
+    if rua is not None and not re.fullmatch(r"[^@\s,;!]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+", rua):
+        errors.append(f"domains.dmarc_rua: {rua!r} is not an e-mail address")
     addrs = [lst.address for lst in cfg.listeners]
     for a in set(addrs):
         if addrs.count(a) > 1:
@@ -169,6 +176,8 @@ def render_config(cfg: Config) -> str:
         emit_table("[[listeners]]", lst)
     emit_table("[delivery]", cfg.delivery)
     emit_table("[dns]", cfg.dns)
+    emit_table("[domains]", cfg.domains)
+    emit_table("[policy]", cfg.policy)
     lines.append("")
     lines.append("[routes]")
     for dom, hop in cfg.routes.items():
@@ -182,5 +191,7 @@ def config_as_dict(cfg: Config) -> dict[str, Any]:
         "listeners": [_section_dict(lst) for lst in cfg.listeners],
         "delivery": _section_dict(cfg.delivery),
         "dns": _section_dict(cfg.dns),
+        "domains": _section_dict(cfg.domains),
+        "policy": _section_dict(cfg.policy),
         "routes": dict(cfg.routes),
     }

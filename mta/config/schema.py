@@ -114,6 +114,15 @@ def _cidr(v: Any) -> str:
     raise KeyError_(f"{_q(v)} is not a network in CIDR form (e.g. \"127.0.0.0/8\")")
 
 
+def _ip(v: Any) -> str:
+    if isinstance(v, str):
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            pass
+    raise KeyError_(f"{_q(v)} is not an IP address (e.g. \"192.0.2.10\" or \"2001:db8::10\")")
+
+
 def _list_of(item: Kind) -> Kind:
     def parse(v: Any) -> tuple:
         _expect(v, list, f"a list of {item.name}")
@@ -139,9 +148,11 @@ SIZE = Kind("size", _size)
 HOSTPORT = Kind("host:port", _hostport)
 NAMESERVER = Kind("nameserver", _nameserver)
 CIDR = Kind("CIDR", _cidr)
+IP = Kind("IP address", _ip)
 STR_LIST = _list_of(STR)
 NAMESERVER_LIST = _list_of(NAMESERVER)
 CIDR_LIST = _list_of(CIDR)
+IP_LIST = _list_of(IP)
 choice = _choice
 
 

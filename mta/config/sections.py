@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from mta.config.schema import (BOOL, CIDR_LIST, DURATION, DURATION_LIST, HOSTPORT, INT,
-                               NAMESERVER_LIST, SIZE, STR, choice)
+                               IP_LIST, NAMESERVER_LIST, SIZE, STR, choice)
 from mta.config.schema import key as K  # a field is named "key"
 
 MiB = 1024 * 1024
@@ -32,6 +32,9 @@ class ServerConfig:
     shutdown_timeout: float = K(30.0, "on SIGTERM, how long in-flight deliveries may finish",
                                   DURATION, min=0, max=3600)
     log_level: str = K("info", "log level", choice("debug", "info", "warning", "error"))
+    public_ips: tuple[str, ...] = K((), "addresses this server sends from; the SPF record "
+                                      "`mta domain add` prints authorises exactly these",
+                                      IP_LIST, max=64)
 
 
 @dataclass(frozen=True)
@@ -95,14 +98,43 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class DomainsConfig:
+    dmarc_rua: str | None = K(None, "address for DMARC aggregate reports in the suggested "
+                                "DMARC record (default: dmarc@DOMAIN; an address in another "
+                                "domain needs that domain's RFC 7489 7.1 authorisation record)",
+                                STR, optional=True)
+    bounce_subdomain: str = K("bounce", "label of the return-path domain: LABEL.DOMAIN gets an "
+                                "MX to server.hostname and an SPF record (used for VERP bounces)")
+    check_schedule: tuple[float, ...] = K((60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0),
+                                            "waits between DNS checks of a domain not yet "
+                                            "verified (or failed); the last one repeats",
+                                            DURATION_LIST, min=1, max=7 * 86400)
+    recheck_verified: float = K(86400.0, "how often a verified domain's DNS is checked again",
+                                  DURATION, min=60, max=30 * 86400)
+    rotation_grace: float = K(7 * 86400.0, "after a rotation, how long the old DKIM key stays "
+                                "published (mail in flight still verifies) before removal",
+                                DURATION, min=0, max=365 * 86400)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    require_verified_domain: bool = K(True, "accept mail only from sending domains whose DNS "
+                                        "verified (`mta domain check`); false for development",
+                                        BOOL)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: tuple[ListenerConfig, ...] = ()
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    domains: DomainsConfig = field(default_factory=DomainsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     # domain → "host:port"; "*" routes every domain (a smarthost)
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "<embedded default>"   # file the config came from (not a key)
 
 
-SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig}
+SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig,
+            "domains": DomainsConfig, "policy": PolicyConfig}

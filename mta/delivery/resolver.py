@@ -8,7 +8,8 @@ Public API:
     MxRecord(preference, host)                 host lower-case, no trailing dot;
                                                the root "." stays "."
     NxDomain, NoRecords, NullMx, DnsTempError  the typed answers (DnsError base)
-    Resolver                                   Protocol: mx(domain), addresses(host)
+    Resolver                                   Protocol: mx(domain), addresses(host),
+                                               txt(name)
     DnsResolver(nameservers=(), timeout=5.0)   dnspython's asyncresolver
 
 Invariants:
@@ -19,6 +20,9 @@ Invariants:
   - `addresses()` returns A records then AAAA records (IPv4 first: IPv6
     reachability is the less common case on servers), or raises as above.
     An IP literal is returned as itself without a query.
+  - `txt()` returns one str per TXT record, its character-strings joined
+    without separators (RFC 7208 3.3, RFC 6376 3.6.2.2), decoded as UTF-8
+    with replacement; it raises like `mx()` (never NullMx).
   - Tests use DnsResolver pointed at tests/support/dnsserver.py on 127.0.0.x,
     or a fake at this Protocol; never the system resolver.
 """
@@ -71,6 +75,8 @@ class Resolver(Protocol):
     async def mx(self, domain: str) -> list[MxRecord]: ...
 
     async def addresses(self, host: str) -> list[str]: ...
+
+    async def txt(self, name: str) -> list[str]: ...
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -166,3 +172,7 @@ class DnsResolver:
         if temp:
             raise temp[0]
         raise NoRecords(f"A/AAAA {host}: no address records")
+
+    async def txt(self, name: str) -> list[str]:
+        answer = await self._query(name, "TXT")
+        return [b"".join(rr.strings).decode("utf-8", "replace") for rr in answer]

@@ -37,10 +37,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from email.utils import getaddresses
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
-__all__ = ["prepare_submission", "format_date", "header_names"]
+__all__ = ["prepare_submission", "format_date", "header_names", "header_values", "from_domains"]
 
 # RFC 5322 field name: printable US-ASCII except ":"; obs-syntax allows WSP before ":".
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
@@ -85,6 +86,44 @@ def _header_block_end(body: bytes) -> tuple[int, int, set[bytes], bool]:
 def header_names(body: bytes) -> set[str]:
     """Lower-cased names of the fields in the header block (for tests and checks)."""
     return {n.decode("ascii", "replace") for n in _header_block_end(body)[2]}
+
+
+def header_values(body: bytes, name: str) -> list[str]:
+    """Unfolded values of every `name` field of the header block (decoded
+    as UTF-8 with replacement: addresses are compared, never re-emitted)."""
+    want = name.lower().encode()
+    end = _header_block_end(body)[0]
+    out: list[str] = []
+    current: list[bytes] | None = None
+    for line in body[:end].splitlines():
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line)
+            continue
+        if current is not None:
+            out.append(b" ".join(x.strip() for x in current).decode("utf-8", "replace"))
+            current = None
+        field, sep, value = line.partition(b":")
+        if sep and field.rstrip().lower() == want:
+            current = [value]
+    if current is not None:
+        out.append(b" ".join(x.strip() for x in current).decode("utf-8", "replace"))
+    return out
+
+
+def from_domains(body: bytes) -> list[str] | None:
+    """The domains of the From: header's addresses, lower-cased, in order;
+    None when there is no From: or an address in it has no domain."""
+    values = header_values(body, "From")
+    if not values:
+        return None
+    domains = []
+    for _, addr in getaddresses(values):
+        local, at, domain = addr.rpartition("@")
+        if not at or not domain:
+            return None
+        domains.append(domain.strip().rstrip(".").lower())
+    return domains or None
 
 
 def _tcp_info(client_ip: str) -> str:

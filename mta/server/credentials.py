@@ -4,8 +4,12 @@ API
     CredentialStore(path, *, clock=None)
         path: the file (normally state_dir/credentials.json); a directory is
         taken to mean <dir>/credentials.json.
-    .add(name, password=None) -> str        new user; returns the password
-                                            (generated when None)
+    .add(name, password=None, domains=()) -> str
+                                            new user; returns the password
+                                            (generated when None); `domains`
+                                            scopes it to sending domains
+                                            ("d" exact, "*.d" its subdomains)
+    .domains(name) -> tuple | None          its scopes (None: unscoped)
     .passwd(name, password=None) -> str     new password for an existing user
     .remove(name)
     .names() -> list[str]                   sorted
@@ -50,10 +54,10 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from mta.core.files import atomic_write
-from mta.core import Clock, MtaError
+from mta.core import AddressError, Clock, MtaError, parse_domain
 
 __all__ = ["CredentialStore", "CredentialError", "valid_username"]
 
@@ -108,6 +112,18 @@ def _check(entry: dict[str, Any], password: bytes) -> bool:
         return False
     got = _hash(password, salt, n, r, p, len(want))
     return hmac.compare_digest(got, want)
+
+
+def _check_scopes(domains: Sequence[str]) -> tuple[str, ...]:
+    out = []
+    for d in domains:
+        wild = d.startswith("*.")
+        try:
+            name = parse_domain(d[2:] if wild else d)
+        except AddressError as exc:
+            raise CredentialError(f"invalid sending domain {d!r}: {exc}") from None
+        out.append(f"*.{name}" if wild else name)
+    return tuple(dict.fromkeys(out))
 
 
 def _check_password(password: str) -> str:
@@ -203,14 +219,17 @@ class CredentialStore:
                 f"invalid user name {name!r}: use 1-64 of A-Z a-z 0-9 . _ @ + -")
         return name
 
-    def add(self, name: str, password: str | None = None) -> str:
+    def add(self, name: str, password: str | None = None, domains: Sequence[str] = ()) -> str:
         self._check_name(name)
+        scopes = _check_scopes(domains)
         password = secrets.token_urlsafe(18) if password is None else _check_password(password)
         with self._editing() as users:
             if name in users:
                 raise CredentialError(f"user {name!r} already exists "
                                       "(use passwd to change the password)")
             users[name] = _new_entry(password, self._now())
+            if scopes:
+                users[name]["domains"] = list(scopes)
         log.info("event=credential_added name=%s", name)
         return password
 
@@ -221,7 +240,10 @@ class CredentialStore:
             if name not in users:
                 raise CredentialError(f"no such user {name!r}")
             created = users[name].get("created")
+            scopes = users[name].get("domains")
             users[name] = _new_entry(password, self._now(), created=created)
+            if scopes:
+                users[name]["domains"] = scopes
         log.info("event=credential_changed name=%s", name)
         return password
 
@@ -239,8 +261,17 @@ class CredentialStore:
 
     def list(self) -> list[dict[str, Any]]:
         self._refresh(strict=False)
-        return [{"name": n, "created": e.get("created"), "updated": e.get("updated")}
+        return [{"name": n, "created": e.get("created"), "updated": e.get("updated"),
+                 "domains": list(e.get("domains", []))}
                 for n, e in sorted(self._users.items())]
+
+    def domains(self, name: str) -> tuple[str, ...] | None:
+        """The sending domains `name` is scoped to (``*.d`` = subdomains of d),
+        or None for an unscoped credential (any verified domain)."""
+        self._refresh(strict=False)
+        entry = self._users.get(name)
+        scopes = entry.get("domains") if entry else None
+        return tuple(scopes) if scopes else None
 
     def verify(self, name: str | bytes, password: str | bytes) -> bool:
         """True when `name` exists and `password` matches. Never raises for bad input."""

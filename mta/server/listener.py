@@ -65,7 +65,8 @@ class SubmissionListener:
                  credentials: CredentialStore, tls_context: ssl.SSLContext | None,
                  clock: Clock, auth_throttle: AuthThrottle | None = None,
                  log: logging.Logger | None = None,
-                 message_factory: Callable[..., Any] | None = None):
+                 message_factory: Callable[..., Any] | None = None,
+                 sender_policy: Any = None, signer: Callable[[bytes, str], bytes] | None = None):
         self.log = log or logging.getLogger("mta.server")
         self.hostname = hostname
         if auth_throttle is None:
@@ -76,7 +77,8 @@ class SubmissionListener:
         self.handler = SubmissionHandler(cfg, hostname=hostname, spool=spool,
                                          credentials=credentials, clock=clock,
                                          auth_throttle=auth_throttle, log=self.log,
-                                         message_factory=message_factory)
+                                         message_factory=message_factory,
+                                         sender_policy=sender_policy, signer=signer)
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[SubmissionSMTP] = set()
 

@@ -41,6 +41,8 @@ NUL_BYTES = Reply(550, "5.5.2", "Message contains NUL characters (see SMTP smugg
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 NEED_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
+NO_FROM_DOMAIN = Reply(550, "5.7.1", "Message has no From: header with a sender domain; "
+                       "one is needed to check the sending domain")
 NULL_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax: <> is not a recipient")
 
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")

@@ -21,6 +21,10 @@ Rules (the order inside each hook is the order of the checks):
     "250 … queued as <id>" only after enqueue returned (the commit point).
     StorageError → its own 4xx reply. Any other exception → 451 4.3.0 via
     `handle_exception` (aiosmtpd's default would be a permanent 500).
+  * Sending domains (when a SenderPolicy is given): the MAIL FROM domain (at
+    MAIL) and every From: header domain (at DATA) must be in the credential's
+    scopes and verified, else 550 5.7.1 naming the domain and the reason.
+    Then the message is DKIM-signed by `signer` (in a thread) before enqueue.
   * Logs: one `event=received` line per message; AUTH outcomes without
     secrets (the login name only when it is a valid user name).
 """
@@ -36,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
 
 from mta.core import AddressError, Clock, StorageError, new_queue_id, parse_address
-from mta.mail.headers import prepare_submission
+from mta.mail.headers import from_domains, prepare_submission
+from mta.policy.senders import SenderPolicy
 from mta.server import replies
 from mta.server.credentials import CredentialStore, valid_username
 from mta.server.hygiene import check_data
@@ -68,14 +73,37 @@ def _default_message_factory() -> Callable[..., Any]:
 class SubmissionHandler:
     def __init__(self, cfg: ListenerConfig, *, hostname: str, spool: Any,
                  credentials: CredentialStore, clock: Clock, auth_throttle: Any,
-                 log: logging.Logger, message_factory: Callable[..., Any] | None = None):
+                 log: logging.Logger, message_factory: Callable[..., Any] | None = None,
+                 sender_policy: SenderPolicy | None = None,
+                 signer: Callable[[bytes, str], bytes] | None = None):
         self.hostname = hostname
+        self.sender_policy = sender_policy
+        self.signer = signer  # (message, From: domain) -> signed message
         self.spool = spool
         self.clock = clock
         self.throttle = auth_throttle
         self.log = log
         self._message_factory = message_factory
         self.update(cfg, credentials)
+
+    # -- sending domains (issue 3) -------------------------------------------
+
+    def _enforcing(self, session: Session) -> bool:
+        # Trusted-network clients have no credential: they are the operator's
+        # own hosts (Postfix mynetworks) and are not scoped.
+        return self.sender_policy is not None and bool(session.authenticated)
+
+    def _sender_refusal(self, session: Session, domains: list[str], where: str) -> str | None:
+        if not self._enforcing(session):
+            return None
+        scopes = self.credentials.domains(session.credential)
+        for domain in domains:
+            reply = self.sender_policy.check(domain, scopes, where)
+            if reply is not None:
+                self.log.info("event=rejected reason=sender_domain credential=%s domain=%s "
+                              "reply=%r", session.credential, domain, str(reply))
+                return str(reply)
+        return None
 
     def update(self, cfg: ListenerConfig, credentials: CredentialStore) -> None:
         self.cfg = cfg
@@ -183,6 +211,10 @@ class SubmissionHandler:
         checked = self._check_address(address, envelope, sender=True)
         if not isinstance(checked, str):
             return str(checked)
+        if checked:
+            refused = self._sender_refusal(session, [checked.rpartition("@")[2]], "MAIL FROM")
+            if refused is not None:
+                return refused
         envelope.mail_from = checked or "<>"  # aiosmtpd treats "" as "no MAIL yet"
         envelope.mail_options.extend(mail_options)
         return str(replies.sender_ok(checked))
@@ -219,6 +251,13 @@ class SubmissionHandler:
             return str(refused)
         if len(content) > self.cfg.max_message_size:
             return str(replies.TOO_BIG)
+        if self._enforcing(session):
+            domains = from_domains(content)
+            if domains is None:
+                return str(replies.NO_FROM_DOMAIN)
+            refused = self._sender_refusal(session, domains, "From: header")
+            if refused is not None:
+                return refused
 
         now = self.clock.now()
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from
@@ -229,6 +268,12 @@ class SubmissionHandler:
             client_ip=server.client_ip, protocol=self._protocol_name(server, session),
             queue_id_hint=id_hint, recipient=rcpts[0] if len(rcpts) == 1 else None,
             now=now, authenticated=bool(session.authenticated))
+        if self.signer is not None:
+            # Signed once, here, before the commit point: retries never re-sign.
+            # Off the loop: an RSA signature is CPU work (≈0.5 ms via OpenSSL).
+            domains = from_domains(body)
+            if domains:
+                body = await asyncio.to_thread(self.signer, body, domains[0])
         factory = self._message_factory or _default_message_factory()
         msg = factory(sender=sender, recipients=rcpts, body=body,
                       credential=session.credential, listener=self.cfg.name,

@@ -1,0 +1,73 @@
+"""Sender enforcement: may this credential send as this domain? (pure)
+
+One job: decide, for the MAIL FROM domain and each From: header domain of a
+submission, whether the authenticated credential may use it and whether the
+domain is set up, and say why not in a reply the application can act on.
+
+API
+    domain_in_scopes(domain, scopes) -> bool
+        "d" allows exactly d; "*.d" allows every subdomain of d (not d).
+    SenderPolicy(require_verified, domain_state)
+        .check(domain, scopes, where) -> Reply | None   (None = allowed)
+        domain_state(domain) -> "verified" | "pending" | "failed" | None
+        is looked up for the domain, then for each parent (a verified
+        example.com covers mail.example.com's From: for alignment purposes).
+
+Rules
+  * scopes None (an unscoped credential, issue 2 style) skips the scope test;
+    the verification requirement still applies.
+  * Trusted-network clients (no credential) are not checked here: they are
+    the operator's own hosts, like Postfix's mynetworks.
+  * Refusals are 550 5.7.1 and name the domain and the reason; an unverified
+    domain's reply tells the operator which command to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from mta.core.reply import Reply
+
+
+def domain_in_scopes(domain: str, scopes: tuple[str, ...]) -> bool:
+    for s in scopes:
+        if s.startswith("*."):
+            if domain.endswith("." + s[2:]):
+                return True
+        elif domain == s:
+            return True
+    return False
+
+
+def _parents(domain: str):
+    labels = domain.split(".")
+    for i in range(len(labels) - 1):
+        yield ".".join(labels[i:])
+
+
+@dataclass(frozen=True)
+class SenderPolicy:
+    require_verified: bool
+    domain_state: Callable[[str], str | None]
+
+    def state_of(self, domain: str) -> str | None:
+        for d in _parents(domain):
+            state = self.domain_state(d)
+            if state is not None:
+                return state
+        return None
+
+    def check(self, domain: str, scopes: tuple[str, ...] | None, where: str) -> Reply | None:
+        """`where` names the field for the reply: "MAIL FROM" or "From: header"."""
+        domain = domain.lower().rstrip(".")
+        if scopes is not None and not domain_in_scopes(domain, scopes):
+            return Reply(550, "5.7.1", f"Sender domain {domain} ({where}) is not allowed "
+                                       f"for this credential")
+        if self.require_verified:
+            state = self.state_of(domain)
+            if state != "verified":
+                why = "is not set up" if state is None else f"is {state}, not verified"
+                return Reply(550, "5.7.1", f"Sender domain {domain} ({where}) {why}: "
+                                           f"run `mta domain check {domain}`")
+        return None
