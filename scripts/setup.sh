@@ -23,10 +23,10 @@ if [ "${1:-}" = test ]; then
     # and Sisimai (our DSNs must parse there too). Root only; the tests that
     # need them say why they skip when they are missing.
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
-       ! perl -MMail::DKIM::Verifier -MSisimai -e1 >/dev/null 2>&1; then
+       ! perl -MMail::DKIM::Verifier -MSisimai -e1 >/dev/null 2>&1 || ! command -v opendkim-testmsg >/dev/null; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            libmail-dkim-perl libsisimai-perl >/dev/null
+            libmail-dkim-perl libsisimai-perl opendkim-tools >/dev/null
     fi
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 else

@@ -9,6 +9,9 @@ Public API:
         zone      {"example.test": {"MX": [(10, "mx1.example.test")],
                                     "A": ["127.0.0.1"], "AAAA": ["::1"]}, ...}
                   null MX is {"MX": [(0, ".")]}
+                  TXT values are strings of any length (longer than 255
+                  characters they are served as several character-strings
+                  of one record, as a DKIM RSA key must be)
         servfail  names answered with SERVFAIL
         timeout   names never answered at all (the query is dropped)
     async with DnsServer(...) as dns: ...          # serves on the running loop
@@ -139,7 +142,13 @@ class DnsServer:
         if rdtype == "CNAME":
             return value if value.endswith(".") else value + "."
         if rdtype == "TXT":
-            return '"' + str(value).replace('"', '\\"') + '"'
+            # One TXT record may hold several <character-string>s of at most
+            # 255 octets each (RFC 1035 §3.3.14); verifiers join them, so a
+            # long value (an RSA-2048 DKIM key) is cut into 255-octet pieces.
+            text = str(value)
+            chunks = [text[i:i + 255] for i in range(0, len(text), 255)] or [""]
+            return " ".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                            for c in chunks)
         return str(value)
 
     # ---- I/O ----
