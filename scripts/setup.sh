@@ -20,10 +20,11 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 if [ "${1:-}" = test ]; then
     # Independent verifiers the tests use: Perl Mail::DKIM (DKIM signatures)
-    # and Sisimai (our DSNs must parse there too). Root only; the tests that
+    # and opendkim-testmsg (DKIM signatures), and Sisimai (our DSNs must parse there too). Root only; the tests that
     # need them say why they skip when they are missing.
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
-       ! perl -MMail::DKIM::Verifier -MSisimai -e1 >/dev/null 2>&1 || ! command -v opendkim-testmsg >/dev/null; then
+       { ! perl -MMail::DKIM::Verifier -MSisimai -e1 >/dev/null 2>&1 ||
+         ! command -v opendkim-testmsg >/dev/null; }; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
             libmail-dkim-perl libsisimai-perl opendkim-tools >/dev/null
