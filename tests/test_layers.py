@@ -15,9 +15,12 @@ ALLOWED = {
     "delivery": {"core", "policy", "mail"},
     "server": {"core", "config", "policy", "mail", "spool"},  # config: ListenerConfig (lower layer)
     "admin": {"core", "spool", "scheduler"},
+    # domains: sending-domain state, keys and DNS checks (issue 3); delivery
+    # for its Resolver seam only.
+    "domains": {"core", "config", "policy", "mail", "delivery"},
     "runtime": {"core", "config", "policy", "scheduler", "mail", "spool", "delivery",
-                "server", "admin"},
-    "cli": {"runtime", "admin", "core", "config"},  # config+core: loading and its errors
+                "server", "admin", "domains"},
+    "cli": {"runtime", "admin", "core", "config", "domains", "mail"},  # config+core: loading and its errors
 }
 
 

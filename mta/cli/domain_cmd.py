@@ -1,0 +1,135 @@
+"""`mta domain …`: sending domains from the command line.
+
+One job: parse `domain` subcommands, call `mta.domains.DomainService`, print.
+
+Public API:
+    register(subparsers, config_parent)   adds `domain add|check|list|show|remove|rotate`
+    run(cfg, args) -> exit code
+
+Commands (all accept --config; those marked take --json for tools):
+    domain add DOMAIN [--selector S] [--algorithm rsa|ed25519|both] [--json]
+        creates the keys (state_dir/dkim, 0600) and prints the records to
+        publish: zone-file lines `NAME TTL IN TYPE VALUE`, comments start ";"
+    domain check DOMAIN [--json]    PASS/FAIL per record; exit 0 only if every
+                                    required record passes, else 1
+    domain list [--json] / domain show DOMAIN [--json]
+    domain rotate DOMAIN [--selector S] [--json]   new key(s) + records to publish
+    domain remove DOMAIN            deletes the domain and its keys
+Exit codes: 0 ok, 1 failure (unknown domain, check failed), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
+    dom = subparsers.add_parser("domain", parents=[config_parent],
+                                help="sending domains: DKIM keys and DNS verification")
+    dsub = dom.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = dsub.add_parser("add", parents=[config_parent],
+                          help="create DKIM keys and print the DNS records to publish")
+    add.add_argument("domain")
+    add.add_argument("--selector", help="DKIM selector (default mtaYYYYMM; Ed25519 gets S-ed)")
+    add.add_argument("--algorithm", choices=("rsa", "ed25519", "both"), default="both")
+    add.add_argument("--json", action="store_true")
+    chk = dsub.add_parser("check", parents=[config_parent],
+                          help="verify the domain's DNS records (exit 0 only if all pass)")
+    chk.add_argument("domain")
+    chk.add_argument("--json", action="store_true")
+    ls = dsub.add_parser("list", parents=[config_parent], help="list domains")
+    ls.add_argument("--json", action="store_true")
+    show = dsub.add_parser("show", parents=[config_parent],
+                           help="a domain's state, keys and records")
+    show.add_argument("domain")
+    show.add_argument("--json", action="store_true")
+    rm = dsub.add_parser("remove", parents=[config_parent], help="delete a domain and its keys")
+    rm.add_argument("domain")
+    rot = dsub.add_parser("rotate", parents=[config_parent],
+                          help="create new DKIM keys to publish alongside the old")
+    rot.add_argument("domain")
+    rot.add_argument("--selector", help="selector of the new key (default: mtaYYYYMM[b-z])")
+    rot.add_argument("--json", action="store_true")
+
+
+def _t(t: float | None) -> str:
+    return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
+
+
+def _print_domain(svc, d) -> None:
+    from mta.domains.records import zone_text
+    print(f"domain:       {d.name}")
+    print(f"state:        {d.state.value}")
+    print(f"created:      {_t(d.created)}")
+    print(f"last checked: {_t(d.last_checked)}")
+    print(f"next check:   {_t(d.next_check)}")
+    if d.failure_reason:
+        print(f"reason:       {d.failure_reason}")
+    for s in d.selectors:
+        extra = f" until {_t(s.retire_at)}" if s.retire_at else ""
+        print(f"selector:     {s.selector} {s.algorithm} {s.status.value}{extra}")
+    print()
+    print(zone_text(svc.plan(d)), end="")
+
+
+def run(cfg, args) -> int:
+    from mta.domains.records import records_json, zone_text
+    from mta.core.errors import MtaError
+    from mta.domains.service import DomainService
+    svc = DomainService(cfg)
+    try:
+        if args.action in ("add", "rotate"):
+            if args.action == "add":
+                d = svc.add(args.domain, selector=args.selector, algorithm=args.algorithm)
+            else:
+                d = svc.rotate(args.domain, selector=args.selector)
+            plan = svc.plan(d)
+            if args.json:
+                print(json.dumps({**d.to_dict(), "records": records_json(plan)}, indent=2))
+            else:
+                print(zone_text(plan), end="")
+            return 0
+        if args.action == "check":
+            result = asyncio.run(svc.check(args.domain))
+            if args.json:
+                print(json.dumps(result.to_dict(), indent=2))
+            else:
+                for e in result.entries:
+                    mark = "PASS" if e.ok else ("FAIL" if e.required else "WARN")
+                    print(f"{mark} {e.name:<11} {e.record}: {e.reason}")
+                state = svc.get(args.domain).state.value
+                print(f"{result.domain}: {'all required records pass' if result.ok else 'FAILED'}"
+                      f" (state {state})")
+            return 0 if result.ok else 1
+        if args.action == "list":
+            domains = svc.list()
+            if args.json:
+                print(json.dumps([d.to_dict() for d in domains], indent=2))
+            else:
+                for d in domains:
+                    sels = ",".join(s.selector for s in d.selectors
+                                    if s.status.value == "active")
+                    print(f"{d.name}\t{d.state.value}\tchecked {_t(d.last_checked)}\t"
+                          f"selectors {sels}"
+                          + (f"\t{d.failure_reason}" if d.failure_reason else ""))
+            return 0
+        if args.action == "show":
+            if args.json:
+                print(json.dumps(svc.show(args.domain), indent=2))
+            else:
+                _print_domain(svc, svc.get(args.domain))
+            return 0
+        if args.action == "remove":
+            svc.remove(args.domain)
+            print(f"domain {args.domain} removed (its DNS records may be deleted)")
+            return 0
+    except MtaError as exc:  # DomainError and the store's typed errors
+        print(f"mta: {exc}", file=sys.stderr)
+        return 1
+    raise AssertionError(args.action)
