@@ -16,6 +16,7 @@ import time
 from typing import Sequence
 
 from mta.cli import domain_cmd
+from mta.cli import bounce_cmd
 from mta.config import config_as_dict, load_config, render_config
 from mta.core import ConfigError
 
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     ql.add_argument("--all", action="store_true", help="include finished messages")
     ql.add_argument("--limit", type=int, default=1000)
     domain_cmd.register(sub, cfgp)
+    bounce_cmd.register(sub, cfgp)
     return parser
 
 
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {e}" if args.command == "config" else f"mta: config: {e}", file=sys.stderr)
         return 1
     handler = {"serve": _serve, "config": _config, "user": _user, "queue": _queue,
-               "domain": domain_cmd.run}[args.command]
+               "domain": domain_cmd.run, "bounce": bounce_cmd.run}[args.command]
     try:
         return handler(cfg, args)
     except KeyboardInterrupt:

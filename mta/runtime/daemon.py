@@ -23,6 +23,9 @@ from mta.delivery.client import SmtpTransport
 from mta.delivery.sandbox import SandboxTransport
 from mta.policy.authlimit import AuthThrottle
 from mta.policy.retry import RetryPolicy
+from mta.domains.service import DomainService
+from mta.policy.senders import SenderPolicy
+from mta.runtime.domains import DomainCache
 from mta.runtime.logs import event
 from mta.runtime.queue_runner import QueueRunner
 from mta.runtime.tls import ensure_self_signed, server_context
@@ -60,6 +63,7 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.spool: Spool | None = None
         self.runner: QueueRunner | None = None
+        self.domains: DomainCache | None = None
         self.listeners: list[SubmissionListener] = []
         self._stop = asyncio.Event()
 
@@ -79,11 +83,21 @@ class Daemon:
             event(log, "no_credentials", level=logging.WARNING,
                   hint="add one with: mta user add NAME")
         d = cfg.delivery
+        sandbox_mode = cfg.server.mode == "sandbox"
         scheduler = Scheduler(concurrency=d.concurrency_per_destination,
                               max_messages_per_connection=d.max_messages_per_connection,
                               max_recipients_per_transaction=d.max_recipients_per_transaction,
                               backoff=d.destination_backoff)
         resolver = DnsResolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
+        self.domains = DomainCache(DomainService(cfg, resolver=resolver, clock=self.clock),
+                                   self.clock)
+        await self.domains.refresh()
+        self.domains.start()
+        # Sandbox mode may skip verification (nothing leaves the machine);
+        # credential scopes are enforced in every mode.
+        sender_policy = SenderPolicy(
+            require_verified=cfg.policy.require_verified_domain and not sandbox_mode,
+            domain_state=self.domains.state)
         transport = SmtpTransport(hostname=cfg.server.hostname, resolver=resolver,
                                   connect_timeout=d.connect_timeout,
                                   command_timeout=d.command_timeout)
@@ -105,7 +119,8 @@ class Daemon:
             lst = SubmissionListener(
                 lcfg, hostname=cfg.server.hostname, spool=spool, credentials=credentials,
                 tls_context=ctx, clock=self.clock,
-                auth_throttle=AuthThrottle(lcfg.auth_max_failures, lcfg.auth_lockout))
+                auth_throttle=AuthThrottle(lcfg.auth_max_failures, lcfg.auth_lockout),
+                sender_policy=sender_policy, signer=self.domains.sign)
             await lst.start()
             self.listeners.append(lst)
             host, port = lst.sockname[:2]
@@ -131,6 +146,8 @@ class Daemon:
             await lst.stop()
         if self.runner:
             await self.runner.stop(self.cfg.server.shutdown_timeout)
+        if self.domains:
+            await self.domains.stop()
         if self.spool:
             await self.spool.close()
         event(log, "stopped")

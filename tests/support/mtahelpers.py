@@ -22,16 +22,19 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def config_text(state_dir: Path, port: int, *, routes: dict | None = None, mode="production",
                 tls="starttls", trusted=(), nameservers=(), extra_delivery="", smtp_port=25,
-                retry="1s,2s,3s", lifetime="60s", hostname="mta.test") -> str:
+                retry="1s,2s,3s", lifetime="60s", hostname="mta.test",
+                require_verified=False, public_ips=()) -> str:
     lines = [
         "[server]", f'hostname = "{hostname}"', f'state_dir = "{state_dir}"', f'mode = "{mode}"',
         'shutdown_timeout = "5s"', 'log_level = "debug"',
+        f"public_ips = {list(public_ips)!r}".replace("'", '"'),
         "[[listeners]]", 'name = "submission"', f'address = "127.0.0.1:{port}"',
         f'tls = "{tls}"', f"trusted_networks = {list(trusted)!r}".replace("'", '"'),
         "[delivery]", f'retry_schedule = "{retry}"', f'max_queue_lifetime = "{lifetime}"',
         'connect_timeout = "3s"', 'command_timeout = "10s"', 'destination_backoff = "0.2s,0.5s,1s"',
         f"smtp_port = {smtp_port}", extra_delivery,
         "[dns]", f"nameservers = {list(nameservers)!r}".replace("'", '"'), 'timeout = "2s"',
+        "[policy]", f"require_verified_domain = {'true' if require_verified else 'false'}",
         "[routes]",
     ]
     for dom, hop in (routes or {}).items():

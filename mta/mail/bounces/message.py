@@ -15,7 +15,8 @@ U+FFFD; CRLF and CR line ends are read as LF.
 
 from __future__ import annotations
 
-import email
+import html as _html
+import re
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser, HeaderParser
@@ -98,8 +99,12 @@ def _flatten(sub: Message) -> str:
 
 def body_text(msg: Message) -> str:
     texts = []
-    for part in own_parts(msg):
+    parts = own_parts(msg)
+    has_plain = any(p.get_content_type() == "text/plain" for p in parts)
+    for part in parts:
         ctype = part.get_content_type()
+        if ctype == "text/html" and has_plain:
+            continue            # the alternative of a text/plain part we already read
         if ctype in ("text/plain", "text/html") or (
                 part.get_content_maintype() == "text" and ctype not in _ATTACHED):
             t = part_text(part)
@@ -112,12 +117,10 @@ def body_text(msg: Message) -> str:
 
 
 def _strip_html(html: str) -> str:
-    import re
     html = re.sub(r"(?is)<(script|style)\b.*?</\1>", " ", html)
     html = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>|</li>", "\n", html)
     text = re.sub(r"<[^>]+>", " ", html)
-    import html as _h
-    return _h.unescape(text)
+    return _html.unescape(text)
 
 
 def attached_message(msg: Message) -> Message | None:
@@ -133,5 +136,4 @@ def attached_message(msg: Message) -> Message | None:
     return None
 
 
-__all__ = ["load", "own_parts", "part_text", "body_text", "header", "attached_message",
-           "email"]
+__all__ = ["load", "own_parts", "part_text", "body_text", "header", "attached_message"]

@@ -1,0 +1,44 @@
+"""`mta bounce parse [FILE]` — read one bounce/complaint/auto-reply, print one JSON object.
+
+Public API:
+    register(subparsers, config_parent) -> None   adds `bounce parse [FILE]`
+    run(cfg, args) -> int                          exit code (0 ok, 1 unreadable input)
+
+Output (stdout, one line): the scoring-contract object of
+../shared/corpus/bounces/README.md — {"kind": ..., "recipients": [{"address",
+"action", "status", "diagnostic", "class", "reason", "replycode",
+"remote_mta"[, "feedback_type"]}]}. With no FILE (or "-") the message is
+read from stdin. Parsing never fails: unreadable mail is kind "nonbounce".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mta.mail.bounces import parse
+
+
+def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
+    bounce = subparsers.add_parser("bounce", parents=[config_parent],
+                                   help="bounce and complaint tools")
+    bsub = bounce.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = bsub.add_parser("parse", parents=[config_parent],
+                        help="parse one bounce, complaint or auto-reply; print JSON")
+    p.add_argument("file", nargs="?", default="-", metavar="FILE",
+                   help="the message (default: stdin)")
+
+
+def run(cfg, args) -> int:
+    try:
+        if args.file == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(args.file, "rb") as fh:
+                raw = fh.read()
+    except OSError as exc:
+        print(f"mta: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(parse(raw).to_json(), ensure_ascii=False))
+    return 0

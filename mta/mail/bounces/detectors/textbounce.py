@@ -1,0 +1,77 @@
+"""Non-standard failure notices (kind "bounce"): generic text extraction.
+
+Public API: detect(mail) -> BounceReport | None
+
+How it reads a notice (Postfix, Exim, Sendmail, qmail, Exchange, Gmail,
+Yahoo, Notes, Courier, ... all share this shape: boilerplate, then per
+recipient an address followed by the remote reply):
+  1. recipients: X-Failed-Recipients if present, else every address in the
+     notice part (before the returned message) that is not the bounce's own
+     From/To, the original sender, an envelope-sender mention ("MAIL FROM:",
+     "generated from") or inside a URL / Message-ID;
+  2. each recipient's diagnostic is the text from its first mention up to
+     the next recipient's first mention;
+  3. status, reply code, SMTP command and reason come from that segment,
+     falling back to the whole notice for a single recipient;
+  4. no address in the notice: the To of the returned message.
+Only fires when signals.looks_like_bounce says this is a failure notice.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mta.mail.bounces.common import ADDR_RE, clean_address, make_recipient, segments
+from mta.mail.bounces.message import header
+from mta.mail.bounces.model import BounceReport
+from mta.mail.bounces.signals import looks_like_bounce, says_temporary
+
+# An address right after these words is the sender or an alias, not a recipient.
+_NOT_RCPT_BEFORE = re.compile(
+    r"(?:mail from|envelope-from|return-path|sender|from|generated from|message-id|"
+    r"in-reply-to|references|reply-to|\bby|contact|errors-to|id)\s*[:=]?\s*<?\s*$", re.I)
+_LOCAL_SKIP = re.compile(r"^(?:mailer-daemon|mail-daemon|double-bounce)$", re.I)
+
+
+def _candidates(mail, notice: str) -> list[tuple[str, int]]:
+    own = mail.own_addresses
+    seen: dict[str, tuple[str, int]] = {}
+    for m in ADDR_RE.finditer(notice):
+        addr = m.group(1).strip(".")
+        low = addr.lower()
+        if low.startswith("mailto:"):
+            continue
+        if low in own or low in seen or _LOCAL_SKIP.match(low.split("@")[0]):
+            continue
+        before = notice[max(0, m.start() - 24):m.start()]
+        if _NOT_RCPT_BEFORE.search(before):
+            continue
+        if before.endswith(("/", "=", "?")) or notice[m.end():m.end() + 1] in ("/",):
+            continue
+        seen[low] = (addr, m.start())
+    return list(seen.values())
+
+
+def detect(mail):
+    if not looks_like_bounce(mail):
+        return None
+    notice = mail.notice
+    failed = [clean_address(a) for a in (header(mail.msg, "X-Failed-Recipients") or "").split(",")]
+    failed = [a for a in failed if a]
+    found = _candidates(mail, notice)
+    if failed:
+        pos = {a.lower(): p for a, p in found}
+        found = [(a, pos.get(a.lower(), notice.lower().find(a.lower()))) for a in failed]
+        found = [(a, p if p >= 0 else len(notice)) for a, p in found]
+    if not found:
+        found = [(a, len(notice)) for a in mail.original_to[:1]]
+    temp = says_temporary(notice)
+    rcpts = []
+    chunks = segments(notice, found)
+    single = len(chunks) == 1
+    for addr, seg in chunks:
+        body = seg if seg.strip() else notice
+        rcpts.append(make_recipient(addr, action="delayed" if temp else "failed",
+                                    diagnostic=body, text=notice if single else body,
+                                    temporary=temp))
+    return BounceReport("bounce", rcpts, detector="textbounce")

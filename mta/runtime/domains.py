@@ -1,0 +1,103 @@
+"""Sending domains in the running daemon: an in-memory view for the hot path
+and the timer that re-checks DNS.
+
+One job: give the submission path two cheap, synchronous lookups —
+`state(domain)` for sender enforcement and `sign(message, domain)` for DKIM —
+without touching SQLite or key files per message, and keep domain states
+fresh by running the checks the domain service says are due.
+
+Invariants
+- `refresh()` reads the store and key files in a thread; lookups only read
+  the dicts it swapped in whole (no torn view, no I/O on the event loop).
+- A message is signed with the keys of its From: domain, or of the closest
+  parent domain that has keys (d=example.com signs for news.example.com:
+  DMARC relaxed alignment); with no keys it is passed through unsigned.
+- Checks run one domain at a time, each a handful of DNS queries; a failing
+  check is logged and retried on the service's schedule, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mta.core import Clock
+from mta.domains.service import DomainService
+from mta.mail import dkim
+from mta.runtime.logs import event
+
+log = logging.getLogger("mta.domains")
+
+REFRESH_EVERY = 30.0
+
+
+def _parents(domain: str):
+    labels = domain.split(".")
+    for i in range(len(labels) - 1):
+        yield ".".join(labels[i:])
+
+
+class DomainCache:
+    def __init__(self, service: DomainService, clock: Clock):
+        self.service, self.clock = service, clock
+        self._states: dict[str, str] = {}
+        self._keys: dict[str, list[dkim.SigningKey]] = {}
+        self._task: asyncio.Task | None = None
+
+    # ---- lookups (event loop or signing thread; no I/O) -----------------
+    def state(self, domain: str) -> str | None:
+        return self._states.get(domain)
+
+    def sign(self, message: bytes, domain: str) -> bytes:
+        for d in _parents(domain.lower()):
+            keys = self._keys.get(d)
+            if keys:
+                return dkim.sign(message, keys, now=self.clock.now())
+        return message
+
+    # ---- refresh and checks ----------------------------------------------
+    def _load(self) -> tuple[dict[str, str], dict[str, list[dkim.SigningKey]]]:
+        states, keys = {}, {}
+        for d in self.service.list():
+            states[d.name] = d.state.value
+            keys[d.name] = self.service.signing_keys(d.name)
+        return states, keys
+
+    async def refresh(self) -> None:
+        self._states, self._keys = await asyncio.to_thread(self._load)
+
+    async def run_due_checks(self) -> int:
+        due = await asyncio.to_thread(self.service.due_checks, self.clock.now())
+        for name in due:
+            before = self._states.get(name)
+            try:
+                result = await self.service.check(name)
+            except Exception:
+                log.exception("event=domain_check_error domain=%s", name)
+                continue
+            d = await asyncio.to_thread(self.service.get, name)
+            event(log, "domain_checked", domain=name, ok=result.ok, state=d.state.value,
+                  previous=before, reason=d.failure_reason or None,
+                  level=logging.INFO if d.state.value != "failed" else logging.WARNING)
+        if due:
+            await self.refresh()
+        return len(due)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="domains")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.refresh()   # picks up `mta domain add/rotate` from the CLI
+                await self.run_due_checks()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event=domain_loop_error")
+            await asyncio.sleep(REFRESH_EVERY)
