@@ -7,6 +7,8 @@ rotation all verify."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiosmtplib
 import pytest
 
@@ -124,3 +126,27 @@ async def test_message_kinds_verify_after_delivery(world, case):
     if _have_mail_dkim():
         rsa = [v for k, v in perl_results(m.data, dns).items() if k.startswith("rsa-sha256")]
         assert rsa == ["pass"], case
+
+
+async def test_daemon_timer_verifies_pending_and_fails_broken_domains(world, caplog):
+    d, sink, dns, svc = world
+    svc.add("late.test")
+    zone = parse_zone(zone_text(svc.plan("late.test")))
+    dns.zone.update(zone)                       # published after `add`: pending until checked
+    assert d.domains.state("late.test") in (None, "pending")
+    svc.store.set_state("late.test", svc.get("late.test").state, now=0.0, failure_reason=None,
+                        next_check=0.0, check_attempts=0)  # due now
+    assert await d.domains.run_due_checks() >= 1
+    assert d.domains.state("late.test") == "verified"
+    # DNS breaks: the DMARC record disappears; at the next due check it fails
+    del dns.zone["_dmarc.late.test"]
+    await asyncio.sleep(1.2)                    # the daemon's resolver honours the 1 s TTL
+    svc.store.set_state("late.test", svc.get("late.test").state, now=0.0, failure_reason=None,
+                        next_check=0.0, check_attempts=0)
+    with caplog.at_level("WARNING", logger="mta.domains"):
+        await d.domains.run_due_checks()
+    assert d.domains.state("late.test") == "failed"
+    assert any("late.test" in r.getMessage() and "dmarc" in r.getMessage().lower()
+               for r in caplog.records)
+    with pytest.raises(aiosmtplib.SMTPSenderRefused):
+        await send(d.port, "any", "any-password-1", "x@late.test", "x@late.test")
