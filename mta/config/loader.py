@@ -111,7 +111,8 @@ def _cross_checks(cfg: Config) -> list[str]:
             errors.append(f"listeners[{i}].name: {lst.name!r} is used by more than one listener")
         if (lst.cert is None) != (lst.key is None):
             errors.append(f"listeners[{i}]: set both cert and key, or neither")
-        if lst.tls == "none" and lst.require_tls_for_auth and not lst.trusted_networks:
+        if (lst.role == "submission" and lst.tls == "none" and lst.require_tls_for_auth
+                and not lst.trusted_networks):
             errors.append(f"listeners[{i}]: tls = \"none\" with require_tls_for_auth = true "
                           "and no trusted_networks means nobody can submit")
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", cfg.domains.bounce_subdomain):
@@ -171,13 +172,11 @@ def render_config(cfg: Config) -> str:
             else:
                 lines.append(f"{f.name} = {json.dumps(v)}  # {doc}")
 
-    emit_table("[server]", cfg.server)
-    for lst in cfg.listeners:
-        emit_table("[[listeners]]", lst)
-    emit_table("[delivery]", cfg.delivery)
-    emit_table("[dns]", cfg.dns)
-    emit_table("[domains]", cfg.domains)
-    emit_table("[policy]", cfg.policy)
+    for name in SECTIONS:
+        emit_table(f"[{name}]", getattr(cfg, name))
+        if name == "server":
+            for lst in cfg.listeners:
+                emit_table("[[listeners]]", lst)
     lines.append("")
     lines.append("[routes]")
     for dom, hop in cfg.routes.items():
@@ -186,12 +185,7 @@ def render_config(cfg: Config) -> str:
 
 
 def config_as_dict(cfg: Config) -> dict[str, Any]:
-    return {
-        "server": _section_dict(cfg.server),
-        "listeners": [_section_dict(lst) for lst in cfg.listeners],
-        "delivery": _section_dict(cfg.delivery),
-        "dns": _section_dict(cfg.dns),
-        "domains": _section_dict(cfg.domains),
-        "policy": _section_dict(cfg.policy),
-        "routes": dict(cfg.routes),
-    }
+    out: dict[str, Any] = {name: _section_dict(getattr(cfg, name)) for name in SECTIONS}
+    out["listeners"] = [_section_dict(lst) for lst in cfg.listeners]
+    out["routes"] = dict(cfg.routes)
+    return out

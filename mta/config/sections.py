@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from mta.config.schema import (BOOL, CIDR_LIST, DURATION, DURATION_LIST, HOSTPORT, INT,
-                               IP_LIST, NAMESERVER_LIST, SIZE, STR, choice)
+                               IP_LIST, NAMESERVER_LIST, SIZE, STR, STR_LIST, choice)
 from mta.config.schema import key as K  # a field is named "key"
 
 MiB = 1024 * 1024
@@ -41,8 +41,9 @@ class ServerConfig:
 class ListenerConfig:
     name: str = K("submission", "name used in logs and metrics")
     address: str = K("127.0.0.1:587", "\"host:port\" to listen on", HOSTPORT)
-    role: str = K("submission", "\"submission\": authenticated clients hand in mail",
-                    choice("submission"))
+    role: str = K("submission", "\"submission\": authenticated clients hand in mail; "
+                  "\"inbound\": port 25 for bounces, complaints (feedback loops), postmaster@ "
+                  "and abuse@ — never a relay, no AUTH", choice("submission", "inbound"))
     tls: str = K("starttls", "\"starttls\", \"implicit\" (TLS from the first byte) or \"none\"",
                    choice("starttls", "implicit", "none"))
     cert: str | None = K(None, "PEM certificate chain path (default: a self-signed "
@@ -124,6 +125,35 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class BouncesConfig:
+    domain: str | None = K(None, "return-path (VERP) domain for mail whose sending domain is not "
+                           "set up with `mta domain add` (default: no VERP for such mail)",
+                           STR, optional=True)
+    feedback_addresses: tuple[str, ...] = K((), "addresses the inbound listener accepts "
+                                            "complaint reports (feedback loops) for", STR_LIST)
+    capture_dir: str | None = K(None, "where mail to postmaster@ and abuse@ the server "
+                                "hostname is kept as a maildir (default state_dir/inbound)",
+                                STR, optional=True)
+
+
+@dataclass(frozen=True)
+class SuppressionConfig:
+    on_rcpt: str = K("reject", "a suppressed recipient at RCPT TO: \"reject\" (550, the "
+                     "application learns at once) or \"accept\" (accepted, recorded as "
+                     "suppressed, never delivered)", choice("reject", "accept"))
+    soft_bounce_limit: int = K(5, "consecutive soft failures (no delivery in between) that "
+                               "suppress an address…", INT, min=1, max=1000)
+    soft_bounce_span: float = K(3 * 86400.0, "…when they are spread over at least this long",
+                                DURATION, min=0, max=365 * 86400)
+    hard_bounce_expiry: float | None = K(None, "hard-bounce suppressions expire after this "
+                                         "(unset: never)", DURATION, optional=True,
+                                         min=3600, max=10 * 365 * 86400)
+    soft_bounce_expiry: float | None = K(30 * 86400.0, "soft-bounce suppressions expire after "
+                                         "this (unset: never)", DURATION, optional=True,
+                                         min=3600, max=10 * 365 * 86400)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: tuple[ListenerConfig, ...] = ()
@@ -131,10 +161,14 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
+    suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     # domain → "host:port"; "*" routes every domain (a smarthost)
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "<embedded default>"   # file the config came from (not a key)
 
 
+# The single-table sections, in the order `mta config check` prints them.
 SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig,
-            "domains": DomainsConfig, "policy": PolicyConfig}
+            "domains": DomainsConfig, "policy": PolicyConfig, "bounces": BouncesConfig,
+            "suppression": SuppressionConfig}
