@@ -113,3 +113,69 @@ def test_our_own_delay_warning_parses_as_delayed():
 def test_garbage_never_raises():
     for raw in (b"", b"\x00\xff" * 100, b"From nobody\n", b"Content-Type: multipart/report\n\n--x"):
         assert parse(raw).kind in ("nonbounce", "bounce")
+
+
+# Structural rules of the text detectors, on small synthetic notices.
+
+def _addrs(raw: bytes):
+    report = parse(raw)
+    return report.kind, [(r.address, r.class_, r.reason) for r in report.recipients]
+
+
+def test_reply_after_rcpt_command_is_a_dead_address_even_with_a_filter_code():
+    raw = (b"From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\nTo: app@example.com\n"
+           b"Subject: Mail delivery failed\n\nThe following address failed:\n\n"
+           b"\"a@dest.org\":\nSMTP error from remote server after RCPT command:\n"
+           b"host: mx.dest.org\n5.2.1 <a@dest.org>... User Unknown\n")
+    assert _addrs(raw) == ("bounce", [("a@dest.org", "hard", "userunknown")])
+
+
+def test_addresses_above_a_recipient_list_heading_are_the_returned_summary():
+    raw = (b"From: System Administrator <postmaster@example.net>\nTo: app@example.com\n"
+           b"Subject: Undeliverable: Hi\n\nYour message\n\n  To:      list@example.net\n"
+           b"  Subject: Hi\n\ndid not reach the following recipient(s):\n\n"
+           b"a@dest.org on Thu, 29 Apr 2010 00:00:00 -0000\n"
+           b"    The recipient name is not recognized\n")
+    assert _addrs(raw) == ("bounce", [("a@dest.org", "hard", "userunknown")])
+
+
+def test_dsn_without_a_usable_final_recipient_falls_back_to_the_message():
+    raw = (b"From: Mail Delivery Subsystem <mailer-daemon@example.net>\nTo: app@example.com\n"
+           b"Subject: Delivery Status Notification (Failure)\nX-Failed-Recipients: a@dest.org\n"
+           b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n"
+           b"--b\nContent-Type: text/plain\n\n** Message not delivered **\n\n"
+           b"--b\nContent-Type: message/delivery-status\n\n\n--b--\n")
+    kind, rcpts = _addrs(raw)
+    assert kind == "dsn" and [a for a, _, _ in rcpts] == ["a@dest.org"]
+
+
+def test_sendmail_transcript_blocks_end_at_each_summary_line():
+    raw = (b"From: Mail Delivery Subsystem <MAILER-DAEMON@example.net>\nTo: app@example.com\n"
+           b"Subject: Returned mail: see transcript for details\n\n"
+           b"   ----- Transcript of session follows -----\n"
+           b"While talking to mx.one.org:\n>>> DATA\n<<< 554 Connection reset by peer\n"
+           b"554 <a@one.org>... Remote protocol error: Connection reset by peer\n"
+           b"550 two.org (smtp)... 550 Host unknown\n"
+           b"554 <b@two.org>... 550 Host unknown (Authoritative answer from name server)\n")
+    kind, rcpts = _addrs(raw)
+    assert kind == "bounce"
+    assert [(a, c) for a, c, _ in rcpts] == [("a@one.org", "soft"), ("b@two.org", "hard")]
+
+
+def test_a_dsn_quoted_in_a_forwarded_message_is_read():
+    raw = (b"From: someone@example.jp\nTo: admin@example.jp\n"
+           b"Subject: Fwd: Returned mail: see transcript for details\n\nBegin forwarded message:\n\n"
+           b"> From: Mail Delivery Subsystem <MAILER-DAEMON>\n> Subject: Returned mail\n"
+           b"> Return-Path: <MAILER-DAEMON>\n>\n"
+           b"> Final-Recipient: RFC822; a@dest.org\n> Action: failed\n> Status: 5.1.1\n"
+           b"> Diagnostic-Code: SMTP; 550 5.1.1 User unknown\n")
+    assert _addrs(raw) == ("bounce", [("a@dest.org", "hard", "userunknown")])
+
+
+def test_microsoft_jmrp_report_is_a_complaint():
+    raw = (b"From: staff@hotmail.com\nTo: abuse@example.com\n"
+           b"Subject: complaint about message from 192.0.2.1\n"
+           b"Content-Type: multipart/mixed; boundary=\"b\"\n\n--b\nContent-Type: message/rfc822\n\n"
+           b"X-HmXmrOriginalRecipient: a@dest.org\nFrom: app@example.com\nTo: a@dest.org\n"
+           b"Subject: Hi\n\nbody\n--b--\n")
+    assert _addrs(raw) == ("arf", [("a@dest.org", "complaint", "feedback")])

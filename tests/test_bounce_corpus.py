@@ -54,7 +54,7 @@ def test_each_message_parses(label):
 
 
 # Regression floor: what the parser achieves today; it must never drop below.
-FLOOR = {"f1": 0.98, "hardsoft": 0.97, "status": 0.99, "kind": 0.99}
+FLOOR = {"f1": 0.99, "hardsoft": 0.98, "status": 0.99, "kind": 0.995}
 
 
 def _scores():
@@ -73,8 +73,6 @@ def test_corpus_scores_do_not_regress(report):
     assert not failing, f"below the floor {FLOOR}: {failing}"
 
 
-@pytest.mark.xfail(strict=False, reason="issue 4 is open: targets F1 0.985 and hard/soft 0.98 "
-                                        "not met yet (0.981 and 0.971); see the closing note")
 def test_corpus_scores_meet_the_targets():
     scores = _scores()
     d = scores.as_dict()

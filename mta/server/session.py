@@ -35,11 +35,11 @@ import asyncio
 import ipaddress
 import logging
 import traceback
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
 
-from mta.core import AddressError, Clock, StorageError, new_queue_id, parse_address
+from mta.core import AddressError, Reply, Clock, StorageError, new_queue_id, parse_address
 from mta.mail.headers import from_domains, prepare_submission
 from mta.policy.senders import SenderPolicy
 from mta.server import replies
@@ -75,8 +75,12 @@ class SubmissionHandler:
                  credentials: CredentialStore, clock: Clock, auth_throttle: Any,
                  log: logging.Logger, message_factory: Callable[..., Any] | None = None,
                  sender_policy: SenderPolicy | None = None,
-                 signer: Callable[[bytes, str], bytes] | None = None):
+                 signer: Callable[[bytes, str], bytes] | None = None,
+                 rcpt_check: Callable[[str, str | None], Awaitable[Reply | None]] | None = None,
+                 accept_suppressed: bool = False):
         self.hostname = hostname
+        self.rcpt_check = rcpt_check      # (recipient, credential) -> refusal or None
+        self.accept_suppressed = accept_suppressed
         self.sender_policy = sender_policy
         self.signer = signer  # (message, From: domain) -> signed message
         self.spool = spool
@@ -230,6 +234,20 @@ class SubmissionHandler:
         checked = self._check_address(address, envelope, sender=False)
         if not isinstance(checked, str):
             return str(checked)
+        if self.rcpt_check is not None:
+            # Suppressed recipients (hard bounce, complaint, …): refused here so
+            # the application learns synchronously, or — on_rcpt = "accept" —
+            # accepted and recorded as suppressed, never delivered.
+            refusal = await self.rcpt_check(checked, session.credential)
+            if refusal is not None:
+                self.log.info("event=suppressed rcpt=%s credential=%s reply=%r", checked,
+                              session.credential or "-", str(refusal))
+                if not self.accept_suppressed:
+                    return str(refusal)
+                suppressed = getattr(envelope, "suppressed", None)
+                if suppressed is None:
+                    suppressed = envelope.suppressed = []
+                suppressed.append((len(envelope.rcpt_tos), str(refusal)))
         envelope.rcpt_tos.append(checked)
         envelope.rcpt_options.extend(rcpt_options)
         return str(replies.recipient_ok(checked))
@@ -279,7 +297,9 @@ class SubmissionHandler:
                       credential=session.credential, listener=self.cfg.name,
                       client_ip=server.client_ip, is_dsn=False,
                       # the id named in Received: becomes the queue id
-                      queue_id=id_hint)
+                      queue_id=id_hint,
+                      **({"suppressed": tuple(envelope.suppressed)}
+                         if getattr(envelope, "suppressed", None) else {}))
         try:
             queue_id = await self.spool.enqueue(msg, now)
         except StorageError as exc:

@@ -7,6 +7,7 @@ notice) and for synchronous SMTP replies during delivery
 Public API:
     classify(status, code, text, *, command=None) -> (class_, reason)
     class_of(reason, status, code) -> "hard" | "soft" | "complaint" | "unknown"
+    EARLY: the narrow reasons whose text wins over any status code
     REASONS: dict reason -> one-line meaning (the fixed vocabulary)
     HARD: the reasons that make an address permanently bad
 
@@ -111,7 +112,7 @@ REASONS = {
 }
 HARD = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
 
-_EARLY = ("mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying")
+EARLY = ("mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying")
 
 # Codes whose meaning is specific enough to trust over most text.
 _STRONG = {
@@ -156,7 +157,7 @@ def class_of(reason: str, status: str | None = None, code: int | None = None) ->
 def _reason(status: str, code: int | None, text: str, command: str | None) -> str:
     if status.startswith("2") or (code is not None and 200 <= code < 300):
         return "delivered"
-    early = match_reason(text, _EARLY)
+    early = match_reason(text, EARLY)
     if early:
         return early
     sub = status.split(".", 1)[1] if status.count(".") == 2 else ""

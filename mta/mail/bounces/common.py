@@ -34,7 +34,7 @@ _CODE = re.compile(r"(?:^|[\s'\"(:\[<>]|said:|code:?|reply:|error_code\s?:|respo
                    r"([245][0-5]\d)(?=[\s\-:;,.)\]'\"]|$)(?![.\d]+\.\d)", re.IGNORECASE | re.M)
 _COMMAND = re.compile(
     r"\b(?:after|in reply to|in response to|while sending|during|rejected at)\s+(?:the\s+)?"
-    r"(?:end of\s+(?:data|message)|(RCPT\s+TO|MAIL\s+FROM|DATA\b|BDAT|EHLO|HELO|STARTTLS|"
+    r"(?:end of\s+(?:data|message)|(RCPT(?:\s+TO)?\b|MAIL\s+FROM|MAIL(?=\s+command)|DATA\b|BDAT|EHLO|HELO|STARTTLS|"
     r"initial connection|connect(?:ion)?\b|final data))"
     r"|>>> ?(RCPT|MAIL|DATA|EHLO|HELO|QUIT|RSET)\b|\bin: (RCPT|MAIL|DATA)\b"
     r"|\bcommand\W{0,12}(RCPT|MAIL|DATA)\b", re.IGNORECASE)

@@ -13,6 +13,8 @@ Public API:
                       bounce's From/To, the original sender)
 
 Invariants: every view is lazy and cached; nothing raises on malformed input.
+A "Return-Path:"/"Received:" line right under a "Subject:"/"To:" line is the
+header summary of a forwarded bounce, not the start of the returned copy.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ _CUT = re.compile(
     r"the header of the original|headers? of (?:the )?(?:original|returned)|start of returned|"
     r"forwarded message|enclosed is|undelivered message|failed message|message header|"
     r"\S.{0,40}(?:original|returned|headers))"
-    r"|original message headers:|your original message headers|"
+    r"|original message headers:|original mail as follows:|your original message headers|"
     r"\*{3,}\s*original|------ the message was|--- Below|"
-    r"return-path:\s*<|received:\s+(?:from|by)\s|"
+    r"(return-path:\s*<|received:\s+(?:from|by)\s)|"
     r"-{5,}\s*(?:original|returned|unsent|headers?|message)"
     r")",
     re.IGNORECASE | re.M)
+
+_SUMMARY = re.compile(r"[ \t>]*(?:from|date|to|subject|cc|sent):", re.I)
 
 
 class Mail:
@@ -77,8 +81,14 @@ class Mail:
 
     @cached_property
     def cut_at(self) -> int:
-        match = _CUT.search(self.text)
-        return match.start() if match else len(self.text)
+        text = self.text
+        for match in _CUT.finditer(text):
+            # "Return-Path:" / "Received:" right under "Subject:" or "To:" is
+            # the header summary of a forwarded bounce, not the returned copy
+            if match.group(1) and _SUMMARY.match(text, text.rfind("\n", 0, max(match.start() - 1, 0)) + 1):
+                continue
+            return match.start()
+        return len(text)
 
     @cached_property
     def notice(self) -> str:

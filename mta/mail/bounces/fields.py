@@ -8,7 +8,8 @@ Public API:
         blocks whose blank separator lines were lost still split right.
     has_fields(text) -> bool   True when text carries recipient DSN fields
 
-Invariants: tolerant of missing blank lines, CRLF, odd case, leading spaces
+Invariants: tolerant of missing blank lines, CRLF, odd case, leading spaces,
+"> " quoting (a DSN forwarded inline)
 and repeated fields (the first value is kept, except Diagnostic-Code lines,
 which are joined).
 """
@@ -22,7 +23,8 @@ _RCPT_FIELDS = {"final-recipient", "original-recipient", "action", "status", "re
                 "diagnostic-code", "last-attempt-date", "will-retry-until", "x-actual-recipient",
                 "final-log-id", "x-supplementary-info", "x-display-name"}
 _REPEAT = {"final-recipient", "original-recipient", "action", "status"}
-_HAS = re.compile(r"^\s*(?:final|original)-recipient\s*:", re.IGNORECASE | re.M)
+_HAS = re.compile(r"^[\s>]*(?:final|original)-recipient\s*:", re.IGNORECASE | re.M)
+_QUOTED = re.compile(r"^> ?", re.M)
 
 
 def has_fields(text: str) -> bool:
@@ -35,6 +37,8 @@ def parse_fields(text: str) -> tuple[dict, list[dict]]:
     current: dict[str, str] | None = None
     last_key: str | None = None
     last_target: dict | None = None
+    if "\n>" in text or text.startswith(">"):
+        text = _QUOTED.sub("", text)        # a DSN quoted in a forwarded message
     for line in text.split("\n"):
         if not line.strip():
             last_key = None

@@ -105,8 +105,12 @@ def body_text(msg: Message) -> str:
         ctype = part.get_content_type()
         if ctype == "text/html" and has_plain:
             continue            # the alternative of a text/plain part we already read
+        maintype = part.get_content_maintype()
         if ctype in ("text/plain", "text/html") or (
-                part.get_content_maintype() == "text" and ctype not in _ATTACHED):
+                maintype == "text" and ctype not in _ATTACHED) or (
+                maintype == "multipart" and isinstance(part.get_payload(), str)):
+            # (a multipart whose boundary could not be read is a leaf with
+            # the raw text of its parts: still the human-readable notice)
             t = part_text(part)
             if ctype == "text/html":
                 t = _strip_html(t)

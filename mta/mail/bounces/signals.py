@@ -7,7 +7,8 @@ Public API:
 
 Invariants: signals are structural or phrase-level, in several languages,
 never tied to one message; a mailer-daemon/postmaster sender or an
-X-Failed-Recipients header alone is enough for a bounce.
+X-Failed-Recipients header alone is enough for a bounce, and so is an fml
+(X-MLServer) error notice ("Loop Alert:", "Security Alert:", ...).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ _TEXT = re.compile(
     r"returned to (?:the )?sender|smtp error|remote host said|rejected|mail delivery|"
     r"user unknown|recipient|mailbox|delivery status notification|this is an automatically generated",
     re.I)
+_FML = re.compile(r"\bfml\b", re.I)
+_FML_ERROR = re.compile(r"loop alert|loop back warning|unix from loop|security alert|"
+                        r"not member|are not member|reject mail|fml system error|"
+                        r"spam mail from a spammer", re.I)
 _AUTO_SUBJECT = re.compile(
     r"^\s*(?:auto(?:matic)?[ -]?(?:reply|response|respons|antwort|svar)|auto:|"
     r"out of (?:the )?office|abwesenheit|absence|vacation|away from|r[ée]ponse automatique|"
@@ -51,6 +56,8 @@ _PERM = re.compile(r"permanent|gave up|giving up|failed permanently|fatal|could 
 def looks_like_bounce(mail) -> bool:
     if mail.msg.get("X-Failed-Recipients"):
         return True
+    if _FML.search(header(mail.msg, "X-MLServer")) and _FML_ERROR.search(mail.subject):
+        return True             # fml (mailing-list manager) error notices
     if _DAEMON.search(mail.from_header) or _DAEMON.search(header(mail.msg, "Return-Path")):
         return True
     if _SUBJECT.search(mail.subject) and _TEXT.search(mail.notice):

@@ -6,6 +6,7 @@ Recognised, by structural markers only:
   * RFC 5965 ARF: a message/feedback-report part (or report-type=feedback-report);
   * ARF fields (Feedback-Type + Version/User-Agent) in a plain-text body;
   * Amazon SES complaint notifications (JSON "notificationType": "Complaint");
+  * Microsoft JMRP reports (an attached message carrying X-HmXmrOriginalRecipient);
   * one-click style opt-outs sent by mail clients (X-Apple-Unsubscribe).
 The reported recipient is, in order: every Original-Rcpt-To, Removal-Recipient,
 the To of the returned message, else none (a complaint that hides the
@@ -70,6 +71,13 @@ def detect(mail):
         out = [_complaint(r.get("emailAddress", ""), ftype, "Amazon SES complaint")
                for r in c.get("complainedRecipients") or [] if r.get("emailAddress")]
         return BounceReport("arf", out, detector="sesjson-complaint")
+    if "message/rfc822" in mail.ctypes and mail.original is not None:
+        # Microsoft JMRP (Outlook.com / Hotmail junk reports): the reported
+        # message is attached whole, its recipient in X-HmXmrOriginalRecipient.
+        rcpt = clean_address(header(mail.original, "X-HmXmrOriginalRecipient"))
+        if rcpt:
+            return BounceReport("arf", [_complaint(rcpt, "abuse", collapse(mail.subject))],
+                                detector="jmrp")
     if header(mail.msg, "X-Apple-Unsubscribe").strip().lower() == "true":
         m = ADDR_RE.search(mail.from_header)
         rcpts = [_complaint(m.group(1), "opt-out", collapse(mail.notice)[:300])] if m else []

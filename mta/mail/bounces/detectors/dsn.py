@@ -6,31 +6,62 @@ Fires when a message/delivery-status part sits in the message's own MIME
 tree (attached messages are not searched: a DSN wrapped inside another
 message is a "bounce", see textdsn). One recipient per Final-Recipient
 block; Original-Recipient or X-Actual-Recipient stand in for a missing or
-unusable Final-Recipient. The Status field wins, except that an x.0.0
+unusable Final-Recipient; a block with no address at all (a file or pipe,
+"@domain", an empty delivery-status part) takes X-Failed-Recipients, the
+notice's addresses or the returned To. The Status field wins, except that an x.0.0
 yields to a specific code in the Diagnostic-Code; the human-readable part
-supplies the diagnostic when the report carries none.
+supplies the diagnostic when the report carries none, and for a single
+recipient a narrow reason it states (classify.EARLY: "Not enough disk
+space", "account is disabled") overrides the relayed reply.
 """
 
 from __future__ import annotations
 
+from mta.mail.bounces.classify import EARLY, class_of
+from mta.mail.bounces.patterns import match_reason
 from mta.mail.bounces.common import clean_address, collapse, make_recipient, segments
 from mta.mail.bounces.fields import parse_fields
-from mta.mail.bounces.message import part_text
+from mta.mail.bounces.message import header, part_text
+from mta.mail.bounces.detectors.textbounce import candidates
 from mta.mail.bounces.model import BounceReport
 
 _DS_TYPES = ("message/delivery-status", "message/global-delivery-status")
 
 
+def _fallback_addresses(mail, notice: str) -> list[str]:
+    """Who failed when the report names nobody usable: X-Failed-Recipients,
+    else the addresses of the human-readable notice, else the returned To."""
+    failed = [clean_address(a) for a in header(mail.msg, "X-Failed-Recipients").split(",")]
+    failed = [a for a in failed if a]
+    if failed:
+        return failed
+    found = [a for a, _ in sorted(candidates(mail, notice), key=lambda t: t[1])]
+    return found or mail.original_to[:1]
+
+
 def recipients_from_fields(text: str, mail, notice: str = "") -> list:
     per_message, blocks = parse_fields(text)
-    rows, seen = [], set()
+    rows, seen, unnamed = [], set(), []
     for block in blocks:
         addr = ""
         for key in ("final-recipient", "x-actual-recipient", "original-recipient"):
             addr = clean_address(block.get(key, ""))
             if addr:
                 break
-        if addr and addr.lower() not in seen:
+        if not addr:
+            unnamed.append(block)
+        elif addr.lower() not in seen:
+            seen.add(addr.lower())
+            rows.append((addr, block))
+    if unnamed or not blocks:
+        # A Final-Recipient that is a file or pipe (Exim), a bare "@domain"
+        # (Sendmail) or an empty delivery-status part: name them from the
+        # rest of the message, in order, skipping addresses already listed.
+        spare = [a for a in _fallback_addresses(mail, notice) if a.lower() not in seen]
+        for block in unnamed or [{}]:
+            if not spare:
+                break
+            addr = spare.pop(0)
             seen.add(addr.lower())
             rows.append((addr, block))
     low = notice.lower()
@@ -55,6 +86,13 @@ def recipients_from_fields(text: str, mail, notice: str = "") -> list:
         if dtype.strip().lower() == "x-unix" and r.class_ in ("hard", "soft"):
             # RFC 3464 x-unix diagnostics come from a local delivery program.
             r.reason, r.class_ = "mailererror", "soft"
+        elif len(rows) == 1 and r.class_ in ("hard", "soft") and r.reason not in EARLY:
+            # The reporting MTA's own sentence ("Not enough disk space", "The
+            # account is disabled") names a narrow reason that the relayed
+            # reply (often a bare "550 user unknown") hides.
+            early = match_reason(collapse(notice).lower(), EARLY)
+            if early:
+                r.reason, r.class_ = early, class_of(early, r.status, r.replycode)
         out.append(r)
     return out
 
