@@ -105,9 +105,14 @@ class _Ledger:
 
     def in_order(self, messages: Sequence[OutboundMessage]
                  ) -> dict[str, dict[int, RecipientOutcome]]:
-        """The outcomes keyed in message and recipient order (easier to read in logs)."""
-        return {m.queue_id: {i: self.outcomes[m.queue_id][i] for i, _ in m.recipients
-                             if i in self.outcomes[m.queue_id]} for m in messages}
+        """The outcomes keyed in message and recipient order (easier to read in logs).
+        One queue id may come as several messages (VERP: one per recipient)."""
+        out: dict[str, dict[int, RecipientOutcome]] = {}
+        for m in messages:
+            done = self.outcomes[m.queue_id]
+            out.setdefault(m.queue_id, {}).update(
+                (i, done[i]) for i, _ in m.recipients if i in done)
+        return out
 
     def settle_rest(self, messages: Sequence[OutboundMessage], fate: RecipientFate,
                     reply: Reply, peer: _Peer = _Peer()) -> None:

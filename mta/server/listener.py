@@ -1,8 +1,16 @@
-"""One submission listener: the socket and the lifecycle of its sessions.
+"""One listener: the socket and the lifecycle of its sessions.
 
 API
     SubmissionListener(cfg, *, hostname, spool, credentials, tls_context, clock,
-                       auth_throttle=None, log=None, message_factory=None)
+                       auth_throttle=None, log=None, message_factory=None,
+                       sender_policy=None, signer=None,
+                       inbound_classify=None, inbound_deliver=None)
+        cfg.role chooses the service: "submission" (session.SubmissionHandler,
+        needs spool and credentials) or "inbound" (inbound.InboundHandler on
+        inbound.InboundSMTP: no AUTH; needs inbound_classify and
+        inbound_deliver, see inbound.py; spool/credentials/auth/sender
+        arguments are ignored). A missing hook is a ListenerSetupError
+        (a ConfigError and a ValueError).
     await .start()          bind cfg.address (port 0 allowed) and accept
     .sockname               (host, port) actually bound
     await .stop(grace=5.0)  stop accepting; sessions inside DATA get `grace`
@@ -10,7 +18,8 @@ API
                             (idle ones get "421 4.3.2" first)
     .update(cfg, credentials, tls_context)
                             config reload: new sessions use the new values;
-                            the bound address does not change (restart for that)
+                            the bound address, TLS mode and role do not
+                            change (restart for that)
 
 Invariants
   * tls="starttls" and tls="implicit" need a TLS context (ConfigError
@@ -30,19 +39,25 @@ import asyncio
 import dataclasses
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from mta.core import Clock, ConfigError
 from mta.policy.authlimit import AuthThrottle
 from mta.server import replies
+from mta.core import Reply
 from mta.server.credentials import CredentialStore
+from mta.server.inbound import InboundHandler, InboundMessage, InboundSMTP
 from mta.server.protocol import SubmissionSMTP
 from mta.server.session import SubmissionHandler
 
 if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
     from mta.config.sections import ListenerConfig
 
-__all__ = ["SubmissionListener", "parse_hostport"]
+__all__ = ["ListenerSetupError", "SubmissionListener", "parse_hostport"]
+
+
+class ListenerSetupError(ConfigError, ValueError):
+    """The listener was built without what its role needs."""
 
 _IDENT = "ESMTP mta"
 
@@ -61,24 +76,40 @@ def _quiet_aiosmtpd_logger() -> None:
 
 
 class SubmissionListener:
-    def __init__(self, cfg: ListenerConfig, *, hostname: str, spool: Any,
-                 credentials: CredentialStore, tls_context: ssl.SSLContext | None,
-                 clock: Clock, auth_throttle: AuthThrottle | None = None,
+    def __init__(self, cfg: ListenerConfig, *, hostname: str, spool: Any = None,
+                 credentials: CredentialStore | None = None,
+                 tls_context: ssl.SSLContext | None, clock: Clock,
+                 auth_throttle: AuthThrottle | None = None,
                  log: logging.Logger | None = None,
                  message_factory: Callable[..., Any] | None = None,
-                 sender_policy: Any = None, signer: Callable[[bytes, str], bytes] | None = None):
+                 sender_policy: Any = None, signer: Callable[[bytes, str], bytes] | None = None,
+                 inbound_classify: Callable[[str], str | None] | None = None,
+                 inbound_deliver: Callable[[InboundMessage], Awaitable[Reply]] | None = None):
         self.log = log or logging.getLogger("mta.server")
         self.hostname = hostname
-        if auth_throttle is None:
-            auth_throttle = AuthThrottle(cfg.auth_max_failures, cfg.auth_lockout)
         self._check_tls(cfg, tls_context)
         self.cfg = cfg
         self.tls_context = tls_context
-        self.handler = SubmissionHandler(cfg, hostname=hostname, spool=spool,
-                                         credentials=credentials, clock=clock,
-                                         auth_throttle=auth_throttle, log=self.log,
-                                         message_factory=message_factory,
-                                         sender_policy=sender_policy, signer=signer)
+        self.handler: SubmissionHandler | InboundHandler
+        if cfg.role == "inbound":
+            if inbound_classify is None or inbound_deliver is None:
+                raise ListenerSetupError(f"listener {cfg.name!r}: role = \"inbound\" needs "
+                                         "inbound_classify and inbound_deliver")
+            self._protocol_class: type[SubmissionSMTP] = InboundSMTP
+            self.handler = InboundHandler(cfg, hostname=hostname, classify_rcpt=inbound_classify,
+                                          deliver=inbound_deliver, clock=clock, log=self.log)
+        else:
+            if spool is None or credentials is None:
+                raise ListenerSetupError(f"listener {cfg.name!r}: role = \"{cfg.role}\" needs "
+                                         "a spool and a credential store")
+            if auth_throttle is None:
+                auth_throttle = AuthThrottle(cfg.auth_max_failures, cfg.auth_lockout)
+            self._protocol_class = SubmissionSMTP
+            self.handler = SubmissionHandler(cfg, hostname=hostname, spool=spool,
+                                             credentials=credentials, clock=clock,
+                                             auth_throttle=auth_throttle, log=self.log,
+                                             message_factory=message_factory,
+                                             sender_policy=sender_policy, signer=signer)
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[SubmissionSMTP] = set()
 
@@ -93,7 +124,7 @@ class SubmissionListener:
     def _make_protocol(self) -> SubmissionSMTP:
         cfg = self.cfg
         implicit = cfg.tls == "implicit"
-        proto = SubmissionSMTP(
+        proto = self._protocol_class(
             self.handler,
             implicit_tls=implicit,
             registry=self._sessions,
@@ -108,7 +139,8 @@ class SubmissionListener:
             auth_required=False,       # SubmissionSMTP.check_auth_needed decides
             # Inside implicit TLS every session is encrypted; aiosmtpd only
             # knows about STARTTLS, so tell it not to insist.
-            auth_require_tls=cfg.require_tls_for_auth and not implicit,
+            auth_require_tls=(cfg.require_tls_for_auth and not implicit
+                              or cfg.role == "inbound"),  # inbound: AUTH never offered
             loop=asyncio.get_running_loop(),
         )
         return proto
@@ -124,8 +156,8 @@ class SubmissionListener:
             ssl=self.tls_context if self.cfg.tls == "implicit" else None,
             reuse_address=True)
         h, p = self.sockname
-        self.log.info("event=listening listener=%s address=%s:%d tls=%s", self.cfg.name,
-                      h, p, self.cfg.tls)
+        self.log.info("event=listening listener=%s address=%s:%d tls=%s role=%s",
+                      self.cfg.name, h, p, self.cfg.tls, self.cfg.role)
 
     @property
     def sockname(self) -> tuple[str, int]:
@@ -157,12 +189,14 @@ class SubmissionListener:
         self._server = None
         self.log.info("event=stopped listener=%s", self.cfg.name)
 
-    def update(self, cfg: ListenerConfig, credentials: CredentialStore,
+    def update(self, cfg: ListenerConfig, credentials: CredentialStore | None,
                tls_context: ssl.SSLContext | None) -> None:
-        if cfg.address != self.cfg.address or cfg.tls != self.cfg.tls:
-            self.log.warning("event=reload_ignored listener=%s reason=\"address/tls change "
-                             "needs a restart\"", self.cfg.name)
-            cfg = dataclasses.replace(cfg, address=self.cfg.address, tls=self.cfg.tls)
+        if (cfg.address != self.cfg.address or cfg.tls != self.cfg.tls
+                or cfg.role != self.cfg.role):
+            self.log.warning("event=reload_ignored listener=%s reason=\"address/tls/role "
+                             "change needs a restart\"", self.cfg.name)
+            cfg = dataclasses.replace(cfg, address=self.cfg.address, tls=self.cfg.tls,
+                                      role=self.cfg.role)
         self._check_tls(cfg, tls_context)
         self.cfg = cfg
         self.tls_context = tls_context

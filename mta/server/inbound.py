@@ -1,0 +1,230 @@
+"""The inbound (port 25) service: bounces, complaints and postmaster mail in.
+
+API
+    InboundMessage(mail_from, rcpts, kinds, body, client_ip, helo, tls)
+        one received transaction, handed to `deliver`; frozen
+    InboundHandler(cfg, *, hostname, classify_rcpt, deliver, clock, log)
+        aiosmtpd hooks: handle_EHLO, handle_MAIL, handle_RCPT, handle_DATA,
+                        handle_exception
+        called by the protocol: may_transact(server, session) (always True)
+        .update(cfg, credentials=None)   config reload (credentials ignored)
+    InboundSMTP(handler, **kwargs)
+        protocol.SubmissionSMTP without AUTH: not advertised, and the AUTH
+        command gets "502 5.5.1"
+    KINDS = ("bounce", "postmaster", "feedback")
+
+    classify_rcpt(address) -> kind | None
+        the runtime's decision of which addresses this MX receives for (VERP
+        bounce domains, postmaster@/abuse@ the hostname, feedback-loop
+        addresses); None means "not ours".
+    await deliver(InboundMessage) -> Reply
+        the runtime parses/stores the message; its Reply is the DATA reply
+        (250 when it took it, 451 4.3.0 on trouble).
+
+Rules
+  * Never a relay: a RCPT that classify_rcpt does not claim gets
+    "550 5.7.1 <addr>: Relay access denied" and is not part of the
+    transaction; a transaction with no accepted RCPT never reaches DATA.
+  * No AUTH at all, no trusted networks: anyone may send, but only to us.
+  * MAIL FROM takes any syntactically valid sender, and <> (bounces and
+    DSNs come from the null sender); InboundMessage.mail_from is "" for <>.
+  * RCPT: max_recipients → 452 4.5.3; <> → 501 5.1.3; a bare "Postmaster"
+    (RFC 5321 §4.1.1.3: must be accepted without a domain) means
+    postmaster@<hostname>; bad syntax → 501 5.1.3; classify_rcpt raising →
+    451 4.3.0 (fail closed, temporarily: the sender retries).
+  * DATA: hygiene (bare CR/LF, NUL → 550 5.5.2) → size (552 5.3.4) →
+    `deliver`. Its Reply is sent as is; an exception in deliver, or a value
+    that is not a Reply, becomes 451 4.3.0 and the session stays usable.
+  * The body is handed over exactly as received (after dot-unstuffing): no
+    Received: header is added, it is parsed, not relayed.
+  * Logs: one `event=inbound_received` line per DATA that reached deliver;
+    `event=inbound_rejected` for relay attempts and smuggling.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from aiosmtpd.smtp import Envelope, Session, TLSSetupException, syntax
+
+from mta.core import AddressError, Clock, Reply, parse_address
+from mta.server import replies
+from mta.server.hygiene import check_data
+from mta.server.protocol import SubmissionSMTP
+from mta.server.session import ehlo_lines
+
+if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
+    from mta.config.sections import ListenerConfig
+
+__all__ = ["KINDS", "InboundHandler", "InboundMessage", "InboundSMTP", "relay_denied"]
+
+KINDS = ("bounce", "postmaster", "feedback")
+
+NO_AUTH = Reply(502, "5.5.1", "AUTH not available: this is an inbound MX, "
+                "use the submission service")
+
+
+def relay_denied(addr: str) -> Reply:
+    return Reply(550, "5.7.1", f"<{replies.quote(addr)}>: Relay access denied")
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    mail_from: str               # "" for the null sender <>
+    rcpts: tuple[str, ...]
+    kinds: tuple[str, ...]       # per rcpt: "bounce" | "postmaster" | "feedback"
+    body: bytes
+    client_ip: str
+    helo: str
+    tls: str                     # TLS version ("TLSv1.3"), "" when in clear
+
+
+class InboundSMTP(SubmissionSMTP):
+    """The submission protocol adapter (block DATA reader, ESC on every reply)
+    with AUTH removed: no mechanisms, and the command is refused outright."""
+
+    def __init__(self, handler: Any, **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self._auth_methods = {}
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self.push(NO_AUTH)
+
+
+def _tls_version(server: Any) -> str:
+    t = server.transport
+    obj = t.get_extra_info("ssl_object") if t is not None else None
+    if obj is None:
+        return "TLS" if getattr(server, "tls_active", False) else ""
+    return str(obj.version() or "TLS")
+
+
+def _kinds(envelope: Envelope) -> list[str]:
+    # aiosmtpd makes a fresh Envelope per transaction (RSET, after DATA), so
+    # the per-recipient kinds can live on it, next to rcpt_tos.
+    kinds = getattr(envelope, "inbound_kinds", None)
+    if kinds is None:
+        kinds = envelope.inbound_kinds = []  # type: ignore[attr-defined]
+    return kinds
+
+
+class InboundHandler:
+    def __init__(self, cfg: ListenerConfig, *, hostname: str,
+                 classify_rcpt: Callable[[str], str | None],
+                 deliver: Callable[[InboundMessage], Awaitable[Reply]],
+                 clock: Clock, log: logging.Logger):
+        self.hostname = hostname
+        self.classify_rcpt = classify_rcpt
+        self.deliver = deliver
+        self.clock = clock
+        self.log = log
+        self.update(cfg)
+
+    def update(self, cfg: ListenerConfig, credentials: Any = None) -> None:
+        self.cfg = cfg
+
+    def may_transact(self, server: Any, session: Session) -> bool:
+        return True
+
+    # -- EHLO -----------------------------------------------------------------
+
+    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname  # the 5-argument hook must do this itself
+        return ehlo_lines([r for r in responses if not r[4:].startswith("AUTH")])
+
+    # -- the transaction --------------------------------------------------------
+
+    async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if address == "<>":
+            checked = ""
+        else:
+            try:
+                address.encode("utf-8")
+                checked = str(parse_address(address))
+            except (AddressError, UnicodeError) as exc:
+                why = str(exc) if isinstance(exc, AddressError) else "not UTF-8"
+                return str(replies.bad_sender(address, why))
+            if not checked.isascii() and not envelope.smtp_utf8:
+                return str(replies.NEED_SMTPUTF8)
+        envelope.mail_from = checked or "<>"  # aiosmtpd treats "" as "no MAIL yet"
+        envelope.mail_options.extend(mail_options)
+        return str(replies.sender_ok(checked))
+
+    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.cfg.max_recipients:
+            return str(replies.TOO_MANY_RECIPIENTS)
+        if address == "<>":
+            return str(replies.NULL_RECIPIENT)
+        if address.lower() == "postmaster":
+            address = f"postmaster@{self.hostname}"
+        try:
+            address.encode("utf-8")
+            checked = str(parse_address(address))
+        except (AddressError, UnicodeError) as exc:
+            why = str(exc) if isinstance(exc, AddressError) else "not UTF-8"
+            return str(replies.bad_recipient(address, why))
+        if not checked.isascii() and not envelope.smtp_utf8:
+            return str(replies.NEED_SMTPUTF8)
+        try:
+            kind = self.classify_rcpt(checked)
+        except Exception as exc:
+            self.log.error("event=inbound_classify_failed listener=%s rcpt=<%s> error=%s: %s",
+                           self.cfg.name, checked, type(exc).__name__, exc)
+            return str(replies.INTERNAL_ERROR)
+        if not kind:
+            reply = relay_denied(checked)
+            self.log.info("event=inbound_rejected reason=relay listener=%s client=%s "
+                          "sender=<%s> rcpt=<%s>", self.cfg.name, server.client_ip,
+                          "" if envelope.mail_from == "<>" else envelope.mail_from, checked)
+            return str(reply)
+        envelope.rcpt_tos.append(checked)
+        envelope.rcpt_options.extend(rcpt_options)
+        _kinds(envelope).append(str(kind))
+        return str(replies.recipient_ok(checked))
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        content: bytes = envelope.original_content or b""
+        sender = "" if envelope.mail_from == "<>" else envelope.mail_from
+        refused = check_data(content)
+        if refused is not None:
+            self.log.warning("event=inbound_rejected reason=smuggling listener=%s client=%s "
+                             "sender=<%s> reply=%r", self.cfg.name, server.client_ip, sender,
+                             str(refused))
+            return str(refused)
+        if len(content) > self.cfg.max_message_size:
+            return str(replies.TOO_BIG)
+        kinds = tuple(_kinds(envelope))
+        msg = InboundMessage(mail_from=sender, rcpts=tuple(envelope.rcpt_tos), kinds=kinds,
+                             body=content, client_ip=server.client_ip,
+                             helo=session.host_name or "", tls=_tls_version(server))
+        try:
+            reply = await self.deliver(msg)
+            if not isinstance(reply, Reply):
+                raise TypeError(f"deliver returned {type(reply).__name__}, not a Reply")
+        except Exception as exc:
+            self.log.error("event=inbound_deliver_failed listener=%s client=%s error=%s: %s\n%s",
+                           self.cfg.name, server.client_ip, type(exc).__name__, exc,
+                           "".join(traceback.format_exception(exc)).rstrip())
+            reply = replies.INTERNAL_ERROR
+        self.log.info("event=inbound_received listener=%s client=%s helo=%s tls=%s sender=<%s> "
+                      "rcpts=%d kinds=%s size=%d reply=%r", self.cfg.name, server.client_ip,
+                      replies.quote(msg.helo or "-", 80), msg.tls or "none", sender,
+                      len(msg.rcpts), ",".join(sorted(set(kinds))), len(content), str(reply))
+        return str(reply)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):  # a client that failed the handshake
+            self.log.info("event=tls_failed listener=%s error=%s", self.cfg.name,
+                          error.__cause__ or error)
+            return str(replies.INTERNAL_ERROR)  # not sent: aiosmtpd closes the connection
+        self.log.error("event=session_error listener=%s error=%s: %s\n%s", self.cfg.name,
+                       type(error).__name__, error,
+                       "".join(traceback.format_exception(error)).rstrip())
+        return str(replies.INTERNAL_ERROR)
