@@ -17,6 +17,7 @@ from typing import Sequence
 
 from mta.cli import domain_cmd
 from mta.cli import bounce_cmd
+from mta.cli import suppression_cmd
 from mta.config import config_as_dict, load_config, render_config
 from mta.core import ConfigError
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     ql.add_argument("--limit", type=int, default=1000)
     domain_cmd.register(sub, cfgp)
     bounce_cmd.register(sub, cfgp)
+    suppression_cmd.register(sub, cfgp)
     return parser
 
 
@@ -87,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {e}" if args.command == "config" else f"mta: config: {e}", file=sys.stderr)
         return 1
     handler = {"serve": _serve, "config": _config, "user": _user, "queue": _queue,
-               "domain": domain_cmd.run, "bounce": bounce_cmd.run}[args.command]
+               "domain": domain_cmd.run, "bounce": bounce_cmd.run,
+               "suppression": suppression_cmd.run}[args.command]
     try:
         return handler(cfg, args)
     except KeyboardInterrupt:

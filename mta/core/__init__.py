@@ -7,7 +7,8 @@ from mta.core.address import Address, AddressError, parse_address, parse_domain
 from mta.core.clock import Clock, FakeClock, SystemClock
 from mta.core.durations import DurationError, format_duration, parse_duration
 from mta.core.envelope import (BOUNCED, DELIVERED, EXPIRED, FAILED_STATES, FINAL_STATES,
-                               QUEUED, Destination, DsnCandidate, FailedRecipient,
+                               QUEUED, SUPPRESSED, SUPPRESSION_REASONS, AddressOutcome,
+                               Destination, DsnCandidate, FailedRecipient,
                                QueuedRecipient, RecipientUpdate)
 from mta.core.errors import ConfigError, MtaError, PermFailure, StorageError, TempFailure
 from mta.core.ids import new_queue_id
@@ -16,6 +17,7 @@ from mta.core.reply import Reply
 
 __all__ = [
     "BOUNCED", "DELIVERED", "EXPIRED", "FAILED_STATES", "FINAL_STATES", "QUEUED",
+    "SUPPRESSED", "SUPPRESSION_REASONS", "AddressOutcome",
     "Destination", "DsnCandidate", "FailedRecipient", "QueuedRecipient", "RecipientUpdate",
     "Address", "AddressError", "parse_address", "parse_domain",
     "Clock", "FakeClock", "SystemClock",

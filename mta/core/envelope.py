@@ -6,6 +6,11 @@ Recipient states (persisted in the index, see mta/spool):
   delivered  a remote 2xx (or the sandbox capture) accepted it     — final
   bounced    a remote 5xx, or a permanent local failure (null MX…) — final
   expired    still deferred after max_queue_lifetime               — final
+  suppressed accepted but on the suppression list (accept-and-record
+             mode): never attempted, no DSN owed (not a failure)   — final
+
+Complaints never change a recipient's state; they only add a suppression
+(see `AddressOutcome`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from dataclasses import dataclass, field
 from mta.core.reply import Reply
 
 QUEUED, DELIVERED, BOUNCED, EXPIRED = "queued", "delivered", "bounced", "expired"
-FINAL_STATES = frozenset({DELIVERED, BOUNCED, EXPIRED})
+SUPPRESSED = "suppressed"
+FINAL_STATES = frozenset({DELIVERED, BOUNCED, EXPIRED, SUPPRESSED})
 FAILED_STATES = frozenset({BOUNCED, EXPIRED})
 
 
@@ -88,3 +94,30 @@ class DsnCandidate:
     sender: str
     received_at: float
     recipients: tuple[FailedRecipient, ...] = field(default_factory=tuple)
+
+
+OUTCOME_KINDS = ("delivered", "soft", "hard", "complaint")
+# Why an address is on the suppression list (persisted; a public interface).
+SUPPRESSION_REASONS = ("hard_bounce", "complaint", "soft_bounce", "unsubscribe", "manual")
+
+
+@dataclass(frozen=True, slots=True)
+class AddressOutcome:
+    """What one delivery or report says about an *address* (not a recipient
+    row): the input of automatic suppression, applied by `spool.record` /
+    `spool.record_async` in the same transaction as the recipient update.
+
+    kind: "delivered" (resets the soft-failure count), "soft", "hard",
+    "complaint". scope: "" = global, else the credential name the
+    suppression applies to.
+    """
+    address: str
+    kind: str
+    at: float
+    queue_id: str = ""
+    reply: str = ""
+    scope: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in OUTCOME_KINDS:
+            raise ValueError(f"unknown address outcome kind {self.kind!r}")

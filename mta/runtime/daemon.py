@@ -16,7 +16,7 @@ import signal
 from pathlib import Path
 
 from mta.config import Config
-from mta.core import Clock, SystemClock
+from mta.core import Clock, Reply, SystemClock
 from mta.core.files import atomic_write
 from mta.delivery.resolver import DnsResolver
 from mta.delivery.client import SmtpTransport
@@ -24,7 +24,11 @@ from mta.delivery.sandbox import SandboxTransport
 from mta.policy.authlimit import AuthThrottle
 from mta.policy.retry import RetryPolicy
 from mta.domains.service import DomainService
+from mta.mail.verp import VerpCodec
 from mta.policy.senders import SenderPolicy
+from mta.policy.suppression import SuppressionRules
+from mta.policy.suppression import reply_for as suppression_reply
+from mta.runtime.bounces import BounceProcessor, load_or_create_secret
 from mta.runtime.domains import DomainCache
 from mta.runtime.logs import event
 from mta.runtime.queue_runner import QueueRunner
@@ -64,6 +68,7 @@ class Daemon:
         self.spool: Spool | None = None
         self.runner: QueueRunner | None = None
         self.domains: DomainCache | None = None
+        self.bounces: BounceProcessor | None = None
         self.listeners: list[SubmissionListener] = []
         self._stop = asyncio.Event()
 
@@ -71,10 +76,29 @@ class Daemon:
         cfg = self.cfg
         paths = state_paths(cfg)
         paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.spool = await Spool.open(paths["root"], now=self.clock.now())
+        self.spool = await Spool.open(paths["root"], now=self.clock.now(),
+                                      suppression=SuppressionRules.from_config(cfg.suppression))
         event(log, "recovery_done", **_report_fields(self.spool.recovery))
+        credentials = self._credentials(paths)
+        resolver = DnsResolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
+        self.domains = DomainCache(DomainService(cfg, resolver=resolver, clock=self.clock),
+                                   self.clock)
+        await self.domains.refresh()
+        self.domains.start()
+        codec = VerpCodec(load_or_create_secret(paths["root"] / "verp.key"))
+        self.runner = self._runner(paths, resolver, codec)
+        self.runner.start()
+        self.bounces = BounceProcessor(
+            spool=self.spool, codec=codec, hostname=cfg.server.hostname,
+            capture_dir=cfg.bounces.capture_dir or paths["root"] / "inbound", clock=self.clock,
+            bounce_domains=self._bounce_domains, feedback_addresses=cfg.bounces.feedback_addresses)
+        await self._start_listeners(paths, credentials)
+        event(log, "ready", mode=cfg.server.mode, config=cfg.source,
+              state_dir=str(paths["root"]))
+
+    def _credentials(self, paths: dict[str, Path]) -> CredentialStore:
         credentials = CredentialStore(paths["credentials"])
-        password = ensure_first_credential(cfg, credentials)
+        password = ensure_first_credential(self.cfg, credentials)
         if password:
             # Printed once on purpose: this is how a new user learns it.
             print(f"mta: created the first credential  user={FIRST_USER}  password={password}\n"
@@ -82,33 +106,51 @@ class Daemon:
         elif not credentials.names():
             event(log, "no_credentials", level=logging.WARNING,
                   hint="add one with: mta user add NAME")
-        d = cfg.delivery
-        sandbox_mode = cfg.server.mode == "sandbox"
+        return credentials
+
+    def _runner(self, paths: dict[str, Path], resolver, codec: VerpCodec) -> QueueRunner:
+        cfg, d = self.cfg, self.cfg.delivery
         scheduler = Scheduler(concurrency=d.concurrency_per_destination,
                               max_messages_per_connection=d.max_messages_per_connection,
                               max_recipients_per_transaction=d.max_recipients_per_transaction,
                               backoff=d.destination_backoff)
-        resolver = DnsResolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
-        self.domains = DomainCache(DomainService(cfg, resolver=resolver, clock=self.clock),
-                                   self.clock)
-        await self.domains.refresh()
-        self.domains.start()
-        # Sandbox mode may skip verification (nothing leaves the machine);
-        # credential scopes are enforced in every mode.
-        sender_policy = SenderPolicy(
-            require_verified=cfg.policy.require_verified_domain and not sandbox_mode,
-            domain_state=self.domains.state)
         transport = SmtpTransport(hostname=cfg.server.hostname, resolver=resolver,
                                   connect_timeout=d.connect_timeout,
                                   command_timeout=d.command_timeout)
         sandbox = cfg.server.mode == "sandbox"
-        self.runner = QueueRunner(
+        return QueueRunner(
             spool=self.spool, scheduler=scheduler, transport=transport,
             sandbox_transport=SandboxTransport(str(paths["sandbox"])) if sandbox else None,
             retry=RetryPolicy.from_config(d), clock=self.clock, routes=cfg.routes,
             sandbox=sandbox, mx_port=d.smtp_port, hostname=cfg.server.hostname,
-            batch_size=d.batch_size, delay_warning_after=d.delay_warning_after)
-        self.runner.start()
+            batch_size=d.batch_size, delay_warning_after=d.delay_warning_after,
+            verp=codec, bounce_domain_for=self._bounce_domain_for)
+
+    def _bounce_domain_for(self, sender: str) -> str | None:
+        """The VERP domain for mail from `sender`: bounce.<its set-up domain>,
+        else `[bounces] domain`, else None (no VERP)."""
+        registered = self.domains.registered(sender.rpartition("@")[2])
+        if registered:
+            return f"{self.cfg.domains.bounce_subdomain}.{registered}"
+        return self.cfg.bounces.domain
+
+    def _bounce_domains(self) -> set[str]:
+        out = self.domains.bounce_domains(self.cfg.domains.bounce_subdomain)
+        if self.cfg.bounces.domain:
+            out.add(self.cfg.bounces.domain.lower())
+        return out
+
+    async def _rcpt_check(self, address: str, credential: str | None) -> Reply | None:
+        entry = await self.spool.suppressed(address, credential)
+        return None if entry is None else suppression_reply(entry)
+
+    async def _start_listeners(self, paths: dict[str, Path], credentials) -> None:
+        cfg = self.cfg
+        # Sandbox mode may skip domain verification (nothing leaves the
+        # machine); credential scopes are enforced in every mode.
+        sender_policy = SenderPolicy(
+            require_verified=cfg.policy.require_verified_domain and cfg.server.mode != "sandbox",
+            domain_state=self.domains.state)
         spool = _PokingSpool(self.spool, self.runner)
         for lcfg in cfg.listeners:
             ctx = None
@@ -116,18 +158,24 @@ class Daemon:
                 cert, key = (lcfg.cert, lcfg.key) if lcfg.cert else ensure_self_signed(
                     paths["tls"], cfg.server.hostname)
                 ctx = server_context(cert, key)
-            lst = SubmissionListener(
-                lcfg, hostname=cfg.server.hostname, spool=spool, credentials=credentials,
-                tls_context=ctx, clock=self.clock,
-                auth_throttle=AuthThrottle(lcfg.auth_max_failures, lcfg.auth_lockout),
-                sender_policy=sender_policy, signer=self.domains.sign)
+            if lcfg.role == "inbound":
+                lst = SubmissionListener(lcfg, hostname=cfg.server.hostname, tls_context=ctx,
+                                         clock=self.clock,
+                                         inbound_classify=self.bounces.classify_rcpt,
+                                         inbound_deliver=self.bounces.deliver)
+            else:
+                lst = SubmissionListener(
+                    lcfg, hostname=cfg.server.hostname, spool=spool, credentials=credentials,
+                    tls_context=ctx, clock=self.clock,
+                    auth_throttle=AuthThrottle(lcfg.auth_max_failures, lcfg.auth_lockout),
+                    sender_policy=sender_policy, signer=self.domains.sign,
+                    rcpt_check=self._rcpt_check,
+                    accept_suppressed=cfg.suppression.on_rcpt == "accept")
             await lst.start()
             self.listeners.append(lst)
             host, port = lst.sockname[:2]
             event(log, "listening", listener=lcfg.name, address=f"{host}:{port}", tls=lcfg.tls,
                   role=lcfg.role)
-        event(log, "ready", mode=cfg.server.mode, config=cfg.source,
-              state_dir=str(paths["root"]))
 
     def request_stop(self) -> None:
         self._stop.set()

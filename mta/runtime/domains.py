@@ -48,6 +48,17 @@ class DomainCache:
     def state(self, domain: str) -> str | None:
         return self._states.get(domain)
 
+    def registered(self, domain: str) -> str | None:
+        """The domain added with `mta domain add` that covers `domain` (itself
+        or its closest parent), or None."""
+        for d in _parents(domain.lower()):
+            if d in self._states:
+                return d
+        return None
+
+    def bounce_domains(self, subdomain: str) -> set[str]:
+        return {f"{subdomain}.{d}" for d in self._states}
+
     def sign(self, message: bytes, domain: str) -> bytes:
         for d in _parents(domain.lower()):
             keys = self._keys.get(d)

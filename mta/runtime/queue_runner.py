@@ -21,14 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
-from mta.core import (BOUNCED, DELIVERED, EXPIRED, QUEUED, Clock, DestinationHealth,
+from mta.core import (AddressOutcome, BOUNCED, DELIVERED, EXPIRED, QUEUED, Clock, DestinationHealth,
                       PermFailure, RecipientFate, RecipientOutcome, RecipientUpdate, Reply,
                       TempFailure)
 from mta.core.envelope import Destination
 from mta.delivery.client import DeliveryReport, OutboundMessage
+from mta.mail.bounces.classify import classify
 from mta.mail.dsn import build_dsn
+from mta.mail.verp import VerpCodec
 from mta.policy.retry import RetryPolicy
 from mta.policy.routing import destination_for
 from mta.runtime.logs import event
@@ -47,12 +49,18 @@ class QueueRunner:
     def __init__(self, *, spool: Spool, scheduler: Scheduler, transport: Transport,
                  sandbox_transport: Transport | None, retry: RetryPolicy, clock: Clock,
                  routes, sandbox: bool, mx_port: int, hostname: str, batch_size: int,
-                 delay_warning_after: float | None, max_pending: int = 5000):
+                 delay_warning_after: float | None, max_pending: int = 5000,
+                 verp: VerpCodec | None = None,
+                 bounce_domain_for: Callable[[str], str | None] | None = None):
         self.spool, self.scheduler, self.retry, self.clock = spool, scheduler, retry, clock
         self.transport, self.sandbox_transport = transport, sandbox_transport
         self.routes, self.sandbox, self.mx_port = routes, sandbox, mx_port
         self.hostname, self.batch_size, self.max_pending = hostname, batch_size, max_pending
         self.delay_warning_after = delay_warning_after
+        # VERP: each recipient's transaction carries its own return path,
+        # b+<token>@<bounce domain of the sender's domain> (None: no VERP).
+        self.verp = verp
+        self.bounce_domain_for = bounce_domain_for or (lambda sender: None)
         self.wakeup = asyncio.Event()
         self.dsn_wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -183,9 +191,19 @@ class QueueRunner:
                 body = None
             if body is None:
                 continue
-            messages.append(OutboundMessage(
-                queue_id=first.queue_id, sender=first.sender,
-                recipients=tuple((w.item.rcpt_idx, w.item.address) for w in group), body=body))
+            bounce_domain = (self.bounce_domain_for(first.sender)
+                             if self.verp is not None and first.sender else None)
+            if bounce_domain:
+                # DSNs (sender <>) never get one: they must not bounce back.
+                messages.extend(OutboundMessage(
+                    queue_id=first.queue_id,
+                    sender=self.verp.encode(first.queue_id, w.item.rcpt_idx, bounce_domain),
+                    recipients=((w.item.rcpt_idx, w.item.address),), body=body) for w in group)
+            else:
+                messages.append(OutboundMessage(
+                    queue_id=first.queue_id, sender=first.sender,
+                    recipients=tuple((w.item.rcpt_idx, w.item.address) for w in group),
+                    body=body))
         transport = self.sandbox_transport if dest.kind == "sandbox" else self.transport
         try:
             report = await transport.deliver(dest, messages)
@@ -204,16 +222,19 @@ class QueueRunner:
                                      for i, _ in m.recipients} for m in messages}
         now = self.clock.now()
         elapsed = time.monotonic() - t0
-        updates = []
+        updates, address_outcomes = [], []
         for group in batch.messages:
             for w in group:
                 it = w.item
                 oc = outcomes.get(it.queue_id, {}).get(it.rcpt_idx)
+                local = oc is None or not oc.remote_host
                 if oc is None:  # body unreadable or the transport said nothing: retry later
                     oc = RecipientOutcome(RecipientFate.DEFERRED,
                                           Reply(451, "4.3.0", "Local error reading the message, will retry"))
                 updates.append(self._update_for(it, oc, now, started, elapsed, dest))
-        await self._record(updates)
+                if not local or oc.fate is not RecipientFate.DEFERRED:
+                    address_outcomes.append(self._address_outcome(it, oc, now))
+        await self._record(updates, address_outcomes)
         handed_back = self.scheduler.complete(batch, health, now)
         if handed_back:
             # A long pause: don't hold that destination's waiting work in
@@ -242,9 +263,23 @@ class QueueRunner:
               reply=str(oc.reply), next_attempt=(f"{nxt - now:.0f}s" if nxt else None))
         return RecipientUpdate(it.queue_id, it.rcpt_idx, state, next_attempt=nxt, **common)
 
-    async def _record(self, updates: list[RecipientUpdate]) -> None:
+    @staticmethod
+    def _address_outcome(it, oc: RecipientOutcome, now: float) -> AddressOutcome:
+        """What this attempt says about the address, for suppression: the
+        same classifier as for bounces that arrive by mail (one vocabulary).
+        Deferrals count as soft failures; our own connection trouble does not
+        (it says nothing about the address)."""
+        if oc.fate is RecipientFate.DELIVERED:
+            return AddressOutcome(it.address, "delivered", now, it.queue_id)
+        reply = oc.reply
+        klass, _reason = classify(reply.esc or None, reply.code, reply.text, command="RCPT")
+        kind = "hard" if oc.fate is RecipientFate.BOUNCED and klass == "hard" else "soft"
+        return AddressOutcome(it.address, kind, now, it.queue_id, str(reply))
+
+    async def _record(self, updates: list[RecipientUpdate],
+                      address_outcomes: Sequence[AddressOutcome] = ()) -> None:
         try:
-            await self.spool.record(updates)
+            await self.spool.record(updates, outcomes=address_outcomes)
         except Exception:
             # The rows stay leased in memory; recovery would reset them. Put
             # them back so a later pass retries (the remote may see a duplicate:

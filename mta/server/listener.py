@@ -3,7 +3,8 @@
 API
     SubmissionListener(cfg, *, hostname, spool, credentials, tls_context, clock,
                        auth_throttle=None, log=None, message_factory=None,
-                       sender_policy=None, signer=None,
+                       sender_policy=None, signer=None, rcpt_check=None,
+                       accept_suppressed=False,
                        inbound_classify=None, inbound_deliver=None)
         cfg.role chooses the service: "submission" (session.SubmissionHandler,
         needs spool and credentials) or "inbound" (inbound.InboundHandler on
@@ -83,6 +84,7 @@ class SubmissionListener:
                  log: logging.Logger | None = None,
                  message_factory: Callable[..., Any] | None = None,
                  sender_policy: Any = None, signer: Callable[[bytes, str], bytes] | None = None,
+                 rcpt_check: Any = None, accept_suppressed: bool = False,
                  inbound_classify: Callable[[str], str | None] | None = None,
                  inbound_deliver: Callable[[InboundMessage], Awaitable[Reply]] | None = None):
         self.log = log or logging.getLogger("mta.server")
@@ -109,7 +111,9 @@ class SubmissionListener:
                                              credentials=credentials, clock=clock,
                                              auth_throttle=auth_throttle, log=self.log,
                                              message_factory=message_factory,
-                                             sender_policy=sender_policy, signer=signer)
+                                             sender_policy=sender_policy, signer=signer,
+                                             rcpt_check=rcpt_check,
+                                             accept_suppressed=accept_suppressed)
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[SubmissionSMTP] = set()
 

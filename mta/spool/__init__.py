@@ -73,22 +73,34 @@ S12 index txn in the WAL, not   ``index.sqlite3-wal``               SQLite repla
     checkpointed
 ==  ==========================  ==================================  =====================================
 
+Suppression rows (``suppressions``, ``soft_failures``; suppressions.py) add no
+state of their own: the address outcomes of an attempt (S6) or of an
+asynchronous bounce/complaint (`record_async`) commit in the same transaction
+as the recipient rows, so after any crash either both exist or neither (and
+the attempt is retried, reporting the outcome again). Accept-and-record
+recipients are inserted final ('suppressed') in the S4 transaction. An index
+file holding only the suppression tables (made by suppression_admin.py before
+the first start) is opened like any other; suppression_admin refuses to make
+one while segments exist, so it can never mask S11.
+
 Nothing a committed row references is ever truncated or unlinked: tails are
 cut at the end of the furthest record any row (live or dead) points at, and
 only segments no live row references are unlinked. New appends after a
 restart always go to a fresh segment, so a torn tail is never appended to.
 
 Public API: `Spool`, `NewMessage`, `DsnMark`, `RecoveryReport`, `SpoolStats`,
-`MessageView`, `RecipientView`, `AttemptView`, and the `BodyStore` interface
-with its `SegmentStore` implementation.
+`MessageView`, `RecipientView`, `AttemptView`, `SuppressionView`, and the
+`BodyStore` interface with its `SegmentStore` implementation.
+Operator access to suppressions while the daemon runs: suppression_admin.py.
 """
 
 from mta.spool.recovery import RecoveryReport
 from mta.spool.segments import BodyStore, SegmentStore
 from mta.spool.spool import DsnMark, NewMessage, Spool, SpoolStats
-from mta.spool.views import AttemptView, MessageView, RecipientView
+from mta.spool.views import AttemptView, MessageView, RecipientView, SuppressionView
 
 __all__ = [
     "Spool", "NewMessage", "DsnMark", "SpoolStats", "RecoveryReport",
-    "MessageView", "RecipientView", "AttemptView", "BodyStore", "SegmentStore",
+    "MessageView", "RecipientView", "AttemptView", "SuppressionView", "BodyStore",
+    "SegmentStore",
 ]

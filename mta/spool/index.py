@@ -4,8 +4,9 @@ One job: own the table layout so the writer, reads and recovery never
 spell SQL of their own.
 
 API: `connect(path, *, reader=False) -> aiosqlite.Connection` (pragmas +
-schema applied), the `SQL_*` statements, `FLAGS_SET` (the done/body_live
-rule as SQL) and `STATE_TRANSITIONS`.
+schema applied, older indexes migrated), the `SQL_*` statements,
+`SUPPRESSION_SCHEMA` (also created on its own by suppression_admin.py),
+`STATE_TRANSITIONS` and `ASYNC_TRANSITIONS`.
 
 Invariants:
 - WAL + synchronous=FULL: a COMMIT returns only after the WAL is fsynced,
@@ -19,6 +20,12 @@ Invariants:
   has dsn_state != 'sent' (its DSN needs the original's headers). Both are
   recomputed by `SQL_RECOMPUTE_FLAGS` in the same transaction as any change
   to recipients, and by recovery.
+- dsn_state 'none' marks a recipient that owes no DSN although bounced: an
+  asynchronous bounce (`Spool.record_async`), whose report came back to our
+  VERP path, possibly long after the body was reclaimed.
+- Suppressions and soft-failure counts are keyed by address with the domain
+  lower-cased and the local part as given (`suppressions.address_key`), so
+  lookups are primary-key seeks.
 """
 
 from __future__ import annotations
@@ -27,19 +34,33 @@ import os
 
 import aiosqlite
 
-from mta.core.envelope import BOUNCED, DELIVERED, EXPIRED, QUEUED
+from mta.core.envelope import BOUNCED, DELIVERED, EXPIRED, QUEUED, SUPPRESSED
 
-SCHEMA_VERSION = 1
+# 2: suppressions + soft_failures tables, attempts.detail (added in place).
+SCHEMA_VERSION = 2
 
 # A recipient's state machine: final states are terminal (envelope.py).
 # `record` only updates rows whose current state may move to the new one.
+# SUPPRESSED is normally entered at insertion (accept-and-record,
+# NewMessage.suppressed); queued → suppressed lets delivery drop a recipient
+# whose address was suppressed after it was queued.
 STATE_TRANSITIONS: dict[str, frozenset[str]] = {
-    QUEUED: frozenset({QUEUED, DELIVERED, BOUNCED, EXPIRED}),
+    QUEUED: frozenset({QUEUED, DELIVERED, BOUNCED, EXPIRED, SUPPRESSED}),
     DELIVERED: frozenset(),
     BOUNCED: frozenset(),
     EXPIRED: frozenset(),
+    SUPPRESSED: frozenset(),
 }
-ALL_STATES = (QUEUED, DELIVERED, BOUNCED, EXPIRED)
+# The one exception to "final is terminal", used only by `record_async`: a
+# bounce that arrives by mail after the remote accepted the message turns
+# delivered (or still queued) into bounced. Nothing else may use it.
+ASYNC_TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({BOUNCED}),
+    DELIVERED: frozenset({BOUNCED}),
+}
+ALL_STATES = (QUEUED, DELIVERED, BOUNCED, EXPIRED, SUPPRESSED)
+# `counts()` always reports these keys (others only when present).
+COUNTED_STATES = (QUEUED, DELIVERED, BOUNCED, EXPIRED)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -72,7 +93,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     last_remote  TEXT NOT NULL DEFAULT '',
     last_tls     TEXT NOT NULL DEFAULT '',
     updated_at   REAL NOT NULL,
-    dsn_state    TEXT NOT NULL DEFAULT '',   -- '', 'delay_sent', 'sent'
+    dsn_state    TEXT NOT NULL DEFAULT '',   -- '', 'delay_sent', 'sent', 'none' (owes none)
     PRIMARY KEY (message_id, rcpt_idx)
 ) WITHOUT ROWID;
 
@@ -86,7 +107,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     reply       TEXT,
     remote_host TEXT NOT NULL DEFAULT '',
     remote_ip   TEXT NOT NULL DEFAULT '',
-    tls         TEXT NOT NULL DEFAULT ''
+    tls         TEXT NOT NULL DEFAULT '',
+    detail      TEXT NOT NULL DEFAULT ''     -- async reports: where it came from
 );
 
 -- lease_due / next_due_at walk this in next_attempt order.
@@ -97,6 +119,28 @@ CREATE INDEX IF NOT EXISTS messages_pending ON messages (received_at) WHERE done
 -- reclaim and recovery ask which segments live bodies sit in.
 CREATE INDEX IF NOT EXISTS messages_live_segment ON messages (segment) WHERE body_live = 1;
 CREATE INDEX IF NOT EXISTS attempts_by_message ON attempts (message_id, rcpt_idx);
+"""
+
+# Also created alone by suppression_admin.py (an operator may import a list
+# before the daemon first starts); `connect` then adds the rest.
+SUPPRESSION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS suppressions (
+    address  TEXT NOT NULL,           -- local part as given, domain lower-cased
+    scope    TEXT NOT NULL DEFAULT '',-- '' global, else a credential name
+    reason   TEXT NOT NULL,           -- hard_bounce|complaint|soft_bounce|unsubscribe|manual
+    queue_id TEXT NOT NULL DEFAULT '',
+    reply    TEXT NOT NULL DEFAULT '',
+    created  REAL NOT NULL,
+    expires  REAL,                    -- NULL: never
+    PRIMARY KEY (address, scope)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS soft_failures (
+    address  TEXT PRIMARY KEY,
+    count    INT  NOT NULL,
+    first_at REAL NOT NULL,
+    last_at  REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 PRAGMAS = (
@@ -115,13 +159,20 @@ async def connect(path: str | os.PathLike, *, reader: bool = False) -> aiosqlite
         if reader:
             await conn.execute("PRAGMA query_only=1")
         else:
-            await conn.executescript(SCHEMA)
+            await conn.executescript(SCHEMA + SUPPRESSION_SCHEMA)
+            # An index made by schema 1 lacks attempts.detail (CREATE TABLE IF
+            # NOT EXISTS keeps the old table); ADD COLUMN is O(1) in SQLite.
+            cols = {r[1] for r in await conn.execute_fetchall("PRAGMA table_info(attempts)")}
+            if "detail" not in cols:
+                await conn.execute(SQL_ADD_ATTEMPT_DETAIL)
             await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
         await conn.close()
         raise
     return conn
 
+
+SQL_ADD_ATTEMPT_DETAIL = "ALTER TABLE attempts ADD COLUMN detail TEXT NOT NULL DEFAULT ''"
 
 # -- writes (writer.py) -----------------------------------------------------------
 
@@ -134,6 +185,12 @@ SQL_INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, rcpt_idx, address, domain, state, attempts, "
     "next_attempt, leased, last_reply, last_remote, last_tls, updated_at, dsn_state) "
     "VALUES (?, ?, ?, ?, 'queued', 0, ?, 0, NULL, '', '', ?, '')")
+
+# Accept-and-record: final at once, reply = why, never leased, no DSN owed.
+SQL_INSERT_SUPPRESSED_RECIPIENT = (
+    "INSERT INTO recipients (message_id, rcpt_idx, address, domain, state, attempts, "
+    "next_attempt, leased, last_reply, last_remote, last_tls, updated_at, dsn_state) "
+    "VALUES (?, ?, ?, ?, 'suppressed', 0, ?, 0, ?, '', '', ?, '')")
 
 # kind "failure" → 'sent' always; "delay" → 'delay_sent' but never downgrades 'sent'.
 SQL_MARK_DSN_SENT = "UPDATE recipients SET dsn_state = 'sent' WHERE message_id = ? AND rcpt_idx = ?"
@@ -164,13 +221,56 @@ SQL_RECORD = (
     "leased = 0, updated_at = ? "
     "WHERE message_id = ? AND rcpt_idx = ? AND state = 'queued'")
 
+# record_async (ASYNC_TRANSITIONS).
+SQL_RECIPIENT_STATE = "SELECT state FROM recipients WHERE message_id = ? AND rcpt_idx = ?"
+SQL_INSERT_ASYNC_ATTEMPT = (
+    "INSERT INTO attempts (message_id, rcpt_idx, at, duration, state, reply, "
+    "remote_host, remote_ip, tls, detail) VALUES (?, ?, ?, 0, ?, ?, '', '', '', ?)")
+# Params: reply|None, updated_at, message_id, rcpt_idx.
+SQL_ASYNC_BOUNCE = (
+    "UPDATE recipients SET state = 'bounced', last_reply = COALESCE(?, last_reply), "
+    "dsn_state = 'none', leased = 0, updated_at = ? "
+    "WHERE message_id = ? AND rcpt_idx = ? AND state IN ('queued', 'delivered')")
+
+# Suppression (suppressions.py, suppression_admin.py). An automatic insert
+# keeps an existing entry (the first reason wins) unless that one has
+# expired, or is a soft_bounce being upgraded to hard_bounce/complaint.
+# Params: address, scope, reason, queue_id, reply, created, expires.
+SQL_SUPPRESS = (
+    "INSERT INTO suppressions (address, scope, reason, queue_id, reply, created, expires) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (address, scope) DO UPDATE SET "
+    "reason = excluded.reason, queue_id = excluded.queue_id, reply = excluded.reply, "
+    "created = excluded.created, expires = excluded.expires "
+    "WHERE (suppressions.expires IS NOT NULL AND suppressions.expires <= excluded.created) "
+    "OR (suppressions.reason = 'soft_bounce' AND excluded.reason IN ('hard_bounce', 'complaint'))")
+# An operator's `add` replaces whatever was there.
+SQL_SUPPRESS_REPLACE = (
+    "INSERT OR REPLACE INTO suppressions (address, scope, reason, queue_id, reply, created, expires) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)")
+SQL_UNSUPPRESS = "DELETE FROM suppressions WHERE address = ? AND scope = ?"
+SQL_SOFT_RESET = "DELETE FROM soft_failures WHERE address = ?"
+# Params: address, at, at. Returns the new (count, first_at).
+SQL_SOFT_BUMP = (
+    "INSERT INTO soft_failures (address, count, first_at, last_at) VALUES (?, 1, ?, ?) "
+    "ON CONFLICT (address) DO UPDATE SET count = count + 1, "
+    "last_at = MAX(last_at, excluded.last_at) RETURNING count, first_at, last_at")
+_SUPP_COLS = "address, scope, reason, queue_id, reply, created, expires"
+# Params: address, scope-or-'', now. The global entry sorts first.
+SQL_SUPPRESSED = (
+    f"SELECT {_SUPP_COLS} FROM suppressions WHERE address = ? AND scope IN ('', ?) "
+    "AND (expires IS NULL OR expires > ?) ORDER BY scope != '' LIMIT 1")
+SQL_SUPPRESSIONS_OF = f"SELECT {_SUPP_COLS} FROM suppressions WHERE address = ? ORDER BY scope"
+SQL_SUPPRESSION = f"SELECT {_SUPP_COLS} FROM suppressions WHERE address = ? AND scope = ?"
+SQL_SUPPRESSIONS_ALL = f"SELECT {_SUPP_COLS} FROM suppressions ORDER BY address, scope"
+SQL_SOFT_FAILURE = "SELECT count, first_at, last_at FROM soft_failures WHERE address = ?"
+
 # The unary "+" on r.state keeps SQLite from seeking recipients_due by state
 # (which would scan every queued recipient per message) instead of the
 # primary key by message_id.
 _M = "messages.id"
 _DONE = f"(NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = {_M} AND +r.state = 'queued'))"
 _OWES_DSN = (f"(messages.is_dsn = 0 AND messages.sender != '' AND EXISTS (SELECT 1 FROM recipients r "
-             f"WHERE r.message_id = {_M} AND +r.state IN ('bounced', 'expired') AND r.dsn_state != 'sent'))")
+             f"WHERE r.message_id = {_M} AND +r.state IN ('bounced', 'expired') AND r.dsn_state NOT IN ('sent', 'none')))")
 _LIVE = f"(NOT {_DONE} OR {_OWES_DSN})"
 
 SQL_RECOMPUTE_FLAGS = f"UPDATE messages SET done = {_DONE}, body_live = {_LIVE} WHERE id = ?"
@@ -203,12 +303,13 @@ SQL_DSN_OWED = (
     "SELECT m.id, m.sender, m.received_at FROM messages m "
     "WHERE m.done = 1 AND m.body_live = 1 AND m.is_dsn = 0 AND m.sender != '' "
     "AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id "
-    "AND +r.state IN ('bounced', 'expired') AND r.dsn_state != 'sent') "
+    "AND +r.state IN ('bounced', 'expired') AND r.dsn_state NOT IN ('sent', 'none')) "
     "ORDER BY m.received_at LIMIT ?")
 SQL_DSN_OWED_RCPTS = (
     "SELECT message_id, rcpt_idx, address, state, last_reply, last_remote, attempts "
     "FROM recipients WHERE message_id IN ({ids}) "
-    "AND +state IN ('bounced', 'expired') AND dsn_state != 'sent' ORDER BY message_id, rcpt_idx")
+    "AND +state IN ('bounced', 'expired') AND dsn_state NOT IN ('sent', 'none') "
+    "ORDER BY message_id, rcpt_idx")
 
 SQL_DELAY_OWED = (
     "SELECT m.id, m.sender, m.received_at FROM messages m "
@@ -229,5 +330,5 @@ SQL_RECIPIENTS_OF = (
     "SELECT message_id, rcpt_idx, address, state, attempts, next_attempt, last_reply, "
     "last_remote, last_tls FROM recipients WHERE message_id IN ({ids}) ORDER BY message_id, rcpt_idx")
 SQL_ATTEMPTS_OF = (
-    "SELECT rcpt_idx, at, duration, state, reply, remote_host, remote_ip, tls "
+    "SELECT rcpt_idx, at, duration, state, reply, remote_host, remote_ip, tls, detail "
     "FROM attempts WHERE message_id = ? ORDER BY id")

@@ -10,7 +10,8 @@ API (each takes the reader `aiosqlite.Connection`):
     body_location(conn, queue_id) -> (segment, offset, length, body_live) | None
     dsn_candidates(conn, limit) / delay_candidates(conn, cutoff, limit) -> list[DsnCandidate]
     list_messages(conn, limit, include_done) / get_message(conn, queue_id)
-    counts(conn) -> {state: n}
+    counts(conn) -> {state: n}   (queued/delivered/bounced/expired always; others when present)
+    suppressed(conn, key, scope, now) -> SuppressionView | None
 
 Invariant: every query is bounded by a `limit` or by one message, so memory
 follows the caller's window, not the queue size.
@@ -25,7 +26,8 @@ import aiosqlite
 from mta.core.envelope import DsnCandidate, FailedRecipient
 from mta.core.reply import Reply
 from mta.spool import index
-from mta.spool.views import AttemptView, MessageView, RecipientView
+from mta.spool.suppressions import view as suppression_view
+from mta.spool.views import AttemptView, MessageView, RecipientView, SuppressionView
 
 _CHUNK = 500   # ids per IN (...) list, well under SQLite's variable limit
 
@@ -115,14 +117,20 @@ async def get_message(conn: aiosqlite.Connection, queue_id: str) -> MessageView 
     await _attach_recipients(conn, [view])
     view.attempts = [
         AttemptView(rcpt_idx=idx, at=at, duration=duration, state=state, reply=reply or "",
-                    remote_host=remote_host, remote_ip=remote_ip, tls=tls)
-        for idx, at, duration, state, reply, remote_host, remote_ip, tls
+                    remote_host=remote_host, remote_ip=remote_ip, tls=tls, detail=detail or "")
+        for idx, at, duration, state, reply, remote_host, remote_ip, tls, detail
         in await conn.execute_fetchall(index.SQL_ATTEMPTS_OF, (queue_id,))]
     return view
 
 
 async def counts(conn: aiosqlite.Connection) -> dict[str, int]:
-    out = {state: 0 for state in index.ALL_STATES}
+    out = {state: 0 for state in index.COUNTED_STATES}
     for state, n in await conn.execute_fetchall(index.SQL_COUNTS):
         out[state] = n
     return out
+
+
+async def suppressed(conn: aiosqlite.Connection, key: str, scope: str,
+                     now: float) -> SuppressionView | None:
+    rows = await conn.execute_fetchall(index.SQL_SUPPRESSED, (key, scope, now))
+    return suppression_view(rows[0]) if rows else None

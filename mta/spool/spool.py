@@ -5,12 +5,14 @@ group-commit writer (writer.py), the read queries (reads.py) and recovery
 (recovery.py) behind the public API below, and own the spool directory.
 
 API:
-    spool = await Spool.open(state_dir, *, now)         # creates dirs, locks, recovers
+    spool = await Spool.open(state_dir, *, now, suppression=None)  # dirs, lock, recovery
     spool.recovery: RecoveryReport;  spool.stats: SpoolStats
     await spool.enqueue(NewMessage, now, *, dsn_for: DsnMark | None = None) -> queue id
     await spool.lease_due(now, limit) -> list[QueuedRecipient]
     await spool.release([(queue_id, rcpt_idx), ...])
-    await spool.record([RecipientUpdate, ...])
+    await spool.record([RecipientUpdate, ...], *, outcomes=[AddressOutcome, ...])
+    await spool.record_async(queue_id, rcpt_idx, *, state, reply, detail, at, outcomes=()) -> bool
+    await spool.suppressed(address, scope, *, now=None) -> SuppressionView | None
     await spool.next_due_at() -> float | None
     await spool.read_body(queue_id) -> bytes
     await spool.dsn_candidates(limit) / delay_candidates(now, after, limit) -> list[DsnCandidate]
@@ -24,6 +26,11 @@ Invariants:
   `open` fails with StorageError instead of corrupting the first.
 - Writes go through the writer task; reads use a separate reader connection
   that only ever sees committed rows.
+- Suppression (issue 4): `suppression` is a `mta.policy.suppression.
+  SuppressionRules` (any object with its `suppresses_after_soft` /
+  `expiry_for`; this layer cannot import policy). Address outcomes commit in
+  the same transaction as the recipient updates they describe, so a crash
+  never records a hard bounce without its suppression or the reverse.
 """
 
 from __future__ import annotations
@@ -33,23 +40,27 @@ import fcntl
 import logging
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import aiosqlite
 
-from mta.core.envelope import DsnCandidate, QueuedRecipient, RecipientUpdate
+from mta.core.envelope import (BOUNCED, AddressOutcome, DsnCandidate, QueuedRecipient,
+                               RecipientUpdate)
 from mta.core.errors import StorageError
 from mta.core.ids import new_queue_id
+from mta.core.reply import Reply
 from mta.spool import index, reads
 from mta.spool.faults import storage_error
 from mta.spool.recovery import RecoveryReport, check_index_present, recover
 from mta.core.files import fsync_dir
 from mta.spool.segments import SEGMENT_MAX_BYTES, SegmentStore
-from mta.spool.views import MessageView
-from mta.spool.writer import (ENQUEUE, LEASE, RECLAIM, RECORD, RELEASE, PendingMessage,
-                              SpoolStats, Writer)
+from mta.spool.suppressions import RulesLike, address_key
+from mta.spool.views import MessageView, SuppressionView
+from mta.spool.writer import (ASYNC, ENQUEUE, LEASE, RECLAIM, RECORD, RELEASE, AsyncReport,
+                              PendingMessage, SpoolStats, Writer)
 
 log = logging.getLogger("mta.spool")
 
@@ -68,6 +79,11 @@ class NewMessage:
     # Chosen by the caller when it must name the id before the commit point
     # (the Received: header carries it); else the spool makes one.
     queue_id: str | None = None
+    # Accept-and-record ([suppression] on_rcpt = "accept"): (rcpt index, reply
+    # text) of recipients on the suppression list. They are stored final in
+    # state 'suppressed' with that reply as last_reply: never attempted, no
+    # DSN owed; a message whose recipients are all suppressed is done at once.
+    suppressed: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,7 +117,8 @@ class Spool:
     recovery: RecoveryReport
 
     def __init__(self, root: Path, conn: aiosqlite.Connection, reader: aiosqlite.Connection,
-                 store: SegmentStore, recovery: RecoveryReport, lock_fd: int, opened_at: float):
+                 store: SegmentStore, recovery: RecoveryReport, lock_fd: int, opened_at: float,
+                 suppression: RulesLike | None = None):
         self.root = root
         self.recovery = recovery
         self.stats = SpoolStats()
@@ -110,12 +127,13 @@ class Spool:
         self._reader = reader
         self._store = store
         self._lock_fd = lock_fd
-        self._writer = Writer(conn, store, self.stats)
+        self._writer = Writer(conn, store, self.stats, suppression)
         self._closed = False
 
     @classmethod
     async def open(cls, state_dir: str | os.PathLike, *, now: float,
-                   segment_max_bytes: int = SEGMENT_MAX_BYTES) -> "Spool":
+                   segment_max_bytes: int = SEGMENT_MAX_BYTES,
+                   suppression: RulesLike | None = None) -> "Spool":
         state = Path(state_dir)
         root = state / "spool"
         segdir = root / "segments"
@@ -141,7 +159,7 @@ class Spool:
                 raise storage_error(exc, f"opening spool {root}") from exc
             raise
         store = SegmentStore(segdir, first_number=report.next_segment, max_bytes=segment_max_bytes)
-        spool = cls(root, conn, reader, store, report, lock_fd, now)
+        spool = cls(root, conn, reader, store, report, lock_fd, now, suppression)
         spool._writer.start()
         log.info("spool opened at %s: %s", root, report.to_dict())
         return spool
@@ -156,11 +174,17 @@ class Spool:
             if dsn_for.kind not in DSN_KINDS:
                 raise ValueError(f"unknown DSN kind {dsn_for.kind!r}")
             mark = (dsn_for.queue_id, tuple(dsn_for.rcpt_idxs), dsn_for.kind)
+        suppressed = tuple((int(i), str(why)) for i, why in msg.suppressed)
+        idxs = [i for i, _ in suppressed]
+        if len(set(idxs)) != len(idxs) or not all(0 <= i < len(msg.recipients) for i in idxs):
+            raise ValueError(f"bad suppressed recipient indexes {idxs} for "
+                             f"{len(msg.recipients)} recipients")
         pending = PendingMessage(
             queue_id=msg.queue_id or new_queue_id(now), sender=msg.sender, recipients=tuple(msg.recipients),
             body=bytes(msg.body), received_at=now, credential=msg.credential,
             listener=msg.listener, client_ip=msg.client_ip, is_dsn=msg.is_dsn,
-            dsn_for=dsn_for.queue_id if dsn_for is not None else None, dsn_mark=mark)
+            dsn_for=dsn_for.queue_id if dsn_for is not None else None, dsn_mark=mark,
+            suppressed=suppressed)
         return await self._writer.submit(ENQUEUE, pending)
 
     async def lease_due(self, now: float, limit: int) -> list[QueuedRecipient]:
@@ -173,13 +197,42 @@ class Spool:
         if pairs:
             await self._writer.submit(RELEASE, pairs)
 
-    async def record(self, updates: Sequence[RecipientUpdate]) -> None:
-        updates = list(updates)
+    async def record(self, updates: Sequence[RecipientUpdate], *,
+                     outcomes: Sequence[AddressOutcome] = ()) -> None:
+        """Persist attempt results, and the address outcomes they imply
+        (suppression), in one transaction."""
+        updates, outcomes = list(updates), list(outcomes)
         for u in updates:
             if u.state not in index.STATE_TRANSITIONS:
                 raise ValueError(f"unknown recipient state {u.state!r}")
-        if updates:
-            await self._writer.submit(RECORD, updates)
+        if updates or outcomes:
+            await self._writer.submit(RECORD, (updates, outcomes))
+
+    async def record_async(self, queue_id: str, rcpt_idx: int, *, state: str,
+                           reply: Reply | None, detail: str, at: float,
+                           outcomes: Sequence[AddressOutcome] = ()) -> bool:
+        """Record a bounce (state "bounced") or complaint (state "": the
+        recipient keeps its state) that arrived by mail, possibly after the
+        recipient was delivered. One transaction: an attempts row (state
+        "async_bounce", "complaint" when an outcome is a complaint, else
+        "async_report"; `detail` in attempts.detail), the delivered/queued →
+        bounced move (index.ASYNC_TRANSITIONS; no DSN is owed for it: the
+        report came to our VERP path and the body may be gone), and the
+        outcomes. Returns False, writing nothing, when the recipient is
+        unknown. Committed with synchronous=NORMAL like any record."""
+        if state not in (BOUNCED, ""):
+            raise ValueError(f"record_async state must be 'bounced' or '', not {state!r}")
+        outcomes = tuple(outcomes)
+        if state:
+            kind = "async_bounce"
+        elif any(o.kind == "complaint" for o in outcomes):
+            kind = "complaint"
+        else:
+            kind = "async_report"
+        report = AsyncReport(queue_id=queue_id, rcpt_idx=int(rcpt_idx), state=state,
+                             attempt_state=kind, reply=str(reply) if reply is not None else None,
+                             detail=detail, at=at, outcomes=outcomes)
+        return await self._writer.submit(ASYNC, report)
 
     async def reclaim(self) -> int:
         return await self._writer.submit(RECLAIM, None)
@@ -217,6 +270,18 @@ class Spool:
 
     async def counts(self) -> dict[str, int]:
         return await self._read(reads.counts(self._reader))
+
+    async def suppressed(self, address: str, scope: str | None, *,
+                         now: float | None = None) -> SuppressionView | None:
+        """The active suppression of `address`: the global entry, else the
+        one for credential `scope` (None: global only). Entries expired at
+        `now` are ignored. `now` defaults to the wall clock because callers
+        at RCPT TO have no better one; tests pass it. Two primary-key seeks
+        on the reader connection."""
+        if now is None:
+            now = time.time()
+        return await self._read(reads.suppressed(self._reader, address_key(address),
+                                                 scope or "", now))
 
     async def _read(self, coro):
         if self._closed:

@@ -1,7 +1,7 @@
 """Read models of the queue for the admin API and the CLI.
 
-One job: plain dataclasses that `Spool.list_messages` / `get_message`
-return, each with `to_dict()` for JSON output (a public interface: keep the
+One job: plain dataclasses that `Spool.list_messages` / `get_message` /
+`suppressed` (and suppression_admin.py) return, each with `to_dict()` for JSON output (a public interface: keep the
 keys stable).
 
 Invariant: views are snapshots; nothing in them writes back to the spool.
@@ -38,6 +38,27 @@ class AttemptView:
     remote_host: str
     remote_ip: str
     tls: str
+    detail: str = ""          # asynchronous reports (record_async): their origin
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressionView:
+    """One suppression entry. scope "" = global, else a credential name;
+    expires None = never. reply is the wire string of what caused it ("" if
+    added by hand)."""
+    address: str
+    scope: str
+    reason: str
+    queue_id: str
+    reply: str
+    created: float
+    expires: float | None
+
+    def is_active(self, now: float) -> bool:
+        return self.expires is None or self.expires > now
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -2,11 +2,14 @@
 
 One job: turn many concurrent requests into few fsyncs and transactions.
 
-API: `Writer(conn, store, stats)`; `start()`; `await submit(kind, payload)`
-returns the op's result; `await stop()` drains what is queued, then exits.
-Kinds: ENQUEUE (payload `PendingMessage`, result its queue id), LEASE
-((now, limit) → list[QueuedRecipient]), RELEASE (list of (id, idx)),
-RECORD (list of RecipientUpdate), RECLAIM (None → segments unlinked).
+API: `Writer(conn, store, stats, rules=None)`; `start()`; `await submit(kind,
+payload)` returns the op's result; `await stop()` drains what is queued,
+then exits. Kinds: ENQUEUE (payload `PendingMessage`, result its queue id),
+LEASE ((now, limit) → list[QueuedRecipient]), RELEASE (list of (id, idx)),
+RECORD ((list of RecipientUpdate, list of AddressOutcome)), ASYNC
+(`AsyncReport` → bool: False when the recipient is unknown), RECLAIM
+(None → segments unlinked). Address outcomes (suppression, suppressions.py)
+are applied in the same transaction as the recipient rows they came with.
 
 One batch = everything waiting when the writer wakes (up to MAX_BATCH ops
 or MAX_BATCH_BYTES of bodies):
@@ -39,15 +42,17 @@ from typing import Any, Sequence
 
 import aiosqlite
 
-from mta.core.envelope import QueuedRecipient, RecipientUpdate
+from mta.core.envelope import AddressOutcome, QueuedRecipient, RecipientUpdate
 from mta.core.errors import StorageError
 from mta.spool import index
+from mta.spool.suppressions import RulesLike, apply_outcomes
 from mta.spool.faults import storage_error
 from mta.spool.segments import BodyStore
 
 log = logging.getLogger("mta.spool")
 
 ENQUEUE, LEASE, RELEASE, RECORD, RECLAIM = "enqueue", "lease", "release", "record", "reclaim"
+ASYNC = "async"
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 _STOP = object()
@@ -67,6 +72,20 @@ class PendingMessage:
     is_dsn: bool
     dsn_for: str | None = None            # original queue id when this is a DSN
     dsn_mark: tuple[str, tuple[int, ...], str] | None = None   # (queue id, idxs, kind)
+    suppressed: tuple[tuple[int, str], ...] = ()   # (rcpt idx, reply): inserted final
+
+
+@dataclass(frozen=True, slots=True)
+class AsyncReport:
+    """A bounce or complaint that arrived by mail (Spool.record_async)."""
+    queue_id: str
+    rcpt_idx: int
+    state: str                  # "bounced" | "" (recipient state unchanged)
+    attempt_state: str          # what the attempts row says: async_bounce | complaint | …
+    reply: str | None
+    detail: str
+    at: float
+    outcomes: tuple[AddressOutcome, ...] = ()
 
 
 @dataclass(slots=True)
@@ -89,10 +108,12 @@ class _Op:
 
 
 class Writer:
-    def __init__(self, conn: aiosqlite.Connection, store: BodyStore, stats: SpoolStats):
+    def __init__(self, conn: aiosqlite.Connection, store: BodyStore, stats: SpoolStats,
+                 rules: RulesLike | None = None):
         self._conn = conn
         self._store = store
         self._stats = stats
+        self._rules = rules
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -223,13 +244,21 @@ class Writer:
             releases = [pair for op in others if op.kind == RELEASE for pair in op.payload]
             if releases:
                 await conn.executemany(index.SQL_RELEASE, releases)
-            updates = [u for op in others if op.kind == RECORD for u in op.payload]
+            updates = [u for op in others if op.kind == RECORD for u in op.payload[0]]
             if updates:
                 await self._record(updates, touched)
+            outcomes = [o for op in others if op.kind == RECORD for o in op.payload[1]]
+            if outcomes:
+                await apply_outcomes(conn, outcomes, self._rules)
+            known = {id(op): await self._record_async(op.payload, touched)
+                     for op in others if op.kind == ASYNC}
             if touched:
                 await conn.executemany(index.SQL_RECOMPUTE_FLAGS, [(mid,) for mid in touched])
             for op in others:
-                results.append(await self._lease(*op.payload) if op.kind == LEASE else None)
+                if op.kind == LEASE:
+                    results.append(await self._lease(*op.payload))
+                else:
+                    results.append(known.get(id(op)))
             await conn.execute("COMMIT")
         except BaseException:
             try:
@@ -240,14 +269,21 @@ class Writer:
         return results
 
     async def _insert(self, enqueues: list[_Op], locations, touched: set[str]) -> None:
-        messages, recipients, dsn_sent, delay_sent = [], [], [], []
+        messages, recipients, suppressed, dsn_sent, delay_sent = [], [], [], [], []
         for op, (segment, offset, length) in zip(enqueues, locations):
             m: PendingMessage = op.payload
             messages.append((m.queue_id, m.sender, m.received_at, len(m.body), segment, offset, length,
                              m.credential, m.listener, m.client_ip, int(m.is_dsn), m.dsn_for))
+            why = dict(m.suppressed)
             for idx, address in enumerate(m.recipients):
-                recipients.append((m.queue_id, idx, address, address.rpartition("@")[2],
-                                   m.received_at, m.received_at))
+                domain = address.rpartition("@")[2]
+                if idx in why:
+                    suppressed.append((m.queue_id, idx, address, domain, m.received_at, why[idx],
+                                       m.received_at))
+                else:
+                    recipients.append((m.queue_id, idx, address, domain, m.received_at, m.received_at))
+            if why:
+                touched.add(m.queue_id)   # all suppressed → done (and body dead) at once
             if m.dsn_mark is not None:
                 orig, idxs, kind = m.dsn_mark
                 target = dsn_sent if kind == "failure" else delay_sent
@@ -256,6 +292,8 @@ class Writer:
         conn = self._conn
         await conn.executemany(index.SQL_INSERT_MESSAGE, messages)
         await conn.executemany(index.SQL_INSERT_RECIPIENT, recipients)
+        if suppressed:
+            await conn.executemany(index.SQL_INSERT_SUPPRESSED_RECIPIENT, suppressed)
         if dsn_sent:
             await conn.executemany(index.SQL_MARK_DSN_SENT, dsn_sent)
         if delay_sent:
@@ -282,6 +320,27 @@ class Writer:
             # row but does not move the recipient.
             log.warning("spool: %d of %d recipient updates ignored (unknown or already final)",
                         len(rows) - cur.rowcount, len(rows))
+
+    async def _record_async(self, r: AsyncReport, touched: set[str]) -> bool:
+        conn = self._conn
+        rows = await conn.execute_fetchall(index.SQL_RECIPIENT_STATE, (r.queue_id, r.rcpt_idx))
+        if not rows:
+            log.warning("spool: asynchronous %s for unknown recipient %s/%d ignored",
+                        r.attempt_state, r.queue_id, r.rcpt_idx)
+            return False
+        old = rows[0][0]
+        await conn.execute(index.SQL_INSERT_ASYNC_ATTEMPT,
+                           (r.queue_id, r.rcpt_idx, r.at, r.attempt_state, r.reply, r.detail))
+        if r.state and r.state in index.ASYNC_TRANSITIONS.get(old, ()):
+            await conn.execute(index.SQL_ASYNC_BOUNCE, (r.reply, time.time(), r.queue_id, r.rcpt_idx))
+            touched.add(r.queue_id)
+            log.info("spool: %s/%d %s -> %s (asynchronous bounce)", r.queue_id, r.rcpt_idx, old, r.state)
+        elif r.state:
+            log.info("spool: asynchronous bounce for %s/%d kept as an attempt: already %s",
+                     r.queue_id, r.rcpt_idx, old)
+        if r.outcomes:
+            await apply_outcomes(conn, r.outcomes, self._rules)
+        return True
 
     async def _lease(self, now: float, limit: int) -> list[QueuedRecipient]:
         rows = await self._conn.execute_fetchall(index.SQL_LEASE_SELECT, (now, limit))

@@ -1,0 +1,173 @@
+"""Bounces, complaints and suppression end to end (issue 4), over real
+loopback sockets: a synchronous 550 5.1.1 suppresses the address and the next
+submission to it is refused at RCPT; an asynchronous DSN and an ARF complaint
+sent to the inbound listener with a valid VERP token mark the recipient and
+suppress it; a forged token changes nothing; mail for any other domain to
+the inbound listener gets 550 and nothing is queued."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+
+import aiosmtplib
+import pytest
+
+from mta.core import BOUNCED, DsnCandidate, FailedRecipient, Reply
+from mta.mail.dsn import build_dsn
+from mta.server.credentials import CredentialStore
+from tests.support.mtahelpers import config_text, free_port, no_verify_context, running_daemon
+from tests.support.sink import Sink
+from tests.test_e2e import wait_until
+
+SENDER = "app@sender.test"
+VERP_DOMAIN = "bounces.mta.test"
+
+
+@pytest.fixture
+async def world(tmp_path):
+    async with Sink() as sink:
+        port, inbound = free_port(), free_port()
+        text = config_text(tmp_path / "state", port,
+                           routes={"*": f"127.0.0.1:{sink.address[1]}"})
+        text += (f'\n[bounces]\ndomain = "{VERP_DOMAIN}"\nfeedback_addresses = ["fbl@mta.test"]\n'
+                 f'[[listeners]]\nname = "inbound"\naddress = "127.0.0.1:{inbound}"\n'
+                 f'role = "inbound"\ntls = "starttls"\n')
+        (tmp_path / "state").mkdir()
+        CredentialStore(tmp_path / "state" / "credentials.json").add("app", "app-password-1")
+        async with running_daemon(text) as d:
+            d.port, d.inbound = port, inbound
+            yield d, sink
+
+
+async def submit(d, rcpt, body=b"Subject: hi\r\n\r\nhello\r\n"):
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=d.port, start_tls=True,
+                               tls_context=no_verify_context()) as c:
+        await c.login("app", "app-password-1")
+        _, resp = await c.sendmail(SENDER, [rcpt], b"From: " + SENDER.encode() + b"\r\n" + body)
+        return resp.split()[-1]
+
+
+async def to_inbound(d, rcpt, message: bytes, sender=""):
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=d.inbound, start_tls=True,
+                               tls_context=no_verify_context()) as c:
+        return await c.sendmail(sender, [rcpt], message)
+
+
+async def refused_at_rcpt(d, rcpt) -> str:
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as ei:
+        await submit(d, rcpt)
+    (err,) = ei.value.recipients
+    return f"{err.code} {err.message}"
+
+
+async def test_sync_hard_bounce_suppresses(world):
+    d, sink = world
+    qid = await submit(d, "reject-gone@rcpt.test")
+
+    async def bounced():
+        v = await d.spool.get_message(qid)
+        return v if v.recipients[0].state == "bounced" else None
+    await wait_until(bounced)
+    reply = await wait_until(lambda: _refusal(d, "reject-gone@rcpt.test"))
+    assert reply.startswith("550 5.1.1") and "reject-gone@rcpt.test" in reply
+    assert "suppressed" in reply and "hard bounce" in reply
+    # a soft (greylisting) failure does not suppress at once
+    await submit(d, "tempfail-1@rcpt.test")
+    assert await d.spool.suppressed("tempfail-1@rcpt.test", "app") is None
+
+
+async def _refusal(d, rcpt):
+    entry = await d.spool.suppressed(rcpt, "app")
+    if entry is None:
+        return None
+    return await refused_at_rcpt(d, rcpt)
+
+
+def _verp_of(sink, rcpt):
+    for m in sink.messages:
+        if rcpt in m.rcpt_tos:
+            return m.mail_from
+    return None
+
+
+async def delivered_with_verp(d, sink, rcpt):
+    qid = await submit(d, rcpt)
+    await wait_until(lambda: _async(_verp_of(sink, rcpt)))
+    verp = _verp_of(sink, rcpt)
+    assert verp.startswith("b+") and verp.endswith("@" + VERP_DOMAIN), verp
+    assert d.runner.verp.decode(verp) == (qid, 0)
+    return qid, verp
+
+
+async def _async(value):
+    return value
+
+
+def remote_dsn(rcpt: str, status="5.1.1", text="550 5.1.1 user unknown") -> bytes:
+    cand = DsnCandidate("REMOTE", "someone@else", 1_700_000_000.0, (FailedRecipient(
+        0, rcpt, BOUNCED, Reply(int(text[:3]), status, text[10:]), "mx.rcpt.test", 1),))
+    return build_dsn(original=b"Subject: hi\r\n\r\n", candidate=cand,
+                     reporting_mta="mx.rcpt.test", queue_id="REMOTE", now=1_700_000_100.0)
+
+
+def arf(rcpt: str) -> bytes:
+    b = "arf-boundary"
+    return (f"From: feedback@isp.test\r\nTo: fbl@mta.test\r\nSubject: complaint\r\n"
+            f"Date: {email.utils.formatdate()}\r\nMIME-Version: 1.0\r\n"
+            f"Content-Type: multipart/report; report-type=feedback-report; boundary=\"{b}\"\r\n\r\n"
+            f"--{b}\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n"
+            f"--{b}\r\nContent-Type: message/feedback-report\r\n\r\n"
+            f"Feedback-Type: abuse\r\nUser-Agent: isp-fbl/1.0\r\nVersion: 1\r\n"
+            f"Original-Rcpt-To: <{rcpt}>\r\n\r\n"
+            f"--{b}\r\nContent-Type: message/rfc822\r\n\r\nFrom: {SENDER}\r\nTo: {rcpt}\r\n"
+            f"Subject: hi\r\n\r\nhello\r\n--{b}--\r\n").encode()
+
+
+async def test_async_dsn_with_valid_token_bounces_and_suppresses(world):
+    d, sink = world
+    rcpt = "ok-later-gone@rcpt.test"
+    qid, verp = await delivered_with_verp(d, sink, rcpt)
+    await to_inbound(d, verp, remote_dsn(rcpt))
+    v = await d.spool.get_message(qid)
+    assert v.recipients[0].state == "bounced"
+    assert any("5.1.1" in a.reply for a in v.attempts[1:])
+    assert (await refused_at_rcpt(d, rcpt)).startswith("550 5.1.1")
+
+
+async def test_arf_complaint_suppresses_with_5_7_1(world):
+    d, sink = world
+    rcpt = "ok-complainer@rcpt.test"
+    qid, verp = await delivered_with_verp(d, sink, rcpt)
+    await to_inbound(d, verp, arf(rcpt))
+    v = await d.spool.get_message(qid)
+    assert v.recipients[0].state == "delivered"          # a complaint is not a bounce
+    reply = await refused_at_rcpt(d, rcpt)
+    assert reply.startswith("550 5.7.1") and "complaint" in reply
+
+
+async def test_forged_token_changes_nothing(world):
+    d, sink = world
+    rcpt = "ok-victim@rcpt.test"
+    qid, verp = await delivered_with_verp(d, sink, rcpt)
+    local, _, domain = verp.partition("@")
+    forged = local[:-1] + ("a" if local[-1] != "a" else "b") + "@" + domain
+    await to_inbound(d, forged, remote_dsn(rcpt))        # accepted (250), never acted on
+    v = await d.spool.get_message(qid)
+    assert v.recipients[0].state == "delivered"
+    assert await d.spool.suppressed(rcpt, "app") is None
+    assert d.bounces.stats["bad_token"] == 1
+    await submit(d, rcpt)                                # still allowed
+
+
+async def test_inbound_is_never_a_relay(world):
+    d, sink = world
+    before = len(await d.spool.list_messages(include_done=True))
+    with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as ei:
+        await to_inbound(d, "someone@elsewhere.test", b"Subject: relay?\r\n\r\nx\r\n",
+                         sender="spammer@bad.test")
+    (err,) = ei.value.recipients
+    assert err.code == 550 and "5.7.1" in err.message
+    await asyncio.sleep(0.2)
+    assert len(await d.spool.list_messages(include_done=True)) == before
+    assert not [m for m in sink.messages if "someone@elsewhere.test" in m.rcpt_tos]
