@@ -171,3 +171,40 @@ async def test_inbound_is_never_a_relay(world):
     await asyncio.sleep(0.2)
     assert len(await d.spool.list_messages(include_done=True)) == before
     assert not [m for m in sink.messages if "someone@elsewhere.test" in m.rcpt_tos]
+
+
+async def test_accept_and_record_mode(tmp_path):
+    """on_rcpt = "accept": a suppressed recipient is accepted, recorded as
+    suppressed and never delivered; the others in the message are."""
+    from mta.runtime.suppressions import suppression_admin
+    async with Sink() as sink:
+        port = free_port()
+        text = config_text(tmp_path / "state", port,
+                           routes={"*": f"127.0.0.1:{sink.address[1]}"})
+        text += '\n[suppression]\non_rcpt = "accept"\n'
+        (tmp_path / "state").mkdir()
+        CredentialStore(tmp_path / "state" / "credentials.json").add("app", "app-password-1")
+        async with running_daemon(text) as d:
+            # added by an operator while the daemon runs (the CLI's side door)
+            suppression_admin.add(tmp_path / "state", "ok-unsub@rcpt.test", reason="unsubscribe",
+                                  now=1_700_000_000.0)
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
+                                       tls_context=no_verify_context()) as c:
+                await c.login("app", "app-password-1")
+                errors, resp = await c.sendmail(SENDER, ["ok-unsub@rcpt.test", "ok-keep@rcpt.test"],
+                                                b"From: app@sender.test\r\n\r\nhi\r\n")
+            assert errors == {}
+            qid = resp.split()[-1]
+            (m,) = await sink.wait_for(1)
+            assert m.rcpt_tos == ["ok-keep@rcpt.test"]
+            v = await wait_until(lambda: _done_view(d, qid))
+            states = {r.address: r.state for r in v.recipients}
+            assert states == {"ok-unsub@rcpt.test": "suppressed", "ok-keep@rcpt.test": "delivered"}
+            assert "suppressed (unsubscribe" in v.recipients[0].last_reply
+            await asyncio.sleep(0.5)
+            assert await d.spool.dsn_candidates() == []     # suppression owes no DSN
+
+
+async def _done_view(d, qid):
+    v = await d.spool.get_message(qid)
+    return v if v and v.done else None
