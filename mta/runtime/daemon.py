@@ -168,7 +168,7 @@ class Daemon:
                     lcfg, hostname=cfg.server.hostname, spool=spool, credentials=credentials,
                     tls_context=ctx, clock=self.clock,
                     auth_throttle=AuthThrottle(lcfg.auth_max_failures, lcfg.auth_lockout),
-                    sender_policy=sender_policy, signer=self.domains.sign,
+                    sender_policy=sender_policy, signer=self.domains,
                     rcpt_check=self._rcpt_check,
                     accept_suppressed=cfg.suppression.on_rcpt == "accept")
             await lst.start()

@@ -59,12 +59,17 @@ class DomainCache:
     def bounce_domains(self, subdomain: str) -> set[str]:
         return {f"{subdomain}.{d}" for d in self._states}
 
-    def sign(self, message: bytes, domain: str) -> bytes:
+    def keys_for(self, domain: str) -> list[dkim.SigningKey]:
+        """The keys that sign mail From: `domain` ([] = unsigned)."""
         for d in _parents(domain.lower()):
             keys = self._keys.get(d)
             if keys:
-                return dkim.sign(message, keys, now=self.clock.now())
-        return message
+                return keys
+        return []
+
+    def sign(self, message: bytes, domain: str) -> bytes:
+        keys = self.keys_for(domain)
+        return dkim.sign(message, keys, now=self.clock.now()) if keys else message
 
     # ---- refresh and checks ----------------------------------------------
     def _load(self) -> tuple[dict[str, str], dict[str, list[dkim.SigningKey]]]:

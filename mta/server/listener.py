@@ -83,7 +83,7 @@ class SubmissionListener:
                  auth_throttle: AuthThrottle | None = None,
                  log: logging.Logger | None = None,
                  message_factory: Callable[..., Any] | None = None,
-                 sender_policy: Any = None, signer: Callable[[bytes, str], bytes] | None = None,
+                 sender_policy: Any = None, signer: Any = None,
                  rcpt_check: Any = None, accept_suppressed: bool = False,
                  inbound_classify: Callable[[str], str | None] | None = None,
                  inbound_deliver: Callable[[InboundMessage], Awaitable[Reply]] | None = None):

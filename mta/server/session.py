@@ -24,7 +24,8 @@ Rules (the order inside each hook is the order of the checks):
   * Sending domains (when a SenderPolicy is given): the MAIL FROM domain (at
     MAIL) and every From: header domain (at DATA) must be in the credential's
     scopes and verified, else 550 5.7.1 naming the domain and the reason.
-    Then the message is DKIM-signed by `signer` (in a thread) before enqueue.
+    Then the message is DKIM-signed by `signer.sign` (in a thread) before
+    enqueue, when `signer.keys_for` has keys for its From: domain.
   * Logs: one `event=received` line per message; AUTH outcomes without
     secrets (the login name only when it is a valid user name).
 """
@@ -35,7 +36,7 @@ import asyncio
 import ipaddress
 import logging
 import traceback
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
 
@@ -49,7 +50,15 @@ from mta.server.hygiene import check_data
 if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
     from mta.config.sections import ListenerConfig
 
-__all__ = ["SubmissionHandler", "ehlo_lines"]
+__all__ = ["SubmissionHandler", "Signer", "ehlo_lines"]
+
+
+class Signer(Protocol):
+    """DKIM signing as the submission path needs it (the runtime's DomainCache)."""
+
+    def keys_for(self, domain: str) -> Sequence[Any]: ...
+
+    def sign(self, message: bytes, domain: str) -> bytes: ...
 
 # Extensions aiosmtpd does not advertise itself (it supports PIPELINING by
 # reading commands from a stream; ENHANCEDSTATUSCODES is ours, see replies.py).
@@ -75,14 +84,16 @@ class SubmissionHandler:
                  credentials: CredentialStore, clock: Clock, auth_throttle: Any,
                  log: logging.Logger, message_factory: Callable[..., Any] | None = None,
                  sender_policy: SenderPolicy | None = None,
-                 signer: Callable[[bytes, str], bytes] | None = None,
+                 signer: Signer | None = None,
                  rcpt_check: Callable[[str, str | None], Awaitable[Reply | None]] | None = None,
                  accept_suppressed: bool = False):
         self.hostname = hostname
         self.rcpt_check = rcpt_check      # (recipient, credential) -> refusal or None
         self.accept_suppressed = accept_suppressed
         self.sender_policy = sender_policy
-        self.signer = signer  # (message, From: domain) -> signed message
+        # .keys_for(From: domain) -> keys (cheap, on the loop: an unsigned
+        # message pays no thread hop); .sign(message, domain) -> signed message
+        self.signer = signer
         self.spool = spool
         self.clock = clock
         self.throttle = auth_throttle
@@ -290,8 +301,8 @@ class SubmissionHandler:
             # Signed once, here, before the commit point: retries never re-sign.
             # Off the loop: an RSA signature is CPU work (≈0.5 ms via OpenSSL).
             domains = from_domains(body)
-            if domains:
-                body = await asyncio.to_thread(self.signer, body, domains[0])
+            if domains and self.signer.keys_for(domains[0]):
+                body = await asyncio.to_thread(self.signer.sign, body, domains[0])
         factory = self._message_factory or _default_message_factory()
         msg = factory(sender=sender, recipients=rcpts, body=body,
                       credential=session.credential, listener=self.cfg.name,

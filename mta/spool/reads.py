@@ -130,6 +130,11 @@ async def counts(conn: aiosqlite.Connection) -> dict[str, int]:
     return out
 
 
+async def any_suppression(conn: aiosqlite.Connection) -> bool:
+    rows = await conn.execute_fetchall("SELECT EXISTS(SELECT 1 FROM suppressions)")
+    return bool(rows[0][0])
+
+
 async def suppressed(conn: aiosqlite.Connection, key: str, scope: str,
                      now: float) -> SuppressionView | None:
     rows = await conn.execute_fetchall(index.SQL_SUPPRESSED, (key, scope, now))

@@ -65,6 +65,7 @@ from mta.spool.writer import (ASYNC, ENQUEUE, LEASE, RECLAIM, RECORD, RELEASE, A
 log = logging.getLogger("mta.spool")
 
 DSN_KINDS = {"failure": "sent", "delay": "delay_sent"}
+SUPPRESSION_RECHECK = 5.0   # seconds; see Spool._suppressions_exist
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,9 @@ class Spool:
         self._lock_fd = lock_fd
         self._writer = Writer(conn, store, self.stats, suppression)
         self._closed = False
+        # See `suppressed`: whether the suppression list may be non-empty.
+        self._suppressions_seen = False
+        self._suppressions_checked = float("-inf")
 
     @classmethod
     async def open(cls, state_dir: str | os.PathLike, *, now: float,
@@ -202,6 +206,7 @@ class Spool:
         """Persist attempt results, and the address outcomes they imply
         (suppression), in one transaction."""
         updates, outcomes = list(updates), list(outcomes)
+        self._note_outcomes(outcomes)
         for u in updates:
             if u.state not in index.STATE_TRANSITIONS:
                 raise ValueError(f"unknown recipient state {u.state!r}")
@@ -223,6 +228,7 @@ class Spool:
         if state not in (BOUNCED, ""):
             raise ValueError(f"record_async state must be 'bounced' or '', not {state!r}")
         outcomes = tuple(outcomes)
+        self._note_outcomes(outcomes)
         if state:
             kind = "async_bounce"
         elif any(o.kind == "complaint" for o in outcomes):
@@ -278,10 +284,31 @@ class Spool:
         `now` are ignored. `now` defaults to the wall clock because callers
         at RCPT TO have no better one; tests pass it. Two primary-key seeks
         on the reader connection."""
+        if not await self._suppressions_exist():
+            return None
         if now is None:
             now = time.time()
         return await self._read(reads.suppressed(self._reader, address_key(address),
                                                  scope or "", now))
+
+    async def _suppressions_exist(self) -> bool:
+        # The list is empty on new installs (and in benchmarks): then skip the
+        # per-RCPT lookup, a round trip to the reader thread. Rows this
+        # process adds set the flag at once (`_note_outcomes`); rows added by
+        # `mta suppression add/import` (another process) are seen within
+        # SUPPRESSION_RECHECK seconds.
+        if self._suppressions_seen:
+            return True
+        now = time.monotonic()
+        if now - self._suppressions_checked < SUPPRESSION_RECHECK:
+            return False
+        self._suppressions_checked = now
+        self._suppressions_seen = await self._read(reads.any_suppression(self._reader))
+        return self._suppressions_seen
+
+    def _note_outcomes(self, outcomes) -> None:
+        if any(o.kind != "delivered" for o in outcomes):
+            self._suppressions_seen = True
 
     async def _read(self, coro):
         if self._closed:
