@@ -10,6 +10,7 @@ Resolution of which file to read (first that applies): an explicit path,
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -121,11 +122,26 @@ def _cross_checks(cfg: Config) -> list[str]:
     rua = cfg.domains.dmarc_rua
     if rua is not None and not re.fullmatch(r"[^@\s,;!]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+", rua):
         errors.append(f"domains.dmarc_rua: {rua!r} is not an e-mail address")
+    admin_host = cfg.admin.address.rpartition(":")[0].strip("[]")
+    if cfg.admin.enabled and cfg.admin.token is None and not _is_loopback(admin_host):
+        errors.append(f"admin.address: {cfg.admin.address} is not a loopback address, so "
+                      "admin.token must be set (the API steers the queue)")
+    if cfg.admin.token is not None and len(cfg.admin.token) < 16:
+        errors.append("admin.token: use at least 16 characters")
     addrs = [lst.address for lst in cfg.listeners]
     for a in set(addrs):
         if addrs.count(a) > 1:
             errors.append(f"listeners: address {a} is used by more than one listener")
     return errors
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_config(path: str | None = None) -> Config:

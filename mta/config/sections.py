@@ -154,6 +154,16 @@ class SuppressionConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    address: str = K("127.0.0.1:8025", "\"host:port\" of the admin HTTP API and /metrics",
+                     HOSTPORT)
+    token: str | None = K(None, "bearer token for the admin API (default: generated into "
+                          "state_dir/admin-token on first start)", STR, optional=True)
+    metrics_require_token: bool = K(False, "require the token for /metrics too", BOOL)
+    enabled: bool = K(True, "serve the admin API (the `mta queue` commands need it)", BOOL)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     listeners: tuple[ListenerConfig, ...] = ()
@@ -163,6 +173,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     # domain → "host:port"; "*" routes every domain (a smarthost)
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "<embedded default>"   # file the config came from (not a key)
@@ -171,4 +182,4 @@ class Config:
 # The single-table sections, in the order `mta config check` prints them.
 SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig,
             "domains": DomainsConfig, "policy": PolicyConfig, "bounces": BouncesConfig,
-            "suppression": SuppressionConfig}
+            "suppression": SuppressionConfig, "admin": AdminConfig}
