@@ -228,7 +228,7 @@ def test_destination_states_read_model():
     s.next_batch(T0)
     assert s.destination_states() == {"a.com": {
         "state": "active", "pending": 1, "inflight": 3, "connections": 1,
-        "paused_until": None, "streak": 0}}
+        "paused_until": None, "streak": 0, "suspended": False}}
 
 
 def test_illegal_transition_raises():
@@ -244,3 +244,30 @@ def test_bad_parameters():
         sched(concurrency=0)
     with pytest.raises(ValueError):
         sched(backoff=())
+
+
+def test_operator_suspend_resume_flush():
+    from mta.core import DestinationHealth as H
+    from mta.core.envelope import Destination, QueuedRecipient
+    from mta.scheduler import Batch, Idle, Scheduler, Sleep, Work
+    dest = Destination("s.test", "mx", domain="s.test")
+    sched = Scheduler(concurrency=2, max_messages_per_connection=10,
+                      max_recipients_per_transaction=10, backoff=(30.0,))
+
+    def work(i):
+        return Work(QueuedRecipient(f"Q{i:015d}", 0, f"a{i}@s.test", "s.test", "", 0, 0.0, 0.0), dest)
+    sched.add([work(1), work(2)], 0.0)
+    back = sched.suspend("s.test")
+    assert sorted(w.item.queue_id for w in back) == ["Q000000000000001", "Q000000000000002"]
+    assert sched.is_suspended("s.test") and sched.pending_count() == 0
+    assert sched.destination_states()["s.test"]["suspended"] is True
+    sched.add([work(3)], 0.0)
+    assert isinstance(sched.next_batch(0.0), Idle)      # nothing leaves while suspended
+    sched.resume("s.test")
+    b = sched.next_batch(0.0)
+    assert isinstance(b, Batch)
+    sched.complete(b, H.DOWN, 1.0)                       # paused for 30 s
+    sched.add([work(4)], 1.0)
+    assert isinstance(sched.next_batch(2.0), Sleep)
+    sched.flush("s.test", 2.0)                           # operator: try now
+    assert isinstance(sched.next_batch(2.0), Batch)

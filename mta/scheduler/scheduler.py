@@ -127,6 +127,9 @@ class Scheduler:
         self._npending = 0
         self._ninflight = 0
         self._next_token = 1
+        # Operator suspension is not a health state: a suspended destination
+        # keeps its health (and backoff) and gets no batches until resumed.
+        self._suspended: set[str] = set()
 
     # -- adding and taking work -------------------------------------------
     def add(self, works: Iterable[Work], now: float) -> None:
@@ -144,7 +147,7 @@ class Scheduler:
     def next_batch(self, now: float) -> Batch | Sleep | Idle:
         wake: float | None = None
         for name, d in self._dests.items():
-            if not d.npending:
+            if not d.npending or name in self._suspended:
                 continue
             if d.state is DestState.PAUSED:
                 assert d.paused_until is not None
@@ -242,6 +245,25 @@ class Scheduler:
         if not d.npending and not d.connections and d.state is DestState.ACTIVE:
             del self._dests[d.destination.name]
 
+    # -- operator control -------------------------------------------------
+    def suspend(self, name: str) -> list[Work]:
+        """Stop releasing batches for `name`; returns its pending work (the
+        runtime puts it back in the spool). In-flight batches finish."""
+        self._suspended.add(name)
+        return self.drain(name)
+
+    def resume(self, name: str) -> None:
+        self._suspended.discard(name)
+
+    def is_suspended(self, name: str) -> bool:
+        return name in self._suspended
+
+    def flush(self, name: str, now: float) -> None:
+        """End a backoff pause now: the next batch probes the destination."""
+        d = self._dests.get(name)
+        if d is not None and d.state is DestState.PAUSED:
+            d.paused_until = now
+
     # -- read model -------------------------------------------------------
     def pending_count(self) -> int:
         return self._npending
@@ -250,7 +272,11 @@ class Scheduler:
         return self._ninflight
 
     def destination_states(self) -> dict[str, dict]:
-        return {name: {"state": d.state.value, "pending": d.npending, "inflight": d.ninflight,
-                       "connections": d.connections, "paused_until": d.paused_until,
-                       "streak": d.streak}
-                for name, d in self._dests.items()}
+        out = {name: {"state": d.state.value, "pending": d.npending, "inflight": d.ninflight,
+                      "connections": d.connections, "paused_until": d.paused_until,
+                      "streak": d.streak, "suspended": name in self._suspended}
+               for name, d in self._dests.items()}
+        for name in self._suspended - set(out):
+            out[name] = {"state": "active", "pending": 0, "inflight": 0, "connections": 0,
+                         "paused_until": None, "streak": 0, "suspended": True}
+        return out
