@@ -20,14 +20,24 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
 if [ "${1:-}" = test ]; then
     # Independent verifiers the tests use: Perl Mail::DKIM (DKIM signatures)
-    # and opendkim-testmsg (DKIM signatures), and Sisimai (our DSNs must parse there too). Root only; the tests that
-    # need them say why they skip when they are missing.
+    # and opendkim-testmsg (DKIM signatures), Sisimai (our DSNs must parse
+    # there too) and promtool from Debian's prometheus package (`promtool
+    # check metrics` on /metrics), systemd-analyze from Debian's systemd
+    # package (verifies systemd/mta.service). Root only; the tests that need them say
+    # why they skip when they are missing.
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
        { ! perl -MMail::DKIM::Verifier -MSisimai -e1 >/dev/null 2>&1 ||
-         ! command -v opendkim-testmsg >/dev/null; }; then
+         ! command -v opendkim-testmsg >/dev/null ||
+         ! command -v promtool >/dev/null ||
+         ! command -v systemd-analyze >/dev/null; }; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-            libmail-dkim-perl libsisimai-perl opendkim-tools >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            libmail-dkim-perl libsisimai-perl opendkim-tools prometheus systemd >/dev/null
+        # We only want promtool: on a host running systemd the package also
+        # enables a Prometheus server; switch it off again.
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now prometheus >/dev/null 2>&1 || true
+        fi
     fi
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 else

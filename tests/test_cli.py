@@ -59,10 +59,16 @@ def test_user_lifecycle(tmp_path):
     assert r.returncode == 1 and "invalid sending domain" in r.stderr
 
 
-def test_queue_list_without_a_queue_is_a_clear_error(tmp_path):
-    r = mta(tmp_path, "queue", "list")
+def test_queue_list_without_a_daemon_is_a_clear_error(tmp_path):
+    import socket
+    with socket.socket() as s:          # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "mta.toml"
+    cfg.write_text(f'[admin]\naddress = "127.0.0.1:{port}"\n')
+    r = mta(tmp_path, "queue", "list", "--config", str(cfg))
     assert r.returncode == 1
-    assert "no queue index" in r.stderr
+    assert f"127.0.0.1:{port} is not reachable (is mta running?)" in r.stderr
 
 
 def test_usage_errors_exit_2(tmp_path):

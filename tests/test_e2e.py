@@ -64,6 +64,7 @@ def recipient_states(view):
 async def mta(tmp_path, sink, user):
     port = free_port()
     text = config_text(tmp_path / "state", port, routes={"*": f"127.0.0.1:{sink.address[1]}"})
+    (tmp_path / "mta.toml").write_text(text)   # for the CLI, which asks the daemon's admin API
     async with running_daemon(text) as d:
         d.port = port
         yield d
@@ -189,10 +190,9 @@ async def test_several_messages_share_one_connection(mta, sink):
 async def test_queue_list_cli(mta, sink, tmp_path):
     qid = await submit(mta.port, ["tempfail-50@rcpt.test"])
     await wait_until(lambda: _attempted(mta, qid))
-    env = dict(os.environ, MTA_STATE_DIR=str(tmp_path / "state"))
-    env.pop("MTA_CONFIG", None)
-    r = subprocess.run([sys.executable, "-m", "mta", "queue", "list", "--json"], env=env,
-                       capture_output=True, text=True)
+    env = dict(os.environ, MTA_CONFIG=str(tmp_path / "mta.toml"))
+    r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mta", "queue", "list",
+                                                 "--json"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     row = next(x for x in rows if x["id"] == qid)
@@ -200,8 +200,8 @@ async def test_queue_list_cli(mta, sink, tmp_path):
     rc = row["recipients"][0]
     assert rc["address"] == "tempfail-50@rcpt.test" and rc["state"] == "queued"
     assert rc["last_reply"].startswith("451 4.7.1") and rc["next_attempt"]
-    r = subprocess.run([sys.executable, "-m", "mta", "queue", "list"], env=env,
-                       capture_output=True, text=True)
+    r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mta", "queue", "list"],
+                                env=env, capture_output=True, text=True)
     assert qid in r.stdout and "tempfail-50@rcpt.test" in r.stdout
 
 

@@ -186,8 +186,10 @@ async def test_accept_and_record_mode(tmp_path):
         CredentialStore(tmp_path / "state" / "credentials.json").add("app", "app-password-1")
         async with running_daemon(text) as d:
             # added by an operator while the daemon runs (the CLI's side door)
-            suppression_admin.add(tmp_path / "state", "ok-unsub@rcpt.test", reason="unsubscribe",
-                                  now=1_700_000_000.0)
+            # (in a thread: it is synchronous sqlite3, as in the CLI's own process)
+            await asyncio.to_thread(suppression_admin.add, tmp_path / "state",
+                                    "ok-unsub@rcpt.test", reason="unsubscribe",
+                                    now=1_700_000_000.0)
             async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
                                        tls_context=no_verify_context()) as c:
                 await c.login("app", "app-password-1")

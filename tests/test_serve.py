@@ -27,8 +27,10 @@ def _port_open(port):
 
 @pytest.fixture
 def fresh_dir(tmp_path):
-    if _port_open(2525):
-        pytest.skip("127.0.0.1:2525 is in use by another process; the embedded default needs it")
+    for port in (2525, 8025):
+        if _port_open(port):
+            pytest.skip(f"127.0.0.1:{port} is in use by another process; the embedded default "
+                        "needs it (submission 2525, admin API 8025)")
     return tmp_path
 
 

@@ -15,7 +15,9 @@ import sys
 import time
 from typing import Sequence
 
+from mta.cli import destination_cmd
 from mta.cli import domain_cmd
+from mta.cli import queue_cmd
 from mta.cli import bounce_cmd
 from mta.cli import suppression_cmd
 from mta.config import config_as_dict, load_config, render_config
@@ -61,12 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = usub.add_parser("list", parents=[cfgp], help="list credentials")
     ls.add_argument("--json", action="store_true")
 
-    queue = sub.add_parser("queue", parents=[cfgp], help="inspect the queue")
-    qsub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ql = qsub.add_parser("list", parents=[cfgp], help="queued messages (like mailq)")
-    ql.add_argument("--json", action="store_true")
-    ql.add_argument("--all", action="store_true", help="include finished messages")
-    ql.add_argument("--limit", type=int, default=1000)
+    queue_cmd.register(sub, cfgp)
+    destination_cmd.register(sub, cfgp)
     domain_cmd.register(sub, cfgp)
     bounce_cmd.register(sub, cfgp)
     suppression_cmd.register(sub, cfgp)
@@ -88,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for e in exc.errors:
             print(f"  {e}" if args.command == "config" else f"mta: config: {e}", file=sys.stderr)
         return 1
-    handler = {"serve": _serve, "config": _config, "user": _user, "queue": _queue,
+    handler = {"serve": _serve, "config": _config, "user": _user, "queue": queue_cmd.run,
+               "destination": destination_cmd.run,
                "domain": domain_cmd.run, "bounce": bounce_cmd.run,
                "suppression": suppression_cmd.run}[args.command]
     try:
@@ -151,34 +150,6 @@ def _user(cfg, args) -> int:
                     print(f"{u['name']}\tcreated {created}Z\tdomains {scope}")
     except (CredentialError, ValueError) as exc:
         return _fail(str(exc))
-    return 0
-
-
-def _fmt_time(t: float | None) -> str:
-    return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
-
-
-def _queue(cfg, args) -> int:
-    from mta.runtime.inspect import NoQueue, queue_listing
-    try:
-        rows = queue_listing(cfg.server.state_dir, include_done=args.all, limit=args.limit)
-    except NoQueue as exc:
-        return _fail(str(exc))
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print("Mail queue is empty")
-        return 0
-    for m in rows:
-        print(f"{m['id']}  {m['size']:>8}  {_fmt_time(m['received_at'])}  "
-              f"<{m['sender']}>{'  (DSN)' if m['is_dsn'] else ''}")
-        for r in m["recipients"]:
-            extra = f"next {_fmt_time(r['next_attempt'])}" if r["state"] == "queued" else ""
-            print(f"    {r['state']:<9} {r['address']}  attempts={r['attempts']} {extra}")
-            if r["last_reply"]:
-                print(f"              ({r['last_reply']})")
-    print(f"-- {len(rows)} message(s)")
     return 0
 
 

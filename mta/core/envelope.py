@@ -8,6 +8,11 @@ Recipient states (persisted in the index, see mta/spool):
   expired    still deferred after max_queue_lifetime               — final
   suppressed accepted but on the suppression list (accept-and-record
              mode): never attempted, no DSN owed (not a failure)   — final
+  held       put aside by an operator (like Postfix's hold queue): never
+             leased, never expires, no delay warning; `release` makes it
+             queued again. Not final: its message is not done
+  deleted    removed by an operator: no DSN owed, the body may be
+             reclaimed (not a failure)                             — final
 
 Complaints never change a recipient's state; they only add a suppression
 (see `AddressOutcome`).
@@ -21,7 +26,10 @@ from mta.core.reply import Reply
 
 QUEUED, DELIVERED, BOUNCED, EXPIRED = "queued", "delivered", "bounced", "expired"
 SUPPRESSED = "suppressed"
-FINAL_STATES = frozenset({DELIVERED, BOUNCED, EXPIRED, SUPPRESSED})
+HELD, DELETED = "held", "deleted"
+# Recipients still owed an attempt (their message is not done).
+PENDING_STATES = frozenset({QUEUED, HELD})
+FINAL_STATES = frozenset({DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, DELETED})
 FAILED_STATES = frozenset({BOUNCED, EXPIRED})
 
 

@@ -13,7 +13,8 @@ Matching, in order:
 2. for feedback-loop addresses and postmaster@ (no token): our queue id in the
    returned message's headers (`Received: … (mta) … id <QID>`) plus the
    reported recipient address, which must be a recipient of that message.
-A report that matches nothing is logged and counted; the reply is still 250:
+A report that matches nothing is logged and counted (`stats`, and the
+observer's `bounce_received(kind)`); the reply is still 250:
 the remote did its job, and a 5xx would only make it retry or bounce back.
 """
 
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from mta.core import AddressOutcome, Clock, Reply
+from mta.core import AddressOutcome, Clock, Observer, Reply
 from mta.core.files import atomic_write, fsync_dir
 from mta.mail.bounces import parse
 from mta.mail.verp import VerpCodec
@@ -58,13 +59,18 @@ def load_or_create_secret(path: str | os.PathLike) -> bytes:
 class BounceProcessor:
     def __init__(self, *, spool, codec: VerpCodec, hostname: str, capture_dir: str | os.PathLike,
                  clock: Clock, bounce_domains: Callable[[], Iterable[str]],
-                 feedback_addresses: Iterable[str] = ()):
+                 feedback_addresses: Iterable[str] = (), observer: Observer = Observer()):
+        self.observer = observer
         self.spool, self.codec, self.clock = spool, codec, clock
         self.hostname = hostname.lower()
         self.capture_dir = Path(capture_dir)
         self.bounce_domains = bounce_domains
         self.feedback = {a.lower() for a in feedback_addresses}
         self.stats: collections.Counter[str] = collections.Counter()
+
+    def _count(self, kind: str) -> None:
+        self.stats[kind] += 1
+        self.observer.bounce_received(kind)
 
     # ---- which recipients the inbound listener accepts ---------------------
     def classify_rcpt(self, address: str) -> str | None:
@@ -94,12 +100,12 @@ class BounceProcessor:
         now = self.clock.now()
         failures = [r for r in report.recipients if r.class_ in ("hard", "soft", "complaint")]
         if not failures:
-            self.stats["not_a_failure"] += 1
+            self._count("not_a_failure")
             event(log, "inbound_ignored", to=rcpt, kind=report.kind, why="no failed recipient")
             return
         token = self.codec.decode(rcpt) if kind == "bounce" else None
         if kind == "bounce" and token is None:
-            self.stats["bad_token"] += 1
+            self._count("bad_token")
             event(log, "bounce_unmatched", level=logging.WARNING, to=rcpt, why="bad or missing token",
                   kind=report.kind)
             return
@@ -116,7 +122,7 @@ class BounceProcessor:
         else:
             targets = await self._match_by_headers(body, failures)
         if not targets:
-            self.stats["unmatched"] += 1
+            self._count("unmatched")
             event(log, "bounce_unmatched", level=logging.WARNING, to=rcpt, kind=report.kind,
                   why="no message of ours matches")
             return
@@ -134,7 +140,7 @@ class BounceProcessor:
                 qid, recipient.idx, state="bounced" if failed else "", reply=reply,
                 detail=f"{report.kind} via {kind}: {entry.diagnostic or entry.status}"[:500],
                 at=now, outcomes=[outcome])
-            self.stats["complaint" if complaint else "bounce"] += 1
+            self._count("complaint" if complaint else "bounce")
             event(log, "complained" if complaint else "bounced_async", id=qid,
                   rcpt=recipient.address, kind=report.kind, status=entry.status or None,
                   klass=outcome.kind, recorded=ok, feedback_type=entry.feedback_type or None)

@@ -28,9 +28,14 @@ from mta.mail.verp import VerpCodec
 from mta.policy.senders import SenderPolicy
 from mta.policy.suppression import SuppressionRules
 from mta.policy.suppression import reply_for as suppression_reply
+from mta.admin.http import AdminServer
+from mta.admin.metrics import Metrics
+from mta.admin.token import ensure_token
+from mta.runtime.admin import RuntimeAdmin
 from mta.runtime.bounces import BounceProcessor, load_or_create_secret
 from mta.runtime.domains import DomainCache
 from mta.runtime.logs import event
+from mta.runtime.notify import notify
 from mta.runtime.queue_runner import QueueRunner
 from mta.runtime.tls import ensure_self_signed, server_context
 from mta.scheduler import Scheduler
@@ -71,6 +76,17 @@ class Daemon:
         self.bounces: BounceProcessor | None = None
         self.listeners: list[SubmissionListener] = []
         self._stop = asyncio.Event()
+        self._ready = False                       # start() finished (see request_reload)
+        self._reload_pending = False
+        self._reloads: set[asyncio.Task] = set()
+        self.stopping = False
+        self.metrics = Metrics(listeners=[lst.name for lst in cfg.listeners],
+                               state_dir=cfg.server.state_dir, clock=self.clock)
+        self.admin: AdminServer | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -82,7 +98,7 @@ class Daemon:
         credentials = self._credentials(paths)
         resolver = DnsResolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
         self.domains = DomainCache(DomainService(cfg, resolver=resolver, clock=self.clock),
-                                   self.clock)
+                                   self.clock, observer=self.metrics)
         await self.domains.refresh()
         self.domains.start()
         codec = VerpCodec(load_or_create_secret(paths["root"] / "verp.key"))
@@ -91,10 +107,17 @@ class Daemon:
         self.bounces = BounceProcessor(
             spool=self.spool, codec=codec, hostname=cfg.server.hostname,
             capture_dir=cfg.bounces.capture_dir or paths["root"] / "inbound", clock=self.clock,
-            bounce_domains=self._bounce_domains, feedback_addresses=cfg.bounces.feedback_addresses)
+            bounce_domains=self._bounce_domains, feedback_addresses=cfg.bounces.feedback_addresses,
+            observer=self.metrics)
         await self._start_listeners(paths, credentials)
+        if cfg.admin.enabled:
+            token = cfg.admin.token or ensure_token(paths["root"])
+            self.admin = AdminServer(cfg.admin, RuntimeAdmin(self), token)
+            await self.admin.start()
+            event(log, "listening", listener="admin", address=self.admin.url, role="admin")
         event(log, "ready", mode=cfg.server.mode, config=cfg.source,
               state_dir=str(paths["root"]))
+        self._ready = True   # recovery done, listeners and admin API bound
 
     def _credentials(self, paths: dict[str, Path]) -> CredentialStore:
         credentials = CredentialStore(paths["credentials"])
@@ -124,7 +147,7 @@ class Daemon:
             retry=RetryPolicy.from_config(d), clock=self.clock, routes=cfg.routes,
             sandbox=sandbox, mx_port=d.smtp_port, hostname=cfg.server.hostname,
             batch_size=d.batch_size, delay_warning_after=d.delay_warning_after,
-            verp=codec, bounce_domain_for=self._bounce_domain_for)
+            verp=codec, bounce_domain_for=self._bounce_domain_for, observer=self.metrics)
 
     def _bounce_domain_for(self, sender: str) -> str | None:
         """The VERP domain for mail from `sender`: bounce.<its set-up domain>,
@@ -162,7 +185,8 @@ class Daemon:
                 lst = SubmissionListener(lcfg, hostname=cfg.server.hostname, tls_context=ctx,
                                          clock=self.clock,
                                          inbound_classify=self.bounces.classify_rcpt,
-                                         inbound_deliver=self.bounces.deliver)
+                                         inbound_deliver=self.bounces.deliver,
+                                         observer=self.metrics)
             else:
                 lst = SubmissionListener(
                     lcfg, hostname=cfg.server.hostname, spool=spool, credentials=credentials,
@@ -170,7 +194,8 @@ class Daemon:
                     auth_throttle=AuthThrottle(lcfg.auth_max_failures, lcfg.auth_lockout),
                     sender_policy=sender_policy, signer=self.domains,
                     rcpt_check=self._rcpt_check,
-                    accept_suppressed=cfg.suppression.on_rcpt == "accept")
+                    accept_suppressed=cfg.suppression.on_rcpt == "accept",
+                    observer=self.metrics)
             await lst.start()
             self.listeners.append(lst)
             host, port = lst.sockname[:2]
@@ -180,15 +205,38 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """SIGHUP: reload the configuration in a task (mta/runtime/reload.py);
+        one during start-up is remembered and served once started."""
+        if not self._ready:
+            self._reload_pending = True
+            return
+        from mta.runtime import reload
+        task = asyncio.ensure_future(reload.reload(self))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         await self.start()
+        # sd_notify: only now is every listener bound and accepting.
+        self._ready = True
+        notify(f"READY=1\nSTATUS=accepting mail on {len(self.listeners)} listener(s)\n"
+               f"MAINPID={os.getpid()}")
+        if self._reload_pending:
+            self.request_reload()
         await self._stop.wait()
+        for task in list(self._reloads):   # a reload must not touch stopped parts
+            task.cancel()
+        await asyncio.gather(*self._reloads, return_exceptions=True)
         await self.stop()
 
     async def stop(self) -> None:
+        notify("STOPPING=1\nSTATUS=stopping: finishing sessions and deliveries")
+        self.stopping = True
         event(log, "stopping")
         for lst in self.listeners:
             await lst.stop()
@@ -196,6 +244,8 @@ class Daemon:
             await self.runner.stop(self.cfg.server.shutdown_timeout)
         if self.domains:
             await self.domains.stop()
+        if self.admin:
+            await self.admin.stop()
         if self.spool:
             await self.spool.close()
         event(log, "stopped")

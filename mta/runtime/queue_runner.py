@@ -14,6 +14,9 @@ Invariants:
   in-flight batches get `shutdown_timeout` to finish, then what is left is
   released (a crash instead resets leases at recovery).
 - Decisions use `now` from the clock seam; no sleeping inside decisions.
+- The observer (core.observe) hears one `recipient_outcome` per recipient
+  update once it is recorded (bounced carries the hard/soft class of
+  `_address_outcome`), and one `attempt_finished` per batch.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import time
 from typing import Callable, Protocol, Sequence
 
 from mta.core import (AddressOutcome, BOUNCED, DELIVERED, EXPIRED, QUEUED, Clock, DestinationHealth,
-                      PermFailure, RecipientFate, RecipientOutcome, RecipientUpdate, Reply,
-                      TempFailure)
+                      Observer, PermFailure, RecipientFate, RecipientOutcome, RecipientUpdate,
+                      Reply, TempFailure)
 from mta.core.envelope import Destination
 from mta.delivery.client import DeliveryReport, OutboundMessage
 from mta.mail.bounces.classify import classify
@@ -35,9 +38,14 @@ from mta.policy.retry import RetryPolicy
 from mta.policy.routing import destination_for
 from mta.runtime.logs import event
 from mta.scheduler import Batch, Idle, Scheduler, Sleep, Work
-from mta.spool import DsnMark, NewMessage, Spool
+from mta.spool import DsnMark, MessageFilter, NewMessage, Spool
 
 log = logging.getLogger("mta.queue")
+
+# recipient state after an attempt → the observer's outcome name
+_OBSERVED = {DELIVERED: "delivered", BOUNCED: "bounced", EXPIRED: "expired", QUEUED: "deferred"}
+
+SUSPEND_RECHECK = 60.0   # seconds between looks at a suspended destination's recipients
 
 
 class Transport(Protocol):
@@ -51,7 +59,9 @@ class QueueRunner:
                  routes, sandbox: bool, mx_port: int, hostname: str, batch_size: int,
                  delay_warning_after: float | None, max_pending: int = 5000,
                  verp: VerpCodec | None = None,
-                 bounce_domain_for: Callable[[str], str | None] | None = None):
+                 bounce_domain_for: Callable[[str], str | None] | None = None,
+                 observer: Observer = Observer()):
+        self.observer = observer
         self.spool, self.scheduler, self.retry, self.clock = spool, scheduler, retry, clock
         self.transport, self.sandbox_transport = transport, sandbox_transport
         self.routes, self.sandbox, self.mx_port = routes, sandbox, mx_port
@@ -133,6 +143,11 @@ class QueueRunner:
             log.error("event=delivery_task_crashed", exc_info=t.exception())
 
     async def _wait(self, decision: Sleep | Idle) -> None:
+        # Clear before looking: a poke or stop() that lands while we await
+        # next_due_at must still wake us (it sets the event after this).
+        self.wakeup.clear()
+        if self._stopping:
+            return
         now = self.clock.now()
         deadline = decision.until if isinstance(decision, Sleep) else now + 60.0
         due = await self.spool.next_due_at()
@@ -141,7 +156,6 @@ class QueueRunner:
         timeout = max(0.0, deadline - now)
         if timeout == 0.0:
             timeout = 0.05  # due but nothing leasable (e.g. window full): don't spin
-        self.wakeup.clear()
         try:
             await asyncio.wait_for(self.wakeup.wait(), timeout=min(timeout, 60.0))
         except asyncio.TimeoutError:
@@ -172,9 +186,57 @@ class QueueRunner:
             w = Work(it, dest)
             self._leased[(it.queue_id, it.rcpt_idx)] = w
             works.append(w)
-        if expired:
-            await self._record(expired)
+        if expired and await self._record(expired):
+            for _ in expired:
+                self.observer.recipient_outcome("expired")
+        held = [w for w in works if self.scheduler.is_suspended(w.destination.name)]
+        if held:
+            works = [w for w in works if not self.scheduler.is_suspended(w.destination.name)]
+            await self._put_back(held, now + SUSPEND_RECHECK)
         self.scheduler.add(works, now)
+
+    # ---- operator control ------------------------------------------------
+    async def suspend(self, name: str) -> None:
+        """No new deliveries to destination `name` until `resume`; its
+        waiting recipients go back to the spool (re-checked every
+        SUSPEND_RECHECK seconds, no attempt counted)."""
+        back = self.scheduler.suspend(name)
+        await self._put_back(back, self.clock.now() + SUSPEND_RECHECK)
+
+    async def resume(self, name: str) -> None:
+        self.scheduler.resume(name)
+        await self.flush(name)
+
+    async def flush(self, name: str) -> int:
+        """Attempt the destination's queued recipients now (postqueue -s)."""
+        now = self.clock.now()
+        self.scheduler.flush(name, now)
+        count = 0
+        for domain in self._domains_of(name):
+            count += await self.spool.retry_messages(MessageFilter(domain=domain), now)
+        self.poke()
+        return count
+
+    def _domains_of(self, name: str) -> list[str | None]:
+        """Recipient domains whose mail goes to destination `name` (None = all:
+        the smarthost route "*" goes there)."""
+        if not name.startswith("["):
+            return [name]
+        out: list[str | None] = []
+        for domain in self.routes:
+            dest = destination_for("x.invalid" if domain == "*" else domain, self.routes,
+                                   sandbox=False, mx_port=self.mx_port)
+            if dest.name == name:
+                if domain == "*":
+                    return [None]
+                out.append(domain)
+        return out
+
+    async def _put_back(self, works: list[Work], until: float) -> None:
+        if works:
+            await self._record([RecipientUpdate(w.item.queue_id, w.item.rcpt_idx, QUEUED,
+                                                next_attempt=until, counts_attempt=False)
+                                for w in works])
 
     # ---- one batch -------------------------------------------------------
     async def _deliver(self, batch: Batch) -> None:
@@ -222,7 +284,9 @@ class QueueRunner:
                                      for i, _ in m.recipients} for m in messages}
         now = self.clock.now()
         elapsed = time.monotonic() - t0
+        self.observer.attempt_finished(elapsed, dest.kind, health.value)
         updates, address_outcomes = [], []
+        observed: list[tuple[str, str]] = []   # (outcome, class) per update
         for group in batch.messages:
             for w in group:
                 it = w.item
@@ -231,10 +295,17 @@ class QueueRunner:
                 if oc is None:  # body unreadable or the transport said nothing: retry later
                     oc = RecipientOutcome(RecipientFate.DEFERRED,
                                           Reply(451, "4.3.0", "Local error reading the message, will retry"))
-                updates.append(self._update_for(it, oc, now, started, elapsed, dest))
+                update = self._update_for(it, oc, now, started, elapsed, dest)
+                updates.append(update)
+                klass = ""
                 if not local or oc.fate is not RecipientFate.DEFERRED:
                     address_outcomes.append(self._address_outcome(it, oc, now))
-        await self._record(updates, address_outcomes)
+                    if update.state == BOUNCED:
+                        klass = address_outcomes[-1].kind   # "hard" | "soft"
+                observed.append((_OBSERVED.get(update.state, update.state), klass))
+        if await self._record(updates, address_outcomes):
+            for outcome, klass in observed:
+                self.observer.recipient_outcome(outcome, klass)
         handed_back = self.scheduler.complete(batch, health, now)
         if handed_back:
             # A long pause: don't hold that destination's waiting work in
@@ -277,9 +348,12 @@ class QueueRunner:
         return AddressOutcome(it.address, kind, now, it.queue_id, str(reply))
 
     async def _record(self, updates: list[RecipientUpdate],
-                      address_outcomes: Sequence[AddressOutcome] = ()) -> None:
+                      address_outcomes: Sequence[AddressOutcome] = ()) -> bool:
+        """Persist `updates`; False when they could not be (then released)."""
+        recorded = False
         try:
             await self.spool.record(updates, outcomes=address_outcomes)
+            recorded = True
         except Exception:
             # The rows stay leased in memory; recovery would reset them. Put
             # them back so a later pass retries (the remote may see a duplicate:
@@ -306,6 +380,7 @@ class QueueRunner:
                 wake = True
         if wake:
             self.dsn_wakeup.set()
+        return recorded
 
     # ---- DSNs ------------------------------------------------------------
     async def _dsn_loop(self) -> None:

@@ -37,6 +37,8 @@ Rules
     that is not a Reply, becomes 451 4.3.0 and the session stays usable.
   * The body is handed over exactly as received (after dot-unstuffing): no
     Received: header is added, it is parsed, not relayed.
+  * Counted by the protocol (SubmissionSMTP's observer): sessions, and each
+    DATA reply as message_received(listener, accepted|rejected|tempfail).
   * Logs: one `event=inbound_received` line per DATA that reached deliver;
     `event=inbound_rejected` for relay attempts and smuggling.
 """

@@ -5,13 +5,16 @@ API
                        auth_throttle=None, log=None, message_factory=None,
                        sender_policy=None, signer=None, rcpt_check=None,
                        accept_suppressed=False,
-                       inbound_classify=None, inbound_deliver=None)
+                       inbound_classify=None, inbound_deliver=None,
+                       observer=Observer())
         cfg.role chooses the service: "submission" (session.SubmissionHandler,
         needs spool and credentials) or "inbound" (inbound.InboundHandler on
         inbound.InboundSMTP: no AUTH; needs inbound_classify and
         inbound_deliver, see inbound.py; spool/credentials/auth/sender
         arguments are ignored). A missing hook is a ListenerSetupError
         (a ConfigError and a ValueError).
+        observer (core.observe) is told about sessions, messages received
+        and AUTH failures, labelled with cfg.name.
     await .start()          bind cfg.address (port 0 allowed) and accept
     .sockname               (host, port) actually bound
     await .stop(grace=5.0)  stop accepting; sessions inside DATA get `grace`
@@ -42,7 +45,7 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from mta.core import Clock, ConfigError
+from mta.core import Clock, ConfigError, Observer
 from mta.policy.authlimit import AuthThrottle
 from mta.server import replies
 from mta.core import Reply
@@ -86,7 +89,9 @@ class SubmissionListener:
                  sender_policy: Any = None, signer: Any = None,
                  rcpt_check: Any = None, accept_suppressed: bool = False,
                  inbound_classify: Callable[[str], str | None] | None = None,
-                 inbound_deliver: Callable[[InboundMessage], Awaitable[Reply]] | None = None):
+                 inbound_deliver: Callable[[InboundMessage], Awaitable[Reply]] | None = None,
+                 observer: Observer = Observer()):
+        self.observer = observer
         self.log = log or logging.getLogger("mta.server")
         self.hostname = hostname
         self._check_tls(cfg, tls_context)
@@ -113,7 +118,8 @@ class SubmissionListener:
                                              message_factory=message_factory,
                                              sender_policy=sender_policy, signer=signer,
                                              rcpt_check=rcpt_check,
-                                             accept_suppressed=accept_suppressed)
+                                             accept_suppressed=accept_suppressed,
+                                             observer=observer)
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[SubmissionSMTP] = set()
 
@@ -132,6 +138,8 @@ class SubmissionListener:
             self.handler,
             implicit_tls=implicit,
             registry=self._sessions,
+            observer=self.observer,
+            listener=cfg.name,
             data_size_limit=cfg.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,

@@ -1,12 +1,17 @@
 """The aiosmtpd protocol subclass: wire-level fixes, no policy.
 
 API
-    SubmissionSMTP(handler, *, implicit_tls: bool, **aiosmtpd_kwargs)
+    SubmissionSMTP(handler, *, implicit_tls: bool, registry=None,
+                   observer=Observer(), listener="", **aiosmtpd_kwargs)
         .in_data          True while a DATA command is being received/handled
         .tls_active       the session is inside TLS (STARTTLS or implicit)
         .client_ip        peer address as a string
         .close_for_shutdown(reply)
         registry          optional set the instance is in while connected
+        observer          told session_opened/closed(listener) once per
+                          connection (STARTTLS calls connection_made twice:
+                          counted once) and message_received(listener, result)
+                          for every final DATA reply (core.observe)
 
 What it changes in aiosmtpd's `SMTP` (and why):
   * `push` gives every reply an enhanced status code (replies.with_esc);
@@ -41,7 +46,8 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 
-from mta.core import Reply
+from mta.core import Observer, Reply
+from mta.core.observe import result_of
 from mta.server import replies
 
 __all__ = ["SubmissionSMTP", "SubmissionSession"]
@@ -58,8 +64,11 @@ class SubmissionSession(Session):
 
 class SubmissionSMTP(SMTP):
     def __init__(self, handler: Any, *, implicit_tls: bool = False,
-                 registry: set["SubmissionSMTP"] | None = None, **kwargs: Any):
+                 registry: set["SubmissionSMTP"] | None = None,
+                 observer: Observer = Observer(), listener: str = "", **kwargs: Any):
         super().__init__(handler, **kwargs)
+        self.observer, self.listener = observer, listener
+        self._counted_open = False
         self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
         self.implicit_tls = implicit_tls
         self.in_data = False
@@ -70,10 +79,16 @@ class SubmissionSMTP(SMTP):
         super().connection_made(transport)
         if self._registry is not None:
             self._registry.add(self)
+        if not self._counted_open:  # again after STARTTLS: same session
+            self._counted_open = True
+            self.observer.session_opened(self.listener)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._registry is not None:
             self._registry.discard(self)
+        if self._counted_open:
+            self._counted_open = False
+            self.observer.session_closed(self.listener)
         super().connection_lost(error)
 
     # -- state ------------------------------------------------------------
@@ -229,11 +244,13 @@ class SubmissionSMTP(SMTP):
                 break
         if too_much:
             self._set_post_data_state()
+            self.observer.message_received(self.listener, "rejected")
             await self.push("552 Error: Too much mail data")
             return
         del buf[-3:]  # the terminating ".\r\n"
         if len(buf) > 1001 and max(map(len, buf.split(b"\n"))) > 1000:
             self._set_post_data_state()
+            self.observer.message_received(self.listener, "rejected")
             await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
             return
         # RFC 5321 4.5.2: remove the leading dot of every line that has one.
@@ -242,9 +259,16 @@ class SubmissionSMTP(SMTP):
         content = bytes(buf).replace(b"\r\n.", b"\r\n")
         self.envelope.content = content
         self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+        try:
+            status = await self._call_handler_hook("DATA")
+        except Exception:
+            # aiosmtpd answers it with handle_exception's 451 4.3.0.
+            self.observer.message_received(self.listener, "tempfail")
+            raise
         self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        status = "250 OK" if status is MISSING else status
+        self.observer.message_received(self.listener, result_of(str(status)))
+        await self.push(status)
 
     # -- AUTH mechanisms: parse here, decide in the handler ----------------
 

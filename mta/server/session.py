@@ -2,7 +2,7 @@
 
 API
     SubmissionHandler(cfg, *, hostname, spool, credentials, clock, auth_throttle,
-                      log, message_factory=None)
+                      log, message_factory=None, ..., observer=Observer())
     aiosmtpd hooks: handle_EHLO, handle_AUTH, handle_MAIL, handle_RCPT,
                     handle_DATA, handle_exception
     called by protocol.SubmissionSMTP: may_transact(server, session),
@@ -26,6 +26,11 @@ Rules (the order inside each hook is the order of the checks):
     scopes and verified, else 550 5.7.1 naming the domain and the reason.
     Then the message is DKIM-signed by `signer.sign` (in a thread) before
     enqueue, when `signer.keys_for` has keys for its From: domain.
+  * Counted (observer, core.observe): every failed credential check
+    (`auth_failure`), a sender refused by policy at MAIL FROM
+    (`message_received(…, "rejected")`; DATA results are counted by the
+    protocol), and each recipient accepted as suppressed, once enqueued
+    (`recipient_outcome("suppressed")`).
   * Logs: one `event=received` line per message; AUTH outcomes without
     secrets (the login name only when it is a valid user name).
 """
@@ -40,7 +45,8 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
 
-from mta.core import AddressError, Reply, Clock, StorageError, new_queue_id, parse_address
+from mta.core import (AddressError, Clock, Observer, Reply, StorageError, new_queue_id,
+                      parse_address)
 from mta.mail.headers import from_domains, prepare_submission
 from mta.policy.senders import SenderPolicy
 from mta.server import replies
@@ -86,8 +92,9 @@ class SubmissionHandler:
                  sender_policy: SenderPolicy | None = None,
                  signer: Signer | None = None,
                  rcpt_check: Callable[[str, str | None], Awaitable[Reply | None]] | None = None,
-                 accept_suppressed: bool = False):
+                 accept_suppressed: bool = False, observer: Observer = Observer()):
         self.hostname = hostname
+        self.observer = observer
         self.rcpt_check = rcpt_check      # (recipient, credential) -> refusal or None
         self.accept_suppressed = accept_suppressed
         self.sender_policy = sender_policy
@@ -196,6 +203,7 @@ class SubmissionHandler:
             return AuthResult(success=True, auth_data=name, message=str(replies.AUTH_OK))
         self.log.info("event=auth_failed listener=%s client=%s mechanism=%s credential=%s",
                       self.cfg.name, ip, mechanism, shown)
+        self.observer.auth_failure(self.cfg.name)
         if self.throttle is not None:
             self.throttle.failure(ip, self.clock.now())
             if self.throttle.check(ip, self.clock.now()) is None:
@@ -229,6 +237,7 @@ class SubmissionHandler:
         if checked:
             refused = self._sender_refusal(session, [checked.rpartition("@")[2]], "MAIL FROM")
             if refused is not None:
+                self.observer.message_received(self.cfg.name, "rejected")
                 return refused
         envelope.mail_from = checked or "<>"  # aiosmtpd treats "" as "no MAIL yet"
         envelope.mail_options.extend(mail_options)
@@ -320,6 +329,8 @@ class SubmissionHandler:
         self.log.info("event=received id=%s sender=<%s> rcpts=%d size=%d listener=%s "
                       "client=%s credential=%s", queue_id, sender, len(rcpts), len(body),
                       self.cfg.name, server.client_ip, session.credential or "-")
+        for _ in getattr(envelope, "suppressed", None) or ():
+            self.observer.recipient_outcome("suppressed")
         return str(replies.queued(queue_id))
 
     async def handle_exception(self, error: Exception) -> str:

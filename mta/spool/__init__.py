@@ -83,24 +83,34 @@ file holding only the suppression tables (made by suppression_admin.py before
 the first start) is opened like any other; suppression_admin refuses to make
 one while segments exist, so it can never mask S11.
 
+Operator moves (hold/release/retry/bounce/delete, issue 5) add no state
+either: each is one transaction over recipient rows, attempts rows and the
+messages' done/body_live (as S6), so after a crash the move happened
+entirely or not at all. 'held' counts as pending ("done" = no recipient
+queued or held); 'deleted' is final and owes no DSN, and deleting cancels
+the owed DSNs of its message, so its body dies as in S8/S9. Recovery treats
+both like any other state: leases are reset (a held recipient is never
+leased) and flags recomputed.
+
 Nothing a committed row references is ever truncated or unlinked: tails are
 cut at the end of the furthest record any row (live or dead) points at, and
 only segments no live row references are unlinked. New appends after a
 restart always go to a fresh segment, so a torn tail is never appended to.
 
-Public API: `Spool`, `NewMessage`, `DsnMark`, `RecoveryReport`, `SpoolStats`,
+Public API: `Spool`, `NewMessage`, `DsnMark`, `RecoveryReport`, `SpoolStats`, `MessageFilter`,
 `MessageView`, `RecipientView`, `AttemptView`, `SuppressionView`, and the
 `BodyStore` interface with its `SegmentStore` implementation.
 Operator access to suppressions while the daemon runs: suppression_admin.py.
 """
 
+from mta.spool.filters import MessageFilter
 from mta.spool.recovery import RecoveryReport
 from mta.spool.segments import BodyStore, SegmentStore
 from mta.spool.spool import DsnMark, NewMessage, Spool, SpoolStats
 from mta.spool.views import AttemptView, MessageView, RecipientView, SuppressionView
 
 __all__ = [
-    "Spool", "NewMessage", "DsnMark", "SpoolStats", "RecoveryReport",
+    "Spool", "NewMessage", "DsnMark", "SpoolStats", "RecoveryReport", "MessageFilter",
     "MessageView", "RecipientView", "AttemptView", "SuppressionView", "BodyStore",
     "SegmentStore",
 ]

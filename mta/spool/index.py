@@ -6,7 +6,9 @@ spell SQL of their own.
 API: `connect(path, *, reader=False) -> aiosqlite.Connection` (pragmas +
 schema applied, older indexes migrated), the `SQL_*` statements,
 `SUPPRESSION_SCHEMA` (also created on its own by suppression_admin.py),
-`STATE_TRANSITIONS` and `ASYNC_TRANSITIONS`.
+`STATE_TRANSITIONS`, `ASYNC_TRANSITIONS`, `OPERATOR_MOVES` and
+`check_transition`. The SQL of operator filters (`MessageFilter`) is built
+in filters.py, from the fragments there.
 
 Invariants:
 - WAL + synchronous=FULL: a COMMIT returns only after the WAL is fsynced,
@@ -15,7 +17,7 @@ Invariants:
   IMMEDIATE / COMMIT itself, so a transaction spans exactly one batch.
 - Replies are stored as their wire string `str(Reply)`, parsed back with
   `Reply.parse`.
-- `done` = no recipient left in 'queued'. `body_live` = not done, or some
+- `done` = no recipient left in 'queued' or 'held' (PENDING_STATES). `body_live` = not done, or some
   bounced/expired recipient of a non-DSN message with a non-null sender still
   has dsn_state != 'sent' (its DSN needs the original's headers). Both are
   recomputed by `SQL_RECOMPUTE_FLAGS` in the same transaction as any change
@@ -34,9 +36,15 @@ import os
 
 import aiosqlite
 
-from mta.core.envelope import BOUNCED, DELIVERED, EXPIRED, QUEUED, SUPPRESSED
+from mta.core.envelope import (BOUNCED, DELETED, DELIVERED, EXPIRED, HELD, QUEUED,
+                               SUPPRESSED)
 
 # 2: suppressions + soft_failures tables, attempts.detail (added in place).
+# Issue 5 (states held/deleted; indexes recipients_domain, recipients_address,
+# messages_sender, messages_received) kept version 2: the indexes are created
+# IF NOT EXISTS on open and the states are new values, so an older index
+# needs no migration step (and older code would treat held as unknown, never
+# leasing it). tests/test_suppression.py pins 2.
 SCHEMA_VERSION = 2
 
 # A recipient's state machine: final states are terminal (envelope.py).
@@ -44,12 +52,15 @@ SCHEMA_VERSION = 2
 # SUPPRESSED is normally entered at insertion (accept-and-record,
 # NewMessage.suppressed); queued → suppressed lets delivery drop a recipient
 # whose address was suppressed after it was queued.
+# HELD and DELETED are entered only by operator moves (OPERATOR_MOVES).
 STATE_TRANSITIONS: dict[str, frozenset[str]] = {
-    QUEUED: frozenset({QUEUED, DELIVERED, BOUNCED, EXPIRED, SUPPRESSED}),
+    QUEUED: frozenset({QUEUED, DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, HELD, DELETED}),
+    HELD: frozenset({QUEUED, BOUNCED, DELETED}),
     DELIVERED: frozenset(),
     BOUNCED: frozenset(),
     EXPIRED: frozenset(),
     SUPPRESSED: frozenset(),
+    DELETED: frozenset(),
 }
 # The one exception to "final is terminal", used only by `record_async`: a
 # bounce that arrives by mail after the remote accepted the message turns
@@ -58,7 +69,34 @@ ASYNC_TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({BOUNCED}),
     DELIVERED: frozenset({BOUNCED}),
 }
-ALL_STATES = (QUEUED, DELIVERED, BOUNCED, EXPIRED, SUPPRESSED)
+ALL_STATES = (QUEUED, HELD, DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, DELETED)
+
+# Operator queue steering (Spool.hold_messages & co., issue 5): action ->
+# (states it moves from, state it moves to). Leased (in-flight) recipients
+# are never moved: their attempt's record decides their fate, and the
+# operator repeats the action afterwards if still needed.
+OPERATOR_MOVES: dict[str, tuple[frozenset[str], str]] = {
+    "hold": (frozenset({QUEUED}), HELD),
+    "release": (frozenset({HELD}), QUEUED),
+    "retry": (frozenset({QUEUED}), QUEUED),
+    "bounce": (frozenset({QUEUED, HELD}), BOUNCED),
+    "delete": (frozenset({QUEUED, HELD}), DELETED),
+}
+
+
+class IllegalTransition(ValueError):
+    pass
+
+
+def check_transition(old: str, new: str, *, table=STATE_TRANSITIONS) -> None:
+    """Raise IllegalTransition unless `table` allows old -> new."""
+    if new not in table.get(old, ()):
+        raise IllegalTransition(f"recipient state {old!r} -> {new!r} is not allowed")
+
+
+for _action, (_froms, _to) in OPERATOR_MOVES.items():
+    for _old in _froms:   # an operator move the table forbids is a bug here, not at run time
+        check_transition(_old, _to)
 # `counts()` always reports these keys (others only when present).
 COUNTED_STATES = (QUEUED, DELIVERED, BOUNCED, EXPIRED)
 
@@ -119,6 +157,15 @@ CREATE INDEX IF NOT EXISTS messages_pending ON messages (received_at) WHERE done
 -- reclaim and recovery ask which segments live bodies sit in.
 CREATE INDEX IF NOT EXISTS messages_live_segment ON messages (segment) WHERE body_live = 1;
 CREATE INDEX IF NOT EXISTS attempts_by_message ON attempts (message_id, rcpt_idx);
+-- Operator filters and keyset pages (filters.py). Tables are WITHOUT ROWID,
+-- so each index entry ends with the primary key: messages_received is
+-- (received_at, id), the page order; recipients_domain is (domain,
+-- message_id, rcpt_idx). messages_pending (done = 0) serves pages without
+-- include_done.
+CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
+CREATE INDEX IF NOT EXISTS messages_sender ON messages (sender COLLATE NOCASE, received_at);
+CREATE INDEX IF NOT EXISTS recipients_domain ON recipients (domain);
+CREATE INDEX IF NOT EXISTS recipients_address ON recipients (address);
 """
 
 # Also created alone by suppression_admin.py (an operator may import a list
@@ -232,6 +279,25 @@ SQL_ASYNC_BOUNCE = (
     "dsn_state = 'none', leased = 0, updated_at = ? "
     "WHERE message_id = ? AND rcpt_idx = ? AND state IN ('queued', 'delivered')")
 
+# Operator moves (writer._steer, OPERATOR_MOVES); the last two params are
+# always message_id, rcpt_idx. Each re-checks state and lease.
+_OP_KEY = "WHERE message_id = ? AND rcpt_idx = ? AND leased = 0"
+SQL_OP_HOLD = f"UPDATE recipients SET state = 'held', updated_at = ? {_OP_KEY} AND state = 'queued'"
+SQL_OP_RELEASE = ("UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ? "
+                  f"{_OP_KEY} AND state = 'held'")
+SQL_OP_RETRY = f"UPDATE recipients SET next_attempt = ?, updated_at = ? {_OP_KEY} AND state = 'queued'"
+# last_remote is cleared: the DSN must not name the last MX as the one that refused.
+SQL_OP_BOUNCE = ("UPDATE recipients SET state = 'bounced', last_reply = ?, last_remote = '', "
+                 f"updated_at = ? {_OP_KEY} AND state IN ('queued', 'held')")
+SQL_OP_DELETE = (f"UPDATE recipients SET state = 'deleted', updated_at = ? {_OP_KEY} "
+                 "AND state IN ('queued', 'held')")
+SQL_OP_CANCEL_DSN = ("UPDATE recipients SET dsn_state = 'none' WHERE message_id = ? "
+                     "AND +state IN ('bounced', 'expired') AND dsn_state NOT IN ('sent', 'none')")
+# Params: message_id, rcpt_idx, at, state, reply|None.
+SQL_INSERT_OPERATOR_ATTEMPT = (
+    "INSERT INTO attempts (message_id, rcpt_idx, at, duration, state, reply, "
+    "remote_host, remote_ip, tls, detail) VALUES (?, ?, ?, 0, ?, ?, 'operator', '', '', 'operator')")
+
 # Suppression (suppressions.py, suppression_admin.py). An automatic insert
 # keeps an existing entry (the first reason wins) unless that one has
 # expired, or is a soft_bounce being upgraded to hard_bounce/complaint.
@@ -268,7 +334,7 @@ SQL_SOFT_FAILURE = "SELECT count, first_at, last_at FROM soft_failures WHERE add
 # (which would scan every queued recipient per message) instead of the
 # primary key by message_id.
 _M = "messages.id"
-_DONE = f"(NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = {_M} AND +r.state = 'queued'))"
+_DONE = f"(NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = {_M} AND +r.state IN ('queued', 'held')))"
 _OWES_DSN = (f"(messages.is_dsn = 0 AND messages.sender != '' AND EXISTS (SELECT 1 FROM recipients r "
              f"WHERE r.message_id = {_M} AND +r.state IN ('bounced', 'expired') AND r.dsn_state NOT IN ('sent', 'none')))")
 _LIVE = f"(NOT {_DONE} OR {_OWES_DSN})"
@@ -298,6 +364,29 @@ SQL_LIVE_IN_SEGMENT_PAST = ('SELECT id FROM messages WHERE body_live = 1 AND seg
 SQL_BODY_LOCATION = 'SELECT segment, "offset", length, body_live FROM messages WHERE id = ?'
 SQL_NEXT_DUE = "SELECT MIN(next_attempt) FROM recipients WHERE state = 'queued' AND leased = 0"
 SQL_COUNTS = "SELECT state, COUNT(*) FROM recipients GROUP BY state"
+# gauges(): O(pending) over messages_pending, O(1) for the MIN.
+SQL_PENDING_MESSAGES = "SELECT COUNT(*), MIN(received_at) FROM messages WHERE done = 0"
+
+# domain_summary(): qshape-like buckets by message age, upper bounds in
+# minutes; a message exactly 5 minutes old is in "5m". One GROUP BY pass over
+# pending recipients (recipients_due by state), a primary-key probe each for
+# received_at. last_error: the latest last_reply among deferred recipients,
+# found in the same pass by MAX over "updated_at (fixed width) || reply".
+AGE_BUCKET_MINUTES = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
+AGE_BUCKETS = tuple(f"{m}m" for m in AGE_BUCKET_MINUTES) + (f"{AGE_BUCKET_MINUTES[-1]}m+",)
+STAMP_WIDTH = 20
+_BUCKET = ("CASE " + " ".join(f"WHEN ?1 - m.received_at <= {m * 60} THEN {i}"
+                              for i, m in enumerate(AGE_BUCKET_MINUTES))
+           + f" ELSE {len(AGE_BUCKET_MINUTES)} END")
+SQL_DOMAIN_SUMMARY = (
+    "SELECT domain, COUNT(*), SUM(state = 'held'), MIN(received_at), "
+    + ", ".join(f"SUM(bucket = {i})" for i in range(len(AGE_BUCKETS)))
+    + ", MAX(CASE WHEN state = 'queued' AND attempts > 0 AND last_reply IS NOT NULL "
+    f"THEN printf('%0{STAMP_WIDTH}.6f', updated_at) || last_reply END) "
+    "FROM (SELECT r.domain, r.state, r.attempts, r.last_reply, r.updated_at, m.received_at, "
+    f"{_BUCKET} AS bucket FROM recipients r JOIN messages m ON m.id = r.message_id "
+    "WHERE r.state IN ('queued', 'held')) "
+    "GROUP BY domain ORDER BY COUNT(*) DESC, domain")
 
 SQL_DSN_OWED = (
     "SELECT m.id, m.sender, m.received_at FROM messages m "

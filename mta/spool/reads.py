@@ -11,6 +11,10 @@ API (each takes the reader `aiosqlite.Connection`):
     dsn_candidates(conn, limit) / delay_candidates(conn, cutoff, limit) -> list[DsnCandidate]
     list_messages(conn, limit, include_done) / get_message(conn, queue_id)
     counts(conn) -> {state: n}   (queued/delivered/bounced/expired always; others when present)
+    list_page(conn, MessageFilter, limit, cursor) -> ([MessageView], next cursor | None)
+    domain_summary(conn, now) -> [{domain, recipients, held, oldest_received_at,
+                                   age_buckets, last_error}]
+    gauges(conn) -> {recipients: {state: n}, messages_pending, oldest_pending_received_at}
     suppressed(conn, key, scope, now) -> SuppressionView | None
 
 Invariant: every query is bounded by a `limit` or by one message, so memory
@@ -25,7 +29,7 @@ import aiosqlite
 
 from mta.core.envelope import DsnCandidate, FailedRecipient
 from mta.core.reply import Reply
-from mta.spool import index
+from mta.spool import filters, index
 from mta.spool.suppressions import view as suppression_view
 from mta.spool.views import AttemptView, MessageView, RecipientView, SuppressionView
 
@@ -128,6 +132,56 @@ async def counts(conn: aiosqlite.Connection) -> dict[str, int]:
     for state, n in await conn.execute_fetchall(index.SQL_COUNTS):
         out[state] = n
     return out
+
+
+async def list_page(conn: aiosqlite.Connection, f: filters.MessageFilter, limit: int,
+                    cursor: str | None) -> tuple[list[MessageView], str | None]:
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    after = filters.decode_cursor(cursor) if cursor else None
+    drive = False
+    probe = filters.probe_sql(f)
+    if probe is not None:
+        (n,), = await conn.execute_fetchall(*probe)
+        drive = n < filters.DRIVE_CAP
+    # One extra row says whether there is a next page.
+    sql, params = filters.page_sql(f, after, limit + 1, drive=drive)
+    rows = await conn.execute_fetchall(sql, params)
+    views = [_message(r) for r in rows[:limit]]
+    if views:
+        await _attach_recipients(conn, views)
+    more = len(rows) > limit
+    return views, (filters.encode_cursor(views[-1].received_at, views[-1].id) if more else None)
+
+
+async def domain_summary(conn: aiosqlite.Connection, now: float) -> list[dict]:
+    out = []
+    nb = len(index.AGE_BUCKETS)
+    for row in await conn.execute_fetchall(index.SQL_DOMAIN_SUMMARY, (now,)):
+        domain, n, held, oldest = row[:4]
+        stamped = row[4 + nb]
+        out.append({
+            "domain": domain,
+            "recipients": n,
+            "held": held or 0,
+            "oldest_received_at": oldest,
+            "age_buckets": dict(zip(index.AGE_BUCKETS, (c or 0 for c in row[4:4 + nb]))),
+            "last_error": stamped[index.STAMP_WIDTH:] if stamped else None,
+        })
+    return out
+
+
+async def gauges(conn: aiosqlite.Connection) -> dict:
+    recipients = {state: 0 for state in index.ALL_STATES}
+    for state, n in await conn.execute_fetchall(index.SQL_COUNTS):
+        recipients[state] = n
+    (pending, oldest), = await conn.execute_fetchall(index.SQL_PENDING_MESSAGES)
+    return {"recipients": recipients, "messages_pending": pending,
+            "oldest_pending_received_at": oldest}
+
+
+async def live_segments(conn: aiosqlite.Connection) -> set[int]:
+    return {r[0] for r in await conn.execute_fetchall(index.SQL_LIVE_SEGMENTS)}
 
 
 async def any_suppression(conn: aiosqlite.Connection) -> bool:

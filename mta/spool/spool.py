@@ -18,6 +18,11 @@ API:
     await spool.dsn_candidates(limit) / delay_candidates(now, after, limit) -> list[DsnCandidate]
     await spool.list_messages(limit, include_done) / get_message(queue_id)
     await spool.counts() -> {state: n};  await spool.reclaim() -> int;  await spool.close()
+  operator surface (issue 5; filters.py says what a MessageFilter selects):
+    await spool.hold_messages(f, now) / release_messages(f, now) / retry_messages(f, now)
+    await spool.bounce_messages(f, now, reply) / delete_messages(f, now)   -> recipients moved
+    await spool.list_page(f, limit, cursor) -> ([MessageView], next cursor | None)
+    await spool.domain_summary(now) -> [dict];  await spool.gauges() -> dict
 
 Invariants:
 - `enqueue` returns only after the commit point (see the package docstring);
@@ -26,6 +31,13 @@ Invariants:
   `open` fails with StorageError instead of corrupting the first.
 - Writes go through the writer task; reads use a separate reader connection
   that only ever sees committed rows.
+- Operator moves (index.OPERATOR_MOVES) never touch a leased recipient:
+  an attempt is in flight and its record decides; the count returned says
+  how many moved, and the operator repeats the action if needed. Each call
+  is one transaction in the group-commit writer, committed with
+  synchronous=NORMAL like any record (a power loss may undo it; a SIGKILL
+  cannot). A large selection is one transaction too: the writer (and so
+  every enqueue) waits for it: ~0.6 s to hold 100,000 recipients here.
 - Suppression (issue 4): `suppression` is a `mta.policy.suppression.
   SuppressionRules` (any object with its `suppresses_after_soft` /
   `expiry_for`; this layer cannot import policy). Address outcomes commit in
@@ -53,14 +65,15 @@ from mta.core.errors import StorageError
 from mta.core.ids import new_queue_id
 from mta.core.reply import Reply
 from mta.spool import index, reads
+from mta.spool.filters import MessageFilter
 from mta.spool.faults import storage_error
 from mta.spool.recovery import RecoveryReport, check_index_present, recover
 from mta.core.files import fsync_dir
 from mta.spool.segments import SEGMENT_MAX_BYTES, SegmentStore
 from mta.spool.suppressions import RulesLike, address_key
 from mta.spool.views import MessageView, SuppressionView
-from mta.spool.writer import (ASYNC, ENQUEUE, LEASE, RECLAIM, RECORD, RELEASE, AsyncReport,
-                              PendingMessage, SpoolStats, Writer)
+from mta.spool.writer import (ASYNC, ENQUEUE, LEASE, RECLAIM, RECORD, RELEASE, STEER,
+                              AsyncReport, PendingMessage, SpoolStats, SteerOp, Writer)
 
 log = logging.getLogger("mta.spool")
 
@@ -243,6 +256,42 @@ class Spool:
     async def reclaim(self) -> int:
         return await self._writer.submit(RECLAIM, None)
 
+    # -- operator moves (issue 5): recipients the filter selects, never leased ones ---
+
+    async def hold_messages(self, f: MessageFilter, now: float) -> int:
+        """queued → held: never leased, never expired, no delay warning,
+        until released. In-flight (leased) recipients are left alone."""
+        return await self._steer("hold", f, now)
+
+    async def release_messages(self, f: MessageFilter, now: float) -> int:
+        """held → queued, due at once (next_attempt = now)."""
+        return await self._steer("release", f, now)
+
+    async def retry_messages(self, f: MessageFilter, now: float) -> int:
+        """queued (not leased) → due at once (next_attempt = now)."""
+        return await self._steer("retry", f, now)
+
+    async def bounce_messages(self, f: MessageFilter, now: float, reply: Reply) -> int:
+        """queued/held → bounced with `reply` (a 5xx) and an attempts row
+        (state "bounced", remote_host "operator"). A DSN is owed as for any
+        bounce: `dsn_candidates` returns the message once it is done."""
+        if not reply.is_perm:
+            raise ValueError(f"an operator bounce needs a 5xx reply, not {reply}")
+        return await self._steer("bounce", f, now, str(reply))
+
+    async def delete_messages(self, f: MessageFilter, now: float) -> int:
+        """queued/held → deleted (attempts row "deleted"). No DSN: owed
+        failure DSNs of the touched messages (and of every message named in
+        `f.ids`) are cancelled, so once nothing is leased the message is done
+        and its body dead (reclaimable)."""
+        return await self._steer("delete", f, now)
+
+    async def _steer(self, action: str, f: MessageFilter, now: float,
+                     reply: str | None = None) -> int:
+        if not isinstance(f, MessageFilter):
+            raise TypeError(f"expected a MessageFilter, got {type(f).__name__}")
+        return await self._writer.submit(STEER, SteerOp(action, f, now, reply))
+
     # -- reads (reader connection: committed data only) -------------------------------
 
     async def next_due_at(self) -> float | None:
@@ -276,6 +325,34 @@ class Spool:
 
     async def counts(self) -> dict[str, int]:
         return await self._read(reads.counts(self._reader))
+
+    async def list_page(self, f: MessageFilter, limit: int,
+                        cursor: str | None = None) -> tuple[list[MessageView], str | None]:
+        """One page of messages matching `f`, in (received_at, id) order,
+        and the cursor of the next page (None on the last). A bad cursor is a
+        ValueError. Cost follows the page, not the queue (filters.py)."""
+        return await self._read(reads.list_page(self._reader, f, limit, cursor))
+
+    async def domain_summary(self, now: float) -> list[dict]:
+        """Per recipient domain over pending (queued/held) recipients:
+        domain, recipients, held, oldest_received_at, age_buckets
+        ({"5m": n, …, "1280m": n, "1280m+": n} by message age at `now`),
+        last_error (latest last_reply of a deferred recipient, or None).
+        Largest domains first."""
+        return await self._read(reads.domain_summary(self._reader, now))
+
+    async def gauges(self) -> dict:
+        """For every metrics scrape: {"recipients": {state: n for every
+        state}, "messages_pending": n, "oldest_pending_received_at": t|None,
+        "spool_bytes": size of the segment files holding live bodies,
+        "segments": how many}. Costs an index-only count of recipients by
+        state, a seek per live segment, and a stat per segment file."""
+        out = await self._read(reads.gauges(self._reader))
+        live = await self._read(reads.live_segments(self._reader))
+        sizes = await asyncio.to_thread(self._store.scan)
+        out["spool_bytes"] = sum(size for seg, size in sizes.items() if seg in live)
+        out["segments"] = len(sizes)
+        return out
 
     async def suppressed(self, address: str, scope: str | None, *,
                          now: float | None = None) -> SuppressionView | None:

@@ -8,7 +8,8 @@ then exits. Kinds: ENQUEUE (payload `PendingMessage`, result its queue id),
 LEASE ((now, limit) → list[QueuedRecipient]), RELEASE (list of (id, idx)),
 RECORD ((list of RecipientUpdate, list of AddressOutcome)), ASYNC
 (`AsyncReport` → bool: False when the recipient is unknown), RECLAIM
-(None → segments unlinked). Address outcomes (suppression, suppressions.py)
+(None → segments unlinked), STEER (`SteerOp` → recipients moved: the
+operator moves of filters.py). Address outcomes (suppression, suppressions.py)
 are applied in the same transaction as the recipient rows they came with.
 
 One batch = everything waiting when the writer wakes (up to MAX_BATCH ops
@@ -44,7 +45,7 @@ import aiosqlite
 
 from mta.core.envelope import AddressOutcome, QueuedRecipient, RecipientUpdate
 from mta.core.errors import StorageError
-from mta.spool import index
+from mta.spool import filters, index
 from mta.spool.suppressions import RulesLike, apply_outcomes
 from mta.spool.faults import storage_error
 from mta.spool.segments import BodyStore
@@ -52,7 +53,7 @@ from mta.spool.segments import BodyStore
 log = logging.getLogger("mta.spool")
 
 ENQUEUE, LEASE, RELEASE, RECORD, RECLAIM = "enqueue", "lease", "release", "record", "reclaim"
-ASYNC = "async"
+ASYNC, STEER = "async", "steer"
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 _STOP = object()
@@ -86,6 +87,15 @@ class AsyncReport:
     detail: str
     at: float
     outcomes: tuple[AddressOutcome, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SteerOp:
+    """An operator move (index.OPERATOR_MOVES) of the recipients a filter selects."""
+    action: str                 # hold | release | retry | bounce | delete
+    filter: filters.MessageFilter
+    now: float
+    reply: str | None = None    # bounce: the wire reply the DSN will quote
 
 
 @dataclass(slots=True)
@@ -252,6 +262,9 @@ class Writer:
                 await apply_outcomes(conn, outcomes, self._rules)
             known = {id(op): await self._record_async(op.payload, touched)
                      for op in others if op.kind == ASYNC}
+            for op in others:
+                if op.kind == STEER:
+                    known[id(op)] = await self._steer(op.payload, touched)
             if touched:
                 await conn.executemany(index.SQL_RECOMPUTE_FLAGS, [(mid,) for mid in touched])
             for op in others:
@@ -341,6 +354,52 @@ class Writer:
         if r.outcomes:
             await apply_outcomes(conn, r.outcomes, self._rules)
         return True
+
+    async def _steer(self, op: SteerOp, touched: set[str]) -> int:
+        """One operator move inside the batch's transaction. Targets are read
+        and updated in the same transaction (nothing else writes), and each
+        UPDATE re-checks state and lease anyway."""
+        conn = self._conn
+        froms, to = index.OPERATOR_MOVES[op.action]
+        sql, params = filters.targets_sql(op.filter, froms)
+        rows = await conn.execute_fetchall(sql, params)
+        if not rows and not (op.action == "delete" and op.filter.ids):
+            return 0
+        for mid, idx, old in rows:
+            index.check_transition(old, to)
+            log.debug("spool: %s/%d %s -> %s (operator %s)", mid, idx, old, to, op.action)
+        pairs = [(mid, idx) for mid, idx, _ in rows]
+        now = op.now
+        if op.action == "hold":
+            cur = await conn.executemany(index.SQL_OP_HOLD, [(now, *p) for p in pairs])
+        elif op.action == "release":
+            cur = await conn.executemany(index.SQL_OP_RELEASE, [(now, now, *p) for p in pairs])
+        elif op.action == "retry":
+            cur = await conn.executemany(index.SQL_OP_RETRY, [(now, now, *p) for p in pairs])
+        elif op.action == "bounce":
+            cur = await conn.executemany(index.SQL_OP_BOUNCE, [(op.reply, now, *p) for p in pairs])
+            await conn.executemany(index.SQL_INSERT_OPERATOR_ATTEMPT,
+                                   [(*p, now, to, op.reply) for p in pairs])
+        elif op.action == "delete":
+            cur = await conn.executemany(index.SQL_OP_DELETE, [(now, *p) for p in pairs])
+            await conn.executemany(index.SQL_INSERT_OPERATOR_ATTEMPT,
+                                   [(*p, now, to, None) for p in pairs])
+            # A deleted message owes nobody a DSN, not even for recipients
+            # that bounced before: that is what lets its body die now. Messages
+            # named by id lose their owed DSN even when nothing was pending.
+            dead = {m for m, _ in pairs} | set(op.filter.ids)
+            await conn.executemany(index.SQL_OP_CANCEL_DSN, [(mid,) for mid in dead])
+            touched.update(dead)
+        else:
+            raise ValueError(f"unknown operator action {op.action!r}")
+        if op.action == "bounce":
+            # hold/release/retry stay within the pending states, so done and
+            # body_live cannot change; bounce and delete can end a message.
+            touched.update(mid for mid, _ in pairs)
+        moved = cur.rowcount if pairs else 0
+        log.info("spool: operator %s: %d recipients %s -> %s", op.action, moved,
+                 "/".join(sorted(froms)), to)
+        return moved
 
     async def _lease(self, now: float, limit: int) -> list[QueuedRecipient]:
         rows = await self._conn.execute_fetchall(index.SQL_LEASE_SELECT, (now, limit))

@@ -35,6 +35,8 @@ def config_text(state_dir: Path, port: int, *, routes: dict | None = None, mode=
         f"smtp_port = {smtp_port}", extra_delivery,
         "[dns]", f"nameservers = {list(nameservers)!r}".replace("'", '"'), 'timeout = "2s"',
         "[policy]", f"require_verified_domain = {'true' if require_verified else 'false'}",
+        "[admin]", f'address = "127.0.0.1:{free_port()}"',
+        'token = "test-admin-token-0123456789"',
         "[routes]",
     ]
     for dom, hop in (routes or {}).items():

@@ -1,0 +1,207 @@
+"""A small synchronous client of the admin API, for the `mta` CLI.
+
+One job: one method per endpoint over urllib (stdlib only, so the CLI starts
+fast and needs no event loop), with errors a human can act on.
+
+Public API:
+    AdminClient(base_url, token, timeout=10.0)
+        health() readiness() metrics() openapi() queue_summary()
+        list_messages(state=, domain=, sender=, recipient=, limit=, cursor=)
+        iter_messages(..., page_size=) -> Iterator[dict]   follows next_cursor
+        get_message(id) message_body(id) message_action(id, action)
+        bulk_action(action, state=, domain=, sender=, recipient=, all=)
+        destination_action(name, action)
+    AdminClient.from_config(cfg)      address from [admin], token via read_token
+    AdminUnavailable                  the daemon cannot be reached (str() says where)
+    AdminError(status, code, message) the daemon answered with an error
+    base_url(address) -> str          "host:port" -> "http://host:port" (wildcards -> loopback)
+    token_path(state_dir), read_token(cfg) -> str | None
+
+Invariants: the token goes only into the Authorization header, never into
+an error message; every failure is one of the two exceptions above.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Iterator
+
+from mta.admin.token import load_token, token_path
+
+__all__ = ["AdminClient", "AdminUnavailable", "AdminError", "base_url", "token_path",
+           "read_token"]
+
+
+class AdminUnavailable(Exception):
+    """The daemon's admin API could not be reached."""
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{message} (HTTP {status} {code})")
+        self.status, self.code, self.message = status, code, message
+
+
+def base_url(address: str) -> str:
+    """The URL to reach a daemon listening on `address`; a wildcard bind
+    (0.0.0.0, ::) is reached over loopback."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def read_token(cfg: Any) -> str | None:
+    """`[admin] token`, else the content of state_dir/admin-token, else None.
+    PermissionError propagates (the caller tells the operator whom to run as)."""
+    if cfg.admin.token:
+        return cfg.admin.token
+    return load_token(cfg.server.state_dir)
+
+
+class AdminClient:
+    def __init__(self, base_url: str, token: str | None, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+        self.address = urllib.parse.urlsplit(self.base_url).netloc
+
+    def __repr__(self) -> str:              # never show the token
+        return f"AdminClient({self.base_url!r})"
+
+    @classmethod
+    def from_config(cls, cfg: Any, timeout: float = 10.0) -> "AdminClient":
+        return cls(base_url(cfg.admin.address), read_token(cfg), timeout)
+
+    # ------------------------------------------------------------ transport
+
+    def _request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
+                 body: dict[str, Any] | None = None, raw: bool = False) -> Any:
+        url = self.base_url + path
+        if query:
+            q = {k: v for k, v in query.items() if v is not None}
+            if q:
+                url += "?" + urllib.parse.urlencode(q)
+        data = None
+        headers = {"Accept": "application/json"}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with _OPENER.open(req, timeout=self.timeout) as resp:
+                payload = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise self._error(exc) from None
+        except urllib.error.URLError as exc:
+            raise self._unavailable(exc.reason) from None
+        except (TimeoutError, socket.timeout, ConnectionError) as exc:
+            raise self._unavailable(exc) from None
+        if raw:
+            return payload
+        try:
+            return json.loads(payload)
+        except ValueError:
+            raise AdminError(200, "invalid_response",
+                             f"the admin API at {self.address} sent a non-JSON answer") from None
+
+    def _unavailable(self, reason: Any) -> AdminUnavailable:
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            why = f"did not answer within {self.timeout:g}s"
+        elif isinstance(reason, ConnectionRefusedError):
+            why = "is not reachable (is mta running?)"
+        else:
+            detail = getattr(reason, "strerror", None) or reason
+            why = f"is not reachable ({detail}; is mta running?)"
+        return AdminUnavailable(f"the daemon's admin API at {self.address} {why}")
+
+    def _error(self, exc: urllib.error.HTTPError) -> AdminError:
+        try:
+            err = json.loads(exc.read())["error"]
+            code, message = str(err["code"]), str(err["message"])
+        except Exception:
+            code, message = f"http_{exc.code}", exc.reason or "error"
+        if exc.code == 401 and not self._token:
+            message = ("no admin token: set [admin] token in the config, or run as a user who "
+                       "can read state_dir/admin-token")
+        return AdminError(exc.code, code, message)
+
+    # ------------------------------------------------------------ endpoints
+
+    def health(self) -> dict:
+        return self._request("GET", "/healthz")
+
+    def readiness(self) -> dict:
+        """{"ready": bool, "reason"?}; a 503 is returned, not raised."""
+        try:
+            return self._request("GET", "/readyz")
+        except AdminError as exc:
+            if exc.status == 503:
+                return {"ready": False, "reason": exc.message}
+            raise
+
+    def metrics(self) -> str:
+        return self._request("GET", "/metrics", raw=True).decode()
+
+    def openapi(self) -> dict:
+        return self._request("GET", "/v1/openapi.json")
+
+    def queue_summary(self) -> list[dict]:
+        return self._request("GET", "/v1/queue/summary")["destinations"]
+
+    def list_messages(self, *, state: str | None = None, domain: str | None = None,
+                      sender: str | None = None, recipient: str | None = None,
+                      limit: int | None = None, cursor: str | None = None
+                      ) -> tuple[list[dict], str | None]:
+        page = self._request("GET", "/v1/messages", query={
+            "state": state, "domain": domain, "sender": sender, "recipient": recipient,
+            "limit": limit, "cursor": cursor})
+        return page["messages"], page["next_cursor"]
+
+    def iter_messages(self, *, page_size: int = 1000, **filters: Any) -> Iterator[dict]:
+        cursor = None
+        while True:
+            messages, cursor = self.list_messages(limit=page_size, cursor=cursor, **filters)
+            yield from messages
+            if not cursor:
+                return
+
+    def get_message(self, message_id: str) -> dict:
+        return self._request("GET", f"/v1/messages/{_seg(message_id)}")
+
+    def message_body(self, message_id: str) -> bytes:
+        return self._request("GET", f"/v1/messages/{_seg(message_id)}/body", raw=True)
+
+    def message_action(self, message_id: str, action: str) -> dict:
+        if action == "delete":
+            return self._request("DELETE", f"/v1/messages/{_seg(message_id)}")
+        return self._request("POST", f"/v1/messages/{_seg(message_id)}/{_seg(action)}")
+
+    def bulk_action(self, action: str, *, state: str | None = None, domain: str | None = None,
+                    sender: str | None = None, recipient: str | None = None,
+                    all: bool = False) -> dict:
+        body = {k: v for k, v in (("state", state), ("domain", domain), ("sender", sender),
+                                  ("recipient", recipient)) if v is not None}
+        if all:
+            body["all"] = True
+        return self._request("POST", f"/v1/messages/{_seg(action)}", body=body)
+
+    def destination_action(self, name: str, action: str) -> dict:
+        return self._request("POST", f"/v1/destinations/{_seg(name)}/{_seg(action)}")
+
+
+# No proxies: the admin API is the local daemon, whatever http_proxy says.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _seg(value: str) -> str:
+    return urllib.parse.quote(value, safe="")

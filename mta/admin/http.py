@@ -1,0 +1,404 @@
+"""The admin HTTP API (aiohttp): health, metrics, queue inspection and actions.
+
+One job: turn HTTP requests into calls on an `AdminBackend` and its answers
+(or exceptions) into JSON responses. No queue logic lives here.
+
+Public API:
+    create_app(backend, *, token, metrics_require_token) -> web.Application
+    AdminServer(cfg, backend, token)   .start() binds cfg.address (port 0 ok),
+                                       .sockname, .url, .stop()
+    ROUTES                             (method, path) of every route, in order
+
+Routes (all JSON unless noted; /v1/openapi.json describes them in full):
+    GET  /healthz  /readyz (503 + reason)  /metrics (Prometheus text)
+    GET  /v1/openapi.json  /v1/queue/summary
+    GET  /v1/messages?state=&domain=&sender=&recipient=&limit=&cursor=
+    GET  /v1/messages/{id}   /v1/messages/{id}/body (message/rfc822)
+    POST /v1/messages/{id}/hold|release|retry|bounce   DELETE /v1/messages/{id}
+    POST /v1/messages/hold|release|retry|bounce|delete   (bulk; JSON filter body)
+    POST /v1/destinations/{name}/suspend|resume|flush
+
+Invariants:
+- Every route except /healthz and /metrics (unless metrics_require_token)
+  needs `Authorization: Bearer <token>`, compared in constant time; a miss is
+  401 with `WWW-Authenticate: Bearer`. Unknown paths are 401 before 404, so
+  an unauthenticated client learns nothing about the route table.
+- Every error is `{"error": {"code", "message"}}` with its status: 400 bad
+  parameter/filter/body, 401, 404 unknown message or route, 405 (with Allow),
+  409 action refused, 413 body too large, 500 generic (traceback logged),
+  503 not ready.
+- The token and request headers are never logged; the access log is ours
+  (DEBUG, method path status ms), not aiohttp's.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from mta.admin.backend import (DESTINATION_ACTIONS, MESSAGE_ACTIONS, MESSAGE_STATES,
+                               ActionRefused, AdminBackend)
+from mta.core.address import AddressError, parse_address, parse_domain
+
+__all__ = ["create_app", "AdminServer", "ROUTES", "DEFAULT_LIMIT", "MAX_LIMIT"]
+
+log = logging.getLogger("mta.admin")
+access_log = logging.getLogger("mta.admin.access")
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_BODY = 64 * 1024            # a bulk filter is a few hundred bytes
+LIST_PARAMS = ("state", "domain", "sender", "recipient", "limit", "cursor")
+FILTER_KEYS = ("state", "domain", "sender", "recipient")
+_OPEN_PATHS = web.AppKey("open_paths", frozenset)
+_TOKEN = web.AppKey("token", bytes)
+
+ITEM_ACTIONS = ("hold", "release", "retry", "bounce")   # POST /v1/messages/{id}/<action>
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+def _error_response(status: int, code: str, message: str,
+                    headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status,
+                             headers=headers)
+
+
+# ---------------------------------------------------------------- middleware
+
+def _check_token(request: web.Request) -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if not header:
+        raise ApiError(401, "unauthorized", "this endpoint needs an Authorization: Bearer token",
+                       {"WWW-Authenticate": 'Bearer realm="mta"'})
+    expected = request.app[_TOKEN]
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise ApiError(401, "unauthorized", "the bearer token is not valid",
+                       {"WWW-Authenticate": 'Bearer realm="mta", error="invalid_token"'})
+
+
+@web.middleware
+async def _guard(request: web.Request,
+                 handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    started = time.monotonic()
+    try:
+        if request.path not in request.app[_OPEN_PATHS]:
+            _check_token(request)
+        response = await handler(request)
+    except ApiError as exc:
+        response = _error_response(exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _http_exception_response(exc)
+    except Exception:
+        # The traceback goes to the log, never to the client; no headers logged.
+        log.exception("event=admin_error method=%s path=%s", request.method, request.path)
+        response = _error_response(500, "internal", "internal error (see the daemon's log)")
+    access_log.debug("method=%s path=%s status=%d ms=%.1f", request.method, request.path,
+                     response.status, (time.monotonic() - started) * 1000)
+    return response
+
+
+def _http_exception_response(exc: web.HTTPException) -> web.Response:
+    if exc.status == 404:
+        return _error_response(404, "not_found", "no such endpoint")
+    if exc.status == 405:
+        allow = exc.headers.get("Allow", "")
+        return _error_response(405, "method_not_allowed", f"method not allowed (allowed: {allow})",
+                               {"Allow": allow})
+    if exc.status == 413:
+        return _error_response(413, "too_large", "request body too large")
+    code = (exc.reason or "error").lower().replace(" ", "_")
+    return _error_response(exc.status, code, exc.reason or "error")
+
+
+# ------------------------------------------------------------ validation
+
+def _one(values: list[str], name: str) -> str:
+    if len(values) > 1:
+        raise ApiError(400, "invalid_parameter", f"parameter {name!r} given more than once")
+    return values[0]
+
+
+def _check_state(value: Any, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value not in MESSAGE_STATES:
+        raise ApiError(400, "invalid_filter", f"{where} must be one of {', '.join(MESSAGE_STATES)}")
+    return value
+
+
+def _check_domain(value: Any, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_filter", f"{where} must be a string")
+    try:
+        return parse_domain(value)
+    except AddressError as exc:
+        raise ApiError(400, "invalid_filter", f"{where}: {exc}") from None
+
+
+def _check_address(value: Any, where: str, *, allow_null: bool) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_filter", f"{where} must be a string")
+    try:
+        return str(parse_address(value, allow_null=allow_null))
+    except AddressError as exc:
+        raise ApiError(400, "invalid_filter", f"{where}: {exc}") from None
+
+
+def _filters(get: Callable[[str], Any]) -> dict[str, str | None]:
+    return {"state": _check_state(get("state"), "state"),
+            "domain": _check_domain(get("domain"), "domain"),
+            # "<>" selects bounces/DSNs (the null sender), passed on as "".
+            "sender": _check_address(get("sender"), "sender", allow_null=True),
+            "recipient": _check_address(get("recipient"), "recipient", allow_null=False)}
+
+
+def _list_params(request: web.Request) -> dict[str, Any]:
+    query = request.query
+    unknown = sorted(set(query) - set(LIST_PARAMS))
+    if unknown:
+        raise ApiError(400, "invalid_parameter",
+                       f"unknown query parameter {unknown[0]!r} (known: {', '.join(LIST_PARAMS)})")
+    params = {k: _one(query.getall(k), k) for k in query}
+    out: dict[str, Any] = _filters(params.get)
+    raw_limit = params.get("limit") or ""
+    if raw_limit == "":
+        limit = DEFAULT_LIMIT
+    elif raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_LIMIT:
+        limit = int(raw_limit)
+    else:
+        raise ApiError(400, "invalid_parameter", f"limit must be an integer from 1 to {MAX_LIMIT}")
+    out["limit"] = limit
+    out["cursor"] = params.get("cursor") or None
+    return out
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_body", "the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "the request body must be a JSON object")
+    return body
+
+
+# --------------------------------------------------------------- handlers
+
+class _Handlers:
+    def __init__(self, backend: AdminBackend, openapi: dict[str, Any]):
+        self.b = backend
+        self.openapi = openapi
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        await self.b.health()
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, reason = await self.b.readiness()
+        if ready:
+            return web.json_response({"ready": True})
+        reason = reason or "not ready"
+        return web.json_response({"ready": False, "reason": reason,
+                                  "error": {"code": "not_ready", "message": reason}}, status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = await self.b.metrics()
+        # content_type carries parameters (version, charset): set the raw header.
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def openapi_doc(self, request: web.Request) -> web.Response:
+        return web.json_response(self.openapi)
+
+    async def queue_summary(self, request: web.Request) -> web.Response:
+        return web.json_response({"destinations": await self.b.queue_summary()})
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        params = _list_params(request)
+        try:
+            messages, next_cursor = await self.b.list_messages(**params)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_cursor", f"cursor is not valid: {exc}") from None
+        return web.json_response({"messages": messages, "next_cursor": next_cursor})
+
+    async def get_message(self, request: web.Request) -> web.Response:
+        mid = request.match_info["id"]
+        message = await self.b.get_message(mid)
+        if message is None:
+            raise _unknown_message(mid)
+        return web.json_response(message)
+
+    async def message_body(self, request: web.Request) -> web.Response:
+        mid = request.match_info["id"]
+        body = await self.b.message_body(mid)
+        if body is None:
+            raise _unknown_message(mid)
+        return web.Response(body=body, content_type="message/rfc822")
+
+    def message_action(self, action: str):
+        async def handler(request: web.Request) -> web.Response:
+            mid = request.match_info["id"]
+            try:
+                result = await self.b.message_action(mid, action)
+            except KeyError:
+                raise _unknown_message(mid) from None
+            except ActionRefused as exc:
+                raise ApiError(409, "conflict", str(exc) or f"cannot {action} {mid} now") from None
+            return web.json_response(result)
+        handler.__name__ = f"message_{action}"
+        return handler
+
+    def bulk_action(self, action: str):
+        async def handler(request: web.Request) -> web.Response:
+            body = await _json_body(request)
+            unknown = sorted(set(body) - set(FILTER_KEYS) - {"all"})
+            if unknown:
+                raise ApiError(400, "invalid_filter", f"unknown filter key {unknown[0]!r} "
+                               f"(known: {', '.join(FILTER_KEYS)}, all)")
+            everything = body.get("all", False)
+            if not isinstance(everything, bool):
+                raise ApiError(400, "invalid_filter", "\"all\" must be true or false")
+            filters = _filters(body.get)
+            if not everything and all(v is None for v in filters.values()):
+                raise ApiError(400, "empty_filter", f"refusing to {action} every message: give "
+                               "a filter (state, domain, sender, recipient) or \"all\": true")
+            try:
+                result = await self.b.bulk_action(action, all=everything, **filters)
+            except ActionRefused as exc:
+                raise ApiError(409, "conflict", str(exc) or f"cannot {action} now") from None
+            return web.json_response(result)
+        handler.__name__ = f"bulk_{action}"
+        return handler
+
+    def destination_action(self, action: str):
+        async def handler(request: web.Request) -> web.Response:
+            name = request.match_info["name"]
+            try:
+                result = await self.b.destination_action(name, action)
+            except KeyError:
+                raise ApiError(404, "not_found", f"no destination {name!r}") from None
+            except ActionRefused as exc:
+                raise ApiError(409, "conflict", str(exc) or f"cannot {action} {name} now") from None
+            return web.json_response(result)
+        handler.__name__ = f"destination_{action}"
+        return handler
+
+
+def _unknown_message(mid: str) -> ApiError:
+    return ApiError(404, "not_found", f"no message {mid!r} in the queue")
+
+
+def _route_table(h: _Handlers) -> list[tuple[str, str, Callable]]:
+    routes: list[tuple[str, str, Callable]] = [
+        ("GET", "/healthz", h.healthz),
+        ("GET", "/readyz", h.readyz),
+        ("GET", "/metrics", h.metrics),
+        ("GET", "/v1/openapi.json", h.openapi_doc),
+        ("GET", "/v1/queue/summary", h.queue_summary),
+        ("GET", "/v1/messages", h.list_messages),
+    ]
+    # Bulk routes before "/v1/messages/{id}" so "hold" is never read as an id.
+    routes += [("POST", f"/v1/messages/{a}", h.bulk_action(a)) for a in MESSAGE_ACTIONS]
+    routes += [
+        ("GET", "/v1/messages/{id}", h.get_message),
+        ("DELETE", "/v1/messages/{id}", h.message_action("delete")),
+        ("GET", "/v1/messages/{id}/body", h.message_body),
+    ]
+    routes += [("POST", f"/v1/messages/{{id}}/{a}", h.message_action(a)) for a in ITEM_ACTIONS]
+    routes += [("POST", f"/v1/destinations/{{name}}/{a}", h.destination_action(a))
+               for a in DESTINATION_ACTIONS]
+    return routes
+
+
+ROUTES: tuple[tuple[str, str], ...] = tuple(
+    (m, p) for m, p, _ in _route_table(_Handlers(None, {})))  # type: ignore[arg-type]
+
+
+def create_app(backend: AdminBackend, *, token: str,
+               metrics_require_token: bool = False) -> web.Application:
+    """The admin application. `token` must be non-empty: there is no open mode."""
+    if not token:
+        raise ValueError("the admin API needs a non-empty token")
+    from mta.admin.openapi import openapi_document
+    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
+    app[_TOKEN] = token.encode()
+    open_paths = {"/healthz"} if metrics_require_token else {"/healthz", "/metrics"}
+    app[_OPEN_PATHS] = frozenset(open_paths)
+    handlers = _Handlers(backend, openapi_document())
+    for method, path, handler in _route_table(handlers):
+        app.router.add_route(method, path, handler)
+    return app
+
+
+def _split_hostport(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class AdminServer:
+    """Serves `create_app` on `cfg.address` ("host:port"; port 0 picks one).
+
+    `cfg` is the `[admin]` section (AdminConfig): address and
+    metrics_require_token are read from it; `token` is passed separately
+    because it may come from state_dir/admin-token rather than the config.
+    """
+
+    def __init__(self, cfg: Any, backend: AdminBackend, token: str):
+        self.cfg = cfg
+        require = bool(getattr(cfg, "metrics_require_token", False))
+        self.app = create_app(backend, token=token, metrics_require_token=require)
+        self._runner: web.AppRunner | None = None
+        self.sockname: tuple[str, int] | None = None
+
+    def __repr__(self) -> str:              # never show the token
+        return f"AdminServer(address={self.cfg.address!r}, sockname={self.sockname!r})"
+
+    @property
+    def url(self) -> str:
+        if self.sockname is None:
+            raise RuntimeError("AdminServer is not started")
+        host, port = self.sockname[0], self.sockname[1]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        host, port = _split_hostport(self.cfg.address)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        addresses = runner.addresses      # getsockname() of every bound socket
+        self.sockname = (addresses[0][0], addresses[0][1]) if addresses else (host, port)
+        log.info("event=admin_listening address=%s:%d", self.sockname[0], self.sockname[1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()

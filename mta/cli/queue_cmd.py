@@ -1,0 +1,291 @@
+"""`mta queue …`: inspect and steer the running daemon's queue.
+
+One job: parse `queue` subcommands, call the daemon's admin API through
+`mta.admin.client.AdminClient`, print tables (like mailq, qshape, postcat)
+or, with --json, the API's JSON as it is.
+
+Public API:
+    register(subparsers, config_parent)   adds `queue list|summary|show|hold|release|
+                                          retry|bounce|delete`
+    run(cfg, args) -> exit code
+    connect(cfg) -> AdminClient           shared with destination_cmd
+    fail_admin(exc) -> exit code          prints an admin error the house way
+
+Commands (all accept --config and --json):
+    queue list [--state S] [--domain D] [--sender S] [--recipient R] [--limit N] [--all]
+        messages not yet done (--all: every message still in the index),
+        in arrival order; pages through the API; --limit 0 lists everything
+    queue summary                  destinations × age buckets, like qshape
+    queue show ID [--body]         envelope, recipients, attempts, like postcat;
+                                   --body prints the message exactly as queued
+    queue hold|release|retry|bounce|delete ID…
+    queue hold|release|retry|bounce|delete --all [filters] | filters
+                                   the action on every matching message; --all
+                                   with no filter means every message
+Exit codes: 0 ok, 1 failure (daemon unreachable, unknown id, refused), 2 usage.
+The daemon's address and token come from the config ([admin] address, token
+or state_dir/admin-token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from mta.admin.backend import AGE_BUCKETS, MESSAGE_ACTIONS, MESSAGE_STATES
+from mta.admin.client import AdminClient, AdminError, AdminUnavailable, token_path
+
+__all__ = ["register", "run", "connect", "fail_admin"]
+
+_PAST = {"hold": "held", "release": "released", "retry": "scheduled for retry now",
+         "bounce": "bounced", "delete": "deleted"}
+_HELP = {"hold": "stop delivering messages until released",
+         "release": "release held messages",
+         "retry": "make queued recipients due now",
+         "bounce": "bounce queued recipients (senders get a DSN)",
+         "delete": "delete messages (no DSN)"}
+
+
+def _filter_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", choices=MESSAGE_STATES, metavar="S",
+                   help="active (default for list: not yet done), all, queued, deferred, "
+                        "held, delivered, bounced, expired, suppressed")
+    p.add_argument("--domain", metavar="D", help="a recipient's domain")
+    p.add_argument("--sender", metavar="S", help="envelope sender (\"<>\" for bounces)")
+    p.add_argument("--recipient", metavar="R", help="a recipient address")
+
+
+def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
+    queue = subparsers.add_parser("queue", parents=[config_parent],
+                                  help="inspect and steer the running daemon's queue")
+    qsub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    ql = qsub.add_parser("list", parents=[config_parent], help="queued messages (like mailq)")
+    _filter_args(ql)
+    ql.add_argument("--all", action="store_true",
+                    help="include finished messages (same as --state all)")
+    ql.add_argument("--limit", type=int, default=1000, metavar="N",
+                    help="show at most N messages (default 1000; 0: no limit)")
+    ql.add_argument("--json", action="store_true")
+
+    qs = qsub.add_parser("summary", parents=[config_parent],
+                         help="destinations × age buckets (like qshape)")
+    qs.add_argument("--json", action="store_true")
+
+    qshow = qsub.add_parser("show", parents=[config_parent],
+                            help="one message: envelope, recipients, attempts (like postcat)")
+    qshow.add_argument("id")
+    qshow.add_argument("--body", action="store_true",
+                       help="print the message itself, exactly as queued")
+    qshow.add_argument("--json", action="store_true")
+
+    for action in MESSAGE_ACTIONS:
+        a = qsub.add_parser(action, parents=[config_parent], help=_HELP[action])
+        a.add_argument("ids", nargs="*", metavar="ID")
+        a.add_argument("--all", action="store_true",
+                       help="every message matching the filters (every message if none)")
+        _filter_args(a)
+        a.add_argument("--json", action="store_true")
+
+
+def connect(cfg: Any) -> AdminClient:
+    try:
+        return AdminClient.from_config(cfg)
+    except PermissionError:
+        raise AdminUnavailable(
+            f"cannot read the admin token at {token_path(cfg.server.state_dir)} (permission "
+            f"denied): run as the mta user or root, or set [admin] token") from None
+
+
+def fail_admin(exc: AdminUnavailable | AdminError) -> int:
+    msg = exc.message if isinstance(exc, AdminError) else str(exc)
+    print(f"mta: {msg}", file=sys.stderr)
+    return 1
+
+
+def _dump(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def run(cfg, args) -> int:
+    try:
+        client = connect(cfg)
+        if args.action == "list":
+            return _list(client, args)
+        if args.action == "summary":
+            return _summary(client, args)
+        if args.action == "show":
+            return _show(client, args)
+        return _act(client, args)
+    except (AdminUnavailable, AdminError) as exc:
+        return fail_admin(exc)
+
+
+# ------------------------------------------------------------------ list
+
+def _t(t: float | None) -> str:
+    return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
+
+
+def _list(client: AdminClient, args) -> int:
+    if args.limit < 0:
+        print("mta: --limit must be 0 (no limit) or more", file=sys.stderr)
+        return 2
+    state = args.state or ("all" if args.all else None)
+    filters = {"state": state, "domain": args.domain, "sender": args.sender,
+               "recipient": args.recipient}
+    rows: list[dict] = []
+    cursor = None
+    while True:
+        want = min(args.limit - len(rows), 1000) if args.limit else 1000
+        page, cursor = client.list_messages(limit=want, cursor=cursor, **filters)
+        rows.extend(page)
+        if not cursor or (args.limit and len(rows) >= args.limit):
+            break
+    more = bool(cursor)
+    if args.json:
+        _dump(rows)
+        return 0
+    if not rows:
+        print("Mail queue is empty" if not any(filters.values()) else "No matching messages")
+        return 0
+    for m in rows:
+        flags = "".join(f"  ({f})" for f, on in (("DSN", m.get("is_dsn")), ("held", m.get("held")))
+                        if on)
+        print(f"{m['id']}  {m.get('size', 0):>8}  {_t(m.get('received_at'))}  "
+              f"<{m.get('sender', '')}>{flags}")
+        for r in m.get("recipients", []):
+            extra = f"next {_t(r.get('next_attempt'))}" if r.get("state") == "queued" else ""
+            print(f"    {r['state']:<9} {r['address']}  attempts={r.get('attempts', 0)} {extra}"
+                  .rstrip())
+            if r.get("last_reply"):
+                print(f"              ({r['last_reply']})")
+    tail = " (more may match: raise --limit, or --limit 0 for all)" if more else ""
+    print(f"-- {len(rows)} message(s){tail}")
+    return 0
+
+
+# --------------------------------------------------------------- summary
+
+def _summary(client: AdminClient, args) -> int:
+    rows = client.queue_summary()
+    if args.json:
+        _dump(rows)
+        return 0
+    if not rows:
+        print("Mail queue is empty")
+        return 0
+    width = min(max([len("DESTINATION"), *(len(r["destination"]) for r in rows)]), 48)
+    header = f"{'DESTINATION':<{width}}  {'STATE':<9} {'TOTAL':>6} {'HELD':>5}" + "".join(
+        f" {b:>6}" for b in AGE_BUCKETS)
+
+    def line(name: str, state: str, total: int, held: int, buckets: dict) -> str:
+        return (f"{name[:width]:<{width}}  {state:<9} {total:>6} {held:>5}"
+                + "".join(f" {buckets.get(b, 0):>6}" for b in AGE_BUCKETS))
+
+    print(header)
+    totals = {b: sum(r.get("age_buckets", {}).get(b, 0) for r in rows) for b in AGE_BUCKETS}
+    print(line("TOTAL", "", sum(r.get("recipients", 0) for r in rows),
+               sum(r.get("held", 0) for r in rows), totals))
+    for r in rows:
+        print(line(r["destination"], r.get("state", ""), r.get("recipients", 0),
+                   r.get("held", 0), r.get("age_buckets", {})))
+    errors = [r for r in rows if r.get("last_error")]
+    if errors:
+        print()
+        for r in errors:
+            print(f"{r['destination']}: {r['last_error']}")
+    return 0
+
+
+# ------------------------------------------------------------------ show
+
+def _show(client: AdminClient, args) -> int:
+    if args.body and not args.json:
+        body = client.message_body(args.id)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(body)
+        sys.stdout.buffer.flush()
+        return 0
+    m = client.get_message(args.id)
+    if args.json:
+        if args.body:
+            # JSON holds text: a non-UTF-8 (8bit) body is shown with U+FFFD;
+            # `show ID --body` without --json gives the exact bytes.
+            m = {**m, "body": client.message_body(args.id).decode("utf-8", "replace")}
+        _dump(m)
+        return 0
+    flags = [f for f, on in (("dsn", m.get("is_dsn")), ("held", m.get("held")),
+                             ("done", m.get("done"))) if on]
+    print("*** ENVELOPE ***")
+    print(f"id:        {m['id']}")
+    print(f"received:  {_t(m.get('received_at'))}")
+    print(f"sender:    <{m.get('sender', '')}>")
+    print(f"size:      {m.get('size', 0)}")
+    if flags:
+        print(f"flags:     {' '.join(flags)}")
+    print("*** RECIPIENTS ***")
+    for r in m.get("recipients", []):
+        extra = f"  next {_t(r.get('next_attempt'))}" if r.get("state") == "queued" else ""
+        print(f"{r['state']:<10} {r['address']}  attempts={r.get('attempts', 0)}{extra}")
+        if r.get("last_reply"):
+            remote = f"  ({r['last_remote']})" if r.get("last_remote") else ""
+            print(f"{'':<10} last: {r['last_reply']}{remote}")
+    attempts = m.get("attempts", [])
+    print("*** ATTEMPTS ***")
+    if not attempts:
+        print("(none)")
+    for a in attempts:
+        host = a.get("remote_host") or "-"
+        ip = f" [{a['remote_ip']}]" if a.get("remote_ip") else ""
+        tls = f" tls={a['tls']}" if a.get("tls") else ""
+        print(f"{_t(a.get('at'))}  {a.get('recipient', '')}  {a.get('state', '')}  "
+              f"{a.get('duration', 0):.1f}s  {host}{ip}{tls}")
+        if a.get("reply"):
+            print(f"{'':<22}{a['reply']}")
+    print("*** END ***")
+    return 0
+
+
+# --------------------------------------------------------------- actions
+
+def _act(client: AdminClient, args) -> int:
+    action = args.action
+    filters = {"state": args.state, "domain": args.domain, "sender": args.sender,
+               "recipient": args.recipient}
+    has_filter = any(v is not None for v in filters.values())
+    if args.ids and (args.all or has_filter):
+        print(f"mta: queue {action}: give IDs or --all/filters, not both", file=sys.stderr)
+        return 2
+    if not args.ids and not args.all and not has_filter:
+        print(f"mta: queue {action}: give message IDs, or --all (with optional filters)",
+              file=sys.stderr)
+        return 2
+    if not args.ids:
+        result = client.bulk_action(action, all=args.all, **filters)
+        if args.json:
+            _dump(result)
+        else:
+            n = result.get("messages")
+            where = f" in {n} message(s)" if n is not None else ""
+            print(f"{_PAST[action]}: {result.get('affected', 0)} recipient(s){where}")
+        return 0
+    results, rc = [], 0
+    for mid in args.ids:
+        try:
+            result = client.message_action(mid, action)
+        except AdminError as exc:
+            if exc.status not in (404, 409):
+                raise
+            print(f"mta: {mid}: {exc.message}", file=sys.stderr)
+            rc = 1
+            continue
+        results.append(result)
+        if not args.json:
+            print(f"{mid}: {_PAST[action]} ({result.get('affected', 0)} recipient(s))")
+    if args.json:
+        _dump(results)
+    return rc

@@ -1,0 +1,85 @@
+"""The observation seam: what the daemon tells whoever is counting.
+
+One job: name the events an operator wants counted (sessions, messages
+received, AUTH failures, recipient outcomes, delivery attempts, DKIM
+signatures, inbound bounces) as methods of one class whose default does
+nothing. Parts that produce the events take an `observer: Observer`
+keyword defaulting to `Observer()`, so nothing changes for callers that do
+not count; `mta.admin.metrics.Metrics` is the Prometheus implementation.
+
+API (every method returns None and must not raise, block or await)
+    session_opened(listener) / session_closed(listener)
+        one pair per SMTP connection on listener `listener` (its config name)
+    message_received(listener, result)
+        one per message transaction that got a final answer:
+        result "accepted" (2xx after the spool committed it), "rejected"
+        (5xx at DATA, or a policy refusal of the sender at MAIL FROM),
+        "tempfail" (4xx at DATA, including an exception → 451)
+    auth_failure(listener)          a failed credential check
+    recipient_outcome(outcome, klass="")
+        one per recipient update recorded in the spool: outcome "delivered",
+        "deferred", "bounced" (klass "hard" | "soft"), "expired",
+        "suppressed" (accepted but on the suppression list)
+    attempt_finished(seconds, destination_kind, result)
+        one per delivery batch (one connection attempt to a destination):
+        its wall duration, Destination.kind ("mx" | "route" | "sandbox") and
+        the DestinationHealth value ("ok" | "down" | "throttling")
+    dkim_signed(seconds)            one per signed message (may be called
+                                    from a worker thread)
+    bounce_received(kind)           one per report that arrived by mail:
+        "bounce" | "complaint" | "bad_token" | "unmatched" | "not_a_failure"
+
+Invariants
+  * Stdlib only (DESIGN §2): the core never knows Prometheus exists.
+  * Observers are told after the fact they report (a message is "accepted"
+    only once enqueue returned, an outcome only once it was recorded), and
+    their failures are theirs: callers do not guard the calls.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Observer", "result_of", "MESSAGE_RESULTS", "RECIPIENT_OUTCOMES", "ATTEMPT_RESULTS",
+           "BOUNCE_KINDS"]
+
+MESSAGE_RESULTS = ("accepted", "rejected", "tempfail")
+RECIPIENT_OUTCOMES = ("delivered", "deferred", "bounced", "expired", "suppressed")
+ATTEMPT_RESULTS = ("ok", "down", "throttling")
+BOUNCE_KINDS = ("bounce", "complaint", "bad_token", "unmatched", "not_a_failure")
+
+
+class Observer:
+    """Counts nothing. Subclass and override what you count."""
+
+    def session_opened(self, listener: str) -> None:
+        pass
+
+    def session_closed(self, listener: str) -> None:
+        pass
+
+    def message_received(self, listener: str, result: str) -> None:
+        pass
+
+    def auth_failure(self, listener: str) -> None:
+        pass
+
+    def recipient_outcome(self, outcome: str, klass: str = "") -> None:
+        pass
+
+    def attempt_finished(self, seconds: float, destination_kind: str, result: str) -> None:
+        pass
+
+    def dkim_signed(self, seconds: float) -> None:
+        pass
+
+    def bounce_received(self, kind: str) -> None:
+        pass
+
+
+def result_of(reply: str) -> str:
+    """The `message_received` result for a final DATA (or MAIL) reply line."""
+    head = reply[:1]
+    if head == "2":
+        return "accepted"
+    if head == "4":
+        return "tempfail"
+    return "rejected"

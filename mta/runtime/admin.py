@@ -1,0 +1,164 @@
+"""The admin API's view of the running daemon (implements
+`mta.admin.backend.AdminBackend`).
+
+One job: answer the HTTP API from the live parts — spool (messages,
+operations), queue runner and scheduler (destinations), metrics — mapping
+recipient domains to destinations the way delivery does (routes, MX).
+
+Invariants: every operation goes through the spool's writer (group commit)
+or the runner; nothing here touches SQLite or files itself. Operations on
+recipients in flight leave them alone (the attempt's outcome wins).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mta.core import Reply
+from mta.policy.routing import destination_for
+from mta.spool import MessageFilter
+
+OPERATOR_BOUNCE = Reply(550, "5.0.0", "Message bounced by the mail system administrator")
+BUCKETS = ("5m", "10m", "20m", "40m", "80m", "160m", "320m", "640m", "1280m", "1280m+")
+
+
+class RuntimeAdmin:
+    def __init__(self, daemon):
+        self.d = daemon
+
+    # ---- health ----------------------------------------------------------
+    async def health(self) -> None:
+        return None
+
+    async def readiness(self) -> tuple[bool, str]:
+        d = self.d
+        if not d.ready:
+            return False, "starting: recovery or listeners not done yet"
+        if d.stopping:
+            return False, "stopping"
+        spool_dir = os.path.join(d.cfg.server.state_dir, "spool")
+        if not os.access(spool_dir, os.W_OK):
+            return False, f"spool directory {spool_dir} is not writable"
+        try:
+            await d.spool.counts()
+        except Exception as exc:
+            return False, f"queue index not reachable: {exc}"
+        return True, "ok"
+
+    # ---- queue -----------------------------------------------------------
+    def _destination(self, domain: str) -> str:
+        cfg = self.d.cfg
+        return destination_for(domain, cfg.routes, sandbox=cfg.server.mode == "sandbox",
+                               mx_port=cfg.delivery.smtp_port).name
+
+    async def queue_summary(self) -> list[dict]:
+        now = self.d.clock.now()
+        states = self.d.runner.scheduler.destination_states()
+        out: dict[str, dict[str, Any]] = {}
+        for row in await self.d.spool.domain_summary(now):
+            name = self._destination(row["domain"])
+            agg = out.setdefault(name, {"destination": name, "recipients": 0, "held": 0,
+                                        "oldest_age": 0.0, "age_buckets": dict.fromkeys(BUCKETS, 0),
+                                        "last_error": "", "domains": []})
+            agg["recipients"] += row["recipients"]
+            agg["held"] += row.get("held", 0)
+            agg["domains"].append(row["domain"])
+            if row.get("oldest_received_at"):
+                agg["oldest_age"] = max(agg["oldest_age"], now - row["oldest_received_at"])
+            for k, v in row.get("age_buckets", {}).items():
+                agg["age_buckets"][k] = agg["age_buckets"].get(k, 0) + v
+            agg["last_error"] = agg["last_error"] or row.get("last_error") or ""
+        for name in states:
+            out.setdefault(name, {"destination": name, "recipients": 0, "held": 0,
+                                  "oldest_age": 0.0, "age_buckets": dict.fromkeys(BUCKETS, 0),
+                                  "last_error": "", "domains": []})
+        for name, agg in out.items():
+            agg["state"] = _state(states.get(name))
+        return sorted(out.values(), key=lambda a: (-a["recipients"], a["destination"]))
+
+    async def list_messages(self, *, state=None, domain=None, sender=None, recipient=None,
+                            limit: int = 100, cursor: str | None = None):
+        # API states: "active" (default: not finished), "all", or a recipient state.
+        spool_state = None if state in (None, "active", "all") else state
+        f = MessageFilter(state=spool_state, domain=domain, sender=sender, recipient=recipient,
+                          include_done=state not in (None, "active"))
+        views, nxt = await self.d.spool.list_page(f, limit, cursor)
+        return [v.to_dict() for v in views], nxt
+
+    async def get_message(self, message_id: str) -> dict | None:
+        v = await self.d.spool.get_message(message_id)
+        return None if v is None else v.to_dict()
+
+    async def message_body(self, message_id: str) -> bytes | None:
+        try:
+            return await self.d.spool.read_body(message_id)
+        except KeyError:
+            return None
+
+    async def message_action(self, message_id: str, action: str) -> dict:
+        if await self.d.spool.get_message(message_id) is None:
+            raise KeyError(message_id)
+        n = await self._apply(action, MessageFilter(ids=(message_id,), include_done=True))
+        return {"id": message_id, "action": action, "affected": n}
+
+    async def bulk_action(self, action: str, *, state=None, domain=None, sender=None,
+                          recipient=None, all: bool = False) -> dict:
+        spool_state = None if state in (None, "active", "all") else state
+        f = MessageFilter(state=spool_state, domain=domain, sender=sender, recipient=recipient,
+                          include_done=state not in (None, "active"))
+        return {"action": action, "affected": await self._apply(action, f)}
+
+    async def _apply(self, action: str, f: MessageFilter) -> int:
+        spool, now, runner = self.d.spool, self.d.clock.now(), self.d.runner
+        if action == "hold":
+            return await spool.hold_messages(f, now)
+        if action == "release":
+            n = await spool.release_messages(f, now)
+        elif action == "retry":
+            n = await spool.retry_messages(f, now)
+        elif action == "bounce":
+            n = await spool.bounce_messages(f, now, OPERATOR_BOUNCE)
+            runner.dsn_wakeup.set()
+        elif action == "delete":
+            return await spool.delete_messages(f, now)
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        runner.poke()
+        return n
+
+    async def destination_action(self, name: str, action: str) -> dict:
+        runner = self.d.runner
+        if action == "suspend":
+            await runner.suspend(name)
+        elif action == "resume":
+            await runner.resume(name)
+        elif action == "flush":
+            await runner.flush(name)
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        return {"destination": name, "action": action,
+                "state": _state(runner.scheduler.destination_states().get(name))}
+
+    # ---- metrics -----------------------------------------------------------
+    async def gauges(self) -> dict:
+        """The scrape-time values `Metrics.refresh` reads."""
+        g = await self.d.spool.gauges()
+        return {"recipients_by_state": g["recipients"],
+                "oldest_queued_received_at": g["oldest_pending_received_at"],
+                "spool_bytes": g["spool_bytes"],
+                "state_dir": self.d.cfg.server.state_dir,
+                "destinations": {n: _state(s) for n, s in
+                                 self.d.runner.scheduler.destination_states().items()}}
+
+    async def metrics(self) -> tuple[bytes, str]:
+        await self.d.metrics.refresh(self)
+        return self.d.metrics.render()
+
+
+def _state(s: dict | None) -> str:
+    if not s:
+        return "active"
+    if s.get("suspended"):
+        return "suspended"
+    return "throttled" if s.get("state") in ("paused", "probing") else "active"
