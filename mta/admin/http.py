@@ -236,7 +236,15 @@ class _Handlers:
 
     async def list_messages(self, request: web.Request) -> web.Response:
         params = _list_params(request)
+        as_json = getattr(self.b, "list_messages_json", None)
         try:
+            if as_json is not None:
+                # The backend serialises the page itself (the daemon's spool
+                # builds it in SQLite, off the event loop).
+                array, next_cursor = await as_json(**params)
+                body = (b'{"messages": ' + array + b', "next_cursor": '
+                        + json.dumps(next_cursor).encode() + b"}")
+                return web.Response(body=body, content_type="application/json")
             messages, next_cursor = await self.b.list_messages(**params)
         except ValueError as exc:
             raise ApiError(400, "invalid_cursor", f"cursor is not valid: {exc}") from None

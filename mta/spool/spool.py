@@ -326,6 +326,11 @@ class Spool:
     async def counts(self) -> dict[str, int]:
         return await self._read(reads.counts(self._reader))
 
+    async def list_page_json(self, f: MessageFilter, limit: int,
+                             cursor: str | None = None) -> tuple[bytes, str | None]:
+        """`list_page` as the JSON text of the messages array (built by SQLite)."""
+        return await self._read(reads.list_page_json(self._reader, f, limit, cursor))
+
     async def list_page(self, f: MessageFilter, limit: int,
                         cursor: str | None = None) -> tuple[list[MessageView], str | None]:
         """One page of messages matching `f`, in (received_at, id) order,
