@@ -79,10 +79,7 @@ class RuntimeAdmin:
 
     async def list_messages(self, *, state=None, domain=None, sender=None, recipient=None,
                             limit: int = 100, cursor: str | None = None):
-        # API states: "active" (default: not finished), "all", or a recipient state.
-        spool_state = None if state in (None, "active", "all") else state
-        f = MessageFilter(state=spool_state, domain=domain, sender=sender, recipient=recipient,
-                          include_done=state not in (None, "active"))
+        f = _filter(state, domain, sender, recipient)
         views, nxt = await self.d.spool.list_page(f, limit, cursor)
         return [v.to_dict() for v in views], nxt
 
@@ -90,10 +87,8 @@ class RuntimeAdmin:
                                  limit: int = 100, cursor: str | None = None):
         """`list_messages` with the array already serialised by SQLite (the
         HTTP layer prefers it: no per-message Python work on the event loop)."""
-        spool_state = None if state in (None, "active", "all") else state
-        f = MessageFilter(state=spool_state, domain=domain, sender=sender, recipient=recipient,
-                          include_done=state not in (None, "active"))
-        return await self.d.spool.list_page_json(f, limit, cursor)
+        return await self.d.spool.list_page_json(_filter(state, domain, sender, recipient),
+                                                 limit, cursor)
 
     async def get_message(self, message_id: str) -> dict | None:
         v = await self.d.spool.get_message(message_id)
@@ -113,9 +108,7 @@ class RuntimeAdmin:
 
     async def bulk_action(self, action: str, *, state=None, domain=None, sender=None,
                           recipient=None, all: bool = False) -> dict:
-        spool_state = None if state in (None, "active", "all") else state
-        f = MessageFilter(state=spool_state, domain=domain, sender=sender, recipient=recipient,
-                          include_done=state not in (None, "active"))
+        f = _filter(state, domain, sender, recipient)
         return {"action": action, "affected": await self._apply(action, f)}
 
     async def _apply(self, action: str, f: MessageFilter) -> int:
@@ -163,6 +156,14 @@ class RuntimeAdmin:
     async def metrics(self) -> tuple[bytes, str]:
         await self.d.metrics.refresh(self)
         return self.d.metrics.render()
+
+
+def _filter(state, domain, sender, recipient) -> MessageFilter:
+    """API filter → spool filter. API states: "active" (the default: not
+    finished), "all" (finished too), or a recipient state."""
+    return MessageFilter(state=None if state in (None, "active", "all") else state,
+                         domain=domain, sender=sender, recipient=recipient,
+                         include_done=state not in (None, "active"))
 
 
 def _state(s: dict | None) -> str:

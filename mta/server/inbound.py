@@ -50,13 +50,13 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from aiosmtpd.smtp import Envelope, Session, TLSSetupException, syntax
+from aiosmtpd.smtp import Envelope, Session, syntax
 
 from mta.core import AddressError, Clock, Reply, parse_address
 from mta.server import replies
 from mta.server.hygiene import check_data
 from mta.server.protocol import SubmissionSMTP
-from mta.server.session import ehlo_lines
+from mta.server.session import ehlo_lines, session_error
 
 if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
     from mta.config.sections import ListenerConfig
@@ -222,11 +222,4 @@ class InboundHandler:
         return str(reply)
 
     async def handle_exception(self, error: Exception) -> str:
-        if isinstance(error, TLSSetupException):  # a client that failed the handshake
-            self.log.info("event=tls_failed listener=%s error=%s", self.cfg.name,
-                          error.__cause__ or error)
-            return str(replies.INTERNAL_ERROR)  # not sent: aiosmtpd closes the connection
-        self.log.error("event=session_error listener=%s error=%s: %s\n%s", self.cfg.name,
-                       type(error).__name__, error,
-                       "".join(traceback.format_exception(error)).rstrip())
-        return str(replies.INTERNAL_ERROR)
+        return session_error(self.log, self.cfg.name, error)

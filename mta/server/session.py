@@ -85,6 +85,17 @@ def _default_message_factory() -> Callable[..., Any]:
     return NewMessage
 
 
+def session_error(log: logging.Logger, listener: str, error: Exception) -> str:
+    """An unexpected exception in a session: logged with its traceback, and
+    answered 451 4.3.0 (aiosmtpd's default would be a permanent 500)."""
+    if isinstance(error, TLSSetupException):  # a client that failed the handshake
+        log.info("event=tls_failed listener=%s error=%s", listener, error.__cause__ or error)
+        return str(replies.INTERNAL_ERROR)  # not sent: aiosmtpd closes the connection
+    log.error("event=session_error listener=%s error=%s: %s\n%s", listener,
+              type(error).__name__, error, "".join(traceback.format_exception(error)).rstrip())
+    return str(replies.INTERNAL_ERROR)
+
+
 class SubmissionHandler:
     def __init__(self, cfg: ListenerConfig, *, hostname: str, spool: Any,
                  credentials: CredentialStore, clock: Clock, auth_throttle: Any,
@@ -335,11 +346,4 @@ class SubmissionHandler:
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd calls this without the session; the traceback is what matters.
-        if isinstance(error, TLSSetupException):  # a client that failed the handshake
-            self.log.info("event=tls_failed listener=%s error=%s", self.cfg.name,
-                          error.__cause__ or error)
-            return str(replies.INTERNAL_ERROR)  # not sent: aiosmtpd closes the connection
-        self.log.error("event=session_error listener=%s error=%s: %s\n%s", self.cfg.name,
-                       type(error).__name__, error,
-                       "".join(traceback.format_exception(error)).rstrip())
-        return str(replies.INTERNAL_ERROR)
+        return session_error(self.log, self.cfg.name, error)

@@ -136,8 +136,9 @@ async def counts(conn: aiosqlite.Connection) -> dict[str, int]:
     return out
 
 
-async def list_page(conn: aiosqlite.Connection, f: filters.MessageFilter, limit: int,
-                    cursor: str | None) -> tuple[list[MessageView], str | None]:
+async def _page_rows(conn: aiosqlite.Connection, f: filters.MessageFilter, limit: int,
+                     cursor: str | None) -> tuple[list, bool]:
+    """The message rows of one page (keyset order) and whether more follow."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
     after = filters.decode_cursor(cursor) if cursor else None
@@ -149,11 +150,21 @@ async def list_page(conn: aiosqlite.Connection, f: filters.MessageFilter, limit:
     # One extra row says whether there is a next page.
     sql, params = filters.page_sql(f, after, limit + 1, drive=drive)
     rows = await conn.execute_fetchall(sql, params)
-    views = [_message(r) for r in rows[:limit]]
+    return rows[:limit], len(rows) > limit
+
+
+def _next_cursor(rows, more: bool) -> str | None:
+    # rows are _MESSAGE_COLS: id first, received_at third
+    return filters.encode_cursor(rows[-1][2], rows[-1][0]) if more and rows else None
+
+
+async def list_page(conn: aiosqlite.Connection, f: filters.MessageFilter, limit: int,
+                    cursor: str | None) -> tuple[list[MessageView], str | None]:
+    rows, more = await _page_rows(conn, f, limit, cursor)
+    views = [_message(r) for r in rows]
     if views:
         await _attach_recipients(conn, views)
-    more = len(rows) > limit
-    return views, (filters.encode_cursor(views[-1].received_at, views[-1].id) if more else None)
+    return views, _next_cursor(rows, more)
 
 
 # The page as JSON, built by SQLite: the same shape as MessageView.to_dict()
@@ -181,23 +192,11 @@ SELECT json_group_array(json(obj)) FROM (
 async def list_page_json(conn: aiosqlite.Connection, f: filters.MessageFilter, limit: int,
                          cursor: str | None) -> tuple[bytes, str | None]:
     """`list_page`, answered as the JSON text of the messages array."""
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, not {limit}")
-    after = filters.decode_cursor(cursor) if cursor else None
-    drive = False
-    probe = filters.probe_sql(f)
-    if probe is not None:
-        (n,), = await conn.execute_fetchall(*probe)
-        drive = n < filters.DRIVE_CAP
-    sql, params = filters.page_sql(f, after, limit + 1, drive=drive)
-    rows = await conn.execute_fetchall(sql, params)
-    page = rows[:limit]
-    if not page:
+    rows, more = await _page_rows(conn, f, limit, cursor)
+    if not rows:
         return b"[]", None
-    (text,), = await conn.execute_fetchall(SQL_PAGE_JSON, (json.dumps([r[0] for r in page]),))
-    last = page[-1]
-    more = len(rows) > limit
-    return text.encode(), (filters.encode_cursor(last[2], last[0]) if more else None)
+    (text,), = await conn.execute_fetchall(SQL_PAGE_JSON, (json.dumps([r[0] for r in rows]),))
+    return text.encode(), _next_cursor(rows, more)
 
 
 async def domain_summary(conn: aiosqlite.Connection, now: float) -> list[dict]:
