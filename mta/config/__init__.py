@@ -6,10 +6,10 @@ Public API: `load_config(path)`, `parse_config(text)`, `render_config(cfg)`,
 
 from mta.config.loader import (EMBEDDED_DEFAULT, config_as_dict, load_config, parse_config,
                                render_config)
-from mta.config.sections import (AdminConfig, BouncesConfig, Config, DeliveryConfig, DnsConfig,
+from mta.config.sections import (EVENT_TYPES, LedgerConfig, WebhookConfig, AdminConfig, BouncesConfig, Config, DeliveryConfig, DnsConfig,
                                  DomainsConfig, ListenerConfig, PolicyConfig, ServerConfig,
                                  SuppressionConfig)
 
-__all__ = ["AdminConfig", "BouncesConfig", "SuppressionConfig", "EMBEDDED_DEFAULT", "config_as_dict", "load_config", "parse_config", "render_config",
+__all__ = ["EVENT_TYPES", "LedgerConfig", "WebhookConfig", "AdminConfig", "BouncesConfig", "SuppressionConfig", "EMBEDDED_DEFAULT", "config_as_dict", "load_config", "parse_config", "render_config",
            "Config", "DeliveryConfig", "DnsConfig", "DomainsConfig", "ListenerConfig",
            "PolicyConfig", "ServerConfig"]

@@ -9,6 +9,7 @@ Resolution of which file to read (first that applies): an explicit path,
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import ipaddress
 import json
@@ -19,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mta.config.schema import HOSTPORT, KeyError_, check_bounds
-from mta.config.sections import SECTIONS, Config, ListenerConfig
+from mta.config.sections import ARRAYS, EVENT_TYPES, SECTIONS, Config
 from mta.core.address import AddressError, parse_domain
 from mta.core.errors import ConfigError
 
@@ -87,12 +88,12 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     for name, raw in data.items():
         if name in SECTIONS:
             kwargs[name] = _build(SECTIONS[name], raw, name, errors)
-        elif name == "listeners":
+        elif name in ARRAYS:
             if not isinstance(raw, list):
-                errors.append("listeners: must be an array of tables ([[listeners]])")
+                errors.append(f"{name}: must be an array of tables ([[{name}]])")
                 continue
-            kwargs["listeners"] = tuple(
-                _build(ListenerConfig, t, f"listeners[{i}]", errors) for i, t in enumerate(raw))
+            kwargs[name] = tuple(
+                _build(ARRAYS[name], t, f"{name}[{i}]", errors) for i, t in enumerate(raw))
         elif name == "routes":
             kwargs["routes"] = _routes(raw, errors)
         else:
@@ -128,10 +129,37 @@ def _cross_checks(cfg: Config) -> list[str]:
                       "admin.token must be set (the API steers the queue)")
     if cfg.admin.token is not None and len(cfg.admin.token) < 16:
         errors.append("admin.token: use at least 16 characters")
+    errors.extend(_webhook_checks(cfg))
     addrs = [lst.address for lst in cfg.listeners]
     for a in set(addrs):
         if addrs.count(a) > 1:
             errors.append(f"listeners: address {a} is used by more than one listener")
+    return errors
+
+
+def _webhook_checks(cfg: Config) -> list[str]:
+    errors = []
+    names = [w.name for w in cfg.webhooks]
+    for i, w in enumerate(cfg.webhooks):
+        where = f"webhooks[{i}]"
+        if not w.name:
+            errors.append(f"{where}.name: required")
+        elif names.count(w.name) > 1:
+            errors.append(f"{where}.name: {w.name!r} is used by more than one webhook")
+        if not w.url.startswith(("http://", "https://")):
+            errors.append(f"{where}.url: {w.url!r} is not an http(s) URL")
+        if not w.secret.startswith("whsec_"):
+            errors.append(f"{where}.secret: must be whsec_<base64> (run `mta webhooks secret`)")
+        else:
+            try:
+                if not base64.b64decode(w.secret[6:], validate=True):
+                    raise ValueError
+            except ValueError:
+                errors.append(f"{where}.secret: the part after whsec_ is not base64")
+        bad = [e for e in w.events if e != "*" and e not in EVENT_TYPES]
+        if bad:
+            errors.append(f"{where}.events: unknown event type(s) {', '.join(bad)}; "
+                          f"use \"*\" or some of {', '.join(EVENT_TYPES)}")
     return errors
 
 
@@ -190,9 +218,9 @@ def render_config(cfg: Config) -> str:
 
     for name in SECTIONS:
         emit_table(f"[{name}]", getattr(cfg, name))
-        if name == "server":
-            for lst in cfg.listeners:
-                emit_table("[[listeners]]", lst)
+    for name in ARRAYS:
+        for table in getattr(cfg, name):
+            emit_table(f"[[{name}]]", table)
     lines.append("")
     lines.append("[routes]")
     for dom, hop in cfg.routes.items():
@@ -202,6 +230,7 @@ def render_config(cfg: Config) -> str:
 
 def config_as_dict(cfg: Config) -> dict[str, Any]:
     out: dict[str, Any] = {name: _section_dict(getattr(cfg, name)) for name in SECTIONS}
-    out["listeners"] = [_section_dict(lst) for lst in cfg.listeners]
+    for name in ARRAYS:
+        out[name] = [_section_dict(t) for t in getattr(cfg, name)]
     out["routes"] = dict(cfg.routes)
     return out

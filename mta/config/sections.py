@@ -163,6 +163,39 @@ class AdminConfig:
     enabled: bool = K(True, "serve the admin API (the `mta queue` commands need it)", BOOL)
 
 
+EVENT_TYPES = ("received", "rejected", "suppressed", "queued", "deferred", "delivered",
+               "bounced", "expired", "complained", "held", "released", "deleted", "dsn_sent")
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    retention: float = K(30 * 86400.0, "events older than this are pruned (in small batches)",
+                         DURATION, min=3600, max=10 * 365 * 86400)
+    idempotency_window: float = K(86400.0, "a repeated Idempotency-Key from the same credential "
+                                  "within this window returns the original queue id",
+                                  DURATION, min=60, max=30 * 86400)
+    webhook_retry_schedule: tuple[float, ...] = K(
+        (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0),
+        "waits between webhook delivery attempts; the last one repeats", DURATION_LIST,
+        min=0.1, max=86400)
+    webhook_failing_after: float = K(3 * 86400.0, "an endpoint failing this long is marked "
+                                     "failing (its backlog is kept for replay)", DURATION,
+                                     min=1, max=30 * 86400)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    name: str = K("", "name used by `mta webhooks` and the admin API (required)")
+    url: str = K("", "http(s) URL the events are POSTed to (required)")
+    events: tuple[str, ...] = K(("*",), "event types to send, or [\"*\"] for all", STR_LIST)
+    secret: str = K("", "Standard Webhooks signing secret, whsec_<base64> "
+                    "(`mta webhooks secret` makes one) (required)")
+    credential: str | None = K(None, "only events of messages from this credential",
+                               STR, optional=True)
+    timeout: float = K(10.0, "per-request timeout", DURATION, min=0.1, max=300)
+    batch_size: int = K(1, "events per request (a JSON array when > 1)", INT, min=1, max=1000)
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -174,6 +207,8 @@ class Config:
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    webhooks: tuple[WebhookConfig, ...] = ()
     # domain → "host:port"; "*" routes every domain (a smarthost)
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "<embedded default>"   # file the config came from (not a key)
@@ -182,4 +217,6 @@ class Config:
 # The single-table sections, in the order `mta config check` prints them.
 SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig,
             "domains": DomainsConfig, "policy": PolicyConfig, "bounces": BouncesConfig,
-            "suppression": SuppressionConfig, "admin": AdminConfig}
+            "suppression": SuppressionConfig, "admin": AdminConfig, "ledger": LedgerConfig}
+# The [[array]] sections: key → the class of each table.
+ARRAYS = {"listeners": ListenerConfig, "webhooks": WebhookConfig}
