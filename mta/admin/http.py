@@ -313,6 +313,56 @@ class _Handlers:
         return handler
 
 
+    # ---- the ledger and webhooks (issue 6) ---------------------------------
+    def _optional(self, name: str):
+        fn = getattr(self.b, name, None)
+        if fn is None:
+            raise ApiError(501, "not_implemented", f"this server has no {name}")
+        return fn
+
+    async def events(self, request: web.Request) -> web.Response:
+        q = request.query
+        unknown = sorted(set(q) - {"after", "type", "recipient", "limit"})
+        if unknown:
+            raise ApiError(400, "invalid_parameter", f"unknown query parameter {unknown[0]!r} "
+                                                     "(known: after, type, recipient, limit)")
+        after, limit = q.get("after", "0"), q.get("limit", str(DEFAULT_LIMIT))
+        if not after.isdigit():
+            raise ApiError(400, "invalid_parameter", "after must be an event sequence number")
+        if not (limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT):
+            raise ApiError(400, "invalid_parameter", f"limit must be an integer from 1 to {MAX_LIMIT}")
+        types = [t for t in q.get("type", "").split(",") if t] or None
+        events = await self._optional("events_after")(
+            int(after), int(limit), types=types, recipient=q.get("recipient") or None)
+        nxt = events[-1]["seq"] if events else int(after)
+        return web.json_response({"events": events, "next_after": nxt})
+
+    async def message_events(self, request: web.Request) -> web.Response:
+        mid = request.match_info["id"]
+        events = await self._optional("message_events")(mid)
+        if events is None:
+            raise _unknown_message(mid)
+        return web.json_response({"events": events})
+
+    async def webhooks(self, request: web.Request) -> web.Response:
+        return web.json_response({"webhooks": await self._optional("webhooks")()})
+
+    async def webhook_replay(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await _json_body(request)
+        start, since = body.get("from"), body.get("since")
+        if (start is None) == (since is None):
+            raise ApiError(400, "invalid_body", 'give exactly one of "from" (a sequence number) '
+                                                'or "since" (unix time)')
+        if not isinstance(start if start is not None else since, (int, float)):
+            raise ApiError(400, "invalid_body", '"from"/"since" must be numbers')
+        try:
+            result = await self._optional("webhook_replay")(name, from_seq=start, since=since)
+        except KeyError:
+            raise ApiError(404, "not_found", f"no webhook {name!r}") from None
+        return web.json_response(result)
+
+
 def _unknown_message(mid: str) -> ApiError:
     return ApiError(404, "not_found", f"no message {mid!r} in the queue")
 
@@ -332,6 +382,10 @@ def _route_table(h: _Handlers) -> list[tuple[str, str, Callable]]:
         ("GET", "/v1/messages/{id}", h.get_message),
         ("DELETE", "/v1/messages/{id}", h.message_action("delete")),
         ("GET", "/v1/messages/{id}/body", h.message_body),
+        ("GET", "/v1/messages/{id}/events", h.message_events),
+        ("GET", "/v1/events", h.events),
+        ("GET", "/v1/webhooks", h.webhooks),
+        ("POST", "/v1/webhooks/{name}/replay", h.webhook_replay),
     ]
     routes += [("POST", f"/v1/messages/{{id}}/{a}", h.message_action(a)) for a in ITEM_ACTIONS]
     routes += [("POST", f"/v1/destinations/{{name}}/{a}", h.destination_action(a))

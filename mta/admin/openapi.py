@@ -120,6 +120,10 @@ _SCHEMAS: dict[str, Any] = {
             "last_reply": {"type": "string"}, "last_remote": {"type": "string"},
         },
     },
+    "Event": {"type": "object", "properties": {
+        "seq": {"type": "integer"}, "at": {"type": "number"}, "type": {"type": "string"},
+        "queue_id": {"type": "string"}, "recipient": {"type": "string"},
+        "credential": {"type": ["string", "null"]}, "detail": {"type": "object"}}},
     "Message": {
         "type": "object",
         "required": ["id", "sender", "received_at", "size", "recipients"],
@@ -262,6 +266,44 @@ _PATHS: dict[str, Any] = {
             "message/rfc822": {"schema": {"type": "string",
                                           "contentMediaType": "message/rfc822"}}}},
             "404": _err("unknown message id"), **_ERRORS}}},
+    "/v1/messages/{id}/events": {"get": {
+        "summary": "the message's timeline: every ledger event, in order",
+        "operationId": "message_events", "tags": ["ledger"], "parameters": [_ID],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "events": {"type": "array", "items": _ref("Event")}}}, "the events"),
+            "404": _err("unknown message id"), "501": _err("no ledger"), **_ERRORS}}},
+    "/v1/events": {"get": {
+        "summary": "ledger events after a sequence number (resume exactly where you stopped)",
+        "operationId": "events", "tags": ["ledger"],
+        "parameters": [
+            {"name": "after", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 0, "default": 0}},
+            {"name": "type", "in": "query", "required": False,
+             "description": "comma-separated event types", "schema": {"type": "string"}},
+            {"name": "recipient", "in": "query", "required": False, "schema": {"type": "string"}},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "events": {"type": "array", "items": _ref("Event")},
+            "next_after": {"type": "integer"}}}, "events in sequence order"),
+            "400": _err("invalid parameter"), "501": _err("no ledger"), **_ERRORS}}},
+    "/v1/webhooks": {"get": {
+        "summary": "configured webhook endpoints and their delivery state",
+        "operationId": "webhooks", "tags": ["ledger"],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "webhooks": {"type": "array", "items": {"type": "object"}}}}, "endpoints"),
+            "501": _err("no webhooks"), **_ERRORS}}},
+    "/v1/webhooks/{name}/replay": {"post": {
+        "summary": "move the endpoint's cursor back: resend from a sequence number or a time",
+        "operationId": "webhook_replay", "tags": ["ledger"],
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"from": {"type": "integer"},
+                                             "since": {"type": "number"}}}}}},
+        "responses": {"200": _json({"type": "object"}, "the new state"),
+                      "400": _err("give exactly one of from/since"),
+                      "404": _err("unknown webhook"), "501": _err("no webhooks"), **_ERRORS}}},
     "/v1/messages/{id}/hold": {"post": _message_action(
         "hold", "hold the message: nothing is delivered until release")},
     "/v1/messages/{id}/release": {"post": _message_action("release", "release a held message")},

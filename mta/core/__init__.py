@@ -7,8 +7,8 @@ Stdlib only. Nothing here does I/O except `SystemClock` reading the time.
 from mta.core.address import Address, AddressError, parse_address, parse_domain
 from mta.core.clock import Clock, FakeClock, SystemClock
 from mta.core.durations import DurationError, format_duration, parse_duration
-from mta.core.envelope import (BOUNCED, DELETED, DELIVERED, EXPIRED, FAILED_STATES,
-                               FINAL_STATES, HELD, PENDING_STATES, QUEUED, SUPPRESSED, SUPPRESSION_REASONS, AddressOutcome,
+from mta.core.envelope import (BOUNCED, DELETED, DELIVERED, EVENT_TYPES, EXPIRED,
+                               FAILED_STATES, FINAL_STATES, HELD, LedgerEvent, PENDING_STATES, QUEUED, SUPPRESSED, SUPPRESSION_REASONS, AddressOutcome,
                                Destination, DsnCandidate, FailedRecipient,
                                QueuedRecipient, RecipientUpdate)
 from mta.core.errors import ConfigError, MtaError, PermFailure, StorageError, TempFailure
@@ -18,7 +18,7 @@ from mta.core.outcome import DestinationHealth, RecipientFate, RecipientOutcome
 from mta.core.reply import Reply
 
 __all__ = [
-    "BOUNCED", "DELETED", "DELIVERED", "EXPIRED", "FAILED_STATES", "FINAL_STATES", "HELD",
+    "BOUNCED", "DELETED", "DELIVERED", "EVENT_TYPES", "EXPIRED", "LedgerEvent", "FAILED_STATES", "FINAL_STATES", "HELD",
     "PENDING_STATES", "QUEUED",
     "SUPPRESSED", "SUPPRESSION_REASONS", "AddressOutcome",
     "Destination", "DsnCandidate", "FailedRecipient", "QueuedRecipient", "RecipientUpdate",

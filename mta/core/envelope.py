@@ -16,6 +16,9 @@ Recipient states (persisted in the index, see mta/spool):
 
 Complaints never change a recipient's state; they only add a suppression
 (see `AddressOutcome`).
+
+Ledger events (issue 6; the spool writes them, README documents them):
+`EVENT_TYPES` is the vocabulary, `LedgerEvent` one event to append.
 """
 
 from __future__ import annotations
@@ -82,6 +85,10 @@ class RecipientUpdate:
     remote_ip: str = ""
     tls: str = ""
     counts_attempt: bool = True
+    # Extra fields for the ledger event this update writes (issue 6): what
+    # the spool cannot know, e.g. {"class": "hard", "reason": "bad_mailbox",
+    # "status": "5.1.1"} for a bounce. Merged over the spool's own fields.
+    event_detail: dict | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +136,26 @@ class AddressOutcome:
     def __post_init__(self) -> None:
         if self.kind not in OUTCOME_KINDS:
             raise ValueError(f"unknown address outcome kind {self.kind!r}")
+
+
+# The ledger's vocabulary (a public interface: README, webhooks, admin API).
+EVENT_TYPES = ("received", "rejected", "suppressed", "queued", "deferred", "delivered",
+               "bounced", "expired", "complained", "held", "released", "deleted", "dsn_sent")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEvent:
+    """One event for `spool.append_events` (events with no state change,
+    e.g. `rejected` at submission, `suppressed` refused at RCPT). `detail`
+    must be JSON-serialisable; `at` is epoch seconds. credential "" = none
+    (the spool fills in the message's own when `queue_id` names one)."""
+    type: str
+    at: float
+    queue_id: str = ""
+    recipient: str = ""
+    credential: str = ""
+    detail: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.type not in EVENT_TYPES:
+            raise ValueError(f"unknown ledger event type {self.type!r}")

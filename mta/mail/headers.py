@@ -41,7 +41,7 @@ from email.utils import getaddresses
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
-__all__ = ["prepare_submission", "format_date", "header_names", "header_values", "from_domains"]
+__all__ = ["prepare_submission", "format_date", "header_names", "header_values", "from_domains", "remove_header"]
 
 # RFC 5322 field name: printable US-ASCII except ":"; obs-syntax allows WSP before ":".
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
@@ -109,6 +109,32 @@ def header_values(body: bytes, name: str) -> list[str]:
     if current is not None:
         out.append(b" ".join(x.strip() for x in current).decode("utf-8", "replace"))
     return out
+
+
+def remove_header(body: bytes, name: str) -> tuple[bytes, list[str]]:
+    """Remove every `name` field (with its folded lines) from the header
+    block; returns the new message and the removed fields' unfolded values."""
+    want = name.lower().encode()
+    end = _header_block_end(body)[0]
+    lines = body[:end].splitlines(keepends=True)
+    kept: list[bytes] = []
+    values: list[str] = []
+    dropping = False
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if dropping:
+                values[-1] += " " + line.strip().decode("utf-8", "replace")
+                continue
+        else:
+            field, sep, value = line.partition(b":")
+            dropping = bool(sep) and field.rstrip().lower() == want
+            if dropping:
+                values.append(value.strip().decode("utf-8", "replace"))
+                continue
+        kept.append(line)
+    if not values:
+        return body, []
+    return b"".join(kept) + body[end:], values
 
 
 def from_domains(body: bytes) -> list[str] | None:

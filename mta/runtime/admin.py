@@ -142,6 +142,22 @@ class RuntimeAdmin:
         return {"destination": name, "action": action,
                 "state": _state(runner.scheduler.destination_states().get(name))}
 
+    # ---- the ledger and webhooks -------------------------------------------
+    async def events_after(self, after: int, limit: int, *, types=None, recipient=None):
+        return [e.to_dict() for e in await self.d.spool.events_after(
+            after, limit, types=types, recipient=recipient)]
+
+    async def message_events(self, message_id: str) -> list[dict] | None:
+        if await self.d.spool.get_message(message_id) is None:
+            return None
+        return [e.to_dict() for e in await self.d.spool.message_events(message_id)]
+
+    async def webhooks(self) -> list[dict]:
+        return await self.d.webhooks.statuses()
+
+    async def webhook_replay(self, name: str, *, from_seq=None, since=None) -> dict:
+        return await self.d.webhooks.replay(name, from_seq=from_seq, since=since)
+
     # ---- metrics -----------------------------------------------------------
     async def gauges(self) -> dict:
         """The scrape-time values `Metrics.refresh` reads."""

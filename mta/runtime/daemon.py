@@ -38,6 +38,7 @@ from mta.runtime.logs import event
 from mta.runtime.notify import notify
 from mta.runtime.queue_runner import QueueRunner
 from mta.runtime.tls import ensure_self_signed, server_context
+from mta.runtime.webhooks import WebhookService
 from mta.scheduler import Scheduler
 from mta.server.credentials import CredentialStore
 from mta.server.listener import SubmissionListener
@@ -83,6 +84,8 @@ class Daemon:
         self.metrics = Metrics(listeners=[lst.name for lst in cfg.listeners],
                                state_dir=cfg.server.state_dir, clock=self.clock)
         self.admin: AdminServer | None = None
+        self.webhooks: WebhookService | None = None
+        self._housekeeping: asyncio.Task | None = None
 
     @property
     def ready(self) -> bool:
@@ -103,7 +106,13 @@ class Daemon:
         self.domains.start()
         codec = VerpCodec(load_or_create_secret(paths["root"] / "verp.key"))
         self.runner = self._runner(paths, resolver, codec)
+        self.webhooks = WebhookService(cfg.webhooks, spool=self.spool, clock=self.clock,
+                                       ledger_cfg=cfg.ledger)
+        # New ledger events wake the webhook deliverers at once (they also poll).
+        self.runner.after_write = self.webhooks.poke
         self.runner.start()
+        self.webhooks.start()
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         self.bounces = BounceProcessor(
             spool=self.spool, codec=codec, hostname=cfg.server.hostname,
             capture_dir=cfg.bounces.capture_dir or paths["root"] / "inbound", clock=self.clock,
@@ -118,6 +127,22 @@ class Daemon:
         event(log, "ready", mode=cfg.server.mode, config=cfg.source,
               state_dir=str(paths["root"]))
         self._ready = True   # recovery done, listeners and admin API bound
+
+    async def _housekeep(self) -> None:
+        """Ledger retention and old idempotency keys: pruned in small batches
+        with pauses between them, so delivery never waits behind a big delete."""
+        while True:
+            try:
+                now = self.clock.now()
+                while await self.spool.prune_events(now - self.cfg.ledger.retention,
+                                                    batch=1000) == 1000:
+                    await asyncio.sleep(0.2)
+                await self.spool.prune_idempotency(now - self.cfg.ledger.idempotency_window)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event=housekeeping_failed")
+            await asyncio.sleep(300)
 
     def _credentials(self, paths: dict[str, Path]) -> CredentialStore:
         credentials = CredentialStore(paths["credentials"])
@@ -174,7 +199,8 @@ class Daemon:
         sender_policy = SenderPolicy(
             require_verified=cfg.policy.require_verified_domain and cfg.server.mode != "sandbox",
             domain_state=self.domains.state)
-        spool = _PokingSpool(self.spool, self.runner)
+        spool = _PokingSpool(self.spool, self.runner, self.webhooks,
+                             self.cfg.ledger.idempotency_window)
         for lcfg in cfg.listeners:
             ctx = None
             if lcfg.tls != "none":
@@ -244,6 +270,11 @@ class Daemon:
             await self.runner.stop(self.cfg.server.shutdown_timeout)
         if self.domains:
             await self.domains.stop()
+        if self.webhooks:
+            await self.webhooks.stop()
+        if self._housekeeping:
+            self._housekeeping.cancel()
+            await asyncio.gather(self._housekeeping, return_exceptions=True)
         if self.admin:
             await self.admin.stop()
         if self.spool:
@@ -255,13 +286,20 @@ class _PokingSpool:
     """The spool as the listeners see it: enqueue, then wake the queue runner
     so a new message is attempted at once instead of at the next poll."""
 
-    def __init__(self, spool: Spool, runner: QueueRunner):
-        self._spool, self._runner = spool, runner
+    def __init__(self, spool: Spool, runner: QueueRunner, webhooks, idempotency_window: float):
+        self._spool, self._runner, self._webhooks = spool, runner, webhooks
+        self._window = idempotency_window
 
     async def enqueue(self, msg, now, **kw):
+        kw.setdefault("idempotency_window", self._window)
         qid = await self._spool.enqueue(msg, now, **kw)
         self._runner.poke()
+        self._webhooks.poke()
         return qid
+
+    async def append_events(self, events):
+        await self._spool.append_events(events)
+        self._webhooks.poke()
 
 
 def _report_fields(report) -> dict:

@@ -79,6 +79,7 @@ class QueueRunner:
         self._dsn: asyncio.Task | None = None
         self._leased: dict[tuple[str, int], Work] = {}
         self._owing: set[str] = set()
+        self.after_write: Callable[[], None] = lambda: None   # e.g. wake webhook deliverers
 
     # ---- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -332,7 +333,17 @@ class QueueRunner:
               mx=oc.remote_host or None, ip=oc.remote_ip or None, tls=oc.tls or "none",
               attempt=it.attempts + 1, delay=f"{now - it.received_at:.3f}s",
               reply=str(oc.reply), next_attempt=(f"{nxt - now:.0f}s" if nxt else None))
-        return RecipientUpdate(it.queue_id, it.rcpt_idx, state, next_attempt=nxt, **common)
+        detail = None
+        if state in (BOUNCED, EXPIRED):
+            # The ledger's bounced/expired events carry the verdict in the
+            # vocabulary of bounces that arrive by mail (sync=true here).
+            reply = oc.reply
+            klass, reason = classify(reply.esc or None, reply.code, reply.text, command="RCPT")
+            detail = {"class": klass if state == BOUNCED else "soft", "reason":
+                      reason if state == BOUNCED else "expired", "status": reply.esc,
+                      "sync": True}
+        return RecipientUpdate(it.queue_id, it.rcpt_idx, state, next_attempt=nxt,
+                               event_detail=detail, **common)
 
     @staticmethod
     def _address_outcome(it, oc: RecipientOutcome, now: float) -> AddressOutcome:
@@ -354,6 +365,7 @@ class QueueRunner:
         try:
             await self.spool.record(updates, outcomes=address_outcomes)
             recorded = True
+            self.after_write()
         except Exception:
             # The rows stay leased in memory; recovery would reset them. Put
             # them back so a later pass retries (the remote may see a duplicate:

@@ -47,7 +47,7 @@ from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupExcept
 
 from mta.core import (AddressError, Clock, Observer, Reply, StorageError, new_queue_id,
                       parse_address)
-from mta.mail.headers import from_domains, prepare_submission
+from mta.mail.headers import from_domains, prepare_submission, remove_header
 from mta.policy.senders import SenderPolicy
 from mta.server import replies
 from mta.server.credentials import CredentialStore, valid_username
@@ -308,6 +308,11 @@ class SubmissionHandler:
             if refused is not None:
                 return refused
 
+        # Idempotency-Key (issue 6): taken off the message (it is for us, not
+        # for the recipient) and handed to the spool, which answers a repeat
+        # from the same credential with the original queue id.
+        content, keys = remove_header(content, "Idempotency-Key")
+        idempotency_key = keys[0][:200] if keys and keys[0] else None
         now = self.clock.now()
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from
         rcpts = tuple(envelope.rcpt_tos)
@@ -330,7 +335,8 @@ class SubmissionHandler:
                       # the id named in Received: becomes the queue id
                       queue_id=id_hint,
                       **({"suppressed": tuple(envelope.suppressed)}
-                         if getattr(envelope, "suppressed", None) else {}))
+                         if getattr(envelope, "suppressed", None) else {}),
+                      **({"idempotency_key": idempotency_key} if idempotency_key else {}))
         try:
             queue_id = await self.spool.enqueue(msg, now)
         except StorageError as exc:

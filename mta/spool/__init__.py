@@ -92,13 +92,42 @@ the owed DSNs of its message, so its body dies as in S8/S9. Recovery treats
 both like any other state: leases are reset (a held recipient is never
 leased) and flags recomputed.
 
+The ledger (issue 6: ``events``, ``webhook_state``, ``idempotency``; index.py)
+adds no state either. Every event is inserted by the writer in the SAME
+transaction as the change it records (writer.py lists which op writes
+which): the S4 commit holds ``received`` + ``queued``/``suppressed`` with the
+message rows; S6 holds ``deferred``/``delivered``/``bounced``/``expired`` with
+the attempt; S8 holds ``dsn_sent`` (on the original) with the DSN and the
+mark; asynchronous reports and operator moves hold theirs. So after any
+crash the ledger and the queue agree: an event exists exactly when its
+change does (a power loss that undoes a NORMAL commit undoes both), and a
+retried attempt writes its event again when it happens again. Events with
+no state change (`append_events`: ``rejected``, ``suppressed`` at RCPT) ride
+in the next batch; one lost to power loss was never acknowledged to
+anybody but a log. Seqs come from AUTOINCREMENT (never reused, even after
+pruning or a rollback), so a webhook cursor (``webhook_state.cursor``) never
+skips an event; a cursor advance may be lost to power loss (NORMAL commit),
+and the events after it are then delivered again with the same seq-derived
+webhook-id: at least once. Recovery does nothing for any of these tables.
+
+An idempotency key row commits in the S4 transaction of the message it
+names, so a key never points at a message that does not exist, and a
+message made with a key always has its row: after a crash between the
+client's DATA and our 250 (S0–S3) there is neither, and the client's retry
+with the same key queues the message once; after S4 a retry gets the
+original id (``received`` with ``duplicate_of``). A duplicate's body may be
+appended (and fsynced) before the transaction finds the key: it is an
+orphan record like S3's, reclaimed with its segment. Keys older than the
+window are ignored, replaced by the next use, and deleted by
+`prune_idempotency`.
+
 Nothing a committed row references is ever truncated or unlinked: tails are
 cut at the end of the furthest record any row (live or dead) points at, and
 only segments no live row references are unlinked. New appends after a
 restart always go to a fresh segment, so a torn tail is never appended to.
 
 Public API: `Spool`, `NewMessage`, `DsnMark`, `RecoveryReport`, `SpoolStats`, `MessageFilter`,
-`MessageView`, `RecipientView`, `AttemptView`, `SuppressionView`, and the
+`MessageView`, `RecipientView`, `AttemptView`, `SuppressionView`, `EventView`, and the
 `BodyStore` interface with its `SegmentStore` implementation.
 Operator access to suppressions while the daemon runs: suppression_admin.py.
 """
@@ -107,10 +136,10 @@ from mta.spool.filters import MessageFilter
 from mta.spool.recovery import RecoveryReport
 from mta.spool.segments import BodyStore, SegmentStore
 from mta.spool.spool import DsnMark, NewMessage, Spool, SpoolStats
-from mta.spool.views import AttemptView, MessageView, RecipientView, SuppressionView
+from mta.spool.views import AttemptView, EventView, MessageView, RecipientView, SuppressionView
 
 __all__ = [
     "Spool", "NewMessage", "DsnMark", "SpoolStats", "RecoveryReport", "MessageFilter",
-    "MessageView", "RecipientView", "AttemptView", "SuppressionView", "BodyStore",
+    "MessageView", "RecipientView", "AttemptView", "SuppressionView", "EventView", "BodyStore",
     "SegmentStore",
 ]

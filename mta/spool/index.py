@@ -7,7 +7,8 @@ API: `connect(path, *, reader=False) -> aiosqlite.Connection` (pragmas +
 schema applied, older indexes migrated), the `SQL_*` statements,
 `SUPPRESSION_SCHEMA` (also created on its own by suppression_admin.py),
 `STATE_TRANSITIONS`, `ASYNC_TRANSITIONS`, `OPERATOR_MOVES` and
-`check_transition`. The SQL of operator filters (`MessageFilter`) is built
+`check_transition`; `EVENT_OF_STATE` / `EVENT_OF_MOVE` (which ledger event a
+recorded update / an operator move writes) and `WEBHOOK_FIELDS`. The SQL of operator filters (`MessageFilter`) is built
 in filters.py, from the fragments there.
 
 Invariants:
@@ -44,7 +45,9 @@ from mta.core.envelope import (BOUNCED, DELETED, DELIVERED, EXPIRED, HELD, QUEUE
 # messages_sender, messages_received) kept version 2: the indexes are created
 # IF NOT EXISTS on open and the states are new values, so an older index
 # needs no migration step (and older code would treat held as unknown, never
-# leasing it). tests/test_suppression.py pins 2.
+# leasing it). tests/test_suppression.py pins 2. Issue 6 (events,
+# webhook_state, idempotency) keeps 2 for the same reason: new tables and
+# indexes, created IF NOT EXISTS on open.
 SCHEMA_VERSION = 2
 
 # A recipient's state machine: final states are terminal (envelope.py).
@@ -168,6 +171,47 @@ CREATE INDEX IF NOT EXISTS recipients_domain ON recipients (domain);
 CREATE INDEX IF NOT EXISTS recipients_address ON recipients (address);
 """
 
+# The ledger (issue 6). events is append-only: rows are inserted in the
+# writer's transaction with the state change they describe, and only ever
+# deleted (oldest first, `SQL_PRUNE_EVENTS`); nothing UPDATEs them.
+# AUTOINCREMENT: a seq is never reused, even after the newest rows are
+# pruned, so a consumer's cursor (`seq > after`) can never skip or repeat.
+LEDGER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         REAL NOT NULL,
+    type       TEXT NOT NULL,
+    queue_id   TEXT NOT NULL DEFAULT '',
+    recipient  TEXT NOT NULL DEFAULT '',
+    credential TEXT NOT NULL DEFAULT '',   -- '' = none (trusted network, DSNs)
+    detail     TEXT NOT NULL DEFAULT '{}'  -- JSON object
+);
+CREATE INDEX IF NOT EXISTS events_by_message ON events (queue_id, seq);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (type, seq);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
+
+-- Webhook delivery cursors (mta/runtime/webhooks.py): one row per endpoint.
+CREATE TABLE IF NOT EXISTS webhook_state (
+    name          TEXT PRIMARY KEY,
+    cursor        INTEGER NOT NULL DEFAULT 0,   -- last seq delivered (2xx)
+    failing_since REAL,
+    next_attempt  REAL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    state         TEXT NOT NULL DEFAULT 'ok'
+);
+
+-- Idempotent submission: (credential, Idempotency-Key) -> the queue id it made.
+CREATE TABLE IF NOT EXISTS idempotency (
+    credential TEXT NOT NULL,                   -- '' = no credential
+    key        TEXT NOT NULL,
+    queue_id   TEXT NOT NULL,
+    created    REAL NOT NULL,
+    PRIMARY KEY (credential, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created);
+"""
+
 # Also created alone by suppression_admin.py (an operator may import a list
 # before the daemon first starts); `connect` then adds the rest.
 SUPPRESSION_SCHEMA = """
@@ -206,7 +250,7 @@ async def connect(path: str | os.PathLike, *, reader: bool = False) -> aiosqlite
         if reader:
             await conn.execute("PRAGMA query_only=1")
         else:
-            await conn.executescript(SCHEMA + SUPPRESSION_SCHEMA)
+            await conn.executescript(SCHEMA + SUPPRESSION_SCHEMA + LEDGER_SCHEMA)
             # An index made by schema 1 lacks attempts.detail (CREATE TABLE IF
             # NOT EXISTS keeps the old table); ADD COLUMN is O(1) in SQLite.
             cols = {r[1] for r in await conn.execute_fetchall("PRAGMA table_info(attempts)")}
@@ -297,6 +341,130 @@ SQL_OP_CANCEL_DSN = ("UPDATE recipients SET dsn_state = 'none' WHERE message_id 
 SQL_INSERT_OPERATOR_ATTEMPT = (
     "INSERT INTO attempts (message_id, rcpt_idx, at, duration, state, reply, "
     "remote_host, remote_ip, tls, detail) VALUES (?, ?, ?, 0, ?, ?, 'operator', '', '', 'operator')")
+
+# -- the ledger (issue 6; writer.py writes, reads.py reads) --------------------------
+
+# The event a recorded update writes (`Spool.record`): QUEUED only when the
+# attempt counts (a deferral); a put-back (counts_attempt=False) writes none.
+EVENT_OF_STATE = {QUEUED: "deferred", DELIVERED: "delivered", BOUNCED: "bounced",
+                  EXPIRED: "expired", SUPPRESSED: "suppressed", HELD: "held", DELETED: "deleted"}
+# The event of an operator move; "retry" (queued → queued, due now) writes none.
+EVENT_OF_MOVE = {"hold": "held", "release": "released", "bounce": "bounced", "delete": "deleted"}
+
+# Params: at, type, queue_id, recipient, credential, detail (JSON text).
+SQL_INSERT_EVENT = ("INSERT INTO events (at, type, queue_id, recipient, credential, detail) "
+                    "VALUES (?, ?, ?, ?, ?, ?)")
+# enqueue: a message's queued (suppressed, accept-and-record) events, one per
+# recipient in idx order, from its rows just inserted. Params: at, message_id, credential.
+SQL_ENQUEUE_RCPT_EVENTS = (
+    "INSERT INTO events (at, type, queue_id, recipient, credential, detail) "
+    "SELECT ?1, r.state, r.message_id, r.address, ?3, CASE r.state "
+    "WHEN 'queued' THEN json_object('rcpt_idx', r.rcpt_idx) "
+    "ELSE json_object('rcpt_idx', r.rcpt_idx, 'reply', r.last_reply, 'mode', 'accept') END "
+    "FROM recipients r WHERE r.message_id = ?2 ORDER BY r.rcpt_idx")
+# append_events: the message's credential when the caller did not give one.
+# Params: at, type, queue_id, recipient, credential, queue_id, detail.
+SQL_APPEND_EVENT = (
+    "INSERT INTO events (at, type, queue_id, recipient, credential, detail) VALUES "
+    "(?1, ?2, ?3, ?4, COALESCE(NULLIF(?5, ''), "
+    "(SELECT credential FROM messages WHERE id = ?3), ''), ?6)")
+# An event about one existing recipient: address and credential come from its
+# rows, in the same statement (no round trip per row; executemany).
+# Params: at, type, detail (JSON text), message_id, rcpt_idx, then the extras.
+def _rcpt_event(detail: str, cond: str = "") -> str:
+    return ("INSERT INTO events (at, type, queue_id, recipient, credential, detail) "
+            f"SELECT ?1, ?2, r.message_id, r.address, COALESCE(m.credential, ''), {detail} "
+            "FROM recipients r JOIN messages m ON m.id = r.message_id "
+            f"WHERE r.message_id = ?4 AND r.rcpt_idx = ?5{cond}")
+
+
+# record(): written BEFORE the update, under SQL_RECORD's own guard, so an
+# update that will be ignored (recipient already final) writes nothing.
+# detail gains "attempts" = the count after this update (extra param ?6 = inc).
+SQL_RECORD_EVENT = _rcpt_event("json_set(?3, '$.attempts', r.attempts + ?6)",
+                               " AND r.state = 'queued'")
+# Operator moves: written AFTER the update, for the rows now in the target
+# state (extra param ?6): exactly the rows that moved.
+SQL_MOVE_EVENT = _rcpt_event("?3", " AND r.state = ?6")
+# dsn_sent on the original's recipients.
+SQL_RCPT_EVENT = _rcpt_event("?3")
+
+# record_async: the recipient's state plus what its event needs.
+SQL_RECIPIENT_FOR_EVENT = (
+    "SELECT r.state, r.address, COALESCE(m.credential, '') FROM recipients r "
+    "JOIN messages m ON m.id = r.message_id WHERE r.message_id = ? AND r.rcpt_idx = ?")
+
+# Pruning, oldest first along events_at, at most ?2 rows a call.
+SQL_PRUNE_EVENTS = ("DELETE FROM events WHERE seq IN "
+                    "(SELECT seq FROM events WHERE at < ?1 ORDER BY at LIMIT ?2)")
+SQL_PRUNE_IDEMPOTENCY = ("DELETE FROM idempotency WHERE rowid IN "
+                         "(SELECT rowid FROM idempotency WHERE created < ?1 ORDER BY created LIMIT ?2)")
+
+_EVENT_COLS = "seq, at, type, queue_id, recipient, credential, detail"
+SQL_MESSAGE_EVENTS = f"SELECT {_EVENT_COLS} FROM events WHERE queue_id = ? ORDER BY seq"
+# The newest seq ever assigned (sqlite_sequence survives pruning every row).
+SQL_LAST_EVENT_SEQ = ("SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM events UNION ALL "
+                      "SELECT seq FROM sqlite_sequence WHERE name = 'events')")
+
+
+def events_after_sql(after: int, limit: int, types, recipient: str | None,
+                     credential: str | None) -> tuple[str, list]:
+    """The page of `Spool.events_after`. Without types: one walk of the
+    primary key from `after`. With types: one bounded walk of events_by_type
+    per type (each already in seq order), merged: never a sort of more than
+    len(types) * limit rows, however far behind the cursor is. recipient and
+    credential are checked on the rows walked (no index: the walk stops at
+    `limit` matches, and the events after a cursor are few when it is kept
+    up to date)."""
+    extra, xparams = "", []
+    if recipient is not None:
+        extra += " AND recipient = ?"
+        xparams.append(recipient)
+    if credential is not None:
+        extra += " AND credential = ?"
+        xparams.append(credential)
+    if types is None:
+        return (f"SELECT {_EVENT_COLS} FROM events WHERE seq > ?{extra} ORDER BY seq LIMIT ?",
+                [after, *xparams, limit])
+    parts, params = [], []
+    for t in types:
+        parts.append(f"SELECT * FROM (SELECT {_EVENT_COLS} FROM events WHERE type = ? "
+                     f"AND seq > ?{extra} ORDER BY seq LIMIT ?)")
+        params += [t, after, *xparams, limit]
+    return " UNION ALL ".join(parts) + " ORDER BY seq LIMIT ?", [*params, limit]
+
+
+# Webhook cursors: the columns `set_webhook_state` may set (names are spliced
+# into SQL, so only these).
+WEBHOOK_FIELDS = ("cursor", "failing_since", "next_attempt", "attempts", "last_error", "state")
+SQL_WEBHOOK_STATE = f"SELECT name, {', '.join(WEBHOOK_FIELDS)} FROM webhook_state WHERE name = ?"
+SQL_WEBHOOK_STATES = f"SELECT name, {', '.join(WEBHOOK_FIELDS)} FROM webhook_state ORDER BY name"
+
+
+def set_webhook_sql(fields: tuple[str, ...]) -> str:
+    """Upsert of `fields` (a subset of WEBHOOK_FIELDS) for one name; the
+    others keep their value (or the column default for a new row).
+    Params: name, then one value per field."""
+    for f in fields:
+        if f not in WEBHOOK_FIELDS:
+            raise ValueError(f"unknown webhook state field {f!r}")
+    cols = ", ".join(("name", *fields))
+    marks = ", ".join("?" * (len(fields) + 1))
+    if not fields:
+        return f"INSERT INTO webhook_state (name) VALUES (?) ON CONFLICT (name) DO NOTHING"
+    sets = ", ".join(f"{f} = excluded.{f}" for f in fields)
+    return f"INSERT INTO webhook_state ({cols}) VALUES ({marks}) ON CONFLICT (name) DO UPDATE SET {sets}"
+
+
+# Idempotency (writer._insert). One lookup per batch that has keys: params
+# are (credential, key) pairs.
+SQL_IDEMPOTENCY_LOOKUP = ("SELECT credential, key, queue_id, created FROM idempotency "
+                          "WHERE (credential, key) IN (VALUES {pairs})")
+# An expired key (still present, not yet pruned) is replaced.
+SQL_IDEMPOTENCY_PUT = (
+    "INSERT INTO idempotency (credential, key, queue_id, created) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (credential, key) DO UPDATE SET queue_id = excluded.queue_id, "
+    "created = excluded.created")
 
 # Suppression (suppressions.py, suppression_admin.py). An automatic insert
 # keeps an existing entry (the first reason wins) unless that one has

@@ -16,6 +16,9 @@ API (each takes the reader `aiosqlite.Connection`):
                                    age_buckets, last_error}]
     gauges(conn) -> {recipients: {state: n}, messages_pending, oldest_pending_received_at}
     suppressed(conn, key, scope, now) -> SuppressionView | None
+    events_after(conn, after, limit, types, recipient, credential) -> [EventView]
+    message_events(conn, queue_id) -> [EventView];  last_event_seq(conn) -> int
+    webhook_state(conn, name) -> dict | None;  webhook_states(conn) -> [dict]
 
 Invariant: every query is bounded by a `limit` or by one message, so memory
 follows the caller's window, not the queue size.
@@ -33,7 +36,7 @@ from mta.core.envelope import DsnCandidate, FailedRecipient
 from mta.core.reply import Reply
 from mta.spool import filters, index
 from mta.spool.suppressions import view as suppression_view
-from mta.spool.views import AttemptView, MessageView, RecipientView, SuppressionView
+from mta.spool.views import AttemptView, EventView, MessageView, RecipientView, SuppressionView
 
 _CHUNK = 500   # ids per IN (...) list, well under SQLite's variable limit
 
@@ -238,3 +241,41 @@ async def suppressed(conn: aiosqlite.Connection, key: str, scope: str,
                      now: float) -> SuppressionView | None:
     rows = await conn.execute_fetchall(index.SQL_SUPPRESSED, (key, scope, now))
     return suppression_view(rows[0]) if rows else None
+
+
+def _event(row) -> EventView:
+    seq, at, etype, queue_id, recipient, credential, detail = row
+    try:
+        parsed = json.loads(detail) if detail else {}
+    except ValueError:
+        parsed = {"raw": detail}   # never hide an event behind a bad detail
+    return EventView(seq=seq, at=at, type=etype, queue_id=queue_id, recipient=recipient,
+                     credential=credential, detail=parsed)
+
+
+async def events_after(conn: aiosqlite.Connection, after: int, limit: int, types,
+                       recipient: str | None, credential: str | None) -> list[EventView]:
+    sql, params = index.events_after_sql(after, limit, types, recipient, credential)
+    return [_event(r) for r in await conn.execute_fetchall(sql, params)]
+
+
+async def message_events(conn: aiosqlite.Connection, queue_id: str) -> list[EventView]:
+    return [_event(r) for r in await conn.execute_fetchall(index.SQL_MESSAGE_EVENTS, (queue_id,))]
+
+
+async def last_event_seq(conn: aiosqlite.Connection) -> int:
+    rows = await conn.execute_fetchall(index.SQL_LAST_EVENT_SEQ)
+    return (rows[0][0] or 0) if rows else 0
+
+
+def _webhook(row) -> dict:
+    return dict(zip(("name", *index.WEBHOOK_FIELDS), row))
+
+
+async def webhook_state(conn: aiosqlite.Connection, name: str) -> dict | None:
+    rows = await conn.execute_fetchall(index.SQL_WEBHOOK_STATE, (name,))
+    return _webhook(rows[0]) if rows else None
+
+
+async def webhook_states(conn: aiosqlite.Connection) -> list[dict]:
+    return [_webhook(r) for r in await conn.execute_fetchall(index.SQL_WEBHOOK_STATES)]

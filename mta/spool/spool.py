@@ -7,11 +7,13 @@ group-commit writer (writer.py), the read queries (reads.py) and recovery
 API:
     spool = await Spool.open(state_dir, *, now, suppression=None)  # dirs, lock, recovery
     spool.recovery: RecoveryReport;  spool.stats: SpoolStats
-    await spool.enqueue(NewMessage, now, *, dsn_for: DsnMark | None = None) -> queue id
+    await spool.enqueue(NewMessage, now, *, dsn_for: DsnMark | None = None,
+                        idempotency_window: float = 86400) -> queue id
     await spool.lease_due(now, limit) -> list[QueuedRecipient]
     await spool.release([(queue_id, rcpt_idx), ...])
     await spool.record([RecipientUpdate, ...], *, outcomes=[AddressOutcome, ...])
-    await spool.record_async(queue_id, rcpt_idx, *, state, reply, detail, at, outcomes=()) -> bool
+    await spool.record_async(queue_id, rcpt_idx, *, state, reply, detail, at, outcomes=(),
+                             event_detail=None) -> bool
     await spool.suppressed(address, scope, *, now=None) -> SuppressionView | None
     await spool.next_due_at() -> float | None
     await spool.read_body(queue_id) -> bytes
@@ -23,6 +25,14 @@ API:
     await spool.bounce_messages(f, now, reply) / delete_messages(f, now)   -> recipients moved
     await spool.list_page(f, limit, cursor) -> ([MessageView], next cursor | None)
     await spool.domain_summary(now) -> [dict];  await spool.gauges() -> dict
+  the ledger (issue 6; which op writes which event: writer.py):
+    await spool.append_events([LedgerEvent, ...])        # events with no state change
+    await spool.events_after(after_seq, limit, *, types=None, recipient=None,
+                             credential=None) -> [EventView]   # seq order
+    await spool.message_events(queue_id) -> [EventView];  await spool.last_event_seq() -> int
+    await spool.prune_events(before, batch=1000) / prune_idempotency(before, batch=1000) -> n
+    await spool.webhook_state(name) -> dict | None;  await spool.webhook_states() -> [dict]
+    await spool.set_webhook_state(name, *, cursor=None, failing_since=UNSET, …)
 
 Invariants:
 - `enqueue` returns only after the commit point (see the package docstring);
@@ -38,6 +48,14 @@ Invariants:
   synchronous=NORMAL like any record (a power loss may undo it; a SIGKILL
   cannot). A large selection is one transaction too: the writer (and so
   every enqueue) waits for it: ~0.6 s to hold 100,000 recipients here.
+- Ledger (issue 6): every write above that changes a recipient or message
+  writes its events in the same transaction (the package docstring, "The
+  ledger"). A reader that pages with `events_after(cursor)` never misses an
+  event: seqs are assigned by the one writer at commit, so every seq up to
+  the newest visible one is visible (none commits later with a smaller seq).
+- Idempotency (issue 6): an enqueue with `NewMessage.idempotency_key` whose
+  (credential, key) was used within `idempotency_window` seconds of `now`
+  returns the first message's queue id and queues nothing (writer.py).
 - Suppression (issue 4): `suppression` is a `mta.policy.suppression.
   SuppressionRules` (any object with its `suppresses_after_soft` /
   `expiry_for`; this layer cannot import policy). Address outcomes commit in
@@ -49,8 +67,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -59,8 +79,8 @@ from typing import Iterable, Sequence
 
 import aiosqlite
 
-from mta.core.envelope import (BOUNCED, AddressOutcome, DsnCandidate, QueuedRecipient,
-                               RecipientUpdate)
+from mta.core.envelope import (BOUNCED, AddressOutcome, DsnCandidate, LedgerEvent,
+                               QueuedRecipient, RecipientUpdate)
 from mta.core.errors import StorageError
 from mta.core.ids import new_queue_id
 from mta.core.reply import Reply
@@ -71,14 +91,21 @@ from mta.spool.recovery import RecoveryReport, check_index_present, recover
 from mta.core.files import fsync_dir
 from mta.spool.segments import SEGMENT_MAX_BYTES, SegmentStore
 from mta.spool.suppressions import RulesLike, address_key
-from mta.spool.views import MessageView, SuppressionView
-from mta.spool.writer import (ASYNC, ENQUEUE, LEASE, RECLAIM, RECORD, RELEASE, STEER,
-                              AsyncReport, PendingMessage, SpoolStats, SteerOp, Writer)
+from mta.spool.views import EventView, MessageView, SuppressionView
+from mta.spool.writer import (ASYNC, ENQUEUE, EVENTS, LEASE, PRUNE, RECLAIM, RECORD, RELEASE,
+                              STEER, WEBHOOK, AsyncReport, PendingMessage, PruneOp, SpoolStats,
+                              SteerOp, Writer)
 
 log = logging.getLogger("mta.spool")
 
 DSN_KINDS = {"failure": "sent", "delay": "delay_sent"}
 SUPPRESSION_RECHECK = 5.0   # seconds; see Spool._suppressions_exist
+IDEMPOTENCY_WINDOW = 86400.0   # [ledger] idempotency_window's default
+UNSET = object()   # set_webhook_state: "leave this field as it is"
+# Message-ID for the `received` event: searched in the header block only
+# (up to HEADER_SCAN bytes), ~1 µs for a usual header.
+HEADER_SCAN = 65536
+_MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(<[^>\r\n]{1,900}>)")
 
 
 @dataclass(frozen=True)
@@ -98,6 +125,9 @@ class NewMessage:
     # state 'suppressed' with that reply as last_reply: never attempted, no
     # DSN owed; a message whose recipients are all suppressed is done at once.
     suppressed: tuple[tuple[int, str], ...] = ()
+    # Idempotent submission (issue 6): a repeat of this key from the same
+    # credential within the window queues nothing and gets the first id.
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +137,12 @@ class DsnMark:
     queue_id: str
     rcpt_idxs: tuple[int, ...]
     kind: str                    # "failure" → dsn_state='sent'; "delay" → 'delay_sent'
+
+
+def _message_id(body: bytes) -> str | None:
+    end = body.find(b"\r\n\r\n", 0, HEADER_SCAN)
+    m = _MESSAGE_ID.search(body, 0, end if end >= 0 else min(len(body), HEADER_SCAN))
+    return m.group(1).decode("utf-8", "replace") if m else None
 
 
 def _make_dirs(*dirs: Path) -> None:
@@ -183,7 +219,8 @@ class Spool:
 
     # -- writes (all through the group-commit writer) --------------------------------
 
-    async def enqueue(self, msg: NewMessage, now: float, *, dsn_for: DsnMark | None = None) -> str:
+    async def enqueue(self, msg: NewMessage, now: float, *, dsn_for: DsnMark | None = None,
+                      idempotency_window: float = IDEMPOTENCY_WINDOW) -> str:
         if not msg.recipients:
             raise ValueError("a message needs at least one recipient")
         mark = None
@@ -196,12 +233,23 @@ class Spool:
         if len(set(idxs)) != len(idxs) or not all(0 <= i < len(msg.recipients) for i in idxs):
             raise ValueError(f"bad suppressed recipient indexes {idxs} for "
                              f"{len(msg.recipients)} recipients")
+        body = bytes(msg.body)
+        detail = {"sender": msg.sender, "recipients": len(msg.recipients), "size": len(body),
+                  "listener": msg.listener, "client_ip": msg.client_ip}
+        message_id = _message_id(body)
+        if message_id:
+            detail["message_id"] = message_id
+        if dsn_for is not None:
+            detail.update(dsn_for=dsn_for.queue_id, dsn_kind=dsn_for.kind)
+        if msg.idempotency_key is not None:
+            detail["idempotency_key"] = msg.idempotency_key
         pending = PendingMessage(
             queue_id=msg.queue_id or new_queue_id(now), sender=msg.sender, recipients=tuple(msg.recipients),
-            body=bytes(msg.body), received_at=now, credential=msg.credential,
+            body=body, received_at=now, credential=msg.credential,
             listener=msg.listener, client_ip=msg.client_ip, is_dsn=msg.is_dsn,
             dsn_for=dsn_for.queue_id if dsn_for is not None else None, dsn_mark=mark,
-            suppressed=suppressed)
+            suppressed=suppressed, received_detail=json.dumps(detail),
+            idempotency_key=msg.idempotency_key, idempotency_window=float(idempotency_window))
         return await self._writer.submit(ENQUEUE, pending)
 
     async def lease_due(self, now: float, limit: int) -> list[QueuedRecipient]:
@@ -228,7 +276,8 @@ class Spool:
 
     async def record_async(self, queue_id: str, rcpt_idx: int, *, state: str,
                            reply: Reply | None, detail: str, at: float,
-                           outcomes: Sequence[AddressOutcome] = ()) -> bool:
+                           outcomes: Sequence[AddressOutcome] = (),
+                           event_detail: dict | None = None) -> bool:
         """Record a bounce (state "bounced") or complaint (state "": the
         recipient keeps its state) that arrived by mail, possibly after the
         recipient was delivered. One transaction: an attempts row (state
@@ -237,7 +286,12 @@ class Spool:
         bounced move (index.ASYNC_TRANSITIONS; no DSN is owed for it: the
         report came to our VERP path and the body may be gone), and the
         outcomes. Returns False, writing nothing, when the recipient is
-        unknown. Committed with synchronous=NORMAL like any record."""
+        unknown. Committed with synchronous=NORMAL like any record.
+
+        Ledger: `bounced` (sync=false) when the recipient moved, `complained`
+        when an outcome is a complaint; detail has rcpt_idx, reply, status,
+        diagnostic (= `detail`), then `event_detail` merged over them (the
+        runtime passes class/reason, and feedback_type for a complaint)."""
         if state not in (BOUNCED, ""):
             raise ValueError(f"record_async state must be 'bounced' or '', not {state!r}")
         outcomes = tuple(outcomes)
@@ -248,13 +302,67 @@ class Spool:
             kind = "complaint"
         else:
             kind = "async_report"
+        extra = {"status": (reply.esc or None) if reply is not None else None,
+                 **(event_detail or {})}
         report = AsyncReport(queue_id=queue_id, rcpt_idx=int(rcpt_idx), state=state,
                              attempt_state=kind, reply=str(reply) if reply is not None else None,
-                             detail=detail, at=at, outcomes=outcomes)
+                             detail=detail, at=at, outcomes=outcomes, event_detail=extra)
         return await self._writer.submit(ASYNC, report)
 
     async def reclaim(self) -> int:
         return await self._writer.submit(RECLAIM, None)
+
+    # -- the ledger (issue 6) ----------------------------------------------------------
+
+    async def append_events(self, events: Sequence[LedgerEvent]) -> None:
+        """Append events that go with no state change (`rejected` at
+        submission, `suppressed` refused at RCPT), through the writer: they
+        share the next batch's transaction (synchronous=NORMAL unless it has
+        enqueues: a power loss may lose them, a SIGKILL cannot). An empty
+        credential is filled with the message's when queue_id names one."""
+        events = list(events)
+        for e in events:
+            if not isinstance(e, LedgerEvent):
+                raise TypeError(f"expected a LedgerEvent, got {type(e).__name__}")
+            json.dumps(e.detail)   # fail here, in the caller, not in the batch
+        if events:
+            await self._writer.submit(EVENTS, events)
+
+    async def prune_events(self, before: float, batch: int = 1000) -> int:
+        """Delete at most `batch` of the oldest events with at < `before`;
+        returns how many. Small batches keep the writer (and so every
+        enqueue) waiting only briefly: call again, with a pause, while it
+        returns `batch`."""
+        return await self._prune("events", before, batch)
+
+    async def prune_idempotency(self, before: float, batch: int = 1000) -> int:
+        """Delete at most `batch` idempotency keys created before `before`
+        (keys past their window are already ignored; this only frees space)."""
+        return await self._prune("idempotency", before, batch)
+
+    async def _prune(self, table: str, before: float, batch: int) -> int:
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        return await self._writer.submit(PRUNE, PruneOp(table, float(before), int(batch)))
+
+    async def set_webhook_state(self, name: str, *, cursor: int | None = None,
+                                failing_since=UNSET, next_attempt=UNSET, attempts=UNSET,
+                                last_error=UNSET, state=UNSET) -> None:
+        """Create or update the delivery state of webhook `name`. Fields left
+        out keep their value (a new row starts at cursor 0, attempts 0,
+        state "ok", the others None); pass None to clear failing_since,
+        next_attempt or last_error. cursor=None leaves the cursor alone; any
+        int sets it (also backwards: replay). Through the writer, committed
+        with synchronous=NORMAL: a power loss may forget the last cursor
+        advance, so events are re-sent (with the same webhook-id)."""
+        fields = {k: v for k, v in (("cursor", cursor), ("failing_since", failing_since),
+                                    ("next_attempt", next_attempt), ("attempts", attempts),
+                                    ("last_error", last_error), ("state", state))
+                  if v is not UNSET and not (k == "cursor" and v is None)}
+        for k in ("cursor", "attempts", "state"):
+            if k in fields and fields[k] is None:
+                raise ValueError(f"webhook state {k} cannot be None")
+        await self._writer.submit(WEBHOOK, (str(name), fields))
 
     # -- operator moves (issue 5): recipients the filter selects, never leased ones ---
 
@@ -358,6 +466,42 @@ class Spool:
         out["spool_bytes"] = sum(size for seg, size in sizes.items() if seg in live)
         out["segments"] = len(sizes)
         return out
+
+    async def events_after(self, after_seq: int, limit: int, *,
+                           types: Sequence[str] | None = None, recipient: str | None = None,
+                           credential: str | None = None) -> list[EventView]:
+        """Up to `limit` events with seq > `after_seq`, in seq order,
+        optionally only of `types`, to exact address `recipient`, of
+        `credential` ("" = events without one). Resume with the last seq
+        returned. When fewer than `limit` come back, no event matching the
+        filters exists up to `last_event_seq()` read BEFORE this call, so a
+        filtered consumer may move its cursor there (instead of rescanning
+        unmatched events)."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        if types is not None:
+            types = list(dict.fromkeys(types))
+            if not types:
+                return []
+        return await self._read(reads.events_after(self._reader, int(after_seq), int(limit),
+                                                   types, recipient, credential))
+
+    async def message_events(self, queue_id: str) -> list[EventView]:
+        """Every event of one message, in seq order (the `queue show` timeline)."""
+        return await self._read(reads.message_events(self._reader, queue_id))
+
+    async def last_event_seq(self) -> int:
+        """The newest seq ever committed (0 when none); pruning never lowers it."""
+        return await self._read(reads.last_event_seq(self._reader))
+
+    async def webhook_state(self, name: str) -> dict | None:
+        """{name, cursor, failing_since, next_attempt, attempts, last_error,
+        state} of webhook `name`, or None before its first set_webhook_state."""
+        return await self._read(reads.webhook_state(self._reader, name))
+
+    async def webhook_states(self) -> list[dict]:
+        """`webhook_state` of every stored name, by name."""
+        return await self._read(reads.webhook_states(self._reader))
 
     async def suppressed(self, address: str, scope: str | None, *,
                          now: float | None = None) -> SuppressionView | None:

@@ -1,7 +1,7 @@
 """Read models of the queue for the admin API and the CLI.
 
 One job: plain dataclasses that `Spool.list_messages` / `get_message` /
-`suppressed` (and suppression_admin.py) return, each with `to_dict()` for JSON output (a public interface: keep the
+`suppressed` / `events_after` / `message_events` (and suppression_admin.py) return, each with `to_dict()` for JSON output (a public interface: keep the
 keys stable).
 
 Invariant: views are snapshots; nothing in them writes back to the spool.
@@ -92,3 +92,22 @@ class MessageView:
             "recipients": [r.to_dict() for r in self.recipients],
             "attempts": [a.to_dict() for a in self.attempts],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class EventView:
+    """One ledger event (issue 6). seq: strictly increasing, never reused;
+    at: epoch seconds; credential "" = none; detail: the JSON object stored
+    (keys per type, README's event vocabulary)."""
+    seq: int
+    at: float
+    type: str
+    queue_id: str
+    recipient: str
+    credential: str
+    detail: dict
+
+    def to_dict(self) -> dict:
+        return {"seq": self.seq, "at": self.at, "type": self.type, "queue_id": self.queue_id,
+                "recipient": self.recipient, "credential": self.credential,
+                "detail": self.detail}

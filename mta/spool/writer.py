@@ -9,8 +9,36 @@ LEASE ((now, limit) → list[QueuedRecipient]), RELEASE (list of (id, idx)),
 RECORD ((list of RecipientUpdate, list of AddressOutcome)), ASYNC
 (`AsyncReport` → bool: False when the recipient is unknown), RECLAIM
 (None → segments unlinked), STEER (`SteerOp` → recipients moved: the
-operator moves of filters.py). Address outcomes (suppression, suppressions.py)
-are applied in the same transaction as the recipient rows they came with.
+operator moves of filters.py), EVENTS (list of LedgerEvent → None), PRUNE
+(`PruneOp` → rows deleted), WEBHOOK ((name, {field: value}) → None).
+Address outcomes (suppression, suppressions.py) are applied in the same
+transaction as the recipient rows they came with.
+
+The ledger (issue 6): every op that changes a recipient or message writes
+its events (the `events` table, index.py) in the same transaction, so the
+ledger and the queue never disagree; a rolled-back batch leaves neither.
+Event rows are one executemany per kind of op per batch; an event about an
+existing recipient takes its address and the message's credential from the
+rows in the same INSERT … SELECT (no read round trip). Within a transaction
+events are written in the order their changes are applied, so seq order is
+each message's true order.
+  ENQUEUE  received (+ queued | suppressed per recipient, idx order);
+           a DSN's mark: dsn_sent per marked recipient of the ORIGINAL;
+           an idempotent duplicate: received with duplicate_of, nothing else
+  RECORD   deferred | delivered | bounced | expired | suppressed per update
+           that moves a recipient (EVENT_OF_STATE); none for a put-back
+           (QUEUED, counts_attempt=False) or an ignored update (already final)
+  ASYNC    bounced (sync=false) when the recipient moved; complained when an
+           outcome is a complaint
+  STEER    held | released | bounced (by=operator) | deleted per moved
+           recipient (EVENT_OF_MOVE; retry writes none)
+  EVENTS   the caller's events as given (no state change: rejected, suppressed at RCPT)
+
+Idempotent submission: an ENQUEUE with an idempotency key whose (credential,
+key) row is younger than its window (or was inserted earlier in the same
+batch: one writer, so racing duplicates meet here) inserts nothing and
+resolves with the ORIGINAL queue id; its body is already in the segment, as
+unreferenced garbage (like S3's orphans, reclaimed with its segment).
 
 One batch = everything waiting when the writer wakes (up to MAX_BATCH ops
 or MAX_BATCH_BYTES of bodies):
@@ -36,6 +64,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -43,7 +72,8 @@ from typing import Any, Sequence
 
 import aiosqlite
 
-from mta.core.envelope import AddressOutcome, QueuedRecipient, RecipientUpdate
+from mta.core.envelope import (BOUNCED, DELIVERED, QUEUED, AddressOutcome, QueuedRecipient,
+                               RecipientUpdate)
 from mta.core.errors import StorageError
 from mta.spool import filters, index
 from mta.spool.suppressions import RulesLike, apply_outcomes
@@ -54,8 +84,10 @@ log = logging.getLogger("mta.spool")
 
 ENQUEUE, LEASE, RELEASE, RECORD, RECLAIM = "enqueue", "lease", "release", "record", "reclaim"
 ASYNC, STEER = "async", "steer"
+EVENTS, PRUNE, WEBHOOK = "events", "prune", "webhook"
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 32 * 1024 * 1024
+_KEY_CHUNK = 400   # (credential, key) pairs per lookup, well under SQLite's variable limit
 _STOP = object()
 
 
@@ -74,6 +106,9 @@ class PendingMessage:
     dsn_for: str | None = None            # original queue id when this is a DSN
     dsn_mark: tuple[str, tuple[int, ...], str] | None = None   # (queue id, idxs, kind)
     suppressed: tuple[tuple[int, str], ...] = ()   # (rcpt idx, reply): inserted final
+    received_detail: str = "{}"           # JSON of the `received` event
+    idempotency_key: str | None = None
+    idempotency_window: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +122,7 @@ class AsyncReport:
     detail: str
     at: float
     outcomes: tuple[AddressOutcome, ...] = ()
+    event_detail: dict | None = None   # merged into the bounced/complained event
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +134,14 @@ class SteerOp:
     reply: str | None = None    # bounce: the wire reply the DSN will quote
 
 
+@dataclass(frozen=True, slots=True)
+class PruneOp:
+    """Delete at most `batch` rows older than `before` from `table`."""
+    table: str                  # "events" | "idempotency"
+    before: float
+    batch: int
+
+
 @dataclass(slots=True)
 class SpoolStats:
     """Counters for tests and metrics (a batch = one writer wake-up)."""
@@ -106,6 +150,7 @@ class SpoolStats:
     fsyncs: int = 0           # body-store append+fdatasync calls
     ops: int = 0
     enqueued: int = 0
+    duplicates: int = 0       # idempotent repeats answered with the original id
     max_batch: int = 0
     failed_batches: int = 0
 
@@ -210,7 +255,7 @@ class Writer:
         db_ops = enqueues + others
         if db_ops:
             try:
-                results = await self._transaction(enqueues, locations, others)
+                ids, results = await self._transaction(enqueues, locations, others)
             except Exception as exc:
                 err = storage_error(exc, "committing the spool index")
                 log.error("spool: %s", err)
@@ -219,9 +264,12 @@ class Writer:
                     _fail(op, err)
             else:
                 stats.commits += 1
-                stats.enqueued += len(enqueues)
-                for op in enqueues:
-                    _resolve(op, op.payload.queue_id)
+                for op, qid in zip(enqueues, ids):
+                    if qid == op.payload.queue_id:
+                        stats.enqueued += 1
+                    else:
+                        stats.duplicates += 1
+                    _resolve(op, qid)
                 for op, result in zip(others, results):
                     _resolve(op, result)
 
@@ -231,7 +279,8 @@ class Writer:
             except Exception as exc:
                 _fail(op, storage_error(exc, "reclaiming segments"))
 
-    async def _transaction(self, enqueues: list[_Op], locations, others: list[_Op]) -> list[Any]:
+    async def _transaction(self, enqueues: list[_Op], locations,
+                           others: list[_Op]) -> tuple[list[str], list[Any]]:
         conn = self._conn
         # Only an acceptance (or a DSN with its mark) must be durable before
         # we answer: a batch without enqueues commits with synchronous=NORMAL
@@ -247,8 +296,9 @@ class Writer:
         await conn.execute("BEGIN IMMEDIATE")
         try:
             touched: set[str] = set()
+            ids: list[str] = []
             if enqueues:
-                await self._insert(enqueues, locations, touched)
+                ids = await self._insert(enqueues, locations, touched)
             results = []
             # Ops of one kind share one executemany; leases need their own SELECT.
             releases = [pair for op in others if op.kind == RELEASE for pair in op.payload]
@@ -265,6 +315,17 @@ class Writer:
             for op in others:
                 if op.kind == STEER:
                     known[id(op)] = await self._steer(op.payload, touched)
+            appended = [e for op in others if op.kind == EVENTS for e in op.payload]
+            if appended:
+                await conn.executemany(index.SQL_APPEND_EVENT, [
+                    (e.at, e.type, e.queue_id, e.recipient, e.credential or "",
+                     json.dumps(e.detail)) for e in appended])
+            for op in others:
+                if op.kind == WEBHOOK:
+                    name, fields = op.payload
+                    await conn.execute(index.set_webhook_sql(tuple(fields)), (name, *fields.values()))
+                elif op.kind == PRUNE:
+                    known[id(op)] = await self._prune(op.payload)
             if touched:
                 await conn.executemany(index.SQL_RECOMPUTE_FLAGS, [(mid,) for mid in touched])
             for op in others:
@@ -279,22 +340,45 @@ class Writer:
             except Exception:   # the failed statement may already have ended the txn
                 pass
             raise
-        return results
+        return ids, results
 
-    async def _insert(self, enqueues: list[_Op], locations, touched: set[str]) -> None:
+    async def _insert(self, enqueues: list[_Op], locations, touched: set[str]) -> list[str]:
+        """Insert the batch's messages with their events; returns each op's
+        queue id (the original's, for an idempotent duplicate)."""
+        conn = self._conn
+        keys = await self._idempotency_lookup([op.payload for op in enqueues])
         messages, recipients, suppressed, dsn_sent, delay_sent = [], [], [], [], []
+        received, dups, dsn_events, keys_put, ids = [], [], [], [], []
         for op, (segment, offset, length) in zip(enqueues, locations):
             m: PendingMessage = op.payload
-            messages.append((m.queue_id, m.sender, m.received_at, len(m.body), segment, offset, length,
+            cred = m.credential or ""
+            at = m.received_at
+            if m.idempotency_key is not None:
+                k = (cred, m.idempotency_key)
+                hit = keys.get(k)
+                if hit is not None and hit[1] >= at - m.idempotency_window:
+                    orig = hit[0]
+                    ids.append(orig)
+                    detail = json.loads(m.received_detail)
+                    detail["duplicate_of"] = orig
+                    detail["discarded_id"] = m.queue_id
+                    dups.append((at, "received", orig, "", cred, json.dumps(detail)))
+                    log.info("spool: %s is a repeat of idempotency key %r (credential %r): "
+                             "answered with %s", m.queue_id, m.idempotency_key, cred, orig)
+                    continue
+                keys[k] = (m.queue_id, at)   # a later duplicate in this batch finds it
+                keys_put.append((cred, m.idempotency_key, m.queue_id, at))
+            ids.append(m.queue_id)
+            messages.append((m.queue_id, m.sender, at, len(m.body), segment, offset, length,
                              m.credential, m.listener, m.client_ip, int(m.is_dsn), m.dsn_for))
+            received.append((at, "received", m.queue_id, "", cred, m.received_detail))
             why = dict(m.suppressed)
             for idx, address in enumerate(m.recipients):
                 domain = address.rpartition("@")[2]
                 if idx in why:
-                    suppressed.append((m.queue_id, idx, address, domain, m.received_at, why[idx],
-                                       m.received_at))
+                    suppressed.append((m.queue_id, idx, address, domain, at, why[idx], at))
                 else:
-                    recipients.append((m.queue_id, idx, address, domain, m.received_at, m.received_at))
+                    recipients.append((m.queue_id, idx, address, domain, at, at))
             if why:
                 touched.add(m.queue_id)   # all suppressed → done (and body dead) at once
             if m.dsn_mark is not None:
@@ -302,15 +386,48 @@ class Writer:
                 target = dsn_sent if kind == "failure" else delay_sent
                 target.extend((orig, i) for i in idxs)
                 touched.add(orig)
-        conn = self._conn
-        await conn.executemany(index.SQL_INSERT_MESSAGE, messages)
-        await conn.executemany(index.SQL_INSERT_RECIPIENT, recipients)
+                dsn_events.extend((at, "dsn_sent", json.dumps(
+                    {"rcpt_idx": i, "dsn_queue_id": m.queue_id, "kind": kind}), orig, i)
+                    for i in idxs)
+        if messages:
+            await conn.executemany(index.SQL_INSERT_MESSAGE, messages)
+        if recipients:
+            await conn.executemany(index.SQL_INSERT_RECIPIENT, recipients)
         if suppressed:
             await conn.executemany(index.SQL_INSERT_SUPPRESSED_RECIPIENT, suppressed)
         if dsn_sent:
             await conn.executemany(index.SQL_MARK_DSN_SENT, dsn_sent)
         if delay_sent:
             await conn.executemany(index.SQL_MARK_DELAY_SENT, delay_sent)
+        if keys_put:
+            await conn.executemany(index.SQL_IDEMPOTENCY_PUT, keys_put)
+        # Events: received, then each message's queued/suppressed built by
+        # SQLite from the rows just inserted (one bound row per message, not
+        # per recipient), then the duplicates' received.
+        if received:
+            await conn.executemany(index.SQL_INSERT_EVENT, received)
+            await conn.executemany(index.SQL_ENQUEUE_RCPT_EVENTS,
+                                   [(at, qid, cred) for at, _, qid, _, cred, _ in received])
+        if dups:
+            await conn.executemany(index.SQL_INSERT_EVENT, dups)
+        if dsn_events:
+            await conn.executemany(index.SQL_RCPT_EVENT, dsn_events)
+        return ids
+
+    async def _idempotency_lookup(self, pending: list[PendingMessage]) -> dict:
+        """(credential, key) → (queue id, created) of the keys this batch
+        names that the index holds (expired or not: the caller checks the
+        window). One SELECT per batch that has keys; none otherwise."""
+        pairs = list(dict.fromkeys((m.credential or "", m.idempotency_key)
+                                   for m in pending if m.idempotency_key is not None))
+        found: dict = {}
+        for i in range(0, len(pairs), _KEY_CHUNK):
+            chunk = pairs[i:i + _KEY_CHUNK]
+            sql = index.SQL_IDEMPOTENCY_LOOKUP.format(pairs=",".join(["(?, ?)"] * len(chunk)))
+            for cred, key, qid, created in await self._conn.execute_fetchall(
+                    sql, [x for pair in chunk for x in pair]):
+                found[(cred, key)] = (qid, created)
+        return found
 
     async def _record(self, updates: Sequence[RecipientUpdate], touched: set[str]) -> None:
         now = time.time()   # bookkeeping only (updated_at), never a decision
@@ -326,6 +443,11 @@ class Writer:
             touched.add(u.queue_id)
         if attempts:
             await self._conn.executemany(index.SQL_INSERT_ATTEMPT, attempts)
+        events = _record_events(updates, now)
+        if events:
+            # Before the updates, under their own guard (state = 'queued'):
+            # an update SQL_RECORD will ignore writes no event.
+            await self._conn.executemany(index.SQL_RECORD_EVENT, events)
         cur = await self._conn.executemany(index.SQL_RECORD, rows)
         if cur.rowcount != len(rows):
             # Final states are terminal (index.STATE_TRANSITIONS): a late or
@@ -336,21 +458,31 @@ class Writer:
 
     async def _record_async(self, r: AsyncReport, touched: set[str]) -> bool:
         conn = self._conn
-        rows = await conn.execute_fetchall(index.SQL_RECIPIENT_STATE, (r.queue_id, r.rcpt_idx))
+        rows = await conn.execute_fetchall(index.SQL_RECIPIENT_FOR_EVENT, (r.queue_id, r.rcpt_idx))
         if not rows:
             log.warning("spool: asynchronous %s for unknown recipient %s/%d ignored",
                         r.attempt_state, r.queue_id, r.rcpt_idx)
             return False
-        old = rows[0][0]
+        old, address, cred = rows[0]
         await conn.execute(index.SQL_INSERT_ASYNC_ATTEMPT,
                            (r.queue_id, r.rcpt_idx, r.at, r.attempt_state, r.reply, r.detail))
+        events = []
+        base = {"rcpt_idx": r.rcpt_idx, "reply": r.reply, "diagnostic": r.detail}
         if r.state and r.state in index.ASYNC_TRANSITIONS.get(old, ()):
             await conn.execute(index.SQL_ASYNC_BOUNCE, (r.reply, time.time(), r.queue_id, r.rcpt_idx))
             touched.add(r.queue_id)
             log.info("spool: %s/%d %s -> %s (asynchronous bounce)", r.queue_id, r.rcpt_idx, old, r.state)
+            events.append(("bounced", {**base, "sync": False, "previous_state": old,
+                                       **(r.event_detail or {})}))
         elif r.state:
             log.info("spool: asynchronous bounce for %s/%d kept as an attempt: already %s",
                      r.queue_id, r.rcpt_idx, old)
+        if any(o.kind == "complaint" for o in r.outcomes):
+            events.append(("complained", {**base, "feedback_type": None, **(r.event_detail or {})}))
+        if events:
+            await conn.executemany(index.SQL_INSERT_EVENT, [
+                (r.at, etype, r.queue_id, address, cred, json.dumps(detail))
+                for etype, detail in events])
         if r.outcomes:
             await apply_outcomes(conn, r.outcomes, self._rules)
         return True
@@ -396,10 +528,23 @@ class Writer:
             # hold/release/retry stay within the pending states, so done and
             # body_live cannot change; bounce and delete can end a message.
             touched.update(mid for mid, _ in pairs)
+        etype = index.EVENT_OF_MOVE.get(op.action)
+        if etype is not None and pairs:
+            # After the update, for the rows now in the target state: the ones that moved.
+            extra = {"reply": op.reply} if op.action == "bounce" else {}
+            await conn.executemany(index.SQL_MOVE_EVENT, [
+                (now, etype, json.dumps({"rcpt_idx": idx, "by": "operator", "previous_state": old,
+                                         **extra}), mid, idx, to)
+                for mid, idx, old in rows])
         moved = cur.rowcount if pairs else 0
         log.info("spool: operator %s: %d recipients %s -> %s", op.action, moved,
                  "/".join(sorted(froms)), to)
         return moved
+
+    async def _prune(self, op: PruneOp) -> int:
+        sql = index.SQL_PRUNE_EVENTS if op.table == "events" else index.SQL_PRUNE_IDEMPOTENCY
+        cur = await self._conn.execute(sql, (op.before, op.batch))
+        return cur.rowcount
 
     async def _lease(self, now: float, limit: int) -> list[QueuedRecipient]:
         rows = await self._conn.execute_fetchall(index.SQL_LEASE_SELECT, (now, limit))
@@ -413,6 +558,44 @@ class Writer:
     async def _reclaim(self) -> int:
         rows = await self._conn.execute_fetchall(index.SQL_LIVE_SEGMENTS)
         return await self._store.reclaim({r[0] for r in rows})
+
+
+def _record_events(updates: Sequence[RecipientUpdate], now: float) -> list[tuple]:
+    """SQL_RECORD_EVENT params for the updates that move a recipient. The
+    statement's guard sees the state before the batch; an update after one
+    that already made its recipient final in this same list is skipped here
+    (SQL_RECORD will ignore it), and attempts counts what earlier updates of
+    the list added."""
+    out = []
+    final: set[tuple[str, int]] = set()
+    incs: dict[tuple[str, int], int] = {}
+    for u in updates:
+        key = (u.queue_id, u.rcpt_idx)
+        if key in final:
+            continue
+        inc = incs[key] = incs.get(key, 0) + (1 if u.counts_attempt else 0)
+        if u.state != QUEUED:
+            final.add(key)
+        elif not u.counts_attempt:
+            continue   # a put-back: no attempt, no change worth an event
+        etype = index.EVENT_OF_STATE.get(u.state)
+        if etype is None:
+            continue
+        reply = u.reply
+        detail: dict[str, Any] = {"rcpt_idx": u.rcpt_idx,
+                                  "reply": str(reply) if reply is not None else None}
+        if u.state in (QUEUED, DELIVERED, BOUNCED):
+            detail.update(remote_host=u.remote_host, remote_ip=u.remote_ip, tls=u.tls or None)
+        if u.state == QUEUED:
+            detail["next_attempt"] = u.next_attempt
+        elif u.state == BOUNCED:
+            detail.update(sync=True, status=(reply.esc or None) if reply is not None else None,
+                          diagnostic=reply.text if reply is not None else None)
+        if u.event_detail:
+            detail.update(u.event_detail)
+        at = u.attempted_at + u.duration if u.attempted_at else now
+        out.append((at, etype, json.dumps(detail), u.queue_id, u.rcpt_idx, inc))
+    return out
 
 
 def _consume(fut: asyncio.Future) -> None:

@@ -1,0 +1,207 @@
+"""`mta webhooks …`: the signed webhook endpoints of `[[webhooks]]`.
+
+One job: parse `webhooks` subcommands; read delivery state and replay
+through the running daemon's admin API (the daemon owns the cursors), send
+test requests and make secrets locally.
+
+Public API:
+    register(subparsers, config_parent)   adds `webhooks list|test|replay|secret`
+    run(cfg, args) -> exit code
+    parse_time(text, now) -> unix seconds   for --since
+
+Commands (all accept --config):
+    webhooks list [--json]   the configured endpoints (name, url, events,
+        credential, batch size; never the secret) and, when the daemon answers
+        `GET /v1/webhooks`, each one's state, cursor, lag, attempts and last
+        error. Daemon not running: the configuration alone, a note on stderr,
+        exit 0.
+    webhooks test NAME [--json]   one signed {"type": "test"} request sent from
+        this process (no daemon needed; the cursor is not touched); exit 0 on
+        a 2xx, 1 otherwise
+    webhooks replay NAME --from SEQ | --since TIME   move the endpoint's cursor
+        (POST /v1/webhooks/{name}/replay): resend from event SEQ (inclusive),
+        or from the first event at/after TIME — ISO 8601 (no zone = UTC),
+        unix seconds, or a duration ago ("2h"). A SEQ past the backlog drops
+        it. Needs the running daemon.
+    webhooks secret          prints a new whsec_<base64> signing secret
+Exit codes: 0 ok, 1 failure (daemon unreachable, unknown endpoint, test
+failed), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from datetime import datetime, timezone
+
+from mta.admin.client import AdminError, AdminUnavailable
+from mta.cli.queue_cmd import connect, fail_admin
+from mta.core.durations import DurationError, parse_duration
+
+__all__ = ["register", "run", "parse_time"]
+
+
+def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
+    wh = subparsers.add_parser("webhooks", parents=[config_parent],
+                               help="signed webhook endpoints: state, test, replay, secrets")
+    wsub = wh.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = wsub.add_parser("list", parents=[config_parent],
+                         help="configured endpoints and their delivery state")
+    ls.add_argument("--json", action="store_true")
+    t = wsub.add_parser("test", parents=[config_parent],
+                        help="send one signed test event to an endpoint")
+    t.add_argument("name", metavar="NAME")
+    t.add_argument("--json", action="store_true")
+    rp = wsub.add_parser("replay", parents=[config_parent],
+                         help="resend events from a sequence number or a time")
+    rp.add_argument("name", metavar="NAME")
+    g = rp.add_mutually_exclusive_group(required=True)
+    g.add_argument("--from", dest="from_seq", type=int, metavar="SEQ",
+                   help="resend from this event sequence number (inclusive)")
+    g.add_argument("--since", metavar="TIME",
+                   help="resend from this time: ISO 8601, unix seconds, or a duration ago (2h)")
+    rp.add_argument("--json", action="store_true")
+    wsub.add_parser("secret", parents=[config_parent], help="print a new whsec_ secret")
+
+
+def parse_time(text: str, now: float) -> float:
+    s = text.strip()
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    try:
+        return now - parse_duration(s)
+    except DurationError:
+        pass
+    try:
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time (ISO 8601, unix seconds, or a duration "
+                         f"ago like 2h)") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _fail(msg: str) -> int:
+    print(f"mta: {msg}", file=sys.stderr)
+    return 1
+
+
+def _t(t: float | None) -> str:
+    return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
+
+
+def _find(cfg, name: str):
+    for w in cfg.webhooks:
+        if w.name == name:
+            return w
+    known = ", ".join(w.name for w in cfg.webhooks) or "none configured"
+    raise KeyError(f"no webhook {name!r} in {cfg.source} (known: {known})")
+
+
+def run(cfg, args) -> int:
+    try:
+        if args.action == "secret":
+            from mta.runtime.webhooks import new_secret
+            print(new_secret())
+            return 0
+        if args.action == "list":
+            return _list(cfg, args)
+        if args.action == "test":
+            return _test(cfg, args)
+        return _replay(cfg, args)
+    except KeyError as exc:
+        return _fail(exc.args[0])
+
+
+def _list(cfg, args) -> int:
+    rows = [{"name": w.name, "url": w.url, "events": list(w.events), "credential": w.credential,
+             "batch_size": w.batch_size, "timeout": w.timeout} for w in cfg.webhooks]
+    states: dict[str, dict] = {}
+    note = None
+    try:
+        answer = connect(cfg)._request("GET", "/v1/webhooks")
+        states = {s.get("name"): s for s in answer.get("webhooks", [])}
+    except AdminUnavailable as exc:
+        note = f"{exc}: showing the configuration only"
+    except AdminError as exc:
+        note = f"no delivery state from the daemon ({exc.message}): showing the configuration only"
+    keep = ("state", "cursor", "lag", "last_event_seq", "attempts", "last_error",
+            "failing_since", "next_attempt")
+    for r in rows:
+        s = states.get(r["name"])
+        r.update({k: s.get(k) for k in keep} if s else {k: None for k in keep})
+    if note:
+        print(f"mta: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no [[webhooks]] configured")
+        return 0
+    for r in rows:
+        events = ",".join(r["events"])
+        scope = f" credential={r['credential']}" if r["credential"] else ""
+        print(f"{r['name']}\t{r['url']}\tevents={events}{scope}\tbatch={r['batch_size']}")
+        if r["state"] is not None:
+            line = (f"    {r['state']}  cursor {r['cursor']}  lag {r['lag'] if r['lag'] is not None else '-'}"
+                    f"  attempts {r['attempts']}")
+            if r["last_error"]:
+                line += f"  last error {r['last_error']!r}"
+            if r["failing_since"]:
+                line += f"  failing since {_t(r['failing_since'])}"
+            if r["next_attempt"]:
+                line += f"  next attempt {_t(r['next_attempt'])}"
+            print(line)
+    return 0
+
+
+def _test(cfg, args) -> int:
+    from mta.core import SystemClock
+    from mta.runtime.webhooks import send_test
+    w = _find(cfg, args.name)
+    t0 = time.monotonic()
+    status, error = asyncio.run(send_test(w, SystemClock()))
+    ms = round((time.monotonic() - t0) * 1000)
+    if args.json:
+        print(json.dumps({"name": w.name, "url": w.url, "ok": error is None, "status": status,
+                          "error": error, "ms": ms}, indent=2))
+    elif error is None:
+        print(f"{w.name}: HTTP {status} from {w.url} in {ms} ms")
+    else:
+        print(f"{w.name}: {error} ({w.url}, {ms} ms)", file=sys.stderr)
+    return 0 if error is None else 1
+
+
+def _replay(cfg, args) -> int:
+    _find(cfg, args.name)
+    body: dict
+    if args.from_seq is not None:
+        if args.from_seq < 1:
+            return _fail("--from must be a sequence number ≥ 1")
+        body = {"from": args.from_seq}
+    else:
+        try:
+            body = {"since": parse_time(args.since, time.time())}
+        except ValueError as exc:
+            return _fail(str(exc))
+    try:
+        from mta.admin.client import _seg
+        result = connect(cfg)._request("POST", f"/v1/webhooks/{_seg(args.name)}/replay",
+                                       body=body)
+    except AdminUnavailable as exc:
+        return _fail(f"{exc}; replay changes the running daemon's cursor, start it first")
+    except AdminError as exc:
+        return fail_admin(exc)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        cursor = result.get("cursor")
+        nxt = "-" if cursor is None else cursor + 1
+        print(f"webhook {args.name}: replaying from event {nxt} (state {result.get('state', '?')})")
+    return 0
