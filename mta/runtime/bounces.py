@@ -139,7 +139,11 @@ class BounceProcessor:
             ok = await self.spool.record_async(
                 qid, recipient.idx, state="bounced" if failed else "", reply=reply,
                 detail=f"{report.kind} via {kind}: {entry.diagnostic or entry.status}"[:500],
-                at=now, outcomes=[outcome])
+                at=now, outcomes=[outcome],
+                event_detail={"class": outcome.kind, "reason": entry.reason,
+                              "status": entry.status, "diagnostic": entry.diagnostic[:500],
+                              "feedback_type": entry.feedback_type or None,
+                              "report_kind": report.kind, "sync": False})
             self._count("complaint" if complaint else "bounce")
             event(log, "complained" if complaint else "bounced_async", id=qid,
                   rcpt=recipient.address, kind=report.kind, status=entry.status or None,

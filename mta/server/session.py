@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
 
-from mta.core import (AddressError, Clock, Observer, Reply, StorageError, new_queue_id,
+from mta.core import (AddressError, Clock, LedgerEvent, Observer, Reply, StorageError, new_queue_id,
                       parse_address)
 from mta.mail.headers import from_domains, prepare_submission, remove_header
 from mta.policy.senders import SenderPolicy
@@ -105,6 +105,7 @@ class SubmissionHandler:
                  rcpt_check: Callable[[str, str | None], Awaitable[Reply | None]] | None = None,
                  accept_suppressed: bool = False, observer: Observer = Observer()):
         self.hostname = hostname
+        self._pending: set[asyncio.Future] = set()   # ledger appends in flight
         self.observer = observer
         self.rcpt_check = rcpt_check      # (recipient, credential) -> refusal or None
         self.accept_suppressed = accept_suppressed
@@ -118,6 +119,30 @@ class SubmissionHandler:
         self.log = log
         self._message_factory = message_factory
         self.update(cfg, credentials)
+
+    # -- the ledger (issue 6) ---------------------------------------------------
+
+    def _ledger(self, kind: str, session: Session, reply: str, *, stage: str,
+                sender: str = "", recipient: str = "") -> str:
+        """Record a refusal at submission (`rejected`, or `suppressed` at RCPT)
+        in the ledger, without delaying the reply; returns the reply.
+        Unauthenticated relay attempts are not recorded (spam would flood it)."""
+        append = getattr(self.spool, "append_events", None)
+        if append is not None:
+            event = LedgerEvent(kind, self.clock.now(), recipient=recipient,
+                                credential=session.credential or "",
+                                detail={"reply": reply, "stage": stage,
+                                        "sender": "" if sender == "<>" else sender,
+                                        "listener": self.cfg.name})
+            task = asyncio.ensure_future(append([event]))
+            self._pending.add(task)
+            task.add_done_callback(self._ledger_done)
+        return reply
+
+    def _ledger_done(self, task: asyncio.Future) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("event=ledger_append_failed error=%r", task.exception())
 
     # -- sending domains (issue 3) -------------------------------------------
 
@@ -249,7 +274,8 @@ class SubmissionHandler:
             refused = self._sender_refusal(session, [checked.rpartition("@")[2]], "MAIL FROM")
             if refused is not None:
                 self.observer.message_received(self.cfg.name, "rejected")
-                return refused
+                return self._ledger("rejected", session, refused, stage="MAIL",
+                                    sender=checked)
         envelope.mail_from = checked or "<>"  # aiosmtpd treats "" as "no MAIL yet"
         envelope.mail_options.extend(mail_options)
         return str(replies.sender_ok(checked))
@@ -274,7 +300,8 @@ class SubmissionHandler:
                 self.log.info("event=suppressed rcpt=%s credential=%s reply=%r", checked,
                               session.credential or "-", str(refusal))
                 if not self.accept_suppressed:
-                    return str(refusal)
+                    return self._ledger("suppressed", session, str(refusal), stage="RCPT",
+                                        recipient=checked, sender=envelope.mail_from)
                 suppressed = getattr(envelope, "suppressed", None)
                 if suppressed is None:
                     suppressed = envelope.suppressed = []
@@ -297,16 +324,20 @@ class SubmissionHandler:
             self.log.warning("event=rejected reason=smuggling listener=%s client=%s "
                              "credential=%s reply=%r", self.cfg.name, server.client_ip,
                              session.credential, str(refused))
-            return str(refused)
+            return self._ledger("rejected", session, str(refused), stage="DATA",
+                                sender=envelope.mail_from)
         if len(content) > self.cfg.max_message_size:
-            return str(replies.TOO_BIG)
+            return self._ledger("rejected", session, str(replies.TOO_BIG), stage="DATA",
+                                sender=envelope.mail_from)
         if self._enforcing(session):
             domains = from_domains(content)
             if domains is None:
-                return str(replies.NO_FROM_DOMAIN)
+                return self._ledger("rejected", session, str(replies.NO_FROM_DOMAIN),
+                                    stage="DATA", sender=envelope.mail_from)
             refused = self._sender_refusal(session, domains, "From: header")
             if refused is not None:
-                return refused
+                return self._ledger("rejected", session, refused, stage="DATA",
+                                    sender=envelope.mail_from)
 
         # Idempotency-Key (issue 6): taken off the message (it is for us, not
         # for the recipient) and handed to the spool, which answers a repeat
