@@ -32,8 +32,9 @@ async def world(tmp_path):
         creds = CredentialStore(tmp_path / "state" / "credentials.json")
         creds.add("app", "app-password-1")
         creds.add("scoped", "scoped-password-1", domains=["a.example"])
+        (tmp_path / "mta.toml").write_text(text)     # for the CLI (admin API)
         async with running_daemon(text) as d:
-            d.port, d.inbound = port, inbound
+            d.port, d.inbound, d.config_file = port, inbound, tmp_path / "mta.toml"
             yield d, sink
 
 
@@ -149,3 +150,30 @@ async def test_idempotent_submission_sequential_and_concurrent(world):
     other = await submit(d, ["ok-idem@rcpt.test"], user="scoped", password="scoped-password-1",
                          sender="y@a.example", headers=b"Idempotency-Key: order-42\r\n")
     assert other != first
+
+
+async def test_cli_events_tail_and_queue_show_timeline(world):
+    import json as _json
+    import os
+    import subprocess
+    import sys
+    d, sink = world
+    qid = await submit(d, ["ok-cli@rcpt.test"])
+    await until_types(d, qid, ["received", "queued", "delivered"])
+    env = dict(os.environ, MTA_CONFIG=str(d.config_file))
+
+    def mta(*args):
+        return subprocess.run([sys.executable, "-m", "mta", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+    r = await asyncio.to_thread(mta, "events", "tail", "--json", "--after", "0")
+    assert r.returncode == 0, r.stderr
+    lines = [_json.loads(x) for x in r.stdout.splitlines()]
+    mine = [e["type"] for e in lines if e["queue_id"] == qid]
+    assert mine == ["received", "queued", "delivered"]
+    assert [e["seq"] for e in lines] == sorted(e["seq"] for e in lines)
+    r = await asyncio.to_thread(mta, "events", "tail", "--last", "1")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1
+    r = await asyncio.to_thread(mta, "queue", "show", qid)
+    assert r.returncode == 0, r.stderr
+    timeline_part = r.stdout.split("*** TIMELINE ***")[1]
+    assert "received" in timeline_part and "delivered" in timeline_part

@@ -198,6 +198,23 @@ class AdminClient:
     def destination_action(self, name: str, action: str) -> dict:
         return self._request("POST", f"/v1/destinations/{_seg(name)}/{_seg(action)}")
 
+    def events(self, *, after: int = 0, types: str | None = None,
+               recipient: str | None = None, limit: int = 100) -> dict:
+        query = {"after": after, "limit": limit, "type": types, "recipient": recipient}
+        return self._request("GET", "/v1/events",
+                             query={k: v for k, v in query.items() if v is not None})
+
+    def message_events(self, message_id: str) -> list[dict]:
+        return self._request("GET", f"/v1/messages/{_seg(message_id)}/events")["events"]
+
+    def webhooks(self) -> list[dict]:
+        return self._request("GET", "/v1/webhooks")["webhooks"]
+
+    def webhook_replay(self, name: str, *, from_seq: int | None = None,
+                       since: float | None = None) -> dict:
+        body = {"from": from_seq} if from_seq is not None else {"since": since}
+        return self._request("POST", f"/v1/webhooks/{_seg(name)}/replay", body=body)
+
 
 # No proxies: the admin API is the local daemon, whatever http_proxy says.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -21,6 +21,7 @@ from mta.cli import queue_cmd
 from mta.cli import bounce_cmd
 from mta.cli import suppression_cmd
 from mta.cli import webhooks_cmd
+from mta.cli import events_cmd
 from mta.config import config_as_dict, load_config, render_config
 from mta.core import ConfigError
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     bounce_cmd.register(sub, cfgp)
     suppression_cmd.register(sub, cfgp)
     webhooks_cmd.register(sub, cfgp)
+    events_cmd.register(sub, cfgp)
     return parser
 
 
@@ -91,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"serve": _serve, "config": _config, "user": _user, "queue": queue_cmd.run,
                "destination": destination_cmd.run,
                "domain": domain_cmd.run, "bounce": bounce_cmd.run,
-               "suppression": suppression_cmd.run, "webhooks": webhooks_cmd.run}[args.command]
+               "suppression": suppression_cmd.run, "webhooks": webhooks_cmd.run,
+               "events": events_cmd.run}[args.command]
     try:
         return handler(cfg, args)
     except KeyboardInterrupt:

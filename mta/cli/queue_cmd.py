@@ -211,6 +211,11 @@ def _show(client: AdminClient, args) -> int:
         sys.stdout.buffer.flush()
         return 0
     m = client.get_message(args.id)
+    try:
+        m = {**m, "events": client.message_events(args.id)}   # the ledger timeline
+    except AdminError as exc:
+        if exc.status != 501:
+            raise
     if args.json:
         if args.body:
             # JSON holds text: a non-UTF-8 (8bit) body is shown with U+FFFD;
@@ -246,8 +251,21 @@ def _show(client: AdminClient, args) -> int:
               f"{a.get('duration', 0):.1f}s  {host}{ip}{tls}")
         if a.get("reply"):
             print(f"{'':<22}{a['reply']}")
+    print("*** TIMELINE ***")
+    for e in m.get("events", []):
+        print(format_event(e))
     print("*** END ***")
     return 0
+
+
+def format_event(e: dict) -> str:
+    """One ledger event as a line: time, seq, type, id, recipient, key details."""
+    d = e.get("detail") or {}
+    keys = ("reply", "remote_host", "tls", "class", "reason", "status", "next_attempt",
+            "feedback_type", "duplicate_of", "by", "stage")
+    extra = "  ".join(f"{k}={d[k]}" for k in keys if d.get(k) not in (None, ""))
+    return (f"{_t(e.get('at'))}  #{e.get('seq')}  {e.get('type', ''):<11} "
+            f"{e.get('queue_id') or '-'}  {e.get('recipient') or '-'}  {extra}").rstrip()
 
 
 # --------------------------------------------------------------- actions
