@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""What does a webhook endpoint subscribed to every event cost delivery?
+
+    scripts/bench_webhooks.py [-n 5000] [-c 10] [-s 20480] [--repeats 2] [--bench ../shared/bench]
+
+Runs the shared harness's load.py against `mta serve` (plain SMTP on
+127.0.0.1:2535, trusted loopback, every domain routed to the harness's
+counting sink) twice per repeat, interleaved: without webhooks, and with one
+[[webhooks]] endpoint (events = ["*"], batch_size 1) pointing at a receiver on
+127.0.0.1 that answers 204 (a threaded http.server, in this process). Prints
+end-to-end msg/s and CPU-s/1000 of each, the ratio, and how many webhook
+requests the receiver got. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+received = {"requests": 0}
+
+
+class Receiver(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        received["requests"] += 1
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def config(state: Path, hook_port: int | None) -> str:
+    text = f"""
+[server]
+hostname = "bench.mta.test"
+state_dir = "{state}"
+log_level = "warning"
+[[listeners]]
+name = "bench"
+address = "127.0.0.1:2535"
+tls = "none"
+trusted_networks = ["127.0.0.0/8"]
+[admin]
+address = "127.0.0.1:8027"
+token = "bench-webhooks-token-0123456789"
+[routes]
+"*" = "127.0.0.1:2526"
+"""
+    if hook_port:
+        secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+        text += (f'[[webhooks]]\nname = "bench"\nurl = "http://127.0.0.1:{hook_port}/hook"\n'
+                 f'events = ["*"]\nsecret = "{secret}"\n')
+    return text
+
+
+def run_once(bench: Path, tmp: Path, hook_port: int | None, a) -> dict:
+    state = Path(tempfile.mkdtemp(dir=tmp))
+    cfg = state / "mta.toml"
+    cfg.write_text(config(state / "state", hook_port))
+    daemon = subprocess.Popen([str(bench / "cgexec.sh"), "bench-mta-hooks",
+                               str(ROOT / ".venv" / "bin" / "mta"), "serve", "--config", str(cfg)],
+                              stderr=open(state / "mta.log", "wb"))
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen("http://127.0.0.1:8027/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        out = subprocess.run([sys.executable, str(bench / "load.py"), "--target", "127.0.0.1:2535",
+                              "-n", str(a.n), "-c", str(a.c), "-s", str(a.s), "-r", "1",
+                              "--client", "smtp-source" if Path("/usr/sbin/smtp-source").exists()
+                              else "py", "--mta-cgroup", "bench-mta-hooks", "--label", "mta"],
+                             cwd=bench, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=5000)
+    ap.add_argument("-c", type=int, default=10)
+    ap.add_argument("-s", type=int, default=20480)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--bench", default=str(ROOT.parent / "shared" / "bench"))
+    a = ap.parse_args()
+    bench = Path(a.bench).resolve()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook_port = server.server_address[1]
+    tmp = Path(tempfile.mkdtemp(prefix="mta-bench-hooks-"))
+    subprocess.run([str(bench / "sink-up.sh")], check=True, cwd=bench, capture_output=True)
+    results: dict[str, list[dict]] = {"no webhooks": [], "webhook on all events": []}
+    try:
+        for _ in range(a.repeats):
+            results["no webhooks"].append(run_once(bench, tmp, None, a))
+            results["webhook on all events"].append(run_once(bench, tmp, hook_port, a))
+    finally:
+        subprocess.run([str(bench / "sink-down.sh")], cwd=bench, capture_output=True)
+        server.shutdown()
+    print(f"\nN={a.n} C={a.c} S={a.s} repeats={a.repeats} (median)")
+    med = {k: (statistics.median(r["e2e_mps"] for r in v),
+               statistics.median(r["mta_cpu_per_1000"] or 0 for r in v)) for k, v in results.items()}
+    for k, (e2e, cpu) in med.items():
+        print(f"  {k:<22} {e2e:7.0f} e2e msg/s  {cpu:5.2f} CPU-s/1000")
+    base, hooks = med["no webhooks"][0], med["webhook on all events"][0]
+    print(f"  ratio with/without: {hooks / base:.2f} (goal >= 0.85); webhook requests received: "
+          f"{received['requests']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
