@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402  (scripts/benchlib.py)
 MTA_PORT = 2535
 
 
@@ -73,14 +75,8 @@ concurrency_per_destination = 20
 
 
 def run_load(bench: Path, target: str, cgroup: str, args, label: str) -> dict:
-    cmd = [sys.executable, str(bench / "load.py"), "--target", target, "-n", str(args.n),
-           "-c", str(args.c), "-s", str(args.s), "-r", "1", "--client", args.client,
-           "--mta-cgroup", cgroup, "--label", label]
-    out = subprocess.run(cmd, cwd=bench, capture_output=True, text=True)
-    if out.returncode != 0:
-        print(out.stderr, file=sys.stderr)
-        sys.exit(f"bench: load.py failed for {label}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return benchlib.run_load(bench, target=target, n=args.n, c=args.c, s=args.s,
+                             client=args.client, cgroup=cgroup, label=label)
 
 
 def pick(rec: dict, *names: str) -> float:

@@ -31,6 +31,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402  (scripts/benchlib.py)
 TOKEN = "bench-admin-token-0123456789abcdef"
 
 
@@ -67,11 +69,7 @@ def page_loop(stop: threading.Event, latencies: list[float], once: bool = False)
 
 
 def run_load(bench: Path, n: int, c: int) -> dict:
-    out = subprocess.run([sys.executable, str(bench / "load.py"), "--target", "127.0.0.1:2535",
-                          "-n", str(n), "-c", str(c), "-s", "20480", "-r", "1",
-                          "--client", "py", "--label", "mta"],
-                         cwd=bench, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return benchlib.run_load(bench, target="127.0.0.1:2535", n=n, c=c, s=20480, client="py")
 
 
 def main() -> int:
@@ -107,12 +105,7 @@ token = "{TOKEN}"
     daemon = subprocess.Popen([str(ROOT / ".venv" / "bin" / "mta"), "serve", "--config", str(cfg)],
                               stderr=open(tmp / "mta.log", "wb"))
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen("http://127.0.0.1:8026/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        benchlib.wait_http("http://127.0.0.1:8026/healthz")
         alone = run_load(bench, a.n, a.c)
         results = {}
         for mode in ("one pass", "continuous"):

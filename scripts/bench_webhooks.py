@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import signal
 import statistics
@@ -24,12 +23,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402  (scripts/benchlib.py)
 received = {"requests": 0}
 
 
@@ -76,18 +75,10 @@ def run_once(bench: Path, tmp: Path, hook_port: int | None, a) -> dict:
                                str(ROOT / ".venv" / "bin" / "mta"), "serve", "--config", str(cfg)],
                               stderr=open(state / "mta.log", "wb"))
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen("http://127.0.0.1:8027/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        out = subprocess.run([sys.executable, str(bench / "load.py"), "--target", "127.0.0.1:2535",
-                              "-n", str(a.n), "-c", str(a.c), "-s", str(a.s), "-r", "1",
-                              "--client", "smtp-source" if Path("/usr/sbin/smtp-source").exists()
-                              else "py", "--mta-cgroup", "bench-mta-hooks", "--label", "mta"],
-                             cwd=bench, capture_output=True, text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        benchlib.wait_http("http://127.0.0.1:8027/healthz")
+        client = "smtp-source" if Path("/usr/sbin/smtp-source").exists() else "py"
+        return benchlib.run_load(bench, target="127.0.0.1:2535", n=a.n, c=a.c, s=a.s,
+                                 client=client, cgroup="bench-mta-hooks")
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
