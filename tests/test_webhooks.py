@@ -87,6 +87,10 @@ class FakeSpool:
                 break
         return out
 
+    async def event_payloads_after(self, after_seq, limit, *, types=None, credential=None):
+        evs = await self.events_after(after_seq, limit, types=types, credential=credential)
+        return [(e.seq, json.dumps(event_json(e), separators=(",", ":")).encode()) for e in evs]
+
     async def last_event_seq(self) -> int:
         return self.events[-1].seq if self.events else 0
 
@@ -220,6 +224,34 @@ def test_event_json_shape():
                               "timestamp": "2023-11-14T22:13:20.250Z", "queue_id": "Q1",
                               "recipient": "a@x.example", "credential": "alice",
                               "data": {"remote_host": "mx.x.example", "tls": "TLSv1.3"}}
+
+
+async def test_the_spools_sql_payload_is_event_json(tmp_path):
+    """The deliverer sends what SQLite builds (index.EVENT_PAYLOAD_COLS): it
+    must be exactly event_json of the same event: null for "", ms rounding,
+    non-ASCII, nested details, and filters."""
+    from mta.core.envelope import LedgerEvent
+    from mta.spool.spool import Spool
+    spool = await Spool.open(tmp_path / "state", now=time.time())
+    try:
+        ats = [1_700_000_000.0, 1_700_000_000.2495, 1_700_000_000.9996, 1_799_999_999.123456]
+        await spool.append_events([
+            LedgerEvent(type="rejected" if i % 2 else "suppressed", at=at,
+                        recipient=f"rü{i}@x.example" if i else "",
+                        credential="alice" if i % 2 else "",
+                        detail={"reply": "550 5.7.1 «no»", "n": i, "nested": {"a": [1, None]}}
+                        if i else {})
+            for i, at in enumerate(ats)])
+        views = await spool.events_after(0, 10)
+        sql = await spool.event_payloads_after(0, 10)
+        assert [s for s, _ in sql] == [v.seq for v in views] and len(views) == 4
+        for v, (_, payload) in zip(views, sql):
+            assert json.loads(payload) == event_json(v), payload
+        only = await spool.event_payloads_after(0, 10, types=["rejected"], credential="alice")
+        assert [s for s, _ in only] == [v.seq for v in views if v.type == "rejected"]
+        assert json.loads(sql[0][1])["data"] == {} and json.loads(sql[0][1])["recipient"] is None
+    finally:
+        await spool.close()
 
 
 # ---------------------------------------------------------------- durable delivery

@@ -1,7 +1,8 @@
 """Signed webhooks: each `[[webhooks]]` endpoint follows the ledger with a
 durable cursor and receives its events as Standard Webhooks requests.
 
-One job: turn ledger events (the spool's `events_after`) into signed HTTP
+One job: turn ledger events (the spool's `event_payloads_after`: payloads
+built by SQLite) into signed HTTP
 POSTs, in sequence order, retrying until the endpoint answers 2xx.
 
 Public API
@@ -9,7 +10,7 @@ Public API
     new_secret() -> "whsec_<base64 of 32 random bytes>"
     event_json(event) -> dict          the payload object of one ledger event
     WebhookDeliverer(cfg, *, spool, clock, schedule, failing_after,
-                     session_factory=aiohttp.ClientSession, poll_interval=5.0)
+                     ssl_context=None, poll_interval=5.0)
         start() / await stop() / poke() / await status() -> dict
         await replay(from_seq=None, since=None) -> dict   (the running-daemon way)
     WebhookService(configs, *, spool, clock, ledger_cfg)  one deliverer per endpoint:
@@ -22,10 +23,11 @@ Public API
         next_attempt attempts last_error state last_event_seq lag running sent
     async replay(spool, name, *, from_seq=None, since=None) -> dict   (spool only)
     async first_seq_since(spool, since) -> int | None
-    async send_test(cfg, clock, *, session_factory=...) -> (status | None, error | None)
+    async send_test(cfg, clock, *, ssl_context=None) -> (status | None, error | None)
 
 Wire format (Standard Webhooks, https://www.standardwebhooks.com/)
-    POST <url>, content-type: application/json, user-agent: mta-webhooks/1
+    POST <url> (HTTP/1.1, one keep-alive connection: runtime/hookhttp.py),
+    content-type: application/json, user-agent: mta-webhooks/1
     webhook-id:        "evt_<seq>" for a single event, "evt_<first>-<last>" for a
                        batch; the SAME id on every retry of the same content
     webhook-timestamp: unix seconds at send time
@@ -65,7 +67,7 @@ A new endpoint starts at the ledger's current end (the cursor defaults to
 SEQ past the backlog, drops it).
 
 Filters: `events` (types; "*" = all) and `credential` are passed to
-`events_after`; when nothing matches, the cursor jumps to the ledger end that
+`event_payloads_after`; when nothing matches, the cursor jumps to the ledger end that
 was read before the fetch (events commit in sequence order), so a narrow
 endpoint does not rescan the ledger.
 
@@ -79,17 +81,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 import base64
 import hashlib
 import hmac
 import json
 import logging
 import secrets
+import ssl
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-import aiohttp
-
+from mta.runtime.hookhttp import Endpoint
 from mta.runtime.logs import event as log_event
 
 PREFETCH = 100     # ledger events read ahead per query
@@ -103,7 +106,6 @@ __all__ = ["sign", "new_secret", "event_json", "encode_body", "webhook_id", "Web
 ACTIVE, FAILING = "active", "failing"
 USER_AGENT = "mta-webhooks/1"
 POLL_INTERVAL = 5.0
-_ERROR_BODY_MAX = 200
 
 
 # --------------------------------------------------------------------- signing
@@ -116,11 +118,22 @@ def _key(secret: str) -> bytes:
     return key
 
 
+class Signer:
+    """`sign` for one secret, with the key decoded and the HMAC keyed once."""
+
+    def __init__(self, secret: str):
+        self._mac = hmac.new(_key(secret), digestmod=hashlib.sha256)
+
+    def __call__(self, msg_id: str, timestamp: int, payload: bytes) -> str:
+        mac = self._mac.copy()
+        mac.update(f"{msg_id}.{int(timestamp)}.".encode())
+        mac.update(payload)
+        return "v1," + base64.b64encode(mac.digest()).decode()
+
+
 def sign(secret: str, msg_id: str, timestamp: int, payload: bytes) -> str:
     """The `webhook-signature` header value: "v1,<base64 HMAC-SHA256>"."""
-    mac = hmac.new(_key(secret), f"{msg_id}.{int(timestamp)}.".encode() + payload,
-                   hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
+    return Signer(secret)(msg_id, timestamp, payload)
 
 
 def new_secret() -> str:
@@ -130,14 +143,18 @@ def new_secret() -> str:
 # --------------------------------------------------------------------- payload
 
 def _iso(at: Any) -> Any:
+    """Milliseconds, rounded as SQLite's strftime('%f') rounds them (the
+    spool builds the same payload in SQL: index.EVENT_PAYLOAD_COLS)."""
     if isinstance(at, (int, float)):
-        dt = datetime.fromtimestamp(float(at), tz=timezone.utc)
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+        ms = int(float(at) * 1000.0 + 0.5)
+        dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
     return at   # already a string (or None)
 
 
 def event_json(ev: Any) -> dict:
-    """The payload object of one ledger event (an EventView)."""
+    """The payload object of one ledger event (an EventView). The deliverer
+    sends the same object built by the spool (`event_payloads_after`)."""
     return {"type": ev.type, "seq": ev.seq, "timestamp": _iso(ev.at),
             "queue_id": ev.queue_id or None, "recipient": ev.recipient or None,
             "credential": ev.credential or None, "data": ev.detail or {}}
@@ -149,8 +166,20 @@ def encode_body(objs: Sequence[dict], batch: bool) -> bytes:
 
 
 def webhook_id(events: Sequence[Any]) -> str:
-    first, last = events[0].seq, events[-1].seq
+    """evt_<seq> for one event, evt_<first>-<last> for a batch; `events` are
+    EventViews or (seq, payload) pairs."""
+    first, last = _seq(events[0]), _seq(events[-1])
     return f"evt_{first}" if len(events) == 1 else f"evt_{first}-{last}"
+
+
+def _seq(e: Any) -> int:
+    return e[0] if isinstance(e, tuple) else e.seq
+
+
+def _body(payloads: Sequence[tuple[int, bytes]], batch: bool) -> bytes:
+    if not batch:
+        return payloads[0][1]
+    return b"[" + b",".join(p for _, p in payloads) + b"]"
 
 
 def _types(cfg: Any) -> list[str] | None:
@@ -158,33 +187,13 @@ def _types(cfg: Any) -> list[str] | None:
     return None if not events or "*" in events else list(events)
 
 
-async def _post(session: aiohttp.ClientSession, cfg: Any, msg_id: str, body: bytes,
+async def _post(endpoint: Endpoint, signer: Signer, msg_id: str, body: bytes,
                 clock: Any) -> tuple[int | None, str | None]:
     """One signed POST. (status, None) on 2xx; (status, error) on another
     status; (None, error) on a timeout or a connection failure."""
     ts = int(clock.now())
-    headers = {"content-type": "application/json", "user-agent": USER_AGENT,
-               "webhook-id": msg_id, "webhook-timestamp": str(ts),
-               "webhook-signature": sign(cfg.secret, msg_id, ts, body)}
-    try:
-        async with session.post(cfg.url, data=body, headers=headers, allow_redirects=False,
-                                timeout=aiohttp.ClientTimeout(total=cfg.timeout)) as resp:
-            if 200 <= resp.status < 300:
-                resp.release()          # the body of a 2xx is ignored (not read whole)
-                return resp.status, None
-            try:
-                text = (await resp.content.read(_ERROR_BODY_MAX)).decode("utf-8", "replace")
-            except Exception:
-                text = ""
-            text = " ".join(text.split())
-            return resp.status, f"HTTP {resp.status}" + (f": {text}" if text else "")
-    except asyncio.TimeoutError:
-        return None, f"timeout after {cfg.timeout:g}s"
-    except aiohttp.ClientConnectorError as exc:
-        why = getattr(getattr(exc, "os_error", None), "strerror", None) or str(exc)
-        return None, f"connection failed: {why}"
-    except (aiohttp.ClientError, OSError) as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:300]
+    return await endpoint.post((("webhook-id", msg_id), ("webhook-timestamp", str(ts)),
+                                ("webhook-signature", signer(msg_id, ts, body))), body)
 
 
 # --------------------------------------------------------------------- deliverer
@@ -204,7 +213,7 @@ class WebhookDeliverer:
 
     def __init__(self, cfg: Any, *, spool: Any, clock: Any, schedule: Sequence[float],
                  failing_after: float,
-                 session_factory: Callable[..., aiohttp.ClientSession] = aiohttp.ClientSession,
+                 ssl_context: ssl.SSLContext | None = None,
                  poll_interval: float = POLL_INTERVAL):
         if not schedule:
             raise ValueError("empty webhook retry schedule")
@@ -213,17 +222,18 @@ class WebhookDeliverer:
         self.schedule = tuple(float(s) for s in schedule)
         self.failing_after = float(failing_after)
         self.poll_interval = poll_interval
-        self._session_factory = session_factory
-        self._session: aiohttp.ClientSession | None = None
+        self._ssl_context = ssl_context
+        self._endpoint: Endpoint | None = None
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()          # one send+persist, or one replay, at a time
         self._wake = asyncio.Event()         # new events (poke)
         self._kick = asyncio.Event()         # state changed (replay): cut a backoff short
         self._state: dict | None = None
         self._pinned: tuple[int, int] | None = None   # (cursor, last seq) of a failed batch
-        # Events read ahead of the cursor (in seq order): one ledger query per
-        # PREFETCH events instead of one per request.
-        self._buffer: list[Any] = []
+        # (seq, payload) read ahead of the cursor, in seq order: one ledger
+        # query per PREFETCH events instead of one per request.
+        self._buffer: deque[tuple[int, bytes]] = deque()
+        self._signer = Signer(cfg.secret)
         self.sent = 0                        # requests acknowledged (2xx), for metrics
         self._dirty = False                  # in-memory cursor ahead of the stored one
         self._saved_at = 0.0
@@ -243,9 +253,9 @@ class WebhookDeliverer:
                 await self._save()
             except Exception:   # the spool may be closing: at-least-once covers it
                 log.exception("event=webhook_cursor_not_saved name=%s", self.name)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._endpoint is not None:
+            await self._endpoint.close()
+            self._endpoint = None
 
     def poke(self) -> None:
         self._wake.set()
@@ -297,7 +307,7 @@ class WebhookDeliverer:
         async with self._lock:
             st = await replay(self.spool, self.name, from_seq=from_seq, since=since)
             self._state, self._pinned = _state_dict(st), None
-            self._buffer = []
+            self._buffer.clear()
         self._kick.set()
         self._wake.set()
         return st
@@ -341,22 +351,22 @@ class WebhookDeliverer:
                 return min(st["next_attempt"] - now, self.poll_interval)
             self._kick.clear()
             self._wake.clear()
-            self._buffer = [e for e in self._buffer if e.seq > st["cursor"]]
-            if len(self._buffer) < self.cfg.batch_size:
-                more = await self.spool.events_after(
-                    self._buffer[-1].seq if self._buffer else st["cursor"],
-                    max(PREFETCH, self.cfg.batch_size), types=_types(self.cfg),
-                    credential=self.cfg.credential)
-                self._buffer.extend(more)
-            events = self._buffer[:self.cfg.batch_size]
+            buf, size = self._buffer, self.cfg.batch_size
+            while buf and buf[0][0] <= st["cursor"]:
+                buf.popleft()
+            if len(buf) < size:
+                buf.extend(await self.spool.event_payloads_after(
+                    buf[-1][0] if buf else st["cursor"], max(PREFETCH, size),
+                    types=_types(self.cfg), credential=self.cfg.credential))
+            events = [buf[i] for i in range(min(size, len(buf)))]
             if not events:
                 # Read the ledger's end, then look once more: an event committed
                 # before `top` was read is seen by this second fetch, so skipping
                 # to `top` (nothing matched our filters up to it) loses nothing.
                 top = await self.spool.last_event_seq()
                 if top > st["cursor"]:
-                    events = await self.spool.events_after(
-                        st["cursor"], self.cfg.batch_size, types=_types(self.cfg),
+                    events = await self.spool.event_payloads_after(
+                        st["cursor"], size, types=_types(self.cfg),
                         credential=self.cfg.credential)
             if not events:
                 if top > st["cursor"] and st["attempts"] == 0:
@@ -365,29 +375,28 @@ class WebhookDeliverer:
                     await self._save()             # idle: store the cursor now
                 return self.poll_interval
             if self._pinned and self._pinned[0] == st["cursor"]:
-                events = [e for e in events if e.seq <= self._pinned[1]] or events
-            batch = self.cfg.batch_size > 1
-            body = encode_body([event_json(e) for e in events], batch)
+                events = [e for e in events if e[0] <= self._pinned[1]] or events
+            body = _body(events, size > 1)
             msg_id = webhook_id(events)
-            if self._session is None:
-                self._session = self._session_factory(
-                    connector=aiohttp.TCPConnector(limit=1), trust_env=False)
-            status, error = await _post(self._session, self.cfg, msg_id, body, self.clock)
+            if self._endpoint is None:
+                self._endpoint = Endpoint(self.cfg.url, timeout=self.cfg.timeout,
+                                          ssl_context=self._ssl_context, user_agent=USER_AGENT)
+            status, error = await _post(self._endpoint, self._signer, msg_id, body, self.clock)
             now = self.clock.now()
             if error is None:
                 recovered = st["state"] != ACTIVE or st["attempts"] > 0
                 self._pinned = None
                 if recovered:
-                    await self._save(cursor=events[-1].seq, attempts=0, failing_since=None,
+                    await self._save(cursor=events[-1][0], attempts=0, failing_since=None,
                                      next_attempt=None, last_error=None, state=ACTIVE)
                 else:
-                    await self._advance(cursor=events[-1].seq)
+                    await self._advance(cursor=events[-1][0])
                 self.sent += 1
                 if recovered:
                     log_event(log, "webhook_recovered", webhook=self.name, webhook_id=msg_id,
                               status=status)
                 return 0
-            self._pinned = (st["cursor"], events[-1].seq)
+            self._pinned = (st["cursor"], events[-1][0])
             attempts = st["attempts"] + 1
             failing_since = st["failing_since"] if st["failing_since"] is not None else now
             state = FAILING if now - failing_since >= self.failing_after else st["state"]
@@ -408,13 +417,13 @@ class WebhookService:
     """Every configured endpoint's deliverer, for the daemon and the admin API."""
 
     def __init__(self, configs: Iterable[Any], *, spool: Any, clock: Any, ledger_cfg: Any,
-                 session_factory: Callable[..., aiohttp.ClientSession] = aiohttp.ClientSession,
+                 ssl_context: ssl.SSLContext | None = None,
                  poll_interval: float = POLL_INTERVAL):
         self.deliverers = {
             c.name: WebhookDeliverer(c, spool=spool, clock=clock,
                                      schedule=ledger_cfg.webhook_retry_schedule,
                                      failing_after=ledger_cfg.webhook_failing_after,
-                                     session_factory=session_factory,
+                                     ssl_context=ssl_context,
                                      poll_interval=poll_interval)
             for c in configs}
 
@@ -490,8 +499,7 @@ async def replay(spool: Any, name: str, *, from_seq: int | None = None,
 
 # --------------------------------------------------------------------- test
 
-async def send_test(cfg: Any, clock: Any, *,
-                    session_factory: Callable[..., aiohttp.ClientSession] = aiohttp.ClientSession
+async def send_test(cfg: Any, clock: Any, *, ssl_context: ssl.SSLContext | None = None
                     ) -> tuple[int | None, str | None]:
     """One signed {"type": "test", …} request to the endpoint (does not touch
     the ledger or the cursor). Returns (status, error); error None on 2xx."""
@@ -500,5 +508,9 @@ async def send_test(cfg: Any, clock: Any, *,
            "data": {"message": "mta webhook test", "webhook": cfg.name}}
     body = encode_body([obj], cfg.batch_size > 1)
     msg_id = f"test_{secrets.token_hex(8)}"
-    async with session_factory(trust_env=False) as session:
-        return await _post(session, cfg, msg_id, body, clock)
+    endpoint = Endpoint(cfg.url, timeout=cfg.timeout, ssl_context=ssl_context,
+                        user_agent=USER_AGENT)
+    try:
+        return await _post(endpoint, Signer(cfg.secret), msg_id, body, clock)
+    finally:
+        await endpoint.close()

@@ -407,8 +407,21 @@ SQL_LAST_EVENT_SEQ = ("SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM events UNIO
                       "SELECT seq FROM sqlite_sequence WHERE name = 'events')")
 
 
+# One event as its webhook payload object, built by SQLite (UTF-8 bytes):
+# {"type","seq","timestamp" (ms, UTC, "…Z"),"queue_id","recipient","credential"
+# ("" → null),"data" (the detail; not JSON → {"raw": text})}. Must equal
+# runtime.webhooks.event_json (tests/test_webhooks.py compares them).
+EVENT_PAYLOAD_COLS = (
+    "seq, CAST(json_object('type', type, 'seq', seq, "
+    "'timestamp', strftime('%Y-%m-%dT%H:%M:%fZ', at, 'unixepoch'), "
+    "'queue_id', nullif(queue_id, ''), 'recipient', nullif(recipient, ''), "
+    "'credential', nullif(credential, ''), "
+    "'data', CASE WHEN detail = '' THEN json_object() WHEN json_valid(detail) "
+    "THEN json(detail) ELSE json_object('raw', detail) END) AS BLOB)")
+
+
 def events_after_sql(after: int, limit: int, types, recipient: str | None,
-                     credential: str | None) -> tuple[str, list]:
+                     credential: str | None, cols: str = _EVENT_COLS) -> tuple[str, list]:
     """The page of `Spool.events_after`. Without types: one walk of the
     primary key from `after`. With types: one bounded walk of events_by_type
     per type (each already in seq order), merged: never a sort of more than
@@ -424,11 +437,11 @@ def events_after_sql(after: int, limit: int, types, recipient: str | None,
         extra += " AND credential = ?"
         xparams.append(credential)
     if types is None:
-        return (f"SELECT {_EVENT_COLS} FROM events WHERE seq > ?{extra} ORDER BY seq LIMIT ?",
+        return (f"SELECT {cols} FROM events WHERE seq > ?{extra} ORDER BY seq LIMIT ?",
                 [after, *xparams, limit])
     parts, params = [], []
     for t in types:
-        parts.append(f"SELECT * FROM (SELECT {_EVENT_COLS} FROM events WHERE type = ? "
+        parts.append(f"SELECT * FROM (SELECT {cols} FROM events WHERE type = ? "
                      f"AND seq > ?{extra} ORDER BY seq LIMIT ?)")
         params += [t, after, *xparams, limit]
     return " UNION ALL ".join(parts) + " ORDER BY seq LIMIT ?", [*params, limit]

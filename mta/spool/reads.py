@@ -259,6 +259,13 @@ async def events_after(conn: aiosqlite.Connection, after: int, limit: int, types
     return [_event(r) for r in await conn.execute_fetchall(sql, params)]
 
 
+async def event_payloads_after(conn: aiosqlite.Connection, after: int, limit: int, types,
+                               credential: str | None) -> list[tuple[int, bytes]]:
+    sql, params = index.events_after_sql(after, limit, types, None, credential,
+                                         cols=index.EVENT_PAYLOAD_COLS)
+    return [(seq, payload) for seq, payload in await conn.execute_fetchall(sql, params)]
+
+
 async def message_events(conn: aiosqlite.Connection, queue_id: str) -> list[EventView]:
     return [_event(r) for r in await conn.execute_fetchall(index.SQL_MESSAGE_EVENTS, (queue_id,))]
 

@@ -486,6 +486,21 @@ class Spool:
         return await self._read(reads.events_after(self._reader, int(after_seq), int(limit),
                                                    types, recipient, credential))
 
+    async def event_payloads_after(self, after_seq: int, limit: int, *,
+                                   types: Sequence[str] | None = None,
+                                   credential: str | None = None) -> list[tuple[int, bytes]]:
+        """`events_after`, as (seq, the event's webhook payload object as
+        compact UTF-8 JSON) built by SQLite on the reader thread: the webhook
+        sender's read, with no per-event work on the event loop."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        if types is not None:
+            types = list(dict.fromkeys(types))
+            if not types:
+                return []
+        return await self._read(reads.event_payloads_after(
+            self._reader, int(after_seq), int(limit), types, credential))
+
     async def message_events(self, queue_id: str) -> list[EventView]:
         """Every event of one message, in seq order (the `queue show` timeline)."""
         return await self._read(reads.message_events(self._reader, queue_id))
