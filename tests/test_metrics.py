@@ -90,6 +90,8 @@ def drive(m: Observer) -> None:
     m.dkim_signed(0.02)
     for kind in ("bounce", "bounce", "complaint", "bad_token", "unmatched"):
         m.bounce_received(kind)
+    for result in ("ok", "ok", "failed"):
+        m.webhook_request("app", result)
 
 
 # -- the exposition --------------------------------------------------------------
@@ -174,6 +176,45 @@ def test_zero_series_exist_before_any_event():
     assert s[("mta_recipients_total",
               frozenset({("outcome", "bounced"), ("class", "soft")}))] == 0
     assert s[("mta_bounces_received_total", frozenset({("kind", "unmatched")}))] == 0
+
+
+async def test_webhook_series():
+    """Per configured endpoint: requests by result (at zero from the start),
+    and at scrape time the lag in events and seconds and the failing flag,
+    which go back to 0 when the endpoint catches up."""
+    clock = FakeClock(T0)
+    m = Metrics(webhooks=["app", "crm"], clock=clock)
+    s = samples(m)
+    for name in ("app", "crm"):
+        for result in ("ok", "failed"):
+            assert s[("mta_webhook_requests_total",
+                      frozenset({("webhook", name), ("result", result)}))] == 0
+        assert s[("mta_webhook_failing", frozenset({("webhook", name)}))] == 0
+    m.webhook_request("app", "ok")
+    m.webhook_request("app", "failed")
+    m.webhook_request("app", "failed")
+
+    class Source:
+        statuses = [{"name": "app", "lag": 42, "state": "failing", "oldest_unsent_at": T0 - 90},
+                    {"name": "crm", "lag": 0, "state": "active", "oldest_unsent_at": None}]
+
+        async def gauges(self):
+            return {"recipients_by_state": {}, "oldest_queued_received_at": None,
+                    "spool_bytes": 0, "webhooks": self.statuses}
+
+    src = Source()
+    await m.refresh(src)
+    assert value(m, "mta_webhook_requests_total", webhook="app", result="ok") == 1
+    assert value(m, "mta_webhook_requests_total", webhook="app", result="failed") == 2
+    assert value(m, "mta_webhook_lag_events", webhook="app") == 42
+    assert value(m, "mta_webhook_lag_seconds", webhook="app") == 90
+    assert value(m, "mta_webhook_failing", webhook="app") == 1
+    assert value(m, "mta_webhook_failing", webhook="crm") == 0
+    src.statuses = [{"name": "app", "lag": 0, "state": "active", "oldest_unsent_at": None}]
+    await m.refresh(src)
+    assert value(m, "mta_webhook_lag_events", webhook="app") == 0
+    assert value(m, "mta_webhook_lag_seconds", webhook="app") == 0
+    assert value(m, "mta_webhook_failing", webhook="app") == 0
 
 
 def test_observer_base_is_a_no_op():

@@ -26,6 +26,7 @@ from standardwebhooks import Webhook
 
 from mta.config.sections import EVENT_TYPES, WebhookConfig
 from mta.core import SystemClock
+from mta.core.observe import Observer
 from mta.runtime.webhooks import (WebhookDeliverer, WebhookService, event_json, first_seq_since,
                                   new_secret, replay, send_test, sign)
 
@@ -517,16 +518,30 @@ async def test_against_the_real_spool(tmp_path, rx):
     from mta.spool.spool import Spool
     spool = await Spool.open(tmp_path / "state", now=time.time())
     try:
-        d = _deliverer(spool, _cfg(rx.url, events=("rejected", "suppressed")))
+        calls: list[tuple[str, str]] = []
+
+        class Recorder(Observer):
+            def webhook_request(self, webhook, result):
+                calls.append((webhook, result))
+
+        d = _deliverer(spool, _cfg(rx.url, events=("rejected", "suppressed")),
+                       observer=Recorder())
         d.start()
         await until(lambda: len(rx.got) == 0 and d._state is not None)
         rx.script = ["500"]
+        t0 = time.time() - 30
         await spool.append_events([
-            LedgerEvent(type="rejected" if i % 2 else "suppressed", at=time.time(),
+            LedgerEvent(type="rejected" if i % 2 else "suppressed", at=t0 + i,
                         queue_id="", recipient=f"r{i}@x.example", detail={"i": i})
             for i in range(6)])
+        st = await d.status()            # nothing sent yet: the oldest unsent is the first
+        assert st["lag"] == 6 and st["oldest_unsent_at"] == pytest.approx(t0)
         d.poke()
         await until(lambda: len(rx.got) == 7, what="6 events + 1 retry")
+        await until(lambda: len(calls) == 7, what="7 observed requests")
+        assert calls == [("app", "failed")] + [("app", "ok")] * 6
+        st = await d.status()
+        assert st["lag"] == 0 and st["oldest_unsent_at"] is None and st["sent"] == 6
         await d.stop()
         st = await spool.webhook_state("app")
         assert st["cursor"] == await spool.last_event_seq() and st["state"] == "active"

@@ -4,11 +4,12 @@ One job: turn the daemon's events (core.observe) and a read model of the
 queue into the text `GET /metrics` serves.
 
 API
-    Metrics(*, listeners=(), state_dir=None, clock=SystemClock())
+    Metrics(*, listeners=(), webhooks=(), state_dir=None, clock=SystemClock())
         an Observer (pass it as `observer=` to listeners, the queue runner,
         the domain cache and the bounce processor); owns its own
         CollectorRegistry, so two daemons in one process (tests) never share
-        series. `listeners` pre-creates their series at zero.
+        series. `listeners` and `webhooks` (config names) pre-create their
+        series at zero.
     await .refresh(source)
         sets the scrape-time gauges from `await source.gauges()`, a dict:
             recipients_by_state      {state: n}  (queue depth by state)
@@ -21,6 +22,8 @@ API
                                      (optional)
             state_dir                path whose filesystem's free bytes are
                                      reported (optional; else Metrics(state_dir=))
+            webhooks                 WebhookService.statuses() (optional): dicts
+                                     with name, lag, state, oldest_unsent_at
     .render() -> (bytes, content_type)   the exposition text (text format 0.0.4)
 
 Metrics (names, units and help follow the Prometheus conventions: base
@@ -38,6 +41,13 @@ units, `_total` for counters, `_seconds`/`_bytes` suffixes)
     mta_spool_bytes                                        gauge (scrape time)
     mta_spool_filesystem_free_bytes                        gauge (scrape time)
     mta_destinations{state}                                gauge (scrape time)
+    mta_webhook_requests_total{webhook,result}             counter  ok|failed
+    mta_webhook_lag_events{webhook}                        gauge (scrape time)
+        ledger events after the endpoint's cursor (not yet acknowledged)
+    mta_webhook_lag_seconds{webhook}                       gauge (scrape time)
+        age of the oldest event not yet acknowledged (0 when caught up)
+    mta_webhook_failing{webhook}                           gauge (scrape time)
+        1 when the endpoint has failed for longer than webhook_failing_after
 
 Invariants
   * Observer methods are cheap and thread-safe (prometheus_client locks per
@@ -59,7 +69,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                Histogram, generate_latest)
 
 from mta.core import Clock, Observer, SystemClock
-from mta.core.observe import BOUNCE_KINDS, MESSAGE_RESULTS
+from mta.core.observe import BOUNCE_KINDS, MESSAGE_RESULTS, WEBHOOK_RESULTS
 
 __all__ = ["Metrics", "destination_state"]
 
@@ -86,8 +96,8 @@ def destination_state(info: Any) -> str:
 
 
 class Metrics(Observer):
-    def __init__(self, *, listeners: Iterable[str] = (), state_dir: str | os.PathLike | None = None,
-                 clock: Clock | None = None):
+    def __init__(self, *, listeners: Iterable[str] = (), webhooks: Iterable[str] = (),
+                 state_dir: str | os.PathLike | None = None, clock: Clock | None = None):
         self.registry = CollectorRegistry(auto_describe=True)
         self.state_dir = state_dir
         self.clock = clock or SystemClock()
@@ -131,8 +141,26 @@ class Metrics(Observer):
         self.destinations = Gauge(
             "mta_destinations", "Destinations known to the scheduler, by state "
             "(active, throttled, suspended).", ["state"], registry=r)
+        self.webhook_requests = Counter(
+            "mta_webhook_requests", "Webhook POSTs, by endpoint and result (ok: 2xx, the "
+            "cursor advanced; failed: retried later).", ["webhook", "result"], registry=r)
+        self.webhook_lag = Gauge(
+            "mta_webhook_lag_events", "Ledger events after the webhook endpoint's cursor "
+            "(not yet acknowledged).", ["webhook"], registry=r)
+        self.webhook_lag_seconds = Gauge(
+            "mta_webhook_lag_seconds", "Age of the oldest ledger event the webhook endpoint "
+            "has not acknowledged (0 when caught up).", ["webhook"], registry=r)
+        self.webhook_failing = Gauge(
+            "mta_webhook_failing", "1 when the webhook endpoint has been failing longer than "
+            "[ledger] webhook_failing_after (its backlog is kept), else 0.", ["webhook"],
+            registry=r)
         for name in listeners:
             self._init_listener(name)
+        for name in webhooks:
+            for result in WEBHOOK_RESULTS:
+                self.webhook_requests.labels(name, result)
+            for gauge in (self.webhook_lag, self.webhook_lag_seconds, self.webhook_failing):
+                gauge.labels(name)
         for outcome, klass in _OUTCOME_SERIES:
             self.recipients.labels(outcome, klass)
         for kind in BOUNCE_KINDS:
@@ -172,6 +200,9 @@ class Metrics(Observer):
     def bounce_received(self, kind: str) -> None:
         self.bounces.labels(kind).inc()
 
+    def webhook_request(self, webhook: str, result: str) -> None:
+        self.webhook_requests.labels(webhook, result).inc()
+
     # -- scrape time ----------------------------------------------------------------
 
     async def refresh(self, source: Any) -> None:
@@ -190,6 +221,13 @@ class Metrics(Observer):
                 counts[state] = counts.get(state, 0) + 1
             for state, n in counts.items():
                 self.destinations.labels(state).set(n)
+        for st in g.get("webhooks") or ():
+            name = st["name"]
+            self.webhook_lag.labels(name).set(st.get("lag") or 0)
+            oldest = st.get("oldest_unsent_at")
+            self.webhook_lag_seconds.labels(name).set(
+                0.0 if oldest is None else max(0.0, self.clock.now() - oldest))
+            self.webhook_failing.labels(name).set(1 if st.get("state") == "failing" else 0)
         state_dir = g.get("state_dir") or self.state_dir
         if state_dir is not None:
             # One statfs syscall (microseconds): cheaper than a thread hop.

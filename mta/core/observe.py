@@ -28,6 +28,10 @@ API (every method returns None and must not raise, block or await)
                                     from a worker thread)
     bounce_received(kind)           one per report that arrived by mail:
         "bounce" | "complaint" | "bad_token" | "unmatched" | "not_a_failure"
+    webhook_request(webhook, result)
+        one per webhook POST to endpoint `webhook` (its config name): result
+        "ok" (2xx: the cursor advanced) | "failed" (another status, a
+        timeout, a connection error: it will be retried)
 
 Invariants
   * Stdlib only (DESIGN §2): the core never knows Prometheus exists.
@@ -39,12 +43,13 @@ Invariants
 from __future__ import annotations
 
 __all__ = ["Observer", "result_of", "MESSAGE_RESULTS", "RECIPIENT_OUTCOMES", "ATTEMPT_RESULTS",
-           "BOUNCE_KINDS"]
+           "BOUNCE_KINDS", "WEBHOOK_RESULTS"]
 
 MESSAGE_RESULTS = ("accepted", "rejected", "tempfail")
 RECIPIENT_OUTCOMES = ("delivered", "deferred", "bounced", "expired", "suppressed")
 ATTEMPT_RESULTS = ("ok", "down", "throttling")
 BOUNCE_KINDS = ("bounce", "complaint", "bad_token", "unmatched", "not_a_failure")
+WEBHOOK_RESULTS = ("ok", "failed")
 
 
 class Observer:
@@ -72,6 +77,9 @@ class Observer:
         pass
 
     def bounce_received(self, kind: str) -> None:
+        pass
+
+    def webhook_request(self, webhook: str, result: str) -> None:
         pass
 
 

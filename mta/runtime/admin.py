@@ -166,6 +166,7 @@ class RuntimeAdmin:
                 "oldest_queued_received_at": g["oldest_pending_received_at"],
                 "spool_bytes": g["spool_bytes"],
                 "state_dir": self.d.cfg.server.state_dir,
+                "webhooks": await self.d.webhooks.statuses(),
                 "destinations": {n: _state(s) for n, s in
                                  self.d.runner.scheduler.destination_states().items()}}
 

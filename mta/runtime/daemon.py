@@ -82,7 +82,7 @@ class Daemon:
         self._reloads: set[asyncio.Task] = set()
         self.stopping = False
         self.metrics = Metrics(listeners=[lst.name for lst in cfg.listeners],
-                               state_dir=cfg.server.state_dir, clock=self.clock)
+                               webhooks=[w.name for w in cfg.webhooks], state_dir=cfg.server.state_dir, clock=self.clock)
         self.admin: AdminServer | None = None
         self.webhooks: WebhookService | None = None
         self._housekeeping: asyncio.Task | None = None
@@ -107,7 +107,7 @@ class Daemon:
         codec = VerpCodec(load_or_create_secret(paths["root"] / "verp.key"))
         self.runner = self._runner(paths, resolver, codec)
         self.webhooks = WebhookService(cfg.webhooks, spool=self.spool, clock=self.clock,
-                                       ledger_cfg=cfg.ledger)
+                                       ledger_cfg=cfg.ledger, observer=self.metrics)
         # New ledger events wake the webhook deliverers at once (they also poll).
         self.runner.after_write = self.webhooks.poke
         self.runner.start()

@@ -218,12 +218,15 @@ class _Conn(asyncio.Protocol):
         while True:
             eol = self.buf.find(b"\r\n")
             if eol < 0:
+                if len(self.buf) > _HEAD_MAX:
+                    raise HttpProtocolError("chunk size line too long")
                 return None
             size_text = bytes(self.buf[:eol]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise HttpProtocolError("bad chunk size") from None
+            # hex digits only: int(x, 16) also takes "-5" (a negative size made
+            # this loop spin forever, blocking the event loop), "+5", "0x5", "1_0"
+            if not size_text or size_text.lstrip(b"0123456789abcdefABCDEF"):
+                raise HttpProtocolError("bad chunk size")
+            size = int(size_text, 16)
             if size == 0:
                 # trailer fields, then an empty line
                 end = self.buf.find(b"\r\n\r\n", eol)
@@ -231,9 +234,14 @@ class _Conn(asyncio.Protocol):
                     del self.buf[:eol + 4]
                     return self._done()
                 if end < 0:
+                    if len(self.buf) > _HEAD_MAX:
+                        raise HttpProtocolError("response trailers too large")
                     return None
                 del self.buf[:end + 4]
                 return self._done()
+            if self.body_seen + size > _BODY_MAX:
+                # a chunk is buffered whole: refuse one beyond the body cap up front
+                raise HttpProtocolError("response body too large")
             if len(self.buf) < eol + 2 + size + 2:
                 return None
             self._keep(self.buf[eol + 2:eol + 2 + size])

@@ -21,6 +21,8 @@ Public API
         admin backend: webhooks() -> statuses(), webhook_replay(...) -> replay(...)
     status dict: name url events credential batch_size cursor failing_since
         next_attempt attempts last_error state last_event_seq lag running sent
+        oldest_unsent_at (time of the oldest matching event not yet acknowledged)
+    observer (core.Observer): webhook_request(name, "ok" | "failed") per POST
     async replay(spool, name, *, from_seq=None, since=None) -> dict   (spool only)
     async first_seq_since(spool, since) -> int | None
     async send_test(cfg, clock, *, ssl_context=None) -> (status | None, error | None)
@@ -92,6 +94,7 @@ import ssl
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
 
+from mta.core.observe import Observer
 from mta.runtime.hookhttp import Endpoint
 from mta.runtime.logs import event as log_event
 
@@ -214,7 +217,7 @@ class WebhookDeliverer:
     def __init__(self, cfg: Any, *, spool: Any, clock: Any, schedule: Sequence[float],
                  failing_after: float,
                  ssl_context: ssl.SSLContext | None = None,
-                 poll_interval: float = POLL_INTERVAL):
+                 poll_interval: float = POLL_INTERVAL, observer: Observer | None = None):
         if not schedule:
             raise ValueError("empty webhook retry schedule")
         self.cfg, self.spool, self.clock = cfg, spool, clock
@@ -223,6 +226,7 @@ class WebhookDeliverer:
         self.failing_after = float(failing_after)
         self.poll_interval = poll_interval
         self._ssl_context = ssl_context
+        self.observer = observer or Observer()
         self._endpoint: Endpoint | None = None
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()          # one send+persist, or one replay, at a time
@@ -291,13 +295,18 @@ class WebhookDeliverer:
         """For the admin API and metrics (never the secret)."""
         st = _state_dict(await self.spool.webhook_state(self.name)) \
             if self._state is None else dict(self._state)
+        oldest = None
         try:
             last = await self.spool.last_event_seq()
+            if last > st["cursor"]:
+                first = await self.spool.events_after(st["cursor"], 1, types=_types(self.cfg),
+                                                      credential=self.cfg.credential)
+                oldest = first[0].at if first else None
         except Exception:
             last = None
         return {"name": self.name, "url": self.cfg.url, "events": list(self.cfg.events),
                 "credential": self.cfg.credential, "batch_size": self.cfg.batch_size,
-                **st, "last_event_seq": last,
+                **st, "last_event_seq": last, "oldest_unsent_at": oldest,
                 "lag": None if last is None else max(0, last - st["cursor"]),
                 "running": self._task is not None and not self._task.done(),
                 "sent": self.sent}
@@ -383,6 +392,7 @@ class WebhookDeliverer:
                                           ssl_context=self._ssl_context, user_agent=USER_AGENT)
             status, error = await _post(self._endpoint, self._signer, msg_id, body, self.clock)
             now = self.clock.now()
+            self.observer.webhook_request(self.name, "ok" if error is None else "failed")
             if error is None:
                 recovered = st["state"] != ACTIVE or st["attempts"] > 0
                 self._pinned = None
@@ -418,12 +428,12 @@ class WebhookService:
 
     def __init__(self, configs: Iterable[Any], *, spool: Any, clock: Any, ledger_cfg: Any,
                  ssl_context: ssl.SSLContext | None = None,
-                 poll_interval: float = POLL_INTERVAL):
+                 poll_interval: float = POLL_INTERVAL, observer: Observer | None = None):
         self.deliverers = {
             c.name: WebhookDeliverer(c, spool=spool, clock=clock,
                                      schedule=ledger_cfg.webhook_retry_schedule,
                                      failing_after=ledger_cfg.webhook_failing_after,
-                                     ssl_context=ssl_context,
+                                     ssl_context=ssl_context, observer=observer,
                                      poll_interval=poll_interval)
             for c in configs}
 
