@@ -7,8 +7,8 @@ Runs the shared harness's load.py against `mta serve` (plain SMTP on
 127.0.0.1:2535, trusted loopback, every domain routed to the harness's
 counting sink) twice per repeat, interleaved: without webhooks, and with one
 [[webhooks]] endpoint (events = ["*"], batch_size 1) pointing at a receiver on
-127.0.0.1 that answers 204 (a lean asyncio keep-alive receiver on a thread
-of this process). Prints
+127.0.0.1 that answers 204 (a lean keep-alive receiver: its own process,
+uvloop, no framework). Prints
 end-to-end msg/s and CPU-s/1000 of each, the ratio, and how many webhook
 requests the receiver got. Loopback only.
 """
@@ -24,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,9 +34,10 @@ received = {"requests": 0}
 
 
 class Receiver(asyncio.Protocol):
-    """A lean keep-alive HTTP/1.1 endpoint answering 204 to every POST (like
-    an application's receiver would, on its own machine; here it shares the
-    two cores, so it is kept cheap). Requests must carry Content-Length."""
+    """A lean keep-alive HTTP/1.1 endpoint answering 204 to every POST, and
+    the count so far to `GET /count`. An application's receiver would run on
+    its own machine; here it shares the two cores, so it is kept cheap: its
+    own process, uvloop, no framework. Requests must carry Content-Length."""
 
     def connection_made(self, transport):
         self.transport, self.buf = transport, bytearray()
@@ -49,20 +50,40 @@ class Receiver(asyncio.Protocol):
                 return
             head = bytes(self.buf[:end]).lower()
             i = head.find(b"content-length:")
-            length = int(head[i + 15:head.find(b"\r\n", i) if head.find(b"\r\n", i) > 0
-                               else len(head)]) if i >= 0 else 0
+            j = head.find(b"\r\n", i)
+            length = int(head[i + 15:j if j > 0 else len(head)]) if i >= 0 else 0
             if len(self.buf) < end + 4 + length:
                 return
             del self.buf[:end + 4 + length]
+            if head.startswith(b"get /count"):
+                text = str(received["requests"]).encode()
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                     % (len(text), text))
+                continue
             received["requests"] += 1
             self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\n")
 
 
-def start_receiver() -> int:
-    loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(loop.create_server(Receiver, "127.0.0.1", 0))
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    return server.sockets[0].getsockname()[1]
+def serve_receiver() -> None:
+    """`--receiver`: listen on 127.0.0.1, print the port, serve until killed."""
+    import uvloop
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Receiver, "127.0.0.1", 0)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+    uvloop.run(main())
+
+
+def start_receiver() -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, __file__, "--receiver"], stdout=subprocess.PIPE,
+                            text=True)
+    return proc, int(proc.stdout.readline())
+
+
+def receiver_count(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=5) as r:
+        return int(r.read())
 
 
 def config(state: Path, hook_port: int | None) -> str:
@@ -107,6 +128,9 @@ def run_once(bench: Path, tmp: Path, hook_port: int | None, a) -> dict:
 
 
 def main() -> int:
+    if sys.argv[1:] == ["--receiver"]:
+        serve_receiver()
+        return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=5000)
     ap.add_argument("-c", type=int, default=10)
@@ -115,7 +139,7 @@ def main() -> int:
     ap.add_argument("--bench", default=str(ROOT.parent / "shared" / "bench"))
     a = ap.parse_args()
     bench = Path(a.bench).resolve()
-    hook_port = start_receiver()
+    receiver, hook_port = start_receiver()
     tmp = Path(tempfile.mkdtemp(prefix="mta-bench-hooks-"))
     subprocess.run([str(bench / "sink-up.sh")], check=True, cwd=bench, capture_output=True)
     results: dict[str, list[dict]] = {"no webhooks": [], "webhook on all events": []}
@@ -132,7 +156,8 @@ def main() -> int:
         print(f"  {k:<22} {e2e:7.0f} e2e msg/s  {cpu:5.2f} CPU-s/1000")
     base, hooks = med["no webhooks"][0], med["webhook on all events"][0]
     print(f"  ratio with/without: {hooks / base:.2f} (goal >= 0.85); webhook requests received: "
-          f"{received['requests']}")
+          f"{receiver_count(hook_port)}")
+    receiver.kill()
     return 0
 
 
