@@ -181,6 +181,10 @@ async def test_outage_and_sigkills_lose_and_reorder_nothing(tmp_path, report):
                     return st if st["state"] == "failing" and refused else None
                 st = await _until(failing, 15, "the endpoint marked failing, refused")
                 assert st["lag"] > 0 and st["attempts"] >= 3, st
+                async with http.post(f"http://127.0.0.1:{admin}/v1/webhooks/app/test",
+                                     headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                    probe = await r.json()
+                assert not probe["ok"] and "connection failed" in probe["error"], probe
                 text = await _metrics(http, admin)
                 assert 'mta_webhook_failing{webhook="app"} 1.0' in text
                 assert 'mta_webhook_requests_total{result="failed",webhook="app"}' in text

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
@@ -632,6 +633,9 @@ async def test_cli_through_the_admin_api(tmp_path, rx):
         async def webhook_replay(self, name, *, from_seq=None, since=None):
             return await svc.replay(name, from_seq=from_seq, since=since)
 
+        async def webhook_test(self, name):
+            return await svc.test(name)
+
     srv = AdminServer(SimpleNamespace(address="127.0.0.1:0", metrics_require_token=False),
                       Backend(), "tok-0123456789abcdef")
     await srv.start()
@@ -657,10 +661,22 @@ async def test_cli_through_the_admin_api(tmp_path, rx):
         await until(lambda: len(rx.got) == 16)
         r = await mta(tmp_path, cfg, "webhooks", "replay", "app", "--since", "yesterday")
         assert r.returncode == 1 and "is not a time" in r.stderr
+        base, auth = f"http://127.0.0.1:{srv.sockname[1]}", {
+            "Authorization": "Bearer tok-0123456789abcdef"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/v1/webhooks/app/test", headers=auth) as resp:
+                got = await resp.json()
+                assert resp.status == 200 and got["ok"] and got["status"] == 204, got
+            async with http.post(f"{base}/v1/webhooks/nope/test", headers=auth) as resp:
+                assert resp.status == 404
+                assert (await resp.json())["error"]["code"] == "not_found"
+        test_bodies = [b for b in rx.bodies() if b["type"] == "test"]
+        assert len(test_bodies) == 1 and test_bodies[0]["data"]["webhook"] == "app"
+        assert rx.got[-1][0]["webhook-id"].startswith("test_")
     finally:
         await svc.stop()
         await srv.stop()
-    assert rx.seqs() == [1, 2, 3, 4, 5, 6, 4, 5, 6, 6, 1, 2, 3, 4, 5, 6]
+    assert rx.seqs() == [1, 2, 3, 4, 5, 6, 4, 5, 6, 6, 1, 2, 3, 4, 5, 6, 0]   # 0: the test
     rx.verify_all()
 
 

@@ -210,6 +210,9 @@ class AdminClient:
     def webhooks(self) -> list[dict]:
         return self._request("GET", "/v1/webhooks")["webhooks"]
 
+    def webhook_test(self, name: str) -> dict:
+        return self._request("POST", f"/v1/webhooks/{_seg(name)}/test")
+
     def webhook_replay(self, name: str, *, from_seq: int | None = None,
                        since: float | None = None) -> dict:
         body = {"from": from_seq} if from_seq is not None else {"since": since}

@@ -362,6 +362,14 @@ class _Handlers:
             raise ApiError(404, "not_found", f"no webhook {name!r}") from None
         return web.json_response(result)
 
+    async def webhook_test(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            result = await self._optional("webhook_test")(name)
+        except KeyError:
+            raise ApiError(404, "not_found", f"no webhook {name!r}") from None
+        return web.json_response(result)
+
 
 def _unknown_message(mid: str) -> ApiError:
     return ApiError(404, "not_found", f"no message {mid!r} in the queue")
@@ -386,6 +394,7 @@ def _route_table(h: _Handlers) -> list[tuple[str, str, Callable]]:
         ("GET", "/v1/events", h.events),
         ("GET", "/v1/webhooks", h.webhooks),
         ("POST", "/v1/webhooks/{name}/replay", h.webhook_replay),
+        ("POST", "/v1/webhooks/{name}/test", h.webhook_test),
     ]
     routes += [("POST", f"/v1/messages/{{id}}/{a}", h.message_action(a)) for a in ITEM_ACTIONS]
     routes += [("POST", f"/v1/destinations/{{name}}/{a}", h.destination_action(a))

@@ -304,6 +304,18 @@ _PATHS: dict[str, Any] = {
         "responses": {"200": _json({"type": "object"}, "the new state"),
                       "400": _err("give exactly one of from/since"),
                       "404": _err("unknown webhook"), "501": _err("no webhooks"), **_ERRORS}}},
+    "/v1/webhooks/{name}/test": {"post": {
+        "summary": "send one signed {\"type\": \"test\"} request to the endpoint now "
+                   "(the ledger and the cursor are untouched)",
+        "operationId": "webhook_test", "tags": ["ledger"],
+        "parameters": [{"name": "name", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "name": {"type": "string"}, "url": {"type": "string"}, "ok": {"type": "boolean"},
+            "status": {"type": "integer", "nullable": True},
+            "error": {"type": "string", "nullable": True}, "ms": {"type": "integer"}}},
+            "what the endpoint answered (ok: a 2xx)"),
+            "404": _err("unknown webhook"), "501": _err("no webhooks"), **_ERRORS}}},
     "/v1/messages/{id}/hold": {"post": _message_action(
         "hold", "hold the message: nothing is delivered until release")},
     "/v1/messages/{id}/release": {"post": _message_action("release", "release a held message")},

@@ -158,6 +158,9 @@ class RuntimeAdmin:
     async def webhook_replay(self, name: str, *, from_seq=None, since=None) -> dict:
         return await self.d.webhooks.replay(name, from_seq=from_seq, since=since)
 
+    async def webhook_test(self, name: str) -> dict:
+        return await self.d.webhooks.test(name)
+
     # ---- metrics -----------------------------------------------------------
     async def gauges(self) -> dict:
         """The scrape-time values `Metrics.refresh` reads."""

@@ -16,9 +16,11 @@ Public API
     WebhookService(configs, *, spool, clock, ledger_cfg)  one deliverer per endpoint:
         start() / await stop() / poke() / await statuses() -> list[dict]
         await replay(name, from_seq=, since=) -> dict (KeyError: unknown name)
+        await test(name) -> {name, url, ok, status, error, ms} (KeyError: unknown name)
         daemon: WebhookService(cfg.webhooks, spool=spool, clock=clock,
                                ledger_cfg=cfg.ledger); poke() after ledger writes;
-        admin backend: webhooks() -> statuses(), webhook_replay(...) -> replay(...)
+        admin backend: webhooks() -> statuses(), webhook_replay(...) -> replay(...),
+                       webhook_test(name) -> test(name)
     status dict: name url events credential batch_size cursor failing_since
         next_attempt attempts last_error state last_event_seq lag running sent
         oldest_unsent_at (time of the oldest matching event not yet acknowledged)
@@ -454,6 +456,15 @@ class WebhookService:
     async def replay(self, name: str, *, from_seq: int | None = None,
                      since: float | None = None) -> dict:
         return await self.deliverers[name].replay(from_seq=from_seq, since=since)
+
+    async def test(self, name: str) -> dict:
+        """`send_test` to endpoint `name` (KeyError: unknown name) →
+        {name, url, ok, status, error, ms}."""
+        d = self.deliverers[name]
+        t0 = time.monotonic()
+        status, error = await send_test(d.cfg, d.clock, ssl_context=d._ssl_context)
+        return {"name": name, "url": d.cfg.url, "ok": error is None, "status": status,
+                "error": error, "ms": round((time.monotonic() - t0) * 1000)}
 
 
 # --------------------------------------------------------------------- replay
