@@ -661,6 +661,20 @@ async def test_cli_through_the_admin_api(tmp_path, rx):
         await until(lambda: len(rx.got) == 16)
         r = await mta(tmp_path, cfg, "webhooks", "replay", "app", "--since", "yesterday")
         assert r.returncode == 1 and "is not a time" in r.stderr
+        # drop a backlog: the endpoint fails, events pile up, the operator skips them
+        rx.script = ["500"] * 1000          # failing until the operator acts
+        spool.append(4)
+        svc.poke()
+        await until(lambda: spool.states["app"]["attempts"] >= 1, what="a failure")
+        r = await mta(tmp_path, cfg, "webhooks", "replay", "app", "--end")
+        assert r.returncode == 0 and "backlog dropped, next event 11" in r.stdout, r.stderr
+        assert spool.states["app"]["cursor"] == 10 and spool.states["app"]["attempts"] == 0
+        rx.script = []
+        n = len(rx.got)
+        spool.append(1)
+        svc.poke()
+        await until(lambda: len(rx.got) == n + 1, what="the next new event")
+        assert json.loads(rx.got[-1][1])["seq"] == 11
         base, auth = f"http://127.0.0.1:{srv.sockname[1]}", {
             "Authorization": "Bearer tok-0123456789abcdef"}
         async with aiohttp.ClientSession() as http:
@@ -676,7 +690,9 @@ async def test_cli_through_the_admin_api(tmp_path, rx):
     finally:
         await svc.stop()
         await srv.stop()
-    assert rx.seqs() == [1, 2, 3, 4, 5, 6, 4, 5, 6, 6, 1, 2, 3, 4, 5, 6, 0]   # 0: the test
+    seqs = rx.seqs()
+    assert seqs[:16] == [1, 2, 3, 4, 5, 6, 4, 5, 6, 6, 1, 2, 3, 4, 5, 6]
+    assert set(seqs[16:-2]) == {7} and seqs[-2:] == [11, 0]   # 7 failed, dropped; 0: the test
     rx.verify_all()
 
 

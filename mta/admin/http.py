@@ -352,10 +352,14 @@ class _Handlers:
         body = await _json_body(request)
         start, since = body.get("from"), body.get("since")
         if (start is None) == (since is None):
-            raise ApiError(400, "invalid_body", 'give exactly one of "from" (a sequence number) '
-                                                'or "since" (unix time)')
-        if not isinstance(start if start is not None else since, (int, float)):
-            raise ApiError(400, "invalid_body", '"from"/"since" must be numbers')
+            raise ApiError(400, "invalid_body", 'give exactly one of "from" (a sequence number, '
+                                                'or "end" to drop the backlog) or "since" '
+                                                '(unix time)')
+        value = start if start is not None else since
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                or start == "end"):
+            raise ApiError(400, "invalid_body", '"from" must be a sequence number or "end", '
+                                                '"since" a unix time')
         try:
             result = await self._optional("webhook_replay")(name, from_seq=start, since=since)
         except KeyError:

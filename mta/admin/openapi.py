@@ -294,13 +294,17 @@ _PATHS: dict[str, Any] = {
             "webhooks": {"type": "array", "items": {"type": "object"}}}}, "endpoints"),
             "501": _err("no webhooks"), **_ERRORS}}},
     "/v1/webhooks/{name}/replay": {"post": {
-        "summary": "move the endpoint's cursor back: resend from a sequence number or a time",
+        "summary": "move the endpoint's cursor: resend from a sequence number or a time, "
+                   "or drop the backlog",
         "operationId": "webhook_replay", "tags": ["ledger"],
         "parameters": [{"name": "name", "in": "path", "required": True,
                         "schema": {"type": "string"}}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "properties": {"from": {"type": "integer"},
-                                             "since": {"type": "number"}}}}}},
+            "type": "object", "properties": {
+                "from": {"oneOf": [{"type": "integer"}, {"type": "string", "enum": ["end"]}],
+                         "description": 'resend from this sequence number; "end": drop the '
+                                        'backlog (continue with new events)'},
+                "since": {"type": "number", "description": "resend from this unix time"}}}}}},
         "responses": {"200": _json({"type": "object"}, "the new state"),
                       "400": _err("give exactly one of from/since"),
                       "404": _err("unknown webhook"), "501": _err("no webhooks"), **_ERRORS}}},

@@ -18,11 +18,11 @@ Commands (all accept --config):
     webhooks test NAME [--json]   one signed {"type": "test"} request sent from
         this process (no daemon needed; the cursor is not touched); exit 0 on
         a 2xx, 1 otherwise
-    webhooks replay NAME --from SEQ | --since TIME   move the endpoint's cursor
+    webhooks replay NAME --from SEQ | --since TIME | --end   move the endpoint's cursor
         (POST /v1/webhooks/{name}/replay): resend from event SEQ (inclusive),
         or from the first event at/after TIME — ISO 8601 (no zone = UTC),
-        unix seconds, or a duration ago ("2h"). A SEQ past the backlog drops
-        it. Needs the running daemon.
+        unix seconds, or a duration ago ("2h"); --end (or a SEQ past the
+        backlog) drops the backlog. Needs the running daemon.
     webhooks secret          prints a new whsec_<base64> signing secret
 Exit codes: 0 ok, 1 failure (daemon unreachable, unknown endpoint, test
 failed), 2 usage error.
@@ -63,6 +63,8 @@ def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
                    help="resend from this event sequence number (inclusive)")
     g.add_argument("--since", metavar="TIME",
                    help="resend from this time: ISO 8601, unix seconds, or a duration ago (2h)")
+    g.add_argument("--end", action="store_true",
+                   help="drop the backlog: continue with events from now on")
     rp.add_argument("--json", action="store_true")
     wsub.add_parser("secret", parents=[config_parent], help="print a new whsec_ secret")
 
@@ -185,6 +187,8 @@ def _replay(cfg, args) -> int:
         if args.from_seq < 1:
             return _fail("--from must be a sequence number ≥ 1")
         body = {"from": args.from_seq}
+    elif args.end:
+        body = {"from": "end"}
     else:
         try:
             body = {"since": parse_time(args.since, time.time())}
@@ -203,5 +207,6 @@ def _replay(cfg, args) -> int:
     else:
         cursor = result.get("cursor")
         nxt = "-" if cursor is None else cursor + 1
-        print(f"webhook {args.name}: replaying from event {nxt} (state {result.get('state', '?')})")
+        what = "backlog dropped, next event" if args.end else "replaying from event"
+        print(f"webhook {args.name}: {what} {nxt} (state {result.get('state', '?')})")
     return 0

@@ -313,7 +313,8 @@ class WebhookDeliverer:
                 "running": self._task is not None and not self._task.done(),
                 "sent": self.sent}
 
-    async def replay(self, from_seq: int | None = None, since: float | None = None) -> dict:
+    async def replay(self, from_seq: int | str | None = None,
+                     since: float | None = None) -> dict:
         """Move the cursor (back, or forward past a backlog) while running."""
         async with self._lock:
             st = await replay(self.spool, self.name, from_seq=from_seq, since=since)
@@ -453,7 +454,7 @@ class WebhookService:
     async def statuses(self) -> list[dict]:
         return [await d.status() for d in self.deliverers.values()]
 
-    async def replay(self, name: str, *, from_seq: int | None = None,
+    async def replay(self, name: str, *, from_seq: int | str | None = None,
                      since: float | None = None) -> dict:
         return await self.deliverers[name].replay(from_seq=from_seq, since=since)
 
@@ -496,17 +497,19 @@ def _at(at: Any) -> float:
     return datetime.fromisoformat(str(at).replace("Z", "+00:00")).timestamp()
 
 
-async def replay(spool: Any, name: str, *, from_seq: int | None = None,
+async def replay(spool: Any, name: str, *, from_seq: int | str | None = None,
                  since: float | None = None) -> dict:
     """Set the endpoint's cursor so delivery resumes with event `from_seq`
-    (inclusive) or with the first event at/after `since` (unix time); the
+    (inclusive; "end": after the ledger's last event, dropping the backlog) or with the first event at/after `since` (unix time); the
     state becomes active with no pending backoff. With nothing at/after
     `since`, the cursor moves to the ledger's end. Returns the new state.
     Use `WebhookDeliverer.replay` while that endpoint's deliverer runs."""
     if (from_seq is None) == (since is None):
         raise ValueError("give exactly one of from_seq or since")
     last = await spool.last_event_seq()
-    if from_seq is not None:
+    if from_seq == "end":
+        cursor = last                  # drop the backlog: new events only
+    elif from_seq is not None:
         cursor = max(0, min(int(from_seq) - 1, last))
     else:
         first = await first_seq_since(spool, float(since))
