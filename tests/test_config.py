@@ -86,6 +86,42 @@ def test_listener_cross_checks():
     assert any("used by more than one listener" in e for e in errs)
 
 
+GOOD_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def _hook(**kw) -> str:
+    fields = {"name": "app", "url": "https://hooks.example.com/mta", "secret": GOOD_SECRET,
+              **kw}
+    return "[[webhooks]]\n" + "".join(
+        f"{k} = {v}\n" if k == "events" else f"{k} = {json.dumps(v)}\n"
+        for k, v in fields.items() if v is not None)
+
+
+def test_a_good_webhook_parses():
+    cfg = parse_config(_hook(events='["delivered", "bounced"]', timeout="3s", batch_size=None)
+                       + _hook(name="all", url="http://user:pw@127.0.0.1:8080/h?x=1"))
+    assert [w.name for w in cfg.webhooks] == ["app", "all"]
+    assert cfg.webhooks[0].events == ("delivered", "bounced") and cfg.webhooks[0].timeout == 3
+    assert cfg.webhooks[1].events == ("*",) and cfg.webhooks[1].batch_size == 1
+
+
+@pytest.mark.parametrize("text, expected", [
+    (_hook(name=None), "webhooks[0].name: required"),
+    (_hook() + _hook(), "webhooks[1].name: 'app' is used by more than one webhook"),
+    (_hook(url="ftp://x.example/"), "webhooks[0].url: 'ftp://x.example/' is not an http(s) URL"),
+    (_hook(url="https:///path"), "webhooks[0].url: 'https:///path' is not a usable URL"),
+    (_hook(url="http://x.example:99999/"), "is not a usable URL"),
+    (_hook(url="http://x.example:port/"), "is not a usable URL"),
+    (_hook(secret="s3cret"), "webhooks[0].secret: must be whsec_<base64>"),
+    (_hook(secret="whsec_not*base64"), "webhooks[0].secret: the part after whsec_ is not base64"),
+    (_hook(events='["delivered", "opened"]'), "webhooks[0].events: unknown event type(s) opened"),
+    (_hook(batch_size=0), "webhooks[0].batch_size"),
+])
+def test_webhook_errors_name_the_key(text, expected):
+    errs = errors_of(text)
+    assert any(expected in e for e in errs), errs
+
+
 def test_routes_and_nameservers_parse():
     cfg = parse_config('[routes]\n"Example.COM" = "127.0.0.1:2526"\n"*" = "[::1]:25"\n'
                        '[dns]\nnameservers = ["127.0.0.53", "127.0.0.1:5353"]\n')

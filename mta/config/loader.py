@@ -18,6 +18,7 @@ import re
 import tomllib
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from mta.config.schema import HOSTPORT, KeyError_, check_bounds
 from mta.config.sections import ARRAYS, EVENT_TYPES, SECTIONS, Config
@@ -148,6 +149,14 @@ def _webhook_checks(cfg: Config) -> list[str]:
             errors.append(f"{where}.name: {w.name!r} is used by more than one webhook")
         if not w.url.startswith(("http://", "https://")):
             errors.append(f"{where}.url: {w.url!r} is not an http(s) URL")
+        else:
+            try:
+                parts = urlsplit(w.url)
+                parts.port      # raises on a port that is not a number in range
+                if not parts.hostname:
+                    raise ValueError("no host")
+            except ValueError as exc:
+                errors.append(f"{where}.url: {w.url!r} is not a usable URL ({exc})")
         if not w.secret.startswith("whsec_"):
             errors.append(f"{where}.secret: must be whsec_<base64> (run `mta webhooks secret`)")
         else:
