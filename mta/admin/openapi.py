@@ -45,6 +45,7 @@ _ID = {"name": "id", "in": "path", "required": True, "description": "queue id",
 _NAME = {"name": "name", "in": "path", "required": True,
          "description": "destination name as shown by /v1/queue/summary (URL-encoded)",
          "schema": {"type": "string"}}
+_WEBHOOK = {**_NAME, "description": "the endpoint's [[webhooks]] name"}
 
 
 def _filter_params() -> list[dict[str, Any]]:
@@ -297,8 +298,7 @@ _PATHS: dict[str, Any] = {
         "summary": "move the endpoint's cursor: resend from a sequence number or a time, "
                    "or drop the backlog",
         "operationId": "webhook_replay", "tags": ["ledger"],
-        "parameters": [{"name": "name", "in": "path", "required": True,
-                        "schema": {"type": "string"}}],
+        "parameters": [_WEBHOOK],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
             "type": "object", "properties": {
                 "from": {"oneOf": [{"type": "integer"}, {"type": "string", "enum": ["end"]}],
@@ -312,8 +312,7 @@ _PATHS: dict[str, Any] = {
         "summary": "send one signed {\"type\": \"test\"} request to the endpoint now "
                    "(the ledger and the cursor are untouched)",
         "operationId": "webhook_test", "tags": ["ledger"],
-        "parameters": [{"name": "name", "in": "path", "required": True,
-                        "schema": {"type": "string"}}],
+        "parameters": [_WEBHOOK],
         "responses": {"200": _json({"type": "object", "properties": {
             "name": {"type": "string"}, "url": {"type": "string"}, "ok": {"type": "boolean"},
             "status": {"type": "integer", "nullable": True},

@@ -163,6 +163,14 @@ def _lock(path: Path) -> int:
     return fd
 
 
+def _event_types(limit: int, types: Sequence[str] | None) -> list[str] | None:
+    """The ledger reads' argument check: types deduplicated ([] matches
+    nothing), or None for every type."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    return None if types is None else list(dict.fromkeys(types))
+
+
 class Spool:
     recovery: RecoveryReport
 
@@ -477,12 +485,9 @@ class Spool:
         filters exists up to `last_event_seq()` read BEFORE this call, so a
         filtered consumer may move its cursor there (instead of rescanning
         unmatched events)."""
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
-        if types is not None:
-            types = list(dict.fromkeys(types))
-            if not types:
-                return []
+        types = _event_types(limit, types)
+        if types == []:
+            return []
         return await self._read(reads.events_after(self._reader, int(after_seq), int(limit),
                                                    types, recipient, credential))
 
@@ -492,12 +497,9 @@ class Spool:
         """`events_after`, as (seq, the event's webhook payload object as
         compact UTF-8 JSON) built by SQLite on the reader thread: the webhook
         sender's read, with no per-event work on the event loop."""
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit}")
-        if types is not None:
-            types = list(dict.fromkeys(types))
-            if not types:
-                return []
+        types = _event_types(limit, types)
+        if types == []:
+            return []
         return await self._read(reads.event_payloads_after(
             self._reader, int(after_seq), int(limit), types, credential))
 
