@@ -699,3 +699,32 @@ async def test_real_spool_end_to_end(make_listener, client_tls, tmp_path):
         await c.close()
     finally:
         await spool.close()
+
+
+# ---- the MAIL/RCPT path parser's fast path ---------------------------------------
+
+_PATHS = ["<a@b.c>", " <a@b.c> SIZE=10", "<a.b+c@x-y.example> BODY=8BITMIME SMTPUTF8", "<>",
+          "<a@b>", "<.a@b.c>", "<a.@b.c>", "<a..b@c.d>", '<"a b"@c.d>', "<a@[127.0.0.1]>",
+          "<@relay:a@b.c>", "<a@b.c>x", "<a@b.c>  ", "a@b.c", "<a@-b.c>", "<a@b..c>",
+          "<a@b.c.>", "<ü@b.c>", "<a@ü.c>", "<a@b.c", "<a(comment)@b.c>", "\t<a@b.c>",
+          "<A@B.C>", "<" + "x" * 64 + "@b.c>", "<" + "x" * 65 + "@b.c>", "<a@b_c.d>",
+          "<a@b.c> <d@e.f>", "<a@b.c> (c) SIZE=1", "<a@b.c>\t(c)x", "", "<a@b.c>\tSIZE=1"]
+
+
+@pytest.mark.parametrize("arg", _PATHS)
+def test_getaddr_fast_path_equals_aiosmtpd(arg):
+    """SubmissionSMTP._getaddr answers <dot-atom@dot-atom> itself; for every
+    form (fast or not) the result is exactly aiosmtpd's."""
+    from aiosmtpd.smtp import SMTP
+
+    from mta.server.protocol import SubmissionSMTP
+    ours, theirs = object.__new__(SubmissionSMTP), object.__new__(SMTP)
+    ours.local_part_limit = theirs.local_part_limit = 64
+    assert SubmissionSMTP._getaddr(ours, arg) == SMTP._getaddr(theirs, arg)
+
+
+def test_getaddr_fast_path_is_taken_for_the_common_form():
+    from mta.server.protocol import _SIMPLE_PATH
+    fast = [p for p in _PATHS if p and _SIMPLE_PATH.match(p)]
+    assert "<a.b+c@x-y.example> BODY=8BITMIME SMTPUTF8" in fast and len(fast) >= 10
+    assert not _SIMPLE_PATH.match("<ü@b.c>") and not _SIMPLE_PATH.match('<"a b"@c.d>')

@@ -30,6 +30,11 @@ What it changes in aiosmtpd's `SMTP` (and why):
   * A failed DATA (exception) resets the transaction, so the next MAIL works.
   * Each instance owns its `command_size_limits` (aiosmtpd keeps it on the
     class, so EHLO in one session changed limits in all of them).
+  * `_getaddr` answers the common `<dot-atom@dot-atom>` form with one regex
+    and gives every other form to aiosmtpd's parser. aiosmtpd's builds a
+    typing.Protocol class and runs the email header parser on every MAIL and
+    RCPT (~60 µs, 4 times per message); the result is the same (tested
+    against aiosmtpd's own on a table of addresses).
 
 Invariants: nothing here accepts mail or decides who may send; the handler
 (session.py) does. Implicit-TLS sessions report `tls_active` from the first
@@ -42,6 +47,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import re
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
@@ -51,6 +57,12 @@ from mta.core.observe import result_of
 from mta.server import replies
 
 __all__ = ["SubmissionSMTP", "SubmissionSession"]
+
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9-]+"
+# <dot-atom@dot-atom> (ASCII), then anything (ESMTP parameters): the form
+# nearly every client sends; everything else goes to aiosmtpd's parser.
+_SIMPLE_PATH = re.compile(rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>")
 
 
 class SubmissionSession(Session):
@@ -151,6 +163,18 @@ class SubmissionSMTP(SMTP):
         return True
 
     # -- MAIL / RCPT: name the address aiosmtpd could not parse ------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        m = _SIMPLE_PATH.match(arg) if arg else None
+        if m is None:
+            return super()._getaddr(arg)
+        rest = arg[m.end():].lstrip(" \t")      # as the header parser eats CFWS…
+        if rest.startswith("("):
+            return super()._getaddr(arg)       # …including comments: leave those to it
+        addr = m.group(1)
+        if self.local_part_limit and addr.index("@") > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     def _unparsable(self, arg: str | None, keyword: str) -> str | None:
         if arg is None:
