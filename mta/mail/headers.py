@@ -137,12 +137,24 @@ def remove_header(body: bytes, name: str) -> tuple[bytes, list[str]]:
     return b"".join(kept) + body[end:], values
 
 
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9-]+"
+# One plain address, bare or after a display name without specials: the
+# usual From:. Its domain is read without the stdlib's full parser (~40 µs).
+_ADDR = rf"{_ATOM}(?:\.{_ATOM})*@({_LABEL}(?:\.{_LABEL})*)"
+_SIMPLE_FROM = re.compile(rf"[ \t]*(?:[A-Za-z0-9 \t.'-]*<{_ADDR}>|{_ADDR})[ \t]*\Z")
+
+
 def from_domains(body: bytes) -> list[str] | None:
     """The domains of the From: header's addresses, lower-cased, in order;
     None when there is no From: or an address in it has no domain."""
     values = header_values(body, "From")
     if not values:
         return None
+    if len(values) == 1:
+        m = _SIMPLE_FROM.match(values[0])
+        if m is not None:
+            return [(m.group(1) or m.group(2)).lower()]
     domains = []
     for _, addr in getaddresses(values):
         local, at, domain = addr.rpartition("@")
