@@ -330,3 +330,26 @@ def test_sink_thread_mode():
         assert sink.wait_for_sync(1, timeout=5)[0].rcpt_tos == ["ok@x.test"]
     finally:
         sink.stop_in_thread()
+
+
+_MAILBOXES = ["", "a@b.c", "A.B+c@x-y.example", "ü@b.c", "a@ü.c", '"a b"@c.d', "a b@c.d",
+              "<a@b.c>", "a@b.c>", "a@[1.2.3.4]", "a@b", "a", "a@b@c", "a(x)@b.c", "a,b@c.d",
+              "a;b@c.d", "a:b@c.d", "a\\b@c.d", "a\r\nRCPT@b.c", "a@b.c ", " a@b.c", "a.@b.c",
+              ".a@b.c", "a..b@c.d", "a@b..c", "a@-b.c", "a@b.c.", "postmaster", "é@é.fr",
+              "a'b@c.d", "a{b}@c.d"]
+
+
+@pytest.mark.parametrize("address", _MAILBOXES)
+def test_smtp_path_equals_aiosmtplib_quote_address(address):
+    """MAIL/RCPT paths are built by smtp_path (no parser for plain mailboxes):
+    the same text as aiosmtplib's quote_address, or the same ValueError."""
+    from aiosmtplib.email import quote_address
+
+    from mta.delivery.client import smtp_path
+
+    def outcome(fn):
+        try:
+            return fn(address)
+        except ValueError:
+            return ValueError
+    assert outcome(smtp_path) == outcome(quote_address)
