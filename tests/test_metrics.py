@@ -211,7 +211,8 @@ async def test_webhook_series():
     assert value(m, "mta_webhook_failing", webhook="app") == 1
     assert value(m, "mta_webhook_failing", webhook="crm") == 0
     src.statuses = [{"name": "app", "lag": 0, "state": "active", "oldest_unsent_at": None}]
-    await m.refresh(src)
+    await m.refresh(src)                    # crm was removed by a reload
+    assert ("mta_webhook_failing", frozenset({("webhook", "crm")})) not in samples(m)
     assert value(m, "mta_webhook_lag_events", webhook="app") == 0
     assert value(m, "mta_webhook_lag_seconds", webhook="app") == 0
     assert value(m, "mta_webhook_failing", webhook="app") == 0

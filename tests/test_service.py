@@ -418,6 +418,25 @@ def test_reload_in_process_keeps_config_on_error(tmp_path, monkeypatch):
             assert await asyncio.gather(reload(d), reload(d)) == [True, True]  # serialised
             assert d.listeners[0].cfg.max_message_size == 1024 * 1024
             assert d.runner.routes == d.cfg.routes
+            # [[webhooks]] are compared by name and applied live
+            base = config_text(tmp_path / "state", port, {"*": "127.0.0.1:9"})
+            hook = ('[[webhooks]]\nname = "{n}"\nurl = "http://127.0.0.1:9/{n}"\n'
+                    'secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\n')
+            cfg_path.write_text(base + hook.format(n="a"))
+            assert await reload(d) is True
+            assert list(d.webhooks.deliverers) == ["a"]
+            first = d.webhooks.deliverers["a"]
+            assert first._task is not None
+            cfg_path.write_text(base + hook.format(n="a").replace("/a", "/a2")
+                                + hook.format(n="b"))
+            assert await reload(d) is True
+            assert list(d.webhooks.deliverers) == ["a", "b"]
+            assert d.webhooks.deliverers["a"] is not first and first._task is None
+            assert d.webhooks.deliverers["a"].cfg.url.endswith("/a2")
+            assert all(x._task is not None for x in d.webhooks.deliverers.values())
+            assert [s["name"] for s in await d.webhooks.statuses()] == ["a", "b"]
+            cfg_path.write_text(base)
+            assert await reload(d) is True and d.webhooks.deliverers == {}
         finally:
             await d.stop()
 

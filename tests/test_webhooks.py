@@ -499,6 +499,49 @@ async def test_service_statuses_and_replay(rx):
         await svc.stop()
 
 
+async def test_reconfigure_changes_an_endpoint_without_losing_events(rx):
+    """SIGHUP's WebhookService.reconfigure: a changed endpoint restarts from
+    its stored cursor (nothing skipped, nothing reordered), an added one
+    starts at the ledger's end, a removed one stops."""
+    spool = FakeSpool()
+    ledger = SimpleNamespace(webhook_retry_schedule=SCHEDULE, webhook_failing_after=60.0)
+    svc = WebhookService([_cfg(rx.url)], spool=spool, clock=SystemClock(), ledger_cfg=ledger,
+                         poll_interval=0.2)
+    rx2 = Receiver()
+    await rx2.start()
+    svc.start()
+    try:
+        await until(lambda: "app" in spool.states)
+        spool.append(10)
+        svc.poke()
+        await until(lambda: len(rx.got) == 10, what="10 events")
+        rx.script = ["500"] * 1000                     # failing while it is reconfigured
+        spool.append(5)
+        svc.poke()
+        await until(lambda: spool.states["app"]["attempts"] >= 1, what="a failure")
+        await svc.reconfigure([_cfg(rx.url, timeout=0.4), _cfg(rx2.url, name="new")])
+        assert list(svc.deliverers) == ["app", "new"]
+        assert svc.deliverers["app"].cfg.timeout == 0.4
+        await until(lambda: "new" in spool.states, what="the added endpoint's cursor")
+        assert spool.states["new"]["cursor"] == 15
+        rx.script = []
+        spool.append(3)
+        svc.poke()
+        await until(lambda: spool.states["app"]["cursor"] == 18, what="app caught up")
+        await until(lambda: spool.states.get("new", {}).get("cursor") == 18, what="new")
+        await svc.reconfigure([_cfg(rx.url, timeout=0.4)])
+        assert list(svc.deliverers) == ["app"]
+    finally:
+        await svc.stop()
+        await rx2.stop()
+    first_arrivals = list(dict.fromkeys(rx.seqs()))
+    assert first_arrivals == list(range(1, 19))        # nothing skipped or reordered
+    assert len(rx.seqs()) > 18                         # 15 was sent (500) before and after
+    assert rx2.seqs() == [16, 17, 18]                  # the added one: from the ledger's end
+    rx.verify_all()
+    rx2.verify_all()
+
+
 async def test_send_test(rx):
     status, error = await send_test(_cfg(rx.url), SystemClock())
     assert (status, error) == (204, None)

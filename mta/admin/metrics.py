@@ -221,7 +221,15 @@ class Metrics(Observer):
                 counts[state] = counts.get(state, 0) + 1
             for state, n in counts.items():
                 self.destinations.labels(state).set(n)
-        for st in g.get("webhooks") or ():
+        hooks = g.get("webhooks")
+        if hooks is not None:       # endpoints removed by a reload: their gauges go away
+            names = {st["name"] for st in hooks}
+            for gauge in (self.webhook_lag, self.webhook_lag_seconds, self.webhook_failing):
+                for (name,) in [tuple(s.labels.values()) for m in gauge.collect()
+                                for s in m.samples]:
+                    if name not in names:
+                        gauge.remove(name)
+        for st in hooks or ():
             name = st["name"]
             self.webhook_lag.labels(name).set(st.get("lag") or 0)
             oldest = st.get("oldest_unsent_at")

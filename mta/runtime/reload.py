@@ -20,7 +20,9 @@ Two phases, so a refusal never leaves half a reload behind:
      them; sessions in progress keep what they started with), routes, retry
      policy and delivery limits (the next scheduling pass uses them; batches
      in flight finish as they were), sending domains (re-read from the store),
-     log level.
+     log level, [[webhooks]] endpoints (added ones start at the ledger's end,
+     removed ones stop with their cursor stored, changed ones restart from
+     their stored cursor: nothing is skipped).
 
 What needs a restart (logged as ``restart_needed=…``, the old value stays in
 force for the running process even though `daemon.cfg` shows the new one):
@@ -192,6 +194,8 @@ async def _apply(daemon, old: Config, new: Config, p: _Prepared) -> None:
         if hasattr(transport, "connect_timeout"):
             transport.connect_timeout = d.connect_timeout
             transport.command_timeout = d.command_timeout
+    if daemon.webhooks is not None and new.webhooks != old.webhooks:
+        await daemon.webhooks.reconfigure(new.webhooks)
     if daemon.bounces is not None:
         from mta.runtime.daemon import state_paths
         daemon.bounces.feedback = {a.lower() for a in new.bounces.feedback_addresses}
@@ -251,6 +255,17 @@ def _diff(old: Config, new: Config) -> tuple[list[str], list[str]]:
         if section == "routes":
             if a[section] != b[section]:
                 changed.append("routes")
+            continue
+        if section == "webhooks":       # by name, all applied live (_apply)
+            old_w = {x["name"]: x for x in a[section]}
+            new_w = {x["name"]: x for x in b[section]}
+            for name in sorted(old_w.keys() | new_w.keys()):
+                wa, wb = old_w.get(name), new_w.get(name)
+                if wa is None or wb is None:
+                    changed.append(f"webhooks.{name}")
+                else:
+                    changed.extend(f"webhooks.{name}.{k}" for k in sorted(set(wa) | set(wb))
+                                   if wa.get(k) != wb.get(k))
             continue
         live = _LIVE.get(section, set())
         for k in sorted(set(a[section]) | set(b[section])):

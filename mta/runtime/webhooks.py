@@ -15,6 +15,7 @@ Public API
         await replay(from_seq=None, since=None) -> dict   (the running-daemon way)
     WebhookService(configs, *, spool, clock, ledger_cfg)  one deliverer per endpoint:
         start() / await stop() / poke() / await statuses() -> list[dict]
+        await reconfigure(configs)   SIGHUP: start/stop/restart changed endpoints
         await replay(name, from_seq=, since=) -> dict (KeyError: unknown name)
         await test(name) -> {name, url, ok, status, error, ms} (KeyError: unknown name)
         daemon: WebhookService(cfg.webhooks, spool=spool, clock=clock,
@@ -432,17 +433,32 @@ class WebhookService:
     def __init__(self, configs: Iterable[Any], *, spool: Any, clock: Any, ledger_cfg: Any,
                  ssl_context: ssl.SSLContext | None = None,
                  poll_interval: float = POLL_INTERVAL, observer: Observer | None = None):
-        self.deliverers = {
-            c.name: WebhookDeliverer(c, spool=spool, clock=clock,
-                                     schedule=ledger_cfg.webhook_retry_schedule,
-                                     failing_after=ledger_cfg.webhook_failing_after,
-                                     ssl_context=ssl_context, observer=observer,
-                                     poll_interval=poll_interval)
-            for c in configs}
+        self._kw = dict(spool=spool, clock=clock, schedule=ledger_cfg.webhook_retry_schedule,
+                        failing_after=ledger_cfg.webhook_failing_after, ssl_context=ssl_context,
+                        observer=observer, poll_interval=poll_interval)
+        self.deliverers = {c.name: WebhookDeliverer(c, **self._kw) for c in configs}
+        self._started = False
 
     def start(self) -> None:
+        self._started = True
         for d in self.deliverers.values():
             d.start()
+
+    async def reconfigure(self, configs: Iterable[Any]) -> None:
+        """SIGHUP: stop the endpoints that were removed or changed (each
+        stores its cursor), then start the changed and added ones; a changed
+        one resumes from its stored cursor (same name), an added one at the
+        ledger's end."""
+        new = {c.name: c for c in configs}
+        gone = [n for n, d in self.deliverers.items() if new.get(n) != d.cfg]
+        await asyncio.gather(*(self.deliverers.pop(n).stop() for n in gone))
+        for name, cfg in new.items():
+            if name not in self.deliverers:
+                d = self.deliverers[name] = WebhookDeliverer(cfg, **self._kw)
+                if self._started:
+                    d.start()
+        # keep the configured order (statuses, metrics)
+        self.deliverers = {n: self.deliverers[n] for n in new}
 
     async def stop(self) -> None:
         await asyncio.gather(*(d.stop() for d in self.deliverers.values()))
