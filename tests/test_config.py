@@ -183,6 +183,22 @@ def test_cli_config_check_ok_and_config_flag_positions(tmp_path):
     assert json.loads(r.stdout)["server"]["hostname"] == "flag.example"
 
 
+def test_cli_config_check_never_prints_secrets(tmp_path):
+    """The admin token and webhook secrets are shown as set, never as values
+    (text and --json); the daemon still gets the real ones."""
+    f = tmp_path / "c.toml"
+    token = "admin-token-never-printed-0123456789"
+    f.write_text(f'[admin]\ntoken = "{token}"\n' + _hook())
+    for extra in ([], ["--json"]):
+        r = _mta("config", "check", "--config", str(f), *extra)
+        assert r.returncode == 0, r.stderr
+        assert token not in r.stdout and GOOD_SECRET not in r.stdout
+        assert GOOD_SECRET[6:] not in r.stdout
+        assert r.stdout.count("(set, not shown)") == 2
+    cfg = load_config(str(f))
+    assert cfg.admin.token == token and cfg.webhooks[0].secret == GOOD_SECRET
+
+
 def test_cli_config_check_errors_exit_1(tmp_path):
     f = tmp_path / "bad.toml"
     f.write_text('[delivery]\nretry_schedule = "5x"\n')

@@ -110,7 +110,7 @@ def _serve(cfg, args) -> int:
 
 def _config(cfg, args) -> int:
     if args.json:
-        print(json.dumps(config_as_dict(cfg), indent=2))
+        print(json.dumps(config_as_dict(cfg, redact=True), indent=2))
     else:
         print(render_config(cfg), end="")
     return 0

@@ -208,19 +208,29 @@ def _section_dict(obj: Any) -> dict[str, Any]:
             for f in dataclasses.fields(obj) if f.metadata}
 
 
+# Keys whose values are secrets: `mta config check` says whether they are set,
+# never what they are (its output ends up in tickets and CI logs).
+SECRET_KEYS = {("admin", "token"), ("webhooks", "secret")}
+REDACTED = "(set, not shown)"
+
+
 def render_config(cfg: Config) -> str:
-    """The effective configuration as TOML (unset optional keys as comments)."""
+    """The effective configuration as TOML (unset optional keys as comments;
+    SECRET_KEYS as a comment saying they are set)."""
     lines = [f"# effective configuration from {cfg.source}"]
 
     def emit_table(header: str, obj: Any) -> None:
         lines.append("")
         lines.append(header)
+        section = header.strip("[]")
         for f in dataclasses.fields(obj):
             if not f.metadata:
                 continue
             v = _render_value(getattr(obj, f.name), f.metadata)
             doc = f.metadata["doc"]
-            if v is None:
+            if v and (section, f.name) in SECRET_KEYS:
+                lines.append(f"# {f.name} = {REDACTED}  # {doc}")
+            elif v is None:
                 lines.append(f"# {f.name} = (unset)  # {doc}")
             else:
                 lines.append(f"{f.name} = {json.dumps(v)}  # {doc}")
@@ -237,9 +247,18 @@ def render_config(cfg: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def config_as_dict(cfg: Config) -> dict[str, Any]:
+def config_as_dict(cfg: Config, *, redact: bool = False) -> dict[str, Any]:
+    """Every key's value by section (arrays as lists); `redact`: SECRET_KEYS
+    that are set become REDACTED (for printing; the reload compares the real
+    values)."""
     out: dict[str, Any] = {name: _section_dict(getattr(cfg, name)) for name in SECTIONS}
     for name in ARRAYS:
         out[name] = [_section_dict(t) for t in getattr(cfg, name)]
     out["routes"] = dict(cfg.routes)
+    if redact:
+        for section, key in SECRET_KEYS:
+            tables = out[section] if isinstance(out[section], list) else [out[section]]
+            for table in tables:
+                if table.get(key):
+                    table[key] = REDACTED
     return out
