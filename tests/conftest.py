@@ -1,9 +1,24 @@
-"""Shared pytest plumbing: `report` lets a test print a figure (e.g. the crash
-test's duplicate count) into the terminal summary, where CI logs keep it."""
+"""Shared pytest plumbing.
+
+* `report` lets a test print a figure (e.g. the crash test's duplicate count)
+  into the terminal summary, where CI logs keep it.
+* A hang watchdog: when one test (setup, call and teardown together) runs for
+  longer than HANG_AFTER seconds, every running event loop prints the stack of
+  each of its tasks to stderr (thread stacks alone do not show where a
+  coroutine waits), then the test's loop tasks are cancelled so the run fails
+  with a traceback instead of eating CI's time limit.
+"""
+
+import asyncio
+import gc
+import os
+import sys
+import threading
 
 import pytest
 
 _REPORT: list[str] = []
+HANG_AFTER = float(os.environ.get("MTA_TEST_HANG_AFTER", "240"))
 
 
 @pytest.fixture
@@ -16,3 +31,35 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("mta test figures")
         for line in _REPORT:
             terminalreporter.write_line(line)
+
+
+def _dump_and_cancel(loop: asyncio.AbstractEventLoop, nodeid: str) -> None:
+    print(f"\n=== hang watchdog: {nodeid} still running after {HANG_AFTER:g}s; "
+          f"asyncio tasks of {loop!r}:", file=sys.stderr)
+    for task in asyncio.all_tasks(loop):
+        print(f"--- {task!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    done = threading.Event()
+
+    def watch():
+        if done.wait(HANG_AFTER):
+            return
+        for obj in gc.get_objects():
+            if isinstance(obj, asyncio.AbstractEventLoop) and obj.is_running():
+                try:
+                    obj.call_soon_threadsafe(_dump_and_cancel, obj, item.nodeid)
+                except RuntimeError:
+                    pass
+
+    t = threading.Thread(target=watch, name="hang-watchdog", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
