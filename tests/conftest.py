@@ -6,10 +6,12 @@
   longer than HANG_AFTER seconds, every running event loop prints the stack of
   each of its tasks to stderr (thread stacks alone do not show where a
   coroutine waits), then the test's loop tasks are cancelled so the run fails
-  with a traceback instead of eating CI's time limit.
+  with a traceback instead of eating CI's time limit; if it still runs a
+  minute later, every thread's stack is printed and the run exits with 3.
 """
 
 import asyncio
+import faulthandler
 import gc
 import os
 import sys
@@ -56,6 +58,13 @@ def pytest_runtest_protocol(item, nextitem):
                     obj.call_soon_threadsafe(_dump_and_cancel, obj, item.nodeid)
                 except RuntimeError:
                     pass
+        if done.wait(60.0):
+            return
+        # Cancelling did not end it: every thread's stack, then stop the run.
+        print(f"\n=== hang watchdog: {item.nodeid} ignored cancellation; exiting",
+              file=sys.stderr)
+        faulthandler.dump_traceback(file=sys.stderr)
+        os._exit(3)
 
     t = threading.Thread(target=watch, name="hang-watchdog", daemon=True)
     t.start()
