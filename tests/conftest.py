@@ -11,11 +11,11 @@
 """
 
 import asyncio
-import faulthandler
 import gc
 import os
 import sys
 import threading
+import traceback
 
 import pytest
 
@@ -61,9 +61,18 @@ def pytest_runtest_protocol(item, nextitem):
         if done.wait(60.0):
             return
         # Cancelling did not end it: every thread's stack, then stop the run.
-        print(f"\n=== hang watchdog: {item.nodeid} ignored cancellation; exiting",
-              file=sys.stderr)
-        faulthandler.dump_traceback(file=sys.stderr)
+        # pytest captures fds 1 and 2 during a test: give them back first (as
+        # its pdb support does), or this would be lost with the process.
+        capman = item.config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            capman.suspend_global_capture(in_=True)
+        err = sys.stderr
+        print(f"\n=== hang watchdog: {item.nodeid} ignored cancellation; exiting", file=err)
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for ident, frame in sys._current_frames().items():
+            print(f"--- thread {names.get(ident, ident)}", file=err)
+            print("".join(traceback.format_stack(frame)).rstrip(), file=err)
+        err.flush()
         os._exit(3)
 
     t = threading.Thread(target=watch, name="hang-watchdog", daemon=True)
