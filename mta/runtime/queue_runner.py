@@ -53,6 +53,21 @@ class Transport(Protocol):
                       messages: Sequence[OutboundMessage]) -> DeliveryReport: ...
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    """Until `event` is set or `timeout` seconds pass.
+
+    Not asyncio.wait_for(event.wait(), timeout): in Python 3.11 it swallows
+    a cancellation that lands while the event fires (it returns the result
+    instead; gh-86296), and a loop around it then never stops: the daemon's
+    stop() waited forever on the DSN loop (seen in CI).
+    asyncio.timeout() passes the cancellation on."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass
+
+
 class QueueRunner:
     def __init__(self, *, spool: Spool, scheduler: Scheduler, transport: Transport,
                  sandbox_transport: Transport | None, retry: RetryPolicy, clock: Clock,
@@ -157,10 +172,7 @@ class QueueRunner:
         timeout = max(0.0, deadline - now)
         if timeout == 0.0:
             timeout = 0.05  # due but nothing leasable (e.g. window full): don't spin
-        try:
-            await asyncio.wait_for(self.wakeup.wait(), timeout=min(timeout, 60.0))
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(self.wakeup, min(timeout, 60.0))
 
     async def _refill(self) -> None:
         room = self.max_pending - self.scheduler.pending_count()
@@ -410,10 +422,7 @@ class QueueRunner:
                         event(log, "segments_reclaimed", count=n)
                 except Exception:
                     log.exception("event=reclaim_failed")
-            try:
-                await asyncio.wait_for(self.dsn_wakeup.wait(), timeout=10.0)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self.dsn_wakeup, 10.0)
             self.dsn_wakeup.clear()
             try:
                 await self.dsn_pass()
