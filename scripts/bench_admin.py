@@ -85,22 +85,7 @@ def main() -> int:
     asyncio.run(build_spool(tmp / "state", a.queued))
     print(f"bench_admin: spool built in {time.time() - t0:.1f}s", file=sys.stderr)
     cfg = tmp / "mta.toml"
-    cfg.write_text(f"""
-[server]
-hostname = "bench.mta.test"
-state_dir = "{tmp / 'state'}"
-log_level = "warning"
-[[listeners]]
-name = "bench"
-address = "127.0.0.1:2535"
-tls = "none"
-trusted_networks = ["127.0.0.0/8"]
-[admin]
-address = "127.0.0.1:8026"
-token = "{TOKEN}"
-[routes]
-"*" = "127.0.0.1:2526"
-""")
+    cfg.write_text(benchlib.daemon_config(tmp / "state", admin_port=8026, token=TOKEN))
     subprocess.run([str(bench / "sink-up.sh")], check=True, cwd=bench, capture_output=True)
     daemon = subprocess.Popen([str(ROOT / ".venv" / "bin" / "mta"), "serve", "--config", str(cfg)],
                               stderr=open(tmp / "mta.log", "wb"))

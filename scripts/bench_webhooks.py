@@ -87,22 +87,8 @@ def receiver_count(port: int) -> int:
 
 
 def config(state: Path, hook_port: int | None) -> str:
-    text = f"""
-[server]
-hostname = "bench.mta.test"
-state_dir = "{state}"
-log_level = "warning"
-[[listeners]]
-name = "bench"
-address = "127.0.0.1:2535"
-tls = "none"
-trusted_networks = ["127.0.0.0/8"]
-[admin]
-address = "127.0.0.1:8027"
-token = "bench-webhooks-token-0123456789"
-[routes]
-"*" = "127.0.0.1:2526"
-"""
+    text = benchlib.daemon_config(state, admin_port=8027,
+                                  token="bench-webhooks-token-0123456789")
     if hook_port:
         secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
         text += (f'[[webhooks]]\nname = "bench"\nurl = "http://127.0.0.1:{hook_port}/hook"\n'

@@ -11,6 +11,28 @@ import urllib.request
 from pathlib import Path
 
 
+def daemon_config(state: Path | str, *, admin_port: int, token: str) -> str:
+    """The mta config the side benchmarks (admin, webhooks) run: plain SMTP on
+    127.0.0.1:2535 for trusted loopback, the admin API on `admin_port`, every
+    domain routed to the harness's sink on 127.0.0.1:2526. Append tables to it."""
+    return f"""
+[server]
+hostname = "bench.mta.test"
+state_dir = "{state}"
+log_level = "warning"
+[[listeners]]
+name = "bench"
+address = "127.0.0.1:2535"
+tls = "none"
+trusted_networks = ["127.0.0.0/8"]
+[admin]
+address = "127.0.0.1:{admin_port}"
+token = "{token}"
+[routes]
+"*" = "127.0.0.1:2526"
+"""
+
+
 def wait_http(url: str, timeout: float = 30.0) -> None:
     """Until `url` answers (the daemon's /healthz), or exit."""
     end = time.time() + timeout

@@ -4,7 +4,6 @@ accept-and-record, and `mta suppression …` through the real entry point."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -25,6 +24,7 @@ from mta.policy.suppression import (SuppressionRules, expiry_for, from_config, r
 from mta.spool import NewMessage, Spool, SuppressionView
 from mta.spool import suppression_admin as admin
 from mta.spool.suppressions import address_key
+from tests.test_spool import db
 
 T0 = 1_700_000_000.0
 DAY = 86400.0
@@ -40,15 +40,6 @@ def msg(*rcpts, sender="app@example.test", **kw) -> NewMessage:
 def upd(qid, idx, state, reply=None, at=T0, **kw):
     return RecipientUpdate(queue_id=qid, rcpt_idx=idx, state=state,
                            reply=Reply.parse(reply) if reply else None, attempted_at=at, **kw)
-
-
-@contextlib.contextmanager
-def db(state: Path):
-    c = sqlite3.connect(state / "spool" / "index.sqlite3", isolation_level=None)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture
