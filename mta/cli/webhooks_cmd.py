@@ -165,14 +165,12 @@ def _list(cfg, args) -> int:
 
 def _test(cfg, args) -> int:
     from mta.core import SystemClock
-    from mta.runtime.webhooks import send_test
+    from mta.runtime.webhooks import probe
     w = _find(cfg, args.name)
-    t0 = time.monotonic()
-    status, error = asyncio.run(send_test(w, SystemClock()))
-    ms = round((time.monotonic() - t0) * 1000)
+    result = asyncio.run(probe(w, SystemClock()))
+    status, error, ms = result["status"], result["error"], result["ms"]
     if args.json:
-        print(json.dumps({"name": w.name, "url": w.url, "ok": error is None, "status": status,
-                          "error": error, "ms": ms}, indent=2))
+        print(json.dumps(result, indent=2))
     elif error is None:
         print(f"{w.name}: HTTP {status} from {w.url} in {ms} ms")
     else:

@@ -15,6 +15,14 @@ _DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # Dot-atom local part plus UTF-8 (SMTPUTF8); quoted local parts are accepted as-is.
 _ATOM_CHARS = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]+$")
 
+# Regex source for the plain ASCII mailbox `dot-atom@dot-atom` (the domain's
+# labels as LDH, not length-checked), with the domain as group 1: the fast
+# paths that skip a full parser (server MAIL/RCPT, From: domains) match it and
+# leave every other form to that parser.
+ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+LABEL = r"[A-Za-z0-9-]+"
+PLAIN_MAILBOX = rf"{ATOM}(?:\.{ATOM})*@({LABEL}(?:\.{LABEL})*)"
+
 
 class AddressError(ValueError):
     pass

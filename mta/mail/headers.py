@@ -41,6 +41,8 @@ from email.utils import getaddresses
 from datetime import datetime, timezone
 from email.utils import format_datetime
 
+from mta.core.address import PLAIN_MAILBOX
+
 __all__ = ["prepare_submission", "format_date", "header_names", "header_values", "from_domains", "remove_header"]
 
 # RFC 5322 field name: printable US-ASCII except ":"; obs-syntax allows WSP before ":".
@@ -137,12 +139,10 @@ def remove_header(body: bytes, name: str) -> tuple[bytes, list[str]]:
     return b"".join(kept) + body[end:], values
 
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9-]+"
 # One plain address, bare or after a display name without specials: the
 # usual From:. Its domain is read without the stdlib's full parser (~40 µs).
-_ADDR = rf"{_ATOM}(?:\.{_ATOM})*@({_LABEL}(?:\.{_LABEL})*)"
-_SIMPLE_FROM = re.compile(rf"[ \t]*(?:[A-Za-z0-9 \t.'-]*<{_ADDR}>|{_ADDR})[ \t]*\Z")
+_SIMPLE_FROM = re.compile(
+    rf"[ \t]*(?:[A-Za-z0-9 \t.'-]*<{PLAIN_MAILBOX}>|{PLAIN_MAILBOX})[ \t]*\Z")
 
 
 def from_domains(body: bytes) -> list[str] | None:

@@ -232,6 +232,21 @@ def _restart_server(old: Config, new: Config) -> bool:
 
 # ---- what changed ------------------------------------------------------------
 
+def _diff_by_name(section: str, old: list[dict], new: list[dict]) -> list[str]:
+    """Changed paths of an [[array]] whose tables have a `name`: section.NAME
+    for one added or removed, section.NAME.KEY for each changed key."""
+    by_old, by_new = {x["name"]: x for x in old}, {x["name"]: x for x in new}
+    out = []
+    for name in sorted(by_old.keys() | by_new.keys()):
+        ta, tb = by_old.get(name), by_new.get(name)
+        if ta is None or tb is None:
+            out.append(f"{section}.{name}")
+        else:
+            out.extend(f"{section}.{name}.{k}" for k in sorted(set(ta) | set(tb))
+                       if ta.get(k) != tb.get(k))
+    return out
+
+
 def _diff(old: Config, new: Config) -> tuple[list[str], list[str]]:
     """(every changed key path, those of them that need a restart). Listener
     paths are by name; added/removed/moved listeners are found in _prepare."""
@@ -239,33 +254,14 @@ def _diff(old: Config, new: Config) -> tuple[list[str], list[str]]:
     changed: list[str] = []
     restart: list[str] = []
     for section in a:
-        if section == "listeners":
-            old_l = {x["name"]: x for x in a[section]}
-            for lb in b[section]:
-                la = old_l.get(lb["name"])
-                if la is None:
-                    changed.append(f"listeners.{lb['name']}")
-                    continue
-                for k in sorted(set(la) | set(lb)):
-                    if la.get(k) != lb.get(k):
-                        changed.append(f"listeners.{lb['name']}.{k}")
-            for name in old_l.keys() - {x["name"] for x in b[section]}:
-                changed.append(f"listeners.{name}")
+        if section in ("listeners", "webhooks"):
+            # by name; listener moves that need a restart are found in _prepare,
+            # webhooks all apply live (_apply)
+            changed.extend(_diff_by_name(section, a[section], b[section]))
             continue
         if section == "routes":
             if a[section] != b[section]:
                 changed.append("routes")
-            continue
-        if section == "webhooks":       # by name, all applied live (_apply)
-            old_w = {x["name"]: x for x in a[section]}
-            new_w = {x["name"]: x for x in b[section]}
-            for name in sorted(old_w.keys() | new_w.keys()):
-                wa, wb = old_w.get(name), new_w.get(name)
-                if wa is None or wb is None:
-                    changed.append(f"webhooks.{name}")
-                else:
-                    changed.extend(f"webhooks.{name}.{k}" for k in sorted(set(wa) | set(wb))
-                                   if wa.get(k) != wb.get(k))
             continue
         live = _LIVE.get(section, set())
         for k in sorted(set(a[section]) | set(b[section])):

@@ -29,6 +29,7 @@ Public API
     async replay(spool, name, *, from_seq=None, since=None) -> dict   (spool only)
     async first_seq_since(spool, since) -> int | None
     async send_test(cfg, clock, *, ssl_context=None) -> (status | None, error | None)
+    async probe(cfg, clock, *, ssl_context=None) -> {name, url, ok, status, error, ms}
 
 Wire format (Standard Webhooks, https://www.standardwebhooks.com/)
     POST <url> (HTTP/1.1, one keep-alive connection: runtime/hookhttp.py),
@@ -107,7 +108,7 @@ SAVE_EVERY = 0.5   # seconds: how often an advancing cursor is stored (see _adva
 log = logging.getLogger("mta.webhooks")
 
 __all__ = ["sign", "new_secret", "event_json", "encode_body", "webhook_id", "WebhookDeliverer",
-           "WebhookService", "replay", "first_seq_since", "send_test", "ACTIVE", "FAILING"]
+           "WebhookService", "replay", "first_seq_since", "send_test", "probe", "ACTIVE", "FAILING"]
 
 ACTIVE, FAILING = "active", "failing"
 USER_AGENT = "mta-webhooks/1"
@@ -166,23 +167,14 @@ def event_json(ev: Any) -> dict:
             "credential": ev.credential or None, "data": ev.detail or {}}
 
 
-def encode_body(objs: Sequence[dict], batch: bool) -> bytes:
-    data: Any = list(objs) if batch else objs[0]
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def webhook_id(events: Sequence[Any]) -> str:
-    """evt_<seq> for one event, evt_<first>-<last> for a batch; `events` are
-    EventViews or (seq, payload) pairs."""
-    first, last = _seq(events[0]), _seq(events[-1])
+def webhook_id(events: Sequence[tuple[int, bytes]]) -> str:
+    """evt_<seq> for one (seq, payload), evt_<first>-<last> for a batch."""
+    first, last = events[0][0], events[-1][0]
     return f"evt_{first}" if len(events) == 1 else f"evt_{first}-{last}"
 
 
-def _seq(e: Any) -> int:
-    return e[0] if isinstance(e, tuple) else e.seq
-
-
-def _body(payloads: Sequence[tuple[int, bytes]], batch: bool) -> bytes:
+def encode_body(payloads: Sequence[tuple[int, bytes]], batch: bool) -> bytes:
+    """The request body: the one payload, or (batch) a JSON array of them."""
     if not batch:
         return payloads[0][1]
     return b"[" + b",".join(p for _, p in payloads) + b"]"
@@ -389,7 +381,7 @@ class WebhookDeliverer:
                 return self.poll_interval
             if self._pinned and self._pinned[0] == st["cursor"]:
                 events = [e for e in events if e[0] <= self._pinned[1]] or events
-            body = _body(events, size > 1)
+            body = encode_body(events, size > 1)
             msg_id = webhook_id(events)
             if self._endpoint is None:
                 self._endpoint = Endpoint(self.cfg.url, timeout=self.cfg.timeout,
@@ -478,10 +470,7 @@ class WebhookService:
         """`send_test` to endpoint `name` (KeyError: unknown name) →
         {name, url, ok, status, error, ms}."""
         d = self.deliverers[name]
-        t0 = time.monotonic()
-        status, error = await send_test(d.cfg, d.clock, ssl_context=d._ssl_context)
-        return {"name": name, "url": d.cfg.url, "ok": error is None, "status": status,
-                "error": error, "ms": round((time.monotonic() - t0) * 1000)}
+        return await probe(d.cfg, d.clock, ssl_context=d._ssl_context)
 
 
 # --------------------------------------------------------------------- replay
@@ -546,7 +535,8 @@ async def send_test(cfg: Any, clock: Any, *, ssl_context: ssl.SSLContext | None 
     obj = {"type": "test", "seq": 0, "timestamp": _iso(clock.now()), "queue_id": None,
            "recipient": None, "credential": cfg.credential,
            "data": {"message": "mta webhook test", "webhook": cfg.name}}
-    body = encode_body([obj], cfg.batch_size > 1)
+    payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    body = encode_body([(0, payload)], cfg.batch_size > 1)
     msg_id = f"test_{secrets.token_hex(8)}"
     endpoint = Endpoint(cfg.url, timeout=cfg.timeout, ssl_context=ssl_context,
                         user_agent=USER_AGENT)
@@ -554,3 +544,12 @@ async def send_test(cfg: Any, clock: Any, *, ssl_context: ssl.SSLContext | None 
         return await _post(endpoint, Signer(cfg.secret), msg_id, body, clock)
     finally:
         await endpoint.close()
+
+
+async def probe(cfg: Any, clock: Any, *, ssl_context: ssl.SSLContext | None = None) -> dict:
+    """`send_test`, timed: {name, url, ok, status, error, ms} (the API's and
+    `mta webhooks test --json`'s answer)."""
+    t0 = time.monotonic()
+    status, error = await send_test(cfg, clock, ssl_context=ssl_context)
+    return {"name": cfg.name, "url": cfg.url, "ok": error is None, "status": status,
+            "error": error, "ms": round((time.monotonic() - t0) * 1000)}

@@ -53,16 +53,15 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 
 from mta.core import Observer, Reply
+from mta.core.address import PLAIN_MAILBOX
 from mta.core.observe import result_of
 from mta.server import replies
 
 __all__ = ["SubmissionSMTP", "SubmissionSession"]
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9-]+"
 # <dot-atom@dot-atom> (ASCII), then anything (ESMTP parameters): the form
 # nearly every client sends; everything else goes to aiosmtpd's parser.
-_SIMPLE_PATH = re.compile(rf"[ \t]*<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>")
+_SIMPLE_PATH = re.compile(rf"[ \t]*<((?:{PLAIN_MAILBOX}))>")
 
 
 class SubmissionSession(Session):
