@@ -9,6 +9,7 @@ per-field agreement and asserts the thresholds of issue 4.
 from __future__ import annotations
 
 import importlib.util
+import os
 import json
 import sys
 from pathlib import Path
@@ -18,9 +19,12 @@ import pytest
 from mta.mail.bounces import KINDS, parse
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "bounces"
+# ../shared beside the checkout (as CI clones it), or MTA_BOUNCE_CORPUS.
+CORPUS = Path(os.environ.get("MTA_BOUNCE_CORPUS")
+              or Path(__file__).resolve().parents[2] / "shared" / "corpus" / "bounces")
 pytestmark = pytest.mark.skipif(not (CORPUS / "labels.jsonl").exists(),
-                                reason=f"bounce corpus not found at {CORPUS}")
+                                reason=f"bounce corpus not found at {CORPUS} (clone beside "
+                                       f"shared/, or set MTA_BOUNCE_CORPUS)")
 THRESHOLDS = {"f1": 0.985, "hardsoft": 0.98, "status": 0.97, "kind": 0.97}
 
 
