@@ -162,7 +162,8 @@ def credentials(tmp_path):
 async def make_listener(credentials, server_tls):
     started: list[SubmissionListener] = []
 
-    async def make(*, spool=None, throttle=None, tls_ctx=server_tls, **cfg):
+    async def make(*, spool=None, throttle=None, user_throttle=None, tls_ctx=server_tls,
+                   observer=None, **cfg):
         cfg.setdefault("address", "127.0.0.1:0")
         lcfg = ListenerConfig(**cfg)
         spool = spool or FakeSpool()
@@ -170,7 +171,9 @@ async def make_listener(credentials, server_tls):
                                  credentials=credentials,
                                  tls_context=tls_ctx if lcfg.tls != "none" else None,
                                  clock=FakeClock(1_700_000_000.0), auth_throttle=throttle,
-                                 message_factory=_message_factory())
+                                 user_throttle=user_throttle,
+                                 message_factory=_message_factory(),
+                                 **({"observer": observer} if observer else {}))
         await lst.start()
         started.append(lst)
         return lst, spool

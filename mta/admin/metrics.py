@@ -34,6 +34,8 @@ units, `_total` for counters, `_seconds`/`_bytes` suffixes)
     mta_recipients_total{outcome,class}                    counter  delivered|deferred|
                                                   bounced (class hard|soft)|expired|suppressed
     mta_delivery_attempt_duration_seconds{destination_kind,result}   histogram
+    mta_smtp_session_limits_total{listener,reason}         counter  max_sessions|
+                                  max_sessions_per_ip|transaction_timeout|junk_commands
     mta_dkim_sign_duration_seconds                         histogram
     mta_bounces_received_total{kind}                       counter
     mta_queue_recipients{state}                            gauge (scrape time)
@@ -69,7 +71,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                Histogram, generate_latest)
 
 from mta.core import Clock, Observer, SystemClock
-from mta.core.observe import BOUNCE_KINDS, MESSAGE_RESULTS, WEBHOOK_RESULTS
+from mta.core.observe import BOUNCE_KINDS, MESSAGE_RESULTS, SESSION_LIMITS, WEBHOOK_RESULTS
 
 __all__ = ["Metrics", "destination_state"]
 
@@ -115,6 +117,10 @@ class Metrics(Observer):
         self.recipients = Counter(
             "mta_recipients", "Recipient outcomes recorded in the spool: delivered, "
             "deferred, bounced (class hard or soft), expired, suppressed.",
+        self.session_limits = Counter(
+            "mta_smtp_session_limits", "SMTP sessions refused (421 instead of the greeting) or "
+            "closed by a session limit, by listener and limit.", ["listener", "reason"],
+            registry=r)
             ["outcome", "class"], registry=r)
         self.attempt_duration = Histogram(
             "mta_delivery_attempt_duration_seconds", "Duration of delivery attempts (one "
@@ -176,6 +182,8 @@ class Metrics(Observer):
 
     # -- Observer ----------------------------------------------------------------
 
+        for reason in SESSION_LIMITS:
+            self.session_limits.labels(name, reason)
     def session_opened(self, listener: str) -> None:
         self.sessions_open.labels(listener).inc()
 
@@ -190,6 +198,9 @@ class Metrics(Observer):
 
     def recipient_outcome(self, outcome: str, klass: str = "") -> None:
         self.recipients.labels(outcome, klass).inc()
+
+    def session_refused(self, listener: str, reason: str) -> None:
+        self.session_limits.labels(listener, reason).inc()
 
     def attempt_finished(self, seconds: float, destination_kind: str, result: str) -> None:
         self.attempt_duration.labels(destination_kind, result).observe(max(0.0, seconds))

@@ -59,7 +59,25 @@ class ListenerConfig:
                                  INT, min=1, max=1000)
     auth_lockout: float = K(300.0, "how long an IP stays locked out after too many failures",
                               DURATION, min=1, max=86400)
-    idle_timeout: float = K(300.0, "close a session idle this long", DURATION, min=1, max=3600)
+    auth_max_failures_per_user: int = K(20, "failed AUTH attempts for one user name (from any "
+                                          "IP) before it is locked out; IPs that logged in as "
+                                          "that user lately are not locked out", INT,
+                                          min=1, max=100_000)
+    idle_timeout: float = K(300.0, "close a session idle this long (no command, no DATA bytes)",
+                            DURATION, min=1, max=3600)
+    max_sessions: int = K(1000, "most simultaneous sessions on this listener; more get 421 "
+                          "4.7.0 and are closed", INT, min=1, max=100_000)
+    max_sessions_per_ip: int = K(50, "most simultaneous sessions from one client IP "
+                                 "(trusted_networks are exempt); more get 421 4.7.0", INT,
+                                 min=1, max=100_000)
+    transaction_timeout: float = K(1800.0, "longest time from MAIL FROM to the end of DATA; "
+                                   "past it the session gets 421 4.4.2 and is closed",
+                                   DURATION, min=10, max=86400)
+    max_junk_commands: int = K(100, "commands that move no mail (NOOP, RSET, VRFY, HELP, EHLO, "
+                               "unknown ones, refused AUTH) before 421 4.7.0 closes the session; "
+                               "reset by each accepted message", INT, min=1, max=100_000)
+    listen_backlog: int = K(1024, "TCP accept queue length (the kernel caps it at "
+                            "net.core.somaxconn)", INT, min=1, max=65535)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ API (every method returns None and must not raise, block or await)
         (5xx at DATA, or a policy refusal of the sender at MAIL FROM),
         "tempfail" (4xx at DATA, including an exception → 451)
     auth_failure(listener)          a failed credential check
+    session_refused(listener, reason)
+        a session limit that bit: a connection refused with 421
+        ("max_sessions", "max_sessions_per_ip") or a session closed
+        ("transaction_timeout", "junk_commands"); SESSION_LIMITS
     recipient_outcome(outcome, klass="")
         one per recipient update recorded in the spool: outcome "delivered",
         "deferred", "bounced" (klass "hard" | "soft"), "expired",
@@ -42,10 +46,11 @@ Invariants
 
 from __future__ import annotations
 
-__all__ = ["Observer", "result_of", "MESSAGE_RESULTS", "RECIPIENT_OUTCOMES", "ATTEMPT_RESULTS",
+__all__ = ["Observer", "result_of", "MESSAGE_RESULTS", "SESSION_LIMITS", "RECIPIENT_OUTCOMES", "ATTEMPT_RESULTS",
            "BOUNCE_KINDS", "WEBHOOK_RESULTS"]
 
 MESSAGE_RESULTS = ("accepted", "rejected", "tempfail")
+SESSION_LIMITS = ("max_sessions", "max_sessions_per_ip", "transaction_timeout", "junk_commands")
 RECIPIENT_OUTCOMES = ("delivered", "deferred", "bounced", "expired", "suppressed")
 ATTEMPT_RESULTS = ("ok", "down", "throttling")
 BOUNCE_KINDS = ("bounce", "complaint", "bad_token", "unmatched", "not_a_failure")
@@ -65,6 +70,9 @@ class Observer:
         pass
 
     def auth_failure(self, listener: str) -> None:
+        pass
+
+    def session_refused(self, listener: str, reason: str) -> None:
         pass
 
     def recipient_outcome(self, outcome: str, klass: str = "") -> None:

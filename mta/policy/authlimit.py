@@ -1,35 +1,76 @@
-"""AUTH brute-force throttle per client IP. Pure: every call takes `now`.
+"""AUTH brute-force throttles. Pure: every call takes `now`.
 
 Public API:
+    throttle_key(ip) -> str           the key a client IP is counted under:
+                                      IPv4 as is (IPv4-mapped IPv6 too),
+                                      IPv6 by its /64 (one subscriber's prefix)
     AuthThrottle(max_failures, lockout, delay_step=1.0, max_delay=5.0, max_ips=100_000)
-    .check(ip, now) -> float | None   None: locked out, refuse AUTH now;
+    .check(key, now) -> float | None  None: locked out, refuse AUTH now;
                                       else seconds to delay the next AUTH reply
-    .failure(ip, now)                 record one failed AUTH
-    .success(ip)                      forget the IP's failures
-    .tracked() -> int                 number of IPs held in memory
+    .attempt(key, now) -> float | None
+                                      count one guess BEFORE its password is
+                                      checked: None when the key is locked (do
+                                      not check the password); else the delay
+                                      for its reply. The guess counts as a
+                                      failure until success()/forgive().
+    .failure(key, now)                record one failed AUTH (no password check
+                                      made: a refused exchange)
+    .success(key)                     forget the key's failures (a client IP
+                                      that logged in)
+    .forgive(key)                     take back one counted guess (a user
+                                      whose password was right: its other
+                                      failures stand)
+    .tracked() -> int                 number of keys held in memory
+    UserThrottle(max_failures, lockout, max_users=100_000, good_ips=16)
+        the same counting per credential name across client IPs, plus the
+        IPs that recently logged in as that user, which the user's lockout
+        does not stop (so a guesser elsewhere cannot lock the owner out):
+    .attempt(user, ip_key, now) -> bool   False: the user is locked for this
+                                          IP (do not check the password)
+    .success(user, ip_key, now) / .tracked()
 
 Rules:
+  * Guesses are counted before the password is checked (`attempt`), so the
+    limit holds however many connections run in parallel: with
+    max_failures = 5, at most 5 passwords are checked per lockout window,
+    whether the guesses come one after another or all at once.
   * Failures older than `lockout` seconds are forgotten (sliding window).
-  * Delay: 0 while an IP has at most 2 recent failures, then `delay_step`
+  * Delay: 0 while a key has at most 2 recent failures, then `delay_step`
     more per further failure, capped at `max_delay` (slows guessing without
     hurting a user who mistyped once or twice).
-  * `max_failures` failures inside the window lock the IP for `lockout`
+  * `max_failures` failures inside the window lock the key for `lockout`
     seconds from the last one. Failures reported while locked are ignored:
     the server refuses AUTH then, and an attacker must not be able to
     stretch a lockout it can see coming against a shared NAT address forever.
 
-Invariants: memory is bounded — at most `max_ips` IPs (the least recently
-touched is dropped first) and at most `max_failures` timestamps per IP.
+Invariants: memory is bounded — at most `max_ips` keys (the least recently
+touched is dropped first) and at most `max_failures` timestamps per key;
+UserThrottle holds at most `good_ips` addresses per user.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+__all__ = ["AuthThrottle", "UserThrottle", "throttle_key"]
+
+
+def throttle_key(ip: str) -> str:
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
 
 @dataclass
-class _IpState:
+class _State:
     failures: deque[float] = field(default_factory=deque)
     locked_until: float | None = None
 
@@ -46,11 +87,11 @@ class AuthThrottle:
         self.delay_step = delay_step
         self.max_delay = max_delay
         self.max_ips = max_ips
-        self._ips: OrderedDict[str, _IpState] = OrderedDict()
+        self._ips: OrderedDict[str, _State] = OrderedDict()
 
-    def _state(self, ip: str, now: float) -> _IpState | None:
-        """The IP's state with expired failures and locks removed (None: clean)."""
-        st = self._ips.get(ip)
+    def _state(self, key: str, now: float) -> _State | None:
+        """The key's state with expired failures and locks removed (None: clean)."""
+        st = self._ips.get(key)
         if st is None:
             return None
         if st.locked_until is not None and now >= st.locked_until:
@@ -59,12 +100,12 @@ class AuthThrottle:
         while st.failures and st.failures[0] <= now - self.lockout:
             st.failures.popleft()
         if st.locked_until is None and not st.failures:
-            del self._ips[ip]
+            del self._ips[key]
             return None
         return st
 
-    def check(self, ip: str, now: float) -> float | None:
-        st = self._state(ip, now)
+    def check(self, key: str, now: float) -> float | None:
+        st = self._state(key, now)
         if st is None:
             return 0.0
         if st.locked_until is not None:
@@ -72,21 +113,75 @@ class AuthThrottle:
         extra = len(st.failures) - self.FREE_FAILURES
         return 0.0 if extra <= 0 else min(extra * self.delay_step, self.max_delay)
 
-    def failure(self, ip: str, now: float) -> None:
-        st = self._state(ip, now)
+    def attempt(self, key: str, now: float) -> float | None:
+        delay = self.check(key, now)
+        if delay is not None:
+            self.failure(key, now)
+        return delay
+
+    def failure(self, key: str, now: float) -> None:
+        st = self._state(key, now)
         if st is None:
-            st = self._ips[ip] = _IpState(deque(maxlen=self.max_failures))
+            st = self._ips[key] = _State(deque(maxlen=self.max_failures))
             while len(self._ips) > self.max_ips:
                 self._ips.popitem(last=False)
         elif st.locked_until is not None:
             return
-        self._ips.move_to_end(ip)
+        self._ips.move_to_end(key)
         st.failures.append(now)
         if len(st.failures) >= self.max_failures:
             st.locked_until = now + self.lockout
 
-    def success(self, ip: str) -> None:
-        self._ips.pop(ip, None)
+    def success(self, key: str) -> None:
+        self._ips.pop(key, None)
+
+    def forgive(self, key: str) -> None:
+        st = self._ips.get(key)
+        if st is None:
+            return
+        if st.failures:
+            st.failures.pop()
+        if len(st.failures) < self.max_failures:
+            st.locked_until = None
+        if not st.failures:
+            del self._ips[key]
 
     def tracked(self) -> int:
         return len(self._ips)
+
+
+class UserThrottle:
+    def __init__(self, max_failures: int, lockout: float, max_users: int = 100_000,
+                 good_ips: int = 16):
+        self._counts = AuthThrottle(max_failures, lockout, delay_step=0, max_delay=0,
+                                    max_ips=max_users)
+        self.lockout = lockout
+        self.max_users = max_users
+        self.good_ips = good_ips
+        # user -> {ip key: last successful login}; the most recent last
+        self._good: OrderedDict[str, OrderedDict[str, float]] = OrderedDict()
+
+    def _known(self, user: str, ip_key: str, now: float) -> bool:
+        seen = self._good.get(user, {}).get(ip_key)
+        # Remembered for 30 lockout windows (at least a day): long enough to
+        # cover the owner's usual clients, short enough to age out.
+        return seen is not None and now - seen < max(30 * self.lockout, 86400.0)
+
+    def attempt(self, user: str, ip_key: str, now: float) -> bool:
+        if self._counts.attempt(user, now) is not None:
+            return True
+        return self._known(user, ip_key, now)
+
+    def success(self, user: str, ip_key: str, now: float) -> None:
+        self._counts.forgive(user)
+        good = self._good.setdefault(user, OrderedDict())
+        good[ip_key] = now
+        good.move_to_end(ip_key)
+        while len(good) > self.good_ips:
+            good.popitem(last=False)
+        self._good.move_to_end(user)
+        while len(self._good) > self.max_users:
+            self._good.popitem(last=False)
+
+    def tracked(self) -> int:
+        return self._counts.tracked()

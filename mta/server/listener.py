@@ -40,13 +40,15 @@ Invariants
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import ssl
+import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from mta.core import Clock, ConfigError, Observer
-from mta.policy.authlimit import AuthThrottle
+from mta.policy.authlimit import AuthThrottle, UserThrottle
 from mta.server import replies
 from mta.core import Reply
 from mta.server.credentials import CredentialStore
@@ -79,11 +81,64 @@ def _quiet_aiosmtpd_logger() -> None:
         lg.setLevel(logging.WARNING)
 
 
+class SessionGate:
+    """The listener's session limits: `admit` is asked once per connection
+    (before the greeting), `release` when it closes. Over `max_sessions`
+    on the listener, or `max_sessions_per_ip` from one client (clients in
+    trusted_networks are exempt from the per-IP limit), the connection gets
+    a 421 instead of the greeting. Each limit that bites is counted
+    (observer.session_refused(listener, reason)) and logged, at most one
+    line per reason per second with the number left out."""
+
+    LOG_EVERY = 1.0
+
+    def __init__(self, listener: "SubmissionListener"):
+        self.listener = listener
+        self.sessions: set[SubmissionSMTP] = set()
+        self.per_ip: collections.Counter[str] = collections.Counter()
+        self._logged: dict[str, tuple[float, int]] = {}   # reason -> (last log, not logged)
+
+    def admit(self, proto: SubmissionSMTP) -> Reply | None:
+        cfg = self.listener.cfg
+        ip = proto.client_ip
+        if len(self.sessions) >= cfg.max_sessions:
+            self.limit_hit(proto, "max_sessions")
+            return replies.TOO_MANY_SESSIONS
+        if (self.per_ip[ip] >= cfg.max_sessions_per_ip
+                and not self.listener.trusted(ip)):
+            self.limit_hit(proto, "max_sessions_per_ip")
+            return replies.TOO_MANY_FROM_IP
+        self.sessions.add(proto)
+        self.per_ip[ip] += 1
+        return None
+
+    def release(self, proto: SubmissionSMTP) -> None:
+        self.sessions.discard(proto)
+        ip = proto.client_ip
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+    def limit_hit(self, proto: SubmissionSMTP, reason: str) -> None:
+        lst = self.listener
+        lst.observer.session_refused(lst.cfg.name, reason)
+        now = time.monotonic()
+        last, skipped = self._logged.get(reason, (0.0, 0))
+        if now - last < self.LOG_EVERY:
+            self._logged[reason] = (last, skipped + 1)
+            return
+        self._logged[reason] = (now, 0)
+        lst.log.warning("event=session_limit listener=%s client=%s reason=%s sessions=%d "
+                        "from_client=%d not_logged=%d", lst.cfg.name, proto.client_ip, reason,
+                        len(self.sessions), self.per_ip.get(proto.client_ip, 0), skipped)
+
+
 class SubmissionListener:
     def __init__(self, cfg: ListenerConfig, *, hostname: str, spool: Any = None,
                  credentials: CredentialStore | None = None,
                  tls_context: ssl.SSLContext | None, clock: Clock,
                  auth_throttle: AuthThrottle | None = None,
+                 user_throttle: UserThrottle | None = None,
                  log: logging.Logger | None = None,
                  message_factory: Callable[..., Any] | None = None,
                  sender_policy: Any = None, signer: Any = None,
@@ -111,17 +166,21 @@ class SubmissionListener:
                                          "a spool and a credential store")
             if auth_throttle is None:
                 auth_throttle = AuthThrottle(cfg.auth_max_failures, cfg.auth_lockout)
+            if user_throttle is None:
+                user_throttle = UserThrottle(cfg.auth_max_failures_per_user, cfg.auth_lockout)
             self._protocol_class = SubmissionSMTP
             self.handler = SubmissionHandler(cfg, hostname=hostname, spool=spool,
                                              credentials=credentials, clock=clock,
-                                             auth_throttle=auth_throttle, log=self.log,
+                                             auth_throttle=auth_throttle,
+                                             user_throttle=user_throttle, log=self.log,
                                              message_factory=message_factory,
                                              sender_policy=sender_policy, signer=signer,
                                              rcpt_check=rcpt_check,
                                              accept_suppressed=accept_suppressed,
                                              observer=observer)
         self._server: asyncio.AbstractServer | None = None
-        self._sessions: set[SubmissionSMTP] = set()
+        self._gate = SessionGate(self)
+        self._sessions = self._gate.sessions
 
     @staticmethod
     def _check_tls(cfg: ListenerConfig, tls_context: ssl.SSLContext | None) -> None:
@@ -137,9 +196,11 @@ class SubmissionListener:
         proto = self._protocol_class(
             self.handler,
             implicit_tls=implicit,
-            registry=self._sessions,
+            gate=self._gate,
             observer=self.observer,
             listener=cfg.name,
+            junk_limit=cfg.max_junk_commands,
+            transaction_timeout=cfg.transaction_timeout,
             data_size_limit=cfg.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
@@ -166,10 +227,7 @@ class SubmissionListener:
         self._server = await loop.create_server(
             self._make_protocol, host, port,
             ssl=self.tls_context if self.cfg.tls == "implicit" else None,
-            reuse_address=True)
-        h, p = self.sockname
-        self.log.info("event=listening listener=%s address=%s:%d tls=%s role=%s",
-                      self.cfg.name, h, p, self.cfg.tls, self.cfg.role)
+            reuse_address=True, backlog=self.cfg.listen_backlog)
 
     @property
     def sockname(self) -> tuple[str, int]:
@@ -177,6 +235,10 @@ class SubmissionListener:
             raise RuntimeError("listener not started")
         name = self._server.sockets[0].getsockname()
         return str(name[0]), int(name[1])
+
+    def trusted(self, ip: str) -> bool:
+        is_trusted = getattr(self.handler, "_is_trusted", None)
+        return bool(is_trusted and is_trusted(ip))
 
     @property
     def session_count(self) -> int:

@@ -61,6 +61,10 @@ __all__ = ["SubmissionSMTP", "SubmissionSession"]
 
 # <dot-atom@dot-atom> (ASCII), then anything (ESMTP parameters): the form
 # nearly every client sends; everything else goes to aiosmtpd's parser.
+# RFC 4954 §4: AUTH exchange lines of up to 12288 octets must be accepted.
+AUTH_LINE_LIMIT = 12288
+AUTH_DRAIN_LIMIT = 64 * 1024   # past this without a line end: close, do not read on
+
 _SIMPLE_PATH = re.compile(rf"[ \t]*<((?:{PLAIN_MAILBOX}))>")
 
 
@@ -75,8 +79,8 @@ class SubmissionSession(Session):
 
 class SubmissionSMTP(SMTP):
     def __init__(self, handler: Any, *, implicit_tls: bool = False,
-                 registry: set["SubmissionSMTP"] | None = None,
-                 observer: Observer = Observer(), listener: str = "", **kwargs: Any):
+                 gate: Any = None, observer: Observer = Observer(), listener: str = "",
+                 junk_limit: int = 0, transaction_timeout: float = 0.0, **kwargs: Any):
         super().__init__(handler, **kwargs)
         self.observer, self.listener = observer, listener
         self._counted_open = False
@@ -84,23 +88,105 @@ class SubmissionSMTP(SMTP):
         self.implicit_tls = implicit_tls
         self.in_data = False
         self._raw_250 = False
-        self._registry = registry  # the listener's live sessions (for stop())
+        self._auth_mechanism = ""
+        self._gate = gate          # the listener's session limits (admit/release)
+        self._admitted = False
+        self._refusal: Reply | None = None
+        self._junk_limit = junk_limit
+        self._junk = 0
+        self._transaction_timeout = transaction_timeout
+        self._txn_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # aiosmtpd calls this again after STARTTLS: the same session.
+        first = not (self.transport is not None and self._original_transport is not None)
         super().connection_made(transport)
-        if self._registry is not None:
-            self._registry.add(self)
-        if not self._counted_open:  # again after STARTTLS: same session
+        if not first:
+            return
+        if self._gate is not None:
+            self._refusal = self._gate.admit(self)
+            self._admitted = self._refusal is None
+        if not self._counted_open and self._refusal is None:
             self._counted_open = True
             self.observer.session_opened(self.listener)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self._registry is not None:
-            self._registry.discard(self)
+        if self._admitted:
+            self._admitted = False
+            self._gate.release(self)
         if self._counted_open:
             self._counted_open = False
             self.observer.session_closed(self.listener)
+        self._stop_transaction_timer()
         super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._refusal is not None:
+            # Over a session limit: one 421 instead of the greeting, then close
+            # (RFC 5321 §3.1 allows 421 in place of 220).
+            await self.push(self._refusal)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    # -- limits on what a session may hold --------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.in_data:
+            # Idle means no bytes, not "DATA takes long": aiosmtpd resets its
+            # timer per command only, which cut off a slow upload idle_timeout
+            # after the DATA command (transaction_timeout bounds the total).
+            self._reset_timeout()
+        super().data_received(data)
+
+    def _set_post_data_state(self) -> None:
+        self._stop_transaction_timer()
+        super()._set_post_data_state()
+
+    def _stop_transaction_timer(self) -> None:
+        if getattr(self, "_txn_timer", None) is not None:
+            self._txn_timer.cancel()
+            self._txn_timer = None
+
+    def _transaction_expired(self) -> None:
+        self._txn_timer = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._gate is not None:
+            self._gate.limit_hit(self, "transaction_timeout")
+        self.close_for_shutdown(replies.TRANSACTION_TIMEOUT)
+
+    async def _junk_command(self) -> bool:
+        """Count a command that moves no mail; True when the session is over
+        its budget (421 sent, closing). Any valid command resets aiosmtpd's
+        idle timer, so without this a NOOP every few minutes held a session
+        forever (Postfix: smtpd_junk_command_limit)."""
+        self._junk += 1
+        if not self._junk_limit or self._junk <= self._junk_limit:
+            return False
+        if self._gate is not None:
+            self._gate.limit_hit(self, "junk_commands")
+        await self.push(replies.TOO_MANY_JUNK)
+        if self.transport is not None:
+            self.transport.close()
+        return True
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk_command():
+            await super().smtp_NOOP(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        if not await self._junk_command():
+            await super().smtp_RSET(arg)
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._junk_command():
+            await super().smtp_VRFY(arg)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._junk_command():
+            await super().smtp_HELP(arg)
 
     # -- state ------------------------------------------------------------
 
@@ -138,6 +224,8 @@ class SubmissionSMTP(SMTP):
         await super().push(status)
 
     async def smtp_EHLO(self, hostname: str) -> None:
+        if await self._junk_command():
+            return
         self._raw_250 = True
         try:
             await super().smtp_EHLO(hostname)
@@ -145,6 +233,8 @@ class SubmissionSMTP(SMTP):
             self._raw_250 = False
 
     async def smtp_HELO(self, hostname: str) -> None:
+        if await self._junk_command():
+            return
         self._raw_250 = True
         try:
             await super().smtp_HELO(hostname)
@@ -191,6 +281,10 @@ class SubmissionSMTP(SMTP):
             await self.push(replies.bad_sender(bad))
             return
         await super().smtp_MAIL(arg)
+        if (self.envelope is not None and self.envelope.mail_from and self._txn_timer is None
+                and self._transaction_timeout):
+            self._txn_timer = self.loop.call_later(self._transaction_timeout,
+                                                   self._transaction_expired)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         bad = self._unparsable(arg, "TO:")
@@ -290,10 +384,66 @@ class SubmissionSMTP(SMTP):
             raise
         self._set_post_data_state()
         status = "250 OK" if status is MISSING else status
-        self.observer.message_received(self.listener, result_of(str(status)))
+        result = result_of(str(status))
+        if result == "accepted":
+            self._junk = 0
+        self.observer.message_received(self.listener, result)
         await self.push(status)
 
     # -- AUTH mechanisms: parse here, decide in the handler ----------------
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> Any:
+        """aiosmtpd's challenge with a bounded answer line: an answer over
+        AUTH_LINE_LIMIT bytes gets "500 5.5.6" (RFC 4954 §4), counts as a
+        failed AUTH and is drained to its end, so the next line is read as a
+        command again (aiosmtpd's readline raised, answered 451 with a
+        traceback, and read the rest of the line as commands)."""
+        if isinstance(challenge, str):
+            challenge = challenge.encode()
+        await self.push(b"334 " + (base64.b64encode(challenge) if encode_to_b64 else challenge))
+        line = await self._auth_line()
+        if line is None:
+            return MISSING
+        blob = line.strip()
+        if blob == b"*":   # RFC 4954: the client cancels
+            await self.push("501 5.7.0 Auth aborted")
+            return MISSING
+        try:
+            return base64.b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            await self.push("501 5.5.2 Can't decode base64")
+            return MISSING
+
+    async def _auth_line(self) -> bytes | None:
+        """One AUTH answer line, or None when it was refused (replied already)."""
+        buf = bytearray()
+        drained = 0
+        while True:
+            try:
+                part = await self._reader.readuntil(b"\n")
+                ended = True
+            except asyncio.LimitOverrunError as e:
+                part = await self._reader.read(e.consumed)
+                ended = False
+            except asyncio.IncompleteReadError:
+                return None                      # the client went away
+            if drained or len(buf) + len(part) > AUTH_LINE_LIMIT:
+                drained += len(part)             # too long: keep reading, stop storing
+                buf.clear()
+                if not ended and drained > AUTH_DRAIN_LIMIT:
+                    break
+            else:
+                buf += part
+            if ended:
+                break
+        if not drained:
+            return bytes(buf)
+        await self.event_handler.refuse_auth(
+            self, self.session, self._auth_mechanism, "line_too_long", replies.AUTH_LINE_TOO_LONG)
+        if not ended and self.transport is not None:
+            self.transport.close()               # no end in sight: do not read on
+        return None
 
     async def _response(self, challenge: bytes) -> bytes | None:
         """Send a 334 challenge and return the decoded answer (None: replied already)."""
@@ -301,6 +451,7 @@ class SubmissionSMTP(SMTP):
         return None if blob is MISSING else blob
 
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        self._auth_mechanism = "PLAIN"
         if len(args) == 1:
             blob = await self._response(b"")
             if blob is None:
@@ -315,10 +466,16 @@ class SubmissionSMTP(SMTP):
         if len(parts) != 3:
             await self.push(replies.AUTH_BAD_PLAIN)
             return AuthResult(success=False, handled=True)
-        _authzid, login, password = parts
+        authzid, login, password = parts
+        if authzid and authzid != login:
+            # RFC 4616: acting as another identity needs authorization we do
+            # not grant; refusing beats silently ignoring it.
+            return await self.event_handler.refuse_auth(self, self.session, "PLAIN", "authzid",
+                                                        replies.AUTH_AUTHZID)
         return await self.event_handler.authenticate(self, self.session, "PLAIN", login, password)
 
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        self._auth_mechanism = "LOGIN"
         if len(args) == 1:
             login = await self._response(b"Username:")
             if login is None:

@@ -30,6 +30,12 @@ ENCRYPTION_REQUIRED = Reply(538, "5.7.11",
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
 AUTH_LOCKED = Reply(421, "4.7.0", "Too many failed authentication attempts, try again later")
+AUTH_USER_LOCKED = Reply(454, "4.7.0", "Temporary authentication failure: too many failed "
+                         "attempts for this user, try again later")
+# RFC 4954 §4: 500 5.5.6 for an authentication exchange line that is too long.
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
+AUTH_AUTHZID = Reply(535, "5.7.8", "Authentication credentials invalid: the authorization "
+                     "identity must be empty or equal to the user name")
 AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
 AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
 AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode base64 in AUTH response")
@@ -39,6 +45,10 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 BARE_CR_LF = Reply(550, "5.5.2", "Message contains bare CR or LF characters (see SMTP smuggling)")
 NUL_BYTES = Reply(550, "5.5.2", "Message contains NUL characters (see SMTP smuggling)")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error, try again later")
+TOO_MANY_SESSIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_FROM_IP = Reply(421, "4.7.0", "Too many connections from your address, try again later")
+TOO_MANY_JUNK = Reply(421, "4.7.0", "Too many commands without mail, closing connection")
+TRANSACTION_TIMEOUT = Reply(421, "4.4.2", "Transaction time limit exceeded, closing connection")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 NEED_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter")
 NO_FROM_DOMAIN = Reply(550, "5.7.1", "Message has no From: header with a sender domain; "

@@ -48,6 +48,7 @@ from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupExcept
 from mta.core import (AddressError, Clock, LedgerEvent, Observer, Reply, StorageError, new_queue_id,
                       parse_address)
 from mta.mail.headers import from_domains, prepare_submission, remove_header
+from mta.policy.authlimit import UserThrottle, throttle_key
 from mta.policy.senders import SenderPolicy
 from mta.server import replies
 from mta.server.credentials import CredentialStore, valid_username
@@ -103,8 +104,10 @@ class SubmissionHandler:
                  sender_policy: SenderPolicy | None = None,
                  signer: Signer | None = None,
                  rcpt_check: Callable[[str, str | None], Awaitable[Reply | None]] | None = None,
-                 accept_suppressed: bool = False, observer: Observer = Observer()):
+                 accept_suppressed: bool = False, observer: Observer = Observer(),
+                 user_throttle: UserThrottle | None = None):
         self.hostname = hostname
+        self.user_throttle = user_throttle
         self._pending: set[asyncio.Future] = set()   # ledger appends in flight
         self.observer = observer
         self.rcpt_check = rcpt_check      # (recipient, credential) -> refusal or None
@@ -199,7 +202,7 @@ class SubmissionHandler:
                           args: list[str]) -> Any:
         if envelope.mail_from:
             return str(replies.AUTH_IN_TRANSACTION)
-        if self.throttle is not None and self.throttle.check(server.client_ip,
+        if self.throttle is not None and self.throttle.check(throttle_key(server.client_ip),
                                                              self.clock.now()) is None:
             await self._lock_out(server)
             return None
@@ -215,24 +218,40 @@ class SubmissionHandler:
     async def authenticate(self, server: Any, session: Session, mechanism: str,
                            login: bytes, password: bytes) -> AuthResult:
         ip = server.client_ip
+        key = throttle_key(ip)
+        now = self.clock.now()
         delay = 0.0
         if self.throttle is not None:
-            d = self.throttle.check(ip, self.clock.now())
+            # Counted before the password is checked: parallel connections
+            # cannot get more checks than the limit (issue 10 item 1).
+            d = self.throttle.attempt(key, now)
             if d is None:
                 await self._lock_out(server)
                 return AuthResult(success=False, handled=True)
             delay = d
-        ok = await asyncio.to_thread(self.credentials.verify, login, password)
         try:
             name = login.decode("utf-8")
         except UnicodeError:
             name = ""
         shown = name if valid_username(name) else "<invalid>"
+        if (self.user_throttle is not None and valid_username(name)
+                and not self.user_throttle.attempt(name, key, now)):
+            # The user is locked (guesses from elsewhere): no password check.
+            self.log.warning("event=auth_failed listener=%s client=%s mechanism=%s "
+                             "credential=%s reason=user_locked", self.cfg.name, ip, mechanism,
+                             shown)
+            self.observer.auth_failure(self.cfg.name)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return AuthResult(success=False, handled=False, message=str(replies.AUTH_USER_LOCKED))
+        ok = await asyncio.to_thread(self.credentials.verify, login, password)
         if delay > 0:
             await asyncio.sleep(delay)
         if ok:
             if self.throttle is not None:
-                self.throttle.success(ip)
+                self.throttle.success(key)
+            if self.user_throttle is not None:
+                self.user_throttle.success(name, key, self.clock.now())
             session.credential = name
             self.log.info("event=auth_ok listener=%s client=%s mechanism=%s credential=%s",
                           self.cfg.name, ip, mechanism, shown)
@@ -240,12 +259,28 @@ class SubmissionHandler:
         self.log.info("event=auth_failed listener=%s client=%s mechanism=%s credential=%s",
                       self.cfg.name, ip, mechanism, shown)
         self.observer.auth_failure(self.cfg.name)
+        if self.throttle is not None and self.throttle.check(key, self.clock.now()) is None:
+            await self._lock_out(server)
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False, message=str(replies.AUTH_INVALID))
+
+    async def refuse_auth(self, server: Any, session: Session, mechanism: str, reason: str,
+                          reply: Reply) -> AuthResult:
+        """An AUTH exchange refused before any password check (an overlong or
+        malformed response, an authorization identity): counted as a failed
+        AUTH for the client, answered with `reply` (or 421 once locked)."""
+        ip = server.client_ip
+        self.log.info("event=auth_failed listener=%s client=%s mechanism=%s reason=%s",
+                      self.cfg.name, ip, mechanism, reason)
+        self.observer.auth_failure(self.cfg.name)
         if self.throttle is not None:
-            self.throttle.failure(ip, self.clock.now())
-            if self.throttle.check(ip, self.clock.now()) is None:
+            key = throttle_key(ip)
+            self.throttle.failure(key, self.clock.now())
+            if self.throttle.check(key, self.clock.now()) is None:
                 await self._lock_out(server)
                 return AuthResult(success=False, handled=True)
-        return AuthResult(success=False, handled=False, message=str(replies.AUTH_INVALID))
+        await server.push(reply)
+        return AuthResult(success=False, handled=True)
 
     # -- the transaction ------------------------------------------------------
 
