@@ -179,3 +179,80 @@ def test_microsoft_jmrp_report_is_a_complaint():
            b"X-HmXmrOriginalRecipient: a@dest.org\nFrom: app@example.com\nTo: a@dest.org\n"
            b"Subject: Hi\n\nbody\n--b--\n")
     assert _addrs(raw) == ("arf", [("a@dest.org", "complaint", "feedback")])
+
+
+# -- Original-Recipient and guessed recipients (issue 10 items 18 and 8) -------------
+
+ALIAS_DSN = (b"From: MAILER-DAEMON@mx.example.net\nTo: app@example.com\n"
+             b"Subject: Undelivered Mail Returned to Sender\nMIME-Version: 1.0\n"
+             b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\n\n"
+             b"--b\nContent-Type: text/plain\n\nI'm sorry to have to inform you...\n\n"
+             b"--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.net\n\n"
+             b"Original-Recipient: rfc822;info@example.org\n"
+             b"Final-Recipient: rfc822;jane.doe@mail.example.org\nAction: failed\n"
+             b"Status: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 <jane.doe@mail.example.org>: "
+             b"user unknown\n\n--b--\n")
+
+
+def test_dsn_reports_the_original_recipient_next_to_the_final_one():
+    (r,) = parse(ALIAS_DSN).recipients
+    assert (r.address, r.original_recipient, r.inferred) == (
+        "jane.doe@mail.example.org", "info@example.org", False)
+    out = parse(ALIAS_DSN).to_json()["recipients"][0]
+    assert out["address"] == "jane.doe@mail.example.org"
+    assert out["original_recipient"] == "info@example.org"
+    assert "inferred" not in out
+
+
+def _arf(fields: str, to: str) -> bytes:
+    return (b"From: fbl@isp.example\nTo: fbl@example.com\nSubject: complaint\nMIME-Version: 1.0\n"
+            b"Content-Type: multipart/report; report-type=feedback-report; boundary=\"b\"\n\n"
+            b"--b\nContent-Type: text/plain\n\nAn abuse report.\n"
+            b"--b\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\nVersion: 1\n"
+            + fields.encode() + b"\n--b\nContent-Type: message/rfc822\n\n"
+            b"From: app@example.com\nTo: " + to.encode() + b"\nSubject: hi\n\nhello\n--b--\n")
+
+
+def test_arf_original_rcpt_to_is_the_original_recipient():
+    (r,) = parse(_arf("Original-Rcpt-To: <a@dest.org>\n", "b@dest.org, a@dest.org")).recipients
+    assert (r.address, r.original_recipient, r.inferred, r.class_) == (
+        "a@dest.org", "a@dest.org", False, "complaint")
+
+
+def test_a_recipient_taken_from_the_returned_to_header_is_marked_inferred():
+    """The report names nobody: the To: of the returned copy is a guess (the
+    same in every co-recipient's copy), and says so."""
+    (r,) = parse(_arf("", "b@dest.org, a@dest.org")).recipients
+    assert (r.address, r.original_recipient, r.inferred) == ("b@dest.org", "", True)
+    assert parse(_arf("", "b@dest.org")).to_json()["recipients"][0]["inferred"] is True
+    empty_ds = (b"From: MAILER-DAEMON@mx.example.net\nTo: app@example.com\nSubject: failure\n"
+                b"MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; "
+                b"boundary=\"b\"\n\n--b\nContent-Type: text/plain\n\nFailed.\n"
+                b"--b\nContent-Type: message/delivery-status\n\n\n"
+                b"--b\nContent-Type: text/rfc822-headers\n\nFrom: app@example.com\n"
+                b"To: c@dest.org\nSubject: hi\n\n--b--\n")
+    (r,) = parse(empty_ds).recipients
+    assert (r.address, r.inferred) == ("c@dest.org", True)
+
+
+def test_cli_bounce_parse_prints_the_original_recipient(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "dsn.eml").write_bytes(ALIAS_DSN)
+    conf = tmp_path / "mta.toml"
+    conf.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\n')
+    env = dict(os.environ, PYTHONPATH=str(root))
+    env.pop("MTA_CONFIG", None)
+    env.pop("MTA_STATE_DIR", None)
+    for args in ([], ["--json"]):
+        r = subprocess.run([sys.executable, "-m", "mta", "bounce", "parse", str(tmp_path / "dsn.eml"),
+                            *args, "--config", str(conf)], env=env, capture_output=True, text=True,
+                           cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        (rcpt,) = json.loads(r.stdout)["recipients"]
+        assert (rcpt["address"], rcpt["original_recipient"]) == (
+            "jane.doe@mail.example.org", "info@example.org")

@@ -7,8 +7,14 @@ Public API:
 Output (stdout, one line): the scoring-contract object of
 ../shared/corpus/bounces/README.md — {"kind": ..., "recipients": [{"address",
 "action", "status", "diagnostic", "class", "reason", "replycode",
-"remote_mta"[, "feedback_type"]}]}. With no FILE (or "-") the message is
-read from stdin. Parsing never fails: unreadable mail is kind "nonbounce".
+"remote_mta"[, "feedback_type"][, "original_recipient"][, "inferred"]}]}.
+`address` is the failed recipient (a DSN's Final-Recipient, often an alias
+target); `original_recipient` the address the sender used when the report
+gives it (Original-Recipient, ARF Original-Rcpt-To); `inferred: true` marks
+an address guessed from the returned message's To: (the report named
+nobody). JSON is the only format; `--json` is accepted for symmetry with the
+other commands. With no FILE (or "-") the message is read from stdin.
+Parsing never fails: unreadable mail is kind "nonbounce".
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
                         help="parse one bounce, complaint or auto-reply; print JSON")
     p.add_argument("file", nargs="?", default="-", metavar="FILE",
                    help="the message (default: stdin)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON output (the default and only format)")
 
 
 def run(cfg, args) -> int:

@@ -2,9 +2,19 @@
 
 Public API:
     BounceRecipient(address, action, status, diagnostic, class_, reason,
-                    replycode, remote_mta, feedback_type)
-    BounceReport(kind, recipients).to_json() -> dict   (the scoring contract)
+                    replycode, remote_mta, feedback_type, original_recipient,
+                    inferred)
+    BounceReport(kind, recipients).to_json() -> dict   (the scoring contract,
+        plus "original_recipient" and "inferred" when set)
     KINDS: the message kinds, in no particular order.
+
+`original_recipient` is the address the sender originally addressed when the
+report says so (RFC 3464 Original-Recipient, ARF Original-Rcpt-To); `address`
+is the failed one (Final-Recipient: often an alias target). `inferred` is
+True when the report itself names nobody and `address` was taken from the
+To: header of the returned message: a guess, since that header is the same
+in every recipient's copy (the runtime never acts on a guessed recipient
+unless a VERP token confirms it).
 
 Invariants: `kind` is one of KINDS; `class_` is hard | soft | complaint |
 unknown (delivery and auto-reply entries use "unknown", since they are not
@@ -30,6 +40,8 @@ class BounceRecipient:
     replycode: int | None = None
     remote_mta: str = ""
     feedback_type: str = ""
+    original_recipient: str = ""
+    inferred: bool = False
 
     def to_json(self) -> dict:
         out = {"address": self.address, "action": self.action, "status": self.status,
@@ -37,6 +49,10 @@ class BounceRecipient:
                "replycode": self.replycode, "remote_mta": self.remote_mta}
         if self.feedback_type:
             out["feedback_type"] = self.feedback_type
+        if self.original_recipient:
+            out["original_recipient"] = self.original_recipient
+        if self.inferred:
+            out["inferred"] = True
         return out
 
 

@@ -8,9 +8,11 @@ Recognised, by structural markers only:
   * Amazon SES complaint notifications (JSON "notificationType": "Complaint");
   * Microsoft JMRP reports (an attached message carrying X-HmXmrOriginalRecipient);
   * one-click style opt-outs sent by mail clients (X-Apple-Unsubscribe).
-The reported recipient is, in order: every Original-Rcpt-To, Removal-Recipient,
-the To of the returned message, else none (a complaint that hides the
-recipient must not suppress anybody by guesswork).
+The reported recipient is, in order: every Original-Rcpt-To (also kept as
+`original_recipient`), Removal-Recipient, the To of the returned message
+(marked `inferred`: every recipient's copy carries the same To:, so it does
+not say who complained), else none (a complaint that hides the recipient
+must not suppress anybody by guesswork).
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ _TEXT_ARF = re.compile(r"^feedback-type:\s*\S+", re.I | re.M)
 _ARF_AGENT = re.compile(r"^(?:version|user-agent|original-mail-from|arrival-date):", re.I | re.M)
 
 
-def _complaint(address: str, ftype: str, diag: str) -> BounceRecipient:
+def _complaint(address: str, ftype: str, diag: str, *, original: str = "",
+               inferred: bool = False) -> BounceRecipient:
     return BounceRecipient(address=address, action="", status="", diagnostic=diag,
-                           class_="complaint", reason="feedback", feedback_type=ftype or "abuse")
+                           class_="complaint", reason="feedback", feedback_type=ftype or "abuse",
+                           original_recipient=original, inferred=inferred)
 
 
 def _from_fields(mail, report_text: str) -> BounceReport:
@@ -42,17 +46,20 @@ def _from_fields(mail, report_text: str) -> BounceReport:
     rcpts = [clean_address(v) for v in re.findall(r"^original-rcpt-to:\s*(.+)$", report_text,
                                                    re.I | re.M)]
     rcpts = [a for a in rcpts if a]
+    named = bool(rcpts)         # by Original-Rcpt-To
     if not rcpts:
         rcpts = [a for a in (clean_address(v) for v in re.findall(
             r"^removal-recipient:\s*(.+)$", report_text, re.I | re.M)) if a]
-    if not rcpts:
+    inferred = not rcpts
+    if inferred:
         rcpts = mail.original_to[:1]
     diag = collapse(mail.notice.strip().split("\n\n")[0])[:500]
     seen, out = set(), []
     for a in rcpts:
         if a.lower() not in seen:
             seen.add(a.lower())
-            out.append(_complaint(a, ftype, diag))
+            out.append(_complaint(a, ftype, diag, original=a if named else "",
+                                  inferred=inferred))
     return BounceReport("arf", out, detector="arf")
 
 

@@ -8,7 +8,9 @@ message is a "bounce", see textdsn). One recipient per Final-Recipient
 block; Original-Recipient or X-Actual-Recipient stand in for a missing or
 unusable Final-Recipient; a block with no address at all (a file or pipe,
 "@domain", an empty delivery-status part) takes X-Failed-Recipients, the
-notice's addresses or the returned To. The Status field wins, except that an x.0.0
+notice's addresses or the returned To (marked `inferred`: the report
+named nobody). Original-Recipient, when present, is kept as
+`original_recipient`. The Status field wins, except that an x.0.0
 yields to a specific code in the Diagnostic-Code; the human-readable part
 supplies the diagnostic when the report carries none, and for a single
 recipient a narrow reason it states (classify.EARLY: "Not enough disk
@@ -28,15 +30,18 @@ from mta.mail.bounces.model import BounceReport
 _DS_TYPES = ("message/delivery-status", "message/global-delivery-status")
 
 
-def _fallback_addresses(mail, notice: str) -> list[str]:
+def _fallback_addresses(mail, notice: str) -> tuple[list[str], bool]:
     """Who failed when the report names nobody usable: X-Failed-Recipients,
-    else the addresses of the human-readable notice, else the returned To."""
+    else the addresses of the human-readable notice, else the returned To
+    (then the second value is True: a guess, not a name the report gave)."""
     failed = [clean_address(a) for a in header(mail.msg, "X-Failed-Recipients").split(",")]
     failed = [a for a in failed if a]
     if failed:
-        return failed
+        return failed, False
     found = [a for a, _ in sorted(candidates(mail, notice), key=lambda t: t[1])]
-    return found or mail.original_to[:1]
+    if found:
+        return found, False
+    return mail.original_to[:1], True
 
 
 def recipients_from_fields(text: str, mail, notice: str = "") -> list:
@@ -52,23 +57,24 @@ def recipients_from_fields(text: str, mail, notice: str = "") -> list:
             unnamed.append(block)
         elif addr.lower() not in seen:
             seen.add(addr.lower())
-            rows.append((addr, block))
+            rows.append((addr, block, False))
     if unnamed or not blocks:
         # A Final-Recipient that is a file or pipe (Exim), a bare "@domain"
         # (Sendmail) or an empty delivery-status part: name them from the
         # rest of the message, in order, skipping addresses already listed.
-        spare = [a for a in _fallback_addresses(mail, notice) if a.lower() not in seen]
+        spare, guessed = _fallback_addresses(mail, notice)
+        spare = [a for a in spare if a.lower() not in seen]
         for block in unnamed or [{}]:
             if not spare:
                 break
             addr = spare.pop(0)
             seen.add(addr.lower())
-            rows.append((addr, block))
+            rows.append((addr, block, guessed))
     low = notice.lower()
-    found = [(a, low.find(a.lower())) for a, _ in rows]
+    found = [(a, low.find(a.lower())) for a, _, _ in rows]
     local = dict(segments(notice, [(a, p) for a, p in found if p >= 0]))
     out = []
-    for addr, block in rows:
+    for addr, block, guessed in rows:
         action = (block.get("action") or "").strip().lower().split(" ")[0]
         diag = block.get("diagnostic-code", "")
         dtype = ""
@@ -93,6 +99,8 @@ def recipients_from_fields(text: str, mail, notice: str = "") -> list:
             early = match_reason(collapse(notice).lower(), EARLY)
             if early:
                 r.reason, r.class_ = early, class_of(early, r.status, r.replycode)
+        r.original_recipient = clean_address(block.get("original-recipient", ""))
+        r.inferred = guessed
         out.append(r)
     return out
 

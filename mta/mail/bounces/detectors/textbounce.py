@@ -18,7 +18,7 @@ recipient an address followed by the remote reply):
      "554 <addr>... reason" summary line;
   3. status, reply code, SMTP command and reason come from that segment,
      falling back to the whole notice for a single recipient;
-  4. no address in the notice: the To of the returned message.
+  4. no address in the notice: the To of the returned message (`inferred`).
 Only fires when signals.looks_like_bounce says this is a failure notice.
 """
 
@@ -110,7 +110,8 @@ def detect(mail):
         pos = {a.lower(): p for a, p in found}
         found = [(a, pos.get(a.lower(), notice.lower().find(a.lower()))) for a in failed]
         found = [(a, p if p >= 0 else len(notice)) for a, p in found]
-    if not found:
+    guessed = not found
+    if guessed:
         found = [(a, len(notice)) for a in mail.original_to[:1]]
     temp = says_temporary(notice)
     rcpts = []
@@ -118,7 +119,8 @@ def detect(mail):
     single = len(chunks) == 1
     for addr, seg in chunks:
         body = seg if seg.strip() else notice
-        rcpts.append(make_recipient(addr, action="delayed" if temp else "failed",
-                                    diagnostic=body, text=notice if single else body,
-                                    temporary=temp))
+        r = make_recipient(addr, action="delayed" if temp else "failed",
+                           diagnostic=body, text=notice if single else body, temporary=temp)
+        r.inferred = guessed
+        rcpts.append(r)
     return BounceReport("bounce", rcpts, detector="textbounce")
