@@ -43,7 +43,8 @@ def test_policy_replies():
     assert (r.code, r.esc) == (550, "5.7.1")
     assert "mta domain check pending.example" in r.text and "pending" in r.text
     r = p.check("unknown.example", None, "MAIL FROM")
-    assert "not set up" in r.text and "mta domain check unknown.example" in r.text
+    assert "not set up" in r.text and "mta domain add unknown.example" in r.text
+    assert "domain check" not in r.text
     # a verified parent covers a subdomain sender (DMARC relaxed alignment)
     assert p.check("news.a.example", ("*.a.example",), "From: header") is None
     # development: verification not required, scopes still are
@@ -129,11 +130,38 @@ async def test_other_domain_in_from_header_is_refused(listener, client_tls):
     assert line.startswith("550 5.7.1") and "From:" in line
 
 
+def test_never_added_and_not_yet_verified_get_different_commands():
+    """Issue 10 item 17: `mta domain check D` for a domain never added fails
+    with "no such domain"; the reply must say `mta domain add D` then, and
+    `check` (of the domain that was added) only for a pending or failed one."""
+    p = policy()
+    never = p.check("never.example", None, "MAIL FROM")
+    assert str(never) == ("550 5.7.1 Sender domain never.example (MAIL FROM) is not set up "
+                          "(never added): run `mta domain add never.example`")
+    for dom in ("pending.example", "failed.example"):
+        r = p.check(dom, None, "From: header")
+        state = dom.split(".")[0]
+        assert str(r) == (f"550 5.7.1 Sender domain {dom} (From: header) is {state}, not "
+                          f"verified: publish the DNS records of {dom} and run "
+                          f"`mta domain check {dom}`")
+    # a subdomain of a pending domain: check the domain that was added
+    r = p.check("news.pending.example", None, "MAIL FROM")
+    assert "is pending" in r.text and r.text.endswith("`mta domain check pending.example`")
+    # a subdomain of nothing added: add the sender's domain itself
+    r = p.check("news.never.example", None, "MAIL FROM")
+    assert r.text.endswith("`mta domain add news.never.example`")
+    assert p.registration("news.a.example") == ("a.example", "verified")
+    assert p.registration("never.example") is None
+
+
 async def test_unverified_domain_names_the_command(listener, client_tls):
     lst, spool, _ = listener
     c = await login(lst, client_tls, "free", "free-password")
     code, line = await c.cmd("MAIL FROM:<app@pending.example>")
     assert line.startswith("550 5.7.1") and "mta domain check pending.example" in line
+    code, line = await c.cmd("RSET")
+    code, line = await c.cmd("MAIL FROM:<app@never.example>")
+    assert line.startswith("550 5.7.1") and "mta domain add never.example" in line, line
     code, line = await c.cmd("RSET")
     code, line = await c.mail(sender="app@b.example",
                               content=b"From: app@b.example\r\n\r\nhi\r\n.\r\n")

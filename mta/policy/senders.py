@@ -9,6 +9,7 @@ API
         "d" allows exactly d; "*.d" allows every subdomain of d (not d).
     SenderPolicy(require_verified, domain_state)
         .check(domain, scopes, where) -> Reply | None   (None = allowed)
+        .registration(domain) -> (added domain, state) | None
         domain_state(domain) -> "verified" | "pending" | "failed" | None
         is looked up for the domain, then for each parent (a verified
         example.com covers mail.example.com's From: for alignment purposes).
@@ -19,7 +20,10 @@ Rules
   * Trusted-network clients (no credential) are not checked here: they are
     the operator's own hosts, like Postfix's mynetworks.
   * Refusals are 550 5.7.1 and name the domain and the reason; an unverified
-    domain's reply tells the operator which command to run.
+    domain's reply tells the operator which command to run: for a domain
+    never added (neither it nor a parent), `mta domain add D`; for one added
+    but pending or failed, `mta domain check A` with A the domain that was
+    added (D itself or the parent covering it).
 """
 
 from __future__ import annotations
@@ -51,11 +55,12 @@ class SenderPolicy:
     require_verified: bool
     domain_state: Callable[[str], str | None]
 
-    def state_of(self, domain: str) -> str | None:
+    def registration(self, domain: str) -> tuple[str, str] | None:
+        """(the added domain covering `domain`, its state), or None."""
         for d in _parents(domain):
             state = self.domain_state(d)
             if state is not None:
-                return state
+                return d, state
         return None
 
     def check(self, domain: str, scopes: tuple[str, ...] | None, where: str) -> Reply | None:
@@ -65,9 +70,13 @@ class SenderPolicy:
             return Reply(550, "5.7.1", f"Sender domain {domain} ({where}) is not allowed "
                                        f"for this credential")
         if self.require_verified:
-            state = self.state_of(domain)
+            found = self.registration(domain)
+            if found is None:
+                return Reply(550, "5.7.1", f"Sender domain {domain} ({where}) is not set up "
+                                           f"(never added): run `mta domain add {domain}`")
+            added, state = found
             if state != "verified":
-                why = "is not set up" if state is None else f"is {state}, not verified"
-                return Reply(550, "5.7.1", f"Sender domain {domain} ({where}) {why}: "
-                                           f"run `mta domain check {domain}`")
+                return Reply(550, "5.7.1", f"Sender domain {domain} ({where}) is {state}, "
+                                           f"not verified: publish the DNS records of {added} "
+                                           f"and run `mta domain check {added}`")
         return None
