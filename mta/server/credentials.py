@@ -6,7 +6,7 @@ API
         taken to mean <dir>/credentials.json.
     .add(name, password=None, domains=()) -> str
                                             new user; returns the password
-                                            (generated when None); `domains`
+                                            (generate_password() when None); `domains`
                                             scopes it to sending domains
                                             ("d" exact, "*.d" its subdomains)
     .domains(name) -> tuple | None          its scopes (None: unscoped)
@@ -17,6 +17,9 @@ API
     .verify(name, password) -> bool         sync and CPU-bound (scrypt, ~50 ms):
                                             the server runs it in a thread
     CredentialError                         every refusal, with a message for humans
+    generate_password() -> str              24 characters of base64url (~143 bits),
+                                            the first a letter or digit
+    MIN_PASSWORD                            12: the shortest password add/passwd accept
 
 File format (version 1)::
 
@@ -33,6 +36,10 @@ Invariants
   * The daemon picks up CLI edits without a restart: every `verify`/`names`/
     `list` re-reads the file when its (mtime, size, inode) changed. A file
     that fails to parse on reload keeps the last good contents (logged).
+  * A password being set (add, passwd) has MIN_PASSWORD to 1024 characters
+    and no CR, LF or NUL; passwords stored before the minimum existed still
+    verify. Generated ones never start with "-" or "_" (a client such as
+    swaks would read "-…" as an option).
   * Passwords are hashed with scrypt (random 16-byte salt, n=2**14, r=8, p=1;
     params stored per hash so they can be raised later) and compared with
     `hmac.compare_digest`. Unknown users still cost one scrypt so timing does
@@ -59,7 +66,8 @@ from typing import Any, Iterator, Sequence
 from mta.core.files import atomic_write
 from mta.core import AddressError, Clock, MtaError, parse_domain
 
-__all__ = ["CredentialStore", "CredentialError", "valid_username"]
+__all__ = ["CredentialStore", "CredentialError", "valid_username", "generate_password",
+           "MIN_PASSWORD"]
 
 log = logging.getLogger("mta.server.credentials")
 
@@ -67,6 +75,7 @@ _NAME = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
 _N, _R, _P = 2 ** 14, 8, 1
 _DKLEN = 32
 _MAX_PASSWORD = 1024
+MIN_PASSWORD = 12
 _FILE_VERSION = 1
 
 
@@ -126,9 +135,20 @@ def _check_scopes(domains: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def generate_password() -> str:
+    """A new random password whose first character is a letter or a digit."""
+    while True:
+        password = secrets.token_urlsafe(18)
+        if password[0].isalnum():
+            return password
+
+
 def _check_password(password: str) -> str:
     if not isinstance(password, str) or not password:
         raise CredentialError("password must not be empty")
+    if len(password) < MIN_PASSWORD:
+        raise CredentialError(f"password is too short: use at least {MIN_PASSWORD} characters "
+                              f"(this one has {len(password)})")
     if len(password) > _MAX_PASSWORD:
         raise CredentialError(f"password is longer than {_MAX_PASSWORD} characters")
     if any(c in password for c in "\r\n\0"):
@@ -222,7 +242,7 @@ class CredentialStore:
     def add(self, name: str, password: str | None = None, domains: Sequence[str] = ()) -> str:
         self._check_name(name)
         scopes = _check_scopes(domains)
-        password = secrets.token_urlsafe(18) if password is None else _check_password(password)
+        password = generate_password() if password is None else _check_password(password)
         with self._editing() as users:
             if name in users:
                 raise CredentialError(f"user {name!r} already exists "
@@ -235,7 +255,7 @@ class CredentialStore:
 
     def passwd(self, name: str, password: str | None = None) -> str:
         self._check_name(name)
-        password = secrets.token_urlsafe(18) if password is None else _check_password(password)
+        password = generate_password() if password is None else _check_password(password)
         with self._editing() as users:
             if name not in users:
                 raise CredentialError(f"no such user {name!r}")
