@@ -353,3 +353,92 @@ def test_smtp_path_equals_aiosmtplib_quote_address(address):
         except ValueError:
             return ValueError
     assert outcome(smtp_path) == outcome(quote_address)
+
+
+# ---- SIZE (issue 10 item 21) and log lines (item 25) -------------------------------
+
+class SizedSink(Sink):
+    """The scripted sink with aiosmtpd's own SIZE limit (`data_size_limit`:
+    advertised in EHLO, enforced at MAIL and DATA), counting MAIL commands.
+    `ehlo_size`: advertise this SIZE line instead (e.g. "SIZE 0"), no limit."""
+
+    def __init__(self, limit: int | None, ehlo_size: str | None = None, **kw):
+        super().__init__(**kw)
+        self.limit, self.ehlo_size = limit, ehlo_size
+        self.mail_commands: list[str] = []
+
+    def _protocol(self):
+        proto = super()._protocol()
+        proto.data_size_limit = self.limit
+        # aiosmtpd dispatches through these tables, built at construction
+        smtp_mail = proto._smtp_methods["MAIL"]
+
+        async def counted(arg):
+            self.mail_commands.append(arg)
+            return await smtp_mail(arg)
+        proto._smtp_methods["MAIL"] = counted
+        if self.ehlo_size is not None:
+            async def ehlo(server, session, envelope, hostname, responses):
+                session.host_name = hostname
+                return [*responses[:1], f"250-{self.ehlo_size}", *responses[1:]]
+            proto._handle_hooks["EHLO"], proto._ehlo_hook_ver = ehlo, "new"
+        return proto
+
+
+def sized_body(size: int) -> bytes:
+    head = b"From: a@sender.test\r\nTo: x@example.test\r\nSubject: big\r\n\r\n"
+    line = b"x" * 78 + b"\r\n"
+    body = head + line * ((size - len(head)) // len(line))
+    return body + b"y" * (size - len(body) - 2) + b"\r\n"
+
+
+async def test_message_over_the_peers_size_limit_bounces_without_mail(dns):
+    big = sized_body(1_500_000)
+    async with SizedSink(1_000_000) as sink:
+        report = await deliver(transport(dns), mx("example.test", sink.port),
+                               message("Q1", "ok@example.test", "ok2@example.test", body=big))
+    assert report.health is OK              # the peer did nothing wrong
+    for out in report.outcomes["Q1"].values():
+        assert out.fate is BOUNCED
+        assert (out.reply.code, out.reply.esc) == (552, "5.3.4")
+        assert out.reply.text == ("message size 1500000 exceeds the size limit 1000000 of "
+                                  "mx1.example.test[127.0.0.1] (its EHLO SIZE); not sent")
+        assert out.remote_host == "mx1.example.test"
+    assert sink.mail_commands == [] and sink.messages == []   # nothing went over the wire
+
+
+async def test_message_within_the_size_limit_declares_its_size(dns):
+    body = sized_body(999_000)
+    async with SizedSink(1_000_000) as sink:
+        report = await deliver(transport(dns), mx("example.test", sink.port),
+                               message("Q1", "ok@example.test", body=body))
+    assert report.outcomes["Q1"][0].fate is DELIVERED
+    [mail] = sink.mail_commands
+    assert mail.endswith(f" SIZE={len(body)}")            # RFC 1870 declaration
+    assert sink.messages[0].data == body
+
+
+@pytest.mark.parametrize("ehlo_size", ["SIZE 0", "SIZE", "SIZE lots", None])
+async def test_no_size_limit_advertised_means_no_local_refusal(dns, ehlo_size):
+    """SIZE 0 (RFC 1870 §4: no fixed maximum), SIZE without or with a
+    malformed number, or no SIZE at all: send it (declaring SIZE= when the
+    keyword is there)."""
+    body = sized_body(300_000)
+    async with SizedSink(None, ehlo_size) as sink:
+        report = await deliver(transport(dns), mx("example.test", sink.port),
+                               message("Q1", "ok@example.test", body=body))
+    assert report.outcomes["Q1"][0].fate is DELIVERED
+    [mail] = sink.mail_commands
+    assert mail.endswith(f" SIZE={len(body)}") is (ehlo_size is not None), mail
+
+
+async def test_failed_tls_handshake_log_line_is_key_value(dns, caplog):
+    import logging
+    import re
+    async with Sink(tls="broken") as broken:
+        with caplog.at_level(logging.INFO, logger="mta.delivery"):
+            await deliver(transport(dns), mx("example.test", broken.port),
+                          message("Q1", "ok@example.test"))
+    [line] = [r.getMessage() for r in caplog.records if "starttls" in r.getMessage().lower()]
+    assert re.fullmatch(r'event=starttls_failed mx=mx1\.example\.test ip=127\.0\.0\.1 '
+                        rf'port={broken.port} error="[^"\r\n]+" next=clear_text', line), line

@@ -25,6 +25,14 @@ Invariants:
   - TLS is opportunistic and unauthenticated (Postfix
     `smtp_tls_security_level = may`): STARTTLS when offered, certificate not
     checked, a failed handshake is retried once in clear text.
+  - SIZE (RFC 1870): when the peer advertises a limit and the message is
+    larger, its recipients bounce with our own `552 5.3.4 … exceeds the size
+    limit N of host[ip] …` and nothing is sent (no MAIL); otherwise MAIL
+    FROM carries SIZE=<bytes> whenever SIZE is advertised.
+  - Log lines are `event=name key=value …` like mta.runtime.logs.event
+    (which this layer may not import); text a remote chose (replies, error
+    messages) is JSON-quoted (`_q`), so it never splits a line or brings
+    raw control bytes into the log.
 
 Known compromises (written down where they live):
   - No PIPELINING: aiosmtplib's protocol parses exactly one reply per
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import re
 import ssl
@@ -168,6 +177,18 @@ def _remote(exc: SMTPResponseException) -> Reply:
     return Reply.from_remote(code, exc.message)
 
 
+def _size_limit(smtp: aiosmtplib.SMTP) -> int:
+    """The peer's advertised SIZE limit; 0 when none (absent, "SIZE", "SIZE 0"
+    or not a number: RFC 1870 §4, 0 = no fixed maximum)."""
+    param = smtp.esmtp_extensions.get("size", "").strip()
+    return int(param) if param.isdigit() else 0
+
+
+def _q(text: object) -> str:
+    """A log value: JSON-quoted, ASCII only (remote text is untrusted)."""
+    return json.dumps(str(text))
+
+
 def _needs_utf8(address: str) -> bool:
     return not address.isascii()
 
@@ -213,6 +234,15 @@ class _Session:
         self.uses += 1
         options: list[str] = []
         if smtp.supports_extension("size"):
+            limit = _size_limit(smtp)
+            if limit and len(msg.body) > limit:
+                # RFC 1870 §6: the peer would refuse it with 552 (often only
+                # after the whole DATA went over the wire): refuse it here.
+                too_big = Reply(552, "5.3.4", f"message size {len(msg.body)} exceeds the size "
+                                              f"limit {limit} of {peer.host}[{peer.ip}] (its "
+                                              f"EHLO SIZE); not sent")
+                ledger.settle_rest([msg], BOUNCED, too_big, peer)
+                return
             options.append(f"SIZE={len(msg.body)}")
         if smtp.supports_extension("8bitmime") and not msg.body.isascii():
             options.append("BODY=8BITMIME")
@@ -382,7 +412,7 @@ class SmtpTransport:
             health = await self._deliver(destination, list(messages), ledger)
         except Exception:
             # A bug here must not lose recipients: defer what is still open.
-            log.exception("delivery to %s failed unexpectedly", destination.name)
+            log.exception("event=delivery_failed_unexpectedly destination=%s", destination.name)
             health = DestinationHealth.DOWN
         ledger.settle_rest(messages, DEFERRED, Reply(451, "4.3.0", "internal error during "
                                                                    "delivery; will retry"))
@@ -453,8 +483,8 @@ class SmtpTransport:
                 continue
             except _Throttled as exc:
                 session.close()
-                log.info("%s: %s[%s] throttles us: %s", destination.name, session.peer.host,
-                         session.peer.ip, exc.reply)
+                log.info("event=throttled destination=%s mx=%s ip=%s reply=%s", destination.name,
+                         session.peer.host, session.peer.ip, _q(exc.reply))
                 ledger.settle_rest(pending, DEFERRED, exc.reply, session.peer)
                 return DestinationHealth.THROTTLING
             except _Lost as exc:
@@ -462,7 +492,8 @@ class SmtpTransport:
                 peer = session.peer
                 reply = Reply(451, "4.4.2", f"connection lost with {peer.host}[{peer.ip}] "
                                             f"during {exc}; will retry")
-                log.info("%s: %s", destination.name, reply)
+                log.info("event=connection_lost destination=%s mx=%s ip=%s reply=%s",
+                         destination.name, peer.host, peer.ip, _q(reply))
                 # The message that was in flight is not retried now: it may be
                 # what makes the remote hang up.
                 ledger.settle_rest(pending[:1], DEFERRED, reply, peer)
@@ -490,8 +521,8 @@ class SmtpTransport:
                     try:
                         return await self._connect(hop, ip, destination.port, tls=True), None
                     except _HandshakeFailed as exc:
-                        log.info("%s[%s]: TLS handshake failed (%s); retrying in clear text",
-                                 hop.host, ip, exc)
+                        log.info("event=starttls_failed mx=%s ip=%s port=%d error=%s "
+                                 "next=clear_text", hop.host, ip, destination.port, _q(exc))
                         return await self._connect(hop, ip, destination.port, tls=False), None
                 except _Throttled as exc:
                     throttled = throttled or exc.reply
