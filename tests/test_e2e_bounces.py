@@ -41,10 +41,12 @@ async def world(tmp_path):
 
 
 async def submit(d, rcpt, body=b"Subject: hi\r\n\r\nhello\r\n"):
+    """Submit one message to `rcpt` (an address or a list); its queue id."""
+    rcpts = [rcpt] if isinstance(rcpt, str) else list(rcpt)
     async with aiosmtplib.SMTP(hostname="127.0.0.1", port=d.port, start_tls=True,
                                tls_context=no_verify_context()) as c:
         await c.login("app", "app-password-1")
-        _, resp = await c.sendmail(SENDER, [rcpt], b"From: " + SENDER.encode() + b"\r\n" + body)
+        _, resp = await c.sendmail(SENDER, rcpts, b"From: " + SENDER.encode() + b"\r\n" + body)
         return resp.split()[-1]
 
 
@@ -111,17 +113,25 @@ def remote_dsn(rcpt: str, status="5.1.1", text="550 5.1.1 user unknown") -> byte
                      reporting_mta="mx.rcpt.test", queue_id="REMOTE", now=1_700_000_100.0)
 
 
-def arf(rcpt: str) -> bytes:
+def arf(rcpt: str | None, returned: bytes | None = None, mail_from: str | None = None) -> bytes:
+    """An RFC 5965 report: Original-Rcpt-To `rcpt` (none when None),
+    Original-Mail-From `mail_from` (none when None), and `returned` as the
+    reported message (default: a minimal one addressed to `rcpt`)."""
     b = "arf-boundary"
+    if returned is None:
+        returned = f"From: {SENDER}\r\nTo: {rcpt}\r\nSubject: hi\r\n\r\nhello\r\n".encode()
+    fields = "Feedback-Type: abuse\r\nUser-Agent: isp-fbl/1.0\r\nVersion: 1\r\n"
+    if mail_from is not None:
+        fields += f"Original-Mail-From: <{mail_from}>\r\n"
+    if rcpt is not None:
+        fields += f"Original-Rcpt-To: <{rcpt}>\r\n"
     return (f"From: feedback@isp.test\r\nTo: fbl@mta.test\r\nSubject: complaint\r\n"
             f"Date: {email.utils.formatdate()}\r\nMIME-Version: 1.0\r\n"
             f"Content-Type: multipart/report; report-type=feedback-report; boundary=\"{b}\"\r\n\r\n"
             f"--{b}\r\nContent-Type: text/plain\r\n\r\nThis is an abuse report.\r\n"
-            f"--{b}\r\nContent-Type: message/feedback-report\r\n\r\n"
-            f"Feedback-Type: abuse\r\nUser-Agent: isp-fbl/1.0\r\nVersion: 1\r\n"
-            f"Original-Rcpt-To: <{rcpt}>\r\n\r\n"
-            f"--{b}\r\nContent-Type: message/rfc822\r\n\r\nFrom: {SENDER}\r\nTo: {rcpt}\r\n"
-            f"Subject: hi\r\n\r\nhello\r\n--{b}--\r\n").encode()
+            f"--{b}\r\nContent-Type: message/feedback-report\r\n\r\n{fields}\r\n"
+            f"--{b}\r\nContent-Type: message/rfc822\r\n\r\n").encode() + returned + \
+        f"\r\n--{b}--\r\n".encode()
 
 
 async def test_async_dsn_with_valid_token_bounces_and_suppresses(world):
@@ -210,3 +220,106 @@ async def test_accept_and_record_mode(tmp_path):
 async def _done_view(d, qid):
     v = await d.spool.get_message(qid)
     return v if v and v.done else None
+
+
+# -- complaints matched without a token: only the recipient the report names (issue 10 item 8)
+
+A, B, C = "ok-alice@rcpt.test", "ok-bob@rcpt.test", "ok-carol@rcpt.test"
+
+
+async def delivered_to_a_and_b(d, sink):
+    """One message to A and B (To: lists B first, as a header may); returns its
+    queue id and A's copy as A's mailbox has it (Return-Path: A's VERP path)."""
+    qid = await submit(d, [A, B], body=f"To: {B}, {A}\r\nSubject: hi\r\n\r\nhello\r\n".encode())
+    await wait_until(lambda: _async(_verp_of(sink, A) and _verp_of(sink, B)))
+    copy = next(m for m in sink.messages if A in m.rcpt_tos)
+    assert qid.encode() in copy.data                  # our Received: id, in every copy
+    return qid, b"Return-Path: <" + _verp_of(sink, A).encode() + b">\r\n" + copy.data
+
+
+def _without_return_path(copy: bytes) -> bytes:
+    return copy.split(b"\r\n", 1)[1]
+
+
+async def suppressed_set(d):
+    return {a for a in (A, B, C) if await d.spool.suppressed(a, "app") is not None}
+
+
+async def test_complaint_by_queue_id_acts_only_on_the_recipient_it_names(world):
+    d, sink = world
+    qid, copy = await delivered_to_a_and_b(d, sink)
+    await to_inbound(d, "fbl@mta.test", arf(A, _without_return_path(copy)))
+    assert await suppressed_set(d) == {A}
+    assert (await d.spool.suppressed(A, "app")).reason == "complaint"
+
+
+async def test_complaint_by_queue_id_naming_nobody_acts_on_nobody(world, caplog):
+    """The returned copy's To: lists B first: that names nobody (every copy has it)."""
+    d, sink = world
+    qid, copy = await delivered_to_a_and_b(d, sink)
+    await to_inbound(d, "fbl@mta.test", arf(None, _without_return_path(copy)))
+    assert await suppressed_set(d) == set()
+    assert d.bounces.stats["unmatched"] == 1
+    v = await d.spool.get_message(qid)
+    assert [a.state for a in v.attempts if a.state == "complaint"] == []
+    lines = [r.getMessage() for r in caplog.records if "event=bounce_unmatched" in r.getMessage()]
+    assert len(lines) == 1 and "names no recipient" in lines[0], lines
+
+
+async def test_complaint_by_queue_id_naming_a_stranger_acts_on_nobody(world, caplog):
+    d, sink = world
+    qid, copy = await delivered_to_a_and_b(d, sink)
+    await to_inbound(d, "fbl@mta.test", arf(C, _without_return_path(copy)))
+    assert await suppressed_set(d) == set()
+    assert d.bounces.stats["unmatched"] == 1
+    lines = [r.getMessage() for r in caplog.records if "event=bounce_unmatched" in r.getMessage()]
+    assert len(lines) == 1 and "not a recipient" in lines[0], lines
+
+
+async def test_complaint_with_a_verp_token_acts_on_the_tokens_recipient(world):
+    """A's copy carries A's VERP path (Return-Path, Original-Mail-From): A
+    cannot get B suppressed by naming B."""
+    d, sink = world
+    qid, copy = await delivered_to_a_and_b(d, sink)
+    await to_inbound(d, "fbl@mta.test", arf(B, copy, mail_from=_verp_of(sink, A)))
+    assert await suppressed_set(d) == {A}
+    v = await d.spool.get_message(qid)
+    assert {r.address: r.state for r in v.recipients} == {A: "delivered", B: "delivered"}
+
+
+async def test_redacted_complaint_with_a_verp_token_still_counts(world):
+    """A feedback loop that hides the recipient (no Original-Rcpt-To, To:
+    redacted) but keeps the Return-Path: the token names the recipient."""
+    d, sink = world
+    qid, copy = await delivered_to_a_and_b(d, sink)
+    redacted = copy.replace(f"To: {B}, {A}".encode(), b"To: redacted@rcpt.invalid")
+    await to_inbound(d, "fbl@mta.test", arf(None, redacted))
+    assert await suppressed_set(d) == {A}
+
+
+# -- asynchronous bounces are recipient outcomes (issue 10 item 18) -------------------
+
+def _bounced(d, klass):
+    return d.metrics.registry.get_sample_value(
+        "mta_recipients_total", {"outcome": "bounced", "class": klass})
+
+
+async def test_async_bounce_counts_once_in_mta_recipients_total(world):
+    d, sink = world
+    rcpt = "ok-gone-later@rcpt.test"
+    qid, verp = await delivered_with_verp(d, sink, rcpt)
+    hard = _bounced(d, "hard")
+    await to_inbound(d, verp, remote_dsn(rcpt))
+    assert (await d.spool.get_message(qid)).recipients[0].state == "bounced"
+    assert _bounced(d, "hard") == hard + 1
+    await to_inbound(d, verp, remote_dsn(rcpt))         # the same bounce again: no move
+    assert _bounced(d, "hard") == hard + 1
+    assert d.bounces.stats["bounce"] == 2
+    # a complaint and a delay report move nobody: not counted
+    rcpt2 = "ok-delayed@rcpt.test"
+    qid2, verp2 = await delivered_with_verp(d, sink, rcpt2)
+    soft = _bounced(d, "soft")
+    await to_inbound(d, verp2, remote_dsn(rcpt2, "4.2.2", "452 4.2.2 mailbox full"))
+    await to_inbound(d, verp2, arf(rcpt2))
+    assert (await d.spool.get_message(qid2)).recipients[0].state == "delivered"
+    assert (_bounced(d, "hard"), _bounced(d, "soft")) == (hard + 1, soft)

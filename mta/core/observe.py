@@ -22,8 +22,9 @@ API (every method returns None and must not raise, block or await)
         ("transaction_timeout", "junk_commands"); SESSION_LIMITS
     recipient_outcome(outcome, klass="")
         one per recipient update recorded in the spool: outcome "delivered",
-        "deferred", "bounced" (klass "hard" | "soft"), "expired",
-        "suppressed" (accepted but on the suppression list)
+        "deferred", "bounced" (klass "hard" | "soft"; also an asynchronous
+        bounce that moved a delivered or queued recipient to bounced),
+        "expired", "suppressed" (accepted but on the suppression list)
     attempt_finished(seconds, destination_kind, result)
         one per delivery batch (one connection attempt to a destination):
         its wall duration, Destination.kind ("mx" | "route" | "sandbox") and
@@ -32,6 +33,11 @@ API (every method returns None and must not raise, block or await)
                                     from a worker thread)
     bounce_received(kind)           one per report that arrived by mail:
         "bounce" | "complaint" | "bad_token" | "unmatched" | "not_a_failure"
+    capture_refused(reason)         one per inbound message for postmaster@/
+        abuse@ that the capture maildir did not take: "quota" (its size or
+        count quota is reached, or the message alone is bigger) | "error"
+        (writing failed: disk full, I/O error, a broken directory);
+        CAPTURE_REFUSALS
     webhook_request(webhook, result)
         one per webhook POST to endpoint `webhook` (its config name): result
         "ok" (2xx: the cursor advanced) | "failed" (another status, a
@@ -47,13 +53,14 @@ Invariants
 from __future__ import annotations
 
 __all__ = ["Observer", "result_of", "MESSAGE_RESULTS", "SESSION_LIMITS", "RECIPIENT_OUTCOMES", "ATTEMPT_RESULTS",
-           "BOUNCE_KINDS", "WEBHOOK_RESULTS"]
+           "BOUNCE_KINDS", "CAPTURE_REFUSALS", "WEBHOOK_RESULTS"]
 
 MESSAGE_RESULTS = ("accepted", "rejected", "tempfail")
 SESSION_LIMITS = ("max_sessions", "max_sessions_per_ip", "transaction_timeout", "junk_commands")
 RECIPIENT_OUTCOMES = ("delivered", "deferred", "bounced", "expired", "suppressed")
 ATTEMPT_RESULTS = ("ok", "down", "throttling")
 BOUNCE_KINDS = ("bounce", "complaint", "bad_token", "unmatched", "not_a_failure")
+CAPTURE_REFUSALS = ("quota", "error")
 WEBHOOK_RESULTS = ("ok", "failed")
 
 
@@ -85,6 +92,9 @@ class Observer:
         pass
 
     def bounce_received(self, kind: str) -> None:
+        pass
+
+    def capture_refused(self, reason: str) -> None:
         pass
 
     def webhook_request(self, webhook: str, result: str) -> None:
