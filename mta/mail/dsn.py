@@ -1,8 +1,14 @@
-"""Delivery Status Notifications (RFC 3464): bytes of a complete DSN message.
+r"""Delivery Status Notifications (RFC 3464): bytes of a complete DSN message.
 
 Public API:
     build_dsn(*, original, candidate, reporting_mta, queue_id, now,
-              kind="failure", original_envelope_id=None, retry_until=None) -> bytes
+              kind="failure", original_envelope_id=None, retry_until=None,
+              last_attempts=None) -> bytes
+    recipient_status(state, reply, kind="failure", reason=None) -> str
+                                      the Status of one recipient
+    reply_status(reply) -> str        a reply's enhanced code (core.reply, with the
+                                      bounce classifier's reading of its text)
+    address_field(address) -> str     "rfc822; a@b" or RFC 6533 "utf-8; …"
 
 The result is a `multipart/report; report-type=delivery-status` message to
 the original envelope sender from MAILER-DAEMON@<reporting_mta>, with
@@ -17,11 +23,25 @@ Invariants:
   * CRLF line endings, no line longer than 998 octets; long fields are
     folded at existing spaces, so unfolding restores the remote reply verbatim.
   * Output is 7-bit: non-ASCII text is quoted-printable in parts 1 and 3;
-    in part 2 (whose fields must be ASCII) non-ASCII characters of a remote
-    reply are written as backslash escapes. Known gap: an SMTPUTF8 sender
-    address goes into To: as raw UTF-8 (RFC 6533 global DSNs are not built).
-  * Status of an expired recipient is the last reply's 4.x.x code, else
-    4.4.7, with Action failed (RFC 3464 §2.3.3 / RFC 3463 4.4.7).
+    part 2 stays a plain message/delivery-status, whose fields must be
+    ASCII, so any receiver can carry and read it, SMTPUTF8 or not:
+    a non-ASCII recipient is `Final-Recipient: utf-8; j\x{F6}hn@…`, the
+    RFC 6533 §3 utf-8 address type in its 7-bit utf-8-addr-xtext form
+    (every character outside QCHAR, i.e. non-ASCII, controls, space, "\",
+    "+" and "=", as \x{HEX}); an ASCII one stays `rfc822; a@b`. Non-ASCII
+    characters of a remote reply in Diagnostic-Code are written the same
+    way (\x{E4}). (The alternative, message/global-delivery-status with raw
+    UTF-8, may only travel to SMTPUTF8 receivers.) Known gap: an SMTPUTF8
+    sender address goes into To: as raw UTF-8.
+  * Status: the remote's enhanced code, else one derived from the basic code
+    and the classifier's reading of the text (`reply_status`, table in
+    mta/core/reply.py), else 5.0.0 (4.0.0 in a delay warning). An expired
+    recipient gets the last reply's own 4.x.x code, else 4.4.7, with Action
+    failed (RFC 3464 §2.3.3 / RFC 3463 4.4.7): the expiry is the cause then,
+    not a guess from a bare 4xx.
+  * Last-Attempt-Date of each recipient is its own last attempt's time, from
+    `last_attempts` (rcpt_idx -> epoch seconds); a recipient with none there
+    (never attempted, e.g. bounced by an operator) gets no such field.
   * Pure: `now` is an argument; the Message-ID and boundary derive from the
     inputs, so the same inputs give the same bytes.
   * The null sender never gets a DSN (RFC 5321 §4.5.5): ValueError.
@@ -34,7 +54,11 @@ from datetime import datetime, timezone
 from email import quoprimime
 from email.utils import format_datetime
 
+from typing import Mapping
+
 from mta.core.envelope import EXPIRED, DsnCandidate, FailedRecipient
+from mta.core.reply import Reply
+from mta.mail.bounces.classify import classify
 
 SUBJECTS = {"failure": "Undelivered Mail Returned to Sender",
             "delay": "Delayed Mail (still being retried)"}
@@ -69,34 +93,63 @@ def _fold(line: str) -> list[str]:
     return out
 
 
+def _hex(c: str) -> str:
+    """RFC 6533 EmbeddedUnicodeChar: \\x{HEX}, upper case, at least 2 digits."""
+    return f"\\x{{{ord(c):02X}}}"
+
+
 def _ascii(text: str) -> str:
-    return text.encode("ascii", "backslashreplace").decode("ascii")
+    """Printable ASCII as is; anything else (non-ASCII, controls) as \\x{HEX}."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c if " " <= c <= "~" else _hex(c) for c in text)
 
 
-def _status(r: FailedRecipient, kind: str) -> str:
-    esc = r.reply.esc if r.reply else ""
-    if r.state == EXPIRED and kind == "failure":
+def address_field(address: str) -> str:
+    """The value of Final-Recipient (or Original-Recipient) for `address`:
+    `rfc822; a@b` for a printable ASCII address, else RFC 6533 §3
+    `utf-8; <utf-8-addr-xtext>`: QCHAR (printable ASCII except "\\", "+"
+    and "=") as is, every other character as \\x{HEX}."""
+    if address.isascii() and address.isprintable():
+        return f"rfc822; {address}"
+    return "utf-8; " + "".join(
+        c if "!" <= c <= "~" and c not in "\\+=" else _hex(c) for c in address)
+
+
+def reply_status(reply: Reply) -> str:
+    """The enhanced status code `reply` stands for: its own, else derived from
+    the basic code and the bounce classifier's reason for its text
+    (mta/core/reply.py says which)."""
+    if reply.esc:
+        return reply.esc
+    _klass, reason = classify(None, reply.code, reply.text)
+    return reply.status(reason)
+
+
+def recipient_status(state: str, reply: Reply | None, kind: str = "failure",
+                     reason: str | None = None) -> str:
+    """The Status of one recipient in a DSN of `kind` (module docstring).
+    `reason`: the classifier's reason for the reply when the caller has it
+    (delivery knows the command), else the text is classified here."""
+    if state == EXPIRED and kind == "failure":
+        esc = reply.esc if reply else ""
         return esc if esc.startswith("4.") else "4.4.7"
-    if esc:
-        return esc
-    if r.reply:
-        return f"{r.reply.code // 100}.0.0"
+    if reply is not None:
+        return reply.status(reason) if reason is not None else reply_status(reply)
     return "4.0.0" if kind == "delay" else "5.0.0"
 
 
-def _recipient_block(r: FailedRecipient, kind: str, now: float,
-                     retry_until: float | None) -> list[str]:
-    fields = [f"Final-Recipient: rfc822; {_ascii(r.address)}",
+def _recipient_block(r: FailedRecipient, kind: str, retry_until: float | None,
+                     last_attempt: float | None) -> list[str]:
+    fields = [f"Final-Recipient: {address_field(r.address)}",
               f"Action: {'delayed' if kind == 'delay' else 'failed'}",
-              f"Status: {_status(r, kind)}"]
+              f"Status: {recipient_status(r.state, r.reply, kind)}"]
     if r.remote_host:
         fields.append(f"Remote-MTA: dns; {_ascii(r.remote_host)}")
     if r.reply:
         fields.append(f"Diagnostic-Code: smtp; {_ascii(str(r.reply))}")
-    # FailedRecipient carries no attempt time; a DSN is built right after the
-    # attempt that settled the recipient, so `now` is that attempt's time.
-    if r.attempts > 0 or r.reply is not None:
-        fields.append(f"Last-Attempt-Date: {_date(now)}")
+    if last_attempt is not None:
+        fields.append(f"Last-Attempt-Date: {_date(last_attempt)}")
     if kind == "delay" and retry_until is not None:
         fields.append(f"Will-Retry-Until: {_date(retry_until)}")
     return [ln for f in fields for ln in _fold(f)]
@@ -146,7 +199,8 @@ def _header_block(original: bytes) -> str:
 
 def build_dsn(*, original: bytes, candidate: DsnCandidate, reporting_mta: str, queue_id: str,
               now: float, kind: str = "failure", original_envelope_id: str | None = None,
-              retry_until: float | None = None) -> bytes:
+              retry_until: float | None = None,
+              last_attempts: Mapping[int, float] | None = None) -> bytes:
     if kind not in SUBJECTS:
         raise ValueError(f"unknown DSN kind {kind!r}")
     if not candidate.sender:
@@ -164,7 +218,8 @@ def build_dsn(*, original: bytes, candidate: DsnCandidate, reporting_mta: str, q
                     f"Arrival-Date: {_date(candidate.received_at)}"]
     status = list(per_message)
     for r in candidate.recipients:
-        status += ["", *_recipient_block(r, kind, now, retry_until)]
+        status += ["", *_recipient_block(r, kind, retry_until,
+                                         (last_attempts or {}).get(r.rcpt_idx))]
 
     parts = [
         _text_part(_human(candidate, reporting_mta, kind, retry_until), "text/plain"),
