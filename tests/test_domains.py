@@ -107,7 +107,16 @@ def test_add_prints_zone_records_and_check_passes(conf, dns, published, tmp_path
     assert names == {(f"{sel}._domainkey.{DOMAIN}", "TXT"),
                      (f"{sel}-ed._domainkey.{DOMAIN}", "TXT"),
                      (DOMAIN, "TXT"), (f"_dmarc.{DOMAIN}", "TXT"),
-                     (f"bounce.{DOMAIN}", "MX"), (f"bounce.{DOMAIN}", "TXT")}
+                     (f"bounce.{DOMAIN}", "MX"), (f"bounce.{DOMAIN}", "TXT"),
+                     ("mta.test", "A"), ("mta.test", "AAAA")}
+    # the MX target's own addresses (issue 10 item 19), from [server] public_ips
+    assert "\nmta.test. 3600 IN A 127.0.0.9\n" in published
+    assert "\nmta.test. 3600 IN AAAA ::1\n" in published
+    # and a PTR reminder per address, as a comment: not a record of this zone
+    assert "\n; 9.0.0.127.in-addr.arpa. 3600 IN PTR mta.test.\n" in published
+    assert "\n; 1." + "0." * 31 + "ip6.arpa. 3600 IN PTR mta.test.\n" in published
+    assert "; reverse DNS of 127.0.0.9 must name mta.test" in published
+    assert "; reverse DNS of ::1 must name mta.test" in published
     assert f'{DOMAIN}. 3600 IN TXT "v=spf1 ip4:127.0.0.9 ip6:::1 ~all"' in published
     assert f'bounce.{DOMAIN}. 3600 IN TXT "v=spf1 ip4:127.0.0.9 ip6:::1 -all"' in published
     assert f'bounce.{DOMAIN}. 3600 IN MX 10 mta.test.' in published
@@ -123,6 +132,7 @@ def test_add_prints_zone_records_and_check_passes(conf, dns, published, tmp_path
     files = sorted(p.name for p in keydir.iterdir())
     assert files == [f"{sel}-ed.ed25519.pem", f"{sel}.rsa.pem"]
     assert all(stat.S_IMODE((keydir / f).stat().st_mode) == 0o600 for f in files)
+    assert stat.S_IMODE((tmp_path / "state" / "domains.sqlite3").stat().st_mode) == 0o600
 
     shown = json.loads(mta(conf, "domain", "show", DOMAIN, "--json").stdout)
     assert shown["state"] == "pending"
@@ -243,7 +253,13 @@ def test_cli_errors(conf, dns, published):
             "--json")
     out = json.loads(p.stdout)
     assert [(s["selector"], s["algorithm"]) for s in out["selectors"]] == [("s1", "rsa-sha256")]
-    assert {r["purpose"] for r in out["records"]} == {"dkim", "spf", "dmarc", "return-path"}
+    assert {r["purpose"] for r in out["records"]} == {"dkim", "spf", "dmarc", "return-path",
+                                                      "host", "ptr"}
+    host = [(r["name"], r["type"], r["value"], r["required"]) for r in out["records"]
+            if r["purpose"] in ("host", "ptr")]
+    assert host == [("mta.test.", "A", "127.0.0.9", False), ("mta.test.", "AAAA", "::1", False),
+                    ("9.0.0.127.in-addr.arpa.", "PTR", "mta.test.", False),
+                    ("1." + "0." * 31 + "ip6.arpa.", "PTR", "mta.test.", False)]
     p = mta(conf, "domain", "remove", "rsaonly.test")
     assert p.returncode == 0
     assert not (Path(json.loads(mta(conf, "domain", "show", DOMAIN, "--json").stdout)
@@ -401,7 +417,37 @@ def test_plan_json_and_zone_agree():
     assert zone["s._domainkey.x.test"]["TXT"] == [txt]
     assert zone["rp.x.test"]["MX"] == [(10, "mta.example.")]
     assert zone["_dmarc.x.test"]["TXT"] == ["v=DMARC1; p=none; rua=mailto:reports@ops.example"]
+    assert zone["mta.example"]["A"] == ["192.0.2.1"]
     recs = [r.to_dict() for r in plan.records()]
     assert {(r["name"], r["type"]) for r in recs} == {
         ("s._domainkey.x.test.", "TXT"), ("x.test.", "TXT"), ("_dmarc.x.test.", "TXT"),
-        ("rp.x.test.", "MX"), ("rp.x.test.", "TXT")}
+        ("rp.x.test.", "MX"), ("rp.x.test.", "TXT"), ("mta.example.", "A"),
+        ("1.2.0.192.in-addr.arpa.", "PTR")}
+
+
+def test_no_public_ips_no_host_records():
+    plan = DomainPlan("x.test", (), (), "mta.example")
+    assert [r for r in plan.records() if r.purpose in ("host", "ptr")] == []
+    assert "public_ips is empty" in zone_text(plan)
+
+
+def test_domains_database_is_0600_whatever_the_umask(tmp_path):
+    """Issue 10 item 19: domains.sqlite3 was created 0644 (umask 022) while
+    every other state file is 0600; its -wal and -shm files too."""
+    old = os.umask(0o022)
+    try:
+        store = DomainStore(tmp_path)
+        pem, _ = generate_key("ed25519-sha256")
+        store.add_domain("a.test", 1.0, [("s", "ed25519-sha256", pem, SelectorStatus.ACTIVE)])
+        db = tmp_path / "domains.sqlite3"
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+        with store._db():               # while a connection is open, WAL files exist
+            for suffix in ("-wal", "-shm"):
+                f = tmp_path / f"domains.sqlite3{suffix}"
+                assert f.exists() and stat.S_IMODE(f.stat().st_mode) == 0o600, suffix
+        # a database left 0644 by an older version is made private at first use
+        os.chmod(db, 0o644)
+        assert DomainStore(tmp_path).get("a.test") is not None
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -3,7 +3,8 @@
 One job: from what we know about a domain (its DKIM selectors and keys) and
 the server (public IPs, host name), say exactly which records to publish.
 `check.py` verifies the same `DomainPlan` against DNS, so what we print and
-what we check can never disagree.
+what we check can never disagree (the host and PTR records below are
+reminders about the server, shared by every domain: not checked).
 
 Public API:
     SelectorKey(selector, algorithm, status, txt)     one DKIM key, txt = "v=DKIM1; k=…; p=…"
@@ -31,6 +32,14 @@ What we publish, and why:
     `v=spf1 ip4:… ip6:… -all` ("-all": nobody else ever uses this name).
     It is relaxed-aligned with <domain> for DMARC (same organisational
     domain), so DMARC must not say aspf=s.
+  - The server itself: `<server.hostname>. A <ip>` per IPv4 and `AAAA <ip>`
+    per IPv6 address of `[server] public_ips` (the return path's MX points
+    at that name, and receivers check that the name resolves to the
+    sending address), and per address a PTR reminder: the reverse DNS of
+    the address must name server.hostname (forward-confirmed reverse DNS;
+    many receivers refuse mail without it). The PTR is set by whoever owns
+    the address block (the hosting provider), never in the domain's zone,
+    so zone_text prints it as a comment.
   - DMARC at `_dmarc.<domain>`: `v=DMARC1; p=none; rua=mailto:<rua>`; rua is
     `[domains] dmarc_rua`, else `dmarc@<domain>` (the customer reads its own
     reports; a rua in another domain needs that domain to authorise it,
@@ -64,9 +73,10 @@ class SelectorKey:
 @dataclass(frozen=True, slots=True)
 class DnsRecord:
     name: str           # absolute, ends with "."
-    type: str           # "TXT" | "MX"
-    value: str          # TXT: the unquoted text; MX: "10 host."
-    purpose: str        # "dkim" | "spf" | "dmarc" | "return-path"
+    type: str           # "TXT" | "MX" | "A" | "AAAA" | "PTR"
+    value: str          # TXT: the unquoted text; MX: "10 host."; A/AAAA: the address;
+                        # PTR: "host."
+    purpose: str        # "dkim" | "spf" | "dmarc" | "return-path" | "host" | "ptr"
     ttl: int = DEFAULT_TTL
     selector: str | None = None
     required: bool = True
@@ -150,6 +160,18 @@ class DomainPlan:
                              "return-path", note="return path: bounces come back to this server"))
         out.append(DnsRecord(_abs(self.bounce_domain), "TXT", spf_value(self.public_ips, "-"),
                              "spf", note="SPF of the return path (envelope sender domain)"))
+        addrs = [ipaddress.ip_address(ip) for ip in self.public_ips]
+        for a in addrs:
+            out.append(DnsRecord(_abs(self.hostname), "A" if a.version == 4 else "AAAA", str(a),
+                                 "host", required=False,
+                                 note=f"the server: {self.hostname} (the return path's MX) must "
+                                      f"resolve to each sending address (once for all domains)"))
+        for a in addrs:
+            out.append(DnsRecord(_abs(a.reverse_pointer), "PTR", _abs(self.hostname), "ptr",
+                                 required=False,
+                                 note=f"reverse DNS of {a} must name {self.hostname}: ask the "
+                                      f"owner of the address (your hosting provider); not in "
+                                      f"this zone"))
         return out
 
 
@@ -161,7 +183,7 @@ def zone_text(plan: DomainPlan) -> str:
                      "nobody; set it and run `mta domain show` again")
     for r in plan.records():
         lines.append(f"; {r.note}")
-        lines.append(r.zone_line())
+        lines.append(f"; {r.zone_line()}" if r.type == "PTR" else r.zone_line())
     return "\n".join(lines) + "\n"
 
 

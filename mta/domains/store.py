@@ -29,6 +29,10 @@ State machines:
               retiring -> (deleted, key file removed, after retire_at)
 
 Invariants:
+  - domains.sqlite3 and its -wal/-shm files are mode 0600 whatever the
+    umask: the database file is created 0600 before SQLite opens it (SQLite
+    gives -wal/-shm the database file's mode), and a file left 0644 by an
+    older version is chmodded at the first open.
   - A key file is written (atomically, 0600) before its row commits and
     removed after its row is deleted, so a row never names a missing file;
     a crash can at worst leave an orphan file, which nothing reads.
@@ -174,12 +178,24 @@ class DomainStore:
         self.root = Path(state_dir)
         self.db_path = self.root / "domains.sqlite3"
         self.key_root = self.root / "dkim"
+        self._private = False          # the database files checked 0600 (once per store)
 
     # ---- plumbing ----
+
+    def _make_private(self) -> None:
+        os.close(os.open(self.db_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.chmod(f"{self.db_path}{suffix}", 0o600)
+            except FileNotFoundError:
+                pass
+        self._private = True
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         _mkdir_private(self.root)
+        if not self._private:
+            self._make_private()
         with closing(sqlite3.connect(self.db_path, timeout=10.0, isolation_level=None)) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
