@@ -14,7 +14,8 @@ import shutil
 import pytest
 
 from mta.core import Observer
-from mta.policy.authlimit import AuthThrottle, UserThrottle, throttle_key
+from mta.policy.authlimit import (FREE, GO, LOCKED, WAIT, AuthThrottle, UserThrottle,
+                                  throttle_key)
 from mta.server import CredentialStore
 from tests.test_server import (PASSWORD, USER, Client, credentials,  # noqa: F401 (fixtures)
                                make_listener)
@@ -124,14 +125,34 @@ def test_ipv6_clients_are_counted_by_their_64():
 
 def test_user_throttle_forgives_the_owner_but_not_the_guesses():
     t = UserThrottle(3, 60)
-    assert t.attempt("u", "a", 0.0)
-    t.success("u", "a", 0.0)                 # a correct login does not count
+    assert t.begin("u", "a", 0.0) == GO
+    t.end("u", "a", 0.0, ok=True, counted=True)      # a correct login does not count
     for i in range(3):
-        assert t.attempt("u", "evil", 1.0 + i)
-    assert not t.attempt("u", "evil", 5.0)   # locked for everyone but "a"
-    assert not t.attempt("u", "new", 5.0)
-    assert t.attempt("u", "a", 5.0)
-    assert t.attempt("u", "new", 64.0)       # lock over (locked at 3.0 for 60 s)
+        assert t.begin("u", "evil", 1.0 + i) == GO
+        t.end("u", "evil", 1.0 + i, ok=False, counted=True)
+    assert t.begin("u", "evil", 5.0) == LOCKED      # locked for everyone but "a"
+    assert t.begin("u", "new", 5.0) == LOCKED
+    assert t.begin("u", "a", 5.0) == FREE
+    assert t.begin("u", "new", 64.0) == GO          # lock over (locked at 3.0 for 60 s)
+
+
+def test_throttle_budget_counts_checks_in_flight():
+    t = AuthThrottle(3, 60, delay_step=0.0)
+    assert [t.begin("k", 0.0)[0] for _ in range(4)] == [GO, GO, GO, WAIT]
+    t.end("k", 0.0, ok=True)                         # a success frees its slot …
+    assert t.begin("k", 0.0)[0] == GO
+    for _ in range(3):
+        t.end("k", 0.0, ok=False)                    # … three failures lock
+    assert t.begin("k", 1.0)[0] == LOCKED
+
+
+async def test_parallel_logins_with_the_right_password_all_succeed(make_listener,
+                                                                  counting_credentials):
+    lst, _ = await _listener_with(make_listener, counting_credentials,
+                                  throttle=AuthThrottle(5, 300, delay_step=0.0),
+                                  user_throttle=UserThrottle(5, 300))
+    replies = await asyncio.gather(*(_auth(lst.sockname, PASSWORD) for _ in range(25)))
+    assert [code for code, _ in replies] == [235] * 25
 
 
 # -- item 2: session limits --------------------------------------------------------

@@ -7,33 +7,36 @@ Public API:
     AuthThrottle(max_failures, lockout, delay_step=1.0, max_delay=5.0, max_ips=100_000)
     .check(key, now) -> float | None  None: locked out, refuse AUTH now;
                                       else seconds to delay the next AUTH reply
-    .attempt(key, now) -> float | None
-                                      count one guess BEFORE its password is
-                                      checked: None when the key is locked (do
-                                      not check the password); else the delay
-                                      for its reply. The guess counts as a
-                                      failure until success()/forgive().
+    .begin(key, now) -> (verdict, delay)
+                                      before a password check: verdict GO
+                                      (check it, then call end()), WAIT (the
+                                      checks already running could use up
+                                      what is left of the budget: ask again
+                                      when one ends) or LOCKED (refuse, no
+                                      check); delay: seconds to hold the reply
+    .end(key, now, ok)                the check begun is over: ok forgets the
+                                      key's failures, else one more failure
     .failure(key, now)                record one failed AUTH (no password check
                                       made: a refused exchange)
-    .success(key)                     forget the key's failures (a client IP
-                                      that logged in)
-    .forgive(key)                     take back one counted guess (a user
-                                      whose password was right: its other
-                                      failures stand)
+    .success(key)                     forget the key's failures
     .tracked() -> int                 number of keys held in memory
     UserThrottle(max_failures, lockout, max_users=100_000, good_ips=16)
         the same counting per credential name across client IPs, plus the
         IPs that recently logged in as that user, which the user's lockout
         does not stop (so a guesser elsewhere cannot lock the owner out):
-    .attempt(user, ip_key, now) -> bool   False: the user is locked for this
-                                          IP (do not check the password)
-    .success(user, ip_key, now) / .tracked()
+    .begin(user, ip_key, now) -> GO | WAIT | LOCKED | FREE (a known IP:
+                                 checked without counting)
+    .end(user, ip_key, now, ok, counted)   counted: begin said GO
+    .tracked()
 
 Rules:
-  * Guesses are counted before the password is checked (`attempt`), so the
-    limit holds however many connections run in parallel: with
-    max_failures = 5, at most 5 passwords are checked per lockout window,
-    whether the guesses come one after another or all at once.
+  * Checks in flight count against the budget (`begin`): a check starts
+    only while failures + checks running < max_failures, so the limit holds
+    however many connections run in parallel — with max_failures = 5, at
+    most 5 wrong passwords are checked per lockout window, whether they come
+    one after another or all at once. Parallel logins with the right
+    password (a connection pool starting) are not refused: past the budget
+    they WAIT for the running checks, which succeed and free it.
   * Failures older than `lockout` seconds are forgotten (sliding window).
   * Delay: 0 while a key has at most 2 recent failures, then `delay_step`
     more per further failure, capped at `max_delay` (slows guessing without
@@ -54,7 +57,9 @@ import ipaddress
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-__all__ = ["AuthThrottle", "UserThrottle", "throttle_key"]
+__all__ = ["AuthThrottle", "UserThrottle", "throttle_key", "GO", "WAIT", "LOCKED", "FREE"]
+
+GO, WAIT, LOCKED, FREE = "go", "wait", "locked", "free"
 
 
 def throttle_key(ip: str) -> str:
@@ -73,6 +78,7 @@ def throttle_key(ip: str) -> str:
 class _State:
     failures: deque[float] = field(default_factory=deque)
     locked_until: float | None = None
+    running: int = 0          # checks begun and not ended
 
 
 class AuthThrottle:
@@ -99,7 +105,7 @@ class AuthThrottle:
             st.failures.clear()
         while st.failures and st.failures[0] <= now - self.lockout:
             st.failures.popleft()
-        if st.locked_until is None and not st.failures:
+        if st.locked_until is None and not st.failures and not st.running:
             del self._ips[key]
             return None
         return st
@@ -113,18 +119,41 @@ class AuthThrottle:
         extra = len(st.failures) - self.FREE_FAILURES
         return 0.0 if extra <= 0 else min(extra * self.delay_step, self.max_delay)
 
-    def attempt(self, key: str, now: float) -> float | None:
+    def begin(self, key: str, now: float) -> tuple[str, float]:
         delay = self.check(key, now)
-        if delay is not None:
+        if delay is None:
+            return LOCKED, 0.0
+        st = self._state(key, now)
+        if st is None:
+            st = self._new(key)
+        if len(st.failures) + st.running >= self.max_failures:
+            return WAIT, delay
+        st.running += 1
+        self._ips.move_to_end(key)
+        return GO, delay
+
+    def end(self, key: str, now: float, ok: bool) -> None:
+        st = self._ips.get(key)
+        if st is not None and st.running > 0:
+            st.running -= 1
+        if ok:
+            if st is not None:
+                st.failures.clear()
+                st.locked_until = None
+                self._state(key, now)     # drop it when nothing is left
+        else:
             self.failure(key, now)
-        return delay
+
+    def _new(self, key: str) -> _State:
+        st = self._ips[key] = _State(deque(maxlen=self.max_failures))
+        while len(self._ips) > self.max_ips:
+            self._ips.popitem(last=False)
+        return st
 
     def failure(self, key: str, now: float) -> None:
         st = self._state(key, now)
         if st is None:
-            st = self._ips[key] = _State(deque(maxlen=self.max_failures))
-            while len(self._ips) > self.max_ips:
-                self._ips.popitem(last=False)
+            st = self._new(key)
         elif st.locked_until is not None:
             return
         self._ips.move_to_end(key)
@@ -134,17 +163,6 @@ class AuthThrottle:
 
     def success(self, key: str) -> None:
         self._ips.pop(key, None)
-
-    def forgive(self, key: str) -> None:
-        st = self._ips.get(key)
-        if st is None:
-            return
-        if st.failures:
-            st.failures.pop()
-        if len(st.failures) < self.max_failures:
-            st.locked_until = None
-        if not st.failures:
-            del self._ips[key]
 
     def tracked(self) -> int:
         return len(self._ips)
@@ -167,21 +185,30 @@ class UserThrottle:
         # cover the owner's usual clients, short enough to age out.
         return seen is not None and now - seen < max(30 * self.lockout, 86400.0)
 
-    def attempt(self, user: str, ip_key: str, now: float) -> bool:
-        if self._counts.attempt(user, now) is not None:
-            return True
-        return self._known(user, ip_key, now)
+    def begin(self, user: str, ip_key: str, now: float) -> str:
+        verdict, _ = self._counts.begin(user, now)
+        if verdict != GO and self._known(user, ip_key, now):
+            return FREE
+        return verdict
 
-    def success(self, user: str, ip_key: str, now: float) -> None:
-        self._counts.forgive(user)
-        good = self._good.setdefault(user, OrderedDict())
-        good[ip_key] = now
-        good.move_to_end(ip_key)
-        while len(good) > self.good_ips:
-            good.popitem(last=False)
-        self._good.move_to_end(user)
-        while len(self._good) > self.max_users:
-            self._good.popitem(last=False)
+    def end(self, user: str, ip_key: str, now: float, ok: bool, counted: bool) -> None:
+        if counted:
+            # A right password does not wipe the user's failures from
+            # elsewhere: only its own check is taken back.
+            st = self._counts._ips.get(user)
+            if st is not None and st.running > 0:
+                st.running -= 1
+            if not ok:
+                self._counts.failure(user, now)
+        if ok:
+            good = self._good.setdefault(user, OrderedDict())
+            good[ip_key] = now
+            good.move_to_end(ip_key)
+            while len(good) > self.good_ips:
+                good.popitem(last=False)
+            self._good.move_to_end(user)
+            while len(self._good) > self.max_users:
+                self._good.popitem(last=False)
 
     def tracked(self) -> int:
         return self._counts.tracked()

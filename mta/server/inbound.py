@@ -46,7 +46,6 @@ Rules
 from __future__ import annotations
 
 import logging
-import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -211,9 +210,9 @@ class InboundHandler:
             if not isinstance(reply, Reply):
                 raise TypeError(f"deliver returned {type(reply).__name__}, not a Reply")
         except Exception as exc:
-            self.log.error("event=inbound_deliver_failed listener=%s client=%s error=%s: %s\n%s",
+            self.log.error("event=inbound_deliver_failed listener=%s client=%s error=%s: %s",
                            self.cfg.name, server.client_ip, type(exc).__name__, exc,
-                           "".join(traceback.format_exception(exc)).rstrip())
+                           exc_info=exc)
             reply = replies.INTERNAL_ERROR
         self.log.info("event=inbound_received listener=%s client=%s helo=%s tls=%s sender=<%s> "
                       "rcpts=%d kinds=%s size=%d reply=%r", self.cfg.name, server.client_ip,

@@ -14,7 +14,8 @@ Invariants
     EHLO/HELO response (the protocol adapter bypasses `with_esc` for those),
     334 AUTH challenges (base64) and the 354 DATA go-ahead.
   * Client-supplied text quoted in a reply is reduced to printable ASCII and
-    truncated, so it can never break the reply line.
+    truncated, so it can never break the reply line; an accepted address
+    (sender_ok, recipient_ok) keeps its printable non-ASCII characters.
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ NULL_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax: <> is not a 
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
-def quote(text: str, limit: int = 100) -> str:
-    """Client text made safe for a reply line."""
-    s = _PRINTABLE.sub("?", text)
+def quote(text: str, limit: int = 100, *, utf8: bool = False) -> str:
+    """Client text made safe for a reply line: printable ASCII (with `utf8`,
+    printable Unicode too), anything else as "?"."""
+    if utf8:
+        s = "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "?"
+                    for c in text)
+    else:
+        s = _PRINTABLE.sub("?", text)
     return s if len(s) <= limit else s[:limit] + "..."
 
 
@@ -74,12 +80,14 @@ def bad_recipient(addr: str, why: str = "") -> Reply:
     return Reply(501, "5.1.3", f"Bad recipient address syntax: {quote(addr)}{extra}")
 
 
+# An accepted address is echoed as received: a non-ASCII one was accepted only
+# in an SMTPUTF8 transaction, where replies may carry UTF-8 (RFC 6531 §3.7.4).
 def sender_ok(addr: str) -> Reply:
-    return Reply(250, "2.1.0", f"Sender <{quote(addr)}> OK")
+    return Reply(250, "2.1.0", f"Sender <{quote(addr, 320, utf8=True)}> OK")
 
 
 def recipient_ok(addr: str) -> Reply:
-    return Reply(250, "2.1.5", f"Recipient <{quote(addr)}> OK")
+    return Reply(250, "2.1.5", f"Recipient <{quote(addr, 320, utf8=True)}> OK")
 
 
 def queued(queue_id: str) -> Reply:

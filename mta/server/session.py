@@ -29,10 +29,11 @@ Rules (the order inside each hook is the order of the checks):
   * Counted (observer, core.observe): every failed credential check
     (`auth_failure`), a sender refused by policy at MAIL FROM
     (`message_received(…, "rejected")`; DATA results are counted by the
-    protocol), and each recipient accepted as suppressed, once enqueued
-    (`recipient_outcome("suppressed")`).
-  * Logs: one `event=received` line per message; AUTH outcomes without
-    secrets (the login name only when it is a valid user name).
+    protocol), and each suppressed recipient (`recipient_outcome("suppressed")`):
+    refused at RCPT, or accepted as suppressed once enqueued.
+  * Logs: one `event=received` line per message (`event=duplicate` for an
+    idempotent repeat, answered with the original's id); AUTH outcomes
+    without secrets (the login name only when it is a valid user name).
 """
 
 from __future__ import annotations
@@ -40,15 +41,15 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import traceback
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
 
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
 
+from mta.core.logfmt import event
 from mta.core import (AddressError, Clock, LedgerEvent, Observer, Reply, StorageError, new_queue_id,
                       parse_address)
 from mta.mail.headers import from_domains, prepare_submission, remove_header
-from mta.policy.authlimit import UserThrottle, throttle_key
+from mta.policy.authlimit import FREE, GO, LOCKED, WAIT, UserThrottle, throttle_key
 from mta.policy.senders import SenderPolicy
 from mta.server import replies
 from mta.server.credentials import CredentialStore, valid_username
@@ -66,6 +67,8 @@ class Signer(Protocol):
     def keys_for(self, domain: str) -> Sequence[Any]: ...
 
     def sign(self, message: bytes, domain: str) -> bytes: ...
+
+AUTH_WAIT = 30.0   # longest wait for a turn to have a password checked
 
 # Extensions aiosmtpd does not advertise itself (it supports PIPELINING by
 # reading commands from a stream; ENHANCEDSTATUSCODES is ours, see replies.py).
@@ -92,8 +95,8 @@ def session_error(log: logging.Logger, listener: str, error: Exception) -> str:
     if isinstance(error, TLSSetupException):  # a client that failed the handshake
         log.info("event=tls_failed listener=%s error=%s", listener, error.__cause__ or error)
         return str(replies.INTERNAL_ERROR)  # not sent: aiosmtpd closes the connection
-    log.error("event=session_error listener=%s error=%s: %s\n%s", listener,
-              type(error).__name__, error, "".join(traceback.format_exception(error)).rstrip())
+    log.error("event=session_error listener=%s error=%s: %s", listener,
+              type(error).__name__, error, exc_info=error)
     return str(replies.INTERNAL_ERROR)
 
 
@@ -108,6 +111,7 @@ class SubmissionHandler:
                  user_throttle: UserThrottle | None = None):
         self.hostname = hostname
         self.user_throttle = user_throttle
+        self._auth_ended: dict[str, asyncio.Event] = {}   # throttle key -> a check ended
         self._pending: set[asyncio.Future] = set()   # ledger appends in flight
         self.observer = observer
         self.rcpt_check = rcpt_check      # (recipient, credential) -> refusal or None
@@ -215,43 +219,74 @@ class SubmissionHandler:
         if server.transport is not None:
             server.transport.close()
 
+    async def _begin(self, key: str, begin: Callable[[], Any]) -> Any:
+        """Ask a throttle's begin() until it says something else than WAIT
+        (a check running for the same key ended), for at most AUTH_WAIT s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + AUTH_WAIT
+        while True:
+            result = begin()
+            if (result[0] if isinstance(result, tuple) else result) != WAIT:
+                return result
+            ev = self._auth_ended.setdefault(key, asyncio.Event())
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await ev.wait()
+            except TimeoutError:
+                return (LOCKED, 0.0) if isinstance(result, tuple) else LOCKED
+
+    def _ended(self, key: str) -> None:
+        ev = self._auth_ended.pop(key, None)
+        if ev is not None:
+            ev.set()
+
     async def authenticate(self, server: Any, session: Session, mechanism: str,
                            login: bytes, password: bytes) -> AuthResult:
         ip = server.client_ip
         key = throttle_key(ip)
-        now = self.clock.now()
         delay = 0.0
-        if self.throttle is not None:
-            # Counted before the password is checked: parallel connections
-            # cannot get more checks than the limit (issue 10 item 1).
-            d = self.throttle.attempt(key, now)
-            if d is None:
-                await self._lock_out(server)
-                return AuthResult(success=False, handled=True)
-            delay = d
         try:
             name = login.decode("utf-8")
         except UnicodeError:
             name = ""
         shown = name if valid_username(name) else "<invalid>"
-        if (self.user_throttle is not None and valid_username(name)
-                and not self.user_throttle.attempt(name, key, now)):
-            # The user is locked (guesses from elsewhere): no password check.
-            self.log.warning("event=auth_failed listener=%s client=%s mechanism=%s "
-                             "credential=%s reason=user_locked", self.cfg.name, ip, mechanism,
-                             shown)
-            self.observer.auth_failure(self.cfg.name)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            return AuthResult(success=False, handled=False, message=str(replies.AUTH_USER_LOCKED))
-        ok = await asyncio.to_thread(self.credentials.verify, login, password)
+        ip_go = False
+        if self.throttle is not None:
+            # Checks in flight count against the limit (issue 10 item 1): N
+            # parallel connections cannot get more checks than the budget.
+            verdict, delay = await self._begin(
+                "ip " + key, lambda: self.throttle.begin(key, self.clock.now()))
+            if verdict == LOCKED:
+                await self._lock_out(server)
+                return AuthResult(success=False, handled=True)
+            ip_go = True
+        user_verdict = None
+        try:
+            if self.user_throttle is not None and valid_username(name):
+                user_verdict = await self._begin(
+                    "user " + name, lambda: self.user_throttle.begin(name, key, self.clock.now()))
+                if user_verdict == LOCKED:
+                    # Locked by guesses from elsewhere: no password check.
+                    self.log.warning("event=auth_failed listener=%s client=%s mechanism=%s "
+                                     "credential=%s reason=user_locked", self.cfg.name, ip,
+                                     mechanism, shown)
+                    self.observer.auth_failure(self.cfg.name)
+                    self._end_ip(key, ip_go, ok=False)
+                    ip_go = False
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    return AuthResult(success=False, handled=False,
+                                      message=str(replies.AUTH_USER_LOCKED))
+            ok = await asyncio.to_thread(self.credentials.verify, login, password)
+        except BaseException:
+            self._end_ip(key, ip_go, ok=False)
+            self._end_user(name, key, user_verdict, ok=False)
+            raise
+        self._end_ip(key, ip_go, ok=ok)
+        self._end_user(name, key, user_verdict, ok=ok)
         if delay > 0:
             await asyncio.sleep(delay)
         if ok:
-            if self.throttle is not None:
-                self.throttle.success(key)
-            if self.user_throttle is not None:
-                self.user_throttle.success(name, key, self.clock.now())
             session.credential = name
             self.log.info("event=auth_ok listener=%s client=%s mechanism=%s credential=%s",
                           self.cfg.name, ip, mechanism, shown)
@@ -263,6 +298,16 @@ class SubmissionHandler:
             await self._lock_out(server)
             return AuthResult(success=False, handled=True)
         return AuthResult(success=False, handled=False, message=str(replies.AUTH_INVALID))
+
+    def _end_ip(self, key: str, began: bool, *, ok: bool) -> None:
+        if began:
+            self.throttle.end(key, self.clock.now(), ok)
+            self._ended("ip " + key)
+
+    def _end_user(self, name: str, key: str, verdict: str | None, *, ok: bool) -> None:
+        if verdict in (GO, FREE):
+            self.user_throttle.end(name, key, self.clock.now(), ok, counted=verdict == GO)
+            self._ended("user " + name)
 
     async def refuse_auth(self, server: Any, session: Session, mechanism: str, reason: str,
                           reply: Reply) -> AuthResult:
@@ -332,9 +377,10 @@ class SubmissionHandler:
             # accepted and recorded as suppressed, never delivered.
             refusal = await self.rcpt_check(checked, session.credential)
             if refusal is not None:
-                self.log.info("event=suppressed rcpt=%s credential=%s reply=%r", checked,
-                              session.credential or "-", str(refusal))
+                event(self.log, "suppressed", rcpt=checked, credential=session.credential or "-",
+                      reply=str(refusal))
                 if not self.accept_suppressed:
+                    self.observer.recipient_outcome("suppressed")
                     return self._ledger("suppressed", session, str(refusal), stage="RCPT",
                                         recipient=checked, sender=envelope.mail_from)
                 suppressed = getattr(envelope, "suppressed", None)
@@ -409,9 +455,16 @@ class SubmissionHandler:
             self.log.error("event=enqueue_failed listener=%s client=%s error=%s reply=%r",
                            self.cfg.name, server.client_ip, exc, str(exc.reply))
             return str(exc.reply)
-        self.log.info("event=received id=%s sender=<%s> rcpts=%d size=%d listener=%s "
-                      "client=%s credential=%s", queue_id, sender, len(rcpts), len(body),
-                      self.cfg.name, server.client_ip, session.credential or "-")
+        if queue_id != id_hint:
+            # An idempotent repeat: answered with the original's id, nothing new queued.
+            event(self.log, "duplicate", id=queue_id, discarded_id=id_hint,
+                  idempotency_key=idempotency_key, sender=f"<{sender}>", rcpts=len(rcpts),
+                  listener=self.cfg.name, client=server.client_ip,
+                  credential=session.credential or "-")
+            return str(replies.queued(queue_id))
+        event(self.log, "received", id=queue_id, sender=f"<{sender}>", rcpts=len(rcpts),
+              size=len(body), listener=self.cfg.name, client=server.client_ip,
+              credential=session.credential or "-")
         for _ in getattr(envelope, "suppressed", None) or ():
             self.observer.recipient_outcome("suppressed")
         return str(replies.queued(queue_id))
