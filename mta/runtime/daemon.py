@@ -5,14 +5,23 @@ Start order: state dirs → spool (recovery) → credentials (first-run
 credential when there is none) → TLS contexts → queue runner → listeners.
 Listeners come last so nothing is accepted before recovery finished; on stop
 they go first so nothing is accepted after we decided to leave.
+
+A start that fails (a port in use, a certificate that cannot be read, a
+state directory we may not write) raises StartupError: one line naming the
+listener, address or path; `run` stops whatever had started (spool threads
+included, so the process can exit), prints that line and returns 1 at once.
+SIGTERM/SIGINT during start cancel it the same way (exit 0: asked to stop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import ssl
+import sys
 from pathlib import Path
 
 from mta.config import Config
@@ -67,6 +76,16 @@ def ensure_first_credential(cfg: Config, store: CredentialStore) -> str | None:
     return password
 
 
+class StartupError(Exception):
+    """The daemon cannot start; str() is one line for the operator."""
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
+    return str(exc) or type(exc).__name__
+
+
 class Daemon:
     def __init__(self, cfg: Config, clock: Clock | None = None):
         self.cfg = cfg
@@ -86,6 +105,7 @@ class Daemon:
         self.admin: AdminServer | None = None
         self.webhooks: WebhookService | None = None
         self._housekeeping: asyncio.Task | None = None
+        self._starting: asyncio.Future | None = None
 
     @property
     def ready(self) -> bool:
@@ -94,9 +114,12 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.cfg
         paths = state_paths(cfg)
-        paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.spool = await Spool.open(paths["root"], now=self.clock.now(),
-                                      suppression=SuppressionRules.from_config(cfg.suppression))
+        try:
+            paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.spool = await Spool.open(paths["root"], now=self.clock.now(),
+                                          suppression=SuppressionRules.from_config(cfg.suppression))
+        except OSError as exc:
+            raise StartupError(f"state directory {paths['root']}: {_why(exc)}") from exc
         event(log, "recovery_done", **_report_fields(self.spool.recovery))
         credentials = self._credentials(paths)
         resolver = DnsResolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
@@ -121,8 +144,13 @@ class Daemon:
         await self._start_listeners(paths, credentials)
         if cfg.admin.enabled:
             token = cfg.admin.token or ensure_token(paths["root"])
-            self.admin = AdminServer(cfg.admin, RuntimeAdmin(self), token)
-            await self.admin.start()
+            admin = AdminServer(cfg.admin, RuntimeAdmin(self), token)
+            try:
+                await admin.start()
+            except OSError as exc:
+                raise StartupError(f"admin API: cannot listen on {cfg.admin.address}: "
+                                   f"{_why(exc)}") from exc
+            self.admin = admin
             event(log, "listening", listener="admin", address=self.admin.url, role="admin")
         event(log, "ready", mode=cfg.server.mode, config=cfg.source,
               state_dir=str(paths["root"]))
@@ -192,6 +220,27 @@ class Daemon:
         entry = await self.spool.suppressed(address, credential)
         return None if entry is None else suppression_reply(entry)
 
+    def _tls_context(self, lcfg, paths: dict[str, Path]) -> ssl.SSLContext:
+        if not lcfg.cert:
+            try:
+                cert, key = ensure_self_signed(paths["tls"], self.cfg.server.hostname)
+            except OSError as exc:
+                raise StartupError(f"listener {lcfg.name}: cannot create a self-signed "
+                                   f"certificate in {paths['tls']}: {_why(exc)}") from exc
+        else:
+            cert, key = lcfg.cert, lcfg.key or lcfg.cert
+        for what, path in (("cert", cert), ("key", key)):
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise StartupError(f"listener {lcfg.name}: {what} {path}: {_why(exc)}") from exc
+        try:
+            return server_context(cert, key)
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise StartupError(f"listener {lcfg.name}: cannot load the certificate {cert} "
+                               f"with the key {key}: {exc}") from exc
+
     async def _start_listeners(self, paths: dict[str, Path], credentials) -> None:
         cfg = self.cfg
         # Sandbox mode may skip domain verification (nothing leaves the
@@ -204,9 +253,7 @@ class Daemon:
         for lcfg in cfg.listeners:
             ctx = None
             if lcfg.tls != "none":
-                cert, key = (lcfg.cert, lcfg.key) if lcfg.cert else ensure_self_signed(
-                    paths["tls"], cfg.server.hostname)
-                ctx = server_context(cert, key)
+                ctx = self._tls_context(lcfg, paths)
             if lcfg.role == "inbound":
                 lst = SubmissionListener(lcfg, hostname=cfg.server.hostname, tls_context=ctx,
                                          clock=self.clock,
@@ -222,7 +269,11 @@ class Daemon:
                     rcpt_check=self._rcpt_check,
                     accept_suppressed=cfg.suppression.on_rcpt == "accept",
                     observer=self.metrics)
-            await lst.start()
+            try:
+                await lst.start()
+            except OSError as exc:
+                raise StartupError(f"listener {lcfg.name}: cannot listen on {lcfg.address}: "
+                                   f"{_why(exc)}") from exc
             self.listeners.append(lst)
             host, port = lst.sockname[:2]
             event(log, "listening", listener=lcfg.name, address=f"{host}:{port}", tls=lcfg.tls,
@@ -230,6 +281,8 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()     # SIGTERM during start: do not wait for it
 
     def request_reload(self) -> None:
         """SIGHUP: reload the configuration in a task (mta/runtime/reload.py);
@@ -247,7 +300,16 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        await self.start()
+        self._starting = asyncio.ensure_future(self.start())
+        try:
+            await self._starting
+        except BaseException as exc:
+            # Whatever started (spool and its SQLite threads, listeners) is
+            # stopped, so the process can exit now.
+            await self.stop()
+            if isinstance(exc, asyncio.CancelledError) and self._stop.is_set():
+                return                                  # asked to stop while starting
+            raise
         # sd_notify: only now is every listener bound and accepting.
         self._ready = True
         notify(f"READY=1\nSTATUS=accepting mail on {len(self.listeners)} listener(s)\n"
@@ -316,5 +378,10 @@ def run(cfg: Config) -> int:
         runner = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
-    runner(Daemon(cfg).run())
+    try:
+        runner(Daemon(cfg).run())
+    except StartupError as exc:
+        print(f"mta: cannot start: {exc}", file=sys.stderr, flush=True)
+        notify(f"STATUS=cannot start: {exc}")
+        return 1
     return 0
