@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mta.core import (BOUNCED, DELETED, DELIVERED, HELD, QUEUED, RecipientUpdate, Reply)
-from mta.spool import MessageFilter, NewMessage, Spool, filters, index
+from mta.spool import DsnMark, MessageFilter, NewMessage, Spool, filters, index
 
 T0 = 1_700_000_000.0
 OPERATOR_REPLY = Reply(550, "5.0.0", "Bounced by the postmaster")
@@ -503,5 +503,97 @@ async def test_hundred_thousand_messages_page_500_uses_indexes(tmp_path):
         assert await s.hold_messages(MessageFilter(domain="d7.test"), T0) == n // 50
         assert await s.hold_messages(MessageFilter(ids=(first.id,)), T0) in (0, 1)
         print(f"hold by domain + by id: {(time.perf_counter() - t) * 1000:.0f} ms")
+    finally:
+        await s.close()
+
+
+
+# -- failure DSNs without waiting for the message to be done (issue 10 item 11) -----
+
+def bounce(qid, idx, at, reply="550 5.1.1 no such user"):
+    return RecipientUpdate(queue_id=qid, rcpt_idx=idx, state=BOUNCED, reply=Reply.parse(reply),
+                           attempted_at=at, duration=0.1, remote_host="mx.x.test")
+
+
+async def mark(spool, qid, idxs, at):
+    """Enqueue a DSN marking recipients `idxs` of `qid` notified (one transaction)."""
+    return await spool.enqueue(NewMessage("", ("app@example.test",), b"DSN\r\n", is_dsn=True),
+                               at, dsn_for=DsnMark(qid, tuple(idxs), "failure"))
+
+
+async def owed(spool) -> list[tuple[str, list[int]]]:
+    return [(c.queue_id, [r.rcpt_idx for r in c.recipients]) for c in await spool.dsn_candidates()]
+
+
+def owed_rows(state: Path) -> int:
+    """Rows of the recipients_dsn_owed partial index (the DSN walk's whole input)."""
+    with db(state) as c:
+        return c.execute("SELECT COUNT(*) FROM recipients INDEXED BY recipients_dsn_owed WHERE "
+                         "state IN ('bounced', 'expired') AND dsn_state IN ('', 'delay_sent')"
+                         ).fetchone()[0]
+
+
+async def test_a_failure_is_owed_a_dsn_while_others_still_retry(spool, tmp_path):
+    a = await spool.enqueue(new(1, rcpts=("hard@x.test", "slow@y.test", "ok@z.test")), T0)
+    assert len(await spool.lease_due(T0, 10)) == 3
+    await spool.record([bounce(a, 0, T0 + 1)])
+    assert await owed(spool) == []                  # two attempts of the same pass in flight
+    await spool.record([deferral(a, 1, T0 + 1, T0 + 600), RecipientUpdate(
+        queue_id=a, rcpt_idx=2, state=DELIVERED, reply=Reply.parse("250 ok"), attempted_at=T0 + 1)])
+    assert await owed(spool) == [(a, [0])]          # that pass is over: owed now, not when done
+    assert not (await spool.get_message(a)).done
+    await mark(spool, a, [0], T0 + 2)
+    assert await owed(spool) == [] and owed_rows(tmp_path) == 0     # never twice
+    # the deferred one fails for good later: a second DSN, for it alone
+    assert (a, 1) in await leased_ids(spool, T0 + 600)     # (with the first DSN)
+    await spool.record([bounce(a, 1, T0 + 600, "552 5.2.2 mailbox full")])
+    assert await owed(spool) == [(a, [1])]
+    await mark(spool, a, [1], T0 + 601)
+    assert await owed(spool) == []
+    with db(tmp_path) as c:
+        assert c.execute("SELECT done, body_live FROM messages WHERE id=?", (a,)).fetchone() == (1, 0)
+        assert c.execute("SELECT rcpt_idx, dsn_state FROM recipients WHERE message_id=? "
+                         "ORDER BY rcpt_idx", (a,)).fetchall() == [(0, "sent"), (1, "sent"), (2, "")]
+
+
+async def test_held_recipients_do_not_hold_back_a_failure_dsn(spool):
+    a = await spool.enqueue(new(1, rcpts=("hard@x.test", "later@y.test")), T0)
+    await spool.hold_messages(MessageFilter(domain="y.test"), T0)
+    await spool.lease_due(T0, 10)
+    await spool.record([bounce(a, 0, T0 + 1)])
+    assert await owed(spool) == [(a, [0])]
+    assert await states(spool, a) == [BOUNCED, HELD]
+
+
+async def test_failures_that_owe_no_dsn_never_enter_the_dsn_walk(spool, tmp_path):
+    """Bounces of null-sender messages and of DSNs are marked 'none' when they
+    happen (and by an operator bounce), so the walk only ever sees real debts."""
+    null = await spool.enqueue(new(1, sender=""), T0)
+    dsn = await mark(spool, "nothing", [], T0)      # a DSN (its mark names nobody)
+    held = await spool.enqueue(new(2, sender=""), T0)
+    await spool.hold_messages(MessageFilter(ids=(held,)), T0)
+    await spool.lease_due(T0, 10)
+    await spool.record([bounce(null, 0, T0 + 1), RecipientUpdate(
+        queue_id=dsn, rcpt_idx=0, state="expired", reply=Reply.parse("451 4.4.1 timeout"),
+        attempted_at=T0 + 1)])
+    await spool.bounce_messages(MessageFilter(ids=(held,)), T0 + 2, OPERATOR_REPLY)
+    assert await owed(spool) == [] and owed_rows(tmp_path) == 0
+    with db(tmp_path) as c:
+        assert {r[0] for r in c.execute("SELECT dsn_state FROM recipients")} == {"none"}
+
+
+async def test_reopen_marks_old_rows_that_owe_no_dsn(tmp_path):
+    s = await Spool.open(tmp_path, now=T0)
+    null = await s.enqueue(new(1, sender=""), T0)
+    owing = await s.enqueue(new(2), T0)
+    await s.lease_due(T0, 10)
+    await s.record([bounce(null, 0, T0 + 1), bounce(owing, 0, T0 + 1)])
+    await s.close()
+    with db(tmp_path) as c:     # as an index written before issue 10 left them
+        c.execute("UPDATE recipients SET dsn_state = ''")
+    s = await Spool.open(tmp_path, now=T0 + 5)
+    try:
+        assert owed_rows(tmp_path) == 1
+        assert await owed(s) == [(owing, [0])]
     finally:
         await s.close()

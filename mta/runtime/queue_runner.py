@@ -4,8 +4,12 @@ One job: lease due recipients from the spool in bounded batches, feed them to
 the (pure) scheduler, start a delivery task for each `Batch` it releases,
 turn each `DeliveryReport` into `RecipientUpdate`s with the retry policy, and
 record them. It also owes senders their DSNs: after outcomes are recorded,
-`dsn_pass` builds one report per finished message and enqueues it in the
-same transaction that marks the original notified (spool `dsn_for`).
+`dsn_pass` builds one report per message with unreported final failures
+once none of its recipients is in flight (spool `dsn_candidates`: the
+failures of one delivery pass share a DSN; recipients still being retried
+do not hold it back), and enqueues it in the same transaction that marks
+those recipients notified (spool `dsn_for`). Each recipient's
+Last-Attempt-Date is its own last attempt (from the message's attempts).
 
 Invariants:
 - Memory is bounded by `max_pending` + the in-flight window, never by the
@@ -17,6 +21,9 @@ Invariants:
 - The observer (core.observe) hears one `recipient_outcome` per recipient
   update once it is recorded (bounced carries the hard/soft class of
   `_address_outcome`), and one `attempt_finished` per batch.
+- A failed attempt's status (log line `status=`, the ledger's bounced and
+  expired `status`) is `mta.mail.dsn.recipient_status`, the same as the
+  DSN's Status: the remote's enhanced code or the one core.reply derives.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from mta.core import (AddressOutcome, BOUNCED, DELIVERED, EXPIRED, QUEUED, Clock
 from mta.core.envelope import Destination
 from mta.delivery.client import DeliveryReport, OutboundMessage
 from mta.mail.bounces.classify import classify
-from mta.mail.dsn import build_dsn
+from mta.mail.dsn import build_dsn, recipient_status
 from mta.mail.verp import VerpCodec
 from mta.policy.retry import RetryPolicy
 from mta.policy.routing import destination_for
@@ -262,7 +269,7 @@ class QueueRunner:
             try:
                 body = await self.spool.read_body(first.queue_id)
             except Exception as exc:  # missing/corrupt body: keep the rows, retry later
-                log.error("event=body_unreadable id=%s error=%r", first.queue_id, exc)
+                event(log, "body_unreadable", logging.ERROR, id=first.queue_id, error=repr(exc))
                 body = None
             if body is None:
                 continue
@@ -339,20 +346,24 @@ class QueueRunner:
         else:
             nxt = self.retry.after_temp_failure(it.received_at, it.attempts + 1, now)
             state = EXPIRED if nxt is None else QUEUED
+        reply = oc.reply
+        status = klass = reason = None
+        if state != DELIVERED:
+            klass, reason = classify(reply.esc or None, reply.code, reply.text, command="RCPT")
+            status = recipient_status(state, reply, reason=reason)
         event(log, {DELIVERED: "delivered", BOUNCED: "bounced", EXPIRED: "expired",
                     QUEUED: "deferred"}[state],
               id=it.queue_id, rcpt=it.address, destination=dest.name,
               mx=oc.remote_host or None, ip=oc.remote_ip or None, tls=oc.tls or "none",
               attempt=it.attempts + 1, delay=f"{now - it.received_at:.3f}s",
-              reply=str(oc.reply), next_attempt=(f"{nxt - now:.0f}s" if nxt else None))
+              reply=str(reply), status=status,
+              next_attempt=(f"{nxt - now:.0f}s" if nxt else None))
         detail = None
         if state in (BOUNCED, EXPIRED):
             # The ledger's bounced/expired events carry the verdict in the
             # vocabulary of bounces that arrive by mail (sync=true here).
-            reply = oc.reply
-            klass, reason = classify(reply.esc or None, reply.code, reply.text, command="RCPT")
             detail = {"class": klass if state == BOUNCED else "soft", "reason":
-                      reason if state == BOUNCED else "expired", "status": reply.esc,
+                      reason if state == BOUNCED else "expired", "status": status,
                       "sync": True}
         return RecipientUpdate(it.queue_id, it.rcpt_idx, state, next_attempt=nxt,
                                event_detail=detail, **common)
@@ -391,16 +402,17 @@ class QueueRunner:
         finally:
             for u in updates:
                 self._leased.pop((u.queue_id, u.rcpt_idx), None)
-        # A DSN is owed once a message with a failed recipient is finished;
-        # remember such messages so the pass runs when their last recipient
-        # is recorded, not at the next timer tick. (After a restart the
-        # first pass of the DSN loop catches up on what was owed.)
+        # A DSN is owed once a message with a failed recipient has none in
+        # flight; remember such messages so the pass runs when their last
+        # leased recipient is recorded (whatever its fate), not at the next
+        # timer tick. (After a restart the first pass of the DSN loop
+        # catches up on what was owed.)
         wake = False
         for u in updates:
             if u.state in (BOUNCED, EXPIRED):
                 self._owing.add(u.queue_id)
                 wake = True
-            elif u.queue_id in self._owing and u.state != QUEUED:
+            elif u.queue_id in self._owing:
                 wake = True
         if wake:
             self.dsn_wakeup.set()
@@ -439,6 +451,11 @@ class QueueRunner:
         if self.delay_warning_after is not None:
             batches.append(("delay", await self.spool.delay_candidates(
                 now, self.delay_warning_after, 100)))
+        # Messages whose recipients are all out of flight need no wake-up
+        # from a later record: if they owe a DSN, this pass (or the one a
+        # record since has asked for) finds them.
+        in_flight = {qid for qid, _ in self._leased}
+        self._owing &= in_flight
         for kind, cands in batches:
             for c in cands:
                 self._owing.discard(c.queue_id)
@@ -447,7 +464,8 @@ class QueueRunner:
                 body = build_dsn(original=original, candidate=c, reporting_mta=self.hostname,
                                  queue_id=dsn_id_hint, now=now, kind=kind,
                                  retry_until=(self.retry.expires_at(c.received_at)
-                                              if kind == "delay" else None))
+                                              if kind == "delay" else None),
+                                 last_attempts=await self._last_attempts(c.queue_id))
                 qid = await self.spool.enqueue(
                     NewMessage(sender="", recipients=(c.sender,), body=body, is_dsn=True,
                                listener="dsn"),
@@ -458,3 +476,13 @@ class QueueRunner:
         if sent:
             self.poke()
         return sent
+
+    async def _last_attempts(self, queue_id: str) -> dict[int, float]:
+        """rcpt_idx -> time of its last delivery attempt (operator moves and
+        reports that came back by mail are not attempts)."""
+        view = await self.spool.get_message(queue_id)
+        last: dict[int, float] = {}
+        for a in view.attempts if view is not None else ():
+            if not a.detail and a.at > last.get(a.rcpt_idx, 0.0):
+                last[a.rcpt_idx] = a.at
+        return last

@@ -23,9 +23,19 @@ Invariants:
   has dsn_state != 'sent' (its DSN needs the original's headers). Both are
   recomputed by `SQL_RECOMPUTE_FLAGS` in the same transaction as any change
   to recipients, and by recovery.
-- dsn_state 'none' marks a recipient that owes no DSN although bounced: an
-  asynchronous bounce (`Spool.record_async`), whose report came back to our
-  VERP path, possibly long after the body was reclaimed.
+- dsn_state 'none' marks a recipient that owes no DSN although bounced or
+  expired: an asynchronous bounce (`Spool.record_async`), whose report came
+  back to our VERP path, possibly long after the body was reclaimed; a
+  recipient of a DSN or of a null-sender message (RFC 5321 §4.5.5: never
+  reported on), set by the same UPDATE that makes it final (SQL_RECORD,
+  SQL_OP_BOUNCE; `connect` fixes rows of older indexes); and one whose owed
+  DSN an operator delete cancelled.
+- A failure DSN is owed (SQL_DSN_OWED) for every bounced/expired recipient
+  with dsn_state '' or 'delay_sent', as soon as no recipient of its message
+  is leased (no attempt in flight): like Postfix, the failures of one
+  delivery pass go into one DSN, and the sender is not kept waiting for
+  recipients still being retried. The partial index recipients_dsn_owed
+  holds exactly those recipients, so finding them never walks the queue.
 - Suppressions and soft-failure counts are keyed by address with the domain
   lower-cased and the local part as given (`suppressions.address_key`), so
   lookups are primary-key seeks.
@@ -154,8 +164,14 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 -- lease_due / next_due_at walk this in next_attempt order.
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (state, leased, next_attempt);
--- Messages owing a failure DSN are exactly the done ones whose body is still live.
-CREATE INDEX IF NOT EXISTS messages_dsn_owed ON messages (received_at) WHERE done = 1 AND body_live = 1;
+-- Recipients owing a failure DSN (SQL_DSN_OWED): final failures not yet
+-- reported. Recipients that can never owe one get dsn_state 'none' when
+-- they fail, so the index holds only real debts, not history.
+CREATE INDEX IF NOT EXISTS recipients_dsn_owed ON recipients (message_id)
+    WHERE state IN ('bounced', 'expired') AND dsn_state IN ('', 'delay_sent');
+-- Was the DSN walk while a DSN waited for the message to be done (issue 10
+-- item 11); unused since.
+DROP INDEX IF EXISTS messages_dsn_owed;
 CREATE INDEX IF NOT EXISTS messages_pending ON messages (received_at) WHERE done = 0;
 -- reclaim and recovery ask which segments live bodies sit in.
 CREATE INDEX IF NOT EXISTS messages_live_segment ON messages (segment) WHERE body_live = 1;
@@ -256,6 +272,10 @@ async def connect(path: str | os.PathLike, *, reader: bool = False) -> aiosqlite
             cols = {r[1] for r in await conn.execute_fetchall("PRAGMA table_info(attempts)")}
             if "detail" not in cols:
                 await conn.execute(SQL_ADD_ATTEMPT_DETAIL)
+            # Older indexes left failed recipients of DSNs and null-sender
+            # messages at dsn_state '': mark them (a no-op walk of the
+            # partial index once done).
+            await conn.execute(SQL_MARK_NO_DSN_OWED)
             await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
         await conn.close()
@@ -264,6 +284,15 @@ async def connect(path: str | os.PathLike, *, reader: bool = False) -> aiosqlite
 
 
 SQL_ADD_ATTEMPT_DETAIL = "ALTER TABLE attempts ADD COLUMN detail TEXT NOT NULL DEFAULT ''"
+
+# True when message {mid} is one nobody may be told about (a DSN, or a null
+# sender): its failed recipients owe no DSN.
+_NO_DSN_FOR = "EXISTS (SELECT 1 FROM messages WHERE id = {mid} AND (is_dsn = 1 OR sender = ''))"
+# The recipients owing a failure DSN: exactly the rows of recipients_dsn_owed.
+_OWED = "state IN ('bounced', 'expired') AND dsn_state IN ('', 'delay_sent')"
+SQL_MARK_NO_DSN_OWED = (
+    "UPDATE recipients INDEXED BY recipients_dsn_owed SET dsn_state = 'none' "
+    f"WHERE {_OWED} AND {_NO_DSN_FOR.format(mid='recipients.message_id')}")
 
 # -- writes (writer.py) -----------------------------------------------------------
 
@@ -303,14 +332,17 @@ SQL_INSERT_ATTEMPT = (
 
 # Params: state, inc, next_attempt|None, reply|None, inc, remote, inc, tls, updated_at,
 #         message_id, rcpt_idx. Only a counted attempt overwrites remote/tls; a
-# put-back (counts_attempt=False) keeps what the last real attempt saw.
+# put-back (counts_attempt=False) keeps what the last real attempt saw. A
+# failure of a DSN or null-sender message owes no DSN: dsn_state 'none'.
 SQL_RECORD = (
-    "UPDATE recipients SET state = ?, attempts = attempts + ?, "
-    "next_attempt = COALESCE(?, next_attempt), last_reply = COALESCE(?, last_reply), "
-    "last_remote = CASE WHEN ? THEN ? ELSE last_remote END, "
-    "last_tls = CASE WHEN ? THEN ? ELSE last_tls END, "
-    "leased = 0, updated_at = ? "
-    "WHERE message_id = ? AND rcpt_idx = ? AND state = 'queued'")
+    "UPDATE recipients SET state = ?1, attempts = attempts + ?2, "
+    "next_attempt = COALESCE(?3, next_attempt), last_reply = COALESCE(?4, last_reply), "
+    "last_remote = CASE WHEN ?5 THEN ?6 ELSE last_remote END, "
+    "last_tls = CASE WHEN ?7 THEN ?8 ELSE last_tls END, "
+    "leased = 0, updated_at = ?9, "
+    "dsn_state = CASE WHEN ?1 IN ('bounced', 'expired') AND "
+    f"{_NO_DSN_FOR.format(mid='?10')} THEN 'none' ELSE dsn_state END "
+    "WHERE message_id = ?10 AND rcpt_idx = ?11 AND state = 'queued'")
 
 # record_async (ASYNC_TRANSITIONS).
 SQL_RECIPIENT_STATE = "SELECT state FROM recipients WHERE message_id = ? AND rcpt_idx = ?"
@@ -331,8 +363,11 @@ SQL_OP_RELEASE = ("UPDATE recipients SET state = 'queued', next_attempt = ?, upd
                   f"{_OP_KEY} AND state = 'held'")
 SQL_OP_RETRY = f"UPDATE recipients SET next_attempt = ?, updated_at = ? {_OP_KEY} AND state = 'queued'"
 # last_remote is cleared: the DSN must not name the last MX as the one that refused.
-SQL_OP_BOUNCE = ("UPDATE recipients SET state = 'bounced', last_reply = ?, last_remote = '', "
-                 f"updated_at = ? {_OP_KEY} AND state IN ('queued', 'held')")
+SQL_OP_BOUNCE = ("UPDATE recipients SET state = 'bounced', last_reply = ?1, last_remote = '', "
+                 "updated_at = ?2, dsn_state = CASE WHEN "
+                 f"{_NO_DSN_FOR.format(mid='?3')} THEN 'none' ELSE dsn_state END "
+                 "WHERE message_id = ?3 AND rcpt_idx = ?4 AND leased = 0 "
+                 "AND state IN ('queued', 'held')")
 SQL_OP_DELETE = (f"UPDATE recipients SET state = 'deleted', updated_at = ? {_OP_KEY} "
                  "AND state IN ('queued', 'held')")
 SQL_OP_CANCEL_DSN = ("UPDATE recipients SET dsn_state = 'none' WHERE message_id = ? "
@@ -569,16 +604,21 @@ SQL_DOMAIN_SUMMARY = (
     "WHERE r.state IN ('queued', 'held')) "
     "GROUP BY domain ORDER BY COUNT(*) DESC, domain")
 
+# Messages owing a failure DSN now: some recipient in recipients_dsn_owed
+# (INDEXED BY, and the WHERE repeats the index's own condition: only it is
+# walked, whatever the planner would guess from the full table) and
+# no recipient leased. The leased probe walks one message's recipients by
+# primary key.
 SQL_DSN_OWED = (
     "SELECT m.id, m.sender, m.received_at FROM messages m "
-    "WHERE m.done = 1 AND m.body_live = 1 AND m.is_dsn = 0 AND m.sender != '' "
-    "AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id "
-    "AND +r.state IN ('bounced', 'expired') AND r.dsn_state NOT IN ('sent', 'none')) "
+    "WHERE m.id IN (SELECT DISTINCT message_id FROM recipients "
+    f"INDEXED BY recipients_dsn_owed WHERE {_OWED}) "
+    "AND m.is_dsn = 0 AND m.sender != '' "
+    "AND NOT EXISTS (SELECT 1 FROM recipients l WHERE l.message_id = m.id AND l.leased = 1) "
     "ORDER BY m.received_at LIMIT ?")
 SQL_DSN_OWED_RCPTS = (
     "SELECT message_id, rcpt_idx, address, state, last_reply, last_remote, attempts "
-    "FROM recipients WHERE message_id IN ({ids}) "
-    "AND +state IN ('bounced', 'expired') AND dsn_state NOT IN ('sent', 'none') "
+    f"FROM recipients WHERE message_id IN ({{ids}}) AND {_OWED} "
     "ORDER BY message_id, rcpt_idx")
 
 SQL_DELAY_OWED = (
