@@ -41,6 +41,7 @@ units, `_total` for counters, `_seconds`/`_bytes` suffixes)
     mta_queue_recipients{state}                            gauge (scrape time)
     mta_queue_oldest_message_age_seconds                   gauge (scrape time)
     mta_spool_bytes                                        gauge (scrape time)
+    mta_inbound_capture_refused_total{reason}              counter  quota|error
     mta_spool_filesystem_free_bytes                        gauge (scrape time)
     mta_destinations{state}                                gauge (scrape time)
     mta_webhook_requests_total{webhook,result}             counter  ok|failed
@@ -71,7 +72,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                Histogram, generate_latest)
 
 from mta.core import Clock, Observer, SystemClock
-from mta.core.observe import BOUNCE_KINDS, MESSAGE_RESULTS, SESSION_LIMITS, WEBHOOK_RESULTS
+from mta.core.observe import (BOUNCE_KINDS, CAPTURE_REFUSALS, MESSAGE_RESULTS, SESSION_LIMITS,
+                              WEBHOOK_RESULTS)
 
 __all__ = ["Metrics", "destination_state"]
 
@@ -114,9 +116,6 @@ class Metrics(Observer):
         self.auth_failures = Counter(
             "mta_auth_failures", "Failed SMTP AUTH credential checks, by listener.",
             ["listener"], registry=r)
-        self.recipients = Counter(
-            "mta_recipients", "Recipient outcomes recorded in the spool: delivered, "
-            "deferred, bounced (class hard or soft), expired, suppressed.",
         self.session_limits = Counter(
             "mta_smtp_session_limits", "SMTP sessions refused (421 instead of the greeting) or "
             "closed by a session limit, by listener and limit.", ["listener", "reason"],
@@ -124,6 +123,13 @@ class Metrics(Observer):
             ["outcome", "class"], registry=r)
         self.attempt_duration = Histogram(
             "mta_delivery_attempt_duration_seconds", "Duration of delivery attempts (one "
+        self.capture_refused_total = Counter(
+            "mta_inbound_capture_refused", "Mail for postmaster@/abuse@ the capture maildir "
+            "refused, by reason (quota: its quota is reached; error: writing failed, e.g. disk "
+            "full).", ["reason"], registry=r)
+        self.recipients = Counter(
+            "mta_recipients", "Recipient outcomes recorded in the spool: delivered, "
+            "deferred, bounced (class hard or soft), expired, suppressed.",
             "connection to a destination), by destination kind and destination health.",
             ["destination_kind", "result"], buckets=ATTEMPT_BUCKETS, registry=r)
         self.dkim_duration = Histogram(
@@ -174,6 +180,8 @@ class Metrics(Observer):
         for state in DESTINATION_STATES:
             self.destinations.labels(state)
 
+        for reason in CAPTURE_REFUSALS:
+            self.capture_refused_total.labels(reason)
     def _init_listener(self, name: str) -> None:
         self.sessions_open.labels(name)
         self.auth_failures.labels(name)
@@ -196,14 +204,17 @@ class Metrics(Observer):
     def auth_failure(self, listener: str) -> None:
         self.auth_failures.labels(listener).inc()
 
-    def recipient_outcome(self, outcome: str, klass: str = "") -> None:
-        self.recipients.labels(outcome, klass).inc()
-
     def session_refused(self, listener: str, reason: str) -> None:
         self.session_limits.labels(listener, reason).inc()
 
     def attempt_finished(self, seconds: float, destination_kind: str, result: str) -> None:
         self.attempt_duration.labels(destination_kind, result).observe(max(0.0, seconds))
+
+    def capture_refused(self, reason: str) -> None:
+        self.capture_refused_total.labels(reason).inc()
+
+    def recipient_outcome(self, outcome: str, klass: str = "") -> None:
+        self.recipients.labels(outcome, klass).inc()
 
     def dkim_signed(self, seconds: float) -> None:
         self.dkim_duration.observe(max(0.0, seconds))

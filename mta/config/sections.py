@@ -152,6 +152,11 @@ class BouncesConfig:
     capture_dir: str | None = K(None, "where mail to postmaster@ and abuse@ the server "
                                 "hostname is kept as a maildir (default state_dir/inbound)",
                                 STR, optional=True)
+    capture_max_bytes: int = K(256 * MiB, "quota of the postmaster@/abuse@ maildir in bytes "
+                               "(tmp/, new/, cur/); over it that mail gets 452 4.3.1", SIZE,
+                               min=MiB, max=1 << 40)
+    capture_max_messages: int = K(10_000, "quota of the postmaster@/abuse@ maildir in messages",
+                                  INT, min=1, max=10_000_000)
 
 
 @dataclass(frozen=True)

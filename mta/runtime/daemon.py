@@ -139,6 +139,8 @@ class Daemon:
         self.bounces = BounceProcessor(
             spool=self.spool, codec=codec, hostname=cfg.server.hostname,
             capture_dir=cfg.bounces.capture_dir or paths["root"] / "inbound", clock=self.clock,
+            capture_max_bytes=cfg.bounces.capture_max_bytes,
+            capture_max_messages=cfg.bounces.capture_max_messages,
             bounce_domains=self._bounce_domains, feedback_addresses=cfg.bounces.feedback_addresses,
             observer=self.metrics)
         await self._start_listeners(paths, credentials)

@@ -201,6 +201,8 @@ async def _apply(daemon, old: Config, new: Config, p: _Prepared) -> None:
         daemon.bounces.feedback = {a.lower() for a in new.bounces.feedback_addresses}
         daemon.bounces.capture_dir = Path(new.bounces.capture_dir
                                           or state_paths(old)["root"] / "inbound")
+        daemon.bounces.capture_max_bytes = new.bounces.capture_max_bytes
+        daemon.bounces.capture_max_messages = new.bounces.capture_max_messages
     for lst, lcfg, ctx in p.listeners:
         submission = lcfg.role != "inbound"
         lst.update(lcfg, p.credentials if submission else None, ctx)

@@ -19,7 +19,9 @@ API
         addresses); None means "not ours".
     await deliver(InboundMessage) -> Reply
         the runtime parses/stores the message; its Reply is the DATA reply
-        (250 when it took it, 451 4.3.0 on trouble).
+        (250 when it took it; 452 4.3.1 when the postmaster
+        capture is full or unwritable, 552 5.3.4 for a message bigger
+        than its quota; 451 4.3.0 on other trouble).
 
 Rules
   * Never a relay: a RCPT that classify_rcpt does not claim gets
