@@ -13,9 +13,12 @@
 #     ExecStart pointing into the venv of this prefix
 # It never starts, enables or reloads anything; it prints those steps.
 #
-# Note: the venv's scripts contain the absolute path they were created at, so
-# a DESTDIR venv is for inspection/testing; a package build should re-create
-# the venv at its final path (or use --prefix with an empty DESTDIR).
+# With DESTDIR the venv is built at $DESTDIR$PREFIX/venv but made for
+# $PREFIX/venv: the scripts' #! lines, pyvenv.cfg and the activate scripts
+# are rewritten to $PREFIX, and every .pyc is compiled with its $PREFIX path,
+# so no file of the staged tree names $DESTDIR (checked at the end; the run
+# fails otherwise). The staged venv's own scripts then only run once copied
+# to $PREFIX; `$DESTDIR$PREFIX/venv/bin/python -m mta` works in place.
 set -eu
 
 usage() { echo "usage: $0 [--prefix DIR]   (env: DESTDIR, PYTHON)" >&2; exit 2; }
@@ -53,7 +56,36 @@ say "installing mta from $SRC into $VENV"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-warn-script-location \
     --upgrade "$SRC"
 # ProtectSystem=strict makes the venv read-only at run time: byte-compile now.
-"$VENV/bin/python" -m compileall -q "$VENV/lib" >/dev/null 2>&1 || true
+if [ -n "$DESTDIR" ]; then
+    # pip wrote #!$DESTDIR$PREFIX/venv/bin/python and .pyc files naming
+    # $DESTDIR: recompile every .pyc with the final path, rewrite the rest.
+    say "making the staged venv refer to $PREFIX/venv, not $VENV"
+    find "$VENV" -depth -type d -name __pycache__ -exec rm -rf {} +
+    "$VENV/bin/python" -m compileall -q -f -s "$DESTDIR" -p / "$VENV/lib" >/dev/null 2>&1 || true
+    "$VENV/bin/python" - "$DESTDIR$PREFIX" "$PREFIX" "$VENV" <<'PY'
+import os, sys
+old, new, root = (os.fsencode(a) for a in sys.argv[1:])
+for top, _dirs, files in os.walk(root):
+    for name in files:
+        path = os.path.join(top, name)
+        if os.path.islink(path) or name.endswith(b".pyc"):
+            continue
+        with open(path, "rb") as fh:
+            data = fh.read()
+        if old in data:
+            with open(path, "r+b") as fh:       # in place: keeps the mode
+                fh.write(data.replace(old, new))
+                fh.truncate()
+PY
+    left=$(grep -rlF -- "$DESTDIR$PREFIX" "$DESTDIR$PREFIX" || true)
+    if [ -n "$left" ]; then
+        echo "install: these staged files still name $DESTDIR$PREFIX:" >&2
+        echo "$left" >&2
+        exit 1
+    fi
+else
+    "$VENV/bin/python" -m compileall -q "$VENV/lib" >/dev/null 2>&1 || true
+fi
 install -m 0644 "$SRC/README.md" "$DESTDIR$PREFIX/README.md"
 
 # 2. The system user (the unit runs as User=mta, Group=mta).
