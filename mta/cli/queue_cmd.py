@@ -23,6 +23,12 @@ Commands (all accept --config and --json):
                                    the action on every matching message; --all
                                    with no filter means every message
 Exit codes: 0 ok, 1 failure (daemon unreachable, unknown id, refused), 2 usage.
+Times print as ISO 8601 UTC (`2026-11-24 03:00:00Z`, as everywhere in the
+CLI), next attempts and arrival also relative (`in 4m`, `2h5m ago`); never a
+raw epoch (--json keeps the API's numbers). `show` labels each attempt by
+what it did: `deferred` (a 4xx, retried later; the index keeps the
+recipient's state after it, `queued`), `delivered`, `bounced`, `expired`,
+or what an operator or a report by mail did.
 The daemon's address and token come from the config ([admin] address, token
 or state_dir/admin-token).
 """
@@ -130,6 +136,35 @@ def _t(t: float | None) -> str:
     return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
 
 
+def _span(seconds: float) -> str:
+    """A coarse duration: its two largest units (90061 s → ``1d1h``)."""
+    rest, parts = int(round(seconds)), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, rest = divmod(rest, size)
+        if n or parts:
+            parts.append(f"{n}{unit}" if n else "")
+        if len(parts) == 2:
+            break
+    return "".join(parts) or "0s"
+
+
+def _when(t: float | None, now: float | None = None) -> str:
+    """`_t` plus how far from now: ``2026-11-24 03:04:00Z (in 4m)``."""
+    if not t:
+        return "-"
+    delta = t - (time.time() if now is None else now)
+    rel = "now" if abs(delta) < 1 else (f"in {_span(delta)}" if delta > 0
+                                        else f"{_span(-delta)} ago")
+    return f"{_t(t)} ({rel})"
+
+
+def attempt_label(a: dict) -> str:
+    """What an attempt did. Its stored state is the recipient's state after
+    it, so a deferral (4xx, retried later) reads `queued`: say deferred."""
+    state = a.get("state", "")
+    return "deferred" if state == "queued" else state
+
+
 def _list(client: AdminClient, args) -> int:
     if args.limit < 0:
         print("mta: --limit must be 0 (no limit) or more", file=sys.stderr)
@@ -158,7 +193,7 @@ def _list(client: AdminClient, args) -> int:
         print(f"{m['id']}  {m.get('size', 0):>8}  {_t(m.get('received_at'))}  "
               f"<{m.get('sender', '')}>{flags}")
         for r in m.get("recipients", []):
-            extra = f"next {_t(r.get('next_attempt'))}" if r.get("state") == "queued" else ""
+            extra = f"next {_when(r.get('next_attempt'))}" if r.get("state") == "queued" else ""
             print(f"    {r['state']:<9} {r['address']}  attempts={r.get('attempts', 0)} {extra}"
                   .rstrip())
             if r.get("last_reply"):
@@ -227,19 +262,20 @@ def _show(client: AdminClient, args) -> int:
                              ("done", m.get("done"))) if on]
     print("*** ENVELOPE ***")
     print(f"id:        {m['id']}")
-    print(f"received:  {_t(m.get('received_at'))}")
+    print(f"received:  {_when(m.get('received_at'))}")
     print(f"sender:    <{m.get('sender', '')}>")
     print(f"size:      {m.get('size', 0)}")
     if flags:
         print(f"flags:     {' '.join(flags)}")
     print("*** RECIPIENTS ***")
     for r in m.get("recipients", []):
-        extra = f"  next {_t(r.get('next_attempt'))}" if r.get("state") == "queued" else ""
+        extra = f"  next {_when(r.get('next_attempt'))}" if r.get("state") == "queued" else ""
         print(f"{r['state']:<10} {r['address']}  attempts={r.get('attempts', 0)}{extra}")
         if r.get("last_reply"):
             remote = f"  ({r['last_remote']})" if r.get("last_remote") else ""
             print(f"{'':<10} last: {r['last_reply']}{remote}")
     attempts = m.get("attempts", [])
+    address_of = {r.get("idx"): r.get("address", "") for r in m.get("recipients", [])}
     print("*** ATTEMPTS ***")
     if not attempts:
         print("(none)")
@@ -247,7 +283,8 @@ def _show(client: AdminClient, args) -> int:
         host = a.get("remote_host") or "-"
         ip = f" [{a['remote_ip']}]" if a.get("remote_ip") else ""
         tls = f" tls={a['tls']}" if a.get("tls") else ""
-        print(f"{_t(a.get('at'))}  {a.get('recipient', '')}  {a.get('state', '')}  "
+        rcpt = a.get("recipient") or address_of.get(a.get("rcpt_idx"), "")
+        print(f"{_t(a.get('at'))}  {rcpt}  {attempt_label(a)}  "
               f"{a.get('duration', 0):.1f}s  {host}{ip}{tls}")
         if a.get("reply"):
             print(f"{'':<22}{a['reply']}")
@@ -258,12 +295,24 @@ def _show(client: AdminClient, args) -> int:
     return 0
 
 
+# Ledger detail keys shown on an event line; those in _TIME_KEYS are epoch
+# seconds and print as times.
+_EVENT_KEYS = ("reply", "remote_host", "tls", "class", "reason", "status", "next_attempt",
+               "feedback_type", "duplicate_of", "by", "stage")
+_TIME_KEYS = frozenset({"next_attempt"})
+
+
+def _detail(key: str, value) -> str:
+    if key in _TIME_KEYS and isinstance(value, (int, float)):
+        return _when(value)
+    return str(value)
+
+
 def format_event(e: dict) -> str:
     """One ledger event as a line: time, seq, type, id, recipient, key details."""
     d = e.get("detail") or {}
-    keys = ("reply", "remote_host", "tls", "class", "reason", "status", "next_attempt",
-            "feedback_type", "duplicate_of", "by", "stage")
-    extra = "  ".join(f"{k}={d[k]}" for k in keys if d.get(k) not in (None, ""))
+    extra = "  ".join(f"{k}={_detail(k, d[k])}" for k in _EVENT_KEYS
+                      if d.get(k) not in (None, ""))
     return (f"{_t(e.get('at'))}  #{e.get('seq')}  {e.get('type', ''):<11} "
             f"{e.get('queue_id') or '-'}  {e.get('recipient') or '-'}  {extra}").rstrip()
 
