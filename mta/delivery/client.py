@@ -29,10 +29,8 @@ Invariants:
     larger, its recipients bounce with our own `552 5.3.4 … exceeds the size
     limit N of host[ip] …` and nothing is sent (no MAIL); otherwise MAIL
     FROM carries SIZE=<bytes> whenever SIZE is advertised.
-  - Log lines are `event=name key=value …` like mta.runtime.logs.event
-    (which this layer may not import); text a remote chose (replies, error
-    messages) is JSON-quoted (`_q`), so it never splits a line or brings
-    raw control bytes into the log.
+  - Log lines are `event=name key=value …` (mta.core.logfmt.event): text a
+    remote chose (replies, error messages) is quoted, never a field of its own.
 
 Known compromises (written down where they live):
   - No PIPELINING: aiosmtplib's protocol parses exactly one reply per
@@ -47,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 import re
 import ssl
@@ -61,6 +58,7 @@ from aiosmtplib.email import quote_address
 
 from mta.core.envelope import Destination
 from mta.core.errors import PermFailure, TempFailure
+from mta.core.logfmt import event, fmt_value
 from mta.core.outcome import DestinationHealth, RecipientFate, RecipientOutcome
 from mta.core.reply import Reply
 from mta.delivery.mx import Hop, resolve_hops
@@ -182,11 +180,6 @@ def _size_limit(smtp: aiosmtplib.SMTP) -> int:
     or not a number: RFC 1870 §4, 0 = no fixed maximum)."""
     param = smtp.esmtp_extensions.get("size", "").strip()
     return int(param) if param.isdigit() else 0
-
-
-def _q(text: object) -> str:
-    """A log value: JSON-quoted, ASCII only (remote text is untrusted)."""
-    return json.dumps(str(text))
 
 
 def _needs_utf8(address: str) -> bool:
@@ -412,7 +405,8 @@ class SmtpTransport:
             health = await self._deliver(destination, list(messages), ledger)
         except Exception:
             # A bug here must not lose recipients: defer what is still open.
-            log.exception("event=delivery_failed_unexpectedly destination=%s", destination.name)
+            log.exception("event=delivery_failed_unexpectedly destination=%s",
+                          fmt_value(destination.name))
             health = DestinationHealth.DOWN
         ledger.settle_rest(messages, DEFERRED, Reply(451, "4.3.0", "internal error during "
                                                                    "delivery; will retry"))
@@ -483,8 +477,8 @@ class SmtpTransport:
                 continue
             except _Throttled as exc:
                 session.close()
-                log.info("event=throttled destination=%s mx=%s ip=%s reply=%s", destination.name,
-                         session.peer.host, session.peer.ip, _q(exc.reply))
+                event(log, "throttled", destination=destination.name, mx=session.peer.host,
+                      ip=session.peer.ip, reply=exc.reply)
                 ledger.settle_rest(pending, DEFERRED, exc.reply, session.peer)
                 return DestinationHealth.THROTTLING
             except _Lost as exc:
@@ -492,8 +486,8 @@ class SmtpTransport:
                 peer = session.peer
                 reply = Reply(451, "4.4.2", f"connection lost with {peer.host}[{peer.ip}] "
                                             f"during {exc}; will retry")
-                log.info("event=connection_lost destination=%s mx=%s ip=%s reply=%s",
-                         destination.name, peer.host, peer.ip, _q(reply))
+                event(log, "connection_lost", destination=destination.name, mx=peer.host,
+                      ip=peer.ip, reply=reply)
                 # The message that was in flight is not retried now: it may be
                 # what makes the remote hang up.
                 ledger.settle_rest(pending[:1], DEFERRED, reply, peer)
@@ -521,8 +515,8 @@ class SmtpTransport:
                     try:
                         return await self._connect(hop, ip, destination.port, tls=True), None
                     except _HandshakeFailed as exc:
-                        log.info("event=starttls_failed mx=%s ip=%s port=%d error=%s "
-                                 "next=clear_text", hop.host, ip, destination.port, _q(exc))
+                        event(log, "starttls_failed", mx=hop.host, ip=ip, port=destination.port,
+                              error=exc, next="clear_text")
                         return await self._connect(hop, ip, destination.port, tls=False), None
                 except _Throttled as exc:
                     throttled = throttled or exc.reply
