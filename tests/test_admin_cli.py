@@ -44,8 +44,14 @@ class Cli:
             env.pop(k, None)
         cmd = [sys.executable, "-m", "mta", *args, "--config", str(config or self.config)]
         # The server runs on this event loop: run the CLI in a thread.
-        return await asyncio.to_thread(subprocess.run, cmd, env=env, capture_output=True,
-                                       text=not binary, cwd=self.tmp_path, timeout=60)
+        r = await asyncio.to_thread(subprocess.run, cmd, env=env, capture_output=True,
+                                    text=not binary, cwd=self.tmp_path, timeout=60)
+        # Every command first says which config and state dir it used
+        # (issue 10 item 13, tested in test_cli); these tests read what follows.
+        first, _, rest = (r.stderr or "").partition("\n") if not binary else ("", "", "")
+        if first.startswith("mta: config "):
+            r.stderr = rest
+        return r
 
 
 @pytest.fixture
@@ -202,13 +208,42 @@ async def test_destination_commands(mta, backend):
     assert out.strip() == "destination example.org: suspended (now suspended)"
     assert backend.destinations["example.org"] == "suspended"
     res = json.loads(_ok(await mta("destination", "resume", "example.org", "--json")))
-    assert res == {"destination": "example.org", "action": "resume", "state": "active"}
+    assert res == {"destination": "example.org", "action": "resume", "state": "active",
+                   "requested": "example.org"}
     _ok(await mta("destination", "flush", "[smart.example]:2525"))
     assert backend.calls[-1] == ("destination_action", "[smart.example]:2525", "flush")
     r = await mta("destination", "flush", "refused.example")
     assert r.returncode == 1 and "refused.example" in r.stderr
     r = await mta("destination", "explode", "example.org")
     assert r.returncode == 2
+
+
+async def test_destination_of_a_routed_domain_says_where_it_acted(mta, backend):
+    # issue 10 item 16: the routed domain's destination is its route
+    out = _ok(await mta("destination", "suspend", "Routed.Example"))
+    assert out.strip() == ("routed.example is routed to [10.0.0.1]:25; suspended "
+                           "[10.0.0.1]:25 (now suspended)")
+    assert backend.calls[-1] == ("destination_action", "routed.example", "suspend")
+    assert backend.destinations["[10.0.0.1]:25"] == "suspended"
+    res = json.loads(_ok(await mta("destination", "resume", "routed.example", "--json")))
+    assert res == {"destination": "[10.0.0.1]:25", "action": "resume", "state": "active",
+                   "requested": "routed.example"}
+    r = await mta("destination", "suspend", "[192.0.2.9]:25")       # no such route: 404
+    assert r.returncode == 1
+    assert r.stderr == "mta: no destination '[192.0.2.9]:25': it is not a configured route\n"
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a\x01b", "x" * 3000, "exa mple.org",
+                                  "[10.0.0.1]:0", "[10.0.0.1]:99999", "[bad host]:25",
+                                  "*", "user@example.org", "example.org/x", "[nope]",
+                                  "\x1b[2Jexample.org"])
+async def test_destination_refuses_invalid_names_before_asking(mta, backend, name):
+    n = len(backend.calls)
+    r = await mta("destination", "suspend", name)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("mta: invalid destination: ") and r.stderr.count("\n") == 1
+    assert "\x1b" not in r.stderr and "\x00" not in r.stderr
+    assert len(backend.calls) == n                 # the daemon was never asked
 
 
 # ------------------------------------------------------------ connection

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from mta.admin.backend import AGE_BUCKETS, ActionRefused, AdminBackend, age_bucket
+from mta.admin.backend import AGE_BUCKETS, ActionRefused, AdminBackend, NotFound, age_bucket
 from mta.admin.client import AdminClient, AdminError, AdminUnavailable, base_url, read_token
 from mta.admin.http import ROUTES, AdminServer, create_app
 from mta.admin.openapi import openapi_document
@@ -177,14 +177,44 @@ class FakeBackend:
         affected = sum(self._apply(m, action) for m in hits)
         return {"action": action, "affected": affected, "messages": len(hits)}
 
+    # a routed domain resolves to its route, as the daemon's backend does
+    ROUTES = {"routed.example": "[10.0.0.1]:25"}
+
     async def destination_action(self, name, action):
         self.calls.append(("destination_action", name, action))
         if name == "refused.example":
             raise KeyError(name)
+        if name == "[192.0.2.9]:25":
+            raise NotFound("no destination '[192.0.2.9]:25': it is not a configured route")
+        dest = self.ROUTES.get(name, name)
         state = {"suspend": "suspended", "resume": "active"}.get(
-            action, self.destinations.get(name, "active"))
-        self.destinations[name] = state
-        return {"destination": name, "action": action, "state": state}
+            action, self.destinations.get(dest, "active"))
+        self.destinations[dest] = state
+        return {"destination": dest, "action": action, "state": state, "requested": name}
+
+    # the ledger and webhooks: enough to reach every route
+    async def events_after(self, after, limit, *, types=None, recipient=None):
+        self.calls.append(("events_after", after, limit, types, recipient))
+        return [{"seq": after + 1, "type": "queued"}][:limit]
+
+    async def message_events(self, message_id):
+        self.calls.append(("message_events", message_id))
+        return None if message_id not in self.messages else [{"seq": 1, "type": "queued"}]
+
+    async def webhooks(self):
+        return [{"name": "hook"}]
+
+    async def webhook_replay(self, name, *, from_seq=None, since=None):
+        self.calls.append(("webhook_replay", name, from_seq, since))
+        if name != "hook":
+            raise KeyError(name)
+        return {"cursor": 0}
+
+    async def webhook_test(self, name):
+        self.calls.append(("webhook_test", name))
+        if name != "hook":
+            raise KeyError(name)
+        return {"name": name, "ok": True}
 
     async def metrics(self):
         return (b"# HELP mta_up 1 when up\n# TYPE mta_up gauge\nmta_up 1\n",
@@ -456,7 +486,7 @@ async def test_destination_actions(client, backend):
         resp = await client.post(f"/v1/destinations/example.org/{action}", headers=AUTH)
         assert resp.status == 200
         assert await resp.json() == {"destination": "example.org", "action": action,
-                                     "state": state}
+                                     "state": state, "requested": "example.org"}
     # a smarthost destination: "[host]:port", percent-encoded in the path
     resp = await client.post("/v1/destinations/%5Bsmart.example%5D%3A2525/suspend", headers=AUTH)
     assert resp.status == 200 and backend.calls[-1] == ("destination_action",
@@ -593,3 +623,241 @@ def test_ensure_token_creates_it_once_0600(tmp_path):
     cfg = SimpleNamespace(admin=SimpleNamespace(token=None), server=SimpleNamespace(
         state_dir=str(tmp_path / "nowhere")))
     assert read_token(cfg) is None
+
+
+# ------------------------------------- hostile input (issue 10 item 6)
+# Each of these was a 500 (or silently accepted) before: they must be 4xx
+# with the JSON error naming the field, and never reach the backend.
+
+async def raw_http(port: int, head: bytes, body: bytes = b"") -> tuple[int, dict, bytes]:
+    """One request written byte for byte (no client library fixes it up) to
+    127.0.0.1:port; -> (status, headers lower-cased, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    top, _, payload = data.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in
+               (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, payload
+
+
+def _head(method: str, target: bytes, *headers: bytes, length: int | None = None) -> bytes:
+    extra = b"".join(h + b"\r\n" for h in headers)
+    if length is not None:
+        extra += b"Content-Length: %d\r\n" % length
+    return (method.encode() + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + extra + b"Connection: close\r\n\r\n")
+
+
+RAW_AUTH = b"Authorization: Bearer " + TOKEN.encode()
+
+
+@pytest.fixture
+async def served(backend):
+    server = AdminServer(SimpleNamespace(address="127.0.0.1:0", metrics_require_token=False),
+                         backend, TOKEN)
+    await server.start()
+    try:
+        yield server.sockname[1]
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("header", [
+    "Authorization: Bearer éééé".encode("latin-1"),          # surrogate-escaped by aiohttp
+    "Authorization: Bearer éééé".encode(),
+    b"Authorization: Bearer \xff\xfe\x80",
+    b"Authorization: Bearer " + TOKEN.encode() + b"\xe9",
+    "Authorization: Bäarer ".encode() + TOKEN.encode(),
+    b"Authorization: Bearer " + b"A" * 4000,
+])
+async def test_any_token_bytes_are_a_plain_401(served, header, caplog):
+    with caplog.at_level(logging.DEBUG):
+        status, headers, body = await raw_http(served, _head("GET", b"/v1/queue/summary", header))
+    assert status == 401, body
+    assert json.loads(body)["error"]["code"] == "unauthorized"
+    assert "invalid_token" in headers["www-authenticate"]
+    assert "Traceback" not in caplog.text
+
+
+async def test_two_authorization_headers_are_refused(served):
+    status, _, _ = await raw_http(served, _head("GET", b"/v1/queue/summary", RAW_AUTH,
+                                               b"Authorization: Bearer nope"))
+    assert status == 401
+    status, _, _ = await raw_http(served, _head("GET", b"/v1/queue/summary", RAW_AUTH))
+    assert status == 200                        # the raw-bytes check accepts the right token
+
+
+@pytest.mark.parametrize("path,field", [
+    ("/v1/events?after=99999999999999999999999", "after"),      # OverflowError in SQLite
+    ("/v1/events?after=9223372036854775808", "after"),
+    ("/v1/events?after=-1", "after"), ("/v1/events?after=%C2%B2", "after"),   # "²".isdigit()
+    ("/v1/events?after=%D9%A3", "after"), ("/v1/events?after=1e3", "after"),  # "٣" -> 3
+    ("/v1/events?after=+1", "after"), ("/v1/events?after=%201", "after"),
+    ("/v1/events?after=1&after=2", "after"), ("/v1/events?limit=0", "limit"),
+    ("/v1/events?limit=%C2%B2", "limit"), ("/v1/events?limit=-5", "limit"),
+    ("/v1/events?type=delivred", "type"), ("/v1/events?type=%00", "type"),
+    ("/v1/events?recipient=a%00b@x.example", "recipient"), ("/v1/events?bogus=1", "bogus"),
+    ("/v1/events?recipient=nobody", "recipient"),
+    ("/v1/messages?limit=%C2%B2", "limit"), ("/v1/messages?limit=%D9%A3", "limit"),
+    ("/v1/messages?limit=99999999999999999999999", "limit"),
+    ("/v1/messages?domain=%5B%00%5D", "domain"), ("/v1/messages?domain=%5Bnope%5D", "domain"),
+    ("/v1/messages?domain=" + "a" * 400, "domain"),
+    ("/v1/messages?sender=%22%00%22@x.example", "sender"),
+    ("/v1/messages?recipient=%1b%5b31m@x.example", "recipient"),
+    ("/v1/messages?cursor=%00", "cursor"), ("/v1/messages?cursor=" + "A" * 600, "cursor"),
+    ("/v1/messages/M0%00001", "id"), ("/v1/messages/..%2f..%2fetc", "id"),
+    ("/v1/messages/" + "A" * 3000, "id"), ("/v1/messages/%ff%fe/body", "id"),
+    ("/v1/messages/a%20b/events", "id"),
+])
+async def test_bad_query_and_path_values_are_400_naming_the_field(client, backend, path, field):
+    before = len(backend.calls)
+    resp = await client.get(path, headers=AUTH)
+    err = await _error(resp, 400)
+    assert field in err["message"], err
+    assert len(backend.calls) == before          # refused before reaching the backend
+
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/v1/messages/M0%00001/hold"), ("DELETE", "/v1/messages/%0d%0a"),
+    ("POST", "/v1/destinations/..%2f..%2fetc/suspend"),
+    ("POST", "/v1/destinations/a%00b/suspend"),
+    ("POST", "/v1/destinations/" + "a" * 3000 + "/suspend"),
+    ("POST", "/v1/destinations/exa%20mple.org/resume"),
+    ("POST", "/v1/destinations/%5B10.0.0.1%5D%3A0/flush"),
+    ("POST", "/v1/destinations/%5B10.0.0.1%5D%3A99999999999999999999/flush"),
+    ("POST", "/v1/destinations/%5Bbad%20host%5D%3A25/suspend"),
+    ("POST", "/v1/destinations/example.org%1b%5b2J/suspend"),
+    ("POST", "/v1/destinations/*/suspend"),
+    ("POST", "/v1/webhooks/a%00b/test"), ("POST", "/v1/webhooks/" + "w" * 300 + "/replay"),
+])
+async def test_bad_names_are_400_and_nothing_is_done(client, backend, method, path):
+    before = len(backend.calls)
+    err = await _error(await client.request(method, path, headers=AUTH, json={"from": 1}), 400,
+                       "invalid_parameter")
+    assert err["message"].split()[0].rstrip(":") in ("id", "name"), err
+    assert len(backend.calls) == before
+    assert set(backend.destinations) == {"example.org", "example.net"}     # nothing suspended
+
+
+@pytest.mark.parametrize("raw", [
+    b"[" * 60_000,                                       # RecursionError in json
+    b'{"domain": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
+    b'{"domain": "x.example", "all": NaN}', b'{"domain": Infinity}',
+    b'{"domain": "\\u0000.example"}', b'{"recipient": "a@b.example\\r\\nX: y"}',
+    b'{"domain": ["x.example"]}', b'{"sender": {"a": 1}}', b'{"state": 1e999}',
+    b'{"domain": 1' + b"0" * 5000 + b"}",                # int() digit limit
+])
+async def test_bulk_hostile_bodies_are_400(client, backend, raw):
+    await _error(await client.post("/v1/messages/hold", headers=AUTH | {
+        "Content-Type": "application/json"}, data=raw), 400)
+    assert not [c for c in backend.calls if c[0] == "bulk_action"]
+
+
+@pytest.mark.parametrize("body", [
+    {"from": 10**30}, {"from": 2**63}, {"from": -1}, {"from": 1.5}, {"from": True},
+    {"from": "start"}, {"from": [1]}, {"since": -1}, {"since": 1e300}, {"since": "yesterday"},
+    {"since": True}, {"from": 1, "since": 2}, {}, {"from": 1, "extra": 2},
+])
+async def test_webhook_replay_refuses_bad_bodies(client, backend, body):
+    await _error(await client.post("/v1/webhooks/hook/replay", headers=AUTH, json=body), 400,
+                 "invalid_body")
+    for raw in (b'{"since": NaN}', b'{"since": Infinity}', b'{"from": -Infinity}'):
+        await _error(await client.post("/v1/webhooks/hook/replay", data=raw, headers=AUTH), 400,
+                     "invalid_body")
+    assert not [c for c in backend.calls if c[0] == "webhook_replay"]
+
+
+async def test_good_values_still_pass(client, backend):
+    resp = await client.get("/v1/events", headers=AUTH, params={
+        "after": str(2**63 - 1), "limit": "1000", "type": "delivered,bounced",
+        "recipient": "User@Example.ORG"})
+    assert resp.status == 200, await resp.text()
+    assert backend.calls[-1] == ("events_after", 2**63 - 1, 1000, ["delivered", "bounced"],
+                                 "User@example.org")
+    resp = await client.post("/v1/webhooks/hook/replay", headers=AUTH, json={"from": 2**63 - 1})
+    assert resp.status == 200
+    resp = await client.post("/v1/webhooks/hook/replay", headers=AUTH, json={"since": 1.5e9})
+    assert resp.status == 200
+    resp = await client.post("/v1/webhooks/hook/replay", headers=AUTH, json={"from": "end"})
+    assert resp.status == 200
+    await _error(await client.post("/v1/webhooks/nope/test", headers=AUTH), 404, "not_found")
+    await _error(await client.get("/v1/messages/NOPE/events", headers=AUTH), 404, "not_found")
+
+
+async def test_destination_names_are_normalised_and_routed_domains_resolved(client, backend):
+    resp = await client.post("/v1/destinations/Example.ORG./suspend", headers=AUTH)
+    assert resp.status == 200 and backend.calls[-1] == ("destination_action", "example.org",
+                                                        "suspend")
+    resp = await client.post("/v1/destinations/routed.example/suspend", headers=AUTH)
+    assert await resp.json() == {"destination": "[10.0.0.1]:25", "action": "suspend",
+                                 "state": "suspended", "requested": "routed.example"}
+    assert backend.destinations["[10.0.0.1]:25"] == "suspended"
+    resp = await client.post("/v1/destinations/b%C3%BCcher.example/flush", headers=AUTH)
+    assert resp.status == 200
+    assert backend.calls[-1][1] == "xn--bcher-kva.example"
+    resp = await client.post("/v1/destinations/SANDBOX/flush", headers=AUTH)
+    assert resp.status == 200 and backend.calls[-1][1] == "sandbox"
+    resp = await client.post("/v1/destinations/%5BSmart.Example%5D%3A02525/flush", headers=AUTH)
+    assert resp.status == 200 and backend.calls[-1][1] == "[smart.example]:2525"
+    err = await _error(await client.post("/v1/destinations/%5B192.0.2.9%5D%3A25/suspend",
+                                         headers=AUTH), 404, "not_found")
+    assert "not a configured route" in err["message"]
+
+
+async def test_a_client_controlled_path_reaches_the_log_escaped(client, backend, caplog):
+    backend.fail = RuntimeError("boom")
+    with caplog.at_level(logging.DEBUG):
+        await _error(await client.get("/v1/nope%1b%5b2J%0d%0aevent=forged", headers=AUTH), 404)
+        await _error(await client.get("/healthz?x=%1b", headers=AUTH), 500)
+    assert "/v1/nope" in caplog.text
+    assert not any(c in caplog.text for c in "\x1b\r\x00")
+    assert "\nevent=forged" not in caplog.text
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /v1/messages?limit=\xd9\xa3 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /v1/\x1b[2J HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,    # a TLS ClientHello
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad\x01: y\r\n\r\n",
+    b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n",
+])
+async def test_unparseable_http_is_400_and_one_log_line(served, head, caplog):
+    with caplog.at_level(logging.DEBUG):
+        status, _, _ = await raw_http(served, head)
+        await asyncio.sleep(0.05)
+    assert status == 400
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+    assert any("event=admin_bad_http" in r.getMessage() for r in caplog.records)
+    assert not any(c in caplog.text for c in "\x1b\x01\x16\x00")
+
+
+async def test_readyz_carries_the_backends_details(client, backend):
+    backend.ready = (True, "", {"spool_free_bytes": 123, "min_free_space": 100})
+    resp = await client.get("/readyz", headers=AUTH)
+    assert resp.status == 200
+    assert await resp.json() == {"ready": True, "spool_free_bytes": 123, "min_free_space": 100}
+    backend.ready = (False, "disk: low", {"spool_free_bytes": 5, "min_free_space": 100})
+    resp = await client.get("/readyz", headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 503 and body["spool_free_bytes"] == 5 and body["reason"] == "disk: low"
+    assert body["error"] == {"code": "not_ready", "message": "disk: low"}
+
+
+def test_event_types_are_the_configs():
+    from mta.admin.backend import EVENT_TYPES
+    from mta.config import EVENT_TYPES as CONFIG_EVENT_TYPES
+    assert EVENT_TYPES == CONFIG_EVENT_TYPES
+
+
+def test_openapi_lists_the_400s():
+    doc = openapi_document()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            takes_input = bool(op.get("parameters") or op.get("requestBody"))
+            assert ("400" in op["responses"]) == takes_input, (method, path)

@@ -163,6 +163,21 @@ async def test_refresh_follows_the_source(tmp_path):
     assert value(m, "mta_spool_filesystem_free_bytes") > 0   # from Metrics(state_dir=)
 
 
+async def test_spool_free_bytes_come_from_the_source(tmp_path):
+    # The number /readyz checks (the runtime's free-space seam) is the one
+    # exported, so a full disk shows in both (issue 10 item 4).
+    m = Metrics(state_dir=tmp_path, clock=FakeClock(T0))
+    src = FakeGauges(tmp_path, spool_free_bytes=0)
+    await m.refresh(src)
+    assert value(m, "mta_spool_filesystem_free_bytes") == 0
+    src.data["spool_free_bytes"] = 5 * 2**30
+    await m.refresh(src)
+    assert value(m, "mta_spool_filesystem_free_bytes") == 5 * 2**30
+    src.data["spool_free_bytes"] = None                 # unreadable: statvfs of state_dir
+    await m.refresh(src)
+    assert value(m, "mta_spool_filesystem_free_bytes") > 0
+
+
 def test_each_metrics_owns_its_registry():
     a, b = Metrics(), Metrics()
     a.auth_failure("submission")

@@ -6,17 +6,21 @@ actions, age buckets) and the two exceptions a backend may raise.
 
 Public API:
     AdminBackend                      the Protocol (read models + queue actions)
-    MESSAGE_STATES, MESSAGE_ACTIONS, DESTINATION_ACTIONS, AGE_BUCKETS
+    MESSAGE_STATES, MESSAGE_ACTIONS, DESTINATION_ACTIONS, AGE_BUCKETS, EVENT_TYPES
     age_bucket(age_seconds) -> str    the qshape bucket an age falls in
     ActionRefused                     -> HTTP 409 (the action cannot apply now)
+    NotFound(message)                 a KeyError whose message the 404 carries
 
 Invariants:
 - The HTTP layer validates every argument before calling the backend: states
-  and actions are members of the tuples below, `limit` is 1..1000, and a
-  bulk action without any filter arrives only with `all=True`.
-- Backends raise `KeyError` for an unknown message id (-> 404),
-  `ValueError` for a malformed cursor (-> 400) and `ActionRefused` when an
-  action cannot apply (-> 409). Anything else is a 500 with a logged traceback.
+  and actions are members of the tuples below, `limit` is 1..1000, sequence
+  numbers 0..2^63-1, queue ids, destination names (normalised, see
+  mta.admin.inputs) and webhook names are well formed, and a bulk action
+  without any filter arrives only with `all=True`.
+- Backends raise `KeyError` (or `NotFound`) for an unknown message id,
+  destination or webhook (-> 404), `ValueError` for a malformed cursor
+  (-> 400) and `ActionRefused` when an action cannot apply (-> 409). Anything
+  else is a 500 with a logged traceback.
 - Every return value is plain JSON (dict/list/str/int/float/bool/None);
   times are Unix seconds (float), durations seconds.
 
@@ -42,8 +46,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-__all__ = ["AdminBackend", "ActionRefused", "MESSAGE_STATES", "MESSAGE_ACTIONS",
-           "DESTINATION_ACTIONS", "DESTINATION_STATES", "AGE_BUCKETS", "age_bucket"]
+__all__ = ["AdminBackend", "ActionRefused", "NotFound", "MESSAGE_STATES", "MESSAGE_ACTIONS",
+           "DESTINATION_ACTIONS", "DESTINATION_STATES", "AGE_BUCKETS", "EVENT_TYPES", "age_bucket"]
 
 # `state` filter of /v1/messages. A message matches when any recipient is in
 # the state, except: "held" matches held messages, "deferred" queued
@@ -54,6 +58,10 @@ MESSAGE_STATES = ("active", "all", "queued", "deferred", "held", "delivered", "b
 MESSAGE_ACTIONS = ("hold", "release", "retry", "bounce", "delete")
 DESTINATION_ACTIONS = ("suspend", "resume", "flush")
 DESTINATION_STATES = ("active", "throttled", "suspended")
+# The ledger's event types (`type` of /v1/events). The same tuple as
+# mta.config.EVENT_TYPES, which this layer may not import; a test compares them.
+EVENT_TYPES = ("received", "rejected", "suppressed", "queued", "deferred", "delivered",
+               "bounced", "expired", "complained", "held", "released", "deleted", "dsn_sent")
 
 # qshape's buckets: "5m" counts ages < 5 minutes, "10m" 5–10 minutes, …,
 # "1280m+" 1280 minutes and older.
@@ -74,6 +82,17 @@ class ActionRefused(Exception):
     e.g. retry of a message whose recipients are all final."""
 
 
+class NotFound(KeyError):
+    """Nothing by that name (HTTP 404); `message` says what and why."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @runtime_checkable
 class AdminBackend(Protocol):
     """The daemon's side of the admin API. Implemented by the runtime; every
@@ -82,9 +101,12 @@ class AdminBackend(Protocol):
     async def health(self) -> None:
         """Return if the process is alive (the event loop answers); raise otherwise."""
 
-    async def readiness(self) -> tuple[bool, str]:
+    async def readiness(self) -> tuple[bool, str] | tuple[bool, str, dict]:
         """(True, "") once recovery is done, the listeners are bound, the spool is
-        writable and the index reachable; else (False, the first reason)."""
+        writable, its filesystem has enough free space and the index is
+        reachable; else (False, the first reason). An optional third element
+        is a dict of extra JSON fields for /readyz (the daemon's:
+        spool_free_bytes, min_free_space)."""
 
     async def queue_summary(self) -> list[dict]:
         """Per destination with queued recipients (and every suspended one):
@@ -125,9 +147,13 @@ class AdminBackend(Protocol):
         filter. -> {"action", "affected": recipients changed, "messages": n}."""
 
     async def destination_action(self, name: str, action: str) -> dict:
-        """suspend|resume|flush a destination -> {"destination", "action", "state"}.
-        An unknown name is allowed (it may get mail later; suspension sticks);
-        a backend that refuses one raises KeyError (-> 404)."""
+        """suspend|resume|flush a destination -> {"destination", "action", "state",
+        "requested"}. `name` is well formed and normalised (mta.admin.inputs);
+        a domain is resolved to the destination its mail goes to (a route's
+        "[host]:port", or "sandbox"), which is the one acted on and returned
+        as "destination"; "requested" is `name`. A domain with no mail yet is
+        allowed (suspension sticks); a name that cannot get mail (a
+        "[host]:port" that is no route) raises NotFound (-> 404)."""
 
     async def metrics(self) -> tuple[bytes, str]:
         """Prometheus exposition text and its content type."""

@@ -6,7 +6,7 @@ One job: turn HTTP requests into calls on an `AdminBackend` and its answers
 Public API:
     create_app(backend, *, token, metrics_require_token) -> web.Application
     AdminServer(cfg, backend, token)   .start() binds cfg.address (port 0 ok),
-                                       .sockname, .url, .stop()
+                                       .sockname, .url, .backend, .stop()
     ROUTES                             (method, path) of every route, in order
 
 Routes (all JSON unless noted; /v1/openapi.json describes them in full):
@@ -20,29 +20,46 @@ Routes (all JSON unless noted; /v1/openapi.json describes them in full):
 
 Invariants:
 - Every route except /healthz and /metrics (unless metrics_require_token)
-  needs `Authorization: Bearer <token>`, compared in constant time; a miss is
-  401 with `WWW-Authenticate: Bearer`. Unknown paths are 401 before 404, so
-  an unauthenticated client learns nothing about the route table.
+  needs `Authorization: Bearer <token>`, compared in constant time as bytes
+  (the raw header: any bytes, non-ASCII or not, are a plain 401, and a
+  SHA-256 of each side is compared so the length does not leak either); a
+  miss is 401 with `WWW-Authenticate: Bearer`. Unknown paths are 401 before
+  404, so an unauthenticated client learns nothing about the route table.
+- Every input is validated here before the backend sees it (mta.admin.inputs):
+  path parameters (queue id, destination name, webhook name), query
+  parameters (integers are ASCII digits within range: limit 1..MAX_LIMIT,
+  sequence numbers 0..2^63-1; filters; event types), JSON bodies (an object;
+  known keys of the right types; nesting, NaN and huge numbers refused). A bad
+  one is 400 naming the field; network input never reaches a 500.
 - Every error is `{"error": {"code", "message"}}` with its status: 400 bad
-  parameter/filter/body, 401, 404 unknown message or route, 405 (with Allow),
-  409 action refused, 413 body too large, 500 generic (traceback logged),
-  503 not ready.
+  parameter/filter/body, 401, 404 unknown message, destination, webhook or
+  route, 405 (with Allow), 409 action refused, 413 body too large, 500 generic
+  (traceback logged; a bug, never an input), 501 the backend lacks the
+  feature, 503 not ready. Requests aiohttp cannot parse as HTTP at all
+  (raw control or non-ASCII bytes in the request line, bad headers) get
+  aiohttp's plain-text 400 and one log line, no traceback.
 - The token and request headers are never logged; the access log is ours
-  (DEBUG, method path status ms), not aiohttp's.
+  (DEBUG, method path status ms), not aiohttp's; client-controlled values in
+  log lines are escaped (`_q`), so no raw control byte reaches the log.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from mta.admin.backend import (DESTINATION_ACTIONS, MESSAGE_ACTIONS, MESSAGE_STATES,
-                               ActionRefused, AdminBackend)
+from mta.admin.backend import (DESTINATION_ACTIONS, EVENT_TYPES, MESSAGE_ACTIONS,
+                               MESSAGE_STATES, ActionRefused, AdminBackend, NotFound)
+from mta.admin.inputs import (INT64_MAX, check_queue_id, check_webhook_name, has_control,
+                              parse_destination, parse_uint)
 from mta.core.address import AddressError, parse_address, parse_domain
 
 __all__ = ["create_app", "AdminServer", "ROUTES", "DEFAULT_LIMIT", "MAX_LIMIT"]
@@ -53,6 +70,10 @@ access_log = logging.getLogger("mta.admin.access")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_BODY = 64 * 1024            # a bulk filter is a few hundred bytes
+MAX_CURSOR = 512                # ours are ~40 characters of urlsafe base64
+MAX_FILTER = 320                # the longest address (mta.core.address)
+MAX_UNIX_TIME = 253402300799    # 9999-12-31T23:59:59Z
+EVENT_PARAMS = ("after", "type", "recipient", "limit")
 LIST_PARAMS = ("state", "domain", "sender", "recipient", "limit", "cursor")
 FILTER_KEYS = ("state", "domain", "sender", "recipient")
 _OPEN_PATHS = web.AppKey("open_paths", frozenset)
@@ -77,14 +98,33 @@ def _error_response(status: int, code: str, message: str,
 
 # ---------------------------------------------------------------- middleware
 
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/+=%[]")
+
+
+def _q(value: object) -> str:
+    """A client-controlled value for a key=value log line: as is when plain,
+    else JSON-quoted with every non-ASCII or control character escaped."""
+    s = str(value)
+    if s and len(s) <= 200 and all(c in _SAFE for c in s):
+        return s
+    return json.dumps(s if len(s) <= 200 else s[:200] + "…")
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
 def _check_token(request: web.Request) -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if not header:
+    # The raw header bytes: aiohttp decodes headers as UTF-8 with surrogate
+    # escapes, which str.encode() cannot take back (was a 500 on "Bearer \xe9").
+    values = [v for k, v in request.raw_headers if k.lower() == b"authorization"]
+    if not values:
         raise ApiError(401, "unauthorized", "this endpoint needs an Authorization: Bearer token",
                        {"WWW-Authenticate": 'Bearer realm="mta"'})
-    expected = request.app[_TOKEN]
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    scheme, _, given = values[0].strip().partition(b" ")
+    # Digests of both sides: constant time whatever the given length.
+    valid = hmac.compare_digest(_digest(given.strip()), request.app[_TOKEN])
+    if len(values) != 1 or scheme.lower() != b"bearer" or not valid:
         raise ApiError(401, "unauthorized", "the bearer token is not valid",
                        {"WWW-Authenticate": 'Bearer realm="mta", error="invalid_token"'})
 
@@ -105,11 +145,28 @@ async def _guard(request: web.Request,
         response = _http_exception_response(exc)
     except Exception:
         # The traceback goes to the log, never to the client; no headers logged.
-        log.exception("event=admin_error method=%s path=%s", request.method, request.path)
+        log.exception("event=admin_error method=%s path=%s", _q(request.method),
+                      _q(request.path))
         response = _error_response(500, "internal", "internal error (see the daemon's log)")
-    access_log.debug("method=%s path=%s status=%d ms=%.1f", request.method, request.path,
-                     response.status, (time.monotonic() - started) * 1000)
+    access_log.debug("method=%s path=%s status=%d ms=%.1f", _q(request.method),
+                     _q(request.path), response.status, (time.monotonic() - started) * 1000)
     return response
+
+
+class _ServerLog(logging.LoggerAdapter):
+    """aiohttp's server logger for this app (`handler_args`): a request it
+    cannot parse as HTTP (garbage on the port, raw control bytes in the
+    request line) is one escaped INFO line, not an ERROR traceback; anything
+    else is logged as aiohttp logs it."""
+
+    def log(self, level, msg, *args, exc_info=None, **kwargs):  # type: ignore[override]
+        if isinstance(exc_info, HttpProcessingError):
+            lines = (exc_info.message or type(exc_info).__name__).strip().splitlines() or [""]
+            self.logger.log(min(level, logging.INFO),
+                            "event=admin_bad_http remote=%s status=%s error=%s",
+                            _q(args[0] if args else "?"), exc_info.code, _q(lines[0]))
+            return
+        self.logger.log(level, msg, *args, exc_info=exc_info, **kwargs)
 
 
 def _http_exception_response(exc: web.HTTPException) -> web.Response:
@@ -127,10 +184,35 @@ def _http_exception_response(exc: web.HTTPException) -> web.Response:
 
 # ------------------------------------------------------------ validation
 
+def _bad(name: str, message: str, code: str = "invalid_parameter") -> ApiError:
+    return ApiError(400, code, f"{name} {message}" if message[:1].islower() else
+                    f"{name}: {message}")
+
+
 def _one(values: list[str], name: str) -> str:
     if len(values) > 1:
         raise ApiError(400, "invalid_parameter", f"parameter {name!r} given more than once")
     return values[0]
+
+
+def _query(request: web.Request, known: tuple[str, ...]) -> dict[str, str]:
+    """The query as {name: value}: unknown or repeated names are a 400."""
+    query = request.query
+    unknown = sorted(set(query) - set(known))
+    if unknown:
+        raise ApiError(400, "invalid_parameter", f"unknown query parameter {unknown[0][:60]!r} "
+                       f"(known: {', '.join(known)})")
+    return {k: _one(query.getall(k), k) for k in query}
+
+
+def _text(value: Any, where: str, code: str, limit: int = MAX_FILTER) -> str:
+    if not isinstance(value, str):
+        raise ApiError(400, code, f"{where} must be a string")
+    if len(value) > limit:
+        raise ApiError(400, code, f"{where} is too long ({len(value)} characters, at most {limit})")
+    if has_control(value):
+        raise ApiError(400, code, f"{where} contains control characters")
+    return value
 
 
 def _check_state(value: Any, where: str) -> str | None:
@@ -144,19 +226,20 @@ def _check_state(value: Any, where: str) -> str | None:
 def _check_domain(value: Any, where: str) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str):
-        raise ApiError(400, "invalid_filter", f"{where} must be a string")
+    value = _text(value, where, "invalid_filter")
     try:
-        return parse_domain(value)
-    except AddressError as exc:
+        domain = parse_domain(value)
+        if domain.startswith("["):          # a domain literal: check what is inside
+            parse_destination(domain)
+        return domain
+    except (AddressError, ValueError) as exc:
         raise ApiError(400, "invalid_filter", f"{where}: {exc}") from None
 
 
 def _check_address(value: Any, where: str, *, allow_null: bool) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str):
-        raise ApiError(400, "invalid_filter", f"{where} must be a string")
+    value = _text(value, where, "invalid_filter")
     try:
         return str(parse_address(value, allow_null=allow_null))
     except AddressError as exc:
@@ -171,24 +254,60 @@ def _filters(get: Callable[[str], Any]) -> dict[str, str | None]:
             "recipient": _check_address(get("recipient"), "recipient", allow_null=False)}
 
 
+def _uint(raw: str | None, name: str, lo: int, hi: int, default: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse_uint(raw, lo, hi)
+    except ValueError as exc:
+        raise _bad(name, str(exc)) from None
+
+
 def _list_params(request: web.Request) -> dict[str, Any]:
-    query = request.query
-    unknown = sorted(set(query) - set(LIST_PARAMS))
-    if unknown:
-        raise ApiError(400, "invalid_parameter",
-                       f"unknown query parameter {unknown[0]!r} (known: {', '.join(LIST_PARAMS)})")
-    params = {k: _one(query.getall(k), k) for k in query}
+    params = _query(request, LIST_PARAMS)
     out: dict[str, Any] = _filters(params.get)
-    raw_limit = params.get("limit") or ""
-    if raw_limit == "":
-        limit = DEFAULT_LIMIT
-    elif raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_LIMIT:
-        limit = int(raw_limit)
-    else:
-        raise ApiError(400, "invalid_parameter", f"limit must be an integer from 1 to {MAX_LIMIT}")
-    out["limit"] = limit
-    out["cursor"] = params.get("cursor") or None
+    out["limit"] = _uint(params.get("limit"), "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
+    cursor = params.get("cursor") or None
+    if cursor is not None:
+        _text(cursor, "cursor", "invalid_cursor", MAX_CURSOR)
+    out["cursor"] = cursor
     return out
+
+
+def _event_types(raw: str | None) -> list[str] | None:
+    if not raw:
+        return None
+    types = [t for t in raw.split(",") if t]
+    bad = [t for t in types if t not in EVENT_TYPES]
+    if bad:
+        raise ApiError(400, "invalid_parameter", f"type: unknown event type {bad[0][:40]!r} "
+                       f"(known: {', '.join(EVENT_TYPES)})")
+    return types or None
+
+
+def _queue_id(request: web.Request) -> str:
+    try:
+        return check_queue_id(request.match_info["id"])
+    except ValueError as exc:
+        raise _bad("id", str(exc)) from None
+
+
+def _destination(request: web.Request) -> str:
+    try:
+        return parse_destination(request.match_info["name"])[1]
+    except ValueError as exc:
+        raise _bad("name", str(exc)) from None
+
+
+def _webhook(request: web.Request) -> str:
+    try:
+        return check_webhook_name(request.match_info["name"])
+    except ValueError as exc:
+        raise _bad("name", str(exc)) from None
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -196,8 +315,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        # NaN/Infinity are not JSON; a deep nesting is a RecursionError.
+        body = json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "invalid_body", "the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the request body must be a JSON object")
@@ -216,11 +336,12 @@ class _Handlers:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ready, reason = await self.b.readiness()
+        ready, reason, *more = await self.b.readiness()
+        details = dict(more[0]) if more and more[0] else {}
         if ready:
-            return web.json_response({"ready": True})
+            return web.json_response({"ready": True, **details})
         reason = reason or "not ready"
-        return web.json_response({"ready": False, "reason": reason,
+        return web.json_response({"ready": False, "reason": reason, **details,
                                   "error": {"code": "not_ready", "message": reason}}, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -251,14 +372,14 @@ class _Handlers:
         return web.json_response({"messages": messages, "next_cursor": next_cursor})
 
     async def get_message(self, request: web.Request) -> web.Response:
-        mid = request.match_info["id"]
+        mid = _queue_id(request)
         message = await self.b.get_message(mid)
         if message is None:
             raise _unknown_message(mid)
         return web.json_response(message)
 
     async def message_body(self, request: web.Request) -> web.Response:
-        mid = request.match_info["id"]
+        mid = _queue_id(request)
         body = await self.b.message_body(mid)
         if body is None:
             raise _unknown_message(mid)
@@ -266,7 +387,7 @@ class _Handlers:
 
     def message_action(self, action: str):
         async def handler(request: web.Request) -> web.Response:
-            mid = request.match_info["id"]
+            mid = _queue_id(request)
             try:
                 result = await self.b.message_action(mid, action)
             except KeyError:
@@ -301,9 +422,11 @@ class _Handlers:
 
     def destination_action(self, action: str):
         async def handler(request: web.Request) -> web.Response:
-            name = request.match_info["name"]
+            name = _destination(request)
             try:
                 result = await self.b.destination_action(name, action)
+            except NotFound as exc:
+                raise ApiError(404, "not_found", exc.message) from None
             except KeyError:
                 raise ApiError(404, "not_found", f"no destination {name!r}") from None
             except ActionRefused as exc:
@@ -321,24 +444,18 @@ class _Handlers:
         return fn
 
     async def events(self, request: web.Request) -> web.Response:
-        q = request.query
-        unknown = sorted(set(q) - {"after", "type", "recipient", "limit"})
-        if unknown:
-            raise ApiError(400, "invalid_parameter", f"unknown query parameter {unknown[0]!r} "
-                                                     "(known: after, type, recipient, limit)")
-        after, limit = q.get("after", "0"), q.get("limit", str(DEFAULT_LIMIT))
-        if not after.isdigit():
-            raise ApiError(400, "invalid_parameter", "after must be an event sequence number")
-        if not (limit.isdigit() and 1 <= int(limit) <= MAX_LIMIT):
-            raise ApiError(400, "invalid_parameter", f"limit must be an integer from 1 to {MAX_LIMIT}")
-        types = [t for t in q.get("type", "").split(",") if t] or None
-        events = await self._optional("events_after")(
-            int(after), int(limit), types=types, recipient=q.get("recipient") or None)
-        nxt = events[-1]["seq"] if events else int(after)
+        q = _query(request, EVENT_PARAMS)
+        after = _uint(q.get("after"), "after", 0, INT64_MAX, 0)
+        limit = _uint(q.get("limit"), "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
+        types = _event_types(q.get("type"))
+        recipient = _check_address(q.get("recipient"), "recipient", allow_null=False)
+        events = await self._optional("events_after")(after, limit, types=types,
+                                                      recipient=recipient)
+        nxt = events[-1]["seq"] if events else after
         return web.json_response({"events": events, "next_after": nxt})
 
     async def message_events(self, request: web.Request) -> web.Response:
-        mid = request.match_info["id"]
+        mid = _queue_id(request)
         events = await self._optional("message_events")(mid)
         if events is None:
             raise _unknown_message(mid)
@@ -348,18 +465,25 @@ class _Handlers:
         return web.json_response({"webhooks": await self._optional("webhooks")()})
 
     async def webhook_replay(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+        name = _webhook(request)
         body = await _json_body(request)
+        unknown = sorted(set(body) - {"from", "since"})
+        if unknown:
+            raise ApiError(400, "invalid_body", f"unknown key {unknown[0][:40]!r} "
+                                                "(known: from, since)")
         start, since = body.get("from"), body.get("since")
         if (start is None) == (since is None):
             raise ApiError(400, "invalid_body", 'give exactly one of "from" (a sequence number, '
                                                 'or "end" to drop the backlog) or "since" '
                                                 '(unix time)')
-        value = start if start is not None else since
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                or start == "end"):
-            raise ApiError(400, "invalid_body", '"from" must be a sequence number or "end", '
-                                                '"since" a unix time')
+        if start is not None and start != "end" and not (
+                type(start) is int and 0 <= start <= INT64_MAX):
+            raise ApiError(400, "invalid_body", f'"from" must be a sequence number (0 to '
+                                                f'{INT64_MAX}) or "end"')
+        if since is not None and not (type(since) in (int, float) and math.isfinite(since)
+                                      and 0 <= since <= MAX_UNIX_TIME):
+            raise ApiError(400, "invalid_body", f'"since" must be a unix time (0 to '
+                                                f'{MAX_UNIX_TIME})')
         try:
             result = await self._optional("webhook_replay")(name, from_seq=start, since=since)
         except KeyError:
@@ -367,7 +491,7 @@ class _Handlers:
         return web.json_response(result)
 
     async def webhook_test(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+        name = _webhook(request)
         try:
             result = await self._optional("webhook_test")(name)
         except KeyError:
@@ -416,8 +540,9 @@ def create_app(backend: AdminBackend, *, token: str,
     if not token:
         raise ValueError("the admin API needs a non-empty token")
     from mta.admin.openapi import openapi_document
-    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
-    app[_TOKEN] = token.encode()
+    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY,
+                          handler_args={"logger": _ServerLog(log, {})})
+    app[_TOKEN] = _digest(token.encode())
     open_paths = {"/healthz"} if metrics_require_token else {"/healthz", "/metrics"}
     app[_OPEN_PATHS] = frozenset(open_paths)
     handlers = _Handlers(backend, openapi_document())
@@ -443,6 +568,7 @@ class AdminServer:
 
     def __init__(self, cfg: Any, backend: AdminBackend, token: str):
         self.cfg = cfg
+        self.backend = backend
         require = bool(getattr(cfg, "metrics_require_token", False))
         self.app = create_app(backend, token=token, metrics_require_token=require)
         self._runner: web.AppRunner | None = None

@@ -20,6 +20,9 @@ API
                                      active|throttled|suspended, or the
                                      scheduler's destination_states() dicts
                                      (optional)
+            spool_free_bytes         free bytes on the spool's filesystem, as
+                                     /readyz checks them (optional; else
+                                     statvfs of state_dir below)
             state_dir                path whose filesystem's free bytes are
                                      reported (optional; else Metrics(state_dir=))
             webhooks                 WebhookService.statuses() (optional): dicts
@@ -31,17 +34,17 @@ units, `_total` for counters, `_seconds`/`_bytes` suffixes)
     mta_smtp_sessions_open{listener}                       gauge
     mta_messages_received_total{listener,result}           counter  accepted|rejected|tempfail
     mta_auth_failures_total{listener}                      counter
+    mta_smtp_session_limits_total{listener,reason}         counter  max_sessions|
+                                  max_sessions_per_ip|transaction_timeout|junk_commands
     mta_recipients_total{outcome,class}                    counter  delivered|deferred|
                                                   bounced (class hard|soft)|expired|suppressed
     mta_delivery_attempt_duration_seconds{destination_kind,result}   histogram
-    mta_smtp_session_limits_total{listener,reason}         counter  max_sessions|
-                                  max_sessions_per_ip|transaction_timeout|junk_commands
     mta_dkim_sign_duration_seconds                         histogram
     mta_bounces_received_total{kind}                       counter
+    mta_inbound_capture_refused_total{reason}              counter  quota|error
     mta_queue_recipients{state}                            gauge (scrape time)
     mta_queue_oldest_message_age_seconds                   gauge (scrape time)
     mta_spool_bytes                                        gauge (scrape time)
-    mta_inbound_capture_refused_total{reason}              counter  quota|error
     mta_spool_filesystem_free_bytes                        gauge (scrape time)
     mta_destinations{state}                                gauge (scrape time)
     mta_webhook_requests_total{webhook,result}             counter  ok|failed
@@ -120,9 +123,6 @@ class Metrics(Observer):
             "mta_smtp_session_limits", "SMTP sessions refused (421 instead of the greeting) or "
             "closed by a session limit, by listener and limit.", ["listener", "reason"],
             registry=r)
-            ["outcome", "class"], registry=r)
-        self.attempt_duration = Histogram(
-            "mta_delivery_attempt_duration_seconds", "Duration of delivery attempts (one "
         self.capture_refused_total = Counter(
             "mta_inbound_capture_refused", "Mail for postmaster@/abuse@ the capture maildir "
             "refused, by reason (quota: its quota is reached; error: writing failed, e.g. disk "
@@ -130,6 +130,9 @@ class Metrics(Observer):
         self.recipients = Counter(
             "mta_recipients", "Recipient outcomes recorded in the spool: delivered, "
             "deferred, bounced (class hard or soft), expired, suppressed.",
+            ["outcome", "class"], registry=r)
+        self.attempt_duration = Histogram(
+            "mta_delivery_attempt_duration_seconds", "Duration of delivery attempts (one "
             "connection to a destination), by destination kind and destination health.",
             ["destination_kind", "result"], buckets=ATTEMPT_BUCKETS, registry=r)
         self.dkim_duration = Histogram(
@@ -177,21 +180,21 @@ class Metrics(Observer):
             self.recipients.labels(outcome, klass)
         for kind in BOUNCE_KINDS:
             self.bounces.labels(kind)
+        for reason in CAPTURE_REFUSALS:
+            self.capture_refused_total.labels(reason)
         for state in DESTINATION_STATES:
             self.destinations.labels(state)
 
-        for reason in CAPTURE_REFUSALS:
-            self.capture_refused_total.labels(reason)
     def _init_listener(self, name: str) -> None:
         self.sessions_open.labels(name)
         self.auth_failures.labels(name)
         for result in MESSAGE_RESULTS:
             self.messages_received.labels(name, result)
+        for reason in SESSION_LIMITS:
+            self.session_limits.labels(name, reason)
 
     # -- Observer ----------------------------------------------------------------
 
-        for reason in SESSION_LIMITS:
-            self.session_limits.labels(name, reason)
     def session_opened(self, listener: str) -> None:
         self.sessions_open.labels(listener).inc()
 
@@ -207,14 +210,14 @@ class Metrics(Observer):
     def session_refused(self, listener: str, reason: str) -> None:
         self.session_limits.labels(listener, reason).inc()
 
-    def attempt_finished(self, seconds: float, destination_kind: str, result: str) -> None:
-        self.attempt_duration.labels(destination_kind, result).observe(max(0.0, seconds))
-
     def capture_refused(self, reason: str) -> None:
         self.capture_refused_total.labels(reason).inc()
 
     def recipient_outcome(self, outcome: str, klass: str = "") -> None:
         self.recipients.labels(outcome, klass).inc()
+
+    def attempt_finished(self, seconds: float, destination_kind: str, result: str) -> None:
+        self.attempt_duration.labels(destination_kind, result).observe(max(0.0, seconds))
 
     def dkim_signed(self, seconds: float) -> None:
         self.dkim_duration.observe(max(0.0, seconds))
@@ -258,8 +261,11 @@ class Metrics(Observer):
             self.webhook_lag_seconds.labels(name).set(
                 0.0 if oldest is None else max(0.0, self.clock.now() - oldest))
             self.webhook_failing.labels(name).set(1 if st.get("state") == "failing" else 0)
+        free = g.get("spool_free_bytes")
         state_dir = g.get("state_dir") or self.state_dir
-        if state_dir is not None:
+        if free is not None:
+            self.fs_free.set(free)
+        elif state_dir is not None:
             # One statfs syscall (microseconds): cheaper than a thread hop.
             st = os.statvfs(state_dir)
             self.fs_free.set(st.f_bavail * st.f_frsize)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mta.admin.backend import AGE_BUCKETS, DESTINATION_STATES, MESSAGE_STATES
+from mta.admin.backend import AGE_BUCKETS, DESTINATION_STATES, EVENT_TYPES, MESSAGE_STATES
+from mta.admin.inputs import INT64_MAX, MAX_DESTINATION, MAX_QUEUE_ID, MAX_WEBHOOK_NAME
 
 __all__ = ["openapi_document"]
 
@@ -41,11 +42,18 @@ _UNAUTHORIZED = {"401": {**_err("missing or invalid bearer token"),
                                                           "description": "Bearer"}}}}
 _ERRORS = {**_UNAUTHORIZED, "500": _err("internal error (details in the daemon's log)")}
 _ID = {"name": "id", "in": "path", "required": True, "description": "queue id",
-       "schema": {"type": "string"}}
+       "schema": {"type": "string", "pattern": f"^[0-9A-Za-z]{{1,{MAX_QUEUE_ID}}}$"}}
 _NAME = {"name": "name", "in": "path", "required": True,
-         "description": "destination name as shown by /v1/queue/summary (URL-encoded)",
-         "schema": {"type": "string"}}
-_WEBHOOK = {**_NAME, "description": "the endpoint's [[webhooks]] name"}
+         "description": "destination name as shown by /v1/queue/summary (URL-encoded): a "
+                        "domain, \"[host]:port\" of a route, a domain literal \"[ip]\" or "
+                        "\"sandbox\". A domain is resolved the way delivery resolves it: a "
+                        "routed domain acts on its route (see \"requested\" in the answer)",
+         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_DESTINATION}}
+_WEBHOOK = {"name": "name", "in": "path", "required": True,
+            "description": "the endpoint's [[webhooks]] name (URL-encoded)",
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_WEBHOOK_NAME}}
+_BAD_ID = {"400": _err("malformed queue id")}
+_SEQ = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
 
 
 def _filter_params() -> list[dict[str, Any]]:
@@ -67,7 +75,7 @@ def _message_action(action: str, summary: str) -> dict[str, Any]:
     return {
         "summary": summary, "operationId": f"message_{action}", "tags": ["messages"],
         "parameters": [_ID],
-        "responses": {"200": _json(_ref("MessageActionResult"), "done"),
+        "responses": {"200": _json(_ref("MessageActionResult"), "done"), **_BAD_ID,
                       "404": _err("unknown message id"),
                       "409": _err("the action cannot apply to the message now"), **_ERRORS},
     }
@@ -90,7 +98,10 @@ def _destination_action(action: str, summary: str) -> dict[str, Any]:
         "summary": summary, "operationId": f"destination_{action}", "tags": ["destinations"],
         "parameters": [_NAME],
         "responses": {"200": _json(_ref("DestinationActionResult"), "done"),
-                      "404": _err("unknown destination (if the daemon refuses unknown names)"),
+                      "400": _err("not a destination name (a domain, \"[host]:port\", "
+                                  "\"[ip]\" or \"sandbox\")"),
+                      "404": _err("no mail can go there: a \"[host]:port\" that is not a "
+                                  "configured route, or \"sandbox\" outside sandbox mode"),
                       **_ERRORS},
     }
 
@@ -106,7 +117,13 @@ _SCHEMAS: dict[str, Any] = {
                "properties": {"status": {"const": "ok"}}},
     "Readiness": {
         "type": "object", "required": ["ready"],
-        "properties": {"ready": {"type": "boolean"}, "reason": {"type": "string"}},
+        "properties": {"ready": {"type": "boolean"}, "reason": {"type": "string"},
+                       "spool_free_bytes": {"type": ["integer", "null"],
+                                            "description": "bytes free for unprivileged "
+                                                           "users on the spool's filesystem"},
+                       "min_free_space": {"type": "integer",
+                                          "description": "[server] min_free_space: below "
+                                                         "it the server is not ready"}},
     },
     "Recipient": {
         "type": "object",
@@ -203,7 +220,12 @@ _SCHEMAS: dict[str, Any] = {
     },
     "DestinationActionResult": {
         "type": "object", "required": ["destination", "action", "state"],
-        "properties": {"destination": {"type": "string"}, "action": {"type": "string"},
+        "properties": {"destination": {"type": "string",
+                                       "description": "the destination acted on"},
+                       "requested": {"type": "string",
+                                     "description": "the name given, normalised; differs "
+                                                    "from destination for a routed domain"},
+                       "action": {"type": "string"},
                        "state": {"type": "string", "enum": list(DESTINATION_STATES)}},
     },
 }
@@ -217,7 +239,8 @@ _PATHS: dict[str, Any] = {
         "responses": {"200": _json(_ref("Health"), "alive"),
                       "500": _err("internal error")}}},
     "/readyz": {"get": {
-        "summary": "readiness: recovery done, listeners bound, spool writable, index reachable",
+        "summary": "readiness: recovery done, listeners bound, spool writable, enough free "
+                   "space on its filesystem ([server] min_free_space), index reachable",
         "operationId": "readyz", "tags": ["health"],
         "responses": {"200": _json(_ref("Readiness"), "ready"),
                       "503": _json(_ref("Readiness"), "not ready, with the reason"), **_ERRORS}}},
@@ -256,7 +279,7 @@ _PATHS: dict[str, Any] = {
     "/v1/messages/{id}": {
         "get": {"summary": "one message: envelope, recipients, attempts",
                 "operationId": "get_message", "tags": ["messages"], "parameters": [_ID],
-                "responses": {"200": _json(_ref("MessageDetail"), "the message"),
+                "responses": {"200": _json(_ref("MessageDetail"), "the message"), **_BAD_ID,
                               "404": _err("unknown message id"), **_ERRORS}},
         "delete": {**_message_action("delete", "delete the message (no DSN)")},
     },
@@ -266,22 +289,24 @@ _PATHS: dict[str, Any] = {
         "responses": {"200": {"description": "raw message", "content": {
             "message/rfc822": {"schema": {"type": "string",
                                           "contentMediaType": "message/rfc822"}}}},
-            "404": _err("unknown message id"), **_ERRORS}}},
+            **_BAD_ID, "404": _err("unknown message id"), **_ERRORS}}},
     "/v1/messages/{id}/events": {"get": {
         "summary": "the message's timeline: every ledger event, in order",
         "operationId": "message_events", "tags": ["ledger"], "parameters": [_ID],
         "responses": {"200": _json({"type": "object", "properties": {
             "events": {"type": "array", "items": _ref("Event")}}}, "the events"),
-            "404": _err("unknown message id"), "501": _err("no ledger"), **_ERRORS}}},
+            **_BAD_ID, "404": _err("unknown message id"), "501": _err("no ledger"), **_ERRORS}}},
     "/v1/events": {"get": {
         "summary": "ledger events after a sequence number (resume exactly where you stopped)",
         "operationId": "events", "tags": ["ledger"],
         "parameters": [
             {"name": "after", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 0, "default": 0}},
+             "schema": {**_SEQ, "default": 0}},
             {"name": "type", "in": "query", "required": False,
-             "description": "comma-separated event types", "schema": {"type": "string"}},
-            {"name": "recipient", "in": "query", "required": False, "schema": {"type": "string"}},
+             "description": "comma-separated event types: " + ", ".join(EVENT_TYPES),
+             "schema": {"type": "string"}},
+            {"name": "recipient", "in": "query", "required": False,
+             "description": "a recipient address (exact)", "schema": {"type": "string"}},
             {"name": "limit", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
         "responses": {"200": _json({"type": "object", "properties": {
@@ -300,13 +325,14 @@ _PATHS: dict[str, Any] = {
         "operationId": "webhook_replay", "tags": ["ledger"],
         "parameters": [_WEBHOOK],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "properties": {
-                "from": {"oneOf": [{"type": "integer"}, {"type": "string", "enum": ["end"]}],
+            "type": "object", "additionalProperties": False, "properties": {
+                "from": {"oneOf": [_SEQ, {"type": "string", "enum": ["end"]}],
                          "description": 'resend from this sequence number; "end": drop the '
                                         'backlog (continue with new events)'},
-                "since": {"type": "number", "description": "resend from this unix time"}}}}}},
+                "since": {"type": "number", "minimum": 0, "maximum": 253402300799,
+                          "description": "resend from this unix time"}}}}}},
         "responses": {"200": _json({"type": "object"}, "the new state"),
-                      "400": _err("give exactly one of from/since"),
+                      "400": _err("a malformed name, or not exactly one valid from/since"),
                       "404": _err("unknown webhook"), "501": _err("no webhooks"), **_ERRORS}}},
     "/v1/webhooks/{name}/test": {"post": {
         "summary": "send one signed {\"type\": \"test\"} request to the endpoint now "
@@ -318,7 +344,7 @@ _PATHS: dict[str, Any] = {
             "status": {"type": "integer", "nullable": True},
             "error": {"type": "string", "nullable": True}, "ms": {"type": "integer"}}},
             "what the endpoint answered (ok: a 2xx)"),
-            "404": _err("unknown webhook"), "501": _err("no webhooks"), **_ERRORS}}},
+            "400": _err("malformed webhook name"), "404": _err("unknown webhook"), "501": _err("no webhooks"), **_ERRORS}}},
     "/v1/messages/{id}/hold": {"post": _message_action(
         "hold", "hold the message: nothing is delivered until release")},
     "/v1/messages/{id}/release": {"post": _message_action("release", "release a held message")},
@@ -340,7 +366,8 @@ _DOCUMENT: dict[str, Any] = {
              "description": "Queue inspection and control of a running mta daemon. Every "
                             "endpoint except /healthz and /metrics needs `Authorization: "
                             "Bearer <token>` ([admin] token, or state_dir/admin-token). "
-                            "Errors are {\"error\": {\"code\", \"message\"}}."},
+                            "Errors are {\"error\": {\"code\", \"message\"}}; a bad "
+                            "parameter, name or body is a 400 whose message names it."},
     "servers": [{"url": "http://127.0.0.1:8025"}],
     "security": [{"bearer": []}],
     "paths": _PATHS,

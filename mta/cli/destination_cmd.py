@@ -8,18 +8,26 @@ Public API:
     run(cfg, args) -> exit code
 
 NAME is a destination as `mta queue summary` shows it (a domain, "[host]:port"
-for a smarthost, "sandbox"). A name with no mail yet is accepted: a
-suspension then applies to mail that arrives later.
-Exit codes: 0 ok, 1 failure (daemon unreachable, refused), 2 usage error.
+for a smarthost, "sandbox"; the syntax is mta.admin.inputs.parse_destination,
+checked here before the daemon is asked) or any recipient domain. The daemon
+resolves a domain the way delivery does: a routed domain acts on its
+route's destination and the output says so ("example.com is routed to
+[10.0.0.1]:25; suspended [10.0.0.1]:25"). A domain with no mail yet is
+accepted (a suspension then applies to mail that arrives later); a
+"[host]:port" that is no configured route is refused by the daemon (404).
+Exit codes: 0 ok, 1 failure (invalid name, daemon unreachable, refused),
+2 usage error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from mta.admin.backend import DESTINATION_ACTIONS
 from mta.admin.client import AdminError, AdminUnavailable
+from mta.admin.inputs import parse_destination
 from mta.cli.queue_cmd import connect, fail_admin
 
 __all__ = ["register", "run"]
@@ -42,12 +50,21 @@ def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
 
 def run(cfg, args) -> int:
     try:
-        result = connect(cfg).destination_action(args.name, args.action)
+        name = parse_destination(args.name)[1]
+    except ValueError as exc:
+        print(f"mta: invalid destination: {exc}", file=sys.stderr)
+        return 1
+    try:
+        result = connect(cfg).destination_action(name, args.action)
     except (AdminUnavailable, AdminError) as exc:
         return fail_admin(exc)
     if args.json:
         print(json.dumps(result, indent=2))
+        return 0
+    dest, past = result.get("destination", name), _PAST[args.action]
+    requested = result.get("requested", name)
+    if requested != dest:
+        print(f"{requested} is routed to {dest}; {past} {dest} (now {result.get('state', '?')})")
     else:
-        print(f"destination {result.get('destination', args.name)}: {_PAST[args.action]} "
-              f"(now {result.get('state', '?')})")
+        print(f"destination {dest}: {past} (now {result.get('state', '?')})")
     return 0
