@@ -356,7 +356,7 @@ class QueueRunner:
               id=it.queue_id, rcpt=it.address, destination=dest.name,
               mx=oc.remote_host or None, ip=oc.remote_ip or None, tls=oc.tls or "none",
               attempt=it.attempts + 1, delay=f"{now - it.received_at:.3f}s",
-              reply=str(reply), status=status,
+              reply=str(reply), **({"status": status} if status else {}),
               next_attempt=(f"{nxt - now:.0f}s" if nxt else None))
         detail = None
         if state in (BOUNCED, EXPIRED):
