@@ -1,10 +1,21 @@
 """TOML text → a validated, frozen `Config`, or a `ConfigError` listing every
 bad key by path (``delivery.retry_schedule: "5x" is not a duration list``).
 
-Resolution of which file to read (first that applies): an explicit path,
-``MTA_CONFIG``, else the embedded default (sandbox mode, submission on
-127.0.0.1:2525 with STARTTLS). ``MTA_STATE_DIR`` overrides
-``server.state_dir`` in every case.
+Resolution of which file to read (`config_path`, first that applies): an
+explicit path (``--config``), ``$MTA_CONFIG``, the default file
+``/etc/mta/mta.toml`` when it exists (``$MTA_DEFAULT_CONFIG`` names another
+default file; set empty, there is none), else the embedded default (sandbox
+mode, submission on 127.0.0.1:2525 with STARTTLS; its `source` is
+``EMBEDDED_SOURCE``). A default file that exists but cannot be read is an
+error, never a silent fallback to the sandbox: every command must act on the
+daemon's store. ``MTA_STATE_DIR`` overrides ``server.state_dir`` in every
+case; ``MTA_LISTEN`` (what ``mta serve --listen`` sets) replaces the address
+of the one submission listener (`with_listen`; an error when there is not
+exactly one). Overrides live in the environment so a reload (SIGHUP), which
+calls `load_config` again, keeps them.
+
+Parsing checks the text only; `mta.config.checks` adds what `mta config
+check` also verifies (certificate files, placeholder values).
 """
 
 from __future__ import annotations
@@ -181,21 +192,78 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+DEFAULT_CONFIG = "/etc/mta/mta.toml"
+EMBEDDED_SOURCE = "<embedded default>"
+
+
+def default_config_path() -> str | None:
+    """The default config file: ``$MTA_DEFAULT_CONFIG`` if set (empty: none),
+    else DEFAULT_CONFIG."""
+    return os.environ.get("MTA_DEFAULT_CONFIG", DEFAULT_CONFIG) or None
+
+
+def config_path(path: str | None = None) -> str | None:
+    """The file `load_config(path)` reads: `path`, else ``$MTA_CONFIG``, else
+    the default file when it exists; None means the embedded default."""
+    if path:
+        return path
+    if os.environ.get("MTA_CONFIG"):
+        return os.environ["MTA_CONFIG"]
+    default = default_config_path()
+    if default is not None and os.path.lexists(default):
+        return default
+    return None
+
+
+def with_listen(cfg: Config, address: str, what: str = "--listen") -> Config:
+    """`cfg` with the address of its one submission listener replaced by
+    `address` ("host:port"); ConfigError when the address is not host:port or
+    the config has no or several submission listeners (which one to move
+    would be a guess)."""
+    try:
+        address = HOSTPORT.parse(address)
+    except KeyError_ as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    subs = [i for i, lst in enumerate(cfg.listeners) if lst.role == "submission"]
+    if len(subs) != 1:
+        names = ", ".join(cfg.listeners[i].name for i in subs)
+        have = f"{len(subs)} submission listeners ({names})" if subs else "no submission listener"
+        raise ConfigError(f"{what}: the configuration {cfg.source} has {have}; {what} replaces "
+                          "the address of exactly one (edit the listeners' addresses instead)")
+    listeners = list(cfg.listeners)
+    listeners[subs[0]] = dataclasses.replace(listeners[subs[0]], address=address)
+    cfg = dataclasses.replace(cfg, listeners=tuple(listeners))
+    errors = [f"{what} {address}: {e}" for e in _cross_checks(cfg)]
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
 def load_config(path: str | None = None) -> Config:
-    """Load from `path`, else ``$MTA_CONFIG``, else the embedded default."""
-    path = path or os.environ.get("MTA_CONFIG") or None
-    if path is None:
-        cfg = parse_config(EMBEDDED_DEFAULT, "<embedded default>")
+    """Load the file `config_path(path)` names, else the embedded default; then
+    apply ``MTA_STATE_DIR`` and ``MTA_LISTEN``."""
+    chosen = config_path(path)
+    if chosen is None:
+        cfg = parse_config(EMBEDDED_DEFAULT, EMBEDDED_SOURCE)
     else:
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(chosen, encoding="utf-8") as fh:
                 text = fh.read()
         except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        cfg = parse_config(text, path)
+            hint = ""
+            if not path and not os.environ.get("MTA_CONFIG"):
+                hint = " (the default config file; pass --config PATH to use another)"
+            raise ConfigError(f"{chosen}: cannot read: {exc.strerror}{hint}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{chosen}: not UTF-8 text: {exc.reason} at byte "
+                              f"{exc.start}") from None
+        cfg = parse_config(text, chosen)
     state = os.environ.get("MTA_STATE_DIR")
     if state:
         cfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, state_dir=state))
+    listen = os.environ.get("MTA_LISTEN")
+    if listen:
+        cfg = with_listen(cfg, listen, "MTA_LISTEN (mta serve --listen)")
     return cfg
 
 
