@@ -35,9 +35,11 @@ def fresh_dir(tmp_path):
 
 
 def test_embedded_default_sandbox_roundtrip(fresh_dir):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT),
+               MTA_DEFAULT_CONFIG=str(fresh_dir / "no-default.toml"))   # not /etc/mta
     env.pop("MTA_CONFIG", None)
     env.pop("MTA_STATE_DIR", None)
+    env.pop("MTA_LISTEN", None)
     proc = subprocess.Popen([sys.executable, "-m", "mta", "serve"], cwd=fresh_dir, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -83,3 +85,86 @@ def test_embedded_default_sandbox_roundtrip(fresh_dir):
     assert rc == 0, err
     assert "event=received" in err and "event=delivered" in err and "event=stopped" in err
     assert password not in err  # secrets never logged
+    assert (f"event=starting version=0.1.0 config=\"(embedded sandbox default)\" "
+            f"state_dir={fresh_dir}/var/mta mode=sandbox") in err
+    assert "mta: config" not in err           # serve logs it as an event line instead
+
+
+def _env(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MTA_DEFAULT_CONFIG=str(tmp_path / "none.toml"))
+    for k in ("MTA_CONFIG", "MTA_STATE_DIR", "MTA_LISTEN"):
+        env.pop(k, None)
+    return env
+
+
+def _wait_for(proc, lines, needle, timeout=30.0):
+    """Read stderr lines until one contains `needle` (they are kept in `lines`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"no {needle!r} in:\n" + "".join(lines))
+
+
+def test_listen_moves_the_submission_listener_and_survives_a_reload(tmp_path):
+    """Issue 10 item 14: `mta serve --listen HOST:PORT` for a sandbox next to a
+    running daemon; the address is kept when SIGHUP re-reads the config."""
+    from tests.support.mtahelpers import free_port
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "mta.toml"
+    cfg.write_text(f'[server]\nhostname = "localhost"\nstate_dir = "{tmp_path / "state"}"\n'
+                   f'mode = "sandbox"\n[[listeners]]\nname = "submission"\n'
+                   f'address = "127.0.0.1:2525"\ntls = "starttls"\n'
+                   f'[admin]\naddress = "127.0.0.1:{admin}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "mta", "serve", "--config", str(cfg),
+                             "--listen", f"127.0.0.1:{port}"], cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        line = _wait_for(proc, lines, "event=listening listener=submission")
+        assert f"address=127.0.0.1:{port} " in line
+        _wait_for(proc, lines, "event=ready")
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+            assert s.ehlo()[0] == 250 and s.has_extn("starttls")
+        proc.send_signal(signal.SIGHUP)
+        line = _wait_for(proc, lines, "event=reloaded")
+        assert "restart_needed" not in line, line        # the override is still in force
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+            assert s.noop()[0] == 250
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        err = "".join(lines) + proc.stderr.read()
+    assert rc == 0, err
+    assert f"event=starting version=0.1.0 config={cfg} state_dir={tmp_path / 'state'} " \
+           "mode=sandbox" in err
+    assert ":2525" not in err.split("event=starting", 1)[1].replace(str(cfg), "")
+
+
+@pytest.mark.parametrize("listeners, why", [
+    ('[[listeners]]\nname = "a"\naddress = "127.0.0.1:2600"\n'
+     '[[listeners]]\nname = "b"\naddress = "127.0.0.1:2601"\n',
+     "has 2 submission listeners (a, b)"),
+    ('[[listeners]]\nname = "in"\naddress = "127.0.0.1:2600"\nrole = "inbound"\n',
+     "has no submission listener"),
+])
+def test_listen_refuses_when_ambiguous(tmp_path, listeners, why):
+    cfg = tmp_path / "mta.toml"
+    cfg.write_text(f'[server]\nstate_dir = "{tmp_path / "state"}"\nmode = "sandbox"\n'
+                   + listeners)
+    r = subprocess.run([sys.executable, "-m", "mta", "serve", "--config", str(cfg), "--listen",
+                        "127.0.0.1:2999"], cwd=tmp_path, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == (f"mta: config {cfg}: --listen: the configuration {cfg} {why}; --listen "
+                        "replaces the address of exactly one (edit the listeners' addresses "
+                        "instead)\n")
+    assert not (tmp_path / "state").exists()             # nothing was started

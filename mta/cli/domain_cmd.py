@@ -10,6 +10,8 @@ Commands (all accept --config; those marked take --json for tools):
     domain add DOMAIN [--selector S] [--algorithm rsa|ed25519|both] [--json]
         creates the keys (state_dir/dkim, 0600) and prints the records to
         publish: zone-file lines `NAME TTL IN TYPE VALUE`, comments start ";"
+        (the PTR reminders for server.public_ips are comments too: reverse
+        DNS is not part of the domain's zone)
     domain check DOMAIN [--json]    PASS/FAIL per record; exit 0 only if every
                                     required record passes, else 1
     domain list [--json] / domain show DOMAIN [--json]

@@ -1,16 +1,32 @@
 """`mta …` — the command line.
 
 Every command accepts `--config PATH` before or after the subcommand
-(`mta --config F queue list` == `mta queue list --config F`); `MTA_CONFIG`
-is the fallback and `MTA_STATE_DIR` overrides `server.state_dir`.
+(`mta --config F queue list` == `mta queue list --config F`); then
+`MTA_CONFIG`, then /etc/mta/mta.toml when it exists, else the embedded
+sandbox default (mta.config.loader); `MTA_STATE_DIR` overrides
+`server.state_dir`. Every command says on stderr which config and state
+directory it used (`mta: config PATH, state DIR`; `mta serve` logs it as
+`event=starting`), so stdout (--json) stays clean.
+
+    mta --version                      "mta 0.1.0" (package metadata)
+    mta serve [--listen HOST:PORT]     --listen replaces the address of the one
+                                       submission listener (exit 1 when there
+                                       are several or none); kept across reloads
+                                       (it is passed on as MTA_LISTEN)
+    mta config check [--json] [--strict]
+        the effective config on stdout, exit 0; errors (parse errors, and
+        certificate/key files that are missing, unreadable or do not load)
+        on stderr, exit 1; warnings (placeholder names, documentation
+        addresses: mta.config.checks) on stderr, exit 0, or 1 with --strict.
 Exit codes: 0 ok, 1 failure (config invalid, command failed), 2 usage error.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
+import logging
+import os
 import sys
 import time
 from typing import Sequence
@@ -22,7 +38,8 @@ from mta.cli import bounce_cmd
 from mta.cli import suppression_cmd
 from mta.cli import webhooks_cmd
 from mta.cli import events_cmd
-from mta.config import config_as_dict, load_config, render_config
+from mta.config import (EMBEDDED_SOURCE, config_as_dict, config_path, file_errors, load_config,
+                        placeholder_warnings, render_config, with_listen)
 from mta.core import ConfigError
 
 
@@ -31,23 +48,41 @@ def _config_parent(top: bool) -> argparse.ArgumentParser:
     # SUPPRESS on subcommands so an unset sub-level flag does not erase a
     # top-level `--config` given before the subcommand.
     p.add_argument("--config", metavar="PATH", default=None if top else argparse.SUPPRESS,
-                   help="config file (default: $MTA_CONFIG, else the embedded default)")
+                   help="config file (default: $MTA_CONFIG, else /etc/mta/mta.toml if it "
+                        "exists, else the embedded sandbox default)")
     return p
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+    try:
+        return dist_version("mta")
+    except PackageNotFoundError:       # run from a source tree that was never installed
+        from mta import __version__
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     cfgp = _config_parent(False)
     parser = argparse.ArgumentParser(prog="mta", description="mta mail transfer agent",
                                      parents=[_config_parent(True)])
+    parser.add_argument("--version", action="version", version=f"mta {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("serve", parents=[cfgp], help="run the daemon")
+    serve = sub.add_parser("serve", parents=[cfgp], help="run the daemon")
+    serve.add_argument("--listen", metavar="HOST:PORT",
+                       help="listen for submission on HOST:PORT instead of the address of "
+                            "the config's (only) submission listener")
 
     config = sub.add_parser("config", parents=[cfgp], help="configuration")
     csub = config.add_subparsers(dest="action", required=True, metavar="ACTION")
     check = csub.add_parser("check", parents=[cfgp],
                             help="validate and print the effective configuration")
     check.add_argument("--json", action="store_true")
+    check.add_argument("--strict", action="store_true",
+                       help="exit 1 on warnings too (placeholder names, documentation "
+                            "addresses)")
 
     user = sub.add_parser("user", parents=[cfgp], help="submission credentials")
     usub = user.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -80,16 +115,35 @@ def _fail(msg: str) -> int:
     return 1
 
 
+def _describe(source: str | None) -> str:
+    return "(embedded sandbox default)" if source in (None, EMBEDDED_SOURCE) else source
+
+
+def _state_dir(cfg) -> str:
+    d = cfg.server.state_dir
+    return d if os.path.isabs(d) else f"{d} ({os.path.abspath(d)})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config)
+        if getattr(args, "listen", None):
+            cfg = with_listen(cfg, args.listen)
     except ConfigError as exc:
+        where = _describe(config_path(args.config))
         if args.command == "config":
-            print("configuration errors:", file=sys.stderr)
+            print(f"configuration errors in {where}:", file=sys.stderr)
         for e in exc.errors:
-            print(f"  {e}" if args.command == "config" else f"mta: config: {e}", file=sys.stderr)
+            if args.command == "config":
+                print(f"  {e}", file=sys.stderr)
+            elif e.startswith(where):
+                print(f"mta: config {e}", file=sys.stderr)
+            else:
+                print(f"mta: config {where}: {e}", file=sys.stderr)
         return 1
+    if args.command != "serve":   # serve logs it (event=starting)
+        print(f"mta: config {_describe(cfg.source)}, state {_state_dir(cfg)}", file=sys.stderr)
     handler = {"serve": _serve, "config": _config, "user": _user, "queue": queue_cmd.run,
                "destination": destination_cmd.run,
                "domain": domain_cmd.run, "bounce": bounce_cmd.run,
@@ -103,17 +157,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(cfg, args) -> int:
     from mta.runtime.daemon import run
-    from mta.runtime.logs import setup_logging
+    from mta.runtime.logs import event, setup_logging
+    if args.listen:
+        os.environ["MTA_LISTEN"] = args.listen    # a reload re-reads the file: keep the override
     setup_logging(cfg.server.log_level)
+    log = logging.getLogger("mta.cli")
+    event(log, "starting", version=version(), config=_describe(cfg.source),
+          state_dir=os.path.abspath(cfg.server.state_dir), mode=cfg.server.mode)
+    for w in placeholder_warnings(cfg):
+        event(log, "config_warning", level=logging.WARNING, warning=w)
     return run(cfg)
 
 
 def _config(cfg, args) -> int:
-    if args.json:
-        print(json.dumps(config_as_dict(cfg, redact=True), indent=2))
+    errors, warnings = file_errors(cfg), placeholder_warnings(cfg)
+    if errors:
+        print(f"configuration errors in {_describe(cfg.source)}:", file=sys.stderr)
+        for e in errors:
+            print(f"  {e}", file=sys.stderr)
     else:
-        print(render_config(cfg), end="")
-    return 0
+        if args.json:
+            print(json.dumps(config_as_dict(cfg, redact=True), indent=2))
+        else:
+            print(render_config(cfg), end="")
+    if warnings:
+        print(f"warnings{' (--strict: they fail the check)' if args.strict else ''}:",
+              file=sys.stderr)
+        for w in warnings:
+            print(f"  {w}", file=sys.stderr)
+    return 1 if errors or (warnings and args.strict) else 0
 
 
 def _read_password() -> str:
