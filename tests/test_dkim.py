@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import os
+import hashlib
 import random
 import re
 import shutil
@@ -424,6 +425,38 @@ def test_canonicalize_body_equals_dkimpy():
     rng = random.Random(1234)
     for body in BODIES + [_random_body(rng) for _ in range(3000)]:
         assert dkim.canonicalize_body(body) == Relaxed.canonicalize_body(body), body
+
+
+def test_body_hash_fed_in_pieces_equals_the_whole():
+    """BodyHash (large messages: the body arrives in pieces) == sha256 of
+    canonicalize_body of the whole, wherever the pieces are cut."""
+    rng = random.Random(4321)
+    for body in BODIES + [_random_body(rng) for _ in range(5000)]:
+        want = hashlib.sha256(dkim.canonicalize_body(body)).digest()
+        h = dkim.BodyHash()
+        pos = 0
+        while pos < len(body):
+            n = rng.randint(1, 9)
+            h.update(body[pos:pos + n])
+            pos += n
+        assert h.digest() == want, body
+
+
+@pytest.mark.parametrize("name", ["plain-ascii", "utf8-headers", "long-lines", "base64-body",
+                                  "quoted-printable-body"])
+def test_signing_with_a_tail_verifies(name, both, dns_server):
+    """A message whose body goes on past the head in memory (core.spill):
+    the signature covers head + tail, and only the head is returned."""
+    message = CASES[name]
+    body_at = message.index(b"\r\n\r\n") + 4
+    whole = message + b"".join(
+        b"tail line %d \t with  spaces  \r\n" % i for i in range(3000)) + b"\r\n\r\n"
+    head, rest = whole[:body_at + 10], whole[body_at + 10:]
+    pieces = [rest[i:i + 777] for i in range(0, len(rest), 777)]
+    signed_head = dkim.sign(head, both, now=NOW, tail=pieces)
+    assert signed_head.endswith(head)
+    assert dkimpy_results(signed_head + rest, dns_server) == [True, True]
+    assert dkim.sign(whole, both, now=NOW) == signed_head + rest   # the same signatures
 
 
 def test_header_split_equals_rfc822_parse():

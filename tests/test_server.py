@@ -21,6 +21,7 @@ import pytest
 
 from mta.config.sections import ListenerConfig
 from mta.core import FakeClock, StorageError, new_queue_id
+from mta.core.spill import join
 from mta.policy.authlimit import AuthThrottle
 from mta.server import CredentialStore, SubmissionListener
 from tests.support.tls import client_tls, server_tls, tls_ca  # noqa: F401  (fixtures)
@@ -60,6 +61,10 @@ class FakeSpool:
         await asyncio.sleep(0)
         if self.fail:
             raise self.fail.pop(0)
+        if getattr(msg, "tail", None) is not None:
+            # a large message: its bytes past the head are only readable
+            # until enqueue returns (the session closes the spill file then)
+            msg = dataclasses.replace(msg, body=join(msg.body, msg.tail), tail=None)
         qid = msg.queue_id or new_queue_id(now)
         self.messages.append((qid, msg))
         return qid
@@ -163,7 +168,7 @@ async def make_listener(credentials, server_tls):
     started: list[SubmissionListener] = []
 
     async def make(*, spool=None, throttle=None, user_throttle=None, tls_ctx=server_tls,
-                   observer=None, **cfg):
+                   observer=None, spill_dir=None, **cfg):
         cfg.setdefault("address", "127.0.0.1:0")
         lcfg = ListenerConfig(**cfg)
         spool = spool or FakeSpool()
@@ -171,7 +176,7 @@ async def make_listener(credentials, server_tls):
                                  credentials=credentials,
                                  tls_context=tls_ctx if lcfg.tls != "none" else None,
                                  clock=FakeClock(1_700_000_000.0), auth_throttle=throttle,
-                                 user_throttle=user_throttle,
+                                 user_throttle=user_throttle, spill_dir=spill_dir,
                                  message_factory=_message_factory(),
                                  **({"observer": observer} if observer else {}))
         await lst.start()

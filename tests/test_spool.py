@@ -99,6 +99,32 @@ async def test_enqueue_read_body_round_trip(spool, tmp_path):
     assert (offset, rec_qid, length, crc_ok) == (0, qid, len(m.body), True)
 
 
+async def test_large_body_with_a_tail_is_copied_in_pieces(spool, tmp_path):
+    """A message over core.spill.HEAD_BYTES arrives as head + SpillFile; the
+    segment record holds both (crc over both), among ordinary messages of
+    the same batch."""
+    from mta.core.spill import SpillFile
+    whole = body(7, size=3 * 1024 * 1024 + 123)
+    head, rest = whole[:1000], whole[1000:]
+    tail = SpillFile(tmp_path)
+    for i in range(0, len(rest), 300_000):
+        tail.write(rest[i:i + 300_000])
+    small = [msg(n) for n in range(3)]
+    ids = await asyncio.gather(spool.enqueue(small[0], T0),
+                               spool.enqueue(NewMessage(sender="s@example.test",
+                                                        recipients=("r@example.net",),
+                                                        body=head, tail=tail), T0),
+                               spool.enqueue(small[1], T0), spool.enqueue(small[2], T0))
+    tail.close()
+    assert await spool.read_body(ids[1]) == whole
+    assert [await spool.read_body(i) for i in (ids[0], ids[2], ids[3])] == [m.body for m in small]
+    assert (await spool.get_message(ids[1])).size == len(whole)
+    records = {qid: (length, ok) for files in [scan_segments(segdir(tmp_path))]
+               for n in files for _, qid, length, ok in iter_records(segdir(tmp_path) /
+                                                                    segment_name(n))}
+    assert records[ids[1]] == (len(whole), True)
+
+
 async def test_empty_recipients_rejected(spool):
     with pytest.raises(ValueError):
         await spool.enqueue(NewMessage("a@b.test", (), b"x\r\n"), T0)

@@ -12,7 +12,10 @@ API
                     capture_max_bytes=256 MiB, capture_max_messages=10000,
                     capture_rescan_interval=60.0)
         .classify_rcpt(address) -> "bounce" | "postmaster" | "feedback" | None
-        await .deliver(InboundMessage) -> Reply      the DATA reply
+        await .deliver(InboundMessage) -> Reply      the DATA reply; a report is
+                          parsed from the message's first MiB (InboundMessage.body:
+                          its in-memory head, core.spill), where every report
+                          format puts the report; the capture keeps all of it
         .stats            Counter of bounce_received kinds (tests, debugging)
         .capture_dir, .capture_max_bytes, .capture_max_messages, .feedback
                           may be reassigned at run time (config reload); a new
@@ -303,7 +306,8 @@ class BounceProcessor:
         header = (f"Return-Path: <{msg.mail_from}>\r\nX-Mta-Inbound-To: "
                   f"{', '.join(msg.rcpts)}\r\nX-Mta-Inbound-From-IP: {msg.client_ip}\r\n").encode()
         data = header + msg.body
-        size = len(data)
+        tail = getattr(msg, "tail", None)     # a message over core.spill.HEAD_BYTES
+        size = len(data) + (tail.length if tail is not None else 0)
         with self._lock:
             root, generation = self._capture_dir, self._generation
             try:
@@ -320,7 +324,10 @@ class BounceProcessor:
             name = (f"{time.time():.6f}.P{os.getpid()}Q{next(self._seq)}."
                     f"{socket.gethostname().replace('/', '_').replace(':', '_')}")
             tmp = root / "tmp" / name
-            atomic_write(tmp, data, 0o600)
+            if tail is None:
+                atomic_write(tmp, data, 0o600)
+            else:
+                _write_with_tail(tmp, data, tail)
             os.rename(tmp, root / "new" / name)
             stored = True
             fsync_dir(root / "new")
@@ -420,3 +427,17 @@ def _reply_of(entry) -> Reply | None:
         return None
     esc = status if status[:1] == str(code)[0] else ""
     return Reply(int(code), esc, text)
+
+
+def _write_with_tail(path: Path, head: bytes, tail) -> None:
+    """`head` + the bytes of `tail` (core.spill.SpillFile, copied in bounded
+    pieces) into a new file, fsynced; a failure removes nothing (the caller does)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(head)
+        while view:
+            view = view[os.write(fd, view):]
+        tail.copy_to(fd, len(head))
+        os.fsync(fd)
+    finally:
+        os.close(fd)

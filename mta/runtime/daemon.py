@@ -252,13 +252,17 @@ class Daemon:
             domain_state=self.domains.state)
         spool = _PokingSpool(self.spool, self.runner, self.webhooks,
                              self.cfg.ledger.idempotency_window)
+        # Large messages in transit (core.spill): anonymous files, so nothing
+        # is left here after a crash.
+        spill_dir = str(paths["root"] / "incoming")
+        os.makedirs(spill_dir, mode=0o700, exist_ok=True)
         for lcfg in cfg.listeners:
             ctx = None
             if lcfg.tls != "none":
                 ctx = self._tls_context(lcfg, paths)
             if lcfg.role == "inbound":
                 lst = SubmissionListener(lcfg, hostname=cfg.server.hostname, tls_context=ctx,
-                                         clock=self.clock,
+                                         clock=self.clock, spill_dir=spill_dir,
                                          inbound_classify=self.bounces.classify_rcpt,
                                          inbound_deliver=self.bounces.deliver,
                                          observer=self.metrics)
@@ -268,7 +272,7 @@ class Daemon:
                     tls_context=ctx, clock=self.clock,
                     auth_throttle=AuthThrottle(lcfg.auth_max_failures, lcfg.auth_lockout),
                     sender_policy=sender_policy, signer=self.domains,
-                    rcpt_check=self._rcpt_check,
+                    rcpt_check=self._rcpt_check, spill_dir=spill_dir,
                     accept_suppressed=cfg.suppression.on_rcpt == "accept",
                     observer=self.metrics)
             try:

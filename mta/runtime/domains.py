@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Iterable
 
 from mta.core import Clock, Observer
 from mta.domains.service import DomainService
@@ -71,12 +72,14 @@ class DomainCache:
                 return keys
         return []
 
-    def sign(self, message: bytes, domain: str) -> bytes:
+    def sign(self, message: bytes, domain: str, tail: Iterable[bytes] | None = None) -> bytes:
+        """`tail`: the message's bytes past `message` (a large message, see
+        core.spill); only the signature fields + `message` come back."""
         keys = self.keys_for(domain)
         if not keys:
             return message
         t0 = time.perf_counter()
-        signed = dkim.sign(message, keys, now=self.clock.now())
+        signed = dkim.sign(message, keys, now=self.clock.now(), tail=tail)
         self.observer.dkim_signed(time.perf_counter() - t0)   # often from a worker thread
         return signed
 

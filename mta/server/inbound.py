@@ -83,6 +83,10 @@ class InboundMessage:
     client_ip: str
     helo: str
     tls: str                     # TLS version ("TLSv1.3"), "" when in clear
+    # A message over core.spill.HEAD_BYTES: `body` is its first MiB (the
+    # part reports are parsed from) and this SpillFile the rest, open while
+    # `deliver` runs (the capture copies it; it is closed afterwards).
+    tail: Any = None
 
 
 class InboundSMTP(SubmissionSMTP):
@@ -194,19 +198,22 @@ class InboundHandler:
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         content: bytes = envelope.original_content or b""
+        spill = getattr(envelope, "spill", None)
+        size = getattr(envelope, "size", len(content))
         sender = "" if envelope.mail_from == "<>" else envelope.mail_from
-        refused = check_data(content)
+        refused = envelope.hygiene if hasattr(envelope, "hygiene") else check_data(content)
         if refused is not None:
             self.log.warning("event=inbound_rejected reason=smuggling listener=%s client=%s "
                              "sender=<%s> reply=%r", self.cfg.name, server.client_ip, sender,
                              str(refused))
             return str(refused)
-        if len(content) > self.cfg.max_message_size:
+        if size > self.cfg.max_message_size:
             return str(replies.TOO_BIG)
         kinds = tuple(_kinds(envelope))
         msg = InboundMessage(mail_from=sender, rcpts=tuple(envelope.rcpt_tos), kinds=kinds,
                              body=content, client_ip=server.client_ip,
-                             helo=session.host_name or "", tls=_tls_version(server))
+                             helo=session.host_name or "", tls=_tls_version(server),
+                             tail=spill)
         try:
             reply = await self.deliver(msg)
             if not isinstance(reply, Reply):
@@ -219,7 +226,7 @@ class InboundHandler:
         self.log.info("event=inbound_received listener=%s client=%s helo=%s tls=%s sender=<%s> "
                       "rcpts=%d kinds=%s size=%d reply=%r", self.cfg.name, server.client_ip,
                       replies.quote(msg.helo or "-", 80), msg.tls or "none", sender,
-                      len(msg.rcpts), ",".join(sorted(set(kinds))), len(content), str(reply))
+                      len(msg.rcpts), ",".join(sorted(set(kinds))), size, str(reply))
         return str(reply)
 
     async def handle_exception(self, error: Exception) -> str:

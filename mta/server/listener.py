@@ -6,7 +6,7 @@ API
                        sender_policy=None, signer=None, rcpt_check=None,
                        accept_suppressed=False,
                        inbound_classify=None, inbound_deliver=None,
-                       observer=Observer())
+                       observer=Observer(), spill_dir=None)
         cfg.role chooses the service: "submission" (session.SubmissionHandler,
         needs spool and credentials) or "inbound" (inbound.InboundHandler on
         inbound.InboundSMTP: no AUTH; needs inbound_classify and
@@ -15,6 +15,9 @@ API
         (a ConfigError and a ValueError).
         observer (core.observe) is told about sessions, messages received
         and AUTH failures, labelled with cfg.name.
+        spill_dir: where a message's bytes past core.spill.HEAD_BYTES are
+        kept while it is received (anonymous files; default: the system's
+        temporary directory). Memory per session stays about HEAD_BYTES.
     await .start()          bind cfg.address (port 0 allowed) and accept
     .sockname               (host, port) actually bound
     await .stop(grace=5.0)  stop accepting; sessions inside DATA get `grace`
@@ -145,8 +148,9 @@ class SubmissionListener:
                  rcpt_check: Any = None, accept_suppressed: bool = False,
                  inbound_classify: Callable[[str], str | None] | None = None,
                  inbound_deliver: Callable[[InboundMessage], Awaitable[Reply]] | None = None,
-                 observer: Observer = Observer()):
+                 observer: Observer = Observer(), spill_dir: str | None = None):
         self.observer = observer
+        self.spill_dir = spill_dir   # where DATA past core.spill.HEAD_BYTES goes
         self.log = log or logging.getLogger("mta.server")
         self.hostname = hostname
         self._check_tls(cfg, tls_context)
@@ -201,6 +205,7 @@ class SubmissionListener:
             listener=cfg.name,
             junk_limit=cfg.max_junk_commands,
             transaction_timeout=cfg.transaction_timeout,
+            spill_dir=self.spill_dir,
             data_size_limit=cfg.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,

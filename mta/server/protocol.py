@@ -48,12 +48,15 @@ import base64
 import binascii
 import collections
 import re
+import tempfile
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 
 from mta.core import Observer, Reply
 from mta.core.address import PLAIN_MAILBOX
+from mta.core.spill import HEAD_BYTES, SpillFile
+from mta.server.hygiene import check_data
 from mta.core.observe import result_of
 from mta.server import replies
 
@@ -68,6 +71,93 @@ AUTH_DRAIN_LIMIT = 64 * 1024   # past this without a line end: close, do not rea
 _SIMPLE_PATH = re.compile(rf"[ \t]*<((?:{PLAIN_MAILBOX}))>")
 
 
+class _DataBody:
+    """DATA as it arrives → `head` (bytes in memory) + `spill` (a SpillFile
+    with the rest, only for messages over HEAD_BYTES), dot-unstuffed, with
+    the hygiene check (`refusal`) and the 1000-octet line check
+    (`line_too_long`) done piece by piece, so memory stays about HEAD_BYTES
+    per session whatever the message size (issue 10 item 3).
+
+    Pieces are cut just before a CRLF: a "<CRLF>." to unstuff, a CRLF pair
+    for the hygiene counts and a line's length never straddle two pieces
+    (the piece after a cut starts with that CRLF). A message that fits in
+    one piece is processed exactly as before: one copy, one replace."""
+
+    def __init__(self, spill_dir: str | None):
+        self.spill_dir = spill_dir or tempfile.gettempdir()
+        self.buf = bytearray()
+        self.head = b""
+        self.spill: SpillFile | None = None
+        self.size = 0                   # bytes of content (unstuffed)
+        self.refusal: Reply | None = None
+        self.line_too_long = False
+        self._started = False           # the first piece is out (leading dot handled)
+        self._line = 0                  # length of the unfinished last line so far
+
+    def feed(self, chunk: bytes) -> None:
+        self.buf += chunk
+        if len(self.buf) >= HEAD_BYTES:
+            # (not inside the last 3 bytes: they may be the terminating ".\r\n")
+            cut = self.buf.rfind(b"\r\n", 0, len(self.buf) - 3)
+            if cut <= 0:                # a megabyte without a line end
+                self.line_too_long = True
+                self.buf.clear()
+                return
+            piece = bytes(memoryview(self.buf)[:cut])
+            del self.buf[:cut]
+            self._piece(piece, final=False)
+
+    def finish(self) -> None:
+        del self.buf[-3:]               # the terminating ".\r\n"
+        piece = bytes(self.buf)
+        self.buf = bytearray()
+        self._piece(piece, final=True)
+
+    def _piece(self, piece: bytes, *, final: bool) -> None:
+        if self.line_too_long:
+            return
+        if len(piece) + self._line > 1001:
+            lines = piece.split(b"\n")
+            first = self._line + len(lines[0])
+            if len(lines) == 1:
+                self._line = first
+            else:
+                self._line = len(lines[-1])
+                first = max(first, max(map(len, lines[1:])))
+            if first > 1000:
+                self.line_too_long = True
+                self.discard()
+                return
+        else:
+            nl = piece.rfind(b"\n")
+            self._line = self._line + len(piece) if nl < 0 else len(piece) - nl - 1
+        # RFC 5321 4.5.2: remove the leading dot of every line that has one.
+        if not self._started:
+            self._started = True
+            if piece.startswith(b"."):
+                piece = piece[1:]
+            # past HEAD_BYTES every header operation works on the head alone:
+            # its header section must end inside it
+            if not final and not (piece.startswith(b"\r\n") or b"\r\n\r\n" in piece):
+                self.refusal = replies.HEADER_TOO_BIG
+        piece = piece.replace(b"\r\n.", b"\r\n")
+        if self.refusal is None:
+            self.refusal = check_data(piece)
+        self.size += len(piece)
+        if not self.head:
+            self.head = piece
+        else:
+            if self.spill is None:
+                self.spill = SpillFile(self.spill_dir)
+            self.spill.write(piece)
+
+    def discard(self) -> None:
+        self.buf.clear()
+        if self.spill is not None:
+            self.spill.close()
+            self.spill = None
+
+
 class SubmissionSession(Session):
     """aiosmtpd's Session plus what our policy needs to know."""
 
@@ -80,8 +170,10 @@ class SubmissionSession(Session):
 class SubmissionSMTP(SMTP):
     def __init__(self, handler: Any, *, implicit_tls: bool = False,
                  gate: Any = None, observer: Observer = Observer(), listener: str = "",
-                 junk_limit: int = 0, transaction_timeout: float = 0.0, **kwargs: Any):
+                 junk_limit: int = 0, transaction_timeout: float = 0.0,
+                 spill_dir: str | None = None, **kwargs: Any):
         super().__init__(handler, **kwargs)
+        self.spill_dir = spill_dir
         self.observer, self.listener = observer, listener
         self._counted_open = False
         self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
@@ -332,56 +424,58 @@ class SubmissionSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         limit = self.data_size_limit
-        buf = bytearray()
+        body = _DataBody(self.spill_dir)
         size = 0
         too_much = False
         reader = self._reader
         tail = b""  # the last two bytes of the stream read so far
-        while True:
-            try:
-                chunk = await reader.readuntil(b".\r\n")
-            except asyncio.LimitOverrunError as e:
-                chunk = await reader.read(e.consumed)
-                ended = False
-            except asyncio.CancelledError:
-                self._writer.close()
-                raise
-            else:
-                # The "." ends the data only at the start of a line.
-                before = chunk[-5:-3] if len(chunk) >= 5 else (tail + chunk[:-3])[-2:]
-                ended = (size == 0 and len(chunk) == 3) or before == b"\r\n"
-            size += len(chunk)
-            tail = chunk[-2:] if len(chunk) >= 2 else (tail + chunk)[-2:]
-            if limit and size > limit + 3:
-                too_much = True
-                buf.clear()   # keep draining, stop storing
-            elif not too_much:
-                buf += chunk
-            if ended:
-                break
-        if too_much:
-            self._set_post_data_state()
-            self.observer.message_received(self.listener, "rejected")
-            await self.push("552 Error: Too much mail data")
-            return
-        del buf[-3:]  # the terminating ".\r\n"
-        if len(buf) > 1001 and max(map(len, buf.split(b"\n"))) > 1000:
-            self._set_post_data_state()
-            self.observer.message_received(self.listener, "rejected")
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-            return
-        # RFC 5321 4.5.2: remove the leading dot of every line that has one.
-        if buf.startswith(b"."):
-            del buf[0]
-        content = bytes(buf).replace(b"\r\n.", b"\r\n")
-        self.envelope.content = content
-        self.envelope.original_content = content
         try:
-            status = await self._call_handler_hook("DATA")
-        except Exception:
-            # aiosmtpd answers it with handle_exception's 451 4.3.0.
-            self.observer.message_received(self.listener, "tempfail")
-            raise
+            while True:
+                try:
+                    chunk = await reader.readuntil(b".\r\n")
+                except asyncio.LimitOverrunError as e:
+                    chunk = await reader.read(e.consumed)
+                    ended = False
+                except asyncio.CancelledError:
+                    self._writer.close()
+                    raise
+                else:
+                    # The "." ends the data only at the start of a line.
+                    before = chunk[-5:-3] if len(chunk) >= 5 else (tail + chunk[:-3])[-2:]
+                    ended = (size == 0 and len(chunk) == 3) or before == b"\r\n"
+                size += len(chunk)
+                tail = chunk[-2:] if len(chunk) >= 2 else (tail + chunk)[-2:]
+                if limit and size > limit + 3:
+                    too_much = True
+                    body.discard()   # keep draining, stop storing
+                elif not too_much:
+                    body.feed(chunk)
+                if ended:
+                    break
+            if too_much:
+                self._set_post_data_state()
+                self.observer.message_received(self.listener, "rejected")
+                await self.push("552 Error: Too much mail data")
+                return
+            body.finish()
+            if body.line_too_long:
+                self._set_post_data_state()
+                self.observer.message_received(self.listener, "rejected")
+                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+                return
+            env = self.envelope
+            env.content = env.original_content = body.head
+            env.spill = body.spill        # the bytes past the head (large messages)
+            env.size = body.size
+            env.hygiene = body.refusal    # hygiene.check_data of the whole content
+            try:
+                status = await self._call_handler_hook("DATA")
+            except Exception:
+                # aiosmtpd answers it with handle_exception's 451 4.3.0.
+                self.observer.message_received(self.listener, "tempfail")
+                raise
+        finally:
+            body.discard()               # the spill file is gone with the transaction
         self._set_post_data_state()
         status = "250 OK" if status is MISSING else status
         result = result_of(str(status))

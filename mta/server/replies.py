@@ -42,6 +42,8 @@ AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
 AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode base64 in AUTH response")
 AUTH_BAD_PLAIN = Reply(501, "5.5.2", "AUTH PLAIN response must be authzid NUL authcid NUL passwd")
 TOO_BIG = Reply(552, "5.3.4", "Message too big")
+HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header section too large (it must end within "
+                       "the first MiB)")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 BARE_CR_LF = Reply(550, "5.5.2", "Message contains bare CR or LF characters (see SMTP smuggling)")
 NUL_BYTES = Reply(550, "5.5.2", "Message contains NUL characters (see SMTP smuggling)")

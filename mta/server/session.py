@@ -66,7 +66,7 @@ class Signer(Protocol):
 
     def keys_for(self, domain: str) -> Sequence[Any]: ...
 
-    def sign(self, message: bytes, domain: str) -> bytes: ...
+    def sign(self, message: bytes, domain: str, tail: Any = None) -> bytes: ...
 
 AUTH_WAIT = 30.0   # longest wait for a turn to have a password checked
 
@@ -399,15 +399,20 @@ class SubmissionHandler:
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         if not self.may_transact(server, session):
             return str(replies.AUTH_REQUIRED)
+        # The protocol hands over the head of the message (all of it, unless
+        # it is over core.spill.HEAD_BYTES: then `spill` holds the rest) and
+        # the hygiene verdict on all of it.
         content: bytes = envelope.original_content or b""
-        refused = check_data(content)
+        spill = getattr(envelope, "spill", None)
+        size = getattr(envelope, "size", len(content))
+        refused = envelope.hygiene if hasattr(envelope, "hygiene") else check_data(content)
         if refused is not None:
             self.log.warning("event=rejected reason=smuggling listener=%s client=%s "
                              "credential=%s reply=%r", self.cfg.name, server.client_ip,
                              session.credential, str(refused))
             return self._ledger("rejected", session, str(refused), stage="DATA",
                                 sender=envelope.mail_from)
-        if len(content) > self.cfg.max_message_size:
+        if size > self.cfg.max_message_size:
             return self._ledger("rejected", session, str(replies.TOO_BIG), stage="DATA",
                                 sender=envelope.mail_from)
         if self._enforcing(session):
@@ -439,7 +444,11 @@ class SubmissionHandler:
             # Off the loop: an RSA signature is CPU work (≈0.5 ms via OpenSSL).
             domains = from_domains(body)
             if domains and self.signer.keys_for(domains[0]):
-                body = await asyncio.to_thread(self.signer.sign, body, domains[0])
+                if spill is None:
+                    body = await asyncio.to_thread(self.signer.sign, body, domains[0])
+                else:
+                    body = await asyncio.to_thread(self.signer.sign, body, domains[0],
+                                                   spill.chunks())
         factory = self._message_factory or _default_message_factory()
         msg = factory(sender=sender, recipients=rcpts, body=body,
                       credential=session.credential, listener=self.cfg.name,
@@ -448,7 +457,8 @@ class SubmissionHandler:
                       queue_id=id_hint,
                       **({"suppressed": tuple(envelope.suppressed)}
                          if getattr(envelope, "suppressed", None) else {}),
-                      **({"idempotency_key": idempotency_key} if idempotency_key else {}))
+                      **({"idempotency_key": idempotency_key} if idempotency_key else {}),
+                      **({"tail": spill} if spill is not None else {}))
         try:
             queue_id = await self.spool.enqueue(msg, now)
         except StorageError as exc:
@@ -463,7 +473,7 @@ class SubmissionHandler:
                   credential=session.credential or "-")
             return str(replies.queued(queue_id))
         event(self.log, "received", id=queue_id, sender=f"<{sender}>", rcpts=len(rcpts),
-              size=len(body), listener=self.cfg.name, client=server.client_ip,
+              size=len(body) + (spill.length if spill is not None else 0), listener=self.cfg.name, client=server.client_ip,
               credential=session.credential or "-")
         for _ in getattr(envelope, "suppressed", None) or ():
             self.observer.recipient_outcome("suppressed")

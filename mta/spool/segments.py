@@ -6,6 +6,9 @@ API (`BodyStore` is the interface the writer and recovery code against, so a
 different store can replace segments when a benchmark says so):
 
     await store.append_many([(queue_id, body), ...]) -> [(segment, offset, length), ...]
+        an item may be (queue_id, head, tail): the body is head + the bytes
+        of `tail` (a core.spill.SpillFile), copied in 1 MiB pieces, so a
+        large message never sits in memory whole
     await store.read(segment, offset, length, queue_id=None) -> bytes
     await store.reclaim(live_segments) -> int        # files unlinked
     scan_segments(directory) -> {segment: size}      # sync, for recovery
@@ -42,7 +45,7 @@ import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 from mta.core.files import fsync_dir
 from mta.core.errors import StorageError
@@ -55,10 +58,21 @@ SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 SUFFIX = ".seg"
 
 Location = tuple[int, int, int]
+# (queue id, body) or (queue id, head, tail): tail is a core.spill.SpillFile
+# holding the body's bytes past `head` (None: the body is all in `head`)
+Item = tuple[str, bytes] | tuple[str, bytes, Any]
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        offset += n
+        view = view[n:]
 
 
 class BodyStore(Protocol):
-    async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[Location]: ...
+    async def append_many(self, items: Sequence[Item]) -> list[Location]: ...
     async def read(self, segment: int, offset: int, length: int, queue_id: str | None = None) -> bytes: ...
     async def reclaim(self, live_segments: set[int]) -> int: ...
     def close(self) -> None: ...
@@ -134,28 +148,42 @@ class SegmentStore:
 
     # -- appends (writer thread) -------------------------------------------------
 
-    async def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[Location]:
+    async def append_many(self, items: Sequence[Item]) -> list[Location]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, self._append_sync, items)
 
-    def _append_sync(self, items: Sequence[tuple[str, bytes]]) -> list[Location]:
+    def _append_sync(self, items: Sequence[Item]) -> list[Location]:
         if self._fd is None or self._size >= self.max_bytes:
             self._rotate()
         fd, number, start = self._fd, self._current, self._size
         assert fd is not None and number is not None
         parts: list[bytes] = []
         locations: list[Location] = []
-        pos = start
-        for queue_id, body in items:
-            parts.append(HEADER.pack(MAGIC, _qid_bytes(queue_id), len(body), zlib.crc32(body)))
-            parts.append(body)
-            locations.append((number, pos, len(body)))
-            pos += HEADER.size + len(body)
-        data = memoryview(b"".join(parts))
+        pos = start          # where the next record goes
+        flushed = start      # where `parts` start
         try:
-            written = 0
-            while written < len(data):
-                written += os.pwrite(fd, data[written:], start + written)
+            for item in items:
+                queue_id, body = item[0], item[1]
+                tail = item[2] if len(item) > 2 else None
+                if tail is None:
+                    parts.append(HEADER.pack(MAGIC, _qid_bytes(queue_id), len(body),
+                                             zlib.crc32(body)))
+                    parts.append(body)
+                    locations.append((number, pos, len(body)))
+                    pos += HEADER.size + len(body)
+                    continue
+                # A large message: its tail is copied from the spill file in
+                # CHUNK pieces behind the head, then the header (with the crc
+                # of both, known only now) goes in front of them.
+                _pwrite_all(fd, b"".join(parts), flushed)
+                parts = []
+                length = len(body) + tail.length
+                crc = tail.copy_to(fd, pos + HEADER.size + len(body), crc=zlib.crc32(body))
+                _pwrite_all(fd, HEADER.pack(MAGIC, _qid_bytes(queue_id), length, crc) + body, pos)
+                locations.append((number, pos, length))
+                pos += HEADER.size + length
+                flushed = pos
+            _pwrite_all(fd, b"".join(parts), flushed)
             os.fdatasync(fd)
         except BaseException:
             # Unknown bytes may sit past `start`; abandon this file (see invariants).

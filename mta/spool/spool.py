@@ -75,7 +75,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import aiosqlite
 
@@ -128,6 +128,10 @@ class NewMessage:
     # Idempotent submission (issue 6): a repeat of this key from the same
     # credential within the window queues nothing and gets the first id.
     idempotency_key: str | None = None
+    # A large message (issue 10 item 3): `body` is its head and this
+    # core.spill.SpillFile the rest; the writer copies it into the segment
+    # in bounded pieces. The caller keeps it open until enqueue returns.
+    tail: Any = None
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,8 @@ class Spool:
             raise ValueError(f"bad suppressed recipient indexes {idxs} for "
                              f"{len(msg.recipients)} recipients")
         body = bytes(msg.body)
-        detail = {"sender": msg.sender, "recipients": len(msg.recipients), "size": len(body),
+        size = len(body) + (msg.tail.length if msg.tail is not None else 0)
+        detail = {"sender": msg.sender, "recipients": len(msg.recipients), "size": size,
                   "listener": msg.listener, "client_ip": msg.client_ip}
         message_id = _message_id(body)
         if message_id:
@@ -257,7 +262,8 @@ class Spool:
             listener=msg.listener, client_ip=msg.client_ip, is_dsn=msg.is_dsn,
             dsn_for=dsn_for.queue_id if dsn_for is not None else None, dsn_mark=mark,
             suppressed=suppressed, received_detail=json.dumps(detail),
-            idempotency_key=msg.idempotency_key, idempotency_window=float(idempotency_window))
+            idempotency_key=msg.idempotency_key, idempotency_window=float(idempotency_window),
+            tail=msg.tail)
         return await self._writer.submit(ENQUEUE, pending)
 
     async def lease_due(self, now: float, limit: int) -> list[QueuedRecipient]:

@@ -109,6 +109,11 @@ class PendingMessage:
     received_detail: str = "{}"           # JSON of the `received` event
     idempotency_key: str | None = None
     idempotency_window: float = 86400.0
+    tail: Any = None                      # core.spill.SpillFile: the body past `body`
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + (self.tail.length if self.tail is not None else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +209,7 @@ class Writer:
             if first is _STOP:
                 break
             batch = [first]
-            size = len(first.payload.body) if first.kind == ENQUEUE else 0
+            size = first.payload.size if first.kind == ENQUEUE else 0
             while len(batch) < MAX_BATCH and size < MAX_BATCH_BYTES and not self._queue.empty():
                 op = self._queue.get_nowait()
                 if op is _STOP:
@@ -212,7 +217,7 @@ class Writer:
                     break
                 batch.append(op)
                 if op.kind == ENQUEUE:
-                    size += len(op.payload.body)
+                    size += op.payload.size
             try:
                 await self._commit(batch)
             except BaseException as exc:   # a bug here must not wedge every future caller
@@ -242,7 +247,7 @@ class Writer:
         if enqueues:
             try:
                 locations = await self._store.append_many(
-                    [(op.payload.queue_id, op.payload.body) for op in enqueues])
+                    [(op.payload.queue_id, op.payload.body, op.payload.tail) for op in enqueues])
                 stats.fsyncs += 1
             except Exception as exc:
                 err = storage_error(exc, "writing message bodies")
@@ -369,7 +374,7 @@ class Writer:
                 keys[k] = (m.queue_id, at)   # a later duplicate in this batch finds it
                 keys_put.append((cred, m.idempotency_key, m.queue_id, at))
             ids.append(m.queue_id)
-            messages.append((m.queue_id, m.sender, at, len(m.body), segment, offset, length,
+            messages.append((m.queue_id, m.sender, at, m.size, segment, offset, length,
                              m.credential, m.listener, m.client_ip, int(m.is_dsn), m.dsn_for))
             received.append((at, "received", m.queue_id, "", cred, m.received_detail))
             why = dict(m.suppressed)
