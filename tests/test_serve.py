@@ -164,7 +164,7 @@ def test_listen_refuses_when_ambiguous(tmp_path, listeners, why):
                         "127.0.0.1:2999"], cwd=tmp_path, env=_env(tmp_path),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
-    assert r.stderr == (f"mta: config {cfg}: --listen: the configuration {cfg} {why}; --listen "
+    assert r.stderr == (f"mta: --listen: the configuration {cfg} {why}; --listen "
                         "replaces the address of exactly one (edit the listeners' addresses "
                         "instead)\n")
     assert not (tmp_path / "state").exists()             # nothing was started

@@ -139,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {e}", file=sys.stderr)
             elif e.startswith(where):
                 print(f"mta: config {e}", file=sys.stderr)
+            elif e.startswith(("--listen", "MTA_LISTEN")):
+                print(f"mta: {e}", file=sys.stderr)
             else:
                 print(f"mta: config {where}: {e}", file=sys.stderr)
         return 1
