@@ -32,14 +32,14 @@ async def sink():
 def user(tmp_path):
     store = CredentialStore(tmp_path / "state" / "credentials.json")
     (tmp_path / "state").mkdir(exist_ok=True)
-    return "app", store.add("app", "s3cret-pass")
+    return "app", store.add("app", "s3cret-passwd")
 
 
 async def submit(port, rcpts, sender=SENDER, **kw):
     msg = make_message(sender, rcpts, **kw)
     async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
                                tls_context=no_verify_context()) as c:
-        await c.login("app", "s3cret-pass")
+        await c.login("app", "s3cret-passwd")
         errors, resp = await c.sendmail(sender, rcpts, msg)
         assert resp.startswith("2.0.0 Ok: queued as"), resp
         return resp.split()[-1]

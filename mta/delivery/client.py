@@ -49,7 +49,7 @@ import logging
 import re
 import ssl
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import aiosmtplib
 from aiosmtplib import (SMTPConnectResponseError, SMTPException, SMTPHeloError,
@@ -57,10 +57,11 @@ from aiosmtplib import (SMTPConnectResponseError, SMTPException, SMTPHeloError,
 from aiosmtplib.email import quote_address
 
 from mta.core.envelope import Destination
-from mta.core.errors import PermFailure, TempFailure
+from mta.core.errors import PermFailure, StorageError, TempFailure
 from mta.core.logfmt import event, fmt_value
 from mta.core.outcome import DestinationHealth, RecipientFate, RecipientOutcome
 from mta.core.reply import Reply
+from mta.delivery.data import body_is_ascii, body_size, send_data
 from mta.delivery.mx import Hop, resolve_hops
 from mta.delivery.resolver import DnsTempError, NoRecords, NxDomain, Resolver
 
@@ -90,7 +91,9 @@ class OutboundMessage:
     queue_id: str
     sender: str                                  # "" for the null reverse path
     recipients: tuple[tuple[int, str], ...]      # (rcpt_idx, address)
-    body: bytes                                  # CRLF line endings, headers included
+    # CRLF line endings, headers included: bytes, or (a message over
+    # core.spill.HEAD_BYTES) the spool's StoredBody, sent in pieces (data.py)
+    body: Any
 
 
 @dataclass
@@ -226,18 +229,19 @@ class _Session:
             return
         self.uses += 1
         options: list[str] = []
+        size = body_size(msg.body)
         if smtp.supports_extension("size"):
             limit = _size_limit(smtp)
-            if limit and len(msg.body) > limit:
+            if limit and size > limit:
                 # RFC 1870 §6: the peer would refuse it with 552 (often only
                 # after the whole DATA went over the wire): refuse it here.
-                too_big = Reply(552, "5.3.4", f"message size {len(msg.body)} exceeds the size "
+                too_big = Reply(552, "5.3.4", f"message size {size} exceeds the size "
                                               f"limit {limit} of {peer.host}[{peer.ip}] (its "
                                               f"EHLO SIZE); not sent")
                 ledger.settle_rest([msg], BOUNCED, too_big, peer)
                 return
-            options.append(f"SIZE={len(msg.body)}")
-        if smtp.supports_extension("8bitmime") and not msg.body.isascii():
+            options.append(f"SIZE={size}")
+        if smtp.supports_extension("8bitmime") and not await body_is_ascii(msg.body):
             options.append("BODY=8BITMIME")
         encoding = "ascii"
         if _needs_utf8(msg.sender) or any(_needs_utf8(a) for _, a in rcpts):
@@ -303,16 +307,21 @@ class _Session:
             return
 
         try:
-            # aiosmtplib.data() guarantees CRLF line ends and the final CRLF, and
-            # dot-stuffs every line starting with "." (tested in test_client).
-            response = await smtp.data(msg.body, timeout=self.timeout)
+            # send_data (delivery/data.py) guarantees CRLF line ends and the
+            # final CRLF, dot-stuffs every line starting with "." (tested in
+            # test_client) and streams a large body in pieces.
+            response = await send_data(smtp, msg.body, self.timeout)
             reply = Reply.from_remote(response.code, response.message)
         except SMTPResponseException as exc:
             reply = _remote(exc)
             if exc.code == 421:
                 raise _Throttled(reply) from None
-        except (SMTPException, OSError) as exc:
+        except (SMTPException, OSError, StorageError) as exc:
+            # StorageError: the stored body failed its check mid-way; the
+            # connection is dropped before the final dot, nothing was accepted.
             raise _Lost("DATA", exc) from None
+        if response.code == 421:
+            raise _Throttled(reply)
         for idx in accepted:
             ledger.settle_by_reply(msg, idx, reply, peer)
         if not reply.is_success:

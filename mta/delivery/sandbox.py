@@ -17,7 +17,8 @@ Invariants:
   - Every recipient is DELIVERED with ``250 2.0.0 captured in sandbox <path>``;
     health is always OK. A write error defers the message's recipients
     (451 4.3.0) — never a bounce, never a silent drop.
-  - All file work runs in a worker thread, off the event loop.
+  - All file work runs in a worker thread, off the event loop. A large body
+    (the spool's StoredBody) is copied in pieces, never held whole.
 """
 
 from __future__ import annotations
@@ -75,7 +76,11 @@ class SandboxTransport:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(header)
-                f.write(msg.body)
+                if isinstance(msg.body, (bytes, bytearray)):
+                    f.write(msg.body)
+                else:                       # a large body: copied in pieces
+                    for piece in msg.body.iter_chunks():
+                        f.write(piece)
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, new)

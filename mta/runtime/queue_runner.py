@@ -33,6 +33,7 @@ import logging
 import time
 from typing import Callable, Protocol, Sequence
 
+from mta.core.spill import HEAD_BYTES
 from mta.core import (AddressOutcome, BOUNCED, DELIVERED, EXPIRED, QUEUED, Clock, DestinationHealth,
                       Observer, PermFailure, RecipientFate, RecipientOutcome, RecipientUpdate,
                       Reply, TempFailure)
@@ -267,7 +268,10 @@ class QueueRunner:
         for group in batch.messages:
             first = group[0].item
             try:
-                body = await self.spool.read_body(first.queue_id)
+                # A large body is read in pieces while it is sent (memory
+                # stays bounded however big and however many: issue 10 item 3).
+                body = (await self.spool.open_body(first.queue_id) if first.size > HEAD_BYTES
+                        else await self.spool.read_body(first.queue_id))
             except Exception as exc:  # missing/corrupt body: keep the rows, retry later
                 event(log, "body_unreadable", logging.ERROR, id=first.queue_id, error=repr(exc))
                 body = None
@@ -459,7 +463,7 @@ class QueueRunner:
         for kind, cands in batches:
             for c in cands:
                 self._owing.discard(c.queue_id)
-                original = await self.spool.read_body(c.queue_id)
+                original = await self.spool.read_body(c.queue_id, limit=HEAD_BYTES)
                 dsn_id_hint = c.queue_id
                 body = build_dsn(original=original, candidate=c, reporting_mta=self.hostname,
                                  queue_id=dsn_id_hint, now=now, kind=kind,

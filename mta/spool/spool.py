@@ -16,7 +16,8 @@ API:
                              event_detail=None) -> bool
     await spool.suppressed(address, scope, *, now=None) -> SuppressionView | None
     await spool.next_due_at() -> float | None
-    await spool.read_body(queue_id) -> bytes
+    await spool.read_body(queue_id, *, limit=None) -> bytes   (limit: its first bytes)
+    await spool.open_body(queue_id) -> StoredBody            (read in pieces: large bodies)
     await spool.dsn_candidates(limit) / delay_candidates(now, after, limit) -> list[DsnCandidate]
     await spool.list_messages(limit, include_done) / get_message(queue_id)
     await spool.counts() -> {state: n};  await spool.reclaim() -> int;  await spool.close()
@@ -89,7 +90,7 @@ from mta.spool.filters import MessageFilter
 from mta.spool.faults import storage_error
 from mta.spool.recovery import RecoveryReport, check_index_present, recover
 from mta.core.files import fsync_dir
-from mta.spool.segments import SEGMENT_MAX_BYTES, SegmentStore
+from mta.spool.segments import SEGMENT_MAX_BYTES, SegmentStore, StoredBody
 from mta.spool.suppressions import RulesLike, address_key
 from mta.spool.views import EventView, MessageView, SuppressionView
 from mta.spool.writer import (ASYNC, ENQUEUE, EVENTS, LEASE, PRUNE, RECLAIM, RECORD, RELEASE,
@@ -419,12 +420,28 @@ class Spool:
     async def next_due_at(self) -> float | None:
         return await self._read(reads.next_due_at(self._reader))
 
-    async def read_body(self, queue_id: str) -> bytes:
+    async def open_body(self, queue_id: str) -> StoredBody:
+        """The body as a StoredBody (read in pieces, crc-checked at the end):
+        what delivery uses for a message over core.spill.HEAD_BYTES. KeyError
+        when the message is unknown or its body no longer kept."""
+        loc = await self._read(reads.body_location(self._reader, queue_id))
+        if loc is None:
+            raise KeyError(queue_id)
+        segment, offset, length, live = loc
+        if not live:
+            raise KeyError(f"{queue_id}: body no longer kept (message done)")
+        return self._store.stored(segment, offset, length, queue_id)
+
+    async def read_body(self, queue_id: str, *, limit: int | None = None) -> bytes:
+        """The whole body, or with `limit` its first `limit` bytes at most
+        (a DSN needs the header block only; no crc check then)."""
         loc = await self._read(reads.body_location(self._reader, queue_id))
         if loc is None:
             raise KeyError(queue_id)
         segment, offset, length, live = loc
         try:
+            if limit is not None and length > limit:
+                return await asyncio.to_thread(self._store.read_prefix, segment, offset, limit)
             return await self._store.read(segment, offset, length, queue_id)
         except FileNotFoundError:
             if not live:
