@@ -29,6 +29,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from mta.core.logfmt import event
 from mta.core.errors import StorageError
 from mta.spool import index
 from mta.spool.segments import HEADER, scan_segments, segment_name
@@ -100,9 +101,9 @@ async def recover(conn: aiosqlite.Connection, segment_dir: Path, *, index_create
         await conn.execute("ROLLBACK")
         raise
     if report.leased_reset:
-        log.info("spool recovery: %d leased recipients put back in the queue", report.leased_reset)
+        event(log, "recovery_leases_reset", recipients=report.leased_reset)
     if report.flags_fixed:
-        log.warning("spool recovery: fixed done/body_live of %d messages", report.flags_fixed)
+        event(log, "recovery_flags_fixed", logging.WARNING, messages=report.flags_fixed)
 
     files = await asyncio.to_thread(scan_segments, segment_dir)
     live = {r[0] for r in await conn.execute_fetchall(index.SQL_LIVE_SEGMENTS)}
@@ -117,9 +118,9 @@ async def recover(conn: aiosqlite.Connection, segment_dir: Path, *, index_create
         rows = await conn.execute_fetchall(index.SQL_LIVE_IN_SEGMENT_PAST, (seg, HEADER.size, size))
         if rows:
             what = "is missing" if size < 0 else f"is only {size} bytes"
-            log.error("spool recovery: segment %s %s; %d live messages lost their body "
-                      "(kept in the queue, reported as corrupt): %s", segment_name(seg), what,
-                      len(rows), " ".join(r[0] for r in rows[:20]))
+            event(log, "recovery_bodies_lost", logging.ERROR, segment=segment_name(seg),
+                  problem=what, messages=len(rows), ids=",".join(r[0] for r in rows[:20]),
+                  note="kept in the queue, reported as corrupt")
             report.corrupt_count += len(rows)
             corrupt.extend(r[0] for r in rows[:max(0, CORRUPT_LIST_MAX - len(corrupt))])
     report.corrupt = tuple(corrupt)
@@ -130,7 +131,7 @@ async def recover(conn: aiosqlite.Connection, segment_dir: Path, *, index_create
             await asyncio.to_thread(_unlink, segment_dir / segment_name(seg))
             report.segments_removed += 1
     if report.segments_removed:
-        log.info("spool recovery: removed %d dead segment files", report.segments_removed)
+        event(log, "recovery_segments_removed", segments=report.segments_removed)
 
     # S1: a torn or uncommitted tail after the last record any row references.
     for seg in sorted(live & files.keys()):
@@ -139,8 +140,8 @@ async def recover(conn: aiosqlite.Connection, segment_dir: Path, *, index_create
             await asyncio.to_thread(_truncate, segment_dir / segment_name(seg), end)
             report.tails_truncated += 1
             report.tail_bytes_truncated += files[seg] - end
-            log.warning("spool recovery: cut %d uncommitted bytes from the end of %s",
-                        files[seg] - end, segment_name(seg))
+            event(log, "recovery_tail_cut", logging.WARNING, segment=segment_name(seg),
+                  bytes=files[seg] - end)
 
     # Numbers are never reused, not even those of files already unlinked.
     report.next_segment = max([max_db, *files.keys()], default=0) + 1

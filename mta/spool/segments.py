@@ -50,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Protocol, Sequence
 
+from mta.core.logfmt import event
 from mta.core.files import fsync_dir
 from mta.core.errors import StorageError
 
@@ -298,7 +299,7 @@ class SegmentStore:
             os.close(fd)
             raise
         self._fd, self._current, self._size = fd, number, 0
-        log.debug("spool: new segment %s", path)
+        event(log, "segment_new", level=logging.DEBUG, path=path)
 
     def _abandon(self) -> None:
         if self._fd is not None:
@@ -375,7 +376,7 @@ class SegmentStore:
             os.unlink(self.directory / segment_name(number))
         except FileNotFoundError:
             pass
-        log.info("spool: removed dead segment %s", segment_name(number))
+        event(log, "segment_removed", segment=segment_name(number))
 
     def close(self) -> None:
         self._abandon()

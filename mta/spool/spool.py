@@ -80,6 +80,7 @@ from typing import Any, Iterable, Sequence
 
 import aiosqlite
 
+from mta.core.logfmt import event
 from mta.core.envelope import (BOUNCED, AddressOutcome, DsnCandidate, LedgerEvent,
                                QueuedRecipient, RecipientUpdate)
 from mta.core.errors import StorageError
@@ -227,7 +228,8 @@ class Spool:
         store = SegmentStore(segdir, first_number=report.next_segment, max_bytes=segment_max_bytes)
         spool = cls(root, conn, reader, store, report, lock_fd, now, suppression)
         spool._writer.start()
-        log.info("spool opened at %s: %s", root, report.to_dict())
+        event(log, "spool_opened", root=root,
+              **{k: v for k, v in report.to_dict().items() if not isinstance(v, (list, dict))})
         return spool
 
     # -- writes (all through the group-commit writer) --------------------------------
@@ -601,4 +603,10 @@ class Spool:
         await self._conn.close()
         self._store.close()
         os.close(self._lock_fd)
-        log.info("spool closed: %s", self.stats)
+        event(log, "spool_closed", **_stats_fields(self.stats))
+
+
+def _stats_fields(stats) -> dict:
+    """The writer's counters (a dataclass of numbers) as event() fields."""
+    import dataclasses
+    return {k: v for k, v in dataclasses.asdict(stats).items() if isinstance(v, (int, float))}

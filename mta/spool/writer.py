@@ -72,6 +72,7 @@ from typing import Any, Sequence
 
 import aiosqlite
 
+from mta.core.logfmt import event
 from mta.core.envelope import (BOUNCED, DELIVERED, QUEUED, AddressOutcome, QueuedRecipient,
                                RecipientUpdate)
 from mta.core.errors import StorageError
@@ -221,7 +222,7 @@ class Writer:
             try:
                 await self._commit(batch)
             except BaseException as exc:   # a bug here must not wedge every future caller
-                log.exception("spool writer: batch failed unexpectedly")
+                log.exception("event=spool_batch_failed")
                 err = storage_error(exc, "spool writer")
                 for op in batch:
                     _fail(op, err)
@@ -251,7 +252,7 @@ class Writer:
                 stats.fsyncs += 1
             except Exception as exc:
                 err = storage_error(exc, "writing message bodies")
-                log.error("spool: %s", err)
+                event(log, "spool_write_failed", logging.ERROR, error=err)
                 stats.failed_batches += 1
                 for op in enqueues:
                     _fail(op, err)
@@ -263,7 +264,7 @@ class Writer:
                 ids, results = await self._transaction(enqueues, locations, others)
             except Exception as exc:
                 err = storage_error(exc, "committing the spool index")
-                log.error("spool: %s", err)
+                event(log, "spool_commit_failed", logging.ERROR, error=err)
                 stats.failed_batches += 1
                 for op in db_ops:
                     _fail(op, err)
@@ -368,8 +369,8 @@ class Writer:
                     detail["duplicate_of"] = orig
                     detail["discarded_id"] = m.queue_id
                     dups.append((at, "received", orig, "", cred, json.dumps(detail)))
-                    log.info("spool: %s is a repeat of idempotency key %r (credential %r): "
-                             "answered with %s", m.queue_id, m.idempotency_key, cred, orig)
+                    event(log, "idempotent_repeat", discarded_id=m.queue_id, id=orig,
+                          idempotency_key=m.idempotency_key, credential=cred)
                     continue
                 keys[k] = (m.queue_id, at)   # a later duplicate in this batch finds it
                 keys_put.append((cred, m.idempotency_key, m.queue_id, at))
@@ -458,15 +459,15 @@ class Writer:
             # Final states are terminal (index.STATE_TRANSITIONS): a late or
             # duplicate report for a finished recipient is kept as an attempt
             # row but does not move the recipient.
-            log.warning("spool: %d of %d recipient updates ignored (unknown or already final)",
-                        len(rows) - cur.rowcount, len(rows))
+            event(log, "updates_ignored", logging.WARNING, ignored=len(rows) - cur.rowcount,
+                  of=len(rows), why="unknown or already final")
 
     async def _record_async(self, r: AsyncReport, touched: set[str]) -> bool:
         conn = self._conn
         rows = await conn.execute_fetchall(index.SQL_RECIPIENT_FOR_EVENT, (r.queue_id, r.rcpt_idx))
         if not rows:
-            log.warning("spool: asynchronous %s for unknown recipient %s/%d ignored",
-                        r.attempt_state, r.queue_id, r.rcpt_idx)
+            event(log, "async_report_ignored", logging.WARNING, kind=r.attempt_state,
+                  id=r.queue_id, rcpt_idx=r.rcpt_idx, why="unknown recipient")
             return False
         old, address, cred = rows[0]
         await conn.execute(index.SQL_INSERT_ASYNC_ATTEMPT,
@@ -476,12 +477,12 @@ class Writer:
         if r.state and r.state in index.ASYNC_TRANSITIONS.get(old, ()):
             await conn.execute(index.SQL_ASYNC_BOUNCE, (r.reply, time.time(), r.queue_id, r.rcpt_idx))
             touched.add(r.queue_id)
-            log.info("spool: %s/%d %s -> %s (asynchronous bounce)", r.queue_id, r.rcpt_idx, old, r.state)
+            event(log, "async_bounce", id=r.queue_id, rcpt_idx=r.rcpt_idx, previous=old,
+                  state=r.state)
             events.append(("bounced", {**base, "sync": False, "previous_state": old,
                                        **(r.event_detail or {})}))
         elif r.state:
-            log.info("spool: asynchronous bounce for %s/%d kept as an attempt: already %s",
-                     r.queue_id, r.rcpt_idx, old)
+            event(log, "async_bounce_kept", id=r.queue_id, rcpt_idx=r.rcpt_idx, already=old)
         if any(o.kind == "complaint" for o in r.outcomes):
             events.append(("complained", {**base, "feedback_type": None, **(r.event_detail or {})}))
         if events:
@@ -504,7 +505,8 @@ class Writer:
             return 0
         for mid, idx, old in rows:
             index.check_transition(old, to)
-            log.debug("spool: %s/%d %s -> %s (operator %s)", mid, idx, old, to, op.action)
+            event(log, "operator_move", logging.DEBUG, id=mid, rcpt_idx=idx, previous=old,
+                  state=to, action=op.action)
         pairs = [(mid, idx) for mid, idx, _ in rows]
         now = op.now
         if op.action == "hold":
@@ -542,8 +544,8 @@ class Writer:
                                          **extra}), mid, idx, to)
                 for mid, idx, old in rows])
         moved = cur.rowcount if pairs else 0
-        log.info("spool: operator %s: %d recipients %s -> %s", op.action, moved,
-                 "/".join(sorted(froms)), to)
+        event(log, "operator_steer", action=op.action, recipients=moved,
+              previous="/".join(sorted(froms)), state=to)
         return moved
 
     async def _prune(self, op: PruneOp) -> int:
