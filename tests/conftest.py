@@ -19,6 +19,10 @@ import traceback
 
 import pytest
 
+# Hermetic: a machine with a real /etc/mta/mta.toml must not leak it into
+# tests that run `mta …` without --config (issue 10 item 13's default path).
+os.environ.setdefault("MTA_DEFAULT_CONFIG", "")
+
 _REPORT: list[str] = []
 HANG_AFTER = float(os.environ.get("MTA_TEST_HANG_AFTER", "240"))
 

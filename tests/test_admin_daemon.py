@@ -250,12 +250,8 @@ async def test_the_cli_says_where_a_routed_domain_goes(world):
 
 def _set_min_free_space(d, value: int) -> None:
     """Set [server] min_free_space on the running daemon, as a reload would."""
-    server = d.cfg.server
-    if "min_free_space" in getattr(server, "__dataclass_fields__", {}):
-        d.cfg = dataclasses.replace(d.cfg, server=dataclasses.replace(server,
-                                                                      min_free_space=value))
-    else:       # until the config schema has the key: the attribute RuntimeAdmin reads
-        object.__setattr__(server, "min_free_space", value)
+    d.cfg = dataclasses.replace(d.cfg, server=dataclasses.replace(d.cfg.server,
+                                                                  min_free_space=value))
 
 
 def _metric(text: str, name: str) -> float:

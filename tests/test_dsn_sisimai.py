@@ -80,10 +80,6 @@ def xtext_decode(text: str) -> str:
     return _XTEXT.sub(lambda m: chr(int(m.group(1), 16)), text)
 
 
-@pytest.mark.xfail(strict=True, reason="mta/mail/bounces reads 'utf-8; j\\x{F6}hn…' as "
-                   "'x{153}@…': its address reader must decode RFC 6533 utf-8-addr-xtext "
-                   "(change asked of the lead in issue 10 item 23's report; drop this "
-                   "marker with it)")
 def test_our_parser_reads_a_utf8_recipient():
     report = parse(dsn_for(UTF8_RCPT, BOUNCED, UTF8_REPLY)).to_json()
     (r,) = report["recipients"]

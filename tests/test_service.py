@@ -474,7 +474,10 @@ def test_install_into_destdir_is_idempotent_and_keeps_config(installed):
     assert unit.read_text() == UNIT.read_text()           # default prefix: unchanged
     assert "systemctl daemon-reload && systemctl enable --now mta" in first.stdout
     assert "skipping the mta user" in first.stdout        # DESTDIR: machine untouched
-    out = subprocess.run([str(mta), "config", "check", "--config", str(conf)],
+    # the staged venv's scripts name their final place (/opt/mta/venv/bin/python,
+    # issue 10 item 19): run its interpreter from the staging tree instead
+    out = subprocess.run([str(dest / "opt/mta/venv/bin/python"), "-m", "mta", "config", "check",
+                          "--config", str(conf)],
                          env=dict(env, MTA_STATE_DIR=str(dest / "var/lib/mta")),
                          capture_output=True, text=True, timeout=60)
     assert "server" in out.stdout + out.stderr, out

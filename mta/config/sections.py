@@ -35,6 +35,9 @@ class ServerConfig:
     public_ips: tuple[str, ...] = K((), "addresses this server sends from; the SPF record "
                                       "`mta domain add` prints authorises exactly these",
                                       IP_LIST, max=64)
+    min_free_space: int = K(100 * MiB, "/readyz reports not ready (503) when the spool's "
+                            "filesystem has less free space than this; 0: no check", SIZE,
+                            min=0, max=1024 ** 5)
 
 
 @dataclass(frozen=True)

@@ -67,9 +67,7 @@ class RuntimeAdmin:
         return os.path.join(self.d.cfg.server.state_dir, "spool")
 
     def min_free_space(self) -> int:
-        # [server] min_free_space: read defensively (an older config has none).
-        value = getattr(self.d.cfg.server, "min_free_space", None)
-        return DEFAULT_MIN_FREE_SPACE if value is None else int(value)
+        return int(self.d.cfg.server.min_free_space)
 
     def disk(self) -> dict[str, int | None]:
         try:

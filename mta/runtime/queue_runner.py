@@ -241,7 +241,9 @@ class QueueRunner:
     def _domains_of(self, name: str) -> list[str | None]:
         """Recipient domains whose mail goes to destination `name` (None = all:
         the smarthost route "*" goes there)."""
-        if not name.startswith("["):
+        if name == "sandbox" and self.sandbox:
+            return [None]                  # sandbox mode: every domain goes there
+        if not name.startswith("[") or name.endswith("]"):   # a domain, or a literal [ip]
             return [name]
         out: list[str | None] = []
         for domain in self.routes:

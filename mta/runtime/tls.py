@@ -20,7 +20,8 @@ from mta.core.files import atomic_write
 def server_context(cert: str | os.PathLike, key: str | os.PathLike) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert), str(key))
+    # An encrypted key fails at once instead of prompting on a terminal.
+    ctx.load_cert_chain(str(cert), str(key), password=lambda: b"")
     return ctx
 
 

@@ -52,12 +52,15 @@ S6  attempt recorded            ``attempts`` row, recipient state,  done/body_li
                                 writer.py: a record may be lost to  crash) the record may be missing:
                                 power loss, never to SIGKILL)       the recipient is S4/S5 again and is
                                                                     retried (a duplicate at worst)
-S7  all recipients final, some  done=1, body_live=1, failed         nothing; `dsn_candidates` returns it
-    failed, DSN not enqueued    recipients dsn_state != 'sent'      again and the DSN is built after
-                                                                    restart
-S8  DSN enqueued + original     DSN's record and rows AND the       nothing: S7 and S8 are the only two
-    marked, one txn             original's dsn_state='sent',        outcomes of that txn, so a DSN is
-                                body_live=0                         never lost and never sent twice
+S7  a recipient failed (final), that recipient bounced/expired with     nothing; `dsn_candidates` returns it
+    none of the message's       dsn_state '' or 'delay_sent'; done  again (leases were reset) and the
+    recipients leased, DSN not  may still be 0 (others queued),     DSN is built after restart
+    enqueued                    body_live=1
+S8  DSN enqueued + original     DSN's record and rows AND           nothing: S7 and S8 are the only two
+    marked, one txn             dsn_state='sent' on the recipients  outcomes of that txn, so a DSN is
+                                the DSN names; body_live=0 only     never lost and never sent twice
+                                once the message is done and owes
+                                nothing else
 S9  segment dead, not unlinked  segment file whose messages all     unlinked (``segments_removed``)
                                 have body_live=0 (or no rows)
 S10 live body missing / short   a body_live=1 row points past the   logged at ERROR, rows kept untouched

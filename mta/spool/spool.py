@@ -399,7 +399,8 @@ class Spool:
     async def bounce_messages(self, f: MessageFilter, now: float, reply: Reply) -> int:
         """queued/held → bounced with `reply` (a 5xx) and an attempts row
         (state "bounced", remote_host "operator"). A DSN is owed as for any
-        bounce: `dsn_candidates` returns the message once it is done."""
+        bounce: `dsn_candidates` returns the message once none of its
+        recipients is leased."""
         if not reply.is_perm:
             raise ValueError(f"an operator bounce needs a 5xx reply, not {reply}")
         return await self._steer("bounce", f, now, str(reply))

@@ -44,8 +44,20 @@ def collapse(text: str) -> str:
     return _WS.sub(" ", text).strip()
 
 
+_UTF8_XTEXT = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
+
+
+def _unxtext(m: re.Match[str]) -> str:
+    n = int(m.group(1), 16)
+    return chr(n) if n <= 0x10FFFF else m.group(0)
+
+
 def clean_address(s: str) -> str:
-    m = ADDR_RE.search(s or "")
+    s = s or ""
+    kind, sep, rest = s.partition(";")
+    if sep and kind.strip().lower() == "utf-8":     # RFC 6533 §3: utf-8-addr-xtext
+        s = _UTF8_XTEXT.sub(_unxtext, rest)
+    m = ADDR_RE.search(s)
     if not m:
         return ""
     addr = m.group(1).strip(".'\"")
