@@ -4,6 +4,7 @@ line is a record (timestamp first) or part of a traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from mta.core.logfmt import escape_controls, event
 from mta.runtime.logs import LineFormatter
@@ -97,3 +100,49 @@ def test_daemon_log_has_no_raw_control_bytes_after_hostile_commands(tmp_path):
     assert b"\r" not in err
     for line in text.splitlines():
         assert RECORD.match(line) or line.startswith("    "), line
+
+
+async def test_daemon_start_and_submissions_log_each_thing_once(tmp_path, caplog):
+    """Item 20: each listener (and the admin API) logs event=listening once;
+    the spool's opening line is key=value; an idempotent repeat logs
+    event=duplicate naming the original, not a second event=received.
+    Item 18: a suppression refused at RCPT counts in mta_recipients_total."""
+    import aiosmtplib
+    from mta.server.credentials import CredentialStore
+    from tests.support.mtahelpers import no_verify_context, running_daemon
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    state = tmp_path / "state"
+    state.mkdir()
+    CredentialStore(state / "credentials.json").add("app", "app-password-1")
+    async with running_daemon(config_text(state, port, mode="sandbox")) as d:
+        text = caplog.text
+        assert text.count("event=listening listener=submission ") == 1, text
+        assert text.count("event=listening listener=admin ") == 1, text
+        opened = [ln for ln in text.splitlines() if "event=recovery_done" in ln]
+        assert len(opened) == 1 and "{" not in opened[0] and " leased_reset=0" in opened[0]
+        assert "event=spool_opened" not in text          # the same report, once (DEBUG)
+        import time as _time
+        from mta.spool import suppression_admin
+        await asyncio.to_thread(suppression_admin.add, state, "gone@example.org",
+                                reason="hard_bounce", now=_time.time())
+        msg = (b"From: app@example.com\r\nSubject: once\r\nIdempotency-Key: k-1\r\n\r\nhi\r\n")
+        ids = []
+        for _ in range(2):
+            async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
+                                       tls_context=no_verify_context()) as c:
+                await c.login("app", "app-password-1")
+                _, resp = await c.sendmail("app@example.com", ["x@example.org"], msg)
+                ids.append(resp.split()[-1])
+        assert ids[0] == ids[1]
+        text = caplog.text
+        assert text.count(f"event=received id={ids[0]} ") == 1, text
+        assert f"event=duplicate id={ids[0]} discarded_id=" in text
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
+                                   tls_context=no_verify_context()) as c:
+            await c.login("app", "app-password-1")
+            await c.mail("app@example.com")
+            with pytest.raises(aiosmtplib.SMTPRecipientRefused):
+                await c.rcpt("gone@example.org")
+        metrics = d.metrics.render()[0].decode()
+        assert 'mta_recipients_total{class="",outcome="suppressed"} 1.0' in metrics

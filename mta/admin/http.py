@@ -597,7 +597,7 @@ class AdminServer:
         self._runner = runner
         addresses = runner.addresses      # getsockname() of every bound socket
         self.sockname = (addresses[0][0], addresses[0][1]) if addresses else (host, port)
-        log.info("event=admin_listening address=%s:%d", self.sockname[0], self.sockname[1])
+        # (the daemon logs event=listening listener=admin once it is up)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -373,7 +373,7 @@ class _PokingSpool:
 def _report_fields(report) -> dict:
     try:
         from dataclasses import asdict
-        return {k: v for k, v in asdict(report).items() if not isinstance(v, (list, dict))}
+        return {k: v for k, v in asdict(report).items() if not isinstance(v, (list, dict, tuple))}
     except TypeError:
         return {"report": str(report)}
 

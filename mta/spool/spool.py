@@ -228,7 +228,8 @@ class Spool:
         store = SegmentStore(segdir, first_number=report.next_segment, max_bytes=segment_max_bytes)
         spool = cls(root, conn, reader, store, report, lock_fd, now, suppression)
         spool._writer.start()
-        event(log, "spool_opened", root=root,
+        # DEBUG: the daemon logs the same report as event=recovery_done.
+        event(log, "spool_opened", logging.DEBUG, root=root,
               **{k: v for k, v in report.to_dict().items() if not isinstance(v, (list, dict))})
         return spool
 
