@@ -218,12 +218,7 @@ async def test_transaction_time_is_limited(make_listener):
     obs = Counting()
     lst, spool = await make_listener(**PLAIN, transaction_timeout=0.5, idle_timeout=30,
                                      observer=obs)
-    c = await Client.connect(lst.sockname)
-    await c.ehlo()
-    assert (await c.auth_plain())[0] == 235
-    assert (await c.cmd("MAIL FROM:<app@example.com>"))[0] == 250
-    assert (await c.cmd("RCPT TO:<bob@example.net>"))[0] == 250
-    assert (await c.cmd("DATA"))[0] == 354
+    c = await _in_data(lst)
     reply = asyncio.ensure_future(c.reply())         # read while we write
     for _ in range(10):                              # trickle: never idle, never done
         if reply.done():
@@ -242,12 +237,7 @@ async def test_transaction_time_is_limited(make_listener):
 
 async def test_a_slow_but_steady_data_is_not_idle(make_listener):
     lst, spool = await make_listener(**PLAIN, idle_timeout=1)
-    c = await Client.connect(lst.sockname)
-    await c.ehlo()
-    assert (await c.auth_plain())[0] == 235
-    assert (await c.cmd("MAIL FROM:<app@example.com>"))[0] == 250
-    assert (await c.cmd("RCPT TO:<bob@example.net>"))[0] == 250
-    assert (await c.cmd("DATA"))[0] == 354
+    c = await _in_data(lst)
     await c.send(b"Subject: slow\r\n\r\n")
     for i in range(6):                               # 2.4 s in all, 0.4 s apart
         await asyncio.sleep(0.4)
@@ -268,6 +258,17 @@ async def test_listen_backlog_is_the_configured_one(make_listener):
                          check=True).stdout.split()
     # State Recv-Q Send-Q …: for a listening socket Send-Q is the backlog
     assert out[0] == "LISTEN" and out[2] == "777", out
+
+
+async def _in_data(lst) -> Client:
+    """A logged-in session that has just been told 354."""
+    c = await Client.connect(lst.sockname)
+    await c.ehlo()
+    assert (await c.auth_plain())[0] == 235
+    assert (await c.cmd("MAIL FROM:<app@example.com>"))[0] == 250
+    assert (await c.cmd("RCPT TO:<bob@example.net>"))[0] == 250
+    assert (await c.cmd("DATA"))[0] == 354
+    return c
 
 
 # -- item 5: an overlong AUTH answer ------------------------------------------------

@@ -138,3 +138,22 @@ async def test_sigterm_during_start_stops_at_once(tmp_path, monkeypatch):
             break
         await asyncio.sleep(0.02)
     assert left == []
+
+
+def test_open_files_limit_is_raised_for_the_sessions_allowed(tmp_path):
+    """Item 2: a shell's soft limit of 1024 open files is below what
+    max_sessions allows (accept() then fails and clients vanish unlogged):
+    the daemon raises it towards the hard limit, and says when it cannot."""
+    import resource
+    from mta.runtime.daemon import raise_fd_limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard open-files limit here is {hard}: nothing to raise it to")
+    cfg = parse_config(config_text(tmp_path / "state", free_port()), "test")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        now, want = raise_fd_limit(cfg)
+        assert want == 1000 + 512                 # one listener, max_sessions 1000
+        assert now == resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= want
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

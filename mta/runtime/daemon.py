@@ -76,6 +76,24 @@ def ensure_first_credential(cfg: Config, store: CredentialStore) -> str | None:
     return password
 
 
+def raise_fd_limit(cfg: Config) -> tuple[int, int]:
+    """Raise the soft open-files limit towards the hard one (a shell's 1024
+    is below what max_sessions allows: past it, accept() fails and clients
+    are dropped). Returns (soft limit now, files the listeners may need);
+    the caller warns when the first is below the second."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = sum(lst.max_sessions for lst in cfg.listeners) + 512   # + spool, DNS, deliveries
+    target = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, 65536))
+    if soft != resource.RLIM_INFINITY and target != soft and target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft, want
+
+
 class StartupError(Exception):
     """The daemon cannot start; str() is one line for the operator."""
 
@@ -114,6 +132,11 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.cfg
         paths = state_paths(cfg)
+        files, want = raise_fd_limit(cfg)
+        if files < want:
+            event(log, "fd_limit_low", level=logging.WARNING, open_files=files, needed=want,
+                  hint="raise the open-files limit (LimitNOFILE=, ulimit -n) or lower "
+                       "listeners' max_sessions")
         try:
             paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
             self.spool = await Spool.open(paths["root"], now=self.clock.now(),

@@ -199,18 +199,12 @@ class StoredBody:
             os.close(fd)
 
     async def chunks(self, size: int = CHUNK) -> AsyncIterator[bytes]:
-        fd, want = await asyncio.to_thread(self._open)
+        gen = self.iter_chunks(size)       # each step (a pread) in a worker thread
         try:
-            pos, crc = 0, 0
-            while pos < self.size:
-                data = await asyncio.to_thread(self._piece, fd, pos, size)
-                pos += len(data)
-                crc = zlib.crc32(data, crc)
-                if pos == self.size:
-                    self._check(crc, want)
-                yield data
+            while (piece := await asyncio.to_thread(next, gen, None)) is not None:
+                yield piece
         finally:
-            os.close(fd)
+            gen.close()
 
     async def is_ascii(self) -> bool:
         def scan() -> bool:
