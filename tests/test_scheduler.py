@@ -6,8 +6,8 @@ import pytest
 
 from mta.core.envelope import Destination, QueuedRecipient
 from mta.core.outcome import DestinationHealth
-from mta.scheduler import Batch, DestState, Idle, IllegalTransition, Scheduler, Sleep, Work
-from mta.scheduler.state import transition
+from mta.core.statemachine import IllegalTransition
+from mta.scheduler import DESTINATION, Batch, DestState, Idle, Scheduler, Sleep, Work
 
 OK, DOWN, THROTTLING = DestinationHealth.OK, DestinationHealth.DOWN, DestinationHealth.THROTTLING
 T0 = 1_700_000_000.0
@@ -169,9 +169,9 @@ def test_down_sleep_streak_growth_cap_probe_and_recovery(caplog):
     assert (st["state"], st["streak"], st["paused_until"]) == ("active", 0, None)
     assert all(isinstance(s.next_batch(now), Batch) for _ in range(3))   # full window again
     assert s.next_batch(now) == Idle()
-    assert "a.com: active -> paused" in caplog.text
-    assert "a.com: paused -> probing" in caplog.text
-    assert "a.com: probing -> active" in caplog.text
+    for old, new in (("active", "paused"), ("paused", "probing"), ("probing", "active")):
+        assert (f"event=transition machine=destination subject=a.com from={old} to={new}"
+                in caplog.text)
 
 
 def test_sleep_only_for_paused_work_others_still_served():
@@ -232,11 +232,60 @@ def test_destination_states_read_model():
 
 
 def test_illegal_transition_raises():
-    assert transition("a.com", DestState.ACTIVE, DestState.PAUSED) is DestState.PAUSED
+    assert DESTINATION.move(DestState.ACTIVE, DestState.PAUSED, subject="a.com") is DestState.PAUSED
+    with pytest.raises(IllegalTransition, match="a.com: illegal move active -> probing"):
+        DESTINATION.move(DestState.ACTIVE, DestState.PROBING, subject="a.com")
     with pytest.raises(IllegalTransition):
-        transition("a.com", DestState.ACTIVE, DestState.PROBING)
-    with pytest.raises(IllegalTransition):
-        transition("a.com", DestState.PAUSED, DestState.ACTIVE)
+        DESTINATION.move(DestState.PAUSED, DestState.ACTIVE, subject="a.com")
+    assert DestState.PAUSED == "paused"                  # stored and reported as the string
+
+
+def test_pause_until_is_the_end_of_the_backoff_pause():
+    s = sched(backoff=(30.0,))
+    assert s.pause_until("a.com") is None                # unknown
+    s.add(msg("Q1", "a.com", 2), T0)
+    b = s.next_batch(T0)
+    assert s.pause_until("a.com") is None                # active
+    s.complete(b, DOWN, T0 + 1)
+    assert s.pause_until("a.com") == T0 + 31
+    assert s.pause_until("a.com") == s.destination_states()["a.com"]["paused_until"]
+    s.flush("a.com", T0 + 2)
+    assert s.pause_until("a.com") == T0 + 2
+
+
+class _Delivery:
+    concurrency_per_destination = 1
+    max_messages_per_connection = 1
+    max_recipients_per_transaction = 2
+    destination_backoff = (7.0,)
+
+
+class _Cfg:
+    delivery = _Delivery()
+
+
+def test_from_config_and_reconfigure_apply_the_delivery_limits():
+    from mta.config.sections import DeliveryConfig
+
+    class Real:
+        delivery = DeliveryConfig()
+    s = Scheduler.from_config(Real())
+    d = DeliveryConfig()
+    assert (s.concurrency, s.max_messages, s.max_rcpts, s.backoff) == (
+        d.concurrency_per_destination, d.max_messages_per_connection,
+        d.max_recipients_per_transaction, tuple(d.destination_backoff))
+    s.add(msg("Q1", "a.com", 3) + msg("Q2", "a.com", 1), T0)
+    s.reconfigure(_Cfg())
+    assert (s.concurrency, s.max_messages, s.max_rcpts, s.backoff) == (1, 1, 2, (7.0,))
+    b = s.next_batch(T0)
+    assert shape(b) == [("Q1", [0, 1])]                  # one txn of at most 2 recipients
+    assert isinstance(s.next_batch(T0), Idle)             # window of 1
+    s.complete(b, DOWN, T0)
+    assert s.pause_until("a.com") == T0 + 7.0
+    bad = _Cfg()
+    bad.delivery = type("D", (_Delivery,), {"concurrency_per_destination": 0})()
+    with pytest.raises(ValueError):
+        s.reconfigure(bad)
 
 
 def test_bad_parameters():

@@ -1,9 +1,13 @@
 """Pure delivery scheduling: per-destination queues, windows and health.
 
-See scheduler.py (the Scheduler) and state.py (destination state machine).
+See scheduler.py (the Scheduler) and state.py (the destination-health state
+machine, on mta.core.statemachine: an illegal move raises its
+IllegalTransition).
 """
 
-from mta.scheduler.scheduler import Batch, Idle, Scheduler, Sleep, Work
-from mta.scheduler.state import DestState, IllegalTransition
+from mta.scheduler.scheduler import (Batch, DeliverySettings, Idle, Scheduler, SchedulerConfig,
+                                     Sleep, Work)
+from mta.scheduler.state import DESTINATION, DestState
 
-__all__ = ["Batch", "DestState", "Idle", "IllegalTransition", "Scheduler", "Sleep", "Work"]
+__all__ = ["Batch", "DESTINATION", "DeliverySettings", "DestState", "Idle", "Scheduler",
+           "SchedulerConfig", "Sleep", "Work"]

@@ -9,10 +9,16 @@ Public API:
     Sleep(until) / Idle()
     Scheduler(*, concurrency, max_messages_per_connection,
               max_recipients_per_transaction, backoff, hold_max=60.0)
+    Scheduler.from_config(cfg)              the limits of cfg.delivery (DeliverySettings)
+      .reconfigure(cfg)                     apply a reloaded config's limits: the next
+                                            next_batch uses them; batches in flight
+                                            finish as they were
       .add(works, now)
       .next_batch(now) -> Batch | Sleep | Idle
       .complete(batch, health, now) -> list[Work]
       .drain(destination_name=None) -> list[Work]
+      .suspend(name) -> list[Work] / .resume(name) / .is_suspended(name) / .flush(name, now)
+      .pause_until(name) -> float | None    when the destination's backoff pause ends
       .pending_count() / .inflight_count() / .destination_states()
 
 next_batch: round-robin over destinations (least recently served first) that
@@ -29,7 +35,8 @@ batch holds at most max_messages_per_connection transactions. When several
 slots are free the pending messages are spread over them (ceil(messages /
 free slots) per connection) rather than serialised on one connection.
 
-complete: frees the slot and applies DestinationHealth (state.py). A bad
+complete: frees the slot and applies DestinationHealth (state.py, the
+`DESTINATION` state machine of mta.core.statemachine). A bad
 batch pauses the destination for backoff[min(streak-1, len-1)], streak being
 the number of consecutive bad batches including this one. Only a batch
 dispatched since the destination's last state change moves the state: when a
@@ -51,11 +58,30 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Protocol, Sequence
 
 from mta.core.envelope import Destination, QueuedRecipient
 from mta.core.outcome import DestinationHealth
-from mta.scheduler.state import DestState, transition
+from mta.scheduler.state import DESTINATION, DestState
+
+
+class DeliverySettings(Protocol):
+    """The keys of `[delivery]` the scheduler owns (mta.config's
+    DeliveryConfig has them; the scheduler may not import config)."""
+    @property
+    def concurrency_per_destination(self) -> int: ...
+    @property
+    def max_messages_per_connection(self) -> int: ...
+    @property
+    def max_recipients_per_transaction(self) -> int: ...
+    @property
+    def destination_backoff(self) -> Sequence[float]: ...
+
+
+class SchedulerConfig(Protocol):
+    """A whole configuration as the scheduler reads it (mta.config.Config)."""
+    @property
+    def delivery(self) -> DeliverySettings: ...
 
 
 @dataclass(frozen=True)
@@ -112,14 +138,8 @@ class Scheduler:
     def __init__(self, *, concurrency: int, max_messages_per_connection: int,
                  max_recipients_per_transaction: int, backoff: tuple[float, ...],
                  hold_max: float = 60.0):
-        if min(concurrency, max_messages_per_connection, max_recipients_per_transaction) < 1:
-            raise ValueError("scheduler limits must be >= 1")
-        if not backoff or any(b <= 0 for b in backoff):
-            raise ValueError(f"backoff must be non-empty and positive: {backoff!r}")
-        self.concurrency = concurrency
-        self.max_messages = max_messages_per_connection
-        self.max_rcpts = max_recipients_per_transaction
-        self.backoff = tuple(backoff)
+        self._set_limits(concurrency, max_messages_per_connection,
+                         max_recipients_per_transaction, backoff)
         self.hold_max = hold_max
         self._dests: OrderedDict[str, _Dest] = OrderedDict()
         self._inflight: dict[int, _Flight] = {}
@@ -130,6 +150,34 @@ class Scheduler:
         # Operator suspension is not a health state: a suspended destination
         # keeps its health (and backoff) and gets no batches until resumed.
         self._suspended: set[str] = set()
+
+    @classmethod
+    def from_config(cls, cfg: SchedulerConfig, hold_max: float = 60.0) -> Scheduler:
+        d = cfg.delivery
+        return cls(concurrency=d.concurrency_per_destination,
+                   max_messages_per_connection=d.max_messages_per_connection,
+                   max_recipients_per_transaction=d.max_recipients_per_transaction,
+                   backoff=tuple(d.destination_backoff), hold_max=hold_max)
+
+    def reconfigure(self, cfg: SchedulerConfig) -> None:
+        """Apply the limits of a reloaded configuration. Windows and batch
+        sizes change from the next `next_batch`; pauses already running keep
+        their end; batches in flight finish as they were dispatched."""
+        d = cfg.delivery
+        self._set_limits(d.concurrency_per_destination, d.max_messages_per_connection,
+                         d.max_recipients_per_transaction, d.destination_backoff)
+
+    def _set_limits(self, concurrency: int, max_messages: int, max_rcpts: int,
+                    backoff: Iterable[float]) -> None:
+        backoff = tuple(backoff)
+        if min(concurrency, max_messages, max_rcpts) < 1:
+            raise ValueError("scheduler limits must be >= 1")
+        if not backoff or any(b <= 0 for b in backoff):
+            raise ValueError(f"backoff must be non-empty and positive: {backoff!r}")
+        self.concurrency = concurrency
+        self.max_messages = max_messages
+        self.max_rcpts = max_rcpts
+        self.backoff = backoff
 
     # -- adding and taking work -------------------------------------------
     def add(self, works: Iterable[Work], now: float) -> None:
@@ -218,7 +266,7 @@ class Scheduler:
         return handed_back
 
     def _move(self, d: _Dest, new: DestState) -> None:
-        d.state = transition(d.destination.name, d.state, new)
+        d.state = DESTINATION.move(d.state, new, subject=d.destination.name)
         d.epoch += 1
 
     def drain(self, destination_name: str | None = None) -> list[Work]:
@@ -264,6 +312,12 @@ class Scheduler:
         if d is not None and d.state is DestState.PAUSED:
             d.paused_until = now
 
+    def pause_until(self, name: str) -> float | None:
+        """When the backoff pause of destination `name` ends (None: it is not
+        paused, or not known)."""
+        d = self._dests.get(name)
+        return d.paused_until if d is not None else None
+
     # -- read model -------------------------------------------------------
     def pending_count(self) -> int:
         return self._npending
@@ -271,7 +325,7 @@ class Scheduler:
     def inflight_count(self) -> int:
         return self._ninflight
 
-    def destination_states(self) -> dict[str, dict]:
+    def destination_states(self) -> dict[str, dict[str, object]]:
         out = {name: {"state": d.state.value, "pending": d.npending, "inflight": d.ninflight,
                       "connections": d.connections, "paused_until": d.paused_until,
                       "streak": d.streak, "suspended": name in self._suspended}

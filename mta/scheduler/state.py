@@ -8,9 +8,16 @@
 "bad" is DestinationHealth DOWN or THROTTLING; one recipient's 5xx is not
 (DESIGN.md §3, delivery outcomes have two levels).
 
-Public API: DestState, TRANSITIONS, IllegalTransition, transition(name, old, new).
-Invariant: every state change goes through `transition`, which logs
-``old -> new`` and raises IllegalTransition for a move not in the table.
+Public API
+    DestState                 StrEnum: "active", "paused", "probing"
+    TRANSITIONS               {state: frozenset of next states}
+    DESTINATION               the `mta.core.statemachine.StateMachine` over them;
+                              `DESTINATION.move(old, new, subject=name)`
+
+Invariant: every state change goes through `DESTINATION.move`, which logs
+``event=transition machine=destination subject=NAME from=old to=new`` on
+the ``mta.scheduler`` logger and raises `mta.core.statemachine.
+IllegalTransition` for a move not in the table.
 """
 
 from __future__ import annotations
@@ -18,10 +25,14 @@ from __future__ import annotations
 import enum
 import logging
 
+from mta.core.statemachine import StateMachine
+
+__all__ = ["DESTINATION", "DestState", "TRANSITIONS"]
+
 log = logging.getLogger("mta.scheduler")
 
 
-class DestState(enum.Enum):
+class DestState(enum.StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"
     PROBING = "probing"
@@ -33,14 +44,4 @@ TRANSITIONS: dict[DestState, frozenset[DestState]] = {
     DestState.PROBING: frozenset({DestState.ACTIVE, DestState.PAUSED}),
 }
 
-
-class IllegalTransition(RuntimeError):
-    pass
-
-
-def transition(name: str, old: DestState, new: DestState) -> DestState:
-    """Check and log one move of destination `name`; return the new state."""
-    if new not in TRANSITIONS[old]:
-        raise IllegalTransition(f"destination {name}: illegal {old.value} -> {new.value}")
-    log.info("destination %s: %s -> %s", name, old.value, new.value)
-    return new
+DESTINATION: StateMachine[DestState] = StateMachine("destination", TRANSITIONS, log)
