@@ -4,7 +4,7 @@ in every way (500s, timeouts, connection refused) and recovers, and the
 daemon is SIGKILLed and restarted twice: during the outage and while it
 catches up.
 
-The guarantee under test is AT LEAST ONCE (README, runtime/webhooks.py):
+The guarantee under test is AT LEAST ONCE (README, mta/webhooks/deliverer.py):
 every ledger event reaches the receiver with a 2xx at least once; every
 request with the same `webhook-id` carries the same body (the id is
 `evt_<seq>`); the first arrivals of each message's events are in ledger

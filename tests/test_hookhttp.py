@@ -1,4 +1,4 @@
-"""runtime/hookhttp.py (the webhook POST client) against raw loopback servers.
+"""webhooks/hookhttp.py (the webhook POST client) against raw loopback servers.
 
 Each server is a few lines of asyncio that reads whole requests (head, then
 Content-Length bytes), records them with the number of the connection they
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from mta.runtime.hookhttp import Endpoint, parse_url
+from mta.webhooks.hookhttp import Endpoint, parse_url
 from tests.support.tls import client_tls, server_tls, tls_ca  # noqa: F401  (fixtures)
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"

@@ -18,9 +18,12 @@ ALLOWED = {
     # domains: sending-domain state, keys and DNS checks (issue 3); delivery
     # for its Resolver seam only.
     "domains": {"core", "config", "policy", "mail", "delivery"},
+    # webhooks: signed webhooks (issue 11 item 6); storage through its own
+    # store Protocols, which the spool satisfies (runtime wires them).
+    "webhooks": {"core", "config"},
     "runtime": {"core", "config", "policy", "scheduler", "mail", "spool", "delivery",
-                "server", "admin", "domains"},
-    "cli": {"runtime", "admin", "core", "config", "domains", "mail"},  # config+core: loading and its errors
+                "server", "admin", "domains", "webhooks"},
+    "cli": {"runtime", "admin", "core", "config", "domains", "mail", "webhooks"},  # config+core: loading and its errors
 }
 
 

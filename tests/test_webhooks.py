@@ -1,4 +1,4 @@
-"""Signed webhooks (mta.runtime.webhooks, `mta webhooks …`) against a real
+"""Signed webhooks (mta.webhooks, `mta webhooks …`) against a real
 aiohttp receiver on 127.0.0.1 and an in-memory ledger with the spool's API.
 
 The receiver's view is the Standard Webhooks reference library
@@ -28,8 +28,8 @@ from standardwebhooks import Webhook
 from mta.config.sections import EVENT_TYPES, WebhookConfig
 from mta.core import SystemClock
 from mta.core.observe import Observer
-from mta.runtime.webhooks import (WebhookDeliverer, WebhookService, event_json, first_seq_since,
-                                  new_secret, replay, send_test, sign)
+from mta.webhooks import (WebhookDeliverer, WebhookService, event_json, first_seq_since,
+                          new_secret, replay, send_test, sign)
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

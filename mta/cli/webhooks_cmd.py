@@ -35,16 +35,20 @@ import asyncio
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
-from mta.admin.client import AdminError, AdminUnavailable
+from mta.admin.client import AdminError, AdminUnavailable, _seg
 from mta.cli.queue_cmd import connect, fail_admin
+from mta.config.sections import Config, WebhookConfig
+from mta.core.clock import SystemClock
 from mta.core.durations import DurationError, parse_duration
+from mta.webhooks import new_secret, probe
 
-__all__ = ["register", "run", "parse_time"]
+__all__ = ["parse_time", "register", "run"]
 
 
-def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
+def register(subparsers: Any, config_parent: argparse.ArgumentParser) -> None:
     wh = subparsers.add_parser("webhooks", parents=[config_parent],
                                help="signed webhook endpoints: state, test, replay, secrets")
     wsub = wh.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -80,12 +84,12 @@ def parse_time(text: str, now: float) -> float:
     except DurationError:
         pass
     try:
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(s)   # 3.11+: "Z" included
     except ValueError:
         raise ValueError(f"{text!r} is not a time (ISO 8601, unix seconds, or a duration "
                          f"ago like 2h)") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -98,7 +102,7 @@ def _t(t: float | None) -> str:
     return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
 
 
-def _find(cfg, name: str):
+def _find(cfg: Config, name: str) -> WebhookConfig:
     for w in cfg.webhooks:
         if w.name == name:
             return w
@@ -106,10 +110,9 @@ def _find(cfg, name: str):
     raise KeyError(f"no webhook {name!r} in {cfg.source} (known: {known})")
 
 
-def run(cfg, args) -> int:
+def run(cfg: Config, args: argparse.Namespace) -> int:
     try:
         if args.action == "secret":
-            from mta.runtime.webhooks import new_secret
             print(new_secret())
             return 0
         if args.action == "list":
@@ -121,14 +124,13 @@ def run(cfg, args) -> int:
         return _fail(exc.args[0])
 
 
-def _list(cfg, args) -> int:
-    rows = [{"name": w.name, "url": w.url, "events": list(w.events), "credential": w.credential,
+def _list(cfg: Config, args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = [{"name": w.name, "url": w.url, "events": list(w.events), "credential": w.credential,
              "batch_size": w.batch_size, "timeout": w.timeout} for w in cfg.webhooks]
-    states: dict[str, dict] = {}
+    states: dict[Any, dict[str, Any]] = {}
     note = None
     try:
-        answer = connect(cfg)._request("GET", "/v1/webhooks")
-        states = {s.get("name"): s for s in answer.get("webhooks", [])}
+        states = {s.get("name"): s for s in connect(cfg).webhooks()}
     except AdminUnavailable as exc:
         note = f"{exc}: showing the configuration only"
     except AdminError as exc:
@@ -163,9 +165,7 @@ def _list(cfg, args) -> int:
     return 0
 
 
-def _test(cfg, args) -> int:
-    from mta.core import SystemClock
-    from mta.runtime.webhooks import probe
+def _test(cfg: Config, args: argparse.Namespace) -> int:
     w = _find(cfg, args.name)
     result = asyncio.run(probe(w, SystemClock()))
     status, error, ms = result["status"], result["error"], result["ms"]
@@ -178,9 +178,9 @@ def _test(cfg, args) -> int:
     return 0 if error is None else 1
 
 
-def _replay(cfg, args) -> int:
+def _replay(cfg: Config, args: argparse.Namespace) -> int:
     _find(cfg, args.name)
-    body: dict
+    body: dict[str, Any]
     if args.from_seq is not None:
         if args.from_seq < 1:
             return _fail("--from must be a sequence number ≥ 1")
@@ -193,7 +193,6 @@ def _replay(cfg, args) -> int:
         except ValueError as exc:
             return _fail(str(exc))
     try:
-        from mta.admin.client import _seg
         result = connect(cfg)._request("POST", f"/v1/webhooks/{_seg(args.name)}/replay",
                                        body=body)
     except AdminUnavailable as exc:

@@ -39,10 +39,10 @@ import base64
 import os
 import socket
 import ssl
-from typing import Sequence
+from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["Endpoint", "parse_url", "HttpProtocolError"]
+__all__ = ["Endpoint", "HttpProtocolError", "parse_url"]
 
 _HEAD_MAX = 64 * 1024
 _BODY_MAX = 1024 * 1024
@@ -80,7 +80,7 @@ def parse_url(url: str) -> tuple[str, str, int, str, str, str | None]:
 
 
 class _Response:
-    __slots__ = ("status", "keep_alive", "text")
+    __slots__ = ("keep_alive", "status", "text")
 
     def __init__(self, status: int, keep_alive: bool, text: bytes):
         self.status, self.keep_alive, self.text = status, keep_alive, text
@@ -92,7 +92,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
-        self.waiter: asyncio.Future | None = None
+        self.waiter: asyncio.Future[_Response] | None = None
         self.closed = False
         self.head_done = False
         # per response, once its head is parsed:
@@ -130,7 +130,7 @@ class _Conn(asyncio.Protocol):
             w.set_exception(_Closed(bool(self.buf) or self.head_done))
 
     # ---- use
-    def request(self, data: bytes) -> asyncio.Future:
+    def request(self, data: bytes) -> asyncio.Future[_Response]:
         assert self.transport is not None
         self.waiter = asyncio.get_running_loop().create_future()
         self.head_done = False

@@ -1,0 +1,100 @@
+"""Every configured `[[webhooks]]` endpoint's deliverer, as one part the
+daemon starts, pokes, reconfigures and stops, and the admin API reads.
+
+Public API
+    WebhookService(configs, *, spool, clock, ledger_cfg, ssl_context=None,
+                   poll_interval=5.0, observer=None)
+        spool: a store.WebhookStore; ledger_cfg: config.LedgerConfig (its
+        webhook_retry_schedule and webhook_failing_after)
+        start() / await stop() / poke() / await statuses() -> list[dict]
+        await reconfigure(configs)   SIGHUP: start/stop/restart changed endpoints
+        await replay(name, from_seq=, since=) -> dict (KeyError: unknown name)
+        await test(name) -> {name, url, ok, status, error, ms} (KeyError: unknown name)
+        deliverers: {name: WebhookDeliverer}, in configured order
+    daemon: WebhookService(cfg.webhooks, spool=spool, clock=clock,
+                           ledger_cfg=cfg.ledger); poke() after ledger writes;
+    admin backend: webhooks() -> statuses(), webhook_replay(...) -> replay(...),
+                   webhook_test(name) -> test(name)
+
+Invariants: at most one deliverer per endpoint name; a changed endpoint
+resumes from its stored cursor (same name), an added one starts at the
+ledger's end; statuses come in the configured order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+from mta.config.sections import LedgerConfig, WebhookConfig
+from mta.core.clock import Clock
+from mta.core.observe import Observer
+from mta.webhooks.actions import probe
+from mta.webhooks.deliverer import POLL_INTERVAL, WebhookDeliverer
+from mta.webhooks.store import WebhookStore
+
+__all__ = ["WebhookService"]
+
+
+class WebhookService:
+    """Every configured endpoint's deliverer, for the daemon and the admin API."""
+
+    def __init__(self, configs: Iterable[WebhookConfig], *, spool: WebhookStore, clock: Clock,
+                 ledger_cfg: LedgerConfig, ssl_context: ssl.SSLContext | None = None,
+                 poll_interval: float = POLL_INTERVAL, observer: Observer | None = None):
+        self._spool, self._clock = spool, clock
+        self._schedule = tuple(ledger_cfg.webhook_retry_schedule)
+        self._failing_after = float(ledger_cfg.webhook_failing_after)
+        self._ssl_context, self._poll_interval = ssl_context, poll_interval
+        self._observer = observer
+        self.deliverers = {c.name: self._deliverer(c) for c in configs}
+        self._started = False
+
+    def _deliverer(self, cfg: WebhookConfig) -> WebhookDeliverer:
+        return WebhookDeliverer(cfg, spool=self._spool, clock=self._clock,
+                                schedule=self._schedule, failing_after=self._failing_after,
+                                ssl_context=self._ssl_context, observer=self._observer,
+                                poll_interval=self._poll_interval)
+
+    def start(self) -> None:
+        self._started = True
+        for d in self.deliverers.values():
+            d.start()
+
+    async def reconfigure(self, configs: Iterable[WebhookConfig]) -> None:
+        """SIGHUP: stop the endpoints that were removed or changed (each
+        stores its cursor), then start the changed and added ones; a changed
+        one resumes from its stored cursor (same name), an added one at the
+        ledger's end."""
+        new = {c.name: c for c in configs}
+        gone = [n for n, d in self.deliverers.items() if new.get(n) != d.cfg]
+        await asyncio.gather(*(self.deliverers.pop(n).stop() for n in gone))
+        for name, cfg in new.items():
+            if name not in self.deliverers:
+                d = self.deliverers[name] = self._deliverer(cfg)
+                if self._started:
+                    d.start()
+        # keep the configured order (statuses, metrics)
+        self.deliverers = {n: self.deliverers[n] for n in new}
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(d.stop() for d in self.deliverers.values()))
+
+    def poke(self) -> None:
+        for d in self.deliverers.values():
+            d.poke()
+
+    async def statuses(self) -> list[dict[str, Any]]:
+        return [await d.status() for d in self.deliverers.values()]
+
+    async def replay(self, name: str, *, from_seq: int | str | None = None,
+                     since: float | None = None) -> dict[str, Any]:
+        return await self.deliverers[name].replay(from_seq=from_seq, since=since)
+
+    async def test(self, name: str) -> dict[str, Any]:
+        """`actions.send_test` to endpoint `name` (KeyError: unknown name) →
+        {name, url, ok, status, error, ms}."""
+        d = self.deliverers[name]
+        return await probe(d.cfg, d.clock, ssl_context=d.ssl_context)
