@@ -125,8 +125,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _list(cfg: Config, args: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = [{"name": w.name, "url": w.url, "events": list(w.events), "credential": w.credential,
-             "batch_size": w.batch_size, "timeout": w.timeout} for w in cfg.webhooks]
+    rows: list[dict[str, Any]] = [
+        {"name": w.name, "url": w.url, "events": list(w.events), "credential": w.credential,
+         "batch_size": w.batch_size, "timeout": w.timeout} for w in cfg.webhooks]
     states: dict[Any, dict[str, Any]] = {}
     note = None
     try:
@@ -153,8 +154,8 @@ def _list(cfg: Config, args: argparse.Namespace) -> int:
         scope = f" credential={r['credential']}" if r["credential"] else ""
         print(f"{r['name']}\t{r['url']}\tevents={events}{scope}\tbatch={r['batch_size']}")
         if r["state"] is not None:
-            line = (f"    {r['state']}  cursor {r['cursor']}  lag {r['lag'] if r['lag'] is not None else '-'}"
-                    f"  attempts {r['attempts']}")
+            lag = r["lag"] if r["lag"] is not None else "-"
+            line = f"    {r['state']}  cursor {r['cursor']}  lag {lag}  attempts {r['attempts']}"
             if r["last_error"]:
                 line += f"  last error {r['last_error']!r}"
             if r["failing_since"]:

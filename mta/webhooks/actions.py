@@ -29,7 +29,7 @@ from mta.core.clock import Clock
 from mta.core.logfmt import event as log_event
 from mta.webhooks.hookhttp import Endpoint
 from mta.webhooks.state import replayed
-from mta.webhooks.store import EventLedger, WebhookStore
+from mta.webhooks.store import EventFeed, WebhookStore
 from mta.webhooks.wire import (
     USER_AGENT,
     Signer,
@@ -44,7 +44,7 @@ __all__ = ["first_seq_since", "probe", "replay", "send_test"]
 log = logging.getLogger("mta.webhooks")
 
 
-async def first_seq_since(ledger: EventLedger, since: float) -> int | None:
+async def first_seq_since(ledger: EventFeed, since: float) -> int | None:
     """The first ledger seq whose event happened at/after `since` (None: none).
     Binary search with events_after(x, 1) — O(log n) queries; relies on event
     times increasing with seq (they are appended in time order)."""

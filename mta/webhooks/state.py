@@ -45,16 +45,8 @@ from typing import Any
 
 from mta.core.statemachine import StateMachine
 
-__all__ = [
-    "ENDPOINT_STATES",
-    "CursorState",
-    "EndpointState",
-    "RetryDecision",
-    "after_failure",
-    "after_success",
-    "next_retry",
-    "replayed",
-]
+__all__ = ["ENDPOINT_STATES", "CursorState", "EndpointState", "RetryDecision", "after_failure",
+           "after_success", "next_retry", "replayed"]
 
 
 class EndpointState(enum.StrEnum):

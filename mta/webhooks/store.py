@@ -4,13 +4,15 @@ they follow and the durable per-endpoint cursors they keep.
 One job: name the store seam, so the webhooks never depend on SQLite. The
 spool (`mta.spool.Spool`, or its `Ledger` facade) satisfies it today as the
 embedded default; a networked backend (several nodes sharing one ledger and
-one set of cursors) only has to provide these methods.
+one set of cursors) only has to provide these methods. These are the
+webhooks' share of the project's store interfaces (the spool's full ledger
+and cursor interfaces are supersets): only the reads a follower makes and
+the one write it needs.
 
 Public API
-    EventLedger           last_event_seq(), events_after(...), event_payloads_after(...)
+    EventFeed             last_event_seq(), events_after(...), event_payloads_after(...)
     WebhookCursorStore    webhook_state(name), set_webhook_state(name, **fields)
     WebhookStore          both: what WebhookService / WebhookDeliverer take
-    STATE_FIELDS          the fields of one endpoint's stored state
 
 Contracts the implementations keep
   * Ledger seqs are unique and increase in commit order; `last_event_seq()`
@@ -23,10 +25,11 @@ Contracts the implementations keep
   * `event_payloads_after` gives (seq, payload): the compact UTF-8 JSON of
     `wire.event_json` of that event.
   * `webhook_state(name)` is None until the first `set_webhook_state(name,
-    …)`; afterwards a mapping with at least STATE_FIELDS. `set_webhook_state`
+    …)`; afterwards a mapping with at least cursor, failing_since,
+    next_attempt, attempts, last_error and state. `set_webhook_state`
     updates the fields it is given (cursor may move backwards: replay) and
-    is durable when it returns (a power loss may forget the last cursor
-    advance: at-least-once covers it).
+    is committed when it returns (a power loss may still forget the last
+    cursor advance: at least once covers it).
 """
 
 from __future__ import annotations
@@ -36,12 +39,10 @@ from typing import Any, Protocol
 
 from mta.webhooks.wire import LedgerEventView
 
-__all__ = ["STATE_FIELDS", "EventLedger", "WebhookCursorStore", "WebhookStore"]
-
-STATE_FIELDS = ("cursor", "failing_since", "next_attempt", "attempts", "last_error", "state")
+__all__ = ["EventFeed", "WebhookCursorStore", "WebhookStore"]
 
 
-class EventLedger(Protocol):
+class EventFeed(Protocol):
     async def last_event_seq(self) -> int: ...
 
     async def events_after(self, after_seq: int, limit: int, *,
@@ -64,5 +65,5 @@ class WebhookCursorStore(Protocol):
                                 state: str = ...) -> None: ...
 
 
-class WebhookStore(EventLedger, WebhookCursorStore, Protocol):
+class WebhookStore(EventFeed, WebhookCursorStore, Protocol):
     """The ledger and the cursors: what an endpoint's deliverer follows and keeps."""

@@ -49,20 +49,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-__all__ = [
-    "USER_AGENT",
-    "LedgerEventView",
-    "Signer",
-    "encode_body",
-    "event_json",
-    "event_time",
-    "iso_ms",
-    "new_secret",
-    "probe_payload",
-    "sign",
-    "signed_headers",
-    "webhook_id",
-]
+__all__ = ["USER_AGENT", "LedgerEventView", "Signer", "encode_body", "event_json", "event_time",
+           "iso_ms", "new_secret", "probe_payload", "sign", "signed_headers", "webhook_id"]
 
 USER_AGENT = "mta-webhooks/1"
 
