@@ -6,8 +6,9 @@ import ipaddress
 import pytest
 
 from mta.delivery.resolver import DnsTempError, MxRecord, NoRecords, NullMx, NxDomain
-from mta.domains.spf import (MacroContext, SpfSyntaxError, check_host, expand, parse_record,
-                             select_record)
+from mta.domains.spf import check_host
+from mta.domains.spf_record import (MacroContext, SpfSyntaxError, expand, parse_record,
+                                    select_record)
 
 
 class FakeResolver:
