@@ -16,12 +16,13 @@ import pytest
 
 from mta.config import parse_config
 from mta.core.clock import FakeClock
+from mta.core.statemachine import IllegalTransition
 from mta.delivery.resolver import DnsResolver
 from mta.domains.check import CheckEntry, CheckResult
+from mta.domains.model import Domain, DomainState, SelectorStatus
 from mta.domains.records import DomainPlan, SelectorKey, zone_text
 from mta.domains.service import DomainService, decide, next_check_delay
-from mta.domains.store import (Domain, DomainState, DomainStore, IllegalTransition,
-                               SelectorStatus)
+from mta.domains.sqlite_store import SqliteDomainStore
 from mta.mail.dkim import generate_key
 from tests.support.dnsserver import DnsServer
 
@@ -103,7 +104,7 @@ def published(conf, dns):
 
 def test_add_prints_zone_records_and_check_passes(conf, dns, published, tmp_path):
     names = {(n, t) for n, recs in parse_zone(published).items() for t in recs}
-    sel = re.search(r"^(mta\d{6})\._domainkey", published, re.M).group(1)
+    sel = re.search(r"^(mta\d{6})\._domainkey", published, re.MULTILINE).group(1)
     assert names == {(f"{sel}._domainkey.{DOMAIN}", "TXT"),
                      (f"{sel}-ed._domainkey.{DOMAIN}", "TXT"),
                      (DOMAIN, "TXT"), (f"_dmarc.{DOMAIN}", "TXT"),
@@ -376,7 +377,7 @@ async def test_rotation_switches_signing_when_the_new_key_verifies(tmp_path, dns
 
 
 def test_illegal_moves_are_refused(tmp_path):
-    store = DomainStore(tmp_path)
+    store = SqliteDomainStore(tmp_path)
     pem, _ = generate_key("ed25519-sha256")
     store.add_domain("a.test", 1.0, [("s", "ed25519-sha256", pem, SelectorStatus.ACTIVE)])
     with pytest.raises(IllegalTransition, match="pending -> failed"):
@@ -436,7 +437,7 @@ def test_domains_database_is_0600_whatever_the_umask(tmp_path):
     every other state file is 0600; its -wal and -shm files too."""
     old = os.umask(0o022)
     try:
-        store = DomainStore(tmp_path)
+        store = SqliteDomainStore(tmp_path)
         pem, _ = generate_key("ed25519-sha256")
         store.add_domain("a.test", 1.0, [("s", "ed25519-sha256", pem, SelectorStatus.ACTIVE)])
         db = tmp_path / "domains.sqlite3"
@@ -447,7 +448,7 @@ def test_domains_database_is_0600_whatever_the_umask(tmp_path):
                 assert f.exists() and stat.S_IMODE(f.stat().st_mode) == 0o600, suffix
         # a database left 0644 by an older version is made private at first use
         os.chmod(db, 0o644)
-        assert DomainStore(tmp_path).get("a.test") is not None
+        assert SqliteDomainStore(tmp_path).get("a.test") is not None
         assert stat.S_IMODE(db.stat().st_mode) == 0o600
     finally:
         os.umask(old)

@@ -18,6 +18,12 @@ Commands (all accept --config; those marked take --json for tools):
     domain rotate DOMAIN [--selector S] [--json]   new key(s) + records to publish
     domain remove DOMAIN            deletes the domain and its keys
 Exit codes: 0 ok, 1 failure (unknown domain, check failed), 2 usage error.
+
+The service is imported when a domain command runs, not when this module is
+(every `mta` command imports it): `mta.domains.service` brings cryptography,
+dkimpy and dnspython, ~0.1-0.2 s that `mta queue list` should not pay. No
+cycle hides behind that import; `mta.domains.records` and `.model` are light
+and imported at the top.
 """
 
 from __future__ import annotations
@@ -27,11 +33,22 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mta.core.errors import MtaError
+from mta.domains.model import Domain, SelectorStatus
+from mta.domains.records import records_json, zone_text
+
+if TYPE_CHECKING:
+    from mta.config.sections import Config
+    from mta.domains.service import DomainService
 
 __all__ = ["register", "run"]
 
 
-def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
+def register(subparsers: Any, config_parent: argparse.ArgumentParser) -> None:
+    """`subparsers`: the object `ArgumentParser.add_subparsers()` returned."""
     dom = subparsers.add_parser("domain", parents=[config_parent],
                                 help="sending domains: DKIM keys and DNS verification")
     dsub = dom.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -64,8 +81,7 @@ def _t(t: float | None) -> str:
     return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
 
 
-def _print_domain(svc, d) -> None:
-    from mta.domains.records import zone_text
+def _print_domain(svc: DomainService, d: Domain) -> None:
     print(f"domain:       {d.name}")
     print(f"state:        {d.state.value}")
     print(f"created:      {_t(d.created)}")
@@ -80,58 +96,77 @@ def _print_domain(svc, d) -> None:
     print(zone_text(svc.plan(d)), end="")
 
 
-def run(cfg, args) -> int:
-    from mta.domains.records import records_json, zone_text
-    from mta.core.errors import MtaError
-    from mta.domains.service import DomainService
+def _print_records(svc: DomainService, d: Domain, as_json: bool) -> None:
+    plan = svc.plan(d)
+    if as_json:
+        print(json.dumps({**d.to_dict(), "records": records_json(plan)}, indent=2))
+    else:
+        print(zone_text(plan), end="")
+
+
+def _add(svc: DomainService, args: argparse.Namespace) -> int:
+    d = svc.add(args.domain, selector=args.selector, algorithm=args.algorithm)
+    _print_records(svc, d, args.json)
+    return 0
+
+
+def _rotate(svc: DomainService, args: argparse.Namespace) -> int:
+    _print_records(svc, svc.rotate(args.domain, selector=args.selector), args.json)
+    return 0
+
+
+def _check(svc: DomainService, args: argparse.Namespace) -> int:
+    result = asyncio.run(svc.check(args.domain))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        for e in result.entries:
+            mark = "PASS" if e.ok else ("FAIL" if e.required else "WARN")
+            print(f"{mark} {e.name:<11} {e.record}: {e.reason}")
+        state = svc.get(args.domain).state.value
+        print(f"{result.domain}: {'all required records pass' if result.ok else 'FAILED'}"
+              f" (state {state})")
+    return 0 if result.ok else 1
+
+
+def _list(svc: DomainService, args: argparse.Namespace) -> int:
+    domains = svc.list()
+    if args.json:
+        print(json.dumps([d.to_dict() for d in domains], indent=2))
+        return 0
+    for d in domains:
+        sels = ",".join(s.selector for s in d.selectors if s.status is SelectorStatus.ACTIVE)
+        print(f"{d.name}\t{d.state.value}\tchecked {_t(d.last_checked)}\t"
+              f"selectors {sels}"
+              + (f"\t{d.failure_reason}" if d.failure_reason else ""))
+    return 0
+
+
+def _show(svc: DomainService, args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps(svc.show(args.domain), indent=2))
+    else:
+        _print_domain(svc, svc.get(args.domain))
+    return 0
+
+
+def _remove(svc: DomainService, args: argparse.Namespace) -> int:
+    svc.remove(args.domain)
+    print(f"domain {args.domain} removed (its DNS records may be deleted)")
+    return 0
+
+
+_ACTIONS: dict[str, Callable[[DomainService, argparse.Namespace], int]] = {
+    "add": _add, "rotate": _rotate, "check": _check, "list": _list, "show": _show,
+    "remove": _remove}
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from mta.domains.service import DomainService  # heavy: see the module docstring
+    action = _ACTIONS[args.action]
     svc = DomainService(cfg)
     try:
-        if args.action in ("add", "rotate"):
-            if args.action == "add":
-                d = svc.add(args.domain, selector=args.selector, algorithm=args.algorithm)
-            else:
-                d = svc.rotate(args.domain, selector=args.selector)
-            plan = svc.plan(d)
-            if args.json:
-                print(json.dumps({**d.to_dict(), "records": records_json(plan)}, indent=2))
-            else:
-                print(zone_text(plan), end="")
-            return 0
-        if args.action == "check":
-            result = asyncio.run(svc.check(args.domain))
-            if args.json:
-                print(json.dumps(result.to_dict(), indent=2))
-            else:
-                for e in result.entries:
-                    mark = "PASS" if e.ok else ("FAIL" if e.required else "WARN")
-                    print(f"{mark} {e.name:<11} {e.record}: {e.reason}")
-                state = svc.get(args.domain).state.value
-                print(f"{result.domain}: {'all required records pass' if result.ok else 'FAILED'}"
-                      f" (state {state})")
-            return 0 if result.ok else 1
-        if args.action == "list":
-            domains = svc.list()
-            if args.json:
-                print(json.dumps([d.to_dict() for d in domains], indent=2))
-            else:
-                for d in domains:
-                    sels = ",".join(s.selector for s in d.selectors
-                                    if s.status.value == "active")
-                    print(f"{d.name}\t{d.state.value}\tchecked {_t(d.last_checked)}\t"
-                          f"selectors {sels}"
-                          + (f"\t{d.failure_reason}" if d.failure_reason else ""))
-            return 0
-        if args.action == "show":
-            if args.json:
-                print(json.dumps(svc.show(args.domain), indent=2))
-            else:
-                _print_domain(svc, svc.get(args.domain))
-            return 0
-        if args.action == "remove":
-            svc.remove(args.domain)
-            print(f"domain {args.domain} removed (its DNS records may be deleted)")
-            return 0
+        return action(svc, args)
     except MtaError as exc:  # DomainError and the store's typed errors
         print(f"mta: {exc}", file=sys.stderr)
         return 1
-    raise AssertionError(args.action)

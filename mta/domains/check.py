@@ -39,12 +39,13 @@ import base64
 import binascii
 import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from mta.delivery.resolver import DnsError, DnsTempError, NullMx, Resolver
-from mta.domains.records import DomainPlan, dmarc_value, spf_value
+from mta.domains.records import DomainPlan, SelectorKey, dmarc_value, spf_value
 from mta.domains.spf import check_host
 
-__all__ = ["CheckEntry", "CheckResult", "check_domain", "parse_tags", "parse_dmarc"]
+__all__ = ["CheckEntry", "CheckResult", "check_domain", "parse_dmarc", "parse_tags"]
 
 _K = {"rsa-sha256": "rsa", "ed25519-sha256": "ed25519"}
 
@@ -59,7 +60,7 @@ class CheckEntry:
     selector: str | None = None
     temporary: bool = False
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -92,7 +93,7 @@ class CheckResult:
         return [e for e in self.entries if e.name == name
                 and (selector is None or e.selector == selector)]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"domain": self.domain, "ok": self.ok, "checked_at": self.checked_at,
                 "checks": [e.to_dict() for e in self.entries]}
 
@@ -119,11 +120,13 @@ def _b64(value: str) -> bytes:
     return base64.b64decode(re.sub(r"\s+", "", value), validate=True)
 
 
-async def _dkim(resolver: Resolver, plan: DomainPlan, sel) -> CheckEntry:
+async def _dkim(resolver: Resolver, plan: DomainPlan, sel: SelectorKey) -> CheckEntry:
     name = plan.dkim_name(sel.selector)
     required = sel.status == "active"
-    entry = lambda ok, reason, temp=False: CheckEntry(  # noqa: E731
-        "dkim", name, ok, reason, required, sel.selector, temp)
+
+    def entry(ok: bool, reason: str, temp: bool = False) -> CheckEntry:
+        return CheckEntry("dkim", name, ok, reason, required, sel.selector, temp)
+
     try:
         txts = await resolver.txt(name)
     except DnsTempError as exc:

@@ -52,11 +52,21 @@ What we publish, and why:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Any
 
-__all__ = ["SelectorKey", "DomainPlan", "DnsRecord", "spf_value", "dmarc_value",
-           "txt_strings", "zone_text", "records_json", "DEFAULT_TTL"]
+__all__ = [
+    "DEFAULT_TTL",
+    "DnsRecord",
+    "DomainPlan",
+    "SelectorKey",
+    "dmarc_value",
+    "records_json",
+    "spf_value",
+    "txt_strings",
+    "zone_text",
+]
 
 DEFAULT_TTL = 3600
 
@@ -90,7 +100,7 @@ class DnsRecord:
     def zone_line(self) -> str:
         return f"{self.name} {self.ttl} IN {self.type} {self.rdata()}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["class"] = "IN"
         d["rdata"] = self.rdata()
@@ -187,5 +197,5 @@ def zone_text(plan: DomainPlan) -> str:
     return "\n".join(lines) + "\n"
 
 
-def records_json(plan: DomainPlan) -> list[dict]:
+def records_json(plan: DomainPlan) -> list[dict[str, Any]]:
     return [r.to_dict() for r in plan.records()]

@@ -4,7 +4,9 @@ One job: tie the store, the key generator, the record plan and the DNS check
 together, and decide what a check result means for a domain's state.
 
 Public API:
-    DomainService(cfg, resolver=None, clock=SystemClock())
+    DomainService(cfg, resolver=None, clock=SystemClock(), store=None)
+        store: a `store.DomainStore`; None = the embedded default
+        (`sqlite_store.SqliteDomainStore` under `[server] state_dir`)
         .add(domain, selector=None, algorithm="both") -> Domain
         .remove(domain)  .list() -> [Domain]  .show(domain) -> dict
         .plan(domain) -> DomainPlan                 (records to publish: records.py)
@@ -12,6 +14,8 @@ Public API:
         .rotate(domain, selector=None) -> Domain
         .signing_keys(domain) -> [mta.mail.dkim.SigningKey]
         .due_checks(now) -> [domain]                (for the daemon's timer)
+    SendingDomains (Protocol)   what the daemon's domain cache needs of the
+                                service: list, get, signing_keys, due_checks, check
     decide(domain, result, now, cfg) -> Decision     pure: the state change a check implies
     next_check_delay(attempts, schedule) -> seconds  pure: the backoff
     default_selector(now, taken) / selector_names(base, algorithm)
@@ -38,12 +42,13 @@ file) by the next check. Time comes from the injected clock, never inline.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Sequence
+from typing import Any, Protocol
 
 from mta.config.sections import Config
 from mta.core.address import AddressError, parse_domain
@@ -51,12 +56,14 @@ from mta.core.clock import Clock, SystemClock
 from mta.core.errors import MtaError
 from mta.delivery.resolver import DnsResolver, Resolver
 from mta.domains.check import CheckResult, check_domain
+from mta.domains.model import Domain, DomainState, NewKey, SelectorStatus, UnknownDomain
 from mta.domains.records import DomainPlan, SelectorKey
-from mta.domains.store import Domain, DomainState, DomainStore, SelectorStatus, UnknownDomain
-from mta.mail.dkim import SigningKey, generate_key, public_txt
+from mta.domains.sqlite_store import SqliteDomainStore
+from mta.domains.store import DomainStore
+from mta.mail.dkim import SigningKey, generate_key
 
-__all__ = ["DomainService", "DomainError", "Decision", "decide", "next_check_delay",
-           "default_selector", "selector_names", "ALGORITHMS"]
+__all__ = ["ALGORITHMS", "Decision", "DomainError", "DomainService", "SendingDomains", "decide",
+           "default_selector", "next_check_delay", "selector_names"]
 
 log = logging.getLogger("mta.domains")
 
@@ -120,7 +127,8 @@ def decide(domain: Domain, result: CheckResult, now: float, cfg: Config) -> Deci
         nxt = now + next_check_delay(attempts, dc.check_schedule)
         if domain.state is DomainState.VERIFIED:
             notes.append(f"domain {domain.name}: verified -> failed: {reason}")
-    promote, retire = [], []
+    promote: list[str] = []
+    retire: list[str] = []
     for sel in domain.selectors:
         if sel.status is not SelectorStatus.PENDING:
             continue
@@ -134,11 +142,25 @@ def decide(domain: Domain, result: CheckResult, now: float, cfg: Config) -> Deci
                     notes)
 
 
+class SendingDomains(Protocol):
+    """The sending domains as the daemon's domain cache reads and re-checks them."""
+
+    def list(self) -> builtins.list[Domain]: ...
+
+    def get(self, domain: str) -> Domain: ...
+
+    def signing_keys(self, domain: str) -> builtins.list[SigningKey]: ...
+
+    def due_checks(self, now: float) -> builtins.list[str]: ...
+
+    async def check(self, domain: str) -> CheckResult: ...
+
+
 class DomainService:
     def __init__(self, cfg: Config, resolver: Resolver | None = None,
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, store: DomainStore | None = None):
         self.cfg = cfg
-        self.store = DomainStore(cfg.server.state_dir)
+        self.store: DomainStore = store or SqliteDomainStore(cfg.server.state_dir)
         self._resolver = resolver
         self.clock = clock or SystemClock()
 
@@ -179,10 +201,8 @@ class DomainService:
             raise DomainError(f"domain {name} already exists (`mta domain show {name}`)")
         now = self.clock.now()
         base = self._check_selector(selector) if selector else default_selector(now, set())
-        keys = []
-        for sel, alg in selector_names(base, algorithm):
-            pem, _ = generate_key(alg)
-            keys.append((sel, alg, pem, SelectorStatus.ACTIVE))
+        keys = [NewKey(sel, alg, generate_key(alg)[0], SelectorStatus.ACTIVE)
+                for sel, alg in selector_names(base, algorithm)]
         return self.store.add_domain(name, now, keys)
 
     def remove(self, domain: str) -> None:
@@ -191,25 +211,27 @@ class DomainService:
         except UnknownDomain as exc:
             raise DomainError(str(exc)) from None
 
-    def list(self) -> list[Domain]:
+    def list(self) -> builtins.list[Domain]:
         return self.store.list()
 
+    def _require(self, name: str) -> Domain:
+        d = self.store.get(name)
+        if d is None:
+            raise DomainError(f"no such domain {name} (add it with `mta domain add {name}`)")
+        return d
+
     def get(self, domain: str) -> Domain:
-        try:
-            return self.store.require(self._name(domain))
-        except UnknownDomain as exc:
-            raise DomainError(str(exc)) from None
+        return self._require(self._name(domain))
 
     def plan(self, domain: str | Domain) -> DomainPlan:
         d = domain if isinstance(domain, Domain) else self.get(domain)
         keys = tuple(SelectorKey(s.selector, s.algorithm, s.status.value,
-                                 public_txt(Path(s.key_path).read_bytes(), s.algorithm),
-                                 s.retire_at) for s in d.selectors)
+                                 self.store.public_key(s), s.retire_at) for s in d.selectors)
         sc, dc = self.cfg.server, self.cfg.domains
         return DomainPlan(d.name, keys, tuple(sc.public_ips), sc.hostname, dc.bounce_subdomain,
                           dc.dmarc_rua)
 
-    def show(self, domain: str) -> dict:
+    def show(self, domain: str) -> dict[str, Any]:
         d = self.get(domain)
         out = d.to_dict()
         out["records"] = [r.to_dict() for r in self.plan(d).records()]
@@ -233,17 +255,13 @@ class DomainService:
         if clash:
             raise DomainError(f"selector {', '.join(clash)} already exists for {d.name}")
         for sel, alg in names:
-            pem, _ = generate_key(alg)
-            self.store.add_selector(d.name, sel, alg, pem, SelectorStatus.PENDING, now)
+            self.store.add_selector(d.name, NewKey(sel, alg, generate_key(alg)[0],
+                                                   SelectorStatus.PENDING), now)
         return self.get(d.name)
 
     async def check(self, domain: str) -> CheckResult:
         """Check DNS now and apply the outcome to the domain's state."""
-        name = self._name(domain)
-        try:
-            d = await asyncio.to_thread(self.store.require, name)
-        except UnknownDomain as exc:
-            raise DomainError(str(exc)) from None
+        d = await asyncio.to_thread(self._require, self._name(domain))
         plan = await asyncio.to_thread(self.plan, d)
         now = self.clock.now()
         result = await check_domain(self.resolver, plan, now)
@@ -263,15 +281,10 @@ class DomainService:
         self.store.set_state(d.name, dec.state, now=now, failure_reason=dec.failure_reason,
                              next_check=dec.next_check, check_attempts=dec.check_attempts)
 
-    def signing_keys(self, domain: str) -> list[SigningKey]:
+    def signing_keys(self, domain: str) -> builtins.list[SigningKey]:
         """The keys to sign with now: the active ones (RSA first); [] for unknown domains."""
-        d = self.store.get(self._name(domain))
-        if d is None:
-            return []
-        active = sorted((s for s in d.selectors if s.status is SelectorStatus.ACTIVE),
-                        key=lambda s: (s.algorithm != "rsa-sha256", s.selector))
-        return [SigningKey(d.name, s.selector, s.algorithm, Path(s.key_path).read_bytes())
-                for s in active]
+        return sorted(self.store.signing_keys(self._name(domain)),
+                      key=lambda k: (k.algorithm != "rsa-sha256", k.selector))
 
-    def due_checks(self, now: float) -> list[str]:
+    def due_checks(self, now: float) -> builtins.list[str]:
         return self.store.due(now)
