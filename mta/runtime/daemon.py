@@ -47,7 +47,7 @@ from mta.runtime.logs import event
 from mta.runtime.notify import notify
 from mta.runtime.queue_runner import QueueRunner
 from mta.runtime.tls import ensure_self_signed, server_context
-from mta.runtime.webhooks import WebhookService
+from mta.webhooks import WebhookService
 from mta.scheduler import Scheduler
 from mta.server.credentials import CredentialStore
 from mta.server.listener import SubmissionListener
