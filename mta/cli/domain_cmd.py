@@ -34,7 +34,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mta.core.errors import MtaError
 from mta.domains.model import Domain, SelectorStatus
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["register", "run"]
 
 
-def register(subparsers: Any, config_parent: argparse.ArgumentParser) -> None:
-    """`subparsers`: the object `ArgumentParser.add_subparsers()` returned."""
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+             config_parent: argparse.ArgumentParser) -> None:
     dom = subparsers.add_parser("domain", parents=[config_parent],
                                 help="sending domains: DKIM keys and DNS verification")
     dsub = dom.add_subparsers(dest="action", required=True, metavar="ACTION")
