@@ -1,7 +1,9 @@
 """Values that cross layers between receiving, the spool, the scheduler and
-delivery. Plain frozen data; no behaviour beyond small derived properties.
+delivery. Plain frozen data; no behaviour beyond small derived properties,
+and the recipient state machine.
 
-Recipient states (persisted in the index, see mta/spool):
+Recipient states (`RecipientState`, persisted in the index as their string
+values, see mta/spool; `QUEUED`, `DELIVERED`, … are the same members):
   queued     waiting for its next attempt (first attempt or after a deferral)
   delivered  a remote 2xx (or the sandbox capture) accepted it     — final
   bounced    a remote 5xx, or a permanent local failure (null MX…) — final
@@ -17,23 +19,64 @@ Recipient states (persisted in the index, see mta/spool):
 Complaints never change a recipient's state; they only add a suppression
 (see `AddressOutcome`).
 
+The machine (DESIGN §5.2; core.statemachine): `RECIPIENT_MACHINE` is the one
+table of recipient moves. Final states are terminal. Only the spool's writer
+moves recipients: delivery records (`queued` → anything, a deferral being
+`queued` → `queued`) and operator moves (hold, release, retry, bounce,
+delete: from `queued`/`held`) are each checked with `RECIPIENT_MACHINE.move`,
+which logs ``event=transition machine=recipient subject=QUEUEID/IDX from=…
+to=…``. `ASYNC_BOUNCE_MACHINE` is the one exception to "final is terminal":
+a bounce that arrives by mail after the remote accepted the message turns
+`delivered` (or a still `queued`) recipient into `bounced`; nothing else may
+use it.
+
 Ledger events (issue 6; the spool writes them, README documents them):
 `EVENT_TYPES` is the vocabulary, `LedgerEvent` one event to append.
 """
 
 from __future__ import annotations
 
+import enum
+import logging
 from dataclasses import dataclass, field
 
 from mta.core.reply import Reply
+from mta.core.statemachine import StateMachine
 
-QUEUED, DELIVERED, BOUNCED, EXPIRED = "queued", "delivered", "bounced", "expired"
-SUPPRESSED = "suppressed"
-HELD, DELETED = "held", "deleted"
+
+class RecipientState(enum.StrEnum):
+    QUEUED = "queued"
+    HELD = "held"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    EXPIRED = "expired"
+    SUPPRESSED = "suppressed"
+    DELETED = "deleted"
+
+
+# The members under their old names (callers compare, store and print them
+# as the strings they equal).
+QUEUED, HELD = RecipientState.QUEUED, RecipientState.HELD
+DELIVERED, BOUNCED, EXPIRED = RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.EXPIRED
+SUPPRESSED, DELETED = RecipientState.SUPPRESSED, RecipientState.DELETED
 # Recipients still owed an attempt (their message is not done).
 PENDING_STATES = frozenset({QUEUED, HELD})
 FINAL_STATES = frozenset({DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, DELETED})
 FAILED_STATES = frozenset({BOUNCED, EXPIRED})
+
+_NONE: frozenset[RecipientState] = frozenset()
+# SUPPRESSED is normally entered at insertion (accept-and-record); queued →
+# suppressed lets delivery drop a recipient whose address was suppressed
+# after it was queued. HELD and DELETED are entered by operator moves only.
+RECIPIENT_MACHINE = StateMachine("recipient", {
+    QUEUED: frozenset({QUEUED, DELIVERED, BOUNCED, EXPIRED, SUPPRESSED, HELD, DELETED}),
+    HELD: frozenset({QUEUED, BOUNCED, DELETED}),
+    DELIVERED: _NONE, BOUNCED: _NONE, EXPIRED: _NONE, SUPPRESSED: _NONE, DELETED: _NONE,
+}, logging.getLogger("mta.spool"))   # the spool's writer makes every move
+ASYNC_BOUNCE_MACHINE = StateMachine("recipient_async", {
+    QUEUED: frozenset({BOUNCED}), DELIVERED: frozenset({BOUNCED}),
+    HELD: _NONE, BOUNCED: _NONE, EXPIRED: _NONE, SUPPRESSED: _NONE, DELETED: _NONE,
+}, logging.getLogger("mta.spool"))
 
 
 @dataclass(frozen=True, slots=True)
