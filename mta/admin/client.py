@@ -16,6 +16,7 @@ Public API:
     AdminError(status, code, message) the daemon answered with an error
     base_url(address) -> str          "host:port" -> "http://host:port" (wildcards -> loopback)
     token_path(state_dir), read_token(cfg) -> str | None
+    ClientConfig                      the Protocol of `cfg` (mta.config.Config has it)
 
 Invariants: the token goes only into the Authorization header, never into
 an error message; every failure is one of the two exceptions above.
@@ -28,12 +29,14 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from mta.admin.token import load_token, token_path
+from mta.core.hostport import format_hostport, split_hostport
 
 __all__ = ["AdminClient", "AdminUnavailable", "AdminError", "base_url", "token_path",
-           "read_token"]
+           "read_token", "ClientConfig"]
 
 
 class AdminUnavailable(Exception):
@@ -49,16 +52,36 @@ class AdminError(Exception):
 def base_url(address: str) -> str:
     """The URL to reach a daemon listening on `address`; a wildcard bind
     (0.0.0.0, ::) is reached over loopback."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    if host in ("", "0.0.0.0", "*"):
+    host, port = split_hostport(address)
+    if host in ("0.0.0.0", "*"):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"http://{format_hostport(host, port)}"
 
 
-def read_token(cfg: Any) -> str | None:
+class _AdminKeys(Protocol):
+    @property
+    def address(self) -> str: ...
+    @property
+    def token(self) -> str | None: ...
+
+
+class _ServerKeys(Protocol):
+    @property
+    def state_dir(self) -> str: ...
+
+
+class ClientConfig(Protocol):
+    """What the client reads of a configuration (mta.config.Config)."""
+
+    @property
+    def admin(self) -> _AdminKeys: ...
+    @property
+    def server(self) -> _ServerKeys: ...
+
+
+def read_token(cfg: ClientConfig) -> str | None:
     """`[admin] token`, else the content of state_dir/admin-token, else None.
     PermissionError propagates (the caller tells the operator whom to run as)."""
     if cfg.admin.token:
@@ -77,7 +100,7 @@ class AdminClient:
         return f"AdminClient({self.base_url!r})"
 
     @classmethod
-    def from_config(cls, cfg: Any, timeout: float = 10.0) -> "AdminClient":
+    def from_config(cls, cfg: ClientConfig, timeout: float = 10.0) -> AdminClient:
         return cls(base_url(cfg.admin.address), read_token(cfg), timeout)
 
     # ------------------------------------------------------------ transport
@@ -189,8 +212,9 @@ class AdminClient:
     def bulk_action(self, action: str, *, state: str | None = None, domain: str | None = None,
                     sender: str | None = None, recipient: str | None = None,
                     all: bool = False) -> dict:
-        body = {k: v for k, v in (("state", state), ("domain", domain), ("sender", sender),
-                                  ("recipient", recipient)) if v is not None}
+        body: dict[str, Any] = {k: v for k, v in (("state", state), ("domain", domain),
+                                                  ("sender", sender), ("recipient", recipient))
+                                if v is not None}
         if all:
             body["all"] = True
         return self._request("POST", f"/v1/messages/{_seg(action)}", body=body)

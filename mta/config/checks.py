@@ -37,6 +37,7 @@ import os
 import ssl
 from urllib.parse import urlsplit
 
+from mta.config.schema import host_of
 from mta.config.sections import Config
 
 __all__ = ["file_errors", "placeholder_warnings", "is_documentation_ip", "placeholder_name"]
@@ -157,10 +158,6 @@ def _host_warning(where: str, host: str, shown: str, public: bool = False) -> st
     return None
 
 
-def _hostport_host(hostport: str) -> str:
-    return hostport.rpartition(":")[0].strip("[]")
-
-
 def placeholder_warnings(cfg: Config) -> list[str]:
     out: list[str | None] = []
     production = cfg.server.mode == "production"
@@ -176,12 +173,12 @@ def placeholder_warnings(cfg: Config) -> list[str]:
             out.append(f"server.public_ips: {ip} is a documentation address ({net}): set the "
                        "addresses this server really sends from")
     for i, lst in enumerate(cfg.listeners):
-        out.append(_host_warning(f"listeners[{i}].address", _hostport_host(lst.address),
+        out.append(_host_warning(f"listeners[{i}].address", host_of(lst.address),
                                  lst.address))
-    out.append(_host_warning("admin.address", _hostport_host(cfg.admin.address),
+    out.append(_host_warning("admin.address", host_of(cfg.admin.address),
                              cfg.admin.address))
     for dom, hop in cfg.routes.items():
-        out.append(_host_warning(f"routes.{dom}", _hostport_host(hop), f"next hop {hop}"))
+        out.append(_host_warning(f"routes.{dom}", host_of(hop), f"next hop {hop}"))
     for ns in cfg.dns.nameservers:
         host = ns[1:].partition("]")[0] if ns.startswith("[") else (
             ns.partition(":")[0] if ns.count(":") == 1 else ns)

@@ -28,10 +28,11 @@ import os
 import re
 import tomllib
 from types import MappingProxyType
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from mta.config.schema import HOSTPORT, KeyError_, check_bounds
+from mta.config.schema import HOSTPORT, KeyError_, check_bounds, host_of
 from mta.config.sections import ARRAYS, EVENT_TYPES, SECTIONS, Config
 from mta.core.address import AddressError, parse_domain
 from mta.core.errors import ConfigError
@@ -135,7 +136,7 @@ def _cross_checks(cfg: Config) -> list[str]:
     rua = cfg.domains.dmarc_rua
     if rua is not None and not re.fullmatch(r"[^@\s,;!]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+", rua):
         errors.append(f"domains.dmarc_rua: {rua!r} is not an e-mail address")
-    admin_host = cfg.admin.address.rpartition(":")[0].strip("[]")
+    admin_host = host_of(cfg.admin.address)
     if cfg.admin.enabled and cfg.admin.token is None and not _is_loopback(admin_host):
         errors.append(f"admin.address: {cfg.admin.address} is not a loopback address, so "
                       "admin.token must be set (the API steers the queue)")
@@ -267,7 +268,7 @@ def load_config(path: str | None = None) -> Config:
     return cfg
 
 
-def _render_value(value: Any, meta: dict) -> Any:
+def _render_value(value: Any, meta: Mapping[str, Any]) -> Any:
     return value if value is None else meta["kind"].render(value)
 
 

@@ -14,9 +14,11 @@ import ipaddress
 import json
 import re
 from dataclasses import field
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mta.core.durations import DurationError, format_duration, parse_duration
+from mta.core.hostport import split_hostport, split_ip_port
 
 
 class KeyError_(ValueError):
@@ -82,23 +84,30 @@ def _size(v: Any) -> int:
 
 
 def _hostport(v: Any) -> str:
+    why = "not a string"
     if isinstance(v, str):
-        host, sep, port = v.rpartition(":")
-        if sep and host and port.isdigit() and 0 < int(port) < 65536:
-            return v
-    raise KeyError_(f"{_q(v)} is not \"host:port\"")
+        try:
+            if split_hostport(v)[1] > 0:
+                return v
+            why = "port 0"
+        except ValueError as exc:
+            why = str(exc)
+    raise KeyError_(f"{_q(v)} is not \"host:port\" ({why})")
+
+
+def host_of(hostport: str) -> str:
+    """The host of a "host:port" value (HOSTPORT-checked), brackets removed;
+    the text itself when it is not one (a Config built in code)."""
+    try:
+        return split_hostport(hostport)[0]
+    except ValueError:
+        return hostport
 
 
 def _nameserver(v: Any) -> str:
     if isinstance(v, str):
-        host, port = v, "53"
-        if v.count(":") == 1:
-            host, port = v.split(":")
-        elif v.startswith("[") and "]:" in v:
-            host, port = v[1:].split("]:")
         try:
-            ipaddress.ip_address(host)
-            if port.isdigit() and 0 < int(port) < 65536:
+            if split_ip_port(v, 53)[1] > 0:
                 return v
         except ValueError:
             pass
@@ -165,7 +174,7 @@ def key(default: Any, doc: str, kind: Kind = STR, *, min: float | None = None,
     return field(default=default, metadata=meta)
 
 
-def check_bounds(value: Any, meta: dict) -> None:
+def check_bounds(value: Any, meta: Mapping[str, Any]) -> None:
     lo, hi = meta["min"], meta["max"]
     if value is None:
         return
@@ -182,7 +191,7 @@ def check_bounds(value: Any, meta: dict) -> None:
         raise KeyError_(f"{_show(value, meta)} is above the maximum {_show(hi, meta)}")
 
 
-def _show(v: Any, meta: dict) -> str:
+def _show(v: Any, meta: Mapping[str, Any]) -> str:
     kind: Kind = meta["kind"]
     if kind in (DURATION, DURATION_LIST) and isinstance(v, (int, float)):
         return format_duration(v)

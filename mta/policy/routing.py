@@ -2,7 +2,7 @@
 
 Public API:
     destination_for(domain, routes, *, sandbox, mx_port=25) -> Destination
-    parse_hostport(text, default_port=25) -> (host, port)
+    parse_hostport(text, default_port=25) -> (host, port)   a next hop (core.hostport)
 
 Order of decision (first match wins):
   1. sandbox mode       → Destination("sandbox", "sandbox"): nothing leaves the host
@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from mta.core.envelope import Destination
+from mta.core.hostport import split_hostport
 
 SANDBOX = Destination("sandbox", "sandbox")
 
@@ -30,29 +31,16 @@ def _norm(domain: str) -> str:
 
 
 def parse_hostport(text: str, default_port: int = 25) -> tuple[str, int]:
-    """Split ``"host:port"``, ``"[::1]:25"``, ``"[host]"`` or ``"host"``."""
-    s = text.strip()
-    host, port = s, ""
-    if s.startswith("["):
-        end = s.find("]")
-        if end < 0:
-            raise ValueError(f"bad route {text!r}: missing ']'")
-        host, rest = s[1:end], s[end + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"bad route {text!r}")
-            port = rest[1:]
-    elif s.count(":") == 1:
-        host, port = s.split(":")
-    elif s.count(":") > 1:
-        raise ValueError(f"bad route {text!r}: write IPv6 addresses as \"[addr]:port\"")
-    if not host:
-        raise ValueError(f"bad route {text!r}: empty host")
-    if port == "":
-        return host, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad route {text!r}: bad port")
-    return host, int(port)
+    """A route's next hop: ``"host:port"``, ``"[::1]:25"``, ``"[host]"`` or
+    ``"host"`` (mta.core.hostport's grammar, surrounding spaces ignored; the
+    port 1-65535); ValueError naming the route otherwise."""
+    try:
+        host, port = split_hostport(text.strip(), default_port)
+    except ValueError as exc:
+        raise ValueError(f"bad route {text!r}: {exc}") from None
+    if port == 0:
+        raise ValueError(f"bad route {text!r}: port 0")
+    return host, port
 
 
 def destination_for(domain: str, routes: Mapping[str, str], *, sandbox: bool,
