@@ -1,13 +1,19 @@
 """The admin API's one seam: what the HTTP layer asks of the running daemon.
 
 One job: declare `AdminBackend`, the Protocol the runtime implements over the
-spool index and the scheduler, plus the vocabulary both sides share (states,
-actions, age buckets) and the two exceptions a backend may raise.
+spool index and the scheduler, plus the vocabulary both sides share (message
+states and actions, destination actions and states) and the two exceptions
+a backend may raise. The age buckets are mta.core.qshape's, the event types
+mta.core.envelope's.
 
 Public API:
     AdminBackend                      the Protocol (read models + queue actions)
-    MESSAGE_STATES, MESSAGE_ACTIONS, DESTINATION_ACTIONS, AGE_BUCKETS, EVENT_TYPES
-    age_bucket(age_seconds) -> str    the qshape bucket an age falls in
+    LedgerBackend                     optional: events and webhooks (a backend
+                                      without them answers 501 on their routes)
+    JsonListing                       optional: list_messages already as JSON
+    MESSAGE_STATES, MESSAGE_ACTIONS, DESTINATION_ACTIONS, DESTINATION_STATES
+    destination_state(info) -> str   active|throttled|suspended of a scheduler
+                                      destination_states() entry
     ActionRefused                     -> HTTP 409 (the action cannot apply now)
     NotFound(message)                 a KeyError whose message the 404 carries
 
@@ -39,15 +45,17 @@ message (detail) — the list item plus::
 
 destination summary::
     {"destination", "recipients", "held", "oldest_age", "age_buckets":
-     {bucket: n for bucket in AGE_BUCKETS}, "last_error", "state"}
+     {bucket: n for bucket in mta.core.qshape.AGE_BUCKETS}, "last_error",
+     "state" (one of DESTINATION_STATES)}
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["AdminBackend", "ActionRefused", "NotFound", "MESSAGE_STATES", "MESSAGE_ACTIONS",
-           "DESTINATION_ACTIONS", "DESTINATION_STATES", "AGE_BUCKETS", "EVENT_TYPES", "age_bucket"]
+__all__ = ["AdminBackend", "LedgerBackend", "JsonListing", "ActionRefused", "NotFound", "MESSAGE_STATES",
+           "MESSAGE_ACTIONS", "DESTINATION_ACTIONS", "DESTINATION_STATES", "destination_state"]
 
 # `state` filter of /v1/messages. A message matches when any recipient is in
 # the state, except: "held" matches held messages, "deferred" queued
@@ -57,24 +65,23 @@ MESSAGE_STATES = ("active", "all", "queued", "deferred", "held", "delivered", "b
                   "expired", "suppressed")
 MESSAGE_ACTIONS = ("hold", "release", "retry", "bounce", "delete")
 DESTINATION_ACTIONS = ("suspend", "resume", "flush")
+# How the API reports a destination: the scheduler's health states (active,
+# paused, probing) seen by an operator, plus an operator's suspension.
 DESTINATION_STATES = ("active", "throttled", "suspended")
-# The ledger's event types (`type` of /v1/events). The same tuple as
-# mta.config.EVENT_TYPES, which this layer may not import; a test compares them.
-EVENT_TYPES = ("received", "rejected", "suppressed", "queued", "deferred", "delivered",
-               "bounced", "expired", "complained", "held", "released", "deleted", "dsn_sent")
-
-# qshape's buckets: "5m" counts ages < 5 minutes, "10m" 5–10 minutes, …,
-# "1280m+" 1280 minutes and older.
-_BUCKET_MINUTES = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
-AGE_BUCKETS = tuple(f"{m}m" for m in _BUCKET_MINUTES) + ("1280m+",)
 
 
-def age_bucket(age_seconds: float) -> str:
-    """The AGE_BUCKETS key for a recipient queued `age_seconds` ago."""
-    for minutes in _BUCKET_MINUTES:
-        if age_seconds < minutes * 60:
-            return f"{minutes}m"
-    return "1280m+"
+def destination_state(info: str | Mapping[str, Any] | None) -> str:
+    """active|throttled|suspended for a destination: `info` is that state
+    already, or the scheduler's `destination_states()` entry (suspended wins;
+    paused or probing after trouble is throttled), or None for a destination
+    the scheduler does not track (active)."""
+    if isinstance(info, str):
+        return info
+    if not info:
+        return "active"
+    if info.get("suspended"):
+        return "suspended"
+    return "throttled" if info.get("state") in ("paused", "probing") else "active"
 
 
 class ActionRefused(Exception):
@@ -101,30 +108,30 @@ class AdminBackend(Protocol):
     async def health(self) -> None:
         """Return if the process is alive (the event loop answers); raise otherwise."""
 
-    async def readiness(self) -> tuple[bool, str] | tuple[bool, str, dict]:
+    async def readiness(self) -> tuple[bool, str] | tuple[bool, str, dict[str, Any]]:
         """(True, "") once recovery is done, the listeners are bound, the spool is
         writable, its filesystem has enough free space and the index is
         reachable; else (False, the first reason). An optional third element
         is a dict of extra JSON fields for /readyz (the daemon's:
         spool_free_bytes, min_free_space)."""
 
-    async def queue_summary(self) -> list[dict]:
+    async def queue_summary(self) -> list[dict[str, Any]]:
         """Per destination with queued recipients (and every suspended one):
         destination, recipients (queued, not held), held, oldest_age (seconds,
-        0 when none), age_buckets {"5m": n, …, "1280m+": n} over AGE_BUCKETS,
+        0 when none), age_buckets {"5m": n, …, "1280m+": n} (core.qshape),
         last_error (the last temporary failure's reply, "" if none) and state
         (active|throttled|suspended). Ordered by recipients, largest first."""
 
     async def list_messages(self, *, state: str | None, domain: str | None,
                             sender: str | None, recipient: str | None, limit: int,
-                            cursor: str | None) -> tuple[list[dict], str | None]:
+                            cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         """One page of messages in arrival order, filtered (all filters AND):
         state (see MESSAGE_STATES; None = "active"), domain (a recipient's domain,
         exact, lowercase), sender and recipient (exact address, case-insensitive
         domain part). Returns (messages, next_cursor); next_cursor is None on the
         last page and is opaque to callers. Raise ValueError for a bad cursor."""
 
-    async def get_message(self, message_id: str) -> dict | None:
+    async def get_message(self, message_id: str) -> dict[str, Any] | None:
         """The message in detail — envelope, recipients (state, attempts,
         next_attempt, last_reply) and every attempt (at, duration, remote
         host/ip, tls, reply, state) — or None if the id is unknown."""
@@ -132,7 +139,7 @@ class AdminBackend(Protocol):
     async def message_body(self, message_id: str) -> bytes | None:
         """The message as queued (headers and body, CRLF), or None if unknown."""
 
-    async def message_action(self, message_id: str, action: str) -> dict:
+    async def message_action(self, message_id: str, action: str) -> dict[str, Any]:
         """hold|release|retry|bounce|delete one message ->
         {"id", "action", "affected": recipients changed}. hold stops delivery
         until release; retry makes queued recipients due now; bounce fails the
@@ -141,12 +148,12 @@ class AdminBackend(Protocol):
 
     async def bulk_action(self, action: str, *, state: str | None, domain: str | None,
                           sender: str | None, recipient: str | None,
-                          all: bool) -> dict:
+                          all: bool) -> dict[str, Any]:
         """The same actions on every message matching the filter (as in
         list_messages). `all=True` is the caller's explicit consent to an empty
         filter. -> {"action", "affected": recipients changed, "messages": n}."""
 
-    async def destination_action(self, name: str, action: str) -> dict:
+    async def destination_action(self, name: str, action: str) -> dict[str, Any]:
         """suspend|resume|flush a destination -> {"destination", "action", "state",
         "requested"}. `name` is well formed and normalised (mta.admin.inputs);
         a domain is resolved to the destination its mail goes to (a route's
@@ -157,3 +164,43 @@ class AdminBackend(Protocol):
 
     async def metrics(self) -> tuple[bytes, str]:
         """Prometheus exposition text and its content type."""
+
+
+@runtime_checkable
+class JsonListing(Protocol):
+    """A backend that serialises a page of `list_messages` itself (the
+    daemon's spool builds the JSON array in SQLite, off the event loop); the
+    HTTP layer prefers it when present."""
+
+    async def list_messages_json(self, *, state: str | None, domain: str | None,
+                                 sender: str | None, recipient: str | None, limit: int,
+                                 cursor: str | None) -> tuple[bytes, str | None]:
+        """(the JSON array of the page's messages, next_cursor), as list_messages."""
+
+
+@runtime_checkable
+class LedgerBackend(Protocol):
+    """What /v1/events, /v1/messages/{id}/events and /v1/webhooks ask of a
+    backend that has the event ledger and webhooks (the daemon's does). The
+    HTTP layer looks each method up on its own: one a backend lacks is a 501
+    on its routes, not an error at start."""
+
+    async def events_after(self, after: int, limit: int, *, types: list[str] | None = None,
+                           recipient: str | None = None) -> list[dict[str, Any]]:
+        """Up to `limit` events with seq > after, oldest first, optionally only
+        of `types` and for `recipient`; each has "seq"."""
+
+    async def message_events(self, message_id: str) -> list[dict[str, Any]] | None:
+        """The message's events, oldest first; None when the id is unknown."""
+
+    async def webhooks(self) -> list[dict[str, Any]]:
+        """Each configured endpoint's status (name, url, state, lag, …)."""
+
+    async def webhook_replay(self, name: str, *, from_seq: int | str | None = None,
+                             since: float | None = None) -> dict[str, Any]:
+        """Move the endpoint's cursor back to `from_seq` ("end": forward to the
+        ledger's end) or to the first event at or after `since`. KeyError for
+        an unknown endpoint."""
+
+    async def webhook_test(self, name: str) -> dict[str, Any]:
+        """Send one signed test event now. KeyError for an unknown endpoint."""

@@ -69,18 +69,19 @@ Invariants
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest)
 
+from mta.admin.backend import DESTINATION_STATES, destination_state
 from mta.core import Clock, Observer, SystemClock
 from mta.core.observe import (BOUNCE_KINDS, CAPTURE_REFUSALS, MESSAGE_RESULTS, SESSION_LIMITS,
                               WEBHOOK_RESULTS)
 
-__all__ = ["Metrics", "destination_state"]
+__all__ = ["Metrics"]
 
-DESTINATION_STATES = ("active", "throttled", "suspended")
 # A delivery batch: one connection (DNS, TLS, several transactions); slow
 # remotes take minutes before our command timeouts end them.
 ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -91,15 +92,11 @@ _OUTCOME_SERIES = (("delivered", ""), ("deferred", ""), ("bounced", "hard"),
                    ("bounced", "soft"), ("expired", ""), ("suppressed", ""))
 
 
-def destination_state(info: Any) -> str:
-    """active|throttled|suspended for a `destinations` value: the state itself,
-    or a scheduler `destination_states()` entry (suspended wins; paused or
-    probing after trouble is throttled)."""
-    if isinstance(info, str):
-        return info
-    if info.get("suspended"):
-        return "suspended"
-    return "active" if info.get("state", "active") == "active" else "throttled"
+class GaugeSource(Protocol):
+    """What `Metrics.refresh` reads at scrape time (the daemon's RuntimeAdmin)."""
+
+    async def gauges(self) -> Mapping[str, Any]:
+        """The dict described in the module docstring."""
 
 
 class Metrics(Observer):
@@ -108,7 +105,25 @@ class Metrics(Observer):
         self.registry = CollectorRegistry(auto_describe=True)
         self.state_dir = state_dir
         self.clock = clock or SystemClock()
-        r = self.registry
+        self._declare_smtp(self.registry)
+        self._declare_delivery(self.registry)
+        self._declare_queue(self.registry)
+        self._declare_webhooks(self.registry)
+        for name in listeners:
+            self._init_listener(name)
+        for name in webhooks:
+            self._init_webhook(name)
+        for outcome, klass in _OUTCOME_SERIES:
+            self.recipients.labels(outcome, klass)
+        for kind in BOUNCE_KINDS:
+            self.bounces.labels(kind)
+        for reason in CAPTURE_REFUSALS:
+            self.capture_refused_total.labels(reason)
+        for state in DESTINATION_STATES:
+            self.destinations.labels(state)
+
+    def _declare_smtp(self, r: CollectorRegistry) -> None:
+        """The receiving side's series: sessions, messages, AUTH, limits, captures."""
         self.sessions_open = Gauge(
             "mta_smtp_sessions_open", "SMTP sessions currently connected, by listener.",
             ["listener"], registry=r)
@@ -127,6 +142,10 @@ class Metrics(Observer):
             "mta_inbound_capture_refused", "Mail for postmaster@/abuse@ the capture maildir "
             "refused, by reason (quota: its quota is reached; error: writing failed, e.g. disk "
             "full).", ["reason"], registry=r)
+
+    def _declare_delivery(self, r: CollectorRegistry) -> None:
+        """The sending side's series: recipient outcomes, attempt and signing
+        times, bounce reports received."""
         self.recipients = Counter(
             "mta_recipients", "Recipient outcomes recorded in the spool: delivered, "
             "deferred, bounced (class hard or soft), expired, suppressed.",
@@ -142,6 +161,9 @@ class Metrics(Observer):
             "mta_bounces_received", "Bounce and complaint reports received by mail, by "
             "kind (bounce, complaint, bad_token, unmatched, not_a_failure).",
             ["kind"], registry=r)
+
+    def _declare_queue(self, r: CollectorRegistry) -> None:
+        """The scrape-time gauges of the spool and the scheduler."""
         self.queue_recipients = Gauge(
             "mta_queue_recipients", "Recipients in the spool index, by state.",
             ["state"], registry=r)
@@ -156,6 +178,9 @@ class Metrics(Observer):
         self.destinations = Gauge(
             "mta_destinations", "Destinations known to the scheduler, by state "
             "(active, throttled, suspended).", ["state"], registry=r)
+
+    def _declare_webhooks(self, r: CollectorRegistry) -> None:
+        """Per webhook endpoint: requests, lag, failing."""
         self.webhook_requests = Counter(
             "mta_webhook_requests", "Webhook POSTs, by endpoint and result (ok: 2xx, the "
             "cursor advanced; failed: retried later).", ["webhook", "result"], registry=r)
@@ -169,21 +194,12 @@ class Metrics(Observer):
             "mta_webhook_failing", "1 when the webhook endpoint has been failing longer than "
             "[ledger] webhook_failing_after (its backlog is kept), else 0.", ["webhook"],
             registry=r)
-        for name in listeners:
-            self._init_listener(name)
-        for name in webhooks:
-            for result in WEBHOOK_RESULTS:
-                self.webhook_requests.labels(name, result)
-            for gauge in (self.webhook_lag, self.webhook_lag_seconds, self.webhook_failing):
-                gauge.labels(name)
-        for outcome, klass in _OUTCOME_SERIES:
-            self.recipients.labels(outcome, klass)
-        for kind in BOUNCE_KINDS:
-            self.bounces.labels(kind)
-        for reason in CAPTURE_REFUSALS:
-            self.capture_refused_total.labels(reason)
-        for state in DESTINATION_STATES:
-            self.destinations.labels(state)
+
+    def _init_webhook(self, name: str) -> None:
+        for result in WEBHOOK_RESULTS:
+            self.webhook_requests.labels(name, result)
+        for gauge in (self.webhook_lag, self.webhook_lag_seconds, self.webhook_failing):
+            gauge.labels(name)
 
     def _init_listener(self, name: str) -> None:
         self.sessions_open.labels(name)
@@ -230,7 +246,7 @@ class Metrics(Observer):
 
     # -- scrape time ----------------------------------------------------------------
 
-    async def refresh(self, source: Any) -> None:
+    async def refresh(self, source: GaugeSource) -> None:
         g: Mapping[str, Any] = await source.gauges()
         by_state = g.get("recipients_by_state") or {}
         # States that emptied since the last scrape go to 0, not away.

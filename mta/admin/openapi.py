@@ -17,7 +17,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mta.admin.backend import AGE_BUCKETS, DESTINATION_STATES, EVENT_TYPES, MESSAGE_STATES
+from mta.admin.backend import DESTINATION_STATES, MESSAGE_STATES
+from mta.core.envelope import EVENT_TYPES
+from mta.core.qshape import AGE_BUCKETS
 from mta.admin.inputs import INT64_MAX, MAX_DESTINATION, MAX_QUEUE_ID, MAX_WEBHOOK_NAME
 
 __all__ = ["openapi_document"]

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import Sequence
 
 from mta.cli import destination_cmd
@@ -40,6 +39,7 @@ from mta.cli import webhooks_cmd
 from mta.cli import events_cmd
 from mta.config import (EMBEDDED_SOURCE, config_as_dict, config_path, file_errors, load_config,
                         placeholder_warnings, render_config, with_listen)
+from mta.cli.times import utc
 from mta.core import ConfigError
 
 
@@ -224,9 +224,9 @@ def _user(cfg, args) -> int:
                 print(json.dumps(users, indent=2))
             else:
                 for u in users:
-                    created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(u.get("created", 0)))
+                    created = utc(u.get("created", 0))
                     scope = ",".join(u.get("domains") or []) or "(any verified domain)"
-                    print(f"{u['name']}\tcreated {created}Z\tdomains {scope}")
+                    print(f"{u['name']}\tcreated {created}\tdomains {scope}")
     except (CredentialError, ValueError) as exc:
         return _fail(str(exc))
     return 0

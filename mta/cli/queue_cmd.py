@@ -38,11 +38,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
-from mta.admin.backend import AGE_BUCKETS, MESSAGE_ACTIONS, MESSAGE_STATES
+from mta.admin.backend import MESSAGE_ACTIONS, MESSAGE_STATES
 from mta.admin.client import AdminClient, AdminError, AdminUnavailable, token_path
+from mta.cli.times import utc_or, when
+from mta.core.qshape import AGE_BUCKETS
 
 __all__ = ["register", "run", "connect", "fail_admin"]
 
@@ -132,32 +133,6 @@ def run(cfg, args) -> int:
 
 # ------------------------------------------------------------------ list
 
-def _t(t: float | None) -> str:
-    return "-" if not t else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
-
-
-def _span(seconds: float) -> str:
-    """A coarse duration: its two largest units (90061 s → ``1d1h``)."""
-    rest, parts = int(round(seconds)), []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        n, rest = divmod(rest, size)
-        if n or parts:
-            parts.append(f"{n}{unit}" if n else "")
-        if len(parts) == 2:
-            break
-    return "".join(parts) or "0s"
-
-
-def _when(t: float | None, now: float | None = None) -> str:
-    """`_t` plus how far from now: ``2026-11-24 03:04:00Z (in 4m)``."""
-    if not t:
-        return "-"
-    delta = t - (time.time() if now is None else now)
-    rel = "now" if abs(delta) < 1 else (f"in {_span(delta)}" if delta > 0
-                                        else f"{_span(-delta)} ago")
-    return f"{_t(t)} ({rel})"
-
-
 def attempt_label(a: dict) -> str:
     """What an attempt did. Its stored state is the recipient's state after
     it, so a deferral (4xx, retried later) reads `queued`: say deferred."""
@@ -190,10 +165,10 @@ def _list(client: AdminClient, args) -> int:
     for m in rows:
         flags = "".join(f"  ({f})" for f, on in (("DSN", m.get("is_dsn")), ("held", m.get("held")))
                         if on)
-        print(f"{m['id']}  {m.get('size', 0):>8}  {_t(m.get('received_at'))}  "
+        print(f"{m['id']}  {m.get('size', 0):>8}  {utc_or(m.get('received_at'))}  "
               f"<{m.get('sender', '')}>{flags}")
         for r in m.get("recipients", []):
-            extra = f"next {_when(r.get('next_attempt'))}" if r.get("state") == "queued" else ""
+            extra = f"next {when(r.get('next_attempt'))}" if r.get("state") == "queued" else ""
             print(f"    {r['state']:<9} {r['address']}  attempts={r.get('attempts', 0)} {extra}"
                   .rstrip())
             if r.get("last_reply"):
@@ -262,14 +237,14 @@ def _show(client: AdminClient, args) -> int:
                              ("done", m.get("done"))) if on]
     print("*** ENVELOPE ***")
     print(f"id:        {m['id']}")
-    print(f"received:  {_when(m.get('received_at'))}")
+    print(f"received:  {when(m.get('received_at'))}")
     print(f"sender:    <{m.get('sender', '')}>")
     print(f"size:      {m.get('size', 0)}")
     if flags:
         print(f"flags:     {' '.join(flags)}")
     print("*** RECIPIENTS ***")
     for r in m.get("recipients", []):
-        extra = f"  next {_when(r.get('next_attempt'))}" if r.get("state") == "queued" else ""
+        extra = f"  next {when(r.get('next_attempt'))}" if r.get("state") == "queued" else ""
         print(f"{r['state']:<10} {r['address']}  attempts={r.get('attempts', 0)}{extra}")
         if r.get("last_reply"):
             remote = f"  ({r['last_remote']})" if r.get("last_remote") else ""
@@ -284,7 +259,7 @@ def _show(client: AdminClient, args) -> int:
         ip = f" [{a['remote_ip']}]" if a.get("remote_ip") else ""
         tls = f" tls={a['tls']}" if a.get("tls") else ""
         rcpt = a.get("recipient") or address_of.get(a.get("rcpt_idx"), "")
-        print(f"{_t(a.get('at'))}  {rcpt}  {attempt_label(a)}  "
+        print(f"{utc_or(a.get('at'))}  {rcpt}  {attempt_label(a)}  "
               f"{a.get('duration', 0):.1f}s  {host}{ip}{tls}")
         if a.get("reply"):
             print(f"{'':<22}{a['reply']}")
@@ -304,7 +279,7 @@ _TIME_KEYS = frozenset({"next_attempt"})
 
 def _detail(key: str, value) -> str:
     if key in _TIME_KEYS and isinstance(value, (int, float)):
-        return _when(value)
+        return when(value)
     return str(value)
 
 
@@ -313,7 +288,7 @@ def format_event(e: dict) -> str:
     d = e.get("detail") or {}
     extra = "  ".join(f"{k}={_detail(k, d[k])}" for k in _EVENT_KEYS
                       if d.get(k) not in (None, ""))
-    return (f"{_t(e.get('at'))}  #{e.get('seq')}  {e.get('type', ''):<11} "
+    return (f"{utc_or(e.get('at'))}  #{e.get('seq')}  {e.get('type', ''):<11} "
             f"{e.get('queue_id') or '-'}  {e.get('recipient') or '-'}  {extra}").rstrip()
 
 

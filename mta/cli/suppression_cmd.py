@@ -31,12 +31,14 @@ import json
 import sys
 import time
 
+from mta.cli.times import utc
 from mta.core.durations import DurationError, parse_duration
+from mta.core.envelope import SUPPRESSION_REASONS
 
 __all__ = ["register", "run"]
 
-_ADD_REASONS = ("manual", "unsubscribe", "hard_bounce", "complaint")
-_ALL_REASONS = ("hard_bounce", "complaint", "soft_bounce", "unsubscribe", "manual")
+# An operator may add any reason but soft_bounce (the soft-failure counter's own).
+_ADD_REASONS = tuple(r for r in SUPPRESSION_REASONS if r != "soft_bounce")
 
 
 def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
@@ -45,7 +47,7 @@ def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
     ssub = sup.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = ssub.add_parser("list", parents=[config_parent], help="list suppressed addresses")
     ls.add_argument("--json", action="store_true")
-    ls.add_argument("--reason", choices=_ALL_REASONS)
+    ls.add_argument("--reason", choices=SUPPRESSION_REASONS)
     ls.add_argument("--scope", metavar="S", help='only this scope ("" = global entries)')
     ls.add_argument("--all", action="store_true", help="include expired entries")
     show = ssub.add_parser("show", parents=[config_parent], help="one address's entries")
@@ -68,7 +70,7 @@ def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
 
 
 def _t(t: float | None) -> str:
-    return "never" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + "Z"
+    return "never" if t is None else utc(t)
 
 
 def _line(v, now: float) -> str:

@@ -14,6 +14,11 @@ from typing import Mapping
 from mta.config.schema import (BOOL, CIDR_LIST, DURATION, DURATION_LIST, HOSTPORT, INT,
                                IP_LIST, NAMESERVER_LIST, SIZE, STR, STR_LIST, choice)
 from mta.config.schema import key as K  # a field is named "key"
+from mta.core.envelope import EVENT_TYPES  # what [[webhooks]] events may name
+
+__all__ = ["EVENT_TYPES", "SECTIONS", "ARRAYS", "Config", "ServerConfig", "ListenerConfig",
+           "DeliveryConfig", "DnsConfig", "DomainsConfig", "PolicyConfig", "BouncesConfig",
+           "SuppressionConfig", "AdminConfig", "LedgerConfig", "WebhookConfig", "MiB"]
 
 MiB = 1024 * 1024
 
@@ -187,10 +192,6 @@ class AdminConfig:
                           "state_dir/admin-token on first start)", STR, optional=True)
     metrics_require_token: bool = K(False, "require the token for /metrics too", BOOL)
     enabled: bool = K(True, "serve the admin API (the `mta queue` commands need it)", BOOL)
-
-
-EVENT_TYPES = ("received", "rejected", "suppressed", "queued", "deferred", "delivered",
-               "bounced", "expired", "complained", "held", "released", "deleted", "dsn_sent")
 
 
 @dataclass(frozen=True)

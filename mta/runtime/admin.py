@@ -5,6 +5,12 @@ One job: answer the HTTP API from the live parts — spool (messages,
 operations), queue runner and scheduler (destinations), metrics — mapping
 recipient domains to destinations the way delivery does (routes, MX).
 
+Public API:
+    RuntimeAdmin(daemon, free_space=filesystem_free_bytes)
+        an AdminBackend, LedgerBackend and JsonListing (mta.admin.backend);
+        `daemon` is anything with the DaemonView Protocol's attributes
+    filesystem_free_bytes(path) -> int, DEFAULT_MIN_FREE_SPACE, OPERATOR_BOUNCE
+
 Readiness: not ready while starting or stopping, when the spool directory
 is not writable, when the spool's filesystem has less than `[server]
 min_free_space` bytes free (default DEFAULT_MIN_FREE_SPACE, 100 MiB; 0
@@ -29,18 +35,81 @@ recipients in flight leave them alone (the attempt's outcome wins).
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
-from mta.admin.backend import NotFound
+from mta.admin.backend import NotFound, destination_state
 from mta.admin.inputs import parse_destination
-from mta.core import Reply
+from mta.admin.metrics import Metrics
+from mta.config import Config
+from mta.core import Clock, Reply
+from mta.core.qshape import AGE_BUCKETS
 from mta.policy.routing import destination_for
-from mta.spool import MessageFilter
+from mta.spool import MessageFilter, Spool
+
+__all__ = ["RuntimeAdmin", "DaemonView", "filesystem_free_bytes", "DEFAULT_MIN_FREE_SPACE",
+           "OPERATOR_BOUNCE"]
 
 OPERATOR_BOUNCE = Reply(550, "5.0.0", "Message bounced by the mail system administrator")
-BUCKETS = ("5m", "10m", "20m", "40m", "80m", "160m", "320m", "640m", "1280m", "1280m+")
 DEFAULT_MIN_FREE_SPACE = 100 * 1024 * 1024
+
+
+class _Destinations(Protocol):
+    def destination_states(self) -> Mapping[str, Mapping[str, object]]:
+        """{name: {"state", "suspended", …}} of every destination it tracks."""
+
+
+class _Runner(Protocol):
+    """The queue runner as the admin API steers it (runtime.queue_runner)."""
+
+    @property
+    def scheduler(self) -> _Destinations: ...
+    @property
+    def routes(self) -> Mapping[str, str]: ...
+    @property
+    def sandbox(self) -> bool: ...
+    @property
+    def mx_port(self) -> int: ...
+    @property
+    def dsn_wakeup(self) -> asyncio.Event: ...
+    def poke(self) -> None: ...
+    async def suspend(self, name: str) -> object: ...
+    async def resume(self, name: str) -> object: ...
+    async def flush(self, name: str) -> object: ...
+
+
+class _Webhooks(Protocol):
+    """The webhook service (mta.webhooks.WebhookService)."""
+
+    async def statuses(self) -> list[dict[str, Any]]: ...
+    async def replay(self, name: str, *, from_seq: int | str | None = None,
+                     since: float | None = None) -> dict[str, Any]: ...
+    async def test(self, name: str) -> dict[str, Any]: ...
+
+
+class DaemonView(Protocol):
+    """What RuntimeAdmin reads of the daemon (runtime.daemon.Daemon). The
+    parts are None until the daemon has started them; the admin API is
+    served only after that."""
+
+    @property
+    def cfg(self) -> Config: ...
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def spool(self) -> Spool | None: ...
+    @property
+    def runner(self) -> _Runner | None: ...
+    @property
+    def webhooks(self) -> _Webhooks | None: ...
 
 
 def filesystem_free_bytes(path: str) -> int:
@@ -55,9 +124,30 @@ def _mib(n: int) -> str:
 
 
 class RuntimeAdmin:
-    def __init__(self, daemon, free_space: Callable[[str], int] = filesystem_free_bytes):
+    """The AdminBackend (and LedgerBackend, JsonListing) of a running daemon."""
+
+    def __init__(self, daemon: DaemonView,
+                 free_space: Callable[[str], int] = filesystem_free_bytes):
         self.d = daemon
         self.free_space = free_space          # the seam: path -> free bytes
+
+    # ---- the daemon's parts (set once it has started) ------------------------
+    @property
+    def spool(self) -> Spool:
+        if self.d.spool is None:
+            raise RuntimeError("the daemon has not opened its spool yet")
+        return self.d.spool
+
+    @property
+    def runner(self) -> _Runner:
+        if self.d.runner is None:
+            raise RuntimeError("the daemon has not started its queue runner yet")
+        return self.d.runner
+
+    def webhooks_service(self) -> _Webhooks:
+        if self.d.webhooks is None:
+            raise RuntimeError("the daemon has not started its webhooks yet")
+        return self.d.webhooks
 
     # ---- health ----------------------------------------------------------
     async def health(self) -> None:
@@ -76,7 +166,7 @@ class RuntimeAdmin:
             free = None
         return {"spool_free_bytes": free, "min_free_space": self.min_free_space()}
 
-    async def readiness(self) -> tuple[bool, str, dict]:
+    async def readiness(self) -> tuple[bool, str, dict[str, Any]]:
         d = self.d
         disk = self.disk()
         if not d.ready:
@@ -93,7 +183,7 @@ class RuntimeAdmin:
             return (False, f"disk: the spool's filesystem has {_mib(free)} free, less than "
                            f"[server] min_free_space ({_mib(floor)})", disk)
         try:
-            await d.spool.counts()
+            await self.spool.counts()
         except Exception as exc:
             return False, f"queue index not reachable: {exc}", disk
         return True, "ok", disk
@@ -104,15 +194,13 @@ class RuntimeAdmin:
         return destination_for(domain, cfg.routes, sandbox=cfg.server.mode == "sandbox",
                                mx_port=cfg.delivery.smtp_port).name
 
-    async def queue_summary(self) -> list[dict]:
+    async def queue_summary(self) -> list[dict[str, Any]]:
         now = self.d.clock.now()
-        states = self.d.runner.scheduler.destination_states()
+        states = self.runner.scheduler.destination_states()
         out: dict[str, dict[str, Any]] = {}
-        for row in await self.d.spool.domain_summary(now):
+        for row in await self.spool.domain_summary(now):
             name = self._destination(row["domain"])
-            agg = out.setdefault(name, {"destination": name, "recipients": 0, "held": 0,
-                                        "oldest_age": 0.0, "age_buckets": dict.fromkeys(BUCKETS, 0),
-                                        "last_error": "", "domains": []})
+            agg = out.setdefault(name, _summary_row(name))
             agg["recipients"] += row["recipients"]
             agg["held"] += row.get("held", 0)
             agg["domains"].append(row["domain"])
@@ -122,49 +210,52 @@ class RuntimeAdmin:
                 agg["age_buckets"][k] = agg["age_buckets"].get(k, 0) + v
             agg["last_error"] = agg["last_error"] or row.get("last_error") or ""
         for name in states:
-            out.setdefault(name, {"destination": name, "recipients": 0, "held": 0,
-                                  "oldest_age": 0.0, "age_buckets": dict.fromkeys(BUCKETS, 0),
-                                  "last_error": "", "domains": []})
+            out.setdefault(name, _summary_row(name))
         for name, agg in out.items():
-            agg["state"] = _state(states.get(name))
+            agg["state"] = destination_state(states.get(name))
         return sorted(out.values(), key=lambda a: (-a["recipients"], a["destination"]))
 
-    async def list_messages(self, *, state=None, domain=None, sender=None, recipient=None,
-                            limit: int = 100, cursor: str | None = None):
+    async def list_messages(self, *, state: str | None = None, domain: str | None = None,
+                            sender: str | None = None, recipient: str | None = None,
+                            limit: int = 100, cursor: str | None = None
+                            ) -> tuple[list[dict[str, Any]], str | None]:
         f = _filter(state, domain, sender, recipient)
-        views, nxt = await self.d.spool.list_page(f, limit, cursor)
+        views, nxt = await self.spool.list_page(f, limit, cursor)
         return [v.to_dict() for v in views], nxt
 
-    async def list_messages_json(self, *, state=None, domain=None, sender=None, recipient=None,
-                                 limit: int = 100, cursor: str | None = None):
+    async def list_messages_json(self, *, state: str | None = None, domain: str | None = None,
+                                 sender: str | None = None, recipient: str | None = None,
+                                 limit: int = 100, cursor: str | None = None
+                                 ) -> tuple[bytes, str | None]:
         """`list_messages` with the array already serialised by SQLite (the
         HTTP layer prefers it: no per-message Python work on the event loop)."""
-        return await self.d.spool.list_page_json(_filter(state, domain, sender, recipient),
-                                                 limit, cursor)
+        return await self.spool.list_page_json(_filter(state, domain, sender, recipient),
+                                               limit, cursor)
 
-    async def get_message(self, message_id: str) -> dict | None:
-        v = await self.d.spool.get_message(message_id)
+    async def get_message(self, message_id: str) -> dict[str, Any] | None:
+        v = await self.spool.get_message(message_id)
         return None if v is None else v.to_dict()
 
     async def message_body(self, message_id: str) -> bytes | None:
         try:
-            return await self.d.spool.read_body(message_id)
+            return await self.spool.read_body(message_id)
         except KeyError:
             return None
 
-    async def message_action(self, message_id: str, action: str) -> dict:
-        if await self.d.spool.get_message(message_id) is None:
+    async def message_action(self, message_id: str, action: str) -> dict[str, Any]:
+        if await self.spool.get_message(message_id) is None:
             raise KeyError(message_id)
         n = await self._apply(action, MessageFilter(ids=(message_id,), include_done=True))
         return {"id": message_id, "action": action, "affected": n}
 
-    async def bulk_action(self, action: str, *, state=None, domain=None, sender=None,
-                          recipient=None, all: bool = False) -> dict:
+    async def bulk_action(self, action: str, *, state: str | None = None,
+                          domain: str | None = None, sender: str | None = None,
+                          recipient: str | None = None, all: bool = False) -> dict[str, Any]:
         f = _filter(state, domain, sender, recipient)
         return {"action": action, "affected": await self._apply(action, f)}
 
     async def _apply(self, action: str, f: MessageFilter) -> int:
-        spool, now, runner = self.d.spool, self.d.clock.now(), self.d.runner
+        spool, now, runner = self.spool, self.d.clock.now(), self.runner
         if action == "hold":
             return await spool.hold_messages(f, now)
         if action == "release":
@@ -184,13 +275,12 @@ class RuntimeAdmin:
     def resolve_destination(self, name: str) -> str:
         """The destination `name` (well formed, see mta.admin.inputs) stands
         for, as delivery would pick it; NotFound for a name no mail can go to."""
-        runner = self.d.runner
+        runner = self.runner
         kind, name = parse_destination(name)
-        known = runner.scheduler.destination_states()
         if kind in ("domain", "literal"):
             return destination_for(name, runner.routes, sandbox=runner.sandbox,
                                    mx_port=runner.mx_port).name
-        if name in known:
+        if name in runner.scheduler.destination_states():
             return name
         if kind == "sandbox":
             if runner.sandbox:
@@ -207,8 +297,8 @@ class RuntimeAdmin:
                f"routes go to {', '.join(sorted(routes))}" if routes else "there are no routes")
         raise NotFound(f"no destination {name!r}: it is not a configured route ({why})")
 
-    async def destination_action(self, name: str, action: str) -> dict:
-        runner = self.d.runner
+    async def destination_action(self, name: str, action: str) -> dict[str, Any]:
+        runner = self.runner
         requested = parse_destination(name)[1]
         dest = self.resolve_destination(requested)
         if action == "suspend":
@@ -220,43 +310,50 @@ class RuntimeAdmin:
         else:
             raise ValueError(f"unknown action {action!r}")
         return {"destination": dest, "action": action, "requested": requested,
-                "state": _state(runner.scheduler.destination_states().get(dest))}
+                "state": destination_state(runner.scheduler.destination_states().get(dest))}
 
     # ---- the ledger and webhooks -------------------------------------------
-    async def events_after(self, after: int, limit: int, *, types=None, recipient=None):
-        return [e.to_dict() for e in await self.d.spool.events_after(
+    async def events_after(self, after: int, limit: int, *, types: list[str] | None = None,
+                           recipient: str | None = None) -> list[dict[str, Any]]:
+        return [e.to_dict() for e in await self.spool.events_after(
             after, limit, types=types, recipient=recipient)]
 
-    async def message_events(self, message_id: str) -> list[dict] | None:
-        if await self.d.spool.get_message(message_id) is None:
+    async def message_events(self, message_id: str) -> list[dict[str, Any]] | None:
+        if await self.spool.get_message(message_id) is None:
             return None
-        return [e.to_dict() for e in await self.d.spool.message_events(message_id)]
+        return [e.to_dict() for e in await self.spool.message_events(message_id)]
 
-    async def webhooks(self) -> list[dict]:
-        return await self.d.webhooks.statuses()
+    async def webhooks(self) -> list[dict[str, Any]]:
+        return await self.webhooks_service().statuses()
 
-    async def webhook_replay(self, name: str, *, from_seq=None, since=None) -> dict:
-        return await self.d.webhooks.replay(name, from_seq=from_seq, since=since)
+    async def webhook_replay(self, name: str, *, from_seq: int | str | None = None,
+                             since: float | None = None) -> dict[str, Any]:
+        return await self.webhooks_service().replay(name, from_seq=from_seq, since=since)
 
-    async def webhook_test(self, name: str) -> dict:
-        return await self.d.webhooks.test(name)
+    async def webhook_test(self, name: str) -> dict[str, Any]:
+        return await self.webhooks_service().test(name)
 
     # ---- metrics -----------------------------------------------------------
-    async def gauges(self) -> dict:
+    async def gauges(self) -> dict[str, Any]:
         """The scrape-time values `Metrics.refresh` reads."""
-        g = await self.d.spool.gauges()
+        g = await self.spool.gauges()
         return {"recipients_by_state": g["recipients"],
                 "oldest_queued_received_at": g["oldest_pending_received_at"],
                 "spool_bytes": g["spool_bytes"],
                 "state_dir": self.d.cfg.server.state_dir,
                 "spool_free_bytes": self.disk()["spool_free_bytes"],
-                "webhooks": await self.d.webhooks.statuses(),
-                "destinations": {n: _state(s) for n, s in
-                                 self.d.runner.scheduler.destination_states().items()}}
+                "webhooks": await self.webhooks_service().statuses(),
+                "destinations": {n: destination_state(s) for n, s in
+                                 self.runner.scheduler.destination_states().items()}}
 
     async def metrics(self) -> tuple[bytes, str]:
         await self.d.metrics.refresh(self)
         return self.d.metrics.render()
+
+
+def _summary_row(name: str) -> dict[str, Any]:
+    return {"destination": name, "recipients": 0, "held": 0, "oldest_age": 0.0,
+            "age_buckets": dict.fromkeys(AGE_BUCKETS, 0), "last_error": "", "domains": []}
 
 
 def _normalised(dest: str) -> str:
@@ -268,17 +365,10 @@ def _normalised(dest: str) -> str:
         return dest
 
 
-def _filter(state, domain, sender, recipient) -> MessageFilter:
+def _filter(state: str | None, domain: str | None, sender: str | None,
+            recipient: str | None) -> MessageFilter:
     """API filter → spool filter. API states: "active" (the default: not
     finished), "all" (finished too), or a recipient state."""
     return MessageFilter(state=None if state in (None, "active", "all") else state,
                          domain=domain, sender=sender, recipient=recipient,
                          include_done=state not in (None, "active"))
-
-
-def _state(s: dict | None) -> str:
-    if not s:
-        return "active"
-    if s.get("suspended"):
-        return "suspended"
-    return "throttled" if s.get("state") in ("paused", "probing") else "active"

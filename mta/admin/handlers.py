@@ -1,0 +1,212 @@
+"""The admin API's routes: each one a request → backend call → JSON answer.
+
+One job: the route table of the admin API and the handler behind each
+route. A handler validates its request (mta.admin.params), calls the
+`AdminBackend`, and turns the answer, or a backend exception, into a
+response or an `ApiError`; authentication, error bodies and logging are the
+app's middleware (mta.admin.http).
+
+Public API:
+    route_table(backend, openapi) -> [(method, path, handler)]   in order
+    ROUTES                     (method, path) of every route, in order
+
+Invariants: bulk routes come before "/v1/messages/{id}", so "hold" is never
+read as an id; backend exceptions map as mta.admin.backend says (KeyError
+and NotFound → 404, ActionRefused → 409, ValueError from a cursor → 400),
+a ledger method the backend lacks → 501.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from mta.admin import params
+from mta.admin.backend import (DESTINATION_ACTIONS, MESSAGE_ACTIONS, ActionRefused,
+                               AdminBackend, JsonListing, NotFound)
+from mta.admin.params import ApiError
+
+__all__ = ["route_table", "ROUTES", "Handler"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ITEM_ACTIONS = ("hold", "release", "retry", "bounce")   # POST /v1/messages/{id}/<action>
+
+
+def _unknown_message(mid: str) -> ApiError:
+    return ApiError(404, "not_found", f"no message {mid!r} in the queue")
+
+
+class _Handlers:
+    def __init__(self, backend: AdminBackend, openapi: dict[str, Any]):
+        self.b = backend
+        self.openapi = openapi
+        # The backend serialises a page itself when it can (the daemon's
+        # spool builds it in SQLite, off the event loop).
+        self.json_listing = backend if isinstance(backend, JsonListing) else None
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        await self.b.health()
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready, reason, *more = await self.b.readiness()
+        details = dict(more[0]) if more and more[0] else {}
+        if ready:
+            return web.json_response({"ready": True, **details})
+        reason = reason or "not ready"
+        return web.json_response({"ready": False, "reason": reason, **details,
+                                  "error": {"code": "not_ready", "message": reason}}, status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = await self.b.metrics()
+        # content_type carries parameters (version, charset): set the raw header.
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def openapi_doc(self, request: web.Request) -> web.Response:
+        return web.json_response(self.openapi)
+
+    async def queue_summary(self, request: web.Request) -> web.Response:
+        return web.json_response({"destinations": await self.b.queue_summary()})
+
+    async def list_messages(self, request: web.Request) -> web.Response:
+        kwargs = params.list_params(request)
+        try:
+            if self.json_listing is not None:
+                array, next_cursor = await self.json_listing.list_messages_json(**kwargs)
+                body = (b'{"messages": ' + array + b', "next_cursor": '
+                        + json.dumps(next_cursor).encode() + b"}")
+                return web.Response(body=body, content_type="application/json")
+            messages, next_cursor = await self.b.list_messages(**kwargs)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_cursor", f"cursor is not valid: {exc}") from None
+        return web.json_response({"messages": messages, "next_cursor": next_cursor})
+
+    async def get_message(self, request: web.Request) -> web.Response:
+        mid = params.queue_id(request)
+        message = await self.b.get_message(mid)
+        if message is None:
+            raise _unknown_message(mid)
+        return web.json_response(message)
+
+    async def message_body(self, request: web.Request) -> web.Response:
+        mid = params.queue_id(request)
+        body = await self.b.message_body(mid)
+        if body is None:
+            raise _unknown_message(mid)
+        return web.Response(body=body, content_type="message/rfc822")
+
+    def message_action(self, action: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            mid = params.queue_id(request)
+            try:
+                result = await self.b.message_action(mid, action)
+            except KeyError:
+                raise _unknown_message(mid) from None
+            except ActionRefused as exc:
+                raise ApiError(409, "conflict", str(exc) or f"cannot {action} {mid} now") from None
+            return web.json_response(result)
+        handler.__name__ = f"message_{action}"
+        return handler
+
+    def bulk_action(self, action: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            everything, filters = params.bulk_filters(await params.json_body(request), action)
+            try:
+                result = await self.b.bulk_action(action, all=everything, **filters)
+            except ActionRefused as exc:
+                raise ApiError(409, "conflict", str(exc) or f"cannot {action} now") from None
+            return web.json_response(result)
+        handler.__name__ = f"bulk_{action}"
+        return handler
+
+    def destination_action(self, action: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            name = params.destination(request)
+            try:
+                result = await self.b.destination_action(name, action)
+            except NotFound as exc:
+                raise ApiError(404, "not_found", exc.message) from None
+            except KeyError:
+                raise ApiError(404, "not_found", f"no destination {name!r}") from None
+            except ActionRefused as exc:
+                raise ApiError(409, "conflict", str(exc) or f"cannot {action} {name} now") from None
+            return web.json_response(result)
+        handler.__name__ = f"destination_{action}"
+        return handler
+
+    # ---- the ledger and webhooks (LedgerBackend, optional) -----------------
+    def _optional(self, name: str) -> Callable[..., Awaitable[Any]]:
+        fn = getattr(self.b, name, None)
+        if fn is None:
+            raise ApiError(501, "not_implemented", f"this server has no {name}")
+        return fn  # type: ignore[no-any-return]
+
+    async def events(self, request: web.Request) -> web.Response:
+        after, limit, types, recipient = params.event_params(request)
+        events = await self._optional("events_after")(after, limit, types=types,
+                                                      recipient=recipient)
+        nxt = events[-1]["seq"] if events else after
+        return web.json_response({"events": events, "next_after": nxt})
+
+    async def message_events(self, request: web.Request) -> web.Response:
+        mid = params.queue_id(request)
+        events = await self._optional("message_events")(mid)
+        if events is None:
+            raise _unknown_message(mid)
+        return web.json_response({"events": events})
+
+    async def webhooks(self, request: web.Request) -> web.Response:
+        return web.json_response({"webhooks": await self._optional("webhooks")()})
+
+    async def webhook_replay(self, request: web.Request) -> web.Response:
+        name = params.webhook(request)
+        start, since = params.replay_params(await params.json_body(request))
+        try:
+            result = await self._optional("webhook_replay")(name, from_seq=start, since=since)
+        except KeyError:
+            raise ApiError(404, "not_found", f"no webhook {name!r}") from None
+        return web.json_response(result)
+
+    async def webhook_test(self, request: web.Request) -> web.Response:
+        name = params.webhook(request)
+        try:
+            result = await self._optional("webhook_test")(name)
+        except KeyError:
+            raise ApiError(404, "not_found", f"no webhook {name!r}") from None
+        return web.json_response(result)
+
+
+def route_table(backend: AdminBackend, openapi: dict[str, Any]) -> list[tuple[str, str, Handler]]:
+    """(method, path, handler) of every route, in the order they are added."""
+    h = _Handlers(backend, openapi)
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/healthz", h.healthz),
+        ("GET", "/readyz", h.readyz),
+        ("GET", "/metrics", h.metrics),
+        ("GET", "/v1/openapi.json", h.openapi_doc),
+        ("GET", "/v1/queue/summary", h.queue_summary),
+        ("GET", "/v1/messages", h.list_messages),
+    ]
+    # Bulk routes before "/v1/messages/{id}" so "hold" is never read as an id.
+    routes += [("POST", f"/v1/messages/{a}", h.bulk_action(a)) for a in MESSAGE_ACTIONS]
+    routes += [
+        ("GET", "/v1/messages/{id}", h.get_message),
+        ("DELETE", "/v1/messages/{id}", h.message_action("delete")),
+        ("GET", "/v1/messages/{id}/body", h.message_body),
+        ("GET", "/v1/messages/{id}/events", h.message_events),
+        ("GET", "/v1/events", h.events),
+        ("GET", "/v1/webhooks", h.webhooks),
+        ("POST", "/v1/webhooks/{name}/replay", h.webhook_replay),
+        ("POST", "/v1/webhooks/{name}/test", h.webhook_test),
+    ]
+    routes += [("POST", f"/v1/messages/{{id}}/{a}", h.message_action(a)) for a in ITEM_ACTIONS]
+    routes += [("POST", f"/v1/destinations/{{name}}/{a}", h.destination_action(a))
+               for a in DESTINATION_ACTIONS]
+    return routes
+
+
+ROUTES: tuple[tuple[str, str], ...] = tuple(
+    (m, p) for m, p, _ in route_table(None, {}))  # type: ignore[arg-type]
