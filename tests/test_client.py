@@ -494,3 +494,61 @@ async def test_a_body_that_fails_its_check_is_never_accepted(dns, sink):
     assert report.outcomes["Q1"][0].fate is DEFERRED     # dropped before the final dot
     assert report.outcomes["Q2"][0].fate is DELIVERED    # on a new connection
     assert [m.data for m in sink.messages] == [BODY]
+
+
+class DataRefuser:
+    """A remote that refuses the DATA command itself (no 354), e.g. "554 5.5.1
+    no valid recipients": a raw asyncio server, aiosmtpd cannot be told to."""
+
+    def __init__(self, reply: bytes):
+        self.reply = reply
+        self.commands: list[bytes] = []
+
+    async def serve(self, reader, writer) -> None:
+        writer.write(b"220 refuser.test ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            self.commands.append(verb)
+            writer.write(b"250-refuser.test\r\n250 8BITMIME\r\n" if verb == b"EHLO" else
+                         self.reply + b"\r\n" if verb == b"DATA" else
+                         b"221 bye\r\n" if verb == b"QUIT" else b"250 ok\r\n")
+            await writer.drain()
+            if verb == b"QUIT":
+                break
+        writer.close()
+
+
+@pytest.mark.parametrize("reply,fate", [(b"554 5.5.1 no valid recipients", BOUNCED),
+                                        (b"451 4.3.0 try later", DEFERRED)])
+async def test_data_command_refused_settles_by_its_reply(reply, fate):
+    """DATA answered without 354: the accepted recipients take that reply (it
+    was an internal error before: 451 4.3.0 and the destination DOWN)."""
+    import asyncio
+    refuser = DataRefuser(reply)
+    server = await asyncio.start_server(refuser.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+
+    class Loopback:
+        async def addresses(self, host):
+            return [host]
+    t = SmtpTransport(hostname="mta.test", resolver=Loopback(), connect_timeout=2,
+                      command_timeout=5)
+    try:
+        dest = Destination(name=f"[127.0.0.1]:{port}", kind="route", host="127.0.0.1", port=port)
+        report = await deliver(t, dest, message("Q1", "ok@example.test"))
+        outcome = report.outcomes["Q1"][0]
+        assert (outcome.fate, str(outcome.reply)) == (fate, reply.decode())
+        assert report.health is OK
+        assert refuser.commands[-1] == b"RSET"   # refused: reset before any reuse
+    finally:
+        await t.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_reconfigure_applies_the_delivery_timeouts(dns):
+    from types import SimpleNamespace
+    t = transport(dns, command_timeout=5.0)
+    t.reconfigure(SimpleNamespace(delivery=SimpleNamespace(connect_timeout=1.5,
+                                                           command_timeout=42.0)))
+    assert (t.connect_timeout, t.command_timeout) == (1.5, 42.0)

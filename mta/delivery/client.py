@@ -5,10 +5,16 @@ report, for every recipient of every message, what the remote said, plus one
 verdict on the destination's health (DESIGN.md §3, "two levels").
 
 Public API:
-    OutboundMessage(queue_id, sender, recipients=((rcpt_idx, address), …), body)
-    DeliveryReport(outcomes={queue_id: {rcpt_idx: RecipientOutcome}}, health)
     SmtpTransport(hostname=, resolver=, connect_timeout=, command_timeout=)
         await .deliver(destination, messages) -> DeliveryReport
+        .reconfigure(cfg)     the [delivery] timeouts, for the next connections
+        await .close()        QUIT the cached connections
+    OutboundMessage, DeliveryReport   (mta.delivery.transport, re-exported)
+    smtp_path(address)                (mta.delivery.session, re-exported)
+
+The transactions themselves (MAIL/RCPT/DATA, SIZE, SMTPUTF8) are
+mta.delivery.session's; this module opens connections, walks the MX hosts,
+caches idle connections and judges the destination.
 
 Invariants:
   - Every recipient of every message gets exactly one outcome, whatever
@@ -25,10 +31,6 @@ Invariants:
   - TLS is opportunistic and unauthenticated (Postfix
     `smtp_tls_security_level = may`): STARTTLS when offered, certificate not
     checked, a failed handshake is retried once in clear text.
-  - SIZE (RFC 1870): when the peer advertises a limit and the message is
-    larger, its recipients bounce with our own `552 5.3.4 … exceeds the size
-    limit N of host[ip] …` and nothing is sent (no MAIL); otherwise MAIL
-    FROM carries SIZE=<bytes> whenever SIZE is advertised.
   - Log lines are `event=name key=value …` (mta.core.logfmt.event): text a
     remote chose (replies, error messages) is quoted, never a field of its own.
 
@@ -46,147 +48,28 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 import ssl
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from collections.abc import Sequence
 
 import aiosmtplib
-from aiosmtplib import (SMTPConnectResponseError, SMTPException, SMTPHeloError,
-                        SMTPRecipientRefused, SMTPResponseException, SMTPSenderRefused)
-from aiosmtplib.email import quote_address
+from aiosmtplib import SMTPConnectResponseError, SMTPException, SMTPHeloError, SMTPResponseException
 
 from mta.core.envelope import Destination
-from mta.core.errors import PermFailure, StorageError, TempFailure
+from mta.core.errors import PermFailure, TempFailure
 from mta.core.logfmt import event, fmt_value
-from mta.core.outcome import DestinationHealth, RecipientFate, RecipientOutcome
+from mta.core.outcome import DestinationHealth
 from mta.core.reply import Reply
-from mta.delivery.data import body_is_ascii, body_size, send_data
 from mta.delivery.mx import Hop, resolve_hops
 from mta.delivery.resolver import DnsTempError, NoRecords, NxDomain, Resolver
+from mta.delivery.session import (BOUNCED, DEFERRED, HandshakeFailed, Lost, Peer, Session,
+                                  Settlement, Throttled, describe, remote_reply, smtp_path)
+from mta.delivery.transport import DeliveryReport, OutboundMessage, TransportConfig
 
-__all__ = ["OutboundMessage", "DeliveryReport", "SmtpTransport"]
-
-# A mailbox with nothing to parse or quote: it goes on the wire as <it>.
-# Anything else goes through aiosmtplib's quote_address (email.utils.parseaddr,
-# ~40 µs), which also refuses what cannot be put on a command line.
-_PLAIN_MAILBOX = re.compile(r'[^\s<>"()\[\],;:\\@]+@[^\s<>"()\[\],;:\\@]+\Z')
-
-
-def smtp_path(address: str) -> str:
-    """`<address>` for MAIL FROM / RCPT TO: the same as aiosmtplib's
-    quote_address (tested), without its parser for plain mailboxes."""
-    if _PLAIN_MAILBOX.match(address):
-        return f"<{address}>"
-    return quote_address(address)
+__all__ = ["OutboundMessage", "DeliveryReport", "SmtpTransport", "smtp_path"]
 
 log = logging.getLogger("mta.delivery")
 
-DELIVERED, DEFERRED, BOUNCED = RecipientFate.DELIVERED, RecipientFate.DEFERRED, RecipientFate.BOUNCED
 _MAX_DETAIL = 6  # failures named in a 4.4.1 text; the rest are counted
-
-
-@dataclass(frozen=True)
-class OutboundMessage:
-    queue_id: str
-    sender: str                                  # "" for the null reverse path
-    recipients: tuple[tuple[int, str], ...]      # (rcpt_idx, address)
-    # CRLF line endings, headers included: bytes, or (a message over
-    # core.spill.HEAD_BYTES) the spool's StoredBody, sent in pieces (data.py)
-    body: Any
-
-
-@dataclass
-class DeliveryReport:
-    outcomes: dict[str, dict[int, RecipientOutcome]] = field(default_factory=dict)
-    health: DestinationHealth = DestinationHealth.OK
-
-
-@dataclass(frozen=True)
-class _Peer:
-    host: str = ""
-    ip: str = ""
-    tls: str = ""
-
-
-class _Ledger:
-    """Who has an outcome yet. Pure bookkeeping, no I/O."""
-
-    def __init__(self, messages: Sequence[OutboundMessage]):
-        self.outcomes: dict[str, dict[int, RecipientOutcome]] = {m.queue_id: {} for m in messages}
-
-    def settle(self, msg: OutboundMessage, idx: int, fate: RecipientFate, reply: Reply,
-               peer: _Peer) -> None:
-        self.outcomes[msg.queue_id].setdefault(
-            idx, RecipientOutcome(fate, reply, peer.host, peer.ip, peer.tls))
-
-    def settle_by_reply(self, msg: OutboundMessage, idx: int, reply: Reply, peer: _Peer) -> None:
-        fate = DELIVERED if reply.is_success else DEFERRED if reply.is_temp else BOUNCED
-        self.settle(msg, idx, fate, reply, peer)
-
-    def unsettled(self, msg: OutboundMessage) -> list[tuple[int, str]]:
-        done = self.outcomes[msg.queue_id]
-        return [(i, a) for i, a in msg.recipients if i not in done]
-
-    def in_order(self, messages: Sequence[OutboundMessage]
-                 ) -> dict[str, dict[int, RecipientOutcome]]:
-        """The outcomes keyed in message and recipient order (easier to read in logs).
-        One queue id may come as several messages (VERP: one per recipient)."""
-        out: dict[str, dict[int, RecipientOutcome]] = {}
-        for m in messages:
-            done = self.outcomes[m.queue_id]
-            out.setdefault(m.queue_id, {}).update(
-                (i, done[i]) for i, _ in m.recipients if i in done)
-        return out
-
-    def settle_rest(self, messages: Sequence[OutboundMessage], fate: RecipientFate,
-                    reply: Reply, peer: _Peer = _Peer()) -> None:
-        for msg in messages:
-            for idx, _ in self.unsettled(msg):
-                self.settle(msg, idx, fate, reply, peer)
-
-
-class _Lost(Exception):
-    """The connection broke or timed out; `stage` says during what."""
-
-    def __init__(self, stage: str, cause: BaseException):
-        self.stage = stage
-        super().__init__(f"{stage}: {_describe(cause)}")
-
-
-class _Throttled(Exception):
-    def __init__(self, reply: Reply):
-        self.reply = reply
-        super().__init__(str(reply))
-
-
-class _HandshakeFailed(Exception):
-    pass
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, SMTPResponseException):
-        return f"{exc.code} {' '.join(exc.message.split())}"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = " ".join(str(exc).split())
-    return text or exc.__class__.__name__
-
-
-def _remote(exc: SMTPResponseException) -> Reply:
-    code = exc.code if 200 <= exc.code <= 599 else 451  # -1: unparsable reply
-    return Reply.from_remote(code, exc.message)
-
-
-def _size_limit(smtp: aiosmtplib.SMTP) -> int:
-    """The peer's advertised SIZE limit; 0 when none (absent, "SIZE", "SIZE 0"
-    or not a number: RFC 1870 §4, 0 = no fixed maximum)."""
-    param = smtp.esmtp_extensions.get("size", "").strip()
-    return int(param) if param.isdigit() else 0
-
-
-def _needs_utf8(address: str) -> bool:
-    return not address.isascii()
 
 
 def _is_ip(host: str) -> bool:
@@ -207,148 +90,6 @@ def _tls_context() -> ssl.SSLContext:
     return ctx
 
 
-class _Session:
-    """One open SMTP connection after EHLO (and STARTTLS when it worked)."""
-
-    def __init__(self, smtp: aiosmtplib.SMTP, peer: _Peer, command_timeout: float):
-        self.smtp = smtp
-        self.peer = peer
-        self.timeout = command_timeout
-        self.uses = 0            # transactions sent over this connection
-        self.expiry: asyncio.TimerHandle | None = None   # set while parked in the cache
-
-    async def transact(self, msg: OutboundMessage, ledger: _Ledger) -> None:
-        """One MAIL/RCPT/DATA transaction; settles what the remote answered.
-
-        Raises _Throttled on a 421 and _Lost when the connection breaks; the
-        caller settles whatever is still open.
-        """
-        smtp, peer = self.smtp, self.peer
-        rcpts = ledger.unsettled(msg)
-        if not rcpts:
-            return
-        self.uses += 1
-        options: list[str] = []
-        size = body_size(msg.body)
-        if smtp.supports_extension("size"):
-            limit = _size_limit(smtp)
-            if limit and size > limit:
-                # RFC 1870 §6: the peer would refuse it with 552 (often only
-                # after the whole DATA went over the wire): refuse it here.
-                too_big = Reply(552, "5.3.4", f"message size {size} exceeds the size "
-                                              f"limit {limit} of {peer.host}[{peer.ip}] (its "
-                                              f"EHLO SIZE); not sent")
-                ledger.settle_rest([msg], BOUNCED, too_big, peer)
-                return
-            options.append(f"SIZE={size}")
-        if smtp.supports_extension("8bitmime") and not await body_is_ascii(msg.body):
-            options.append("BODY=8BITMIME")
-        encoding = "ascii"
-        if _needs_utf8(msg.sender) or any(_needs_utf8(a) for _, a in rcpts):
-            if smtp.supports_extension("smtputf8"):
-                options.append("SMTPUTF8")
-                encoding = "utf-8"
-            else:
-                no_utf8 = Reply(553, "5.6.7", f"{peer.host}[{peer.ip}] does not support "
-                                              f"SMTPUTF8, needed for a non-ASCII address")
-                for idx, addr in rcpts:
-                    if _needs_utf8(msg.sender) or _needs_utf8(addr):
-                        ledger.settle(msg, idx, BOUNCED, no_utf8, peer)
-                rcpts = ledger.unsettled(msg)
-                if not rcpts:
-                    return
-
-        try:
-            # smtp.mail()/rcpt() minus their address parser (smtp_path)
-            resp = await smtp.execute_command(
-                b"MAIL", b"FROM:" + smtp_path(msg.sender).encode(encoding),
-                *(o.encode("ascii") for o in options), timeout=self.timeout)
-            if resp.code != 250:
-                raise SMTPSenderRefused(resp.code, resp.message, msg.sender)
-        except SMTPResponseException as exc:
-            reply = _remote(exc)
-            if exc.code == 421:
-                raise _Throttled(reply) from None
-            if not reply.is_success:
-                for idx, _ in rcpts:
-                    ledger.settle_by_reply(msg, idx, reply, peer)
-                await self._rset()
-                return
-        except ValueError as exc:  # an address aiosmtplib refuses to put on the wire
-            bad = Reply(553, "5.1.7", f"sender address cannot be sent over SMTP: {exc}")
-            ledger.settle_rest([msg], BOUNCED, bad, peer)
-            return
-        except (SMTPException, OSError) as exc:
-            raise _Lost("MAIL FROM", exc) from None
-
-        accepted: list[int] = []
-        for idx, addr in rcpts:
-            try:
-                resp = await smtp.execute_command(
-                    b"RCPT", b"TO:" + smtp_path(addr).encode(encoding), timeout=self.timeout)
-                if resp.code not in (250, 251):
-                    raise SMTPRecipientRefused(resp.code, resp.message, addr)
-                accepted.append(idx)
-            except SMTPResponseException as exc:
-                reply = _remote(exc)
-                if exc.code == 421:
-                    raise _Throttled(reply) from None
-                if reply.is_success:   # 252 and friends: aiosmtplib only likes 250/251
-                    accepted.append(idx)
-                else:
-                    ledger.settle_by_reply(msg, idx, reply, peer)
-            except ValueError as exc:
-                ledger.settle(msg, idx, BOUNCED, Reply(553, "5.1.3", f"recipient address "
-                                                     f"cannot be sent over SMTP: {exc}"), peer)
-            except (SMTPException, OSError) as exc:
-                raise _Lost("RCPT TO", exc) from None
-        if not accepted:
-            await self._rset()
-            return
-
-        try:
-            # send_data (delivery/data.py) guarantees CRLF line ends and the
-            # final CRLF, dot-stuffs every line starting with "." (tested in
-            # test_client) and streams a large body in pieces.
-            response = await send_data(smtp, msg.body, self.timeout)
-            reply = Reply.from_remote(response.code, response.message)
-        except SMTPResponseException as exc:
-            reply = _remote(exc)
-            if exc.code == 421:
-                raise _Throttled(reply) from None
-        except (SMTPException, OSError, StorageError) as exc:
-            # StorageError: the stored body failed its check mid-way; the
-            # connection is dropped before the final dot, nothing was accepted.
-            raise _Lost("DATA", exc) from None
-        if response.code == 421:
-            raise _Throttled(reply)
-        for idx in accepted:
-            ledger.settle_by_reply(msg, idx, reply, peer)
-        if not reply.is_success:
-            await self._rset()
-
-    async def _rset(self) -> None:
-        try:
-            await self.smtp.rset(timeout=self.timeout)
-        except SMTPResponseException as exc:
-            if exc.code == 421:
-                raise _Throttled(_remote(exc)) from None
-            raise _Lost("RSET", exc) from None  # a session that cannot reset is not reusable
-        except (SMTPException, OSError) as exc:
-            raise _Lost("RSET", exc) from None
-
-    async def quit(self) -> None:
-        try:
-            await self.smtp.quit(timeout=self.timeout)
-        except (SMTPException, OSError):
-            pass  # everything is settled already; a rude goodbye changes nothing
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self.smtp.close()
-
-
 class SmtpTransport:
     """Delivers batches; keeps idle connections for `cache_time` seconds so
     the next batch to the same destination skips connect, EHLO and STARTTLS
@@ -364,10 +105,17 @@ class SmtpTransport:
         self.command_timeout = command_timeout
         self.cache_time, self.max_uses, self.max_idle = cache_time, max_uses, max_idle
         self._tls = _tls_context()
-        self._idle: dict[str, list[_Session]] = {}
+        self._idle: dict[str, list[Session]] = {}
+
+    def reconfigure(self, cfg: TransportConfig) -> None:
+        """Apply a reloaded configuration's [delivery] timeouts: connections
+        opened from now on use them (those in the cache keep theirs until
+        they close). The host name stays the running process's."""
+        self.connect_timeout = cfg.delivery.connect_timeout
+        self.command_timeout = cfg.delivery.command_timeout
 
     # ---- connection cache ---------------------------------------------
-    def _take_idle(self, name: str) -> _Session | None:
+    def _take_idle(self, name: str) -> Session | None:
         sessions = self._idle.get(name)
         while sessions:
             session = sessions.pop()
@@ -379,7 +127,7 @@ class SmtpTransport:
             session.close()
         return None
 
-    async def _park(self, name: str, session: _Session) -> None:
+    async def _park(self, name: str, session: Session) -> None:
         sessions = self._idle.setdefault(name, [])
         if (self.cache_time <= 0 or session.uses >= self.max_uses
                 or len(sessions) >= self.max_idle or not session.smtp.is_connected):
@@ -389,7 +137,7 @@ class SmtpTransport:
         session.expiry = asyncio.get_running_loop().call_later(
             self.cache_time, self._expire, name, session)
 
-    def _expire(self, name: str, session: _Session) -> None:
+    def _expire(self, name: str, session: Session) -> None:
         sessions = self._idle.get(name, [])
         if session in sessions:
             sessions.remove(session)
@@ -409,17 +157,17 @@ class SmtpTransport:
 
     async def deliver(self, destination: Destination,
                       messages: Sequence[OutboundMessage]) -> DeliveryReport:
-        ledger = _Ledger(messages)
+        settlement = Settlement(messages)
         try:
-            health = await self._deliver(destination, list(messages), ledger)
+            health = await self._deliver(destination, list(messages), settlement)
         except Exception:
             # A bug here must not lose recipients: defer what is still open.
             log.exception("event=delivery_failed_unexpectedly destination=%s",
                           fmt_value(destination.name))
             health = DestinationHealth.DOWN
-        ledger.settle_rest(messages, DEFERRED, Reply(451, "4.3.0", "internal error during "
+        settlement.settle_rest(messages, DEFERRED, Reply(451, "4.3.0", "internal error during "
                                                                    "delivery; will retry"))
-        return DeliveryReport(ledger.in_order(messages), health)
+        return DeliveryReport(settlement.in_order(messages), health)
 
     async def _hops(self, destination: Destination) -> list[Hop]:
         if destination.kind == "mx":
@@ -438,17 +186,17 @@ class SmtpTransport:
         raise ValueError(f"SmtpTransport cannot deliver to a {destination.kind!r} destination")
 
     async def _deliver(self, destination: Destination, messages: list[OutboundMessage],
-                       ledger: _Ledger) -> DestinationHealth:
+                       settlement: Settlement) -> DestinationHealth:
         try:
             hops = await self._hops(destination)
         except PermFailure as exc:
-            ledger.settle_rest(messages, BOUNCED, exc.reply)
+            settlement.settle_rest(messages, BOUNCED, exc.reply)
             return DestinationHealth.OK  # the domain answered clearly; nothing to back off
         except TempFailure as exc:
-            ledger.settle_rest(messages, DEFERRED, exc.reply)
+            settlement.settle_rest(messages, DEFERRED, exc.reply)
             return DestinationHealth.DOWN
 
-        pending = [m for m in messages if ledger.unsettled(m)]
+        pending = [m for m in messages if settlement.unsettled(m)]
         lost_once = False
         while pending:
             session = self._take_idle(destination.name)
@@ -458,39 +206,19 @@ class SmtpTransport:
             if session is None:
                 assert failure is not None
                 reply, health = failure
-                ledger.settle_rest(pending, DEFERRED, reply)
+                settlement.settle_rest(pending, DEFERRED, reply)
                 return health
             try:
-                while pending:
-                    try:
-                        await session.transact(pending[0], ledger)
-                    except _Lost as exc:
-                        # A cached connection the remote closed while idle:
-                        # nothing of this message was sent, so just reconnect.
-                        if reused and exc.stage == "MAIL FROM":
-                            session.close()
-                            break
-                        raise
-                    except _Throttled:
-                        # An idle-timeout 421 on a cached connection says
-                        # nothing about the destination: reconnect.
-                        if reused:
-                            session.close()
-                            break
-                        raise
-                    reused = False
-                    pending.pop(0)
-                else:
+                if await self._send(session, pending, settlement, reused=reused):
                     await self._park(destination.name, session)
                     return DestinationHealth.OK
-                continue
-            except _Throttled as exc:
+            except Throttled as exc:
                 session.close()
                 event(log, "throttled", destination=destination.name, mx=session.peer.host,
                       ip=session.peer.ip, reply=exc.reply)
-                ledger.settle_rest(pending, DEFERRED, exc.reply, session.peer)
+                settlement.settle_rest(pending, DEFERRED, exc.reply, session.peer)
                 return DestinationHealth.THROTTLING
-            except _Lost as exc:
+            except Lost as exc:
                 session.close()
                 peer = session.peer
                 reply = Reply(451, "4.4.2", f"connection lost with {peer.host}[{peer.ip}] "
@@ -499,19 +227,46 @@ class SmtpTransport:
                       ip=peer.ip, reply=reply)
                 # The message that was in flight is not retried now: it may be
                 # what makes the remote hang up.
-                ledger.settle_rest(pending[:1], DEFERRED, reply, peer)
+                settlement.settle_rest(pending[:1], DEFERRED, reply, peer)
                 pending = pending[1:]
                 if lost_once:
-                    ledger.settle_rest(pending, DEFERRED, Reply(
+                    settlement.settle_rest(pending, DEFERRED, Reply(
                         451, "4.4.2", f"not attempted: connections to {destination.name} "
                                       f"keep breaking (last: {exc}); will retry"), peer)
                     return DestinationHealth.DOWN
                 lost_once = True
-                continue
         return DestinationHealth.OK
 
+    @staticmethod
+    async def _send(session: Session, pending: list[OutboundMessage], settlement: Settlement,
+                    *, reused: bool) -> bool:
+        """Send `pending` over `session`, removing each message once sent:
+        True when all went; False when a cached connection turned out dead
+        before anything of a message was sent (closed: reconnect). Raises
+        Throttled and Lost for the caller to judge."""
+        while pending:
+            try:
+                await session.transact(pending[0], settlement)
+            except Lost as exc:
+                # A cached connection the remote closed while idle:
+                # nothing of this message was sent, so just reconnect.
+                if reused and exc.stage == "MAIL FROM":
+                    session.close()
+                    return False
+                raise
+            except Throttled:
+                # An idle-timeout 421 on a cached connection says
+                # nothing about the destination: reconnect.
+                if reused:
+                    session.close()
+                    return False
+                raise
+            reused = False
+            pending.pop(0)
+        return True
+
     async def _open(self, destination: Destination, hops: list[Hop]
-                    ) -> tuple[_Session | None, tuple[Reply, DestinationHealth] | None]:
+                    ) -> tuple[Session | None, tuple[Reply, DestinationHealth] | None]:
         """Connect to the first host/address that works, in MX order.
 
         Returns (session, None), or (None, (reply, health)) for the whole batch.
@@ -523,20 +278,20 @@ class SmtpTransport:
                 try:
                     try:
                         return await self._connect(hop, ip, destination.port, tls=True), None
-                    except _HandshakeFailed as exc:
+                    except HandshakeFailed as exc:
                         event(log, "starttls_failed", mx=hop.host, ip=ip, port=destination.port,
                               error=exc, next="clear_text")
                         return await self._connect(hop, ip, destination.port, tls=False), None
-                except _Throttled as exc:
+                except Throttled as exc:
                     throttled = throttled or exc.reply
                     failures.append(f"{hop.host}[{ip}]:{destination.port} said {exc.reply}")
                 except SMTPConnectResponseError as exc:
                     if exc.code == 421:
-                        throttled = throttled or _remote(exc)
+                        throttled = throttled or remote_reply(exc)
                     failures.append(f"{hop.host}[{ip}]:{destination.port} greeted with "
-                                    f"{_describe(exc)}")
-                except (SMTPException, OSError, _HandshakeFailed) as exc:
-                    failures.append(f"{hop.host}[{ip}]:{destination.port} {_describe(exc)}")
+                                    f"{describe(exc)}")
+                except (SMTPException, OSError, HandshakeFailed) as exc:
+                    failures.append(f"{hop.host}[{ip}]:{destination.port} {describe(exc)}")
         if throttled is not None:
             return None, (throttled, DestinationHealth.THROTTLING)
         shown = "; ".join(failures[:_MAX_DETAIL])
@@ -546,7 +301,7 @@ class SmtpTransport:
                                           f"{destination.name}: {shown}; will retry"),
                       DestinationHealth.DOWN)
 
-    async def _connect(self, hop: Hop, ip: str, port: int, *, tls: bool) -> _Session:
+    async def _connect(self, hop: Hop, ip: str, port: int, *, tls: bool) -> Session:
         smtp = aiosmtplib.SMTP(hostname=ip, port=port, local_hostname=self.hostname,
                                timeout=self.command_timeout, start_tls=False,
                                validate_certs=False, tls_context=self._tls)
@@ -557,7 +312,7 @@ class SmtpTransport:
             version = ""
             if tls and smtp.supports_extension("starttls"):
                 version = await self._starttls(smtp, hop)
-            return _Session(smtp, _Peer(hop.host, ip, version), self.command_timeout)
+            return Session(smtp, Peer(hop.host, ip, version), self.command_timeout)
         except BaseException:
             smtp.close()
             raise
@@ -567,14 +322,14 @@ class SmtpTransport:
             await smtp.ehlo(timeout=self.command_timeout)
         except SMTPHeloError as exc:
             if exc.code == 421:
-                raise _Throttled(_remote(exc)) from None
+                raise Throttled(remote_reply(exc)) from None
             if not smtp.is_connected:
                 raise
             try:
                 await smtp.helo(timeout=self.command_timeout)
             except SMTPHeloError as exc2:
                 if exc2.code == 421:
-                    raise _Throttled(_remote(exc2)) from None
+                    raise Throttled(remote_reply(exc2)) from None
                 raise
 
     async def _starttls(self, smtp: aiosmtplib.SMTP, hop: Hop) -> str:
@@ -584,12 +339,12 @@ class SmtpTransport:
                                 timeout=self.command_timeout)
         except SMTPResponseException as exc:
             if exc.code == 421:
-                raise _Throttled(_remote(exc)) from None
+                raise Throttled(remote_reply(exc)) from None
             if smtp.is_connected:
                 return ""  # e.g. 454: the session is still usable in clear text
-            raise _HandshakeFailed(_describe(exc)) from None
+            raise HandshakeFailed(describe(exc)) from None
         except (SMTPException, OSError) as exc:   # ssl.SSLError is an OSError
-            raise _HandshakeFailed(_describe(exc)) from None
+            raise HandshakeFailed(describe(exc)) from None
         ssl_object = smtp.get_transport_info("ssl_object")
         version = ssl_object.version() if ssl_object is not None else "TLS"
         await self._hello(smtp)  # RFC 3207: forget pre-TLS extensions, ask again

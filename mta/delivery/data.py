@@ -36,10 +36,13 @@ Invariants
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import cast
+from collections.abc import AsyncIterator
 
 from aiosmtplib import SMTP, SMTPDataError, SMTPResponse, SMTPTimeoutError
-from aiosmtplib.protocol import normalize_message_line_endings
+from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
+
+from mta.delivery.transport import Body
 
 __all__ = ["body_size", "body_is_ascii", "send_data", "stuff"]
 
@@ -47,11 +50,11 @@ PIECE = 1024 * 1024          # a bytes body is written in pieces of this size to
 _LOW_WATER = 64 * 1024       # fallback drain: wait until the buffer is below this
 
 
-def body_size(body: Any) -> int:
+def body_size(body: Body) -> int:
     return len(body) if isinstance(body, (bytes, bytearray)) else int(body.size)
 
 
-async def body_is_ascii(body: Any) -> bool:
+async def body_is_ascii(body: Body) -> bool:
     if isinstance(body, (bytes, bytearray)):
         return body.isascii()
     return bool(await body.is_ascii())
@@ -67,7 +70,7 @@ def stuff(previous: bytes, piece: bytes) -> bytes:
     return out
 
 
-async def _pieces(body: Any):
+async def _pieces(body: Body) -> AsyncIterator[bytes]:
     if isinstance(body, (bytes, bytearray)):
         data = bytes(body)
         if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
@@ -80,24 +83,27 @@ async def _pieces(body: Any):
         async for piece in gen:
             yield piece
     finally:
-        await gen.aclose()
+        aclose = getattr(gen, "aclose", None)   # an async generator: close it now
+        if aclose is not None:
+            await aclose()
 
 
-async def _drain(protocol: Any, timeout: float | None) -> None:
+async def _drain(protocol: SMTPProtocol, timeout: float | None) -> None:
     try:
         async with asyncio.timeout(timeout):
             helper = getattr(protocol, "_drain_helper", None)
             if helper is not None:
                 await helper()
                 return
-            transport = protocol.transport    # no flow control hook: poll the buffer
+            # no flow control hook: poll the buffer
+            transport = cast(asyncio.WriteTransport | None, protocol.transport)
             while transport is not None and transport.get_write_buffer_size() > _LOW_WATER:
                 await asyncio.sleep(0.005)
     except TimeoutError:
         raise SMTPTimeoutError("Timed out writing the message to the server") from None
 
 
-async def send_data(smtp: SMTP, body: Any, timeout: float | None) -> SMTPResponse:
+async def send_data(smtp: SMTP, body: Body, timeout: float | None) -> SMTPResponse:
     start = await smtp.execute_command(b"DATA", timeout=timeout)
     if start.code != 354:
         raise SMTPDataError(start.code, start.message)

@@ -5,8 +5,9 @@ same `deliver()` signature, so the whole pipeline (spool, scheduler, events)
 runs unchanged while mail lands in files a developer can open.
 
 Public API:
-    SandboxTransport(maildir)
+    SandboxTransport(maildir)       a mta.delivery.transport.Transport
         await .deliver(destination, messages) -> DeliveryReport
+        .reconfigure(cfg), await .close()   nothing to change, nothing to close
 
 Invariants:
   - Maildir protocol: write into tmp/, fsync the file, rename into new/,
@@ -34,7 +35,7 @@ from mta.core.files import fsync_dir
 from mta.core.envelope import Destination
 from mta.core.outcome import DestinationHealth, RecipientFate, RecipientOutcome
 from mta.core.reply import Reply
-from mta.delivery.client import DeliveryReport, OutboundMessage
+from mta.delivery.transport import DeliveryReport, OutboundMessage, TransportConfig
 
 __all__ = ["SandboxTransport"]
 
@@ -47,12 +48,18 @@ def _clean(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ")
 
 
-
 class SandboxTransport:
     def __init__(self, maildir: str):
         self.maildir = maildir
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
         self._ready = False
+
+    def reconfigure(self, cfg: TransportConfig) -> None:
+        """Nothing of the sandbox is configurable at run time (the maildir
+        is under state_dir, which needs a restart)."""
+
+    async def close(self) -> None:
+        """Nothing is kept open between deliveries."""
 
     def _ensure_dirs(self) -> None:
         if self._ready:

@@ -1,0 +1,101 @@
+"""The delivery seam: what the queue runner hands a transport and gets back.
+
+One job: the values and Protocols every transport shares (the SMTP client,
+the sandbox), so the runner depends on this module and not on a transport.
+
+Public API:
+    OutboundMessage(queue_id, sender, recipients=((rcpt_idx, address), …), body)
+    DeliveryReport(outcomes={queue_id: {rcpt_idx: RecipientOutcome}}, health)
+    Body                      bytes, or a BodySource read in pieces
+    BodySource                Protocol: .size, async .chunks(), .iter_chunks()
+                              (blocking, for a thread), async .is_ascii()
+    Transport                 Protocol: await .deliver(destination, messages),
+                              .reconfigure(cfg), await .close()
+    TransportConfig           Protocol: what .reconfigure(cfg) reads of a
+                              configuration (mta.config.Config has it)
+
+Invariants: `deliver` gives every recipient of every message exactly one
+outcome and raises only on cancellation; `reconfigure` changes what the
+next connection uses, never a delivery in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, Union
+
+from mta.core.envelope import Destination
+from mta.core.outcome import DestinationHealth, RecipientOutcome
+
+__all__ = ["OutboundMessage", "DeliveryReport", "Body", "BodySource", "Transport",
+           "TransportConfig", "TransportSettings"]
+
+
+class BodySource(Protocol):
+    """A message body read in pieces (the spool's StoredBody): a message over
+    core.spill.HEAD_BYTES is never held whole."""
+
+    @property
+    def size(self) -> int:
+        """Bytes of the whole message."""
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The message in pieces, in order; raises StorageError when the
+        stored bytes fail their check."""
+
+    def iter_chunks(self) -> Iterator[bytes]:
+        """The same pieces, read blocking (for a worker thread)."""
+
+    async def is_ascii(self) -> bool:
+        """True when every byte is 7-bit."""
+
+
+# CRLF line endings, headers included.
+Body = Union[bytes, BodySource]
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    queue_id: str
+    sender: str                                  # "" for the null reverse path
+    recipients: tuple[tuple[int, str], ...]      # (rcpt_idx, address)
+    body: Body
+
+
+@dataclass
+class DeliveryReport:
+    outcomes: dict[str, dict[int, RecipientOutcome]] = field(default_factory=dict)
+    health: DestinationHealth = DestinationHealth.OK
+
+
+class TransportSettings(Protocol):
+    """The `[delivery]` keys a transport applies (config.DeliveryConfig)."""
+
+    @property
+    def connect_timeout(self) -> float:
+        """TCP connect + greeting, seconds."""
+
+    @property
+    def command_timeout(self) -> float:
+        """Each SMTP command and DATA, seconds."""
+
+
+class TransportConfig(Protocol):
+    """A whole configuration as a transport reads it (config.Config)."""
+
+    @property
+    def delivery(self) -> TransportSettings:
+        """The [delivery] section."""
+
+
+class Transport(Protocol):
+    async def deliver(self, destination: Destination,
+                      messages: Sequence[OutboundMessage]) -> DeliveryReport:
+        """Every recipient's outcome and the destination's health."""
+
+    def reconfigure(self, cfg: TransportConfig) -> None:
+        """Apply a reloaded configuration to the next connections."""
+
+    async def close(self) -> None:
+        """Let go of what is kept between deliveries (daemon shutdown)."""
