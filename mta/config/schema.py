@@ -1,8 +1,9 @@
 """Declaring config keys once: `key(default, doc, kind=…, bounds…)`.
 
-Each section is a frozen dataclass whose fields are declared with `key()`;
-the field metadata carries the key's kind (how to parse it from TOML), its
-bounds and its one-line doc. `loader.py` walks these declarations, so adding
+Each section is a frozen dataclass whose fields are declared with `key()`
+(or `live_key()`); the field metadata carries the key's kind (how to parse
+it from TOML), its bounds, its one-line doc and whether a reload applies it
+live. `loader.py` walks these declarations, so adding
 a key is one line here and nowhere else (Postfix VAR_/DEF_ pairs, KumoMTA
 `deny_unknown_fields`).
 """
@@ -166,12 +167,21 @@ choice = _choice
 
 
 def key(default: Any, doc: str, kind: Kind = STR, *, min: float | None = None,
-        max: float | None = None, optional: bool = False) -> Any:
-    """Declare one config key. `optional` allows the value None (unset)."""
-    meta = {"kind": kind, "doc": doc, "min": min, "max": max, "optional": optional}
+        max: float | None = None, optional: bool = False, live: bool = False) -> Any:
+    """Declare one config key. `optional` allows the value None (unset);
+    `live` says a reload applies it to the running daemon (else a change
+    needs a restart, and a reload says so)."""
+    meta = {"kind": kind, "doc": doc, "min": min, "max": max, "optional": optional,
+            "live": live}
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for list defaults")
     return field(default=default, metadata=meta)
+
+
+def live_key(default: Any, doc: str, kind: Kind = STR, *, min: float | None = None,
+             max: float | None = None, optional: bool = False) -> Any:
+    """`key(…, live=True)`: a key a reload applies to the running daemon."""
+    return key(default, doc, kind, min=min, max=max, optional=optional, live=True)
 
 
 def check_bounds(value: Any, meta: Mapping[str, Any]) -> None:

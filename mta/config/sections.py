@@ -1,24 +1,30 @@
 """The configuration: one frozen dataclass per TOML section.
 
-Every key is declared exactly once here, with default, kind, bounds and doc
-(shown by `mta config check` and documented in conf/mta.toml).
+Every key is declared exactly once here, with default, kind, bounds, doc
+(shown by `mta config check` and documented in conf/mta.toml) and whether a
+reload applies it live (`L`) or it needs a restart (`K`); `live_keys(section)`
+reads those marks for the reload.
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Mapping
 
 from mta.config.schema import (BOOL, CIDR_LIST, DURATION, DURATION_LIST, HOSTPORT, INT,
                                IP_LIST, NAMESERVER_LIST, SIZE, STR, STR_LIST, choice)
-from mta.config.schema import key as K  # a field is named "key"
+# K declares a key a reload cannot change (it needs a restart), L one a
+# reload applies to the running daemon ("a field is named key": hence K).
+from mta.config.schema import key as K
+from mta.config.schema import live_key as L
 from mta.core.envelope import EVENT_TYPES  # what [[webhooks]] events may name
 
 __all__ = ["EVENT_TYPES", "SECTIONS", "ARRAYS", "Config", "ServerConfig", "ListenerConfig",
            "DeliveryConfig", "DnsConfig", "DomainsConfig", "PolicyConfig", "BouncesConfig",
-           "SuppressionConfig", "AdminConfig", "LedgerConfig", "WebhookConfig", "MiB"]
+           "SuppressionConfig", "AdminConfig", "LedgerConfig", "WebhookConfig", "MiB",
+           "live_keys", "ROUTES_LIVE"]
 
 MiB = 1024 * 1024
 
@@ -34,10 +40,10 @@ class ServerConfig:
     mode: str = K("production", "\"production\" delivers to the Internet; \"sandbox\" captures "
                     "every message into state_dir/sandbox (maildir) and delivers nothing",
                     choice("production", "sandbox"))
-    shutdown_timeout: float = K(30.0, "on SIGTERM, how long in-flight deliveries may finish",
+    shutdown_timeout: float = L(30.0, "on SIGTERM, how long in-flight deliveries may finish",
                                   DURATION, min=0, max=3600)
-    log_level: str = K("info", "log level", choice("debug", "info", "warning", "error"))
-    public_ips: tuple[str, ...] = K((), "addresses this server sends from; the SPF record "
+    log_level: str = L("info", "log level", choice("debug", "info", "warning", "error"))
+    public_ips: tuple[str, ...] = L((), "addresses this server sends from; the SPF record "
                                       "`mta domain add` prints authorises exactly these",
                                       IP_LIST, max=64)
     min_free_space: int = K(100 * MiB, "/readyz reports not ready (503) when the spool's "
@@ -54,67 +60,67 @@ class ListenerConfig:
                   "and abuse@ — never a relay, no AUTH", choice("submission", "inbound"))
     tls: str = K("starttls", "\"starttls\", \"implicit\" (TLS from the first byte) or \"none\"",
                    choice("starttls", "implicit", "none"))
-    cert: str | None = K(None, "PEM certificate chain path (default: a self-signed "
+    cert: str | None = L(None, "PEM certificate chain path (default: a self-signed "
                            "certificate generated into state_dir/tls)", STR, optional=True)
-    key: str | None = K(None, "PEM private key path", STR, optional=True)
-    require_tls_for_auth: bool = K(True, "offer and accept AUTH only inside TLS", BOOL)
-    max_message_size: int = K(25 * MiB, "largest message accepted, in bytes (SIZE)", SIZE,
+    key: str | None = L(None, "PEM private key path", STR, optional=True)
+    require_tls_for_auth: bool = L(True, "offer and accept AUTH only inside TLS", BOOL)
+    max_message_size: int = L(25 * MiB, "largest message accepted, in bytes (SIZE)", SIZE,
                                 min=1024, max=1024 * MiB)
-    max_recipients: int = K(1000, "most RCPT TO per transaction", INT, min=1, max=100_000)
-    trusted_networks: tuple[str, ...] = K((), "CIDRs whose clients may submit without AUTH "
+    max_recipients: int = L(1000, "most RCPT TO per transaction", INT, min=1, max=100_000)
+    trusted_networks: tuple[str, ...] = L((), "CIDRs whose clients may submit without AUTH "
                                             "(like Postfix mynetworks)", CIDR_LIST)
-    auth_max_failures: int = K(5, "failed AUTH attempts from one IP before it is locked out",
+    auth_max_failures: int = L(5, "failed AUTH attempts from one IP before it is locked out",
                                  INT, min=1, max=1000)
-    auth_lockout: float = K(300.0, "how long an IP stays locked out after too many failures",
+    auth_lockout: float = L(300.0, "how long an IP stays locked out after too many failures",
                               DURATION, min=1, max=86400)
-    auth_max_failures_per_user: int = K(20, "failed AUTH attempts for one user name (from any "
+    auth_max_failures_per_user: int = L(20, "failed AUTH attempts for one user name (from any "
                                           "IP) before it is locked out; IPs that logged in as "
                                           "that user lately are not locked out", INT,
                                           min=1, max=100_000)
-    idle_timeout: float = K(300.0, "close a session idle this long (no command, no DATA bytes)",
+    idle_timeout: float = L(300.0, "close a session idle this long (no command, no DATA bytes)",
                             DURATION, min=1, max=3600)
-    max_sessions: int = K(1000, "most simultaneous sessions on this listener; more get 421 "
+    max_sessions: int = L(1000, "most simultaneous sessions on this listener; more get 421 "
                           "4.7.0 and are closed", INT, min=1, max=100_000)
-    max_sessions_per_ip: int = K(50, "most simultaneous sessions from one client IP "
+    max_sessions_per_ip: int = L(50, "most simultaneous sessions from one client IP "
                                  "(trusted_networks are exempt); more get 421 4.7.0", INT,
                                  min=1, max=100_000)
-    transaction_timeout: float = K(1800.0, "longest time from MAIL FROM to the end of DATA; "
+    transaction_timeout: float = L(1800.0, "longest time from MAIL FROM to the end of DATA; "
                                    "past it the session gets 421 4.4.2 and is closed",
                                    DURATION, min=10, max=86400)
-    max_junk_commands: int = K(100, "commands that move no mail (NOOP, RSET, VRFY, HELP, EHLO, "
+    max_junk_commands: int = L(100, "commands that move no mail (NOOP, RSET, VRFY, HELP, EHLO, "
                                "unknown ones, refused AUTH) before 421 4.7.0 closes the session; "
                                "reset by each accepted message", INT, min=1, max=100_000)
-    listen_backlog: int = K(1024, "TCP accept queue length (the kernel caps it at "
+    listen_backlog: int = L(1024, "TCP accept queue length (the kernel caps it at "
                             "net.core.somaxconn)", INT, min=1, max=65535)
 
 
 @dataclass(frozen=True)
 class DeliveryConfig:
-    retry_schedule: tuple[float, ...] = K((300.0, 600.0, 1200.0, 2400.0, 3600.0, 7200.0, 14400.0),
+    retry_schedule: tuple[float, ...] = L((300.0, 600.0, 1200.0, 2400.0, 3600.0, 7200.0, 14400.0),
                                             "waits between attempts; the last one repeats",
                                             DURATION_LIST, min=1, max=7 * 86400)
-    max_queue_lifetime: float = K(5 * 86400.0, "a recipient still deferred after this "
+    max_queue_lifetime: float = L(5 * 86400.0, "a recipient still deferred after this "
                                     "expires and bounces", DURATION, min=2, max=60 * 86400)
-    concurrency_per_destination: int = K(20, "most simultaneous connections per destination",
+    concurrency_per_destination: int = L(20, "most simultaneous connections per destination",
                                            INT, min=1, max=1000)
-    max_messages_per_connection: int = K(100, "messages sent over one SMTP connection "
+    max_messages_per_connection: int = L(100, "messages sent over one SMTP connection "
                                            "before it is closed", INT, min=1, max=100_000)
-    max_recipients_per_transaction: int = K(100, "recipients per SMTP transaction", INT,
+    max_recipients_per_transaction: int = L(100, "recipients per SMTP transaction", INT,
                                               min=1, max=1000)
-    connect_timeout: float = K(30.0, "TCP connect + greeting timeout", DURATION,
+    connect_timeout: float = L(30.0, "TCP connect + greeting timeout", DURATION,
                                  min=0.1, max=600)
-    command_timeout: float = K(300.0, "timeout for each SMTP command and for DATA",
+    command_timeout: float = L(300.0, "timeout for each SMTP command and for DATA",
                                  DURATION, min=0.1, max=3600)
-    delay_warning_after: float | None = K(None, "send a delay DSN once a recipient has been "
+    delay_warning_after: float | None = L(None, "send a delay DSN once a recipient has been "
                                             "deferred this long (unset: never)", DURATION,
                                             optional=True, min=1, max=60 * 86400)
-    destination_backoff: tuple[float, ...] = K((1.0, 5.0, 30.0, 60.0, 300.0),
+    destination_backoff: tuple[float, ...] = L((1.0, 5.0, 30.0, 60.0, 300.0),
                                                  "pause of a destination after consecutive "
                                                  "connection failures; the last one repeats",
                                                  DURATION_LIST, min=0.1, max=86400)
-    batch_size: int = K(500, "due recipients loaded from the index per scheduler pass",
+    batch_size: int = L(500, "due recipients loaded from the index per scheduler pass",
                           INT, min=1, max=100_000)
-    smtp_port: int = K(25, "port of remote MX hosts", INT, min=1, max=65535)
+    smtp_port: int = L(25, "port of remote MX hosts", INT, min=1, max=65535)
 
 
 @dataclass(frozen=True)
@@ -126,50 +132,50 @@ class DnsConfig:
 
 @dataclass(frozen=True)
 class DomainsConfig:
-    dmarc_rua: str | None = K(None, "address for DMARC aggregate reports in the suggested "
+    dmarc_rua: str | None = L(None, "address for DMARC aggregate reports in the suggested "
                                 "DMARC record (default: dmarc@DOMAIN; an address in another "
                                 "domain needs that domain's RFC 7489 7.1 authorisation record)",
                                 STR, optional=True)
-    bounce_subdomain: str = K("bounce", "label of the return-path domain: LABEL.DOMAIN gets an "
+    bounce_subdomain: str = L("bounce", "label of the return-path domain: LABEL.DOMAIN gets an "
                                 "MX to server.hostname and an SPF record (used for VERP bounces)")
-    check_schedule: tuple[float, ...] = K((60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0),
+    check_schedule: tuple[float, ...] = L((60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0),
                                             "waits between DNS checks of a domain not yet "
                                             "verified (or failed); the last one repeats",
                                             DURATION_LIST, min=1, max=7 * 86400)
-    recheck_verified: float = K(86400.0, "how often a verified domain's DNS is checked again",
+    recheck_verified: float = L(86400.0, "how often a verified domain's DNS is checked again",
                                   DURATION, min=60, max=30 * 86400)
-    rotation_grace: float = K(7 * 86400.0, "after a rotation, how long the old DKIM key stays "
+    rotation_grace: float = L(7 * 86400.0, "after a rotation, how long the old DKIM key stays "
                                 "published (mail in flight still verifies) before removal",
                                 DURATION, min=0, max=365 * 86400)
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    require_verified_domain: bool = K(True, "accept mail only from sending domains whose DNS "
+    require_verified_domain: bool = L(True, "accept mail only from sending domains whose DNS "
                                         "verified (`mta domain check`); false for development",
                                         BOOL)
 
 
 @dataclass(frozen=True)
 class BouncesConfig:
-    domain: str | None = K(None, "return-path (VERP) domain for mail whose sending domain is not "
+    domain: str | None = L(None, "return-path (VERP) domain for mail whose sending domain is not "
                            "set up with `mta domain add` (default: no VERP for such mail)",
                            STR, optional=True)
-    feedback_addresses: tuple[str, ...] = K((), "addresses the inbound listener accepts "
+    feedback_addresses: tuple[str, ...] = L((), "addresses the inbound listener accepts "
                                             "complaint reports (feedback loops) for", STR_LIST)
-    capture_dir: str | None = K(None, "where mail to postmaster@ and abuse@ the server "
+    capture_dir: str | None = L(None, "where mail to postmaster@ and abuse@ the server "
                                 "hostname is kept as a maildir (default state_dir/inbound)",
                                 STR, optional=True)
-    capture_max_bytes: int = K(256 * MiB, "quota of the postmaster@/abuse@ maildir in bytes "
+    capture_max_bytes: int = L(256 * MiB, "quota of the postmaster@/abuse@ maildir in bytes "
                                "(tmp/, new/, cur/); over it that mail gets 452 4.3.1", SIZE,
                                min=MiB, max=1 << 40)
-    capture_max_messages: int = K(10_000, "quota of the postmaster@/abuse@ maildir in messages",
+    capture_max_messages: int = L(10_000, "quota of the postmaster@/abuse@ maildir in messages",
                                   INT, min=1, max=10_000_000)
 
 
 @dataclass(frozen=True)
 class SuppressionConfig:
-    on_rcpt: str = K("reject", "a suppressed recipient at RCPT TO: \"reject\" (550, the "
+    on_rcpt: str = L("reject", "a suppressed recipient at RCPT TO: \"reject\" (550, the "
                      "application learns at once) or \"accept\" (accepted, recorded as "
                      "suppressed, never delivered)", choice("reject", "accept"))
     soft_bounce_limit: int = K(5, "consecutive soft failures (no delivery in between) that "
@@ -212,15 +218,15 @@ class LedgerConfig:
 
 @dataclass(frozen=True)
 class WebhookConfig:
-    name: str = K("", "name used by `mta webhooks` and the admin API (required)")
-    url: str = K("", "http(s) URL the events are POSTed to (required)")
-    events: tuple[str, ...] = K(("*",), "event types to send, or [\"*\"] for all", STR_LIST)
-    secret: str = K("", "Standard Webhooks signing secret, whsec_<base64> "
+    name: str = L("", "name used by `mta webhooks` and the admin API (required)")
+    url: str = L("", "http(s) URL the events are POSTed to (required)")
+    events: tuple[str, ...] = L(("*",), "event types to send, or [\"*\"] for all", STR_LIST)
+    secret: str = L("", "Standard Webhooks signing secret, whsec_<base64> "
                     "(`mta webhooks secret` makes one) (required)")
-    credential: str | None = K(None, "only events of messages from this credential",
+    credential: str | None = L(None, "only events of messages from this credential",
                                STR, optional=True)
-    timeout: float = K(10.0, "per-request timeout", DURATION, min=0.1, max=300)
-    batch_size: int = K(1, "events per request (a JSON array when > 1)", INT, min=1, max=1000)
+    timeout: float = L(10.0, "per-request timeout", DURATION, min=0.1, max=300)
+    batch_size: int = L(1, "events per request (a JSON array when > 1)", INT, min=1, max=1000)
 
 
 @dataclass(frozen=True)
@@ -247,3 +253,16 @@ SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig
             "suppression": SuppressionConfig, "admin": AdminConfig, "ledger": LedgerConfig}
 # The [[array]] sections: key → the class of each table.
 ARRAYS = {"listeners": ListenerConfig, "webhooks": WebhookConfig}
+
+
+def live_keys(section: str) -> frozenset[str]:
+    """The keys of `section` (a name of SECTIONS or ARRAYS) that a reload
+    applies to the running daemon; a change to any other key of it needs a
+    restart. A listener is known by its name: a changed name is a listener
+    removed and one added. [routes] is not here: it has no declared keys and
+    reloads live as a whole (ROUTES_LIVE)."""
+    cls = SECTIONS.get(section) or ARRAYS[section]
+    return frozenset(f.name for f in fields(cls) if f.metadata.get("live"))
+
+
+ROUTES_LIVE = True   # [routes]: a reload applies the new table
