@@ -92,8 +92,8 @@ SMALL_HEAD = 4096
 @pytest.fixture
 def small_head(monkeypatch, tmp_path):
     """Spill past 4 KiB instead of 1 MiB, so every path runs on small data."""
-    import mta.server.protocol as protocol
-    monkeypatch.setattr(protocol, "HEAD_BYTES", SMALL_HEAD)
+    import mta.server.data as data
+    monkeypatch.setattr(data, "HEAD_BYTES", SMALL_HEAD)
     (tmp_path / "spill").mkdir()
 
 

@@ -223,6 +223,23 @@ async def test_bad_addresses(make_inbound):
     await c.close()
 
 
+async def test_non_ascii_addresses_need_smtputf8(make_inbound):
+    """RFC 6531: a UTF-8 address outside an SMTPUTF8 transaction is refused,
+    a non-ASCII domain too (until issue 11 inbound checked the parsed,
+    punycode form and took it; submission refused it: one check now)."""
+    lst, deliver = await make_inbound()
+    c = await _connect(lst)
+    need = (553, "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter")
+    assert await c.cmd("MAIL FROM:<a@bücher.example>".encode()) == need
+    assert await c.cmd("MAIL FROM:<jörg@example.org>".encode()) == need
+    assert await c.cmd("MAIL FROM:<a@bücher.example> SMTPUTF8".encode()) == (
+        250, "250 2.1.0 Sender <a@xn--bcher-kva.example> OK")
+    assert (await c.cmd(f"RCPT TO:<{BOUNCE}>"))[0] == 250
+    assert (await c.data(DSN + b".\r\n"))[0] == 250
+    assert deliver.got[0].mail_from == "a@xn--bcher-kva.example"
+    await c.close()
+
+
 async def test_too_many_recipients(make_inbound):
     lst, deliver = await make_inbound(max_recipients=2)
     c = await _connect(lst)

@@ -55,7 +55,11 @@ def _message_factory():
 class FakeSpool:
     def __init__(self):
         self.messages: list[tuple[str, object]] = []
+        self.events: list[object] = []        # ledger events (refusals at submission)
         self.fail: list[BaseException] = []   # raised by the next enqueue calls, in order
+
+    async def append_events(self, events) -> None:
+        self.events.extend(events)
 
     async def enqueue(self, msg, now: float) -> str:
         await asyncio.sleep(0)
@@ -166,14 +170,15 @@ def credentials(tmp_path):
 @pytest.fixture
 async def make_listener(credentials, server_tls):
     started: list[SubmissionListener] = []
+    default_store = credentials
 
     async def make(*, spool=None, throttle=None, user_throttle=None, tls_ctx=server_tls,
-                   observer=None, spill_dir=None, **cfg):
+                   observer=None, spill_dir=None, credentials=None, **cfg):
         cfg.setdefault("address", "127.0.0.1:0")
         lcfg = ListenerConfig(**cfg)
         spool = spool or FakeSpool()
         lst = SubmissionListener(lcfg, hostname="mx.test.example", spool=spool,
-                                 credentials=credentials,
+                                 credentials=credentials or default_store,
                                  tls_context=tls_ctx if lcfg.tls != "none" else None,
                                  clock=FakeClock(1_700_000_000.0), auth_throttle=throttle,
                                  user_throttle=user_throttle, spill_dir=spill_dir,

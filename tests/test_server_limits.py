@@ -28,6 +28,10 @@ class Counting(Observer):
     def __init__(self):
         self.refused: list[tuple[str, str]] = []
         self.auth_failures = 0
+        self.closed = 0
+
+    def session_closed(self, listener):
+        self.closed += 1
 
     def session_refused(self, listener, reason):
         self.refused.append((listener, reason))
@@ -109,11 +113,9 @@ async def test_guesses_for_one_user_from_many_ips_are_limited(make_listener,
 
 
 async def _listener_with(make_listener, store, **kw):
-    """make_listener with another credential store (the fixture's is fixed)."""
+    """make_listener with another credential store."""
     kw.setdefault("max_sessions_per_ip", 1000)
-    lst, spool = await make_listener(**PLAIN, **kw)
-    lst.handler.credentials = store
-    return lst, spool
+    return await make_listener(**PLAIN, credentials=store, **kw)
 
 
 def test_ipv6_clients_are_counted_by_their_64():
@@ -175,7 +177,7 @@ async def test_sessions_per_ip_and_per_listener_are_capped(make_listener, caplog
     # a slot freed is a slot again
     await held.pop(0).close()
     for _ in range(50):
-        if lst.session_count < 5:
+        if obs.closed:
             break
         await asyncio.sleep(0.02)
     again = await Client.connect(lst.sockname)      # greeted (asserts 220)

@@ -1,7 +1,17 @@
-"""SMTP AUTH credentials: one JSON file of scrypt hashes, shared by CLI and daemon.
+"""SMTP AUTH credentials: the store's interface, and its embedded default —
+one JSON file of scrypt hashes, shared by CLI and daemon.
 
 API
-    CredentialStore(path, *, clock=None)
+    CredentialCheck (Protocol)      what the submission server needs:
+                                    verify(name, password), domains(name)
+    Credentials (Protocol)          the whole store (CLI, daemon): the checks
+                                    plus names, list, add, passwd, remove
+    CredentialInfo                  one entry of .list() (a TypedDict)
+    Another backend (a networked store shared by several nodes) implements
+    `Credentials`; callers depend on the Protocols, and the runtime chooses
+    the backend in one place (runtime/users.py open_credentials).
+
+    CredentialStore(path, *, clock=None)      the embedded default
         path: the file (normally state_dir/credentials.json); a directory is
         taken to mean <dir>/credentials.json.
     .add(name, password=None, domains=()) -> str
@@ -13,7 +23,8 @@ API
     .passwd(name, password=None) -> str     new password for an existing user
     .remove(name)
     .names() -> list[str]                   sorted
-    .list() -> list[dict]                   [{"name", "created", "updated"}], never hashes
+    .list() -> list[CredentialInfo]         [{"name", "created", "updated",
+                                            "domains"}], never hashes
     .verify(name, password) -> bool         sync and CPU-bound (scrypt, ~50 ms):
                                             the server runs it in a thread
     CredentialError                         every refusal, with a message for humans
@@ -59,15 +70,16 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Protocol, TypedDict
 
-from mta.core.files import atomic_write
 from mta.core import AddressError, Clock, MtaError, parse_domain
+from mta.core.files import atomic_write
 
-__all__ = ["CredentialStore", "CredentialError", "valid_username", "generate_password",
-           "MIN_PASSWORD"]
+__all__ = ["MIN_PASSWORD", "CredentialCheck", "CredentialError", "CredentialInfo",
+           "CredentialStore", "Credentials", "generate_password", "valid_username"]
 
 log = logging.getLogger("mta.server.credentials")
 
@@ -81,6 +93,40 @@ _FILE_VERSION = 1
 
 class CredentialError(MtaError):
     """A credential operation was refused; the message says why."""
+
+
+class CredentialInfo(TypedDict):
+    name: str
+    created: float | None
+    updated: float | None
+    domains: list[str]
+
+
+class CredentialCheck(Protocol):
+    """The credential store as the submission server uses it."""
+
+    def verify(self, name: str | bytes, password: str | bytes) -> bool:
+        """True when `name` exists and `password` matches; never raises for
+        bad input; may block (a password hash): callers run it in a thread."""
+
+    def domains(self, name: str) -> tuple[str, ...] | None:
+        """The sending domains `name` is scoped to, None: unscoped."""
+
+
+class Credentials(CredentialCheck, Protocol):
+    """The whole store: the server's checks plus the operator's edits.
+    Every refusal is a CredentialError with a message for humans."""
+
+    def names(self) -> list[str]: ...
+
+    def add(self, name: str, password: str | None = None, domains: Sequence[str] = ()) -> str:
+        """A new user; returns its password (generated when None)."""
+
+    def passwd(self, name: str, password: str | None = None) -> str: ...
+
+    def remove(self, name: str) -> None: ...
+
+    def list(self) -> list[CredentialInfo]: ...
 
 
 def valid_username(name: str) -> bool:
@@ -279,7 +325,7 @@ class CredentialStore:
         self._refresh(strict=False)
         return sorted(self._users)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[CredentialInfo]:
         self._refresh(strict=False)
         return [{"name": n, "created": e.get("created"), "updated": e.get("updated"),
                  "domains": list(e.get("domains", []))}

@@ -7,7 +7,8 @@ API
         aiosmtpd hooks: handle_EHLO, handle_MAIL, handle_RCPT, handle_DATA,
                         handle_exception
         called by the protocol: may_transact(server, session) (always True)
-        .update(cfg, credentials=None)   config reload (credentials ignored)
+        .reconfigure(cfg, listener)   config reload: its ListenerConfig (the
+                                      Config has no other key for it)
     InboundSMTP(handler, **kwargs)
         protocol.SubmissionSMTP without AUTH: not advertised, and the AUTH
         command gets "502 5.5.1"
@@ -28,6 +29,9 @@ Rules
     "550 5.7.1 <addr>: Relay access denied" and is not part of the
     transaction; a transaction with no accepted RCPT never reaches DATA.
   * No AUTH at all, no trusted networks: anyone may send, but only to us.
+  * Addresses are checked as at submission (addresses.py): a non-ASCII one
+    outside SMTPUTF8 is 553 5.6.7, whether the non-ASCII is in the local
+    part or the domain.
   * MAIL FROM takes any syntactically valid sender, and <> (bounces and
     DSNs come from the null sender); InboundMessage.mail_from is "" for <>.
   * RCPT: max_recipients → 452 4.5.3; <> → 501 5.1.3; a bare "Postmaster"
@@ -48,18 +52,21 @@ Rules
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import Envelope, Session, syntax
+from aiosmtpd.smtp import syntax
 
-from mta.core import AddressError, Clock, Reply, parse_address
+from mta.core import Clock, Reply
+from mta.core.spill import SpillFile
 from mta.server import replies
-from mta.server.hygiene import check_data
-from mta.server.protocol import SubmissionSMTP
+from mta.server.addresses import check_recipient, check_sender
+from mta.server.protocol import SubmissionEnvelope, SubmissionSession, SubmissionSMTP
 from mta.server.session import ehlo_lines, session_error
 
 if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
+    from mta.config import Config
     from mta.config.sections import ListenerConfig
 
 __all__ = ["KINDS", "InboundHandler", "InboundMessage", "InboundSMTP", "relay_denied"]
@@ -86,14 +93,14 @@ class InboundMessage:
     # A message over core.spill.HEAD_BYTES: `body` is its first MiB (the
     # part reports are parsed from) and this SpillFile the rest, open while
     # `deliver` runs (the capture copies it; it is closed afterwards).
-    tail: Any = None
+    tail: SpillFile | None = None
 
 
 class InboundSMTP(SubmissionSMTP):
     """The submission protocol adapter (block DATA reader, ESC on every reply)
     with AUTH removed: no mechanisms, and the command is refused outright."""
 
-    def __init__(self, handler: Any, **kwargs: Any):
+    def __init__(self, handler: InboundHandler, **kwargs: Any):
         super().__init__(handler, **kwargs)
         self._auth_methods = {}
 
@@ -102,21 +109,12 @@ class InboundSMTP(SubmissionSMTP):
         await self.push(NO_AUTH)
 
 
-def _tls_version(server: Any) -> str:
+def _tls_version(server: SubmissionSMTP) -> str:
     t = server.transport
     obj = t.get_extra_info("ssl_object") if t is not None else None
     if obj is None:
-        return "TLS" if getattr(server, "tls_active", False) else ""
+        return "TLS" if server.tls_active else ""
     return str(obj.version() or "TLS")
-
-
-def _kinds(envelope: Envelope) -> list[str]:
-    # aiosmtpd makes a fresh Envelope per transaction (RSET, after DATA), so
-    # the per-recipient kinds can live on it, next to rcpt_tos.
-    kinds = getattr(envelope, "inbound_kinds", None)
-    if kinds is None:
-        kinds = envelope.inbound_kinds = []  # type: ignore[attr-defined]
-    return kinds
 
 
 class InboundHandler:
@@ -129,59 +127,47 @@ class InboundHandler:
         self.deliver = deliver
         self.clock = clock
         self.log = log
-        self.update(cfg)
-
-    def update(self, cfg: ListenerConfig, credentials: Any = None) -> None:
         self.cfg = cfg
 
-    def may_transact(self, server: Any, session: Session) -> bool:
+    def reconfigure(self, cfg: Config, listener: ListenerConfig) -> None:
+        self.cfg = listener
+
+    def may_transact(self, server: SubmissionSMTP, session: SubmissionSession) -> bool:
         return True
 
     # -- EHLO -----------------------------------------------------------------
 
-    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(self, server: SubmissionSMTP, session: SubmissionSession,
+                          envelope: SubmissionEnvelope, hostname: str,
+                          responses: list[str]) -> list[str]:
         session.host_name = hostname  # the 5-argument hook must do this itself
         return ehlo_lines([r for r in responses if not r[4:].startswith("AUTH")])
 
     # -- the transaction --------------------------------------------------------
 
-    async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
-        if address == "<>":
-            checked = ""
-        else:
-            try:
-                address.encode("utf-8")
-                checked = str(parse_address(address))
-            except (AddressError, UnicodeError) as exc:
-                why = str(exc) if isinstance(exc, AddressError) else "not UTF-8"
-                return str(replies.bad_sender(address, why))
-            if not checked.isascii() and not envelope.smtp_utf8:
-                return str(replies.NEED_SMTPUTF8)
+    async def handle_MAIL(self, server: SubmissionSMTP, session: SubmissionSession,
+                          envelope: SubmissionEnvelope, address: str,
+                          mail_options: list[str]) -> str:
+        checked = check_sender(address, smtp_utf8=envelope.smtp_utf8)
+        if isinstance(checked, Reply):
+            return str(checked)
         envelope.mail_from = checked or "<>"  # aiosmtpd treats "" as "no MAIL yet"
         envelope.mail_options.extend(mail_options)
         return str(replies.sender_ok(checked))
 
-    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(self, server: SubmissionSMTP, session: SubmissionSession,
+                          envelope: SubmissionEnvelope, address: str,
+                          rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.cfg.max_recipients:
             return str(replies.TOO_MANY_RECIPIENTS)
-        if address == "<>":
-            return str(replies.NULL_RECIPIENT)
         if address.lower() == "postmaster":
             address = f"postmaster@{self.hostname}"
-        try:
-            address.encode("utf-8")
-            checked = str(parse_address(address))
-        except (AddressError, UnicodeError) as exc:
-            why = str(exc) if isinstance(exc, AddressError) else "not UTF-8"
-            return str(replies.bad_recipient(address, why))
-        if not checked.isascii() and not envelope.smtp_utf8:
-            return str(replies.NEED_SMTPUTF8)
+        checked = check_recipient(address, smtp_utf8=envelope.smtp_utf8)
+        if isinstance(checked, Reply):
+            return str(checked)
         try:
             kind = self.classify_rcpt(checked)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (fail closed, temporarily: 451)
             self.log.error("event=inbound_classify_failed listener=%s rcpt=<%s> error=%s: %s",
                            self.cfg.name, checked, type(exc).__name__, exc)
             return str(replies.INTERNAL_ERROR)
@@ -193,15 +179,15 @@ class InboundHandler:
             return str(reply)
         envelope.rcpt_tos.append(checked)
         envelope.rcpt_options.extend(rcpt_options)
-        _kinds(envelope).append(str(kind))
+        envelope.kinds.append(str(kind))
         return str(replies.recipient_ok(checked))
 
-    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SubmissionSMTP, session: SubmissionSession,
+                          envelope: SubmissionEnvelope) -> str:
         content: bytes = envelope.original_content or b""
-        spill = getattr(envelope, "spill", None)
-        size = getattr(envelope, "size", len(content))
-        sender = "" if envelope.mail_from == "<>" else envelope.mail_from
-        refused = envelope.hygiene if hasattr(envelope, "hygiene") else check_data(content)
+        size = envelope.size
+        sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
+        refused = envelope.hygiene
         if refused is not None:
             self.log.warning("event=inbound_rejected reason=smuggling listener=%s client=%s "
                              "sender=<%s> reply=%r", self.cfg.name, server.client_ip, sender,
@@ -209,11 +195,11 @@ class InboundHandler:
             return str(refused)
         if size > self.cfg.max_message_size:
             return str(replies.TOO_BIG)
-        kinds = tuple(_kinds(envelope))
+        kinds = tuple(envelope.kinds)
         msg = InboundMessage(mail_from=sender, rcpts=tuple(envelope.rcpt_tos), kinds=kinds,
                              body=content, client_ip=server.client_ip,
                              helo=session.host_name or "", tls=_tls_version(server),
-                             tail=spill)
+                             tail=envelope.spill)
         try:
             reply = await self.deliver(msg)
             if not isinstance(reply, Reply):

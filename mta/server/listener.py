@@ -2,17 +2,18 @@
 
 API
     SubmissionListener(cfg, *, hostname, spool, credentials, tls_context, clock,
-                       auth_throttle=None, log=None, message_factory=None,
-                       sender_policy=None, signer=None, rcpt_check=None,
-                       accept_suppressed=False,
+                       auth_throttle=None, user_throttle=None, log=None,
+                       message_factory=None, sender_policy=None, signer=None,
+                       rcpt_check=None, accept_suppressed=False,
                        inbound_classify=None, inbound_deliver=None,
-                       observer=Observer(), spill_dir=None)
+                       observer=None, spill_dir=None)
         cfg.role chooses the service: "submission" (session.SubmissionHandler,
-        needs spool and credentials) or "inbound" (inbound.InboundHandler on
-        inbound.InboundSMTP: no AUTH; needs inbound_classify and
-        inbound_deliver, see inbound.py; spool/credentials/auth/sender
-        arguments are ignored). A missing hook is a ListenerSetupError
-        (a ConfigError and a ValueError).
+        needs spool and credentials; the other arguments are its seams, typed
+        in seams.py and credentials.CredentialCheck) or "inbound"
+        (inbound.InboundHandler on inbound.InboundSMTP: no AUTH; needs
+        inbound_classify and inbound_deliver, see inbound.py;
+        spool/credentials/auth/sender arguments are ignored). A missing hook
+        is a ListenerSetupError (a ConfigError and a ValueError).
         observer (core.observe) is told about sessions, messages received
         and AUTH failures, labelled with cfg.name.
         spill_dir: where a message's bytes past core.spill.HEAD_BYTES are
@@ -23,10 +24,15 @@ API
     await .stop(grace=5.0)  stop accepting; sessions inside DATA get `grace`
                             seconds to finish; every session is then closed
                             (idle ones get "421 4.3.2" first)
-    .update(cfg, credentials, tls_context)
-                            config reload: new sessions use the new values;
-                            the bound address, TLS mode and role do not
-                            change (restart for that)
+    .reconfigure(cfg, *, tls_context)
+                            config reload, `cfg` the Config in force: the
+                            listener's own section (by name; none: nothing
+                            changes) and the TLS context loaded for it; the
+                            handler takes its keys (handler.reconfigure).
+                            New sessions use the new values; the bound
+                            address, TLS mode and role do not change
+                            (restart for that: logged, the old ones stay)
+    .trusted(ip) -> bool    a client of trusted_networks (submission only)
 
 Invariants
   * tls="starttls" and tls="implicit" need a TLS context (ConfigError
@@ -48,19 +54,22 @@ import dataclasses
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from mta.core import Clock, ConfigError, Observer
+from mta.core import Clock, ConfigError, Observer, Reply
 from mta.policy.authlimit import AuthThrottle, UserThrottle
+from mta.policy.senders import SenderPolicy
 from mta.server import replies
-from mta.core import Reply
-from mta.server.credentials import CredentialStore
+from mta.server.credentials import CredentialCheck
 from mta.server.inbound import InboundHandler, InboundMessage, InboundSMTP
 from mta.server.protocol import SubmissionSMTP
 from mta.server.session import SubmissionHandler
 
 if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
+    from mta.config import Config
     from mta.config.sections import ListenerConfig
+    from mta.server.seams import MessageFactory, RcptCheck, Signer, SubmissionSpool
 
 __all__ = ["ListenerSetupError", "SubmissionListener", "parse_hostport"]
 
@@ -95,7 +104,7 @@ class SessionGate:
 
     LOG_EVERY = 1.0
 
-    def __init__(self, listener: "SubmissionListener"):
+    def __init__(self, listener: SubmissionListener):
         self.listener = listener
         self.sessions: set[SubmissionSMTP] = set()
         self.per_ip: collections.Counter[str] = collections.Counter()
@@ -137,19 +146,20 @@ class SessionGate:
 
 
 class SubmissionListener:
-    def __init__(self, cfg: ListenerConfig, *, hostname: str, spool: Any = None,
-                 credentials: CredentialStore | None = None,
+    def __init__(self, cfg: ListenerConfig, *, hostname: str,
+                 spool: SubmissionSpool | None = None,
+                 credentials: CredentialCheck | None = None,
                  tls_context: ssl.SSLContext | None, clock: Clock,
                  auth_throttle: AuthThrottle | None = None,
                  user_throttle: UserThrottle | None = None,
                  log: logging.Logger | None = None,
-                 message_factory: Callable[..., Any] | None = None,
-                 sender_policy: Any = None, signer: Any = None,
-                 rcpt_check: Any = None, accept_suppressed: bool = False,
+                 message_factory: MessageFactory | None = None,
+                 sender_policy: SenderPolicy | None = None, signer: Signer | None = None,
+                 rcpt_check: RcptCheck | None = None, accept_suppressed: bool = False,
                  inbound_classify: Callable[[str], str | None] | None = None,
                  inbound_deliver: Callable[[InboundMessage], Awaitable[Reply]] | None = None,
-                 observer: Observer = Observer(), spill_dir: str | None = None):
-        self.observer = observer
+                 observer: Observer | None = None, spill_dir: str | None = None):
+        self.observer = observer = observer or Observer()
         self.spill_dir = spill_dir   # where DATA past core.spill.HEAD_BYTES goes
         self.log = log or logging.getLogger("mta.server")
         self.hostname = hostname
@@ -182,7 +192,7 @@ class SubmissionListener:
                                              rcpt_check=rcpt_check,
                                              accept_suppressed=accept_suppressed,
                                              observer=observer)
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._gate = SessionGate(self)
         self._sessions = self._gate.sessions
 
@@ -242,12 +252,7 @@ class SubmissionListener:
         return str(name[0]), int(name[1])
 
     def trusted(self, ip: str) -> bool:
-        is_trusted = getattr(self.handler, "_is_trusted", None)
-        return bool(is_trusted and is_trusted(ip))
-
-    @property
-    def session_count(self) -> int:
-        return len(self._sessions)
+        return isinstance(self.handler, SubmissionHandler) and self.handler.trusted(ip)
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is None:
@@ -268,15 +273,34 @@ class SubmissionListener:
         self._server = None
         self.log.info("event=stopped listener=%s", self.cfg.name)
 
-    def update(self, cfg: ListenerConfig, credentials: CredentialStore | None,
-               tls_context: ssl.SSLContext | None) -> None:
-        if (cfg.address != self.cfg.address or cfg.tls != self.cfg.tls
-                or cfg.role != self.cfg.role):
+    def reconfigure(self, cfg: Config, *, tls_context: ssl.SSLContext | None) -> None:
+        lcfg = next((lc for lc in cfg.listeners if lc.name == self.cfg.name), None)
+        if lcfg is None:
+            return                      # removed: it runs as it was until a restart
+        lcfg = self._settle(lcfg, tls_context)
+        self.handler.reconfigure(cfg, lcfg)
+
+    def _settle(self, lcfg: ListenerConfig, tls_context: ssl.SSLContext | None) -> ListenerConfig:
+        """Take `lcfg` (but the keys that need a restart) and `tls_context` for new sessions."""
+        if (lcfg.address != self.cfg.address or lcfg.tls != self.cfg.tls
+                or lcfg.role != self.cfg.role):
             self.log.warning("event=reload_ignored listener=%s reason=\"address/tls/role "
                              "change needs a restart\"", self.cfg.name)
-            cfg = dataclasses.replace(cfg, address=self.cfg.address, tls=self.cfg.tls,
-                                      role=self.cfg.role)
-        self._check_tls(cfg, tls_context)
-        self.cfg = cfg
+            lcfg = dataclasses.replace(lcfg, address=self.cfg.address, tls=self.cfg.tls,
+                                       role=self.cfg.role)
+        self._check_tls(lcfg, tls_context)
+        self.cfg = lcfg
         self.tls_context = tls_context
-        self.handler.update(cfg, credentials)
+        return lcfg
+
+    def update(self, cfg: ListenerConfig, credentials: CredentialCheck | None,
+               tls_context: ssl.SSLContext | None) -> None:
+        """Transitional (until runtime/reload.py calls `reconfigure`): the
+        listener section alone, and a new credential store; remove then."""
+        cfg = self._settle(cfg, tls_context)
+        if isinstance(self.handler, SubmissionHandler):
+            self.handler._apply(cfg)
+            if credentials is not None:
+                self.handler.credentials = self.handler.auth.credentials = credentials
+        else:
+            self.handler.cfg = cfg

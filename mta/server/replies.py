@@ -38,8 +38,9 @@ AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too lo
 AUTH_AUTHZID = Reply(535, "5.7.8", "Authentication credentials invalid: the authorization "
                      "identity must be empty or equal to the user name")
 AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
-AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
+AUTH_ABORTED = Reply(501, "5.7.0", "Auth aborted")               # the client's "*"
 AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot decode base64 in AUTH response")
+AUTH_BAD_ANSWER = Reply(501, "5.5.2", "Can't decode base64")     # a challenge's answer
 AUTH_BAD_PLAIN = Reply(501, "5.5.2", "AUTH PLAIN response must be authzid NUL authcid NUL passwd")
 TOO_BIG = Reply(552, "5.3.4", "Message too big")
 HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header section too large (it must end within "
@@ -137,7 +138,7 @@ _DEFAULT_ESC = {214: "2.0.0", 221: "2.0.0", 235: "2.7.0", 250: "2.0.0",
                 454: "4.7.0", 500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1",
                 504: "5.5.4", 530: "5.7.0", 535: "5.7.8", 538: "5.7.11", 550: "5.0.0",
                 552: "5.3.4", 553: "5.1.3", 554: "5.0.0", 555: "5.5.4"}
-_LINE = re.compile(r"^(\d{3})([ -])(.*)$", re.S)
+_LINE = re.compile(r"^(\d{3})([ -])(.*)$", re.DOTALL)
 _HAS_ESC = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}(?: |$)")
 _NO_ESC_CODES = frozenset({220, 334, 354})  # 220: the greeting (RFC 2034)
 
@@ -160,6 +161,5 @@ def with_esc(line: str) -> str:
                 break
         if not esc:
             esc = _DEFAULT_ESC.get(code, f"{str(code)[0]}.0.0")
-        if text.startswith("Error: "):
-            text = text[len("Error: "):]
+        text = text.removeprefix("Error: ")
     return f"{code}{sep}{esc} {text}"

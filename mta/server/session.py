@@ -2,20 +2,33 @@
 
 API
     SubmissionHandler(cfg, *, hostname, spool, credentials, clock, auth_throttle,
-                      log, message_factory=None, ..., observer=Observer())
+                      log, message_factory=None, sender_policy=None, signer=None,
+                      rcpt_check=None, accept_suppressed=False, observer=None,
+                      user_throttle=None)
+        cfg             its listener's ListenerConfig
+        spool           seams.SubmissionSpool (enqueue, append_events)
+        credentials     credentials.CredentialCheck (verify, domains)
+        signer          seams.Signer; rcpt_check seams.RcptCheck;
+        sender_policy   policy.senders.SenderPolicy (a pure value)
+    .reconfigure(cfg, listener)   config reload: `listener` (its ListenerConfig)
+                                  and the keys of `cfg` (Config, the one in
+                                  force) it owns: policy.require_verified_domain
+                                  (not in sandbox mode), suppression.on_rcpt
     aiosmtpd hooks: handle_EHLO, handle_AUTH, handle_MAIL, handle_RCPT,
                     handle_DATA, handle_exception
-    called by protocol.SubmissionSMTP: may_transact(server, session),
-                    authenticate(server, session, mechanism, login, password)
+    called by the protocol (seams.SubmissionHooks): may_transact(server,
+        session), authenticate(…), refuse_auth(…) (both: authcheck.AuthCheck)
+    ehlo_lines(responses), session_error(log, listener, error)   (inbound too)
 
 Rules (the order inside each hook is the order of the checks):
   * No open relay: MAIL, RCPT and DATA each re-check that the session is
     authenticated or comes from `trusted_networks` (the protocol checks it
     too, before parsing; this is the second lock on the same door).
   * AUTH: refused during a transaction (RFC 4954 §4); refused with 421 and
-    the connection closed while the client IP is locked out by the
-    AuthThrottle; otherwise the reply (success or 535) is delayed by the
-    throttle's delay, on success too, so a guesser cannot tell early.
+    the connection closed while the client IP is locked out; otherwise
+    authcheck.AuthCheck decides.
+  * MAIL/RCPT addresses: addresses.check_sender / check_recipient (the same
+    check as the inbound listener's).
   * DATA: hygiene (bare CR/LF, NUL) → size → headers → `spool.enqueue`
     (NewMessage.queue_id is chosen here, so Received: names the real id);
     "250 … queued as <id>" only after enqueue returned (the commit point).
@@ -26,6 +39,9 @@ Rules (the order inside each hook is the order of the checks):
     scopes and verified, else 550 5.7.1 naming the domain and the reason.
     Then the message is DKIM-signed by `signer.sign` (in a thread) before
     enqueue, when `signer.keys_for` has keys for its From: domain.
+  * Refusals at submission are recorded in the ledger (`rejected`, or
+    `suppressed` at RCPT) without delaying the reply; unauthenticated relay
+    attempts are not (spam would flood it).
   * Counted (observer, core.observe): every failed credential check
     (`auth_failure`), a sender refused by policy at MAIL FROM
     (`message_received(…, "rejected")`; DATA results are counted by the
@@ -39,36 +55,34 @@ Rules (the order inside each hook is the order of the checks):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import MISSING, AuthResult, Envelope, Session, TLSSetupException
+from aiosmtpd.smtp import MISSING, AuthResult, TLSSetupException
 
+from mta.core import Clock, LedgerEvent, Observer, Reply, StorageError, new_queue_id
 from mta.core.logfmt import event
-from mta.core import (AddressError, Clock, LedgerEvent, Observer, Reply, StorageError, new_queue_id,
-                      parse_address)
 from mta.mail.headers import from_domains, prepare_submission, remove_header
-from mta.policy.authlimit import FREE, GO, LOCKED, WAIT, UserThrottle, throttle_key
+from mta.policy.authlimit import AuthThrottle, UserThrottle
 from mta.policy.senders import SenderPolicy
 from mta.server import replies
-from mta.server.credentials import CredentialStore, valid_username
-from mta.server.hygiene import check_data
+from mta.server.addresses import check_recipient, check_sender
+from mta.server.authcheck import AuthCheck
+from mta.server.credentials import CredentialCheck
 
 if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
+    from mta.config import Config
     from mta.config.sections import ListenerConfig
+    from mta.server.protocol import (
+        SubmissionEnvelope,
+        SubmissionSession,
+        SubmissionSMTP,
+    )
+    from mta.server.seams import MessageFactory, RcptCheck, Signer, SubmissionSpool
 
-__all__ = ["SubmissionHandler", "Signer", "ehlo_lines"]
-
-
-class Signer(Protocol):
-    """DKIM signing as the submission path needs it (the runtime's DomainCache)."""
-
-    def keys_for(self, domain: str) -> Sequence[Any]: ...
-
-    def sign(self, message: bytes, domain: str, tail: Any = None) -> bytes: ...
-
-AUTH_WAIT = 30.0   # longest wait for a turn to have a password checked
+__all__ = ["SubmissionHandler", "ehlo_lines", "session_error"]
 
 # Extensions aiosmtpd does not advertise itself (it supports PIPELINING by
 # reading commands from a stream; ENHANCEDSTATUSCODES is ours, see replies.py).
@@ -82,9 +96,10 @@ def ehlo_lines(responses: list[str]) -> list[str]:
     return [f"250-{w}" for w in words[:-1]] + [f"250 {words[-1]}"]
 
 
-def _default_message_factory() -> Callable[..., Any]:
-    # Imported on first use: the spool package may import things the server
-    # does not need at import time (and is developed alongside this one).
+def _default_message_factory() -> MessageFactory:
+    # Imported on first use: importing the server (the CLI does, for the
+    # credential store) does not load the spool. Not a cycle: the spool
+    # never imports the server.
     from mta.spool import NewMessage
     return NewMessage
 
@@ -101,83 +116,91 @@ def session_error(log: logging.Logger, listener: str, error: Exception) -> str:
 
 
 class SubmissionHandler:
-    def __init__(self, cfg: ListenerConfig, *, hostname: str, spool: Any,
-                 credentials: CredentialStore, clock: Clock, auth_throttle: Any,
-                 log: logging.Logger, message_factory: Callable[..., Any] | None = None,
-                 sender_policy: SenderPolicy | None = None,
-                 signer: Signer | None = None,
-                 rcpt_check: Callable[[str, str | None], Awaitable[Reply | None]] | None = None,
-                 accept_suppressed: bool = False, observer: Observer = Observer(),
-                 user_throttle: UserThrottle | None = None):
+    def __init__(self, cfg: ListenerConfig, *, hostname: str, spool: SubmissionSpool,
+                 credentials: CredentialCheck, clock: Clock, auth_throttle: AuthThrottle | None,
+                 log: logging.Logger, message_factory: MessageFactory | None = None,
+                 sender_policy: SenderPolicy | None = None, signer: Signer | None = None,
+                 rcpt_check: RcptCheck | None = None, accept_suppressed: bool = False,
+                 observer: Observer | None = None, user_throttle: UserThrottle | None = None):
         self.hostname = hostname
-        self.user_throttle = user_throttle
-        self._auth_ended: dict[str, asyncio.Event] = {}   # throttle key -> a check ended
-        self._pending: set[asyncio.Future] = set()   # ledger appends in flight
-        self.observer = observer
+        self.observer = observer or Observer()
         self.rcpt_check = rcpt_check      # (recipient, credential) -> refusal or None
         self.accept_suppressed = accept_suppressed
         self.sender_policy = sender_policy
-        # .keys_for(From: domain) -> keys (cheap, on the loop: an unsigned
-        # message pays no thread hop); .sign(message, domain) -> signed message
         self.signer = signer
         self.spool = spool
         self.clock = clock
-        self.throttle = auth_throttle
         self.log = log
+        self.credentials = credentials
+        self.auth = AuthCheck(listener=cfg.name, credentials=credentials, clock=clock,
+                              throttle=auth_throttle, user_throttle=user_throttle,
+                              observer=self.observer, log=log)
         self._message_factory = message_factory
-        self.update(cfg, credentials)
+        self._pending: set[asyncio.Future[None]] = set()   # ledger appends in flight
+        self._apply(cfg)
+
+    # -- configuration ---------------------------------------------------------
+
+    def _apply(self, cfg: ListenerConfig) -> None:
+        self.cfg = cfg
+        self.auth.listener = cfg.name
+        self._trusted = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.trusted_networks)
+
+    def reconfigure(self, cfg: Config, listener: ListenerConfig) -> None:
+        self._apply(listener)
+        if self.sender_policy is not None:
+            # Sandbox mode may skip domain verification (nothing leaves the
+            # machine); credential scopes are enforced in every mode.
+            self.sender_policy = dataclasses.replace(
+                self.sender_policy, require_verified=(cfg.policy.require_verified_domain
+                                                      and cfg.server.mode != "sandbox"))
+        self.accept_suppressed = cfg.suppression.on_rcpt == "accept"
 
     # -- the ledger (issue 6) ---------------------------------------------------
 
-    def _ledger(self, kind: str, session: Session, reply: str, *, stage: str,
-                sender: str = "", recipient: str = "") -> str:
-        """Record a refusal at submission (`rejected`, or `suppressed` at RCPT)
-        in the ledger, without delaying the reply; returns the reply.
-        Unauthenticated relay attempts are not recorded (spam would flood it)."""
-        append = getattr(self.spool, "append_events", None)
-        if append is not None:
-            event = LedgerEvent(kind, self.clock.now(), recipient=recipient,
-                                credential=session.credential or "",
-                                detail={"reply": reply, "stage": stage,
-                                        "sender": "" if sender == "<>" else sender,
-                                        "listener": self.cfg.name})
-            task = asyncio.ensure_future(append([event]))
-            self._pending.add(task)
-            task.add_done_callback(self._ledger_done)
+    def _ledger(self, kind: str, session: SubmissionSession, reply: str, *, stage: str,
+                sender: str | None = "", recipient: str = "") -> str:
+        """Record a refusal at submission in the ledger, without delaying the
+        reply; returns the reply."""
+        detail = {"reply": reply, "stage": stage, "sender": "" if sender == "<>" else sender,
+                  "listener": self.cfg.name}
+        ev = LedgerEvent(kind, self.clock.now(), recipient=recipient,
+                         credential=session.credential or "", detail=detail)
+        task = asyncio.ensure_future(self.spool.append_events([ev]))
+        self._pending.add(task)
+        task.add_done_callback(self._ledger_done)
         return reply
 
-    def _ledger_done(self, task: asyncio.Future) -> None:
+    def _ledger_done(self, task: asyncio.Future[None]) -> None:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.log.error("event=ledger_append_failed error=%r", task.exception())
 
     # -- sending domains (issue 3) -------------------------------------------
 
-    def _enforcing(self, session: Session) -> bool:
+    def _enforcing(self, session: SubmissionSession) -> SenderPolicy | None:
         # Trusted-network clients have no credential: they are the operator's
         # own hosts (Postfix mynetworks) and are not scoped.
-        return self.sender_policy is not None and bool(session.authenticated)
+        return self.sender_policy if session.authenticated else None
 
-    def _sender_refusal(self, session: Session, domains: list[str], where: str) -> str | None:
-        if not self._enforcing(session):
+    def _sender_refusal(self, session: SubmissionSession, domains: list[str],
+                        where: str) -> str | None:
+        policy = self._enforcing(session)
+        if policy is None:
             return None
-        scopes = self.credentials.domains(session.credential)
+        scopes = self.credentials.domains(session.credential or "")
         for domain in domains:
-            reply = self.sender_policy.check(domain, scopes, where)
+            reply = policy.check(domain, scopes, where)
             if reply is not None:
                 self.log.info("event=rejected reason=sender_domain credential=%s domain=%s "
                               "reply=%r", session.credential, domain, str(reply))
                 return str(reply)
         return None
 
-    def update(self, cfg: ListenerConfig, credentials: CredentialStore) -> None:
-        self.cfg = cfg
-        self.credentials = credentials
-        self._trusted = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.trusted_networks)
-
     # -- who may send -------------------------------------------------------
 
-    def _is_trusted(self, ip: str) -> bool:
+    def trusted(self, ip: str) -> bool:
+        """`ip` is in the listener's trusted_networks."""
         if not self._trusted:
             return False
         try:
@@ -188,167 +211,47 @@ class SubmissionHandler:
             addr = addr.ipv4_mapped
         return any(addr in net for net in self._trusted)
 
-    def may_transact(self, server: Any, session: Session) -> bool:
+    def may_transact(self, server: SubmissionSMTP, session: SubmissionSession) -> bool:
         if session.authenticated:
             return True
         if getattr(session, "trusted", None) is None:
-            session.trusted = self._is_trusted(server.client_ip)
+            session.trusted = self.trusted(server.client_ip)
         return bool(session.trusted)
 
     # -- EHLO / AUTH --------------------------------------------------------
 
-    async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(self, server: SubmissionSMTP, session: SubmissionSession,
+                          envelope: SubmissionEnvelope, hostname: str,
+                          responses: list[str]) -> list[str]:
         session.host_name = hostname  # the 5-argument hook must do this itself
         return ehlo_lines(responses)
 
-    async def handle_AUTH(self, server: Any, session: Session, envelope: Envelope,
-                          args: list[str]) -> Any:
+    async def handle_AUTH(self, server: SubmissionSMTP, session: SubmissionSession,
+                          envelope: SubmissionEnvelope, args: list[str]) -> Any:
         if envelope.mail_from:
             return str(replies.AUTH_IN_TRANSACTION)
-        if self.throttle is not None and self.throttle.check(throttle_key(server.client_ip),
-                                                             self.clock.now()) is None:
-            await self._lock_out(server)
+        if self.auth.locked(server):
+            await self.auth.lock_out(server)
             return None
         return MISSING
 
-    async def _lock_out(self, server: Any) -> None:
-        self.log.warning("event=auth_locked_out listener=%s client=%s",
-                         self.cfg.name, server.client_ip)
-        await server.push(replies.AUTH_LOCKED)
-        if server.transport is not None:
-            server.transport.close()
+    async def authenticate(self, server: SubmissionSMTP, session: SubmissionSession,
+                           mechanism: str, login: bytes, password: bytes) -> AuthResult:
+        return await self.auth.authenticate(server, session, mechanism, login, password)
 
-    async def _begin(self, key: str, begin: Callable[[], Any]) -> Any:
-        """Ask a throttle's begin() until it says something else than WAIT
-        (a check running for the same key ended), for at most AUTH_WAIT s."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + AUTH_WAIT
-        while True:
-            result = begin()
-            if (result[0] if isinstance(result, tuple) else result) != WAIT:
-                return result
-            ev = self._auth_ended.setdefault(key, asyncio.Event())
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await ev.wait()
-            except TimeoutError:
-                return (LOCKED, 0.0) if isinstance(result, tuple) else LOCKED
-
-    def _ended(self, key: str) -> None:
-        ev = self._auth_ended.pop(key, None)
-        if ev is not None:
-            ev.set()
-
-    async def authenticate(self, server: Any, session: Session, mechanism: str,
-                           login: bytes, password: bytes) -> AuthResult:
-        ip = server.client_ip
-        key = throttle_key(ip)
-        delay = 0.0
-        try:
-            name = login.decode("utf-8")
-        except UnicodeError:
-            name = ""
-        shown = name if valid_username(name) else "<invalid>"
-        ip_go = False
-        if self.throttle is not None:
-            # Checks in flight count against the limit (issue 10 item 1): N
-            # parallel connections cannot get more checks than the budget.
-            verdict, delay = await self._begin(
-                "ip " + key, lambda: self.throttle.begin(key, self.clock.now()))
-            if verdict == LOCKED:
-                await self._lock_out(server)
-                return AuthResult(success=False, handled=True)
-            ip_go = True
-        user_verdict = None
-        try:
-            if self.user_throttle is not None and valid_username(name):
-                user_verdict = await self._begin(
-                    "user " + name, lambda: self.user_throttle.begin(name, key, self.clock.now()))
-                if user_verdict == LOCKED:
-                    # Locked by guesses from elsewhere: no password check.
-                    self.log.warning("event=auth_failed listener=%s client=%s mechanism=%s "
-                                     "credential=%s reason=user_locked", self.cfg.name, ip,
-                                     mechanism, shown)
-                    self.observer.auth_failure(self.cfg.name)
-                    self._end_ip(key, ip_go, ok=False)
-                    ip_go = False
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    return AuthResult(success=False, handled=False,
-                                      message=str(replies.AUTH_USER_LOCKED))
-            ok = await asyncio.to_thread(self.credentials.verify, login, password)
-        except BaseException:
-            self._end_ip(key, ip_go, ok=False)
-            self._end_user(name, key, user_verdict, ok=False)
-            raise
-        self._end_ip(key, ip_go, ok=ok)
-        self._end_user(name, key, user_verdict, ok=ok)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if ok:
-            session.credential = name
-            self.log.info("event=auth_ok listener=%s client=%s mechanism=%s credential=%s",
-                          self.cfg.name, ip, mechanism, shown)
-            return AuthResult(success=True, auth_data=name, message=str(replies.AUTH_OK))
-        self.log.info("event=auth_failed listener=%s client=%s mechanism=%s credential=%s",
-                      self.cfg.name, ip, mechanism, shown)
-        self.observer.auth_failure(self.cfg.name)
-        if self.throttle is not None and self.throttle.check(key, self.clock.now()) is None:
-            await self._lock_out(server)
-            return AuthResult(success=False, handled=True)
-        return AuthResult(success=False, handled=False, message=str(replies.AUTH_INVALID))
-
-    def _end_ip(self, key: str, began: bool, *, ok: bool) -> None:
-        if began:
-            self.throttle.end(key, self.clock.now(), ok)
-            self._ended("ip " + key)
-
-    def _end_user(self, name: str, key: str, verdict: str | None, *, ok: bool) -> None:
-        if verdict in (GO, FREE):
-            self.user_throttle.end(name, key, self.clock.now(), ok, counted=verdict == GO)
-            self._ended("user " + name)
-
-    async def refuse_auth(self, server: Any, session: Session, mechanism: str, reason: str,
-                          reply: Reply) -> AuthResult:
-        """An AUTH exchange refused before any password check (an overlong or
-        malformed response, an authorization identity): counted as a failed
-        AUTH for the client, answered with `reply` (or 421 once locked)."""
-        ip = server.client_ip
-        self.log.info("event=auth_failed listener=%s client=%s mechanism=%s reason=%s",
-                      self.cfg.name, ip, mechanism, reason)
-        self.observer.auth_failure(self.cfg.name)
-        if self.throttle is not None:
-            key = throttle_key(ip)
-            self.throttle.failure(key, self.clock.now())
-            if self.throttle.check(key, self.clock.now()) is None:
-                await self._lock_out(server)
-                return AuthResult(success=False, handled=True)
-        await server.push(reply)
-        return AuthResult(success=False, handled=True)
+    async def refuse_auth(self, server: SubmissionSMTP, session: SubmissionSession,
+                          mechanism: str, reason: str, reply: Reply) -> AuthResult:
+        return await self.auth.refuse(server, session, mechanism, reason, reply)
 
     # -- the transaction ------------------------------------------------------
 
-    def _check_address(self, address: str, envelope: Envelope, *, sender: bool) -> Any:
-        """Parsed address, or the Reply refusing it."""
-        if sender and address == "<>":
-            return ""
-        try:
-            address.encode("utf-8")  # aiosmtpd hands over undecodable bytes as surrogates
-            parsed = parse_address(address)
-        except (AddressError, UnicodeError) as exc:
-            why = str(exc) if isinstance(exc, AddressError) else "not UTF-8"
-            return (replies.bad_sender if sender else replies.bad_recipient)(address, why)
-        if not address.isascii() and not envelope.smtp_utf8:
-            return replies.NEED_SMTPUTF8
-        return str(parsed)
-
-    async def handle_MAIL(self, server: Any, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(self, server: SubmissionSMTP, session: SubmissionSession,
+                          envelope: SubmissionEnvelope, address: str,
+                          mail_options: list[str]) -> str:
         if not self.may_transact(server, session):
             return str(replies.AUTH_REQUIRED)
-        checked = self._check_address(address, envelope, sender=True)
-        if not isinstance(checked, str):
+        checked = check_sender(address, smtp_utf8=envelope.smtp_utf8)
+        if isinstance(checked, Reply):
             return str(checked)
         if checked:
             refused = self._sender_refusal(session, [checked.rpartition("@")[2]], "MAIL FROM")
@@ -360,16 +263,15 @@ class SubmissionHandler:
         envelope.mail_options.extend(mail_options)
         return str(replies.sender_ok(checked))
 
-    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(self, server: SubmissionSMTP, session: SubmissionSession,
+                          envelope: SubmissionEnvelope, address: str,
+                          rcpt_options: list[str]) -> str:
         if not self.may_transact(server, session):
             return str(replies.AUTH_REQUIRED)
         if len(envelope.rcpt_tos) >= self.cfg.max_recipients:
             return str(replies.TOO_MANY_RECIPIENTS)
-        if address == "<>":
-            return str(replies.NULL_RECIPIENT)
-        checked = self._check_address(address, envelope, sender=False)
-        if not isinstance(checked, str):
+        checked = check_recipient(address, smtp_utf8=envelope.smtp_utf8)
+        if isinstance(checked, Reply):
             return str(checked)
         if self.rcpt_check is not None:
             # Suppressed recipients (hard bounce, complaint, …): refused here so
@@ -383,55 +285,57 @@ class SubmissionHandler:
                     self.observer.recipient_outcome("suppressed")
                     return self._ledger("suppressed", session, str(refusal), stage="RCPT",
                                         recipient=checked, sender=envelope.mail_from)
-                suppressed = getattr(envelope, "suppressed", None)
-                if suppressed is None:
-                    suppressed = envelope.suppressed = []
-                suppressed.append((len(envelope.rcpt_tos), str(refusal)))
+                envelope.suppressed.append((len(envelope.rcpt_tos), str(refusal)))
         envelope.rcpt_tos.append(checked)
         envelope.rcpt_options.extend(rcpt_options)
         return str(replies.recipient_ok(checked))
 
-    def _protocol_name(self, server: Any, session: Session) -> str:
+    def _protocol_name(self, server: SubmissionSMTP, session: SubmissionSession) -> str:
         if not session.extended_smtp:
             return "SMTP"
         return "ESMTP" + ("S" if server.tls_active else "") + ("A" if session.authenticated else "")
 
-    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
-        if not self.may_transact(server, session):
-            return str(replies.AUTH_REQUIRED)
-        # The protocol hands over the head of the message (all of it, unless
-        # it is over core.spill.HEAD_BYTES: then `spill` holds the rest) and
-        # the hygiene verdict on all of it.
-        content: bytes = envelope.original_content or b""
-        spill = getattr(envelope, "spill", None)
-        size = getattr(envelope, "size", len(content))
-        refused = envelope.hygiene if hasattr(envelope, "hygiene") else check_data(content)
-        if refused is not None:
+    def _data_refusal(self, server: SubmissionSMTP, session: SubmissionSession,
+                      envelope: SubmissionEnvelope, content: bytes) -> str | None:
+        """Why the message cannot be taken, as the reply (ledgered), or None.
+        The protocol hands over the head of the message (all of it, unless
+        it is over core.spill.HEAD_BYTES: then `spill` holds the rest) and
+        the hygiene verdict on all of it."""
+        sender = envelope.mail_from
+        if envelope.hygiene is not None:
             self.log.warning("event=rejected reason=smuggling listener=%s client=%s "
                              "credential=%s reply=%r", self.cfg.name, server.client_ip,
-                             session.credential, str(refused))
-            return self._ledger("rejected", session, str(refused), stage="DATA",
-                                sender=envelope.mail_from)
-        if size > self.cfg.max_message_size:
+                             session.credential, str(envelope.hygiene))
+            return self._ledger("rejected", session, str(envelope.hygiene), stage="DATA",
+                                sender=sender)
+        if envelope.size > self.cfg.max_message_size:
             return self._ledger("rejected", session, str(replies.TOO_BIG), stage="DATA",
-                                sender=envelope.mail_from)
-        if self._enforcing(session):
+                                sender=sender)
+        if self._enforcing(session) is not None:
             domains = from_domains(content)
             if domains is None:
                 return self._ledger("rejected", session, str(replies.NO_FROM_DOMAIN),
-                                    stage="DATA", sender=envelope.mail_from)
+                                    stage="DATA", sender=sender)
             refused = self._sender_refusal(session, domains, "From: header")
             if refused is not None:
-                return self._ledger("rejected", session, refused, stage="DATA",
-                                    sender=envelope.mail_from)
+                return self._ledger("rejected", session, refused, stage="DATA", sender=sender)
+        return None
 
+    async def handle_DATA(self, server: SubmissionSMTP, session: SubmissionSession,
+                          envelope: SubmissionEnvelope) -> str:
+        if not self.may_transact(server, session):
+            return str(replies.AUTH_REQUIRED)
+        content: bytes = envelope.original_content or b""
+        refused = self._data_refusal(server, session, envelope, content)
+        if refused is not None:
+            return refused
         # Idempotency-Key (issue 6): taken off the message (it is for us, not
         # for the recipient) and handed to the spool, which answers a repeat
         # from the same credential with the original queue id.
         content, keys = remove_header(content, "Idempotency-Key")
         idempotency_key = keys[0][:200] if keys and keys[0] else None
         now = self.clock.now()
-        sender = "" if envelope.mail_from == "<>" else envelope.mail_from
+        sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
         rcpts = tuple(envelope.rcpt_tos)
         id_hint = new_queue_id(now)
         body = prepare_submission(
@@ -439,24 +343,16 @@ class SubmissionHandler:
             client_ip=server.client_ip, protocol=self._protocol_name(server, session),
             queue_id_hint=id_hint, recipient=rcpts[0] if len(rcpts) == 1 else None,
             now=now, authenticated=bool(session.authenticated))
-        if self.signer is not None:
-            # Signed once, here, before the commit point: retries never re-sign.
-            # Off the loop: an RSA signature is CPU work (≈0.5 ms via OpenSSL).
-            domains = from_domains(body)
-            if domains and self.signer.keys_for(domains[0]):
-                if spill is None:
-                    body = await asyncio.to_thread(self.signer.sign, body, domains[0])
-                else:
-                    body = await asyncio.to_thread(self.signer.sign, body, domains[0],
-                                                   spill.chunks())
+        body = await self._signed(body, envelope)
         factory = self._message_factory or _default_message_factory()
+        spill = envelope.spill
         msg = factory(sender=sender, recipients=rcpts, body=body,
                       credential=session.credential, listener=self.cfg.name,
                       client_ip=server.client_ip, is_dsn=False,
                       # the id named in Received: becomes the queue id
                       queue_id=id_hint,
                       **({"suppressed": tuple(envelope.suppressed)}
-                         if getattr(envelope, "suppressed", None) else {}),
+                         if envelope.suppressed else {}),
                       **({"idempotency_key": idempotency_key} if idempotency_key else {}),
                       **({"tail": spill} if spill is not None else {}))
         try:
@@ -465,19 +361,33 @@ class SubmissionHandler:
             self.log.error("event=enqueue_failed listener=%s client=%s error=%s reply=%r",
                            self.cfg.name, server.client_ip, exc, str(exc.reply))
             return str(exc.reply)
+        credential = session.credential or "-"
         if queue_id != id_hint:
             # An idempotent repeat: answered with the original's id, nothing new queued.
             event(self.log, "duplicate", id=queue_id, discarded_id=id_hint,
                   idempotency_key=idempotency_key, sender=f"<{sender}>", rcpts=len(rcpts),
-                  listener=self.cfg.name, client=server.client_ip,
-                  credential=session.credential or "-")
+                  listener=self.cfg.name, client=server.client_ip, credential=credential)
             return str(replies.queued(queue_id))
         event(self.log, "received", id=queue_id, sender=f"<{sender}>", rcpts=len(rcpts),
-              size=len(body) + (spill.length if spill is not None else 0), listener=self.cfg.name, client=server.client_ip,
-              credential=session.credential or "-")
-        for _ in getattr(envelope, "suppressed", None) or ():
+              size=len(body) + (spill.length if spill is not None else 0),
+              listener=self.cfg.name, client=server.client_ip, credential=credential)
+        for _ in envelope.suppressed:
             self.observer.recipient_outcome("suppressed")
         return str(replies.queued(queue_id))
+
+    async def _signed(self, body: bytes, envelope: SubmissionEnvelope) -> bytes:
+        """`body` DKIM-signed when the signer has keys for its From: domain.
+        Signed once, here, before the commit point: retries never re-sign.
+        Off the loop: an RSA signature is CPU work (≈0.5 ms via OpenSSL)."""
+        if self.signer is None:
+            return body
+        domains = from_domains(body)
+        if not domains or not self.signer.keys_for(domains[0]):
+            return body
+        if envelope.spill is None:
+            return await asyncio.to_thread(self.signer.sign, body, domains[0])
+        return await asyncio.to_thread(self.signer.sign, body, domains[0],
+                                       envelope.spill.chunks())
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd calls this without the session; the traceback is what matters.
