@@ -23,10 +23,12 @@ import argparse
 import json
 import sys
 
+from mta.config import Config
 from mta.mail.bounces import parse
 
 
-def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+             config_parent: argparse.ArgumentParser) -> None:
     bounce = subparsers.add_parser("bounce", parents=[config_parent],
                                    help="bounce and complaint tools")
     bsub = bounce.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -38,7 +40,7 @@ def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
                    help="JSON output (the default and only format)")
 
 
-def run(cfg, args) -> int:
+def run(cfg: Config, args: argparse.Namespace) -> int:
     try:
         if args.file == "-":
             raw = sys.stdin.buffer.read()

@@ -29,6 +29,7 @@ from mta.admin.backend import DESTINATION_ACTIONS
 from mta.admin.client import AdminError, AdminUnavailable
 from mta.admin.inputs import parse_destination
 from mta.cli.queue_cmd import connect, fail_admin
+from mta.config import Config
 
 __all__ = ["register", "run"]
 
@@ -38,7 +39,8 @@ _HELP = {"suspend": "stop delivering to the destination until resumed",
 _PAST = {"suspend": "suspended", "resume": "resumed", "flush": "flushed"}
 
 
-def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+             config_parent: argparse.ArgumentParser) -> None:
     dest = subparsers.add_parser("destination", parents=[config_parent],
                                  help="suspend, resume or flush a delivery destination")
     dsub = dest.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -48,7 +50,7 @@ def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
         a.add_argument("--json", action="store_true")
 
 
-def run(cfg, args) -> int:
+def run(cfg: Config, args: argparse.Namespace) -> int:
     try:
         name = parse_destination(args.name)[1]
     except ValueError as exc:

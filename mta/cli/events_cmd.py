@@ -8,15 +8,18 @@ operator (or a script reading --json lines) resumes exactly where it stopped.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
 
 from mta.admin.client import AdminClient, AdminError, AdminUnavailable
 from mta.cli.queue_cmd import format_event
+from mta.config import Config
 
 
-def register(sub, config_parent) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+             config_parent: argparse.ArgumentParser) -> None:
     events = sub.add_parser("events", parents=[config_parent], help="the message ledger")
     esub = events.add_subparsers(dest="action", required=True, metavar="ACTION")
     tail = esub.add_parser("tail", parents=[config_parent],
@@ -31,7 +34,7 @@ def register(sub, config_parent) -> None:
                       help="seconds between polls with --follow")
 
 
-def run(cfg, args) -> int:
+def run(cfg: Config, args: argparse.Namespace) -> int:
     client = AdminClient.from_config(cfg)
     try:
         after = args.after
@@ -58,7 +61,7 @@ def run(cfg, args) -> int:
         return 0
 
 
-def _start_for_last(client: AdminClient, args) -> int:
+def _start_for_last(client: AdminClient, args: argparse.Namespace) -> int:
     """The sequence number to start after so the first output is the last N events."""
     seqs: list[int] = []
     after = 0

@@ -28,18 +28,13 @@ import json
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from mta.cli import destination_cmd
-from mta.cli import domain_cmd
-from mta.cli import queue_cmd
-from mta.cli import bounce_cmd
-from mta.cli import suppression_cmd
-from mta.cli import webhooks_cmd
-from mta.cli import events_cmd
-from mta.config import (EMBEDDED_SOURCE, config_as_dict, config_path, file_errors, load_config,
-                        placeholder_warnings, render_config, with_listen)
+from mta.cli import (bounce_cmd, destination_cmd, domain_cmd, events_cmd, queue_cmd,
+                     suppression_cmd, webhooks_cmd)
 from mta.cli.times import utc
+from mta.config import (EMBEDDED_SOURCE, Config, config_as_dict, config_path, file_errors,
+                        load_config, placeholder_warnings, render_config, with_listen)
 from mta.core import ConfigError
 
 
@@ -119,7 +114,7 @@ def _describe(source: str | None) -> str:
     return "(embedded sandbox default)" if source in (None, EMBEDDED_SOURCE) else source
 
 
-def _state_dir(cfg) -> str:
+def _state_dir(cfg: Config) -> str:
     d = cfg.server.state_dir
     return d if os.path.isabs(d) else f"{d} ({os.path.abspath(d)})"
 
@@ -157,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _serve(cfg, args) -> int:
+def _serve(cfg: Config, args: argparse.Namespace) -> int:
     from mta.runtime.daemon import run
     from mta.runtime.logs import event, setup_logging
     if args.listen:
@@ -171,7 +166,7 @@ def _serve(cfg, args) -> int:
     return run(cfg)
 
 
-def _config(cfg, args) -> int:
+def _config(cfg: Config, args: argparse.Namespace) -> int:
     errors, warnings = file_errors(cfg), placeholder_warnings(cfg)
     if errors:
         print(f"configuration errors in {_describe(cfg.source)}:", file=sys.stderr)
@@ -197,7 +192,7 @@ def _read_password() -> str:
     return pw
 
 
-def _user(cfg, args) -> int:
+def _user(cfg: Config, args: argparse.Namespace) -> int:
     from mta.runtime.daemon import state_paths
     from mta.runtime.users import CredentialError, CredentialStore
     paths = state_paths(cfg)
@@ -224,7 +219,7 @@ def _user(cfg, args) -> int:
                 print(json.dumps(users, indent=2))
             else:
                 for u in users:
-                    created = utc(u.get("created", 0))
+                    created = utc(u.get("created") or 0)
                     scope = ",".join(u.get("domains") or []) or "(any verified domain)"
                     print(f"{u['name']}\tcreated {created}\tdomains {scope}")
     except (CredentialError, ValueError) as exc:

@@ -43,6 +43,7 @@ from typing import Any
 from mta.admin.backend import MESSAGE_ACTIONS, MESSAGE_STATES
 from mta.admin.client import AdminClient, AdminError, AdminUnavailable, token_path
 from mta.cli.times import utc_or, when
+from mta.config import Config
 from mta.core.qshape import AGE_BUCKETS
 
 __all__ = ["register", "run", "connect", "fail_admin"]
@@ -65,7 +66,8 @@ def _filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipient", metavar="R", help="a recipient address")
 
 
-def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+             config_parent: argparse.ArgumentParser) -> None:
     queue = subparsers.add_parser("queue", parents=[config_parent],
                                   help="inspect and steer the running daemon's queue")
     qsub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -98,7 +100,7 @@ def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
         a.add_argument("--json", action="store_true")
 
 
-def connect(cfg: Any) -> AdminClient:
+def connect(cfg: Config) -> AdminClient:
     try:
         return AdminClient.from_config(cfg)
     except PermissionError:
@@ -117,7 +119,7 @@ def _dump(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
-def run(cfg, args) -> int:
+def run(cfg: Config, args: argparse.Namespace) -> int:
     try:
         client = connect(cfg)
         if args.action == "list":
@@ -140,7 +142,7 @@ def attempt_label(a: dict) -> str:
     return "deferred" if state == "queued" else state
 
 
-def _list(client: AdminClient, args) -> int:
+def _list(client: AdminClient, args: argparse.Namespace) -> int:
     if args.limit < 0:
         print("mta: --limit must be 0 (no limit) or more", file=sys.stderr)
         return 2
@@ -180,7 +182,7 @@ def _list(client: AdminClient, args) -> int:
 
 # --------------------------------------------------------------- summary
 
-def _summary(client: AdminClient, args) -> int:
+def _summary(client: AdminClient, args: argparse.Namespace) -> int:
     rows = client.queue_summary()
     if args.json:
         _dump(rows)
@@ -213,7 +215,7 @@ def _summary(client: AdminClient, args) -> int:
 
 # ------------------------------------------------------------------ show
 
-def _show(client: AdminClient, args) -> int:
+def _show(client: AdminClient, args: argparse.Namespace) -> int:
     if args.body and not args.json:
         body = client.message_body(args.id)
         sys.stdout.flush()
@@ -294,7 +296,7 @@ def format_event(e: dict) -> str:
 
 # --------------------------------------------------------------- actions
 
-def _act(client: AdminClient, args) -> int:
+def _act(client: AdminClient, args: argparse.Namespace) -> int:
     action = args.action
     filters = {"state": args.state, "domain": args.domain, "sender": args.sender,
                "recipient": args.recipient}

@@ -32,6 +32,7 @@ import sys
 import time
 
 from mta.cli.times import utc
+from mta.config import Config
 from mta.core.durations import DurationError, parse_duration
 from mta.core.envelope import SUPPRESSION_REASONS
 
@@ -41,7 +42,8 @@ __all__ = ["register", "run"]
 _ADD_REASONS = tuple(r for r in SUPPRESSION_REASONS if r != "soft_bounce")
 
 
-def register(subparsers, config_parent: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+             config_parent: argparse.ArgumentParser) -> None:
     sup = subparsers.add_parser("suppression", parents=[config_parent],
                                 help="addresses that are never mailed (bounced, complained, …)")
     ssub = sup.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -84,7 +86,7 @@ def _fail(msg: str) -> int:
     return 1
 
 
-def run(cfg, args) -> int:
+def run(cfg: Config, args: argparse.Namespace) -> int:
     from mta.runtime.suppressions import suppression_admin as admin
     state = cfg.server.state_dir
     now = time.time()
