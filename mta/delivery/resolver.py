@@ -41,6 +41,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from mta.core.hostport import split_ip_port
+
 __all__ = ["MxRecord", "DnsError", "NxDomain", "NoRecords", "NullMx", "DnsTempError",
            "Resolver", "DnsResolver", "parse_nameserver", "ip_literal"]
 
@@ -80,16 +82,9 @@ class Resolver(Protocol):
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
-    """``"127.0.0.153:5353"`` / ``"10.0.0.1"`` / ``"::1"`` / ``"[::1]:53"`` → (ip, port)."""
-    host, port = text, 53
-    if text.startswith("[") and "]:" in text:
-        host, _, p = text[1:].partition("]:")
-        port = int(p)
-    elif text.count(":") == 1:
-        host, _, p = text.partition(":")
-        port = int(p)
-    ipaddress.ip_address(host)  # raises ValueError on a name: nameservers must be IPs
-    return host, port
+    """``"127.0.0.153:5353"`` / ``"10.0.0.1"`` / ``"::1"`` / ``"[::1]:53"`` → (ip, port);
+    ValueError on a name: nameservers must be IPs (core.hostport.split_ip_port)."""
+    return split_ip_port(text, 53)
 
 
 def ip_literal(host: str) -> str | None:
