@@ -141,7 +141,8 @@ class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     request line) is one escaped INFO line, not an ERROR traceback; anything
     else is logged as aiohttp logs it."""
 
-    def log(self, level, msg, *args, exc_info=None, **kwargs):  # type: ignore[override]
+    def log(self, level: int, msg: object, *args: object,  # type: ignore[override]
+            exc_info: object = None, **kwargs: object) -> None:
         if isinstance(exc_info, HttpProcessingError):
             lines = (exc_info.message or type(exc_info).__name__).strip().splitlines() or [""]
             self.logger.log(min(level, logging.INFO),

@@ -279,7 +279,7 @@ _EVENT_KEYS = ("reply", "remote_host", "tls", "class", "reason", "status", "next
 _TIME_KEYS = frozenset({"next_attempt"})
 
 
-def _detail(key: str, value) -> str:
+def _detail(key: str, value: object) -> str:
     if key in _TIME_KEYS and isinstance(value, (int, float)):
         return when(value)
     return str(value)

@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Protocol
 
 from mta.cli.times import utc
 from mta.config import Config
@@ -75,7 +76,24 @@ def _t(t: float | None) -> str:
     return "never" if t is None else utc(t)
 
 
-def _line(v, now: float) -> str:
+class _Entry(Protocol):
+    """A suppression entry as listed (the spool's SuppressionView)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def scope(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def created(self) -> float: ...
+    @property
+    def expires(self) -> float | None: ...
+
+    def is_active(self, now: float) -> bool: ...
+
+
+def _line(v: _Entry, now: float) -> str:
     expired = "" if v.is_active(now) else "  (expired)"
     return (f"{v.address}\t{v.scope or '*'}\t{v.reason}\tcreated {_t(v.created)}\t"
             f"expires {_t(v.expires)}{expired}")

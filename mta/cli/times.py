@@ -33,7 +33,7 @@ def utc_or(t: float | None, missing: str = "-") -> str:
 
 def span(seconds: float) -> str:
     """A coarse duration: its two largest units (90061 s → ``1d1h``)."""
-    rest, parts = int(round(seconds)), list[str]()
+    rest, parts = round(seconds), list[str]()
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         n, rest = divmod(rest, size)
         if n or parts:

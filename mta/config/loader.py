@@ -164,7 +164,7 @@ def _webhook_checks(cfg: Config) -> list[str]:
         else:
             try:
                 parts = urlsplit(w.url)
-                parts.port      # raises on a port that is not a number in range
+                _ = parts.port      # raises on a port that is not a number in range
                 if not parts.hostname:
                     raise ValueError("no host")
             except ValueError as exc:

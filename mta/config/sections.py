@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Mapping
+from collections.abc import Mapping
 
 from mta.config.schema import (BOOL, CIDR_LIST, DURATION, DURATION_LIST, HOSTPORT, INT,
                                IP_LIST, NAMESERVER_LIST, SIZE, STR, STR_LIST, choice)

@@ -29,7 +29,7 @@ import itertools
 import os
 import socket
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from mta.core.files import fsync_dir
 from mta.core.envelope import Destination

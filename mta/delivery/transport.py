@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import Protocol
 
 from mta.core.envelope import Destination
 from mta.core.outcome import DestinationHealth, RecipientOutcome
@@ -52,7 +52,7 @@ class BodySource(Protocol):
 
 
 # CRLF line endings, headers included.
-Body = Union[bytes, BodySource]
+Body = bytes | BodySource
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ and one concurrency window (Postfix's relayhost behaves the same way).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from mta.core.envelope import Destination
 from mta.core.hostport import split_hostport

@@ -29,7 +29,7 @@ Rules
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 from mta.core.reply import Reply
 
@@ -44,7 +44,7 @@ def domain_in_scopes(domain: str, scopes: tuple[str, ...]) -> bool:
     return False
 
 
-def _parents(domain: str):
+def _parents(domain: str) -> Iterator[str]:
     labels = domain.split(".")
     for i in range(len(labels) - 1):
         yield ".".join(labels[i:])

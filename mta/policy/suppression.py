@@ -10,7 +10,7 @@ Public API:
     SuppressionRules.from_config(SuppressionConfig)  (also `from_config(cfg)`)
     soft_decision(count, first_at, now, rules) -> bool
     expiry_for(reason, created, rules) -> float | None
-    reply_for(entry) -> Reply        # entry: anything with address, reason, created
+    reply_for(entry) -> Reply        # entry: a SuppressionEntry (address, reason, created)
 
 Rules:
   * Soft: an address is suppressed after `soft_limit` consecutive soft
@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from mta.config.sections import SuppressionConfig
-from mta.core.envelope import SUPPRESSION_REASONS as REASONS
 from mta.core.reply import Reply
 
 
@@ -84,7 +84,18 @@ def expiry_for(reason: str, created: float, rules: SuppressionRules) -> float | 
     return None if ttl is None else created + ttl
 
 
-def reply_for(entry) -> Reply:
+class SuppressionEntry(Protocol):
+    """What `reply_for` reads of an entry (the spool's SuppressionView)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def created(self) -> float: ...
+
+
+def reply_for(entry: SuppressionEntry) -> Reply:
     """The RCPT TO refusal for a suppressed address, e.g.
     ``550 5.1.1 <a@b.example>: recipient suppressed (hard bounce, 2026-11-20)``.
     5.7.1 for complaints (a policy refusal), 5.1.1 otherwise; the date is
