@@ -171,7 +171,7 @@ class SubmissionSMTP(SMTP):
 
     def _set_post_data_state(self) -> None:
         self._stop_transaction_timer()
-        super()._set_post_data_state()
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
 
     def _stop_transaction_timer(self) -> None:
         timer = getattr(self, "_txn_timer", None)   # (None before __init__ ran)
@@ -256,7 +256,7 @@ class SubmissionSMTP(SMTP):
 
     # -- replies ----------------------------------------------------------
 
-    async def push(self, status: str | bytes | Reply) -> None:  # type: ignore[override]
+    async def push(self, status: str | bytes | Reply) -> None:
         if isinstance(status, bytes):
             await super().push(status)
         elif isinstance(status, Reply):

@@ -32,7 +32,7 @@ Invariants: Protocols and type aliases only; every import is for types.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiosmtpd.smtp import AuthResult
 
@@ -56,7 +56,7 @@ class SubmissionSpool(Protocol):
 
 
 class Signer(Protocol):
-    def keys_for(self, domain: str) -> Sequence[Any]: ...
+    def keys_for(self, domain: str) -> Sequence[object]: ...
 
     def sign(self, message: bytes, domain: str, tail: Iterable[bytes] | None = None) -> bytes: ...
 

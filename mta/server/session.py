@@ -18,6 +18,7 @@ API
                     handle_DATA, handle_exception
     called by the protocol (seams.SubmissionHooks): may_transact(server,
         session), authenticate(…), refuse_auth(…) (both: authcheck.AuthCheck)
+    .trusted(ip) -> bool          a client of the listener's trusted_networks
     ehlo_lines(responses), session_error(log, listener, error)   (inbound too)
 
 Rules (the order inside each hook is the order of the checks):
