@@ -46,11 +46,11 @@ class RetryPolicy:
         object.__setattr__(self, "schedule", tuple(float(w) for w in self.schedule))
 
     @classmethod
-    def from_config(cls, d: DeliveryConfig) -> "RetryPolicy":
+    def from_config(cls, d: DeliveryConfig) -> RetryPolicy:
         return cls(tuple(d.retry_schedule), float(d.max_queue_lifetime))
 
     @classmethod
-    def parse(cls, schedule: str, max_lifetime: str) -> "RetryPolicy":
+    def parse(cls, schedule: str, max_lifetime: str) -> RetryPolicy:
         """``RetryPolicy.parse("1s,2s,3s", "60s")`` — the operator's notation."""
         waits = tuple(parse_duration(p) for p in schedule.split(",") if p.strip())
         return cls(waits, parse_duration(max_lifetime))

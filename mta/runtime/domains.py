@@ -1,10 +1,20 @@
 """Sending domains in the running daemon: an in-memory view for the hot path
-and the timer that re-checks DNS.
+and the periodic re-check of DNS.
 
 One job: give the submission path two cheap, synchronous lookups —
 `state(domain)` for sender enforcement and `sign(message, domain)` for DKIM —
 without touching SQLite or key files per message, and keep domain states
 fresh by running the checks the domain service says are due.
+
+API
+    DomainCache(service, clock, *, observer=None)
+      .state(domain) / .registered(domain) / .bounce_domains(subdomain)
+      .keys_for(domain) / .sign(message, domain, tail=None)
+      await .refresh()                 re-read domains and keys from the store
+      await .run_due_checks() -> int   the DNS checks that are due
+      await .tick()                    refresh, then the due checks: the
+                                       housekeeping job "domains" (runtime/
+                                       housekeeping.py, DOMAINS_EVERY)
 
 Invariants
 - `refresh()` reads the store and key files in a thread; lookups only read
@@ -23,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Iterable
+from collections.abc import Iterable, Iterator
 
 from mta.core import Clock, Observer
 from mta.domains.service import DomainService
@@ -32,10 +42,8 @@ from mta.runtime.logs import event
 
 log = logging.getLogger("mta.domains")
 
-REFRESH_EVERY = 30.0
 
-
-def _parents(domain: str):
+def _parents(domain: str) -> Iterator[str]:
     labels = domain.split(".")
     for i in range(len(labels) - 1):
         yield ".".join(labels[i:])
@@ -43,11 +51,10 @@ def _parents(domain: str):
 
 class DomainCache:
     def __init__(self, service: DomainService, clock: Clock, *,
-                 observer: Observer = Observer()):
-        self.service, self.clock, self.observer = service, clock, observer
+                 observer: Observer | None = None):
+        self.service, self.clock, self.observer = service, clock, observer or Observer()
         self._states: dict[str, str] = {}
         self._keys: dict[str, list[dkim.SigningKey]] = {}
-        self._task: asyncio.Task | None = None
 
     # ---- lookups (event loop or signing thread; no I/O) -----------------
     def state(self, domain: str) -> str | None:
@@ -111,21 +118,6 @@ class DomainCache:
             await self.refresh()
         return len(due)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="domains")
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.refresh()   # picks up `mta domain add/rotate` from the CLI
-                await self.run_due_checks()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("event=domain_loop_error")
-            await asyncio.sleep(REFRESH_EVERY)
+    async def tick(self) -> None:
+        await self.refresh()   # picks up `mta domain add/rotate` from the CLI
+        await self.run_due_checks()

@@ -9,5 +9,5 @@ from mta.scheduler.scheduler import (Batch, DeliverySettings, Idle, Scheduler, S
                                      Sleep, Work)
 from mta.scheduler.state import DESTINATION, DestState
 
-__all__ = ["Batch", "DESTINATION", "DeliverySettings", "DestState", "Idle", "Scheduler",
+__all__ = ["DESTINATION", "Batch", "DeliverySettings", "DestState", "Idle", "Scheduler",
            "SchedulerConfig", "Sleep", "Work"]

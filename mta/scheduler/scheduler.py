@@ -57,8 +57,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 from mta.core.envelope import Destination, QueuedRecipient
 from mta.core.outcome import DestinationHealth
@@ -326,7 +327,7 @@ class Scheduler:
         return self._ninflight
 
     def destination_states(self) -> dict[str, dict[str, object]]:
-        out = {name: {"state": d.state.value, "pending": d.npending, "inflight": d.ninflight,
+        out: dict[str, dict[str, object]] = {name: {"state": d.state.value, "pending": d.npending, "inflight": d.ninflight,
                       "connections": d.connections, "paused_until": d.paused_until,
                       "streak": d.streak, "suspended": name in self._suspended}
                for name, d in self._dests.items()}

@@ -27,7 +27,7 @@ import logging
 
 from mta.core.statemachine import StateMachine
 
-__all__ = ["DESTINATION", "DestState", "TRANSITIONS"]
+__all__ = ["DESTINATION", "TRANSITIONS", "DestState"]
 
 log = logging.getLogger("mta.scheduler")
 
