@@ -60,8 +60,8 @@ from mta.runtime.paths import StatePaths, capture_dir, state_paths
 from mta.runtime.queue_runner import QueueRunner
 from mta.runtime.startup import (FIRST_USER, StartupError, ensure_first_credential,
                                  raise_fd_limit, tls_context, why)
+from mta.runtime.users import Credentials, open_credentials
 from mta.scheduler import Scheduler
-from mta.server.credentials import CredentialStore
 from mta.server.listener import SubmissionListener
 from mta.spool import NewMessage, Spool
 from mta.webhooks import WebhookService
@@ -168,8 +168,8 @@ class Daemon:
             self.housekeeping.add(job)
         self.housekeeping.start()
 
-    def _credentials(self, paths: StatePaths) -> CredentialStore:
-        credentials = CredentialStore(paths["credentials"])
+    def _credentials(self, paths: StatePaths) -> Credentials:
+        credentials = open_credentials(paths["credentials"])
         password = ensure_first_credential(self.cfg, credentials)
         if password:
             # Printed once on purpose: this is how a new user learns it.
@@ -217,7 +217,7 @@ class Daemon:
         entry = await self.spool.suppressed(address, credential)
         return None if entry is None else suppression_reply(entry)
 
-    async def _start_listeners(self, paths: StatePaths, credentials: CredentialStore) -> None:
+    async def _start_listeners(self, paths: StatePaths, credentials: Credentials) -> None:
         cfg = self.cfg
         assert (self.spool is not None and self.runner is not None and self.domains is not None
                 and self.webhooks is not None and self.bounces is not None)

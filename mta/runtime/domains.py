@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from mta.core import Clock, Observer
-from mta.domains.service import DomainService
+from mta.domains.service import SendingDomains
 from mta.mail import dkim
 from mta.runtime.logs import event
 
@@ -50,7 +50,7 @@ def _parents(domain: str) -> Iterator[str]:
 
 
 class DomainCache:
-    def __init__(self, service: DomainService, clock: Clock, *,
+    def __init__(self, service: SendingDomains, clock: Clock, *,
                  observer: Observer | None = None):
         self.service, self.clock, self.observer = service, clock, observer or Observer()
         self._states: dict[str, str] = {}

@@ -28,7 +28,7 @@ from mta.config import Config, ListenerConfig
 from mta.core.files import atomic_write
 from mta.runtime.paths import StatePaths, state_paths
 from mta.runtime.tls import ensure_self_signed, server_context
-from mta.server.credentials import CredentialStore
+from mta.server.credentials import Credentials
 
 __all__ = ["FIRST_USER", "StartupError", "ensure_first_credential", "raise_fd_limit",
            "tls_context", "why"]
@@ -46,7 +46,7 @@ def why(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def ensure_first_credential(cfg: Config, store: CredentialStore) -> str | None:
+def ensure_first_credential(cfg: Config, store: Credentials) -> str | None:
     """In sandbox mode with no users, create one so a new user can send at
     once; the password is printed once and kept (0600) in the state dir."""
     if cfg.server.mode != "sandbox" or store.names():
