@@ -2,7 +2,7 @@
 
 One job: drive aiosmtplib over one or more connections to a destination and
 report, for every recipient of every message, what the remote said, plus one
-verdict on the destination's health (DESIGN.md §3, "two levels").
+verdict on the destination's health (docs/ARCHITECTURE.md §4, "two levels").
 
 Public API:
     SmtpTransport(hostname=, resolver=, connect_timeout=, command_timeout=)

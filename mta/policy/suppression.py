@@ -3,7 +3,8 @@
 One job: the pure decisions of automatic suppression (issue 4). Storage and
 the transaction that applies them live in the spool; the spool receives a
 `SuppressionRules` at `Spool.open` and calls `suppresses_after_soft` on it
-(the spool may not import policy, DESIGN §2, so it is handed the object).
+(the spool may not import policy, docs/ARCHITECTURE.md §2, so it is handed
+the object).
 
 Public API:
     SuppressionRules(soft_limit, soft_span, hard_expiry, soft_expiry)
