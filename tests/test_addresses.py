@@ -22,10 +22,10 @@ NEED_UTF8 = "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter"
     ("a@bücher.example", False, NEED_UTF8),      # the domain alone is enough (RFC 6531)
     ("ü@example.com", False, NEED_UTF8),
     ("a@xn--bcher-kva.example", False, "a@xn--bcher-kva.example"),   # already ASCII
-    ("a..b@example.com", False, "501 5.1.7 Bad sender address syntax: a..b@example.com "
-                                "(invalid address 'a..b@example.com': bad local part)"),
-    ("a\udcff@example.com", True, "501 5.1.7 Bad sender address syntax: a?@example.com "
-                                  "(not UTF-8)"),
+    ("a..b@example.com", False, ("501 5.1.7 Bad sender address syntax: a..b@example.com "
+                                 "(invalid address 'a..b@example.com': bad local part)")),
+    ("a\udcff@example.com", True, ("501 5.1.7 Bad sender address syntax: a?@example.com "
+                                   "(not UTF-8)")),
 ])
 def test_check_sender(address, smtp_utf8, expected):
     got = check_sender(address, smtp_utf8=smtp_utf8)
@@ -37,8 +37,8 @@ def test_check_sender(address, smtp_utf8, expected):
     ("b@Example.NET", False, "b@example.net"),
     ("josé@bücher.example", True, "josé@xn--bcher-kva.example"),
     ("b@bücher.example", False, NEED_UTF8),
-    ("nodomain", False, "501 5.1.3 Bad recipient address syntax: nodomain (invalid address "
-                        "'nodomain': expected local@domain)"),
+    ("nodomain", False, ("501 5.1.3 Bad recipient address syntax: nodomain (invalid address "
+                         "'nodomain': expected local@domain)")),
 ])
 def test_check_recipient(address, smtp_utf8, expected):
     got = check_recipient(address, smtp_utf8=smtp_utf8)

@@ -10,19 +10,20 @@ keep working.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 
 import aiosmtplib
 import pytest
 
+from mta.config import BouncesConfig, Config, ServerConfig
 from mta.core import FakeClock, Observer
 from mta.mail.verp import VerpCodec
 from mta.runtime.bounces import BounceProcessor
 from mta.server.inbound import InboundMessage
 from tests.support.mtahelpers import no_verify_context
-from tests.test_e2e_bounces import (delivered_with_verp, remote_dsn, to_inbound,  # noqa: F401
-                                    world)
+from tests.test_e2e_bounces import delivered_with_verp, remote_dsn, to_inbound, world  # noqa: F401
 
 HOST = "mta.test"
 PM = f"postmaster@{HOST}"
@@ -42,6 +43,11 @@ def processor(tmp_path, clock=None, **kw):
                          capture_dir=tmp_path / "inbound", clock=clock or FakeClock(),
                          bounce_domains=lambda: set(), observer=obs, **kw)
     return bp, obs
+
+
+def with_bounces(cfg: Config, **keys) -> Config:
+    """`cfg` with [bounces] keys changed: what a reload hands reconfigure."""
+    return dataclasses.replace(cfg, bounces=dataclasses.replace(cfg.bounces, **keys))
 
 
 def mail(n: int, size: int = 100) -> InboundMessage:
@@ -120,7 +126,8 @@ async def test_write_failure_is_452_with_one_line_and_no_traceback(tmp_path, cap
     # the directory repaired (or space freed): the next message is kept, and
     # the failed one was not counted
     (tmp_path / "inbound").unlink()
-    bp.capture_max_messages = 1
+    bp.reconfigure(Config(server=ServerConfig(state_dir=str(tmp_path)),
+                          bounces=BouncesConfig(capture_max_messages=1)))   # same dir
     assert (await bp.deliver(mail(1))).code == 250
     assert len(files(tmp_path)) == 1
 
@@ -147,12 +154,12 @@ async def to_postmaster(d, rcpts=(PM,), body=b"Subject: abuse report\r\n\r\nspam
 async def test_full_capture_answers_452_and_bounces_still_work(world, caplog):
     d, sink = world
     caplog.set_level(logging.INFO, logger="mta")
-    d.bounces.capture_max_messages = 2                 # what [bounces] capture_max_messages sets
+    d.bounces.reconfigure(with_bounces(d.cfg, capture_max_messages=2))   # as a reload does
     assert (await to_postmaster(d))[0] == 250
     assert (await to_postmaster(d, (f"abuse@{HOST}",)))[0] == 250
     code, text = await to_postmaster(d)
     assert code == 452 and text.startswith("4.3.1") and "quota" in text, (code, text)
-    assert len(os.listdir(d.bounces.capture_dir / "new")) == 2
+    assert len(os.listdir(d.bounces.capture.directory / "new")) == 2
     # a bounce does not go to the capture: still taken and applied
     rcpt = "ok-gone@rcpt.test"
     qid, verp = await delivered_with_verp(d, sink, rcpt)
@@ -175,7 +182,7 @@ async def test_capture_write_error_answers_452_without_traceback(world, tmp_path
     caplog.set_level(logging.INFO, logger="mta")
     blocked = tmp_path / "blocked"
     blocked.write_bytes(b"")
-    d.bounces.capture_dir = blocked / "inbound"        # what a reload with a new capture_dir does
+    d.bounces.reconfigure(with_bounces(d.cfg, capture_dir=str(blocked / "inbound")))
     code, text = await to_postmaster(d)
     assert code == 452 and text.startswith("4.3.1"), (code, text)
     assert len(lines(caplog, "capture_failed")) == 1

@@ -25,7 +25,9 @@ API
                             seconds to finish; every session is then closed
                             (idle ones get "421 4.3.2" first)
     .reconfigure(cfg, *, tls_context)
-                            config reload, `cfg` the Config in force: the
+                            config reload, `cfg` the Config in force (the
+                            reloaded one, with the keys that need a restart,
+                            e.g. server.mode, as the process runs them): the
                             listener's own section (by name; none: nothing
                             changes) and the TLS context loaded for it; the
                             handler takes its keys (handler.reconfigure).
