@@ -60,6 +60,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from mta.core import Clock, ConfigError, Observer, Reply
+from mta.core.hostport import split_hostport
 from mta.policy.authlimit import AuthThrottle, UserThrottle
 from mta.policy.senders import SenderPolicy
 from mta.server import replies
@@ -73,7 +74,7 @@ if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
     from mta.config.sections import ListenerConfig
     from mta.server.seams import MessageFactory, RcptCheck, Signer, SubmissionSpool
 
-__all__ = ["ListenerSetupError", "SubmissionListener", "parse_hostport"]
+__all__ = ["ListenerSetupError", "SubmissionListener"]
 
 
 class ListenerSetupError(ConfigError, ValueError):
@@ -82,11 +83,12 @@ class ListenerSetupError(ConfigError, ValueError):
 _IDENT = "ESMTP mta"
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"listener address {text!r} is not host:port")
-    return host.strip("[]") or "0.0.0.0", int(port)
+def _bind_address(text: str) -> tuple[str, int]:
+    """(host, port) to bind: the config's one host:port grammar (core.hostport)."""
+    try:
+        return split_hostport(text)
+    except ValueError as exc:
+        raise ConfigError(f"listener address {text!r} is not host:port ({exc})") from None
 
 
 def _quiet_aiosmtpd_logger() -> None:
@@ -239,7 +241,7 @@ class SubmissionListener:
         if self._server is not None:
             raise RuntimeError("listener already started")
         _quiet_aiosmtpd_logger()
-        host, port = parse_hostport(self.cfg.address)
+        host, port = _bind_address(self.cfg.address)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._make_protocol, host, port,
