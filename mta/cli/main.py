@@ -193,7 +193,7 @@ def _read_password() -> str:
 
 
 def _user(cfg: Config, args: argparse.Namespace) -> int:
-    from mta.runtime.daemon import state_paths
+    from mta.runtime.paths import state_paths
     from mta.runtime.users import CredentialError, CredentialStore
     paths = state_paths(cfg)
     paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
