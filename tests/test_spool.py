@@ -25,7 +25,7 @@ import pytest
 
 from mta.core import BOUNCED, DELIVERED, EXPIRED, QUEUED, RecipientUpdate, Reply, StorageError
 from mta.spool import DsnMark, NewMessage, Spool
-from mta.spool import spool as spool_module
+from mta.spool import acceptance
 from mta.spool.segments import HEADER, iter_records, scan_segments, segment_name
 
 T0 = 1_700_000_000.0
@@ -487,7 +487,7 @@ async def test_append_failure_fails_every_waiter_then_recovers(spool, monkeypatc
 
 
 async def test_index_failure_fails_the_batch_then_recovers(spool, monkeypatch):
-    monkeypatch.setattr(spool_module, "new_queue_id", lambda now: "SAMEIDSAMEIDSAME")
+    monkeypatch.setattr(acceptance, "new_queue_id", lambda now: "SAMEIDSAMEIDSAME")
     results = await asyncio.gather(spool.enqueue(msg(1), T0), spool.enqueue(msg(2), T0),
                                    spool.lease_due(T0, 10), return_exceptions=True)
     assert all(isinstance(r, StorageError) and not r.disk_full for r in results)

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from mta.core import (BOUNCED, DELETED, DELIVERED, HELD, QUEUED, RecipientUpdate, Reply)
-from mta.spool import DsnMark, MessageFilter, NewMessage, Spool, filters, index
+from mta.core.envelope import RECIPIENT_MACHINE
+from mta.core.statemachine import IllegalTransition
+from mta.spool import DsnMark, MessageFilter, NewMessage, Spool, filters, queue_sql
+from mta.spool.steering import OPERATOR_MOVES
 
 T0 = 1_700_000_000.0
 OPERATOR_REPLY = Reply(550, "5.0.0", "Bounced by the postmaster")
@@ -54,15 +57,15 @@ async def leased_ids(spool, now) -> set[tuple[str, int]]:
 # -- the state machine -------------------------------------------------------------
 
 def test_transition_table_has_the_operator_states():
-    assert index.STATE_TRANSITIONS[HELD] == {QUEUED, BOUNCED, DELETED}
-    assert index.STATE_TRANSITIONS[DELETED] == frozenset()
-    assert HELD in index.STATE_TRANSITIONS[QUEUED] and DELETED in index.STATE_TRANSITIONS[QUEUED]
-    for action, (froms, to) in index.OPERATOR_MOVES.items():
-        for old in froms:
-            index.check_transition(old, to)
+    assert RECIPIENT_MACHINE.allowed(HELD) == {QUEUED, BOUNCED, DELETED}
+    assert RECIPIENT_MACHINE.allowed(DELETED) == frozenset()
+    assert HELD in RECIPIENT_MACHINE.allowed(QUEUED) and DELETED in RECIPIENT_MACHINE.allowed(QUEUED)
+    for action, move in OPERATOR_MOVES.items():
+        for old in move.froms:
+            RECIPIENT_MACHINE.check(old, move.to)
     for old, new_state in [(DELETED, QUEUED), (DELIVERED, HELD), (HELD, DELIVERED), (BOUNCED, DELETED)]:
-        with pytest.raises(index.IllegalTransition):
-            index.check_transition(old, new_state)
+        with pytest.raises(IllegalTransition):
+            RECIPIENT_MACHINE.check(old, new_state)
 
 
 def test_filter_rejects_unknown_state_and_bare_string_ids():
@@ -407,11 +410,11 @@ async def test_domain_summary_buckets_and_last_error(spool):
     assert big["oldest_received_at"] == now - 2000 * 60
     assert big["age_buckets"] == {"5m": 2, "10m": 1, "20m": 0, "40m": 1, "80m": 0, "160m": 1,
                                   "320m": 0, "640m": 0, "1280m": 2, "1280m+": 1}
-    assert list(big["age_buckets"]) == list(index.AGE_BUCKETS)
+    assert list(big["age_buckets"]) == list(queue_sql.AGE_BUCKETS)
     assert big["last_error"] == "450 4.2.0 middle error"
     assert sm == {"domain": "small.test", "recipients": 2, "held": 2,
                   "oldest_received_at": now - 60,
-                  "age_buckets": {**{k: 0 for k in index.AGE_BUCKETS}, "5m": 2},
+                  "age_buckets": {**{k: 0 for k in queue_sql.AGE_BUCKETS}, "5m": 2},
                   "last_error": None}
 
 
@@ -419,7 +422,7 @@ async def test_gauges(tmp_path):
     s = await Spool.open(tmp_path, now=T0, segment_max_bytes=1)
     try:
         g = await s.gauges()
-        assert g == {"recipients": {st: 0 for st in index.ALL_STATES}, "messages_pending": 0,
+        assert g == {"recipients": {st: 0 for st in queue_sql.ALL_STATES}, "messages_pending": 0,
                      "oldest_pending_received_at": None, "spool_bytes": 0, "segments": 0}
         a = await s.enqueue(new(1, rcpts=("a@x.test", "b@x.test")), T0 + 1)
         b = await s.enqueue(new(2), T0 + 2)
@@ -482,9 +485,9 @@ async def test_hundred_thousand_messages_page_500_uses_indexes(tmp_path):
                 probe = filters.probe_sql(f)
                 if probe:
                     plans.append((f, "probe", _plan_rows(conn, *probe)))
-            plans.append(("summary", "", _plan_rows(conn, index.SQL_DOMAIN_SUMMARY, (T0,))))
+            plans.append(("summary", "", _plan_rows(conn, queue_sql.SQL_DOMAIN_SUMMARY, (T0,))))
             # gauges count pending messages along the partial index, not the table
-            assert _plan_rows(conn, index.SQL_PENDING_MESSAGES, ()) == [
+            assert _plan_rows(conn, queue_sql.SQL_PENDING_MESSAGES, ()) == [
                 "SCAN messages USING INDEX messages_pending"]
         for f, how, rows in plans:
             for row in rows:

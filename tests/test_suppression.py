@@ -122,17 +122,17 @@ async def test_hard_bounce_suppresses_in_the_same_transaction(spool, tmp_path):
 
 async def test_failed_transaction_writes_neither_rows_nor_suppression(spool, monkeypatch):
     qid = await spool.enqueue(msg("x@b.test"), T0)
-    from mta.spool import writer
-    real = writer.apply_outcomes
+    from mta.spool import attempts
+    real = attempts.apply_outcomes
 
     async def broken(conn, outcomes, rules):
         await real(conn, outcomes, rules)
         raise sqlite3.OperationalError("disk I/O error")
-    monkeypatch.setattr(writer, "apply_outcomes", broken)
+    monkeypatch.setattr(attempts, "apply_outcomes", broken)
     with pytest.raises(Exception):
         await spool.record([upd(qid, 0, BOUNCED, "550 5.1.1 No")],
                            outcomes=[AddressOutcome("x@b.test", "hard", T0, qid)])
-    monkeypatch.setattr(writer, "apply_outcomes", real)
+    monkeypatch.setattr(attempts, "apply_outcomes", real)
     assert await spool.suppressed("x@b.test", None, now=T0) is None
     assert (await spool.get_message(qid)).recipients[0].state == QUEUED
 

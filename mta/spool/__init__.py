@@ -95,10 +95,10 @@ the owed DSNs of its message, so its body dies as in S8/S9. Recovery treats
 both like any other state: leases are reset (a held recipient is never
 leased) and flags recomputed.
 
-The ledger (issue 6: ``events``, ``webhook_state``, ``idempotency``; index.py)
-adds no state either. Every event is inserted by the writer in the SAME
-transaction as the change it records (writer.py lists which op writes
-which): the S4 commit holds ``received`` + ``queued``/``suppressed`` with the
+The ledger (issue 6: ``events``, ``webhook_state``, ``idempotency``;
+ledger.py, ledger_sql.py) adds no state either. Every event is inserted by
+the writer in the SAME transaction as the change it records (each op's
+handler writes its own: acceptance.py, attempts.py, steering.py): the S4 commit holds ``received`` + ``queued``/``suppressed`` with the
 message rows; S6 holds ``deferred``/``delivered``/``bounced``/``expired`` with
 the attempt; S8 holds ``dsn_sent`` (on the original) with the DSN and the
 mark; asynchronous reports and operator moves hold theirs. So after any
@@ -129,20 +129,53 @@ cut at the end of the furthest record any row (live or dead) points at, and
 only segments no live row references are unlinked. New appends after a
 restart always go to a fresh segment, so a torn tail is never appended to.
 
-Public API: `Spool`, `NewMessage`, `DsnMark`, `RecoveryReport`, `SpoolStats`, `MessageFilter`,
-`MessageView`, `RecipientView`, `AttemptView`, `SuppressionView`, `EventView`, and the
-`BodyStore` interface with its `SegmentStore` implementation.
-Operator access to suppressions while the daemon runs: suppression_admin.py.
+Modules, by job:
+    spool.py        `Spool`: the queue's API; opens and wires the rest
+    layout.py       the files under state_dir/spool, and the owner's lock
+    ledger.py       `Ledger` (spool.ledger): events, webhook cursors, pruning, keys
+    suppressions.py `Suppressions` (spool.suppressions): the list in the index
+    writer.py       the group-commit engine and its table of op handlers
+    ops.py          op kinds, payloads, what a handler gets
+    acceptance.py   ENQUEUE: the commit point's rows (NewMessage, DsnMark)
+    attempts.py     LEASE, RELEASE, RECORD, ASYNC: attempts and their moves
+    steering.py     STEER: operator moves
+    index.py        the tables and connections
+    queue_sql.py, ledger_sql.py   the statements, by table group
+    reads.py        queue reads on the reader connection
+    filters.py      `MessageFilter` and its SQL; views.py the read models
+    segments.py     the body store; recovery.py the branches of the table above
+    suppression_admin.py  the operator's access to the list while the daemon runs
+The store seams (core/stores.py) the ledger and the suppression list
+implement: `EventLedger`, `WebhookCursors`, `IdempotencyKeys`,
+`SuppressionLookup`, `SuppressionList`.
+
+Public API: `Spool`, `Ledger`, `NewMessage`, `DsnMark`, `RecoveryReport`, `SpoolStats`,
+`MessageFilter`, `MessageView`, `RecipientView`, `AttemptView`, `SuppressionView`, `EventView`,
+and the `BodyStore` interface with its `SegmentStore` implementation.
 """
 
+from mta.spool.acceptance import DsnMark, NewMessage
 from mta.spool.filters import MessageFilter
+from mta.spool.ledger import Ledger
 from mta.spool.recovery import RecoveryReport
 from mta.spool.segments import BodyStore, SegmentStore
-from mta.spool.spool import DsnMark, NewMessage, Spool, SpoolStats
+from mta.spool.spool import Spool
 from mta.spool.views import AttemptView, EventView, MessageView, RecipientView, SuppressionView
+from mta.spool.writer import SpoolStats
 
 __all__ = [
-    "Spool", "NewMessage", "DsnMark", "SpoolStats", "RecoveryReport", "MessageFilter",
-    "MessageView", "RecipientView", "AttemptView", "SuppressionView", "EventView", "BodyStore",
+    "AttemptView",
+    "BodyStore",
+    "DsnMark",
+    "EventView",
+    "Ledger",
+    "MessageFilter",
+    "MessageView",
+    "NewMessage",
+    "RecipientView",
+    "RecoveryReport",
     "SegmentStore",
+    "Spool",
+    "SpoolStats",
+    "SuppressionView",
 ]

@@ -43,13 +43,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from mta.core.envelope import FINAL_STATES
-from mta.spool import index
+from mta.spool import queue_sql
 
 DEFERRED = "deferred"
-FILTER_STATES = frozenset(index.ALL_STATES) | {DEFERRED}
+FILTER_STATES = frozenset(queue_sql.ALL_STATES) | {DEFERRED}
 
 _MESSAGE_COLS = "m.id, m.sender, m.received_at, m.size, m.credential, m.is_dsn, m.done"
 
@@ -163,7 +165,7 @@ def page_sql(f: MessageFilter, after: tuple[float, str] | None, limit: int, *,
             f"ORDER BY m.received_at, m.id LIMIT ?"), [*params, limit]
 
 
-def targets_sql(f: MessageFilter, from_states) -> tuple[str, list]:
+def targets_sql(f: MessageFilter, from_states: Iterable[str]) -> tuple[str, list[Any]]:
     """Recipients an operator move may touch: matching, in `from_states`,
     not leased. Returns (message_id, rcpt_idx, state) rows."""
     # Pick the driving index by hand: left alone, SQLite walks every queued

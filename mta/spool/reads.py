@@ -5,7 +5,12 @@ which sees only committed data (a separate WAL reader, never the writer's
 connection, so a caller never acts on rows of a batch that may still roll
 back).
 
-API (each takes the reader `aiosqlite.Connection`):
+API:
+    ReadSide(conn)       the reader connection behind the facades (Spool,
+                         Ledger, Suppressions): `await read(query, *args)`
+                         runs `query(conn, *args)`, refuses once closed and
+                         turns sqlite3 errors into StorageError
+  queries (each takes the reader `aiosqlite.Connection`):
     next_due_at(conn) -> float | None
     body_location(conn, queue_id) -> (segment, offset, length, body_live) | None
     dsn_candidates(conn, limit) / delay_candidates(conn, cutoff, limit) -> list[DsnCandidate]
@@ -15,10 +20,8 @@ API (each takes the reader `aiosqlite.Connection`):
     domain_summary(conn, now) -> [{domain, recipients, held, oldest_received_at,
                                    age_buckets, last_error}]
     gauges(conn) -> {recipients: {state: n}, messages_pending, oldest_pending_received_at}
-    suppressed(conn, key, scope, now) -> SuppressionView | None
-    events_after(conn, after, limit, types, recipient, credential) -> [EventView]
-    message_events(conn, queue_id) -> [EventView];  last_event_seq(conn) -> int
-    webhook_state(conn, name) -> dict | None;  webhook_states(conn) -> [dict]
+    live_segments(conn) -> {segment}
+  (the ledger's reads are ledger.py's, the suppression list's suppressions.py's)
 
 Invariant: every query is bounded by a `limit` or by one message, so memory
 follows the caller's window, not the queue size.
@@ -27,18 +30,47 @@ follows the caller's window, not the queue size.
 from __future__ import annotations
 
 import json
-
-from typing import Iterable, Sequence
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
 from mta.core.envelope import DsnCandidate, FailedRecipient
+from mta.core.errors import StorageError
 from mta.core.reply import Reply
-from mta.spool import filters, index
-from mta.spool.suppressions import view as suppression_view
-from mta.spool.views import AttemptView, EventView, MessageView, RecipientView, SuppressionView
+from mta.spool import filters, queue_sql
+from mta.spool.faults import storage_error
+from mta.spool.views import AttemptView, MessageView, RecipientView
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Row = Sequence[Any]
 
 _CHUNK = 500   # ids per IN (...) list, well under SQLite's variable limit
+
+
+class ReadSide:
+    """The reader connection, shared by the facades; `closed` is set by
+    `Spool.close` (before the connection goes)."""
+
+    def __init__(self, conn: aiosqlite.Connection):
+        self.conn = conn
+        self.closed = False
+
+    async def __call__(self, query: Callable[Concatenate[aiosqlite.Connection, P], Awaitable[T]],
+                       *args: P.args, **kwargs: P.kwargs) -> T:
+        if self.closed:
+            raise StorageError("spool is closed")
+        try:
+            return await query(self.conn, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, "reading the spool index") from exc
+
+
+async def fetchall(conn: aiosqlite.Connection, query: str,
+                   params: Iterable[Any] = ()) -> list[Row]:
+    return list(await conn.execute_fetchall(query, params))
 
 
 def _reply(text: str | None) -> Reply | None:
@@ -55,25 +87,31 @@ def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
         yield ids[i:i + _CHUNK]
 
 
-async def _rows_for(conn: aiosqlite.Connection, sql: str, ids: Sequence[str]) -> list:
-    rows: list = []
+async def _rows_for(conn: aiosqlite.Connection, sql: str, ids: Sequence[str]) -> list[Row]:
+    rows: list[Row] = []
     for chunk in _chunks(ids):
-        rows.extend(await conn.execute_fetchall(sql.format(ids=",".join("?" * len(chunk))), chunk))
+        rows.extend(await fetchall(conn, sql.format(ids=",".join("?" * len(chunk))), chunk))
     return rows
 
 
 async def next_due_at(conn: aiosqlite.Connection) -> float | None:
-    rows = await conn.execute_fetchall(index.SQL_NEXT_DUE)
+    rows = await fetchall(conn, queue_sql.SQL_NEXT_DUE)
     return rows[0][0] if rows else None
 
 
-async def body_location(conn: aiosqlite.Connection, queue_id: str):
-    rows = await conn.execute_fetchall(index.SQL_BODY_LOCATION, (queue_id,))
-    return tuple(rows[0]) if rows else None
+async def body_location(conn: aiosqlite.Connection,
+                        queue_id: str) -> tuple[int, int, int, int] | None:
+    """(segment, offset, length, body_live) of a message's body, or None."""
+    rows = await fetchall(conn, queue_sql.SQL_BODY_LOCATION, (queue_id,))
+    if not rows:
+        return None
+    segment, offset, length, live = rows[0]
+    return segment, offset, length, live
 
 
-async def _candidates(conn, head_sql: str, head_params: tuple, rcpt_sql: str) -> list[DsnCandidate]:
-    heads = await conn.execute_fetchall(head_sql, head_params)
+async def _candidates(conn: aiosqlite.Connection, head_sql: str, head_params: tuple[Any, ...],
+                      rcpt_sql: str) -> list[DsnCandidate]:
+    heads = await fetchall(conn, head_sql, head_params)
     if not heads:
         return []
     by_id: dict[str, list[FailedRecipient]] = {h[0]: [] for h in heads}
@@ -88,38 +126,38 @@ async def _candidates(conn, head_sql: str, head_params: tuple, rcpt_sql: str) ->
 
 
 async def dsn_candidates(conn: aiosqlite.Connection, limit: int) -> list[DsnCandidate]:
-    return await _candidates(conn, index.SQL_DSN_OWED, (limit,), index.SQL_DSN_OWED_RCPTS)
+    return await _candidates(conn, queue_sql.SQL_DSN_OWED, (limit,), queue_sql.SQL_DSN_OWED_RCPTS)
 
 
 async def delay_candidates(conn: aiosqlite.Connection, cutoff: float, limit: int) -> list[DsnCandidate]:
-    return await _candidates(conn, index.SQL_DELAY_OWED, (cutoff, limit), index.SQL_DELAY_OWED_RCPTS)
+    return await _candidates(conn, queue_sql.SQL_DELAY_OWED, (cutoff, limit), queue_sql.SQL_DELAY_OWED_RCPTS)
 
 
-def _message(row) -> MessageView:
+def _message(row: Row) -> MessageView:
     mid, sender, received_at, size, credential, is_dsn, done = row
     return MessageView(id=mid, sender=sender, received_at=received_at, size=size,
                        credential=credential, is_dsn=bool(is_dsn), done=bool(done))
 
 
-async def _attach_recipients(conn, views: list[MessageView]) -> None:
+async def _attach_recipients(conn: aiosqlite.Connection, views: list[MessageView]) -> None:
     by_id = {v.id: v for v in views}
     for mid, idx, address, state, attempts, next_attempt, last_reply, last_remote, last_tls in \
-            await _rows_for(conn, index.SQL_RECIPIENTS_OF, list(by_id)):
+            await _rows_for(conn, queue_sql.SQL_RECIPIENTS_OF, list(by_id)):
         by_id[mid].recipients.append(RecipientView(
             idx=idx, address=address, state=state, attempts=attempts, next_attempt=next_attempt,
             last_reply=last_reply or "", last_remote=last_remote, last_tls=last_tls))
 
 
 async def list_messages(conn: aiosqlite.Connection, limit: int, include_done: bool) -> list[MessageView]:
-    sql = index.SQL_LIST_ALL if include_done else index.SQL_LIST_PENDING
-    views = [_message(r) for r in await conn.execute_fetchall(sql, (limit,))]
+    sql = queue_sql.SQL_LIST_ALL if include_done else queue_sql.SQL_LIST_PENDING
+    views = [_message(r) for r in await fetchall(conn, sql, (limit,))]
     if views:
         await _attach_recipients(conn, views)
     return views
 
 
 async def get_message(conn: aiosqlite.Connection, queue_id: str) -> MessageView | None:
-    rows = await conn.execute_fetchall(index.SQL_GET_MESSAGE, (queue_id,))
+    rows = await fetchall(conn, queue_sql.SQL_GET_MESSAGE, (queue_id,))
     if not rows:
         return None
     view = _message(rows[0])
@@ -128,19 +166,19 @@ async def get_message(conn: aiosqlite.Connection, queue_id: str) -> MessageView 
         AttemptView(rcpt_idx=idx, at=at, duration=duration, state=state, reply=reply or "",
                     remote_host=remote_host, remote_ip=remote_ip, tls=tls, detail=detail or "")
         for idx, at, duration, state, reply, remote_host, remote_ip, tls, detail
-        in await conn.execute_fetchall(index.SQL_ATTEMPTS_OF, (queue_id,))]
+        in await conn.execute_fetchall(queue_sql.SQL_ATTEMPTS_OF, (queue_id,))]
     return view
 
 
 async def counts(conn: aiosqlite.Connection) -> dict[str, int]:
-    out = {state: 0 for state in index.COUNTED_STATES}
-    for state, n in await conn.execute_fetchall(index.SQL_COUNTS):
+    out: dict[str, int] = {state: 0 for state in queue_sql.COUNTED_STATES}
+    for state, n in await conn.execute_fetchall(queue_sql.SQL_COUNTS):
         out[state] = n
     return out
 
 
 async def _page_rows(conn: aiosqlite.Connection, f: filters.MessageFilter, limit: int,
-                     cursor: str | None) -> tuple[list, bool]:
+                     cursor: str | None) -> tuple[list[Row], bool]:
     """The message rows of one page (keyset order) and whether more follow."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
@@ -148,15 +186,15 @@ async def _page_rows(conn: aiosqlite.Connection, f: filters.MessageFilter, limit
     drive = False
     probe = filters.probe_sql(f)
     if probe is not None:
-        (n,), = await conn.execute_fetchall(*probe)
+        (n,), = await fetchall(conn, *probe)
         drive = n < filters.DRIVE_CAP
     # One extra row says whether there is a next page.
     sql, params = filters.page_sql(f, after, limit + 1, drive=drive)
-    rows = await conn.execute_fetchall(sql, params)
+    rows = await fetchall(conn, sql, params)
     return rows[:limit], len(rows) > limit
 
 
-def _next_cursor(rows, more: bool) -> str | None:
+def _next_cursor(rows: list[Row], more: bool) -> str | None:
     # rows are _MESSAGE_COLS: id first, received_at third
     return filters.encode_cursor(rows[-1][2], rows[-1][0]) if more and rows else None
 
@@ -198,14 +236,14 @@ async def list_page_json(conn: aiosqlite.Connection, f: filters.MessageFilter, l
     rows, more = await _page_rows(conn, f, limit, cursor)
     if not rows:
         return b"[]", None
-    (text,), = await conn.execute_fetchall(SQL_PAGE_JSON, (json.dumps([r[0] for r in rows]),))
+    (text,), = await fetchall(conn, SQL_PAGE_JSON, (json.dumps([r[0] for r in rows]),))
     return text.encode(), _next_cursor(rows, more)
 
 
-async def domain_summary(conn: aiosqlite.Connection, now: float) -> list[dict]:
+async def domain_summary(conn: aiosqlite.Connection, now: float) -> list[dict[str, Any]]:
     out = []
-    nb = len(index.AGE_BUCKETS)
-    for row in await conn.execute_fetchall(index.SQL_DOMAIN_SUMMARY, (now,)):
+    nb = len(queue_sql.AGE_BUCKETS)
+    for row in await conn.execute_fetchall(queue_sql.SQL_DOMAIN_SUMMARY, (now,)):
         domain, n, held, oldest = row[:4]
         stamped = row[4 + nb]
         out.append({
@@ -213,76 +251,20 @@ async def domain_summary(conn: aiosqlite.Connection, now: float) -> list[dict]:
             "recipients": n,
             "held": held or 0,
             "oldest_received_at": oldest,
-            "age_buckets": dict(zip(index.AGE_BUCKETS, (c or 0 for c in row[4:4 + nb]))),
-            "last_error": stamped[index.STAMP_WIDTH:] if stamped else None,
+            "age_buckets": dict(zip(queue_sql.AGE_BUCKETS, (c or 0 for c in row[4:4 + nb]))),
+            "last_error": stamped[queue_sql.STAMP_WIDTH:] if stamped else None,
         })
     return out
 
 
-async def gauges(conn: aiosqlite.Connection) -> dict:
-    recipients = {state: 0 for state in index.ALL_STATES}
-    for state, n in await conn.execute_fetchall(index.SQL_COUNTS):
+async def gauges(conn: aiosqlite.Connection) -> dict[str, Any]:
+    recipients: dict[str, int] = {state: 0 for state in queue_sql.ALL_STATES}
+    for state, n in await conn.execute_fetchall(queue_sql.SQL_COUNTS):
         recipients[state] = n
-    (pending, oldest), = await conn.execute_fetchall(index.SQL_PENDING_MESSAGES)
+    (pending, oldest), = await fetchall(conn, queue_sql.SQL_PENDING_MESSAGES)
     return {"recipients": recipients, "messages_pending": pending,
             "oldest_pending_received_at": oldest}
 
 
 async def live_segments(conn: aiosqlite.Connection) -> set[int]:
-    return {r[0] for r in await conn.execute_fetchall(index.SQL_LIVE_SEGMENTS)}
-
-
-async def any_suppression(conn: aiosqlite.Connection) -> bool:
-    rows = await conn.execute_fetchall("SELECT EXISTS(SELECT 1 FROM suppressions)")
-    return bool(rows[0][0])
-
-
-async def suppressed(conn: aiosqlite.Connection, key: str, scope: str,
-                     now: float) -> SuppressionView | None:
-    rows = await conn.execute_fetchall(index.SQL_SUPPRESSED, (key, scope, now))
-    return suppression_view(rows[0]) if rows else None
-
-
-def _event(row) -> EventView:
-    seq, at, etype, queue_id, recipient, credential, detail = row
-    try:
-        parsed = json.loads(detail) if detail else {}
-    except ValueError:
-        parsed = {"raw": detail}   # never hide an event behind a bad detail
-    return EventView(seq=seq, at=at, type=etype, queue_id=queue_id, recipient=recipient,
-                     credential=credential, detail=parsed)
-
-
-async def events_after(conn: aiosqlite.Connection, after: int, limit: int, types,
-                       recipient: str | None, credential: str | None) -> list[EventView]:
-    sql, params = index.events_after_sql(after, limit, types, recipient, credential)
-    return [_event(r) for r in await conn.execute_fetchall(sql, params)]
-
-
-async def event_payloads_after(conn: aiosqlite.Connection, after: int, limit: int, types,
-                               credential: str | None) -> list[tuple[int, bytes]]:
-    sql, params = index.events_after_sql(after, limit, types, None, credential,
-                                         cols=index.EVENT_PAYLOAD_COLS)
-    return [(seq, payload) for seq, payload in await conn.execute_fetchall(sql, params)]
-
-
-async def message_events(conn: aiosqlite.Connection, queue_id: str) -> list[EventView]:
-    return [_event(r) for r in await conn.execute_fetchall(index.SQL_MESSAGE_EVENTS, (queue_id,))]
-
-
-async def last_event_seq(conn: aiosqlite.Connection) -> int:
-    rows = await conn.execute_fetchall(index.SQL_LAST_EVENT_SEQ)
-    return (rows[0][0] or 0) if rows else 0
-
-
-def _webhook(row) -> dict:
-    return dict(zip(("name", *index.WEBHOOK_FIELDS), row))
-
-
-async def webhook_state(conn: aiosqlite.Connection, name: str) -> dict | None:
-    rows = await conn.execute_fetchall(index.SQL_WEBHOOK_STATE, (name,))
-    return _webhook(rows[0]) if rows else None
-
-
-async def webhook_states(conn: aiosqlite.Connection) -> list[dict]:
-    return [_webhook(r) for r in await conn.execute_fetchall(index.SQL_WEBHOOK_STATES)]
+    return {r[0] for r in await conn.execute_fetchall(queue_sql.SQL_LIVE_SEGMENTS)}

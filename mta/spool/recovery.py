@@ -29,9 +29,10 @@ from pathlib import Path
 
 import aiosqlite
 
-from mta.core.logfmt import event
 from mta.core.errors import StorageError
-from mta.spool import index
+from mta.core.logfmt import event
+from mta.spool import queue_sql
+from mta.spool.reads import fetchall
 from mta.spool.segments import HEADER, scan_segments, segment_name
 
 log = logging.getLogger("mta.spool")
@@ -94,8 +95,8 @@ async def recover(conn: aiosqlite.Connection, segment_dir: Path, *, index_create
     # S5 + S6: one transaction, so a crash here leaves the old (equally valid) state.
     await conn.execute("BEGIN IMMEDIATE")
     try:
-        report.leased_reset = (await conn.execute(index.SQL_RESET_LEASES)).rowcount
-        report.flags_fixed = (await conn.execute(index.SQL_RECOMPUTE_ALL_FLAGS)).rowcount
+        report.leased_reset = (await conn.execute(queue_sql.SQL_RESET_LEASES)).rowcount
+        report.flags_fixed = (await conn.execute(queue_sql.SQL_RECOMPUTE_ALL_FLAGS)).rowcount
         await conn.execute("COMMIT")
     except BaseException:
         await conn.execute("ROLLBACK")
@@ -106,16 +107,16 @@ async def recover(conn: aiosqlite.Connection, segment_dir: Path, *, index_create
         event(log, "recovery_flags_fixed", logging.WARNING, messages=report.flags_fixed)
 
     files = await asyncio.to_thread(scan_segments, segment_dir)
-    live = {r[0] for r in await conn.execute_fetchall(index.SQL_LIVE_SEGMENTS)}
-    ends = {seg: end for seg, end in await conn.execute_fetchall(index.SQL_SEGMENT_ENDS, (HEADER.size,))}
-    max_db = (await conn.execute_fetchall(index.SQL_MAX_SEGMENT))[0][0] or 0
+    live = {r[0] for r in await fetchall(conn, queue_sql.SQL_LIVE_SEGMENTS)}
+    ends = {seg: end for seg, end in await fetchall(conn, queue_sql.SQL_SEGMENT_ENDS, (HEADER.size,))}
+    max_db = (await fetchall(conn, queue_sql.SQL_MAX_SEGMENT))[0][0] or 0
     report.segments_live = len(live)
 
     # S10: live rows pointing at a missing file or past its end.
     corrupt: list[str] = []
     for seg in sorted(live):
         size = files.get(seg, -1)
-        rows = await conn.execute_fetchall(index.SQL_LIVE_IN_SEGMENT_PAST, (seg, HEADER.size, size))
+        rows = await fetchall(conn, queue_sql.SQL_LIVE_IN_SEGMENT_PAST, (seg, HEADER.size, size))
         if rows:
             what = "is missing" if size < 0 else f"is only {size} bytes"
             event(log, "recovery_bodies_lost", logging.ERROR, segment=segment_name(seg),

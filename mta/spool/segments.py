@@ -46,13 +46,14 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
-from mta.core.logfmt import event
-from mta.core.files import fsync_dir
 from mta.core.errors import StorageError
+from mta.core.files import fsync_dir
+from mta.core.logfmt import event
 
 log = logging.getLogger("mta.spool")
 
@@ -94,15 +95,11 @@ def parse_segment_name(name: str) -> int | None:
     return None
 
 
-def record_size(length: int) -> int:
-    return HEADER.size + length
-
-
 def _qid_bytes(queue_id: str) -> bytes:
     return queue_id.encode("ascii", "replace")[:16].ljust(16, b"\0")
 
 
-def scan_segments(directory: str | os.PathLike) -> dict[int, int]:
+def scan_segments(directory: str | os.PathLike[str]) -> dict[int, int]:
     """{segment number: file size} for every segment file in `directory`."""
     out: dict[int, int] = {}
     with os.scandir(directory) as it:
@@ -184,7 +181,7 @@ class StoredBody:
         if crc != want:
             raise StorageError(f"segment {self.segment}: record at {self.offset} fails its crc32")
 
-    def iter_chunks(self, size: int = CHUNK) -> Iterator[bytes]:
+    def iter_chunks(self, size: int = CHUNK) -> Generator[bytes, None, None]:
         fd, want = self._open()
         try:
             pos, crc = 0, 0

@@ -1,12 +1,16 @@
 """`Spool`: the facade the server, runtime, admin API and CLI code against.
 
-One job: wire the index (index.py), the body store (segments.py), the
-group-commit writer (writer.py), the read queries (reads.py) and recovery
-(recovery.py) behind the public API below, and own the spool directory.
+One job: own the spool directory and wire the index (index.py), the body
+store (segments.py), the group-commit writer (writer.py), the read queries
+(reads.py) and recovery (recovery.py) behind the queue's API below; beside
+it, `spool.ledger` (ledger.py: events, webhook cursors, pruning,
+idempotency keys) and `spool.suppressions` (suppressions.py: the per-RCPT
+lookup) share its writer and reader.
 
 API:
     spool = await Spool.open(state_dir, *, now, suppression=None)  # dirs, lock, recovery
     spool.recovery: RecoveryReport;  spool.stats: SpoolStats
+    spool.ledger: Ledger;  spool.suppressions: Suppressions
     await spool.enqueue(NewMessage, now, *, dsn_for: DsnMark | None = None,
                         idempotency_window: float = 86400) -> queue id
     await spool.lease_due(now, limit) -> list[QueuedRecipient]
@@ -14,7 +18,6 @@ API:
     await spool.record([RecipientUpdate, ...], *, outcomes=[AddressOutcome, ...])
     await spool.record_async(queue_id, rcpt_idx, *, state, reply, detail, at, outcomes=(),
                              event_detail=None) -> bool
-    await spool.suppressed(address, scope, *, now=None) -> SuppressionView | None
     await spool.next_due_at() -> float | None
     await spool.read_body(queue_id, *, limit=None) -> bytes   (limit: its first bytes)
     await spool.open_body(queue_id) -> StoredBody            (read in pieces: large bodies)
@@ -25,15 +28,13 @@ API:
     await spool.hold_messages(f, now) / release_messages(f, now) / retry_messages(f, now)
     await spool.bounce_messages(f, now, reply) / delete_messages(f, now)   -> recipients moved
     await spool.list_page(f, limit, cursor) -> ([MessageView], next cursor | None)
+    await spool.list_page_json(f, limit, cursor) -> (JSON bytes, next cursor | None)
     await spool.domain_summary(now) -> [dict];  await spool.gauges() -> dict
-  the ledger (issue 6; which op writes which event: writer.py):
-    await spool.append_events([LedgerEvent, ...])        # events with no state change
-    await spool.events_after(after_seq, limit, *, types=None, recipient=None,
-                             credential=None) -> [EventView]   # seq order
-    await spool.message_events(queue_id) -> [EventView];  await spool.last_event_seq() -> int
-    await spool.prune_events(before, batch=1000) / prune_idempotency(before, batch=1000) -> n
-    await spool.webhook_state(name) -> dict | None;  await spool.webhook_states() -> [dict]
-    await spool.set_webhook_state(name, *, cursor=None, failing_since=UNSET, …)
+  kept for callers of the old names (this wave; new code uses the nouns):
+    spool.suppressed(…) = spool.suppressions.suppressed(…); spool.append_events,
+    events_after, event_payloads_after, message_events, last_event_seq,
+    prune_events, prune_idempotency, webhook_state, webhook_states,
+    set_webhook_state = the same methods of spool.ledger
 
 Invariants:
 - `enqueue` returns only after the commit point (see the package docstring);
@@ -42,139 +43,68 @@ Invariants:
   `open` fails with StorageError instead of corrupting the first.
 - Writes go through the writer task; reads use a separate reader connection
   that only ever sees committed rows.
-- Operator moves (index.OPERATOR_MOVES) never touch a leased recipient:
-  an attempt is in flight and its record decides; the count returned says
-  how many moved, and the operator repeats the action if needed. Each call
-  is one transaction in the group-commit writer, committed with
-  synchronous=NORMAL like any record (a power loss may undo it; a SIGKILL
-  cannot). A large selection is one transaction too: the writer (and so
-  every enqueue) waits for it: ~0.6 s to hold 100,000 recipients here.
-- Ledger (issue 6): every write above that changes a recipient or message
-  writes its events in the same transaction (the package docstring, "The
-  ledger"). A reader that pages with `events_after(cursor)` never misses an
-  event: seqs are assigned by the one writer at commit, so every seq up to
-  the newest visible one is visible (none commits later with a smaller seq).
-- Idempotency (issue 6): an enqueue with `NewMessage.idempotency_key` whose
-  (credential, key) was used within `idempotency_window` seconds of `now`
-  returns the first message's queue id and queues nothing (writer.py).
+- Every recipient move is checked by `core.envelope.RECIPIENT_MACHINE`
+  (attempts.py, steering.py). Operator moves never touch a leased
+  recipient: an attempt is in flight and its record decides; the count
+  returned says how many moved, and the operator repeats the action if
+  needed. Each call is one transaction in the group-commit writer,
+  committed with synchronous=NORMAL like any record (a power loss may undo
+  it; a SIGKILL cannot). A large selection is one transaction too: the
+  writer (and so every enqueue) waits for it: ~0.6 s to hold 100,000
+  recipients here.
+- Every write above that changes a recipient or message writes its ledger
+  events in the same transaction (the package docstring, "The ledger"); an
+  enqueue repeating a live idempotency key queues nothing and returns the
+  first id (acceptance.py).
 - Suppression (issue 4): `suppression` is a `mta.policy.suppression.
-  SuppressionRules` (any object with its `suppresses_after_soft` /
-  `expiry_for`; this layer cannot import policy). Address outcomes commit in
-  the same transaction as the recipient updates they describe, so a crash
-  never records a hard bounce without its suppression or the reverse.
+  SuppressionRules` (anything with its `suppresses_after_soft` / `expiry_for`:
+  suppressions.RulesLike; this layer cannot import policy). Address outcomes
+  commit in the same transaction as the recipient updates they describe.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import json
+import dataclasses
 import logging
 import os
-import re
 import sqlite3
-import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import aiosqlite
 
-from mta.core.logfmt import event
-from mta.core.envelope import (BOUNCED, AddressOutcome, DsnCandidate, LedgerEvent,
-                               QueuedRecipient, RecipientUpdate)
+from mta.core.envelope import (
+    AddressOutcome,
+    DsnCandidate,
+    LedgerEvent,
+    QueuedRecipient,
+    RecipientState,
+    RecipientUpdate,
+)
 from mta.core.errors import StorageError
-from mta.core.ids import new_queue_id
-from mta.core.reply import Reply
-from mta.spool import index, reads
-from mta.spool.filters import MessageFilter
-from mta.spool.faults import storage_error
-from mta.spool.recovery import RecoveryReport, check_index_present, recover
 from mta.core.files import fsync_dir
+from mta.core.logfmt import event
+from mta.core.reply import Reply
+from mta.core.stores import EventView, SuppressionView
+from mta.spool import index, reads
+from mta.spool.acceptance import IDEMPOTENCY_WINDOW, DsnMark, NewMessage, pending_message
+from mta.spool.attempts import async_report
+from mta.spool.faults import storage_error
+from mta.spool.filters import MessageFilter
+from mta.spool.layout import SpoolPaths, make_dirs, take_lock
+from mta.spool.ledger import Ledger
+from mta.spool.ops import ASYNC, ENQUEUE, LEASE, RECLAIM, RECORD, RELEASE, STEER, SteerOp
+from mta.spool.recovery import RecoveryReport, check_index_present, recover
 from mta.spool.segments import SEGMENT_MAX_BYTES, SegmentStore, StoredBody
-from mta.spool.suppressions import RulesLike, address_key
-from mta.spool.views import EventView, MessageView, SuppressionView
-from mta.spool.writer import (ASYNC, ENQUEUE, EVENTS, LEASE, PRUNE, RECLAIM, RECORD, RELEASE,
-                              STEER, WEBHOOK, AsyncReport, PendingMessage, PruneOp, SpoolStats,
-                              SteerOp, Writer)
+from mta.spool.suppressions import RulesLike, Suppressions
+from mta.spool.views import MessageView
+from mta.spool.writer import SpoolStats, Writer
+
+__all__ = ["DsnMark", "NewMessage", "Spool", "SpoolStats"]
 
 log = logging.getLogger("mta.spool")
-
-DSN_KINDS = {"failure": "sent", "delay": "delay_sent"}
-SUPPRESSION_RECHECK = 5.0   # seconds; see Spool._suppressions_exist
-IDEMPOTENCY_WINDOW = 86400.0   # [ledger] idempotency_window's default
-UNSET = object()   # set_webhook_state: "leave this field as it is"
-# Message-ID for the `received` event: searched in the header block only
-# (up to HEADER_SCAN bytes), ~1 µs for a usual header.
-HEADER_SCAN = 65536
-_MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*(<[^>\r\n]{1,900}>)")
-
-
-@dataclass(frozen=True)
-class NewMessage:
-    sender: str                  # "" = null reverse path
-    recipients: tuple[str, ...]  # "local@domain" with normalised domain
-    body: bytes                  # complete message, CRLF line endings
-    credential: str | None = None
-    listener: str = ""
-    client_ip: str = ""
-    is_dsn: bool = False
-    # Chosen by the caller when it must name the id before the commit point
-    # (the Received: header carries it); else the spool makes one.
-    queue_id: str | None = None
-    # Accept-and-record ([suppression] on_rcpt = "accept"): (rcpt index, reply
-    # text) of recipients on the suppression list. They are stored final in
-    # state 'suppressed' with that reply as last_reply: never attempted, no
-    # DSN owed; a message whose recipients are all suppressed is done at once.
-    suppressed: tuple[tuple[int, str], ...] = ()
-    # Idempotent submission (issue 6): a repeat of this key from the same
-    # credential within the window queues nothing and gets the first id.
-    idempotency_key: str | None = None
-    # A large message (issue 10 item 3): `body` is its head and this
-    # core.spill.SpillFile the rest; the writer copies it into the segment
-    # in bounded pieces. The caller keeps it open until enqueue returns.
-    tail: Any = None
-
-
-@dataclass(frozen=True)
-class DsnMark:
-    """Marks recipients of an original message as notified, in the same
-    transaction that enqueues the DSN (crash states S7/S8)."""
-    queue_id: str
-    rcpt_idxs: tuple[int, ...]
-    kind: str                    # "failure" → dsn_state='sent'; "delay" → 'delay_sent'
-
-
-def _message_id(body: bytes) -> str | None:
-    end = body.find(b"\r\n\r\n", 0, HEADER_SCAN)
-    m = _MESSAGE_ID.search(body, 0, end if end >= 0 else min(len(body), HEADER_SCAN))
-    return m.group(1).decode("utf-8", "replace") if m else None
-
-
-def _make_dirs(*dirs: Path) -> None:
-    # A directory we create must itself be durable before anything in it is.
-    for d in dirs:
-        if not d.is_dir():
-            d.mkdir(mode=0o700)
-            fsync_dir(d.parent)
-
-
-def _lock(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StorageError(f"{path} is locked: another mta process owns this spool") from None
-    return fd
-
-
-def _event_types(limit: int, types: Sequence[str] | None) -> list[str] | None:
-    """The ledger reads' argument check: types deduplicated ([] matches
-    nothing), or None for every type."""
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, not {limit}")
-    return None if types is None else list(dict.fromkeys(types))
 
 
 class Spool:
@@ -188,34 +118,30 @@ class Spool:
         self.stats = SpoolStats()
         self.opened_at = opened_at
         self._conn = conn
-        self._reader = reader
         self._store = store
         self._lock_fd = lock_fd
         self._writer = Writer(conn, store, self.stats, suppression)
-        self._closed = False
-        # See `suppressed`: whether the suppression list may be non-empty.
-        self._suppressions_seen = False
-        self._suppressions_checked = float("-inf")
+        self._read = reads.ReadSide(reader)
+        self.ledger = Ledger(self._writer, self._read)
+        self.suppressions = Suppressions(self._read)
 
     @classmethod
-    async def open(cls, state_dir: str | os.PathLike, *, now: float,
+    async def open(cls, state_dir: str | os.PathLike[str], *, now: float,
                    segment_max_bytes: int = SEGMENT_MAX_BYTES,
-                   suppression: RulesLike | None = None) -> "Spool":
-        state = Path(state_dir)
-        root = state / "spool"
-        segdir = root / "segments"
-        index_path = root / "index.sqlite3"
+                   suppression: RulesLike | None = None) -> Spool:
+        paths = SpoolPaths.of(state_dir)
+        root, segdir = paths.root, paths.segments
         conn = reader = None
         lock_fd = -1
         try:
-            await asyncio.to_thread(_make_dirs, state, root, segdir)
-            lock_fd = await asyncio.to_thread(_lock, root / "lock")
-            created = await asyncio.to_thread(check_index_present, index_path, segdir)
-            conn = await index.connect(index_path)
+            await asyncio.to_thread(make_dirs, paths.state, root, segdir)
+            lock_fd = await asyncio.to_thread(take_lock, paths.lock)
+            created = await asyncio.to_thread(check_index_present, paths.index, segdir)
+            conn = await index.connect(paths.index)
             if created:
                 await asyncio.to_thread(fsync_dir, root)
             report = await recover(conn, segdir, index_created=created)
-            reader = await index.connect(index_path, reader=True)
+            reader = await index.connect(paths.index, reader=True)
         except BaseException as exc:
             for c in (reader, conn):
                 if c is not None:
@@ -237,43 +163,16 @@ class Spool:
 
     async def enqueue(self, msg: NewMessage, now: float, *, dsn_for: DsnMark | None = None,
                       idempotency_window: float = IDEMPOTENCY_WINDOW) -> str:
-        if not msg.recipients:
-            raise ValueError("a message needs at least one recipient")
-        mark = None
-        if dsn_for is not None:
-            if dsn_for.kind not in DSN_KINDS:
-                raise ValueError(f"unknown DSN kind {dsn_for.kind!r}")
-            mark = (dsn_for.queue_id, tuple(dsn_for.rcpt_idxs), dsn_for.kind)
-        suppressed = tuple((int(i), str(why)) for i, why in msg.suppressed)
-        idxs = [i for i, _ in suppressed]
-        if len(set(idxs)) != len(idxs) or not all(0 <= i < len(msg.recipients) for i in idxs):
-            raise ValueError(f"bad suppressed recipient indexes {idxs} for "
-                             f"{len(msg.recipients)} recipients")
-        body = bytes(msg.body)
-        size = len(body) + (msg.tail.length if msg.tail is not None else 0)
-        detail = {"sender": msg.sender, "recipients": len(msg.recipients), "size": size,
-                  "listener": msg.listener, "client_ip": msg.client_ip}
-        message_id = _message_id(body)
-        if message_id:
-            detail["message_id"] = message_id
-        if dsn_for is not None:
-            detail.update(dsn_for=dsn_for.queue_id, dsn_kind=dsn_for.kind)
-        if msg.idempotency_key is not None:
-            detail["idempotency_key"] = msg.idempotency_key
-        pending = PendingMessage(
-            queue_id=msg.queue_id or new_queue_id(now), sender=msg.sender, recipients=tuple(msg.recipients),
-            body=body, received_at=now, credential=msg.credential,
-            listener=msg.listener, client_ip=msg.client_ip, is_dsn=msg.is_dsn,
-            dsn_for=dsn_for.queue_id if dsn_for is not None else None, dsn_mark=mark,
-            suppressed=suppressed, received_detail=json.dumps(detail),
-            idempotency_key=msg.idempotency_key, idempotency_window=float(idempotency_window),
-            tail=msg.tail)
-        return await self._writer.submit(ENQUEUE, pending)
+        pending = pending_message(msg, now, dsn_for=dsn_for,
+                                  idempotency_window=idempotency_window)
+        queue_id: str = await self._writer.submit(ENQUEUE, pending)
+        return queue_id
 
     async def lease_due(self, now: float, limit: int) -> list[QueuedRecipient]:
         if limit <= 0:
             return []
-        return await self._writer.submit(LEASE, (now, limit))
+        leased: list[QueuedRecipient] = await self._writer.submit(LEASE, (now, limit))
+        return leased
 
     async def release(self, items: Iterable[tuple[str, int]]) -> None:
         pairs = [(qid, idx) for qid, idx in items]
@@ -285,9 +184,9 @@ class Spool:
         """Persist attempt results, and the address outcomes they imply
         (suppression), in one transaction."""
         updates, outcomes = list(updates), list(outcomes)
-        self._note_outcomes(outcomes)
+        self.suppressions.note(outcomes)
         for u in updates:
-            if u.state not in index.STATE_TRANSITIONS:
+            if u.state not in _STATE_VALUES:
                 raise ValueError(f"unknown recipient state {u.state!r}")
         if updates or outcomes:
             await self._writer.submit(RECORD, (updates, outcomes))
@@ -295,92 +194,30 @@ class Spool:
     async def record_async(self, queue_id: str, rcpt_idx: int, *, state: str,
                            reply: Reply | None, detail: str, at: float,
                            outcomes: Sequence[AddressOutcome] = (),
-                           event_detail: dict | None = None) -> bool:
+                           event_detail: dict[str, Any] | None = None) -> bool:
         """Record a bounce (state "bounced") or complaint (state "": the
         recipient keeps its state) that arrived by mail, possibly after the
         recipient was delivered. One transaction: an attempts row (state
         "async_bounce", "complaint" when an outcome is a complaint, else
         "async_report"; `detail` in attempts.detail), the delivered/queued →
-        bounced move (index.ASYNC_TRANSITIONS; no DSN is owed for it: the
-        report came to our VERP path and the body may be gone), and the
-        outcomes. Returns False, writing nothing, when the recipient is
+        bounced move (core.envelope.ASYNC_BOUNCE_MACHINE; no DSN is owed for
+        it: the report came to our VERP path and the body may be gone), and
+        the outcomes. Returns False, writing nothing, when the recipient is
         unknown. Committed with synchronous=NORMAL like any record.
 
         Ledger: `bounced` (sync=false) when the recipient moved, `complained`
         when an outcome is a complaint; detail has rcpt_idx, reply, status,
         diagnostic (= `detail`), then `event_detail` merged over them (the
         runtime passes class/reason, and feedback_type for a complaint)."""
-        if state not in (BOUNCED, ""):
-            raise ValueError(f"record_async state must be 'bounced' or '', not {state!r}")
-        outcomes = tuple(outcomes)
-        self._note_outcomes(outcomes)
-        if state:
-            kind = "async_bounce"
-        elif any(o.kind == "complaint" for o in outcomes):
-            kind = "complaint"
-        else:
-            kind = "async_report"
-        extra = {"status": (reply.esc or None) if reply is not None else None,
-                 **(event_detail or {})}
-        report = AsyncReport(queue_id=queue_id, rcpt_idx=int(rcpt_idx), state=state,
-                             attempt_state=kind, reply=str(reply) if reply is not None else None,
-                             detail=detail, at=at, outcomes=outcomes, event_detail=extra)
-        return await self._writer.submit(ASYNC, report)
+        report = async_report(queue_id, rcpt_idx, state=state, reply=reply, detail=detail,
+                              at=at, outcomes=tuple(outcomes), event_detail=event_detail)
+        self.suppressions.note(report.outcomes)
+        known: bool = await self._writer.submit(ASYNC, report)
+        return known
 
     async def reclaim(self) -> int:
-        return await self._writer.submit(RECLAIM, None)
-
-    # -- the ledger (issue 6) ----------------------------------------------------------
-
-    async def append_events(self, events: Sequence[LedgerEvent]) -> None:
-        """Append events that go with no state change (`rejected` at
-        submission, `suppressed` refused at RCPT), through the writer: they
-        share the next batch's transaction (synchronous=NORMAL unless it has
-        enqueues: a power loss may lose them, a SIGKILL cannot). An empty
-        credential is filled with the message's when queue_id names one."""
-        events = list(events)
-        for e in events:
-            if not isinstance(e, LedgerEvent):
-                raise TypeError(f"expected a LedgerEvent, got {type(e).__name__}")
-            json.dumps(e.detail)   # fail here, in the caller, not in the batch
-        if events:
-            await self._writer.submit(EVENTS, events)
-
-    async def prune_events(self, before: float, batch: int = 1000) -> int:
-        """Delete at most `batch` of the oldest events with at < `before`;
-        returns how many. Small batches keep the writer (and so every
-        enqueue) waiting only briefly: call again, with a pause, while it
-        returns `batch`."""
-        return await self._prune("events", before, batch)
-
-    async def prune_idempotency(self, before: float, batch: int = 1000) -> int:
-        """Delete at most `batch` idempotency keys created before `before`
-        (keys past their window are already ignored; this only frees space)."""
-        return await self._prune("idempotency", before, batch)
-
-    async def _prune(self, table: str, before: float, batch: int) -> int:
-        if batch < 1:
-            raise ValueError(f"batch must be at least 1, not {batch}")
-        return await self._writer.submit(PRUNE, PruneOp(table, float(before), int(batch)))
-
-    async def set_webhook_state(self, name: str, *, cursor: int | None = None,
-                                failing_since=UNSET, next_attempt=UNSET, attempts=UNSET,
-                                last_error=UNSET, state=UNSET) -> None:
-        """Create or update the delivery state of webhook `name`. Fields left
-        out keep their value (a new row starts at cursor 0, attempts 0,
-        state "ok", the others None); pass None to clear failing_since,
-        next_attempt or last_error. cursor=None leaves the cursor alone; any
-        int sets it (also backwards: replay). Through the writer, committed
-        with synchronous=NORMAL: a power loss may forget the last cursor
-        advance, so events are re-sent (with the same webhook-id)."""
-        fields = {k: v for k, v in (("cursor", cursor), ("failing_since", failing_since),
-                                    ("next_attempt", next_attempt), ("attempts", attempts),
-                                    ("last_error", last_error), ("state", state))
-                  if v is not UNSET and not (k == "cursor" and v is None)}
-        for k in ("cursor", "attempts", "state"):
-            if k in fields and fields[k] is None:
-                raise ValueError(f"webhook state {k} cannot be None")
-        await self._writer.submit(WEBHOOK, (str(name), fields))
+        unlinked: int = await self._writer.submit(RECLAIM, None)
+        return unlinked
 
     # -- operator moves (issue 5): recipients the filter selects, never leased ones ---
 
@@ -417,18 +254,19 @@ class Spool:
                      reply: str | None = None) -> int:
         if not isinstance(f, MessageFilter):
             raise TypeError(f"expected a MessageFilter, got {type(f).__name__}")
-        return await self._writer.submit(STEER, SteerOp(action, f, now, reply))
+        moved: int = await self._writer.submit(STEER, SteerOp(action, f, now, reply))
+        return moved
 
     # -- reads (reader connection: committed data only) -------------------------------
 
     async def next_due_at(self) -> float | None:
-        return await self._read(reads.next_due_at(self._reader))
+        return await self._read(reads.next_due_at)
 
     async def open_body(self, queue_id: str) -> StoredBody:
         """The body as a StoredBody (read in pieces, crc-checked at the end):
         what delivery uses for a message over core.spill.HEAD_BYTES. KeyError
         when the message is unknown or its body no longer kept."""
-        loc = await self._read(reads.body_location(self._reader, queue_id))
+        loc = await self._read(reads.body_location, queue_id)
         if loc is None:
             raise KeyError(queue_id)
         segment, offset, length, live = loc
@@ -439,7 +277,7 @@ class Spool:
     async def read_body(self, queue_id: str, *, limit: int | None = None) -> bytes:
         """The whole body, or with `limit` its first `limit` bytes at most
         (a DSN needs the header block only; no crc check then)."""
-        loc = await self._read(reads.body_location(self._reader, queue_id))
+        loc = await self._read(reads.body_location, queue_id)
         if loc is None:
             raise KeyError(queue_id)
         segment, offset, length, live = loc
@@ -455,160 +293,117 @@ class Spool:
             raise storage_error(exc, f"reading body of {queue_id}") from exc
 
     async def dsn_candidates(self, limit: int = 100) -> list[DsnCandidate]:
-        return await self._read(reads.dsn_candidates(self._reader, limit))
+        return await self._read(reads.dsn_candidates, limit)
 
     async def delay_candidates(self, now: float, after: float, limit: int = 100) -> list[DsnCandidate]:
-        return await self._read(reads.delay_candidates(self._reader, now - after, limit))
+        return await self._read(reads.delay_candidates, now - after, limit)
 
     async def list_messages(self, limit: int = 1000, include_done: bool = False) -> list[MessageView]:
-        return await self._read(reads.list_messages(self._reader, limit, include_done))
+        return await self._read(reads.list_messages, limit, include_done)
 
     async def get_message(self, queue_id: str) -> MessageView | None:
-        return await self._read(reads.get_message(self._reader, queue_id))
+        return await self._read(reads.get_message, queue_id)
 
     async def counts(self) -> dict[str, int]:
-        return await self._read(reads.counts(self._reader))
+        return await self._read(reads.counts)
 
     async def list_page_json(self, f: MessageFilter, limit: int,
                              cursor: str | None = None) -> tuple[bytes, str | None]:
         """`list_page` as the JSON text of the messages array (built by SQLite)."""
-        return await self._read(reads.list_page_json(self._reader, f, limit, cursor))
+        return await self._read(reads.list_page_json, f, limit, cursor)
 
     async def list_page(self, f: MessageFilter, limit: int,
                         cursor: str | None = None) -> tuple[list[MessageView], str | None]:
         """One page of messages matching `f`, in (received_at, id) order,
         and the cursor of the next page (None on the last). A bad cursor is a
         ValueError. Cost follows the page, not the queue (filters.py)."""
-        return await self._read(reads.list_page(self._reader, f, limit, cursor))
+        return await self._read(reads.list_page, f, limit, cursor)
 
-    async def domain_summary(self, now: float) -> list[dict]:
+    async def domain_summary(self, now: float) -> list[dict[str, Any]]:
         """Per recipient domain over pending (queued/held) recipients:
         domain, recipients, held, oldest_received_at, age_buckets
         ({"5m": n, …, "1280m": n, "1280m+": n} by message age at `now`),
         last_error (latest last_reply of a deferred recipient, or None).
         Largest domains first."""
-        return await self._read(reads.domain_summary(self._reader, now))
+        return await self._read(reads.domain_summary, now)
 
-    async def gauges(self) -> dict:
+    async def gauges(self) -> dict[str, Any]:
         """For every metrics scrape: {"recipients": {state: n for every
         state}, "messages_pending": n, "oldest_pending_received_at": t|None,
         "spool_bytes": size of the segment files holding live bodies,
         "segments": how many}. Costs an index-only count of recipients by
         state, a seek per live segment, and a stat per segment file."""
-        out = await self._read(reads.gauges(self._reader))
-        live = await self._read(reads.live_segments(self._reader))
+        out = await self._read(reads.gauges)
+        live = await self._read(reads.live_segments)
         sizes = await asyncio.to_thread(self._store.scan)
         out["spool_bytes"] = sum(size for seg, size in sizes.items() if seg in live)
         out["segments"] = len(sizes)
         return out
 
+    # -- the old names of the ledger's and the suppression list's methods ------------
+
+    async def suppressed(self, address: str, scope: str | None, *,
+                         now: float | None = None) -> SuppressionView | None:
+        return await self.suppressions.suppressed(address, scope, now=now)
+
+    async def append_events(self, events: Sequence[LedgerEvent]) -> None:
+        await self.ledger.append_events(events)
+
     async def events_after(self, after_seq: int, limit: int, *,
                            types: Sequence[str] | None = None, recipient: str | None = None,
                            credential: str | None = None) -> list[EventView]:
-        """Up to `limit` events with seq > `after_seq`, in seq order,
-        optionally only of `types`, to exact address `recipient`, of
-        `credential` ("" = events without one). Resume with the last seq
-        returned. When fewer than `limit` come back, no event matching the
-        filters exists up to `last_event_seq()` read BEFORE this call, so a
-        filtered consumer may move its cursor there (instead of rescanning
-        unmatched events)."""
-        types = _event_types(limit, types)
-        if types == []:
-            return []
-        return await self._read(reads.events_after(self._reader, int(after_seq), int(limit),
-                                                   types, recipient, credential))
+        return await self.ledger.events_after(after_seq, limit, types=types,
+                                              recipient=recipient, credential=credential)
 
     async def event_payloads_after(self, after_seq: int, limit: int, *,
                                    types: Sequence[str] | None = None,
                                    credential: str | None = None) -> list[tuple[int, bytes]]:
-        """`events_after`, as (seq, the event's webhook payload object as
-        compact UTF-8 JSON) built by SQLite on the reader thread: the webhook
-        sender's read, with no per-event work on the event loop."""
-        types = _event_types(limit, types)
-        if types == []:
-            return []
-        return await self._read(reads.event_payloads_after(
-            self._reader, int(after_seq), int(limit), types, credential))
+        return await self.ledger.event_payloads_after(after_seq, limit, types=types,
+                                                      credential=credential)
 
     async def message_events(self, queue_id: str) -> list[EventView]:
-        """Every event of one message, in seq order (the `queue show` timeline)."""
-        return await self._read(reads.message_events(self._reader, queue_id))
+        return await self.ledger.message_events(queue_id)
 
     async def last_event_seq(self) -> int:
-        """The newest seq ever committed (0 when none); pruning never lowers it."""
-        return await self._read(reads.last_event_seq(self._reader))
+        return await self.ledger.last_event_seq()
 
-    async def webhook_state(self, name: str) -> dict | None:
-        """{name, cursor, failing_since, next_attempt, attempts, last_error,
-        state} of webhook `name`, or None before its first set_webhook_state."""
-        return await self._read(reads.webhook_state(self._reader, name))
+    async def prune_events(self, before: float, batch: int = 1000) -> int:
+        return await self.ledger.prune_events(before, batch)
 
-    async def webhook_states(self) -> list[dict]:
-        """`webhook_state` of every stored name, by name."""
-        return await self._read(reads.webhook_states(self._reader))
+    async def prune_idempotency(self, before: float, batch: int = 1000) -> int:
+        return await self.ledger.prune_idempotency(before, batch)
 
-    async def suppressed(self, address: str, scope: str | None, *,
-                         now: float | None = None) -> SuppressionView | None:
-        """The active suppression of `address`: the global entry, else the
-        one for credential `scope` (None: global only). Entries expired at
-        `now` are ignored. `now` defaults to the wall clock because callers
-        at RCPT TO have no better one; tests pass it. Two primary-key seeks
-        on the reader connection."""
-        if not await self._suppressions_exist():
-            return None
-        if now is None:
-            now = time.time()
-        return await self._read(reads.suppressed(self._reader, address_key(address),
-                                                 scope or "", now))
+    async def webhook_state(self, name: str) -> dict[str, Any] | None:
+        return await self.ledger.webhook_state(name)
 
-    async def _suppressions_exist(self) -> bool:
-        # The list is empty on new installs (and in benchmarks): then skip the
-        # per-RCPT lookup, a round trip to the reader thread. Rows this
-        # process adds set the flag at once (`_note_outcomes`); rows added by
-        # `mta suppression add/import` (another process) are seen within
-        # SUPPRESSION_RECHECK seconds.
-        if self._suppressions_seen:
-            return True
-        now = time.monotonic()
-        if now - self._suppressions_checked < SUPPRESSION_RECHECK:
-            return False
-        self._suppressions_checked = now
-        self._suppressions_seen = await self._read(reads.any_suppression(self._reader))
-        return self._suppressions_seen
+    async def webhook_states(self) -> list[dict[str, Any]]:
+        return await self.ledger.webhook_states()
 
-    def _note_outcomes(self, outcomes) -> None:
-        if any(o.kind != "delivered" for o in outcomes):
-            self._suppressions_seen = True
-
-    async def _read(self, coro):
-        if self._closed:
-            coro.close()
-            raise StorageError("spool is closed")
-        try:
-            return await coro
-        except sqlite3.Error as exc:
-            raise storage_error(exc, "reading the spool index") from exc
+    async def set_webhook_state(self, name: str, **fields: Any) -> None:
+        await self.ledger.set_webhook_state(name, **fields)
 
     # -- shutdown --------------------------------------------------------------------
 
     async def close(self) -> None:
-        if self._closed:
+        if self._read.closed:
             return
-        self._closed = True
+        self._read.closed = True
         await self._writer.stop()
         try:
             # A clean shutdown leaves no WAL to replay; failure here is harmless.
             await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass
-        await self._reader.close()
+        await self._read.conn.close()
         await self._conn.close()
         self._store.close()
         os.close(self._lock_fd)
-        event(log, "spool_closed", **_stats_fields(self.stats))
+        event(log, "spool_closed", logging.INFO, **_stats_fields(self.stats))
 
 
-def _stats_fields(stats) -> dict:
+_STATE_VALUES = frozenset(s.value for s in RecipientState)
+
+
+def _stats_fields(stats: SpoolStats) -> dict[str, int | float]:
     """The writer's counters (a dataclass of numbers) as event() fields."""
-    import dataclasses
     return {k: v for k, v in dataclasses.asdict(stats).items() if isinstance(v, (int, float))}

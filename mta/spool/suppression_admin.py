@@ -14,6 +14,8 @@ API (synchronous; `state_dir` is the daemon's server.state_dir):
     export_csv(state_dir, out) -> rows written
     SuppressionAdminError: every user-facing failure (bad address, bad CSV,
         no index, refusing to create one), with a message meant for humans.
+    SqliteSuppressionList(state_dir)   the same as a core.stores.SuppressionList
+                                       (entries = list_entries)
 
 Invariants:
 - Plain stdlib sqlite3 on the same WAL file as the daemon, busy_timeout 5 s,
@@ -48,19 +50,41 @@ import datetime as dt
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from mta.core.address import AddressError, parse_address
 from mta.core.durations import DurationError, parse_duration
 from mta.core.envelope import SUPPRESSION_REASONS
+from mta.core.stores import SuppressionView
 from mta.spool import index
-from mta.spool.suppressions import address_key, view
-from mta.spool.views import SuppressionView
+from mta.spool.layout import SpoolPaths
+from mta.spool.suppressions import (
+    SQL_SOFT_FAILURE,
+    SQL_SOFT_RESET,
+    SQL_SUPPRESS_REPLACE,
+    SQL_SUPPRESSION,
+    SQL_SUPPRESSIONS_ALL,
+    SQL_SUPPRESSIONS_OF,
+    SQL_UNSUPPRESS,
+    address_key,
+    view,
+)
 
-__all__ = ["SuppressionAdminError", "list_entries", "get", "soft_failures", "add", "remove",
-           "import_csv", "export_csv", "CSV_COLUMNS"]
+__all__ = [
+    "CSV_COLUMNS",
+    "SqliteSuppressionList",
+    "SuppressionAdminError",
+    "add",
+    "export_csv",
+    "get",
+    "import_csv",
+    "list_entries",
+    "remove",
+    "soft_failures",
+]
 
 CSV_COLUMNS = ("address", "reason", "scope", "expires", "created", "queue_id", "reply")
 _POSITIONAL = ("address", "reason", "scope", "expires")
@@ -70,8 +94,11 @@ class SuppressionAdminError(Exception):
     pass
 
 
-def _index_path(state_dir) -> Path:
-    return Path(state_dir) / "spool" / "index.sqlite3"
+StateDir = str | os.PathLike[str]
+
+
+def _index_path(state_dir: StateDir) -> Path:
+    return SpoolPaths.of(state_dir).index
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -82,12 +109,12 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _open(state_dir, *, create: bool) -> sqlite3.Connection | None:
+def _open(state_dir: StateDir, *, create: bool) -> sqlite3.Connection | None:
     path = _index_path(state_dir)
     if not path.exists():
         if not create:
             return None
-        segments = path.parent / "segments"
+        segments = SpoolPaths.of(state_dir).segments
         if segments.is_dir() and any(segments.glob("*.seg")):
             raise SuppressionAdminError(
                 f"{path} is missing but {segments} holds message segments: the spool needs "
@@ -100,6 +127,12 @@ def _open(state_dir, *, create: bool) -> sqlite3.Connection | None:
         db.executescript(index.SUPPRESSION_SCHEMA)
     except sqlite3.Error as exc:
         raise SuppressionAdminError(f"cannot open {path}: {exc}") from exc
+    return db
+
+
+def _writable(state_dir: StateDir) -> sqlite3.Connection:
+    db = _open(state_dir, create=True)
+    assert db is not None   # create=True makes the index or raises
     return db
 
 
@@ -126,7 +159,7 @@ def _check_scope(scope: str | None) -> str:
 
 # -- reads -------------------------------------------------------------------------
 
-def list_entries(state_dir, *, reason: str | None = None, scope: str | None = None,
+def list_entries(state_dir: StateDir, *, reason: str | None = None, scope: str | None = None,
                  include_expired: bool = False, now: float | None = None) -> list[SuppressionView]:
     now = time.time() if now is None else now
     if reason is not None:
@@ -136,7 +169,7 @@ def list_entries(state_dir, *, reason: str | None = None, scope: str | None = No
         return []
     with closing(db):
         out = []
-        for row in db.execute(index.SQL_SUPPRESSIONS_ALL):
+        for row in db.execute(SQL_SUPPRESSIONS_ALL):
             v = view(row)
             if reason is not None and v.reason != reason:
                 continue
@@ -148,42 +181,42 @@ def list_entries(state_dir, *, reason: str | None = None, scope: str | None = No
         return out
 
 
-def get(state_dir, address: str) -> list[SuppressionView]:
+def get(state_dir: StateDir, address: str) -> list[SuppressionView]:
     key = _key(address)
     db = _open(state_dir, create=False)
     if db is None:
         return []
     with closing(db):
-        return [view(r) for r in db.execute(index.SQL_SUPPRESSIONS_OF, (key,))]
+        return [view(r) for r in db.execute(SQL_SUPPRESSIONS_OF, (key,))]
 
 
-def soft_failures(state_dir, address: str) -> tuple[int, float, float] | None:
+def soft_failures(state_dir: StateDir, address: str) -> tuple[int, float, float] | None:
     key = _key(address)
     db = _open(state_dir, create=False)
     if db is None:
         return None
     with closing(db):
-        row = db.execute(index.SQL_SOFT_FAILURE, (key,)).fetchone()
+        row = db.execute(SQL_SOFT_FAILURE, (key,)).fetchone()
         return tuple(row) if row else None
 
 
 # -- writes ------------------------------------------------------------------------
 
-def add(state_dir, address: str, *, reason: str = "manual", scope: str = "",
+def add(state_dir: StateDir, address: str, *, reason: str = "manual", scope: str = "",
         expires: float | None = None, now: float) -> SuppressionView:
     key, reason, scope = _key(address), _check_reason(reason), _check_scope(scope)
     if expires is not None and expires <= now:
         raise SuppressionAdminError("expiry is in the past")
-    with closing(_open(state_dir, create=True)) as db:
+    with closing(_writable(state_dir)) as db:
         row = (key, scope, reason, "", "", now, expires)
         try:
-            db.execute(index.SQL_SUPPRESS_REPLACE, row)
+            db.execute(SQL_SUPPRESS_REPLACE, row)
         except sqlite3.Error as exc:
             raise SuppressionAdminError(f"cannot write the suppression list: {exc}") from exc
         return view(row)
 
 
-def remove(state_dir, address: str, scope: str = "") -> bool:
+def remove(state_dir: StateDir, address: str, scope: str = "") -> bool:
     """Delete the (address, scope) entry, and the address's soft-failure
     count so that it does not re-suppress on the next soft bounce."""
     key, scope = _key(address), _check_scope(scope)
@@ -193,9 +226,9 @@ def remove(state_dir, address: str, scope: str = "") -> bool:
     with closing(db):
         try:
             db.execute("BEGIN IMMEDIATE")
-            n = db.execute(index.SQL_UNSUPPRESS, (key, scope)).rowcount
+            n = db.execute(SQL_UNSUPPRESS, (key, scope)).rowcount
             if n:
-                db.execute(index.SQL_SOFT_RESET, (key,))
+                db.execute(SQL_SOFT_RESET, (key,))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
@@ -223,7 +256,7 @@ def _parse_time(text: str, now: float, *, what: str, relative: bool) -> float | 
         raise ValueError(f"bad {what} {text!r} (Unix time, ISO 8601"
                          f"{' or a duration like 30d' if relative else ''})") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return t.timestamp()
 
 
@@ -260,7 +293,7 @@ def _rows(path: Path, now: float) -> Iterator[tuple[int, tuple]]:
                                 created, expires)
 
 
-def import_csv(state_dir, path, now: float) -> tuple[int, int]:
+def import_csv(state_dir: StateDir, path: StateDir, now: float) -> tuple[int, int]:
     path = Path(path)
     try:
         rows = list(_rows(path, now))
@@ -269,15 +302,15 @@ def import_csv(state_dir, path, now: float) -> tuple[int, int]:
     except (ValueError, csv.Error, UnicodeDecodeError) as exc:
         raise SuppressionAdminError(f"{path}: {exc}; nothing imported") from None
     added = skipped = 0
-    with closing(_open(state_dir, create=True)) as db:
+    with closing(_writable(state_dir)) as db:
         try:
             db.execute("BEGIN IMMEDIATE")
             for _line, row in rows:
-                old = db.execute(index.SQL_SUPPRESSION, (row[0], row[1])).fetchone()
+                old = db.execute(SQL_SUPPRESSION, (row[0], row[1])).fetchone()
                 if old is not None and view(old).is_active(now):
                     skipped += 1
                     continue
-                db.execute(index.SQL_SUPPRESS_REPLACE, row)
+                db.execute(SQL_SUPPRESS_REPLACE, row)
                 added += 1
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -291,11 +324,11 @@ def import_csv(state_dir, path, now: float) -> tuple[int, int]:
 def _iso(t: float | None) -> str:
     if t is None:
         return ""
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds").replace(
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds").replace(
         "+00:00", "Z")
 
 
-def export_csv(state_dir, out: IO[str]) -> int:
+def export_csv(state_dir: StateDir, out: IO[str]) -> int:
     """Every entry, expired ones included (an export is a backup)."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
@@ -305,3 +338,35 @@ def export_csv(state_dir, out: IO[str]) -> int:
                     v.queue_id, v.reply))
         n += 1
     return n
+
+
+class SqliteSuppressionList:
+    """The functions above as a `core.stores.SuppressionList` over one state
+    dir: the embedded default of the operator's suppression list."""
+
+    def __init__(self, state_dir: StateDir):
+        self.state_dir = state_dir
+
+    def entries(self, *, reason: str | None = None, scope: str | None = None,
+                include_expired: bool = False, now: float | None = None) -> list[SuppressionView]:
+        return list_entries(self.state_dir, reason=reason, scope=scope,
+                            include_expired=include_expired, now=now)
+
+    def get(self, address: str) -> list[SuppressionView]:
+        return get(self.state_dir, address)
+
+    def soft_failures(self, address: str) -> tuple[int, float, float] | None:
+        return soft_failures(self.state_dir, address)
+
+    def add(self, address: str, *, reason: str = "manual", scope: str = "",
+            expires: float | None = None, now: float) -> SuppressionView:
+        return add(self.state_dir, address, reason=reason, scope=scope, expires=expires, now=now)
+
+    def remove(self, address: str, scope: str = "") -> bool:
+        return remove(self.state_dir, address, scope)
+
+    def import_csv(self, path: StateDir, now: float) -> tuple[int, int]:
+        return import_csv(self.state_dir, path, now)
+
+    def export_csv(self, out: IO[str]) -> int:
+        return export_csv(self.state_dir, out)

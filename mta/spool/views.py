@@ -1,8 +1,10 @@
 """Read models of the queue for the admin API and the CLI.
 
 One job: plain dataclasses that `Spool.list_messages` / `get_message` /
-`suppressed` / `events_after` / `message_events` (and suppression_admin.py) return, each with `to_dict()` for JSON output (a public interface: keep the
-keys stable).
+`list_page` return, each with `to_dict()` for JSON output (a public
+interface: keep the keys stable). `SuppressionView` and `EventView` (what
+the suppression and ledger stores return) live in mta.core.stores and are
+re-exported here.
 
 Invariant: views are snapshots; nothing in them writes back to the spool.
 Replies appear as their wire string (``"550 5.1.1 No such user"``) or "".
@@ -11,6 +13,12 @@ Replies appear as their wire string (``"550 5.1.1 No such user"``) or "".
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Defined in core beside the store Protocols that return them; kept importable here.
+from mta.core.stores import EventView, SuppressionView
+
+__all__ = ["AttemptView", "EventView", "MessageView", "RecipientView", "SuppressionView"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +32,7 @@ class RecipientView:
     last_remote: str
     last_tls: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         # Spelled out: dataclasses.asdict deep-copies and costs ~8 µs a view.
         return {"idx": self.idx, "address": self.address, "state": self.state,
                 "attempts": self.attempts, "next_attempt": self.next_attempt,
@@ -44,27 +52,7 @@ class AttemptView:
     tls: str
     detail: str = ""          # asynchronous reports (record_async): their origin
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class SuppressionView:
-    """One suppression entry. scope "" = global, else a credential name;
-    expires None = never. reply is the wire string of what caused it ("" if
-    added by hand)."""
-    address: str
-    scope: str
-    reason: str
-    queue_id: str
-    reply: str
-    created: float
-    expires: float | None
-
-    def is_active(self, now: float) -> bool:
-        return self.expires is None or self.expires > now
-
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -80,7 +68,7 @@ class MessageView:
     recipients: list[RecipientView] = field(default_factory=list)
     attempts: list[AttemptView] = field(default_factory=list)   # only filled by get_message
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "sender": self.sender,
@@ -92,22 +80,3 @@ class MessageView:
             "recipients": [r.to_dict() for r in self.recipients],
             "attempts": [a.to_dict() for a in self.attempts],
         }
-
-
-@dataclass(frozen=True, slots=True)
-class EventView:
-    """One ledger event (issue 6). seq: strictly increasing, never reused;
-    at: epoch seconds; credential "" = none; detail: the JSON object stored
-    (keys per type, README's event vocabulary)."""
-    seq: int
-    at: float
-    type: str
-    queue_id: str
-    recipient: str
-    credential: str
-    detail: dict
-
-    def to_dict(self) -> dict:
-        return {"seq": self.seq, "at": self.at, "type": self.type, "queue_id": self.queue_id,
-                "recipient": self.recipient, "credential": self.credential,
-                "detail": self.detail}
