@@ -15,6 +15,7 @@ import pytest
 
 from mta.core import (BOUNCED, DELETED, DELIVERED, HELD, QUEUED, RecipientUpdate, Reply)
 from mta.core.envelope import RECIPIENT_MACHINE
+from mta.core.qshape import AGE_BUCKETS
 from mta.core.statemachine import IllegalTransition
 from mta.spool import DsnMark, MessageFilter, NewMessage, Spool, filters, queue_sql
 from mta.spool.steering import OPERATOR_MOVES
@@ -410,11 +411,11 @@ async def test_domain_summary_buckets_and_last_error(spool):
     assert big["oldest_received_at"] == now - 2000 * 60
     assert big["age_buckets"] == {"5m": 2, "10m": 1, "20m": 0, "40m": 1, "80m": 0, "160m": 1,
                                   "320m": 0, "640m": 0, "1280m": 2, "1280m+": 1}
-    assert list(big["age_buckets"]) == list(queue_sql.AGE_BUCKETS)
+    assert list(big["age_buckets"]) == list(AGE_BUCKETS)
     assert big["last_error"] == "450 4.2.0 middle error"
     assert sm == {"domain": "small.test", "recipients": 2, "held": 2,
                   "oldest_received_at": now - 60,
-                  "age_buckets": {**{k: 0 for k in queue_sql.AGE_BUCKETS}, "5m": 2},
+                  "age_buckets": {**{k: 0 for k in AGE_BUCKETS}, "5m": 2},
                   "last_error": None}
 
 

@@ -9,7 +9,8 @@ suppression list's suppressions.py's; the SQL of operator filters
 
 API: the `SQL_*` statements; `ALL_STATES` (every recipient state, in the
 order reports list them), `COUNTED_STATES` (what `counts()` always
-reports); `AGE_BUCKETS` / `STAMP_WIDTH` (domain_summary's columns).
+reports); `STAMP_WIDTH` (domain_summary's last_error column; its age
+buckets are core.qshape's).
 
 Invariants (the index's, kept by these statements):
 - `done` = no recipient left in 'queued' or 'held' (PENDING_STATES).
@@ -39,6 +40,7 @@ Invariants (the index's, kept by these statements):
 from __future__ import annotations
 
 from mta.core.envelope import BOUNCED, DELIVERED, EXPIRED, QUEUED, RecipientState
+from mta.core.qshape import AGE_BUCKET_MINUTES, AGE_BUCKETS
 
 # Plain strings: they become keys of JSON objects and metric labels.
 ALL_STATES = tuple(s.value for s in RecipientState)   # queued, held, delivered, bounced, …
@@ -189,8 +191,7 @@ SQL_PENDING_MESSAGES = "SELECT COUNT(*), MIN(received_at) FROM messages WHERE do
 # pending recipients (recipients_due by state), a primary-key probe each for
 # received_at. last_error: the latest last_reply among deferred recipients,
 # found in the same pass by MAX over "updated_at (fixed width) || reply".
-AGE_BUCKET_MINUTES = (5, 10, 20, 40, 80, 160, 320, 640, 1280)
-AGE_BUCKETS = tuple(f"{m}m" for m in AGE_BUCKET_MINUTES) + (f"{AGE_BUCKET_MINUTES[-1]}m+",)
+# (AGE_BUCKET_MINUTES / AGE_BUCKETS: core.qshape, the one vocabulary.)
 STAMP_WIDTH = 20
 _BUCKET = ("CASE " + " ".join(f"WHEN ?1 - m.received_at <= {m * 60} THEN {i}"
                               for i, m in enumerate(AGE_BUCKET_MINUTES))

@@ -38,6 +38,7 @@ import aiosqlite
 
 from mta.core.envelope import DsnCandidate, FailedRecipient
 from mta.core.errors import StorageError
+from mta.core.qshape import AGE_BUCKETS
 from mta.core.reply import Reply
 from mta.spool import filters, queue_sql
 from mta.spool.faults import storage_error
@@ -242,7 +243,7 @@ async def list_page_json(conn: aiosqlite.Connection, f: filters.MessageFilter, l
 
 async def domain_summary(conn: aiosqlite.Connection, now: float) -> list[dict[str, Any]]:
     out = []
-    nb = len(queue_sql.AGE_BUCKETS)
+    nb = len(AGE_BUCKETS)
     for row in await conn.execute_fetchall(queue_sql.SQL_DOMAIN_SUMMARY, (now,)):
         domain, n, held, oldest = row[:4]
         stamped = row[4 + nb]
@@ -251,7 +252,7 @@ async def domain_summary(conn: aiosqlite.Connection, now: float) -> list[dict[st
             "recipients": n,
             "held": held or 0,
             "oldest_received_at": oldest,
-            "age_buckets": dict(zip(queue_sql.AGE_BUCKETS, (c or 0 for c in row[4:4 + nb]))),
+            "age_buckets": dict(zip(AGE_BUCKETS, (c or 0 for c in row[4:4 + nb]))),
             "last_error": stamped[queue_sql.STAMP_WIDTH:] if stamped else None,
         })
     return out
