@@ -10,6 +10,7 @@ API:
                          Ledger, Suppressions): `await read(query, *args)`
                          runs `query(conn, *args)`, refuses once closed and
                          turns sqlite3 errors into StorageError
+    fetchall(conn, sql, params=()) -> [row]   (any connection; the writer's ops too)
   queries (each takes the reader `aiosqlite.Connection`):
     next_due_at(conn) -> float | None
     body_location(conn, queue_id) -> (segment, offset, length, body_live) | None
@@ -17,6 +18,7 @@ API:
     list_messages(conn, limit, include_done) / get_message(conn, queue_id)
     counts(conn) -> {state: n}   (queued/delivered/bounced/expired always; others when present)
     list_page(conn, MessageFilter, limit, cursor) -> ([MessageView], next cursor | None)
+    list_page_json(conn, MessageFilter, limit, cursor) -> (JSON bytes, next cursor | None)
     domain_summary(conn, now) -> [{domain, recipients, held, oldest_received_at,
                                    age_buckets, last_error}]
     gauges(conn) -> {recipients: {state: n}, messages_pending, oldest_pending_received_at}
