@@ -74,3 +74,24 @@ def test_per_ip_memory_bounded():
 def test_bad_parameters():
     with pytest.raises(ValueError):
         AuthThrottle(max_failures=0, lockout=10)
+
+
+def test_reconfigure_keeps_the_failures_counted_so_far():
+    """A reload changes the limits in place: it must not hand a guesser a
+    fresh budget, and a larger limit must really allow more failures."""
+    t = AuthThrottle(max_failures=3, lockout=60)
+    t.failure(IP, 0.0)
+    t.failure(IP, 1.0)
+    t.reconfigure(max_failures=5, lockout=120)
+    for i in range(2):
+        t.failure(IP, 2.0 + i)
+    assert t.check(IP, 3.0) is not None            # 4 failures < 5
+    t.failure(IP, 4.0)
+    assert t.check(IP, 4.0) is None                # the 5th locks, for the new 120 s
+    assert t.check(IP, 100.0) is None and t.check(IP, 125.0) == 0
+    t2 = AuthThrottle(max_failures=5, lockout=60)
+    for i in range(3):
+        t2.failure(OTHER, float(i))
+    t2.reconfigure(max_failures=2, lockout=60)
+    t2.failure(OTHER, 3.0)                          # over the new limit: locked
+    assert t2.check(OTHER, 3.0) is None

@@ -194,10 +194,10 @@ def _read_password() -> str:
 
 def _user(cfg: Config, args: argparse.Namespace) -> int:
     from mta.runtime.paths import state_paths
-    from mta.runtime.users import CredentialError, CredentialStore
+    from mta.runtime.users import CredentialError, open_credentials
     paths = state_paths(cfg)
     paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = CredentialStore(paths["credentials"])
+    store = open_credentials(paths["credentials"])
     try:
         if args.action in ("add", "passwd"):
             pw = _read_password() if args.password_stdin else None

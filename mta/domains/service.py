@@ -155,6 +155,8 @@ class SendingDomains(Protocol):
 
     async def check(self, domain: str) -> CheckResult: ...
 
+    def reconfigure(self, cfg: Config) -> None: ...
+
 
 class DomainService:
     def __init__(self, cfg: Config, resolver: Resolver | None = None,
@@ -163,6 +165,11 @@ class DomainService:
         self.store: DomainStore = store or SqliteDomainStore(cfg.server.state_dir)
         self._resolver = resolver
         self.clock = clock or SystemClock()
+
+    def reconfigure(self, cfg: Config) -> None:
+        """A reload: check schedules, DMARC rua and the SPF addresses are read
+        per call from `cfg`; the store and resolver stay those it was made with."""
+        self.cfg = cfg
 
     @property
     def resolver(self) -> Resolver:

@@ -20,6 +20,8 @@ Public API:
                                       made: a refused exchange)
     .success(key)                     forget the key's failures
     .tracked() -> int                 number of keys held in memory
+    .reconfigure(max_failures, lockout)   new limits (config reload); the
+                                      failures counted so far stay
     UserThrottle(max_failures, lockout, max_users=100_000, good_ips=16)
         the same counting per credential name across client IPs, plus the
         IPs that recently logged in as that user, which the user's lockout
@@ -167,6 +169,14 @@ class AuthThrottle:
     def tracked(self) -> int:
         return len(self._ips)
 
+    def reconfigure(self, max_failures: int, lockout: float) -> None:
+        if max_failures < 1 or lockout <= 0:
+            raise ValueError("AuthThrottle: bad parameters")
+        if max_failures != self.max_failures:
+            for st in self._ips.values():
+                st.failures = deque(st.failures, maxlen=max_failures)
+        self.max_failures, self.lockout = max_failures, lockout
+
 
 class UserThrottle:
     def __init__(self, max_failures: int, lockout: float, max_users: int = 100_000,
@@ -212,3 +222,7 @@ class UserThrottle:
 
     def tracked(self) -> int:
         return self._counts.tracked()
+
+    def reconfigure(self, max_failures: int, lockout: float) -> None:
+        self._counts.reconfigure(max_failures, lockout)
+        self.lockout = lockout

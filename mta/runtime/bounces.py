@@ -153,31 +153,6 @@ class BounceProcessor:
         self.capture.reconfigure(capture_dir_of(cfg, state_paths(cfg)), b.capture_max_bytes,
                                  b.capture_max_messages)
 
-    # Transitional, until runtime/reload.py calls reconfigure: it sets these.
-    @property
-    def capture_dir(self) -> Path:
-        return self.capture.directory
-
-    @capture_dir.setter
-    def capture_dir(self, value: str | os.PathLike[str]) -> None:
-        self.capture.reconfigure(value, self.capture.max_bytes, self.capture.max_messages)
-
-    @property
-    def capture_max_bytes(self) -> int:
-        return self.capture.max_bytes
-
-    @capture_max_bytes.setter
-    def capture_max_bytes(self, value: int) -> None:
-        self.capture.reconfigure(self.capture.directory, value, self.capture.max_messages)
-
-    @property
-    def capture_max_messages(self) -> int:
-        return self.capture.max_messages
-
-    @capture_max_messages.setter
-    def capture_max_messages(self, value: int) -> None:
-        self.capture.reconfigure(self.capture.directory, self.capture.max_bytes, value)
-
     def _count(self, kind: str) -> None:
         self.stats[kind] += 1
         self.observer.bounce_received(kind)

@@ -101,6 +101,12 @@ class DomainCache:
     async def refresh(self) -> None:
         self._states, self._keys = await asyncio.to_thread(self._load)
 
+    async def reconfigure(self, cfg: Config) -> None:
+        """A reload: the service reads the new [domains]/[server] keys, and the
+        domains and keys are re-read from the store."""
+        self.service.reconfigure(cfg)
+        await self.refresh()
+
     async def run_due_checks(self) -> int:
         due = await asyncio.to_thread(self.service.due_checks, self.clock.now())
         for name in due:

@@ -15,14 +15,19 @@ Two phases, so a refusal never leaves half a reload behind:
   1. prepare (may fail): parse and validate the file (`load_config`), load
      every TLS certificate the kept listeners need, re-read the credential
      store. Any error → refuse.
-  2. apply (cannot fail in practice): swap plain attributes that the running
-     parts read per use — listener limits/TLS/credentials (new sessions get
-     them; sessions in progress keep what they started with), routes, retry
-     policy and delivery limits (the next scheduling pass uses them; batches
-     in flight finish as they were), sending domains (re-read from the store),
-     log level, [[webhooks]] endpoints (added ones start at the ledger's end,
-     removed ones stop with their cursor stored, changed ones restart from
-     their stored cursor: nothing is skipped).
+  2. apply (cannot fail in practice): each running part applies the keys it
+     owns through its own `reconfigure` — the queue runner (routes, retry
+     policy, delivery limits, the scheduler's windows, the transports'
+     timeouts: the next pass uses them, batches in flight finish as they
+     were), each kept listener and its handler (limits, TLS for new
+     sessions, sender policy; sessions in progress keep what they started
+     with), the bounce processor (feedback addresses, capture directory and
+     quota), the webhooks (added endpoints start at the ledger's end, removed
+     ones stop with their cursor stored, changed ones restart from their
+     stored cursor: nothing is skipped), the sending domains (re-read from
+     the store) and the log level. This module only computes the difference
+     and calls them; which keys apply live is declared with each key
+     (config/sections.py: `L` live, `K` restart; `live_keys(section)`).
 
 What needs a restart (logged as ``restart_needed=…``, the old value stays in
 force for the running process even though `daemon.cfg` shows the new one):
@@ -40,16 +45,20 @@ import dataclasses
 import logging
 import ssl
 import weakref
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mta.config import Config, config_as_dict, load_config
+from mta.config import ROUTES_LIVE, Config, ListenerConfig, config_as_dict, live_keys, load_config
 from mta.core import ConfigError
-from mta.policy.retry import RetryPolicy
-from mta.runtime.logs import event
+from mta.core.logfmt import event
 from mta.runtime.notify import monotonic_usec, notify
+from mta.runtime.paths import state_paths
 from mta.runtime.tls import ensure_self_signed, server_context
-from mta.server.credentials import CredentialError, CredentialStore
+from mta.runtime.users import open_credentials
+from mta.server.credentials import CredentialError
+from mta.server.listener import SubmissionListener
+
+if TYPE_CHECKING:
+    from mta.runtime.daemon import Daemon
 
 log = logging.getLogger("mta.reload")
 
@@ -57,23 +66,17 @@ __all__ = ["reload"]
 
 EMBEDDED = "<embedded default>"
 
-# Keys applied at run time, by section; "*" = every key of the section.
-# Listener keys are handled per listener (all but address/role/tls).
-_LIVE = {
-    "delivery": "*",
-    "domains": "*",
-    "policy": "*",
-    "bounces": "*",
-    "routes": "*",
-    "server": {"log_level", "shutdown_timeout", "public_ips"},
-    "suppression": {"on_rcpt"},
-}
-_FIXED_LISTENER_KEYS = ("address", "role", "tls")
-
 _locks: "weakref.WeakKeyDictionary[Any, asyncio.Lock]" = weakref.WeakKeyDictionary()
 
 
-async def reload(daemon) -> bool:
+def _fixed_listener_keys() -> tuple[str, ...]:
+    """Listener keys a reload cannot apply (the socket's): address, role, tls.
+    A listener is matched by name, so a new name is a removal and an addition."""
+    return tuple(f.name for f in dataclasses.fields(ListenerConfig)
+                 if f.name not in live_keys("listeners") and f.name != "name")
+
+
+async def reload(daemon: "Daemon") -> bool:
     lock = _locks.setdefault(daemon, asyncio.Lock())
     async with lock:
         notify(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\n"
@@ -89,7 +92,7 @@ async def reload(daemon) -> bool:
         return ok
 
 
-async def _reload(daemon) -> bool:
+async def _reload(daemon: "Daemon") -> bool:
     old: Config = daemon.cfg
     event(log, "reload_started", config=old.source)
     try:
@@ -106,7 +109,7 @@ async def _reload(daemon) -> bool:
     await _apply(daemon, old, new, prepared)
     daemon.cfg = new
     fields = {"changed": ",".join(changed) or "nothing",
-              "tls_reloaded": ",".join(lst.cfg.name for lst, _, ctx in prepared.listeners
+              "tls_reloaded": ",".join(lst.cfg.name for lst, ctx in prepared.listeners
                                        if ctx is not None) or None}
     if restart:
         fields["restart_needed"] = ",".join(sorted(set(restart)))
@@ -122,22 +125,21 @@ async def _reload(daemon) -> bool:
 
 @dataclasses.dataclass
 class _Prepared:
-    credentials: CredentialStore | None
-    # listener object → (its new config, its new TLS context)
-    listeners: list[tuple[Any, Any, ssl.SSLContext | None]]
+    # each kept listener → its new TLS context (None: no TLS)
+    listeners: list[tuple[SubmissionListener, ssl.SSLContext | None]]
     restart: list[str]
 
 
-def _prepare(daemon, old: Config, new: Config) -> _Prepared:
+def _prepare(daemon: "Daemon", old: Config, new: Config) -> _Prepared:
     """Runs in a thread: file reads and certificate loading stay off the loop."""
-    from mta.runtime.daemon import state_paths  # the daemon imports us lazily too
     errors: list[str] = []
     # The state dir and hostname of the running process stay (restart to
     # change them); certificates are looked up where the process keeps them.
     paths = state_paths(old)
-    credentials = None
     try:
-        credentials = CredentialStore(paths["credentials"])
+        # The running store re-reads its file itself; opening it here only
+        # makes a corrupt file refuse the reload instead of going unnoticed.
+        open_credentials(paths["credentials"])
     except CredentialError as exc:
         errors.append(f"credentials: {exc}")
     new_by_name = {lc.name: (i, lc) for i, lc in enumerate(new.listeners)}
@@ -151,7 +153,7 @@ def _prepare(daemon, old: Config, new: Config) -> _Prepared:
             restart.append(f"listeners.{name} (removed)")
             continue
         i, lcfg = found
-        moved = [k for k in _FIXED_LISTENER_KEYS if getattr(lcfg, k) != getattr(lst.cfg, k)]
+        moved = [k for k in _fixed_listener_keys() if getattr(lcfg, k) != getattr(lst.cfg, k)]
         if moved:
             restart.extend(f"listeners.{name}.{k}" for k in moved)
             continue
@@ -165,64 +167,35 @@ def _prepare(daemon, old: Config, new: Config) -> _Prepared:
                 what = lcfg.cert or "the self-signed certificate"
                 errors.append(f"listeners[{i}].cert: cannot load {what}: {exc}")
                 continue
-        listeners.append((lst, lcfg, ctx))
+        listeners.append((lst, ctx))
     for lcfg in new.listeners:
         if lcfg.name not in running:
             restart.append(f"listeners.{lcfg.name} (added)")
     if errors:
         raise ConfigError(errors)
-    return _Prepared(credentials, listeners, restart)
+    return _Prepared(listeners, restart)
 
 
 # ---- phase 2: apply ---------------------------------------------------------
 
-async def _apply(daemon, old: Config, new: Config, p: _Prepared) -> None:
-    d = new.delivery
-    runner = daemon.runner
-    if runner is not None:
-        runner.routes = new.routes
-        runner.retry = RetryPolicy.from_config(d)
-        runner.batch_size = d.batch_size
-        runner.delay_warning_after = d.delay_warning_after
-        runner.mx_port = d.smtp_port
-        sch = runner.scheduler
-        sch.concurrency = d.concurrency_per_destination
-        sch.max_messages = d.max_messages_per_connection
-        sch.max_rcpts = d.max_recipients_per_transaction
-        sch.backoff = tuple(d.destination_backoff)
-        transport = runner.transport
-        if hasattr(transport, "connect_timeout"):
-            transport.connect_timeout = d.connect_timeout
-            transport.command_timeout = d.command_timeout
+async def _apply(daemon: "Daemon", old: Config, new: Config, p: _Prepared) -> None:
+    # What the running process keeps until a restart: its hostname, mode and
+    # state dir (server), and its resolver (dns). Every part is handed the
+    # configuration in force, so none of them reads a key that did not apply.
+    in_force = dataclasses.replace(
+        new, server=old.server if _restart_server(old, new) else new.server, dns=old.dns)
+    if daemon.runner is not None:
+        daemon.runner.reconfigure(in_force)
     if daemon.webhooks is not None and new.webhooks != old.webhooks:
         await daemon.webhooks.reconfigure(new.webhooks)
     if daemon.bounces is not None:
-        from mta.runtime.daemon import state_paths
-        daemon.bounces.feedback = {a.lower() for a in new.bounces.feedback_addresses}
-        daemon.bounces.capture_dir = Path(new.bounces.capture_dir
-                                          or state_paths(old)["root"] / "inbound")
-        daemon.bounces.capture_max_bytes = new.bounces.capture_max_bytes
-        daemon.bounces.capture_max_messages = new.bounces.capture_max_messages
-    for lst, lcfg, ctx in p.listeners:
-        submission = lcfg.role != "inbound"
-        lst.update(lcfg, p.credentials if submission else None, ctx)
-        handler = lst.handler
-        if submission:
-            sp = getattr(handler, "sender_policy", None)
-            if sp is not None:
-                handler.sender_policy = dataclasses.replace(
-                    sp, require_verified=(new.policy.require_verified_domain
-                                          and old.server.mode != "sandbox"))
-            if hasattr(handler, "accept_suppressed"):
-                handler.accept_suppressed = new.suppression.on_rcpt == "accept"
+        daemon.bounces.reconfigure(in_force)
+    for lst, ctx in p.listeners:
+        lst.reconfigure(in_force, tls_context=ctx)
     logging.getLogger().setLevel(new.server.log_level.upper())
     if daemon.domains is not None:
-        # DomainService reads its cfg per call (check schedules, DMARC rua,
-        # SPF ips); its store and resolver stay those of the running process.
-        daemon.domains.service.cfg = dataclasses.replace(
-            new, server=old.server if _restart_server(old, new) else new.server, dns=old.dns)
         try:
-            await daemon.domains.refresh()
+            await daemon.domains.reconfigure(in_force)
         except Exception as exc:  # the timer refreshes again; not a reason to refuse
             event(log, "reload_domains_refresh_failed", level=logging.WARNING, error=exc)
 
@@ -264,12 +237,14 @@ def _diff(old: Config, new: Config) -> tuple[list[str], list[str]]:
         if section == "routes":
             if a[section] != b[section]:
                 changed.append("routes")
+                if not ROUTES_LIVE:
+                    restart.append("routes")
             continue
-        live = _LIVE.get(section, set())
+        live = live_keys(section)
         for k in sorted(set(a[section]) | set(b[section])):
             if a[section].get(k) != b[section].get(k):
                 path = f"{section}.{k}"
                 changed.append(path)
-                if live != "*" and k not in live:
+                if k not in live:
                     restart.append(path)
     return changed, restart

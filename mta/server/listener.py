@@ -297,14 +297,3 @@ class SubmissionListener:
         self.tls_context = tls_context
         return lcfg
 
-    def update(self, cfg: ListenerConfig, credentials: CredentialCheck | None,
-               tls_context: ssl.SSLContext | None) -> None:
-        """Transitional (until runtime/reload.py calls `reconfigure`): the
-        listener section alone, and a new credential store; remove then."""
-        cfg = self._settle(cfg, tls_context)
-        if isinstance(self.handler, SubmissionHandler):
-            self.handler._apply(cfg)
-            if credentials is not None:
-                self.handler.credentials = self.handler.auth.credentials = credentials
-        else:
-            self.handler.cfg = cfg
