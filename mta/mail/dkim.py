@@ -3,7 +3,8 @@
 API
     SigningKey(domain, selector, algorithm, private_pem)   frozen value
         algorithm is "rsa-sha256" or "ed25519-sha256"
-    load_private_key(pem, algorithm) -> key object         parsed once, cached
+    load_private_key(pem, algorithm) -> PrivateKey         parsed once, cached
+    PrivateKey = RSAPrivateKey | Ed25519PrivateKey          (cryptography's)
     generate_key(algorithm) -> (private_pem, dns_txt_value)
         RSA-2048 (PKCS#1 PEM, what opendkim-genkey writes) or Ed25519 (PKCS#8
         PEM); the TXT value is "v=DKIM1; k=rsa; p=…" / "v=DKIM1; k=ed25519; p=…"
@@ -62,7 +63,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import dkim
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -73,8 +74,9 @@ from dkim.canonicalization import (CanonicalizationPolicy, correct_empty_body,
 
 from mta.core.errors import MtaError
 
-__all__ = ["SigningKey", "SigningError", "ALGORITHMS", "SIGNED_HEADERS", "load_private_key",
-           "generate_key", "public_txt", "sign", "canonicalize_body", "BodyHash"]
+__all__ = ["SigningKey", "SigningError", "ALGORITHMS", "SIGNED_HEADERS", "PrivateKey",
+           "load_private_key", "generate_key", "public_txt", "sign", "canonicalize_body",
+           "BodyHash"]
 
 RSA_SHA256 = "rsa-sha256"
 ED25519_SHA256 = "ed25519-sha256"
@@ -97,6 +99,10 @@ _DNS_NAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?$")
 _RSA_MIN_BITS = 1024  # RFC 8301 §3.2: signers MUST use at least 1024 bits
 _PAD = padding.PKCS1v15()
 _PREHASHED = utils.Prehashed(hashes.SHA256())
+
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+#: A header field as dkimpy's rfc822_parse gives it: (name, value after the colon).
+HeaderField = tuple[bytes, bytes]
 
 
 class SigningError(MtaError):
@@ -132,7 +138,7 @@ def _ascii_name(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def load_private_key(pem: bytes, algorithm: str):
+def load_private_key(pem: bytes, algorithm: str) -> PrivateKey:
     """Parse `pem` once (cached by value); check it fits `algorithm`.
 
     Returns a cryptography private key object (RSAPrivateKey / Ed25519PrivateKey).
@@ -170,14 +176,15 @@ def public_txt(pem: bytes, algorithm: str) -> str:
 def generate_key(algorithm: str) -> tuple[bytes, str]:
     """A new key: (private PEM, DNS TXT value). RSA keys are 2048 bits."""
     if algorithm == RSA_SHA256:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        pem = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption())
+        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = rsa_key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.NoEncryption())
     elif algorithm == ED25519_SHA256:
-        key = ed25519.Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        ed_key = ed25519.Ed25519PrivateKey.generate()
+        pem = ed_key.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption())
     else:
         raise SigningError(f"unknown DKIM algorithm {algorithm!r}")
     return pem, public_txt(pem, algorithm)
@@ -189,7 +196,8 @@ def _linesep(message: bytes) -> bytes:
 
 
 def _signature_field(key: SigningKey, include: tuple[bytes, ...], bodyhash: bytes,
-                     canonical_headers: list, timestamp: int, linesep: bytes) -> bytes:
+                     canonical_headers: list[HeaderField], timestamp: int,
+                     linesep: bytes) -> bytes:
     """One DKIM-Signature field, laid out as dkimpy's `gen_header` does."""
     private = load_private_key(key.private_pem, key.algorithm)
     fields = [
@@ -206,21 +214,24 @@ def _signature_field(key: SigningKey, include: tuple[bytes, ...], bodyhash: byte
         # whitespace of the tags before it (dkimpy's trick, kept for that reason).
         (b"b", b"0" * 60),
     ]
-    value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(_HEADER_NAME))
+    value: bytes = dkim.fold(b"; ".join(b"=".join(f) for f in fields),
+                             namelen=len(_HEADER_NAME))
     value = dkim.RE_BTAG.sub(b"\\1", value)
     h = hashlib.sha256()
     dkim.hash_headers(h, _RELAXED, canonical_headers, include,
                       (_HEADER_NAME, b" " + value), None)
-    if key.algorithm == RSA_SHA256:
+    # load_private_key checked that the key's type is the one key.algorithm names
+    if isinstance(private, rsa.RSAPrivateKey):
         signature = private.sign(h.digest(), _PAD, _PREHASHED)  # PKCS#1 v1.5, SHA-256
     else:
         signature = private.sign(h.digest())  # RFC 8463: Ed25519 over SHA-256(data)
     fields[-1] = (b"b", base64.b64encode(signature))
     value = b"; ".join(b"=".join(f) for f in fields) + linesep
-    return _HEADER_NAME + b": " + dkim.fold(value, namelen=len(_HEADER_NAME), linesep=linesep)
+    folded: bytes = dkim.fold(value, namelen=len(_HEADER_NAME), linesep=linesep)
+    return _HEADER_NAME + b": " + folded
 
 
-def _split(message: bytes) -> tuple[list, bytes]:
+def _split(message: bytes) -> tuple[list[HeaderField], bytes]:
     """(header fields, body with CRLF line ends) — `dkim.rfc822_parse`'s
     result, but only the header block goes through its per-line split: the
     body is taken as one slice and its line ends normalised only when it has
@@ -297,7 +308,8 @@ def canonicalize_body(body: bytes) -> bytes:
     table and on random bodies) but with C-speed bytes operations instead of
     three regex passes: dkimpy's regexes cost ~0.5 ms on a 20 KB text body,
     as much as the RSA signature itself."""
-    return correct_empty_body(strip_trailing_lines(_canonical_lines(body)))
+    canonical: bytes = correct_empty_body(strip_trailing_lines(_canonical_lines(body)))
+    return canonical
 
 
 def sign(message: bytes, keys: Sequence[SigningKey], *, now: float | None = None,

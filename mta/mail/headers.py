@@ -43,7 +43,8 @@ from email.utils import format_datetime
 
 from mta.core.address import PLAIN_MAILBOX
 
-__all__ = ["prepare_submission", "format_date", "header_names", "header_values", "from_domains", "remove_header"]
+__all__ = ["prepare_submission", "format_date", "header_names", "header_values", "from_domains",
+           "remove_header"]
 
 # RFC 5322 field name: printable US-ASCII except ":"; obs-syntax allows WSP before ":".
 _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from mta.mail.bounces.classify import HARD, REASONS, classify
 from mta.mail.bounces.context import Mail
+from mta.mail.bounces.detectors import DETECTORS
 from mta.mail.bounces.model import KINDS, BounceRecipient, BounceReport
 
 
 def parse(raw: bytes) -> BounceReport:
-    from mta.mail.bounces.detectors import DETECTORS
     try:
         mail = Mail(raw)
         for detect in DETECTORS:

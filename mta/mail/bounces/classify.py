@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import re
 
-from mta.mail.bounces.patterns import TEXT_ORDER, matches, match_reason
+from mta.mail.bounces.patterns import match_reason, matches
 
 REASONS = {
     "userunknown": "the mailbox does not exist at the destination",

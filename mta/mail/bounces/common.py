@@ -10,6 +10,7 @@ Public API:
                    feedback_type) -> BounceRecipient   status/code/class filled in
     collapse(text) -> str        whitespace runs to one space, stripped
     segments(notice, [(addr, pos)]) -> [(addr, chunk)]  per-recipient text chunks
+    last_match(matches) -> Match|None  the last of an iterator of regex matches
 
 Invariants: pure functions over str; a status taken from text must agree in
 its class digit with the reply code next to it, so "550 4.4.7" picks 4.4.7
@@ -19,6 +20,8 @@ only when no better code exists.
 from __future__ import annotations
 
 import re
+from collections import deque
+from collections.abc import Iterable
 
 from mta.mail.bounces import rhost
 from mta.mail.bounces.classify import class_of, classify
@@ -34,8 +37,8 @@ _CODE = re.compile(r"(?:^|[\s'\"(:\[<>]|said:|code:?|reply:|error_code\s?:|respo
                    r"([245][0-5]\d)(?=[\s\-:;,.)\]'\"]|$)(?![.\d]+\.\d)", re.IGNORECASE | re.M)
 _COMMAND = re.compile(
     r"\b(?:after|in reply to|in response to|while sending|during|rejected at)\s+(?:the\s+)?"
-    r"(?:end of\s+(?:data|message)|(RCPT(?:\s+TO)?\b|MAIL\s+FROM|MAIL(?=\s+command)|DATA\b|BDAT|EHLO|HELO|STARTTLS|"
-    r"initial connection|connect(?:ion)?\b|final data))"
+    r"(?:end of\s+(?:data|message)|(RCPT(?:\s+TO)?\b|MAIL\s+FROM|MAIL(?=\s+command)|DATA\b|"
+    r"BDAT|EHLO|HELO|STARTTLS|initial connection|connect(?:ion)?\b|final data))"
     r"|>>> ?(RCPT|MAIL|DATA|EHLO|HELO|QUIT|RSET)\b|\bin: (RCPT|MAIL|DATA)\b"
     r"|\bcommand\W{0,12}(RCPT|MAIL|DATA)\b", re.IGNORECASE)
 
@@ -98,10 +101,14 @@ def find_code(text: str) -> int | None:
     return None
 
 
+def last_match(matches: Iterable[re.Match[str]]) -> re.Match[str] | None:
+    """The last of `matches` (None when there is none), holding one at a time."""
+    tail = deque(matches, maxlen=1)
+    return tail[0] if tail else None
+
+
 def find_command(text: str) -> str | None:
-    m = None
-    for m in _COMMAND.finditer(text):     # the last command is the one that failed
-        pass
+    m = last_match(_COMMAND.finditer(text))    # the last command is the one that failed
     if m is None:
         return None
     word = (m.group(1) or m.group(2) or m.group(3) or m.group(4) or "DATA").upper()
@@ -120,7 +127,7 @@ def segments(notice: str, found: list[tuple[str, int]]) -> list[tuple[str, str]]
     """Split notice into one chunk per recipient: from the line of its first
     mention up to the line of the next recipient's first mention."""
     found = sorted(found, key=lambda t: t[1])
-    out = []
+    out: list[tuple[str, str]] = []
     for i, (addr, pos) in enumerate(found):
         start = notice.rfind("\n", 0, pos) + 1
         if i + 1 < len(found):

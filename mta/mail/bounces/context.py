@@ -5,12 +5,17 @@ Public API:
       .msg            the parsed email.message.Message (compat32)
       .parts          leaf parts, not descending into attached messages
       .ctypes         their content types
-      .subject, .sender_addr, .to_addr   decoded header values
+      .subject, .from_header             decoded header values
+      .sender_addr, .to_addr             the From / To address, lower-cased
       .text           the human-readable text (text/* parts joined)
       .notice         .text cut before the returned original message
+      .cut_at         where .notice ends in .text
       .original       headers of the returned message (attached or inline), or None
+      .original_sender  its From (or Return-Path) address, lower-cased ("" if none)
+      .original_to    the addresses of its To, as written
       .own_addresses  lower-cased addresses that are not recipients (the
-                      bounce's From/To, the original sender)
+                      bounce's From, To, Reply-To, Return-Path, Sender,
+                      Errors-To; the original sender)
 
 Invariants: every view is lazy and cached; nothing raises on malformed input.
 A "Return-Path:"/"Received:" line right under a "Subject:"/"To:" line is the
@@ -85,7 +90,8 @@ class Mail:
         for match in _CUT.finditer(text):
             # "Return-Path:" / "Received:" right under "Subject:" or "To:" is
             # the header summary of a forwarded bounce, not the returned copy
-            if match.group(1) and _SUMMARY.match(text, text.rfind("\n", 0, max(match.start() - 1, 0)) + 1):
+            if match.group(1) and _SUMMARY.match(
+                    text, text.rfind("\n", 0, max(match.start() - 1, 0)) + 1):
                 continue
             return match.start()
         return len(text)

@@ -1,7 +1,8 @@
 """RFC 3464 field blocks ("Final-Recipient: rfc822; a@b") from text.
 
 Public API:
-    parse_fields(text) -> (per_message: dict, recipients: list[dict])
+    parse_fields(text) -> (per_message: Fields, recipients: list[Fields])
+    Fields = dict[str, str]
         Keys are lower-cased field names; values are unfolded strings.
         A new recipient block starts at a Final-Recipient (or an
         Original-Recipient) when the current block already has one, so
@@ -25,18 +26,21 @@ _RCPT_FIELDS = {"final-recipient", "original-recipient", "action", "status", "re
 _REPEAT = {"final-recipient", "original-recipient", "action", "status"}
 _HAS = re.compile(r"^[\s>]*(?:final|original)-recipient\s*:", re.IGNORECASE | re.M)
 _QUOTED = re.compile(r"^> ?", re.M)
+_PER_MESSAGE_PREFIXES = ("reporting", "arrival", "received-from", "original-envelope")
+
+Fields = dict[str, str]
 
 
 def has_fields(text: str) -> bool:
     return bool(_HAS.search(text))
 
 
-def parse_fields(text: str) -> tuple[dict, list[dict]]:
-    per_message: dict[str, str] = {}
-    recipients: list[dict[str, str]] = []
-    current: dict[str, str] | None = None
+def parse_fields(text: str) -> tuple[Fields, list[Fields]]:
+    per_message: Fields = {}
+    recipients: list[Fields] = []
+    current: Fields | None = None
     last_key: str | None = None
-    last_target: dict | None = None
+    last_target: Fields | None = None
     if "\n>" in text or text.startswith(">"):
         text = _QUOTED.sub("", text)        # a DSN quoted in a forwarded message
     for line in text.split("\n"):
@@ -61,7 +65,8 @@ def parse_fields(text: str) -> tuple[dict, list[dict]]:
             target = current
         else:
             target = per_message if current is None else current
-            if current is not None and key not in per_message and key.startswith(("reporting", "arrival", "received-from", "original-envelope")):
+            if current is not None and key not in per_message and key.startswith(
+                    _PER_MESSAGE_PREFIXES):
                 target = per_message
         if key in target:
             if key == "diagnostic-code":

@@ -55,10 +55,16 @@ def own_parts(msg: Message) -> list[Message]:
         part = stack.pop(0)
         payload = part.get_payload()
         if part.get_content_maintype() == "multipart" and isinstance(payload, list):
-            stack[0:0] = payload
+            stack[0:0] = _messages(payload)
         else:
             out.append(part)
     return out
+
+
+def _messages(payload: list[Message | str]) -> list[Message]:
+    """The sub-messages of a parsed multipart or message/* payload (the
+    parser puts only Message objects in such a list)."""
+    return [p for p in payload if isinstance(p, Message)]
 
 
 def _charset(part: Message) -> str:
@@ -72,9 +78,10 @@ def _charset(part: Message) -> str:
 def part_text(part: Message) -> str:
     payload = part.get_payload()
     if isinstance(payload, list):       # message/* parsed into sub-messages
-        return "\n\n".join(_flatten(p) for p in payload)
+        return "\n\n".join(_flatten(p) for p in _messages(payload))
     try:
-        data = part.get_payload(decode=True) or b""
+        decoded = part.get_payload(decode=True)   # bytes, or None when nothing decodes
+        data = decoded if isinstance(decoded, bytes) else b""
     except Exception:
         data = payload.encode("utf-8", "replace") if isinstance(payload, str) else b""
     cs = _charset(part)
@@ -133,7 +140,7 @@ def attached_message(msg: Message) -> Message | None:
         if ctype not in _ATTACHED:
             continue
         payload = part.get_payload()
-        if isinstance(payload, list) and payload:
+        if isinstance(payload, list) and payload and isinstance(payload[0], Message):
             return payload[0]
         if isinstance(payload, str):
             return HeaderParser(policy=compat32).parsestr(part_text(part).lstrip("\n"))

@@ -4,8 +4,9 @@ Public API:
     BounceRecipient(address, action, status, diagnostic, class_, reason,
                     replycode, remote_mta, feedback_type, original_recipient,
                     inferred)
-    BounceReport(kind, recipients).to_json() -> dict   (the scoring contract,
-        plus "original_recipient" and "inferred" when set)
+    BounceReport(kind, recipients).to_json() -> ReportJson   (the scoring
+        contract, plus "original_recipient" and "inferred" when set)
+    ReportJson, RecipientJson: the shapes of those JSON objects (TypedDicts)
     KINDS: the message kinds, in no particular order.
 
 `original_recipient` is the address the sender originally addressed when the
@@ -25,8 +26,22 @@ written (comparison is the caller's business, case-insensitively).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NotRequired, TypedDict
 
 KINDS = ("dsn", "bounce", "arf", "autoreply", "delivery", "nonbounce")
+
+# "class" is a keyword, hence the functional form.
+RecipientJson = TypedDict("RecipientJson", {
+    "address": str, "action": str, "status": str, "diagnostic": str, "class": str,
+    "reason": str, "replycode": int | None, "remote_mta": str,
+    "feedback_type": NotRequired[str], "original_recipient": NotRequired[str],
+    "inferred": NotRequired[bool],
+})
+
+
+class ReportJson(TypedDict):
+    kind: str
+    recipients: list[RecipientJson]
 
 
 @dataclass(slots=True)
@@ -43,10 +58,11 @@ class BounceRecipient:
     original_recipient: str = ""
     inferred: bool = False
 
-    def to_json(self) -> dict:
-        out = {"address": self.address, "action": self.action, "status": self.status,
-               "diagnostic": self.diagnostic, "class": self.class_, "reason": self.reason,
-               "replycode": self.replycode, "remote_mta": self.remote_mta}
+    def to_json(self) -> RecipientJson:
+        out: RecipientJson = {
+            "address": self.address, "action": self.action, "status": self.status,
+            "diagnostic": self.diagnostic, "class": self.class_, "reason": self.reason,
+            "replycode": self.replycode, "remote_mta": self.remote_mta}
         if self.feedback_type:
             out["feedback_type"] = self.feedback_type
         if self.original_recipient:
@@ -62,5 +78,5 @@ class BounceReport:
     recipients: list[BounceRecipient] = field(default_factory=list)
     detector: str = ""
 
-    def to_json(self) -> dict:
+    def to_json(self) -> ReportJson:
         return {"kind": self.kind, "recipients": [r.to_json() for r in self.recipients]}

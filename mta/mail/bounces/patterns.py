@@ -4,8 +4,10 @@ Public API:
     TEXT_ORDER: tuple of reason names, in the order they are tried.
     PATTERNS: dict reason -> compiled regex, matched against lower-cased,
               whitespace-collapsed diagnostic text.
-    match_reason(text) -> str | None   the first reason in TEXT_ORDER whose
-                                       pattern matches `text` (lower-cased).
+    match_reason(text, order=TEXT_ORDER) -> str | None   the first reason in
+                                       `order` whose pattern matches `text`
+                                       (lower-cased).
+    matches(name, text) -> bool        whether reason `name`'s pattern matches.
 
 Invariants: patterns are phrases seen in real MTA replies, never text unique
 to one sample; each reason's pattern is one alternation so matching a whole
@@ -18,6 +20,7 @@ broad ones (user unknown, rejected, blocked) because a reply that says
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 _P: dict[str, list[str]] = {
     "mailboxfull": [
@@ -252,7 +255,7 @@ PATTERNS = {name: re.compile("|".join(f"(?:{p})" for p in pats))
             for name, pats in _P.items() if pats}
 
 
-def match_reason(text: str, order=TEXT_ORDER) -> str | None:
+def match_reason(text: str, order: Iterable[str] = TEXT_ORDER) -> str | None:
     for name in order:
         pat = PATTERNS.get(name)
         if pat is not None and pat.search(text):

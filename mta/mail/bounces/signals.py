@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 
+from mta.mail.bounces.context import Mail
 from mta.mail.bounces.message import header
 
 _DAEMON = re.compile(
@@ -23,7 +24,8 @@ _DAEMON = re.compile(
     r"mail delivery|delivery subsystem|mailer@|notify@|autoreply-bounce|mmsmaster|smtp\w*@",
     re.I)
 _SUBJECT = re.compile(
-    r"undeliver|undelivered|delivery (?:status|fail|failure|notification|report|problem|error|has failed)|"
+    r"undeliver|undelivered|"
+    r"delivery (?:status|fail|failure|notification|report|problem|error|has failed)|"
     r"returned mail|return(?:ed)? to sender|failure notice|mail delivery failed|non[- ]?deliver|"
     r"could not (?:be )?deliver|delivery (?:delayed|warning)|warning: (?:could not|message)|"
     r"mail (?:system )?error|bounce|not delivered|rejected|failed delivery|delivery incomplete|"
@@ -36,7 +38,8 @@ _TEXT = re.compile(
     r"following (?:address(?:es)?|recipients?)|failed (?:permanently|recipient)|"
     r"wasn'?t able to deliver|unable to deliver|not be delivered|did not reach|"
     r"returned to (?:the )?sender|smtp error|remote host said|rejected|mail delivery|"
-    r"user unknown|recipient|mailbox|delivery status notification|this is an automatically generated",
+    r"user unknown|recipient|mailbox|delivery status notification|"
+    r"this is an automatically generated",
     re.I)
 _FML = re.compile(r"\bfml\b", re.I)
 _FML_ERROR = re.compile(r"loop alert|loop back warning|unix from loop|security alert|"
@@ -53,7 +56,7 @@ _PERM = re.compile(r"permanent|gave up|giving up|failed permanently|fatal|could 
                    r"undeliverable|has been rejected|not going to try again", re.I)
 
 
-def looks_like_bounce(mail) -> bool:
+def looks_like_bounce(mail: Mail) -> bool:
     if mail.msg.get("X-Failed-Recipients"):
         return True
     if _FML.search(header(mail.msg, "X-MLServer")) and _FML_ERROR.search(mail.subject):
@@ -68,7 +71,7 @@ def looks_like_bounce(mail) -> bool:
     return False
 
 
-def looks_like_autoreply(mail) -> bool:
+def looks_like_autoreply(mail: Mail) -> bool:
     msg = mail.msg
     auto = (msg.get("Auto-Submitted") or "").strip().lower()
     if auto.startswith("auto-replied"):

@@ -1,7 +1,7 @@
 """The detector table: which module reads a message, tried in this order.
 
-Each detector is `detect(mail: Mail) -> BounceReport | None`; the first that
-returns a report wins. Order matters and is deliberate:
+Each detector is a `Detector`: `detect(mail: Mail) -> BounceReport | None`;
+the first that returns a report wins. Order matters and is deliberate:
 
   1. arf        complaints: RFC 5965 feedback-report parts, ARF fields in plain
                 text, vendor JSON complaints (Amazon SES).  Before DSN because
@@ -18,7 +18,13 @@ returns a report wins. Order matters and is deliberate:
 Anything left is "nonbounce".
 """
 
-from mta.mail.bounces.detectors import arf, autoreply, dsn, sesjson, textbounce, textdsn
+from collections.abc import Callable
 
-DETECTORS = (arf.detect, sesjson.detect, dsn.detect, textdsn.detect, autoreply.detect,
-             textbounce.detect)
+from mta.mail.bounces.context import Mail
+from mta.mail.bounces.detectors import arf, autoreply, dsn, sesjson, textbounce, textdsn
+from mta.mail.bounces.model import BounceReport
+
+Detector = Callable[[Mail], BounceReport | None]
+
+DETECTORS: tuple[Detector, ...] = (arf.detect, sesjson.detect, dsn.detect, textdsn.detect,
+                                   autoreply.detect, textbounce.detect)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 
 from mta.mail.bounces.common import ADDR_RE, clean_address, collapse
+from mta.mail.bounces.context import Mail
 from mta.mail.bounces.fields import parse_fields
 from mta.mail.bounces.message import header, part_text
 from mta.mail.bounces.model import BounceRecipient, BounceReport
@@ -36,7 +37,7 @@ def _complaint(address: str, ftype: str, diag: str, *, original: str = "",
                            original_recipient=original, inferred=inferred)
 
 
-def _from_fields(mail, report_text: str) -> BounceReport:
+def _from_fields(mail: Mail, report_text: str) -> BounceReport:
     per_message, blocks = parse_fields(report_text)
     fields = dict(per_message)
     for b in blocks:
@@ -63,11 +64,12 @@ def _from_fields(mail, report_text: str) -> BounceReport:
     return BounceReport("arf", out, detector="arf")
 
 
-def detect(mail):
+def detect(mail: Mail) -> BounceReport | None:
     for part, ctype in zip(mail.parts, mail.ctypes):
         if ctype == "message/feedback-report":
             return _from_fields(mail, part_text(part))
-    if (mail.msg.get_param("report-type") or "").lower() == "feedback-report":
+    report_type = mail.msg.get_param("report-type")    # a tuple when RFC 2231-encoded
+    if isinstance(report_type, str) and report_type.lower() == "feedback-report":
         return _from_fields(mail, mail.text)
     if _TEXT_ARF.search(mail.notice) and _ARF_AGENT.search(mail.notice):
         return _from_fields(mail, mail.notice)

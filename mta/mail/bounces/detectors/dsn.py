@@ -22,15 +22,16 @@ from __future__ import annotations
 from mta.mail.bounces.classify import EARLY, class_of
 from mta.mail.bounces.patterns import match_reason
 from mta.mail.bounces.common import clean_address, collapse, make_recipient, segments
+from mta.mail.bounces.context import Mail
 from mta.mail.bounces.fields import parse_fields
 from mta.mail.bounces.message import header, part_text
 from mta.mail.bounces.detectors.textbounce import candidates
-from mta.mail.bounces.model import BounceReport
+from mta.mail.bounces.model import BounceRecipient, BounceReport
 
 _DS_TYPES = ("message/delivery-status", "message/global-delivery-status")
 
 
-def _fallback_addresses(mail, notice: str) -> tuple[list[str], bool]:
+def _fallback_addresses(mail: Mail, notice: str) -> tuple[list[str], bool]:
     """Who failed when the report names nobody usable: X-Failed-Recipients,
     else the addresses of the human-readable notice, else the returned To
     (then the second value is True: a guess, not a name the report gave)."""
@@ -44,7 +45,7 @@ def _fallback_addresses(mail, notice: str) -> tuple[list[str], bool]:
     return mail.original_to[:1], True
 
 
-def recipients_from_fields(text: str, mail, notice: str = "") -> list:
+def recipients_from_fields(text: str, mail: Mail, notice: str = "") -> list[BounceRecipient]:
     per_message, blocks = parse_fields(text)
     rows, seen, unnamed = [], set(), []
     for block in blocks:
@@ -88,7 +89,8 @@ def recipients_from_fields(text: str, mail, notice: str = "") -> list:
             status = ""
         context = collapse(local.get(addr) or (notice[:1500] if len(rows) == 1 else ""))
         r = make_recipient(addr, action=action, status=status, diagnostic=diag or context,
-                           remote_mta=remote.strip(), text=(diag + " " + context) if diag else context)
+                           remote_mta=remote.strip(),
+                           text=(diag + " " + context) if diag else context)
         if dtype.strip().lower() == "x-unix" and r.class_ in ("hard", "soft"):
             # RFC 3464 x-unix diagnostics come from a local delivery program.
             r.reason, r.class_ = "mailererror", "soft"
@@ -110,7 +112,7 @@ def _valid_status(s: str) -> bool:
     return len(parts) == 3 and s[0] in "245" and all(p.isdigit() for p in parts)
 
 
-def detect(mail):
+def detect(mail: Mail) -> BounceReport | None:
     for part, ctype in zip(mail.parts, mail.ctypes):
         if ctype in _DS_TYPES:
             recipients = recipients_from_fields(part_text(part), mail, mail.notice)

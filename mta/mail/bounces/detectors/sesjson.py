@@ -11,12 +11,19 @@ bounceType gives 5.x.x, Transient 4.x.x, when a recipient carries no status.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from mta.mail.bounces.common import make_recipient
-from mta.mail.bounces.model import BounceReport
+from mta.mail.bounces.context import Mail
+from mta.mail.bounces.model import BounceRecipient, BounceReport
+
+# json.loads' object, its shape unchecked: SES fields are read with .get() and
+# `or` defaults, and a body of the wrong shape fails inside parse's catch-all
+# (kind "nonbounce", detector "error") as it always has.
+JsonObject = dict[str, Any]
 
 
-def load_json(mail) -> dict | None:
+def load_json(mail: Mail) -> JsonObject | None:
     text = mail.text
     if "notificationType" not in text and "eventType" not in text:
         return None
@@ -44,7 +51,7 @@ def load_json(mail) -> dict | None:
     return data
 
 
-def detect(mail):
+def detect(mail: Mail) -> BounceReport | None:
     data = load_json(mail)
     if not data:
         return None
@@ -53,7 +60,7 @@ def detect(mail):
         b = data.get("bounce") or {}
         temp = (b.get("bounceType") or "").lower() == "transient"
         remote = (b.get("reportingMTA") or "").split(";", 1)[-1].strip()
-        out = []
+        out: list[BounceRecipient] = []
         for r in b.get("bouncedRecipients") or []:
             addr = r.get("emailAddress") or ""
             if not addr:

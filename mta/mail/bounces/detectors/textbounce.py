@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import re
 
-from mta.mail.bounces.common import ADDR_RE, clean_address, make_recipient, segments
+from mta.mail.bounces.common import (ADDR_RE, clean_address, last_match, make_recipient,
+                                     segments)
+from mta.mail.bounces.context import Mail
 from mta.mail.bounces.message import header
 from mta.mail.bounces.model import BounceReport
 from mta.mail.bounces.signals import looks_like_bounce, says_temporary
@@ -34,15 +36,16 @@ from mta.mail.bounces.signals import looks_like_bounce, says_temporary
 # An address right after these words is the sender or an alias, not a recipient.
 _NOT_RCPT_BEFORE = re.compile(
     r"(?:mail from|envelope-from|return-path|sender|from|generated from|message-id|"
-    r"in-reply-to|references|reply-to|(?<!generated )\bby|contact|errors-to|id)\s*[:=]?\s*<?\s*$", re.I)
+    r"in-reply-to|references|reply-to|(?<!generated )\bby|contact|errors-to|id)"
+    r"\s*[:=]?\s*<?\s*$", re.I)
 # "... did not reach the following recipient(s):" -- addresses above such a
 # list heading (a summary of the returned message: To, Cc) are not the list.
-_LIST_HEAD = re.compile(r"\bfollowing (?:recipients?|addresses|address|destinations?)\b[^\n]{0,40}?:",
-                        re.I)
+_LIST_HEAD = re.compile(
+    r"\bfollowing (?:recipients?|addresses|address|destinations?)\b[^\n]{0,40}?:", re.I)
 _LOCAL_SKIP = re.compile(r"^(?:mailer-daemon|mail-daemon|double-bounce)$", re.I)
 
 
-def candidates(mail, notice: str) -> list[tuple[str, int]]:
+def candidates(mail: Mail, notice: str) -> list[tuple[str, int]]:
     own = mail.own_addresses
     seen: dict[str, tuple[str, int]] = {}
     for m in ADDR_RE.finditer(notice):
@@ -81,10 +84,9 @@ def _transcript_segments(notice: str, found: list[tuple[str, int]]) -> list[tupl
     for addr, pos in found:
         if not _ECHO.match(notice, notice.rfind("\n", 0, pos) + 1):
             return []
-        summary = None
-        for summary in re.finditer(r"^[ \t]*\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3} )?<?"
-                                   + re.escape(addr) + r">?\.\.\..*$", notice, re.M | re.I):
-            pass
+        summary = last_match(re.finditer(r"^[ \t]*\d{3}[ -](?:[245]\.\d{1,3}\.\d{1,3} )?<?"
+                                         + re.escape(addr) + r">?\.\.\..*$", notice,
+                                         re.M | re.I))
         if summary is None:
             return []
         ends.append((summary.start(), summary.end(), addr))
@@ -99,7 +101,7 @@ def _transcript_segments(notice: str, found: list[tuple[str, int]]) -> list[tupl
     return out
 
 
-def detect(mail):
+def detect(mail: Mail) -> BounceReport | None:
     if not looks_like_bounce(mail):
         return None
     notice = mail.notice
