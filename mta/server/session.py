@@ -145,17 +145,18 @@ class SubmissionHandler:
     def _apply(self, cfg: ListenerConfig) -> None:
         self.cfg = cfg
         self.auth.listener = cfg.name
-        # reload: the AUTH limits change in place (the failures counted so
-        # far stay: a reload must not hand a guesser a fresh budget)
-        if self.auth.throttle is not None:
-            self.auth.throttle.reconfigure(cfg.auth_max_failures, cfg.auth_lockout)
-        if self.auth.user_throttle is not None:
-            self.auth.user_throttle.reconfigure(cfg.auth_max_failures_per_user,
-                                                cfg.auth_lockout)
         self._trusted = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.trusted_networks)
 
     def reconfigure(self, cfg: Config, listener: ListenerConfig) -> None:
         self._apply(listener)
+        # The AUTH limits change in place (the failures counted so far stay:
+        # a reload must not hand a guesser a fresh budget). Not in _apply: the
+        # throttles given to __init__ keep the limits they were built with.
+        if self.auth.throttle is not None:
+            self.auth.throttle.reconfigure(listener.auth_max_failures, listener.auth_lockout)
+        if self.auth.user_throttle is not None:
+            self.auth.user_throttle.reconfigure(listener.auth_max_failures_per_user,
+                                                listener.auth_lockout)
         if self.sender_policy is not None:
             # Sandbox mode may skip domain verification (nothing leaves the
             # machine); credential scopes are enforced in every mode.
