@@ -54,8 +54,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["AdminBackend", "LedgerBackend", "JsonListing", "ActionRefused", "NotFound", "MESSAGE_STATES",
-           "MESSAGE_ACTIONS", "DESTINATION_ACTIONS", "DESTINATION_STATES", "destination_state"]
+__all__ = ["AdminBackend", "LedgerBackend", "JsonListing", "ActionRefused", "NotFound",
+           "MESSAGE_STATES", "MESSAGE_ACTIONS", "DESTINATION_ACTIONS", "DESTINATION_STATES",
+           "destination_state"]
 
 # `state` filter of /v1/messages. A message matches when any recipient is in
 # the state, except: "held" matches held messages, "deferred" queued

@@ -7,19 +7,24 @@ Public API:
     AdminClient(base_url, token, timeout=10.0)
         health() readiness() metrics() openapi() queue_summary()
         list_messages(state=, domain=, sender=, recipient=, limit=, cursor=)
-        iter_messages(..., page_size=) -> Iterator[dict]   follows next_cursor
+        iter_messages(..., page_size=) -> Iterator[JsonObject]   follows next_cursor
         get_message(id) message_body(id) message_action(id, action)
         bulk_action(action, state=, domain=, sender=, recipient=, all=)
         destination_action(name, action)
+        events(after=, types=, recipient=, limit=) message_events(id)
+        webhooks() webhook_test(name) webhook_replay(name, from_seq=|"end", since=)
     AdminClient.from_config(cfg)      address from [admin], token via read_token
     AdminUnavailable                  the daemon cannot be reached (str() says where)
     AdminError(status, code, message) the daemon answered with an error
     base_url(address) -> str          "host:port" -> "http://host:port" (wildcards -> loopback)
     token_path(state_dir), read_token(cfg) -> str | None
     ClientConfig                      the Protocol of `cfg` (mta.config.Config has it)
+    JsonObject                        a decoded JSON object, shaped as /v1/openapi.json says
 
 Invariants: the token goes only into the Authorization header, never into
-an error message; every failure is one of the two exceptions above.
+an error message; every failure is one of the two exceptions above (an
+answer that is not JSON, or not the object or list the endpoint returns, is
+AdminError "invalid_response").
 """
 
 from __future__ import annotations
@@ -30,13 +35,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from mta.admin.token import load_token, token_path
 from mta.core.hostport import format_hostport, split_hostport
 
 __all__ = ["AdminClient", "AdminUnavailable", "AdminError", "base_url", "token_path",
-           "read_token", "ClientConfig"]
+           "read_token", "ClientConfig", "JsonObject"]
+
+# A JSON object as the API sends it: its values are whatever the endpoint's
+# schema in mta.admin.openapi says, which the client does not re-check.
+JsonObject = dict[str, Any]
 
 
 class AdminUnavailable(Exception):
@@ -105,8 +114,10 @@ class AdminClient:
 
     # ------------------------------------------------------------ transport
 
-    def _request(self, method: str, path: str, *, query: dict[str, Any] | None = None,
-                 body: dict[str, Any] | None = None, raw: bool = False) -> Any:
+    def _request(self, method: str, path: str, *,
+                 query: dict[str, str | int | float | None] | None = None,
+                 body: JsonObject | None = None) -> bytes:
+        """The answer's body; an error status or no answer raises."""
         url = self.base_url + path
         if query:
             q = {k: v for k, v in query.items() if v is not None}
@@ -122,22 +133,46 @@ class AdminClient:
         req = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
             with _OPENER.open(req, timeout=self.timeout) as resp:
-                payload = resp.read()
+                payload: bytes = resp.read()
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None
         except urllib.error.URLError as exc:
             raise self._unavailable(exc.reason) from None
         except (TimeoutError, socket.timeout, ConnectionError) as exc:
             raise self._unavailable(exc) from None
-        if raw:
-            return payload
-        try:
-            return json.loads(payload)
-        except ValueError:
-            raise AdminError(200, "invalid_response",
-                             f"the admin API at {self.address} sent a non-JSON answer") from None
+        return payload
 
-    def _unavailable(self, reason: Any) -> AdminUnavailable:
+    def _json(self, method: str, path: str, *,
+              query: dict[str, str | int | float | None] | None = None,
+              body: JsonObject | None = None) -> object:
+        payload = self._request(method, path, query=query, body=body)
+        try:
+            value: object = json.loads(payload)
+        except ValueError:
+            raise self._invalid("a non-JSON answer") from None
+        return value
+
+    def _object(self, method: str, path: str, *,
+                query: dict[str, str | int | float | None] | None = None,
+                body: JsonObject | None = None) -> JsonObject:
+        """An endpoint that answers with a JSON object."""
+        return self._as_object(self._json(method, path, query=query, body=body))
+
+    def _as_object(self, value: object) -> JsonObject:
+        if not isinstance(value, dict):
+            raise self._invalid("an answer that is not a JSON object")
+        return value
+
+    def _as_objects(self, value: object) -> list[JsonObject]:
+        if not isinstance(value, list):
+            raise self._invalid("an answer that is not a JSON list")
+        return [self._as_object(item) for item in value]
+
+    def _invalid(self, what: str) -> AdminError:
+        return AdminError(200, "invalid_response",
+                          f"the admin API at {self.address} sent {what}")
+
+    def _unavailable(self, reason: object) -> AdminUnavailable:
         if isinstance(reason, (TimeoutError, socket.timeout)):
             why = f"did not answer within {self.timeout:g}s"
         elif isinstance(reason, ConnectionRefusedError):
@@ -160,37 +195,40 @@ class AdminClient:
 
     # ------------------------------------------------------------ endpoints
 
-    def health(self) -> dict:
-        return self._request("GET", "/healthz")
+    def health(self) -> JsonObject:
+        return self._object("GET", "/healthz")
 
-    def readiness(self) -> dict:
+    def readiness(self) -> JsonObject:
         """{"ready": bool, "reason"?}; a 503 is returned, not raised."""
         try:
-            return self._request("GET", "/readyz")
+            return self._object("GET", "/readyz")
         except AdminError as exc:
             if exc.status == 503:
                 return {"ready": False, "reason": exc.message}
             raise
 
     def metrics(self) -> str:
-        return self._request("GET", "/metrics", raw=True).decode()
+        return self._request("GET", "/metrics").decode()
 
-    def openapi(self) -> dict:
-        return self._request("GET", "/v1/openapi.json")
+    def openapi(self) -> JsonObject:
+        return self._object("GET", "/v1/openapi.json")
 
-    def queue_summary(self) -> list[dict]:
-        return self._request("GET", "/v1/queue/summary")["destinations"]
+    def queue_summary(self) -> list[JsonObject]:
+        return self._as_objects(self._object("GET", "/v1/queue/summary")["destinations"])
 
     def list_messages(self, *, state: str | None = None, domain: str | None = None,
                       sender: str | None = None, recipient: str | None = None,
                       limit: int | None = None, cursor: str | None = None
-                      ) -> tuple[list[dict], str | None]:
-        page = self._request("GET", "/v1/messages", query={
+                      ) -> tuple[list[JsonObject], str | None]:
+        page = self._object("GET", "/v1/messages", query={
             "state": state, "domain": domain, "sender": sender, "recipient": recipient,
             "limit": limit, "cursor": cursor})
-        return page["messages"], page["next_cursor"]
+        return self._as_objects(page["messages"]), page["next_cursor"]
 
-    def iter_messages(self, *, page_size: int = 1000, **filters: Any) -> Iterator[dict]:
+    def iter_messages(self, *, page_size: int = 1000,
+                      **filters: str | None) -> Iterator[JsonObject]:
+        """Every message matching `filters` (state, domain, sender,
+        recipient), page by page."""
         cursor = None
         while True:
             messages, cursor = self.list_messages(limit=page_size, cursor=cursor, **filters)
@@ -198,49 +236,53 @@ class AdminClient:
             if not cursor:
                 return
 
-    def get_message(self, message_id: str) -> dict:
-        return self._request("GET", f"/v1/messages/{_seg(message_id)}")
+    def get_message(self, message_id: str) -> JsonObject:
+        return self._object("GET", f"/v1/messages/{_seg(message_id)}")
 
     def message_body(self, message_id: str) -> bytes:
-        return self._request("GET", f"/v1/messages/{_seg(message_id)}/body", raw=True)
+        return self._request("GET", f"/v1/messages/{_seg(message_id)}/body")
 
-    def message_action(self, message_id: str, action: str) -> dict:
+    def message_action(self, message_id: str, action: str) -> JsonObject:
         if action == "delete":
-            return self._request("DELETE", f"/v1/messages/{_seg(message_id)}")
-        return self._request("POST", f"/v1/messages/{_seg(message_id)}/{_seg(action)}")
+            return self._object("DELETE", f"/v1/messages/{_seg(message_id)}")
+        return self._object("POST", f"/v1/messages/{_seg(message_id)}/{_seg(action)}")
 
     def bulk_action(self, action: str, *, state: str | None = None, domain: str | None = None,
                     sender: str | None = None, recipient: str | None = None,
-                    all: bool = False) -> dict:
-        body: dict[str, Any] = {k: v for k, v in (("state", state), ("domain", domain),
-                                                  ("sender", sender), ("recipient", recipient))
-                                if v is not None}
+                    all: bool = False) -> JsonObject:
+        body: JsonObject = {k: v for k, v in (("state", state), ("domain", domain),
+                                              ("sender", sender), ("recipient", recipient))
+                            if v is not None}
         if all:
             body["all"] = True
-        return self._request("POST", f"/v1/messages/{_seg(action)}", body=body)
+        return self._object("POST", f"/v1/messages/{_seg(action)}", body=body)
 
-    def destination_action(self, name: str, action: str) -> dict:
-        return self._request("POST", f"/v1/destinations/{_seg(name)}/{_seg(action)}")
+    def destination_action(self, name: str, action: str) -> JsonObject:
+        return self._object("POST", f"/v1/destinations/{_seg(name)}/{_seg(action)}")
 
     def events(self, *, after: int = 0, types: str | None = None,
-               recipient: str | None = None, limit: int = 100) -> dict:
-        query = {"after": after, "limit": limit, "type": types, "recipient": recipient}
-        return self._request("GET", "/v1/events",
-                             query={k: v for k, v in query.items() if v is not None})
+               recipient: str | None = None, limit: int = 100) -> JsonObject:
+        query: dict[str, str | int | float | None] = {
+            "after": after, "limit": limit, "type": types, "recipient": recipient}
+        return self._object("GET", "/v1/events",
+                            query={k: v for k, v in query.items() if v is not None})
 
-    def message_events(self, message_id: str) -> list[dict]:
-        return self._request("GET", f"/v1/messages/{_seg(message_id)}/events")["events"]
+    def message_events(self, message_id: str) -> list[JsonObject]:
+        events = self._object("GET", f"/v1/messages/{_seg(message_id)}/events")["events"]
+        return self._as_objects(events)
 
-    def webhooks(self) -> list[dict]:
-        return self._request("GET", "/v1/webhooks")["webhooks"]
+    def webhooks(self) -> list[JsonObject]:
+        return self._as_objects(self._object("GET", "/v1/webhooks")["webhooks"])
 
-    def webhook_test(self, name: str) -> dict:
-        return self._request("POST", f"/v1/webhooks/{_seg(name)}/test")
+    def webhook_test(self, name: str) -> JsonObject:
+        return self._object("POST", f"/v1/webhooks/{_seg(name)}/test")
 
-    def webhook_replay(self, name: str, *, from_seq: int | None = None,
-                       since: float | None = None) -> dict:
-        body = {"from": from_seq} if from_seq is not None else {"since": since}
-        return self._request("POST", f"/v1/webhooks/{_seg(name)}/replay", body=body)
+    def webhook_replay(self, name: str, *, from_seq: int | Literal["end"] | None = None,
+                       since: float | None = None) -> JsonObject:
+        """Move the endpoint's cursor: to event `from_seq` ("end": past the
+        backlog), else to the first event at/after `since`."""
+        body: JsonObject = {"from": from_seq} if from_seq is not None else {"since": since}
+        return self._object("POST", f"/v1/webhooks/{_seg(name)}/replay", body=body)
 
 
 # No proxies: the admin API is the local daemon, whatever http_proxy says.

@@ -8,6 +8,7 @@ app's middleware (mta.admin.http).
 
 Public API:
     route_table(backend, openapi) -> [(method, path, handler)]   in order
+                               (backend None: only the table, for ROUTES)
     ROUTES                     (method, path) of every route, in order
 
 Invariants: bulk routes come before "/v1/messages/{id}", so "hold" is never
@@ -40,12 +41,19 @@ def _unknown_message(mid: str) -> ApiError:
 
 
 class _Handlers:
-    def __init__(self, backend: AdminBackend, openapi: dict[str, Any]):
-        self.b = backend
+    def __init__(self, backend: AdminBackend | None, openapi: dict[str, Any]):
+        self._backend = backend
         self.openapi = openapi
         # The backend serialises a page itself when it can (the daemon's
         # spool builds it in SQLite, off the event loop).
-        self.json_listing = backend if isinstance(backend, JsonListing) else None
+        self.json_listing: JsonListing | None = (backend if isinstance(backend, JsonListing)
+                                                 else None)
+
+    @property
+    def b(self) -> AdminBackend:
+        if self._backend is None:
+            raise RuntimeError("a route of route_table(None, ...) was served")
+        return self._backend
 
     async def healthz(self, request: web.Request) -> web.Response:
         await self.b.health()
@@ -139,10 +147,11 @@ class _Handlers:
 
     # ---- the ledger and webhooks (LedgerBackend, optional) -----------------
     def _optional(self, name: str) -> Callable[..., Awaitable[Any]]:
-        fn = getattr(self.b, name, None)
+        # by name: a backend may implement only part of LedgerBackend
+        fn: Callable[..., Awaitable[Any]] | None = getattr(self.b, name, None)
         if fn is None:
             raise ApiError(501, "not_implemented", f"this server has no {name}")
-        return fn  # type: ignore[no-any-return]
+        return fn
 
     async def events(self, request: web.Request) -> web.Response:
         after, limit, types, recipient = params.event_params(request)
@@ -179,8 +188,10 @@ class _Handlers:
         return web.json_response(result)
 
 
-def route_table(backend: AdminBackend, openapi: dict[str, Any]) -> list[tuple[str, str, Handler]]:
-    """(method, path, handler) of every route, in the order they are added."""
+def route_table(backend: AdminBackend | None,
+                openapi: dict[str, Any]) -> list[tuple[str, str, Handler]]:
+    """(method, path, handler) of every route, in the order they are added
+    (backend None: the table alone; its handlers must not be served)."""
     h = _Handlers(backend, openapi)
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/healthz", h.healthz),
@@ -209,4 +220,4 @@ def route_table(backend: AdminBackend, openapi: dict[str, Any]) -> list[tuple[st
 
 
 ROUTES: tuple[tuple[str, str], ...] = tuple(
-    (m, p) for m, p, _ in route_table(None, {}))  # type: ignore[arg-type]
+    (m, p) for m, p, _ in route_table(None, {}))

@@ -53,6 +53,8 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Mapping
+from types import TracebackType
 from typing import Protocol
 
 from aiohttp import web
@@ -135,21 +137,28 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+# What `exc_info=` of a logging call may be (typeshed's logging._ExcInfoType).
+_ExcInfo = (bool | BaseException | tuple[type[BaseException], BaseException, TracebackType | None]
+            | tuple[None, None, None] | None)
+
+
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server logger for this app (`handler_args`): a request it
     cannot parse as HTTP (garbage on the port, raw control bytes in the
     request line) is one escaped INFO line, not an ERROR traceback; anything
     else is logged as aiohttp logs it."""
 
-    def log(self, level: int, msg: object, *args: object,  # type: ignore[override]
-            exc_info: object = None, **kwargs: object) -> None:
+    def log(self, level: int, msg: object, *args: object, exc_info: _ExcInfo = None,
+            stack_info: bool = False, stacklevel: int = 1,
+            extra: Mapping[str, object] | None = None, **kwargs: object) -> None:
         if isinstance(exc_info, HttpProcessingError):
             lines = (exc_info.message or type(exc_info).__name__).strip().splitlines() or [""]
             self.logger.log(min(level, logging.INFO),
                             "event=admin_bad_http remote=%s status=%s error=%s",
                             _q(args[0] if args else "?"), exc_info.code, _q(lines[0]))
             return
-        self.logger.log(level, msg, *args, exc_info=exc_info, **kwargs)
+        self.logger.log(level, msg, *args, exc_info=exc_info, stack_info=stack_info,
+                        stacklevel=stacklevel, extra=extra)
 
 
 def _http_exception_response(exc: web.HTTPException) -> web.Response:

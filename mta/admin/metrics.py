@@ -101,7 +101,7 @@ class GaugeSource(Protocol):
 
 class Metrics(Observer):
     def __init__(self, *, listeners: Iterable[str] = (), webhooks: Iterable[str] = (),
-                 state_dir: str | os.PathLike | None = None, clock: Clock | None = None):
+                 state_dir: str | os.PathLike[str] | None = None, clock: Clock | None = None):
         self.registry = CollectorRegistry(auto_describe=True)
         self.state_dir = state_dir
         self.clock = clock or SystemClock()

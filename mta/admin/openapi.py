@@ -346,7 +346,8 @@ _PATHS: dict[str, Any] = {
             "status": {"type": "integer", "nullable": True},
             "error": {"type": "string", "nullable": True}, "ms": {"type": "integer"}}},
             "what the endpoint answered (ok: a 2xx)"),
-            "400": _err("malformed webhook name"), "404": _err("unknown webhook"), "501": _err("no webhooks"), **_ERRORS}}},
+            "400": _err("malformed webhook name"), "404": _err("unknown webhook"),
+            "501": _err("no webhooks"), **_ERRORS}}},
     "/v1/messages/{id}/hold": {"post": _message_action(
         "hold", "hold the message: nothing is delivered until release")},
     "/v1/messages/{id}/release": {"post": _message_action("release", "release a held message")},

@@ -29,11 +29,11 @@ __all__ = ["TOKEN_FILE", "token_path", "ensure_token", "load_token"]
 TOKEN_FILE = "admin-token"
 
 
-def token_path(state_dir: str | os.PathLike) -> Path:
+def token_path(state_dir: str | os.PathLike[str]) -> Path:
     return Path(state_dir) / TOKEN_FILE
 
 
-def load_token(state_dir: str | os.PathLike) -> str | None:
+def load_token(state_dir: str | os.PathLike[str]) -> str | None:
     """The stored token, or None if there is no file (PermissionError propagates:
     the caller says whom to run as)."""
     try:
@@ -43,7 +43,7 @@ def load_token(state_dir: str | os.PathLike) -> str | None:
     return token or None
 
 
-def ensure_token(state_dir: str | os.PathLike) -> str:
+def ensure_token(state_dir: str | os.PathLike[str]) -> str:
     """Return the stored token, creating the file first if it is absent or empty."""
     existing = load_token(state_dir)
     if existing:

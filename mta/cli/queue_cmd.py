@@ -38,10 +38,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from mta.admin.backend import MESSAGE_ACTIONS, MESSAGE_STATES
-from mta.admin.client import AdminClient, AdminError, AdminUnavailable, token_path
+from mta.admin.client import AdminClient, AdminError, AdminUnavailable, JsonObject, token_path
 from mta.cli.times import utc_or, when
 from mta.config import Config
 from mta.core.qshape import AGE_BUCKETS
@@ -135,7 +136,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ list
 
-def attempt_label(a: dict) -> str:
+def attempt_label(a: JsonObject) -> str:
     """What an attempt did. Its stored state is the recipient's state after
     it, so a deferral (4xx, retried later) reads `queued`: say deferred."""
     state = a.get("state", "")
@@ -149,7 +150,7 @@ def _list(client: AdminClient, args: argparse.Namespace) -> int:
     state = args.state or ("all" if args.all else None)
     filters = {"state": state, "domain": args.domain, "sender": args.sender,
                "recipient": args.recipient}
-    rows: list[dict] = []
+    rows: list[JsonObject] = []
     cursor = None
     while True:
         want = min(args.limit - len(rows), 1000) if args.limit else 1000
@@ -194,7 +195,8 @@ def _summary(client: AdminClient, args: argparse.Namespace) -> int:
     header = f"{'DESTINATION':<{width}}  {'STATE':<9} {'TOTAL':>6} {'HELD':>5}" + "".join(
         f" {b:>6}" for b in AGE_BUCKETS)
 
-    def line(name: str, state: str, total: int, held: int, buckets: dict) -> str:
+    def line(name: str, state: str, total: int, held: int,
+             buckets: Mapping[str, int]) -> str:
         return (f"{name[:width]:<{width}}  {state:<9} {total:>6} {held:>5}"
                 + "".join(f" {buckets.get(b, 0):>6}" for b in AGE_BUCKETS))
 
@@ -285,7 +287,7 @@ def _detail(key: str, value: object) -> str:
     return str(value)
 
 
-def format_event(e: dict) -> str:
+def format_event(e: JsonObject) -> str:
     """One ledger event as a line: time, seq, type, id, recipient, key details."""
     d = e.get("detail") or {}
     extra = "  ".join(f"{k}={_detail(k, d[k])}" for k in _EVENT_KEYS

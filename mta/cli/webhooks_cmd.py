@@ -36,9 +36,9 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from mta.admin.client import AdminError, AdminUnavailable, _seg
+from mta.admin.client import AdminError, AdminUnavailable
 from mta.cli.queue_cmd import connect, fail_admin
 from mta.config.sections import Config, WebhookConfig
 from mta.core.clock import SystemClock
@@ -48,7 +48,8 @@ from mta.webhooks import new_secret, probe
 __all__ = ["parse_time", "register", "run"]
 
 
-def register(subparsers: Any, config_parent: argparse.ArgumentParser) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+             config_parent: argparse.ArgumentParser) -> None:
     wh = subparsers.add_parser("webhooks", parents=[config_parent],
                                help="signed webhook endpoints: state, test, replay, secrets")
     wsub = wh.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -181,21 +182,21 @@ def _test(cfg: Config, args: argparse.Namespace) -> int:
 
 def _replay(cfg: Config, args: argparse.Namespace) -> int:
     _find(cfg, args.name)
-    body: dict[str, Any]
+    start: int | Literal["end"] | None = None
+    since: float | None = None
     if args.from_seq is not None:
         if args.from_seq < 1:
             return _fail("--from must be a sequence number ≥ 1")
-        body = {"from": args.from_seq}
+        start = args.from_seq
     elif args.end:
-        body = {"from": "end"}
+        start = "end"
     else:
         try:
-            body = {"since": parse_time(args.since, time.time())}
+            since = parse_time(args.since, time.time())
         except ValueError as exc:
             return _fail(str(exc))
     try:
-        result = connect(cfg)._request("POST", f"/v1/webhooks/{_seg(args.name)}/replay",
-                                       body=body)
+        result = connect(cfg).webhook_replay(args.name, from_seq=start, since=since)
     except AdminUnavailable as exc:
         return _fail(f"{exc}; replay changes the running daemon's cursor, start it first")
     except AdminError as exc:

@@ -73,7 +73,7 @@ def _build(cls: type, table: Any, path: str, errors: list[str]) -> Any:
     return cls(**values)
 
 
-def _routes(table: Any, errors: list[str]) -> MappingProxyType:
+def _routes(table: Any, errors: list[str]) -> MappingProxyType[str, str]:
     out: dict[str, str] = {}
     if not isinstance(table, dict):
         errors.append("routes: must be a table of domain = \"host:port\"")

@@ -134,7 +134,7 @@ def _ip(v: Any) -> str:
 
 
 def _list_of(item: Kind) -> Kind:
-    def parse(v: Any) -> tuple:
+    def parse(v: Any) -> tuple[Any, ...]:
         _expect(v, list, f"a list of {item.name}")
         return tuple(item.parse(x) for x in v)
     return Kind(f"list of {item.name}", parse, lambda v: [item.render(x) for x in v])
@@ -142,7 +142,7 @@ def _list_of(item: Kind) -> Kind:
 
 def _choice(*choices: str) -> Kind:
     def parse(v: Any) -> str:
-        if v not in choices:
+        if not isinstance(v, str) or v not in choices:
             raise KeyError_(f"{_q(v)} is not one of {', '.join(repr(c) for c in choices)}")
         return v
     return Kind(" | ".join(repr(c) for c in choices), parse)

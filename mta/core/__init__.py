@@ -8,9 +8,10 @@ from mta.core.address import Address, AddressError, parse_address, parse_domain
 from mta.core.clock import Clock, FakeClock, SystemClock
 from mta.core.durations import DurationError, format_duration, parse_duration
 from mta.core.envelope import (BOUNCED, DELETED, DELIVERED, EVENT_TYPES, EXPIRED,
-                               FAILED_STATES, FINAL_STATES, HELD, LedgerEvent, PENDING_STATES, QUEUED, SUPPRESSED, SUPPRESSION_REASONS, AddressOutcome,
-                               Destination, DsnCandidate, FailedRecipient,
-                               QueuedRecipient, RecipientUpdate)
+                               FAILED_STATES, FINAL_STATES, HELD, PENDING_STATES, QUEUED,
+                               SUPPRESSED, SUPPRESSION_REASONS, AddressOutcome, Destination,
+                               DsnCandidate, FailedRecipient, LedgerEvent, QueuedRecipient,
+                               RecipientUpdate)
 from mta.core.errors import ConfigError, MtaError, PermFailure, StorageError, TempFailure
 from mta.core.ids import new_queue_id
 from mta.core.observe import Observer
@@ -18,7 +19,8 @@ from mta.core.outcome import DestinationHealth, RecipientFate, RecipientOutcome
 from mta.core.reply import Reply
 
 __all__ = [
-    "BOUNCED", "DELETED", "DELIVERED", "EVENT_TYPES", "EXPIRED", "LedgerEvent", "FAILED_STATES", "FINAL_STATES", "HELD",
+    "BOUNCED", "DELETED", "DELIVERED", "EVENT_TYPES", "EXPIRED", "LedgerEvent", "FAILED_STATES",
+    "FINAL_STATES", "HELD",
     "PENDING_STATES", "QUEUED",
     "SUPPRESSED", "SUPPRESSION_REASONS", "AddressOutcome",
     "Destination", "DsnCandidate", "FailedRecipient", "QueuedRecipient", "RecipientUpdate",

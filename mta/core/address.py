@@ -78,6 +78,7 @@ def parse_address(text: str, *, allow_null: bool = False) -> Address:
     if not local or len(local.encode()) > 64 * 4:
         raise AddressError(f"invalid address {text!r}: bad local part")
     if not (local.startswith('"') and local.endswith('"') and len(local) >= 2):
-        if not _ATOM_CHARS.match(local) or local.startswith(".") or local.endswith(".") or ".." in local:
+        if (not _ATOM_CHARS.match(local) or local.startswith(".") or local.endswith(".")
+                or ".." in local):
             raise AddressError(f"invalid address {text!r}: bad local part")
     return Address(local, parse_domain(domain))

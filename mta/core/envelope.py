@@ -39,6 +39,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from mta.core.reply import Reply
 from mta.core.statemachine import StateMachine
@@ -57,7 +58,8 @@ class RecipientState(enum.StrEnum):
 # The members under their old names (callers compare, store and print them
 # as the strings they equal).
 QUEUED, HELD = RecipientState.QUEUED, RecipientState.HELD
-DELIVERED, BOUNCED, EXPIRED = RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.EXPIRED
+DELIVERED, BOUNCED = RecipientState.DELIVERED, RecipientState.BOUNCED
+EXPIRED = RecipientState.EXPIRED
 SUPPRESSED, DELETED = RecipientState.SUPPRESSED, RecipientState.DELETED
 # Recipients still owed an attempt (their message is not done).
 PENDING_STATES = frozenset({QUEUED, HELD})
@@ -131,7 +133,7 @@ class RecipientUpdate:
     # Extra fields for the ledger event this update writes (issue 6): what
     # the spool cannot know, e.g. {"class": "hard", "reason": "bad_mailbox",
     # "status": "5.1.1"} for a bounce. Merged over the spool's own fields.
-    event_detail: dict | None = None
+    event_detail: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +199,7 @@ class LedgerEvent:
     queue_id: str = ""
     recipient: str = ""
     credential: str = ""
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.type not in EVENT_TYPES:

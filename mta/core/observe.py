@@ -52,8 +52,8 @@ Invariants
 
 from __future__ import annotations
 
-__all__ = ["Observer", "result_of", "MESSAGE_RESULTS", "SESSION_LIMITS", "RECIPIENT_OUTCOMES", "ATTEMPT_RESULTS",
-           "BOUNCE_KINDS", "CAPTURE_REFUSALS", "WEBHOOK_RESULTS"]
+__all__ = ["Observer", "result_of", "MESSAGE_RESULTS", "SESSION_LIMITS", "RECIPIENT_OUTCOMES",
+           "ATTEMPT_RESULTS", "BOUNCE_KINDS", "CAPTURE_REFUSALS", "WEBHOOK_RESULTS"]
 
 MESSAGE_RESULTS = ("accepted", "rejected", "tempfail")
 SESSION_LIMITS = ("max_sessions", "max_sessions_per_ip", "transaction_timeout", "junk_commands")

@@ -54,7 +54,7 @@ class StateMachine(Generic[S]):
         if not table:
             raise ValueError(f"state machine {name}: empty table")
         kind = type(next(iter(table)))
-        missing = [s for s in kind if s not in table]   # type: ignore[attr-defined]
+        missing = [s for s in kind if s not in table]
         if missing:
             raise ValueError(f"state machine {name}: no row for {missing}")
         for old, targets in table.items():

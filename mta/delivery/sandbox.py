@@ -76,8 +76,9 @@ class SandboxTransport:
                 f"_{msg.queue_id}.{self._host}")
         tmp = os.path.join(self.maildir, "tmp", name)
         new = os.path.join(self.maildir, "new", name)
+        originals = _clean(", ".join(a for _, a in msg.recipients))
         header = (f"Return-Path: <{_clean(msg.sender)}>\r\n"
-                  f"X-Mta-Original-Recipients: {_clean(', '.join(a for _, a in msg.recipients))}\r\n"
+                  f"X-Mta-Original-Recipients: {originals}\r\n"
                   f"X-Mta-Queue-ID: {_clean(msg.queue_id)}\r\n").encode("utf-8")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:

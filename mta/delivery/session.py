@@ -54,7 +54,8 @@ from mta.delivery.transport import OutboundMessage
 __all__ = ["Peer", "Settlement", "Session", "Lost", "Throttled", "HandshakeFailed",
            "smtp_path", "describe", "remote_reply", "DELIVERED", "DEFERRED", "BOUNCED"]
 
-DELIVERED, DEFERRED, BOUNCED = RecipientFate.DELIVERED, RecipientFate.DEFERRED, RecipientFate.BOUNCED
+DELIVERED, DEFERRED = RecipientFate.DELIVERED, RecipientFate.DEFERRED
+BOUNCED = RecipientFate.BOUNCED
 
 # A plain ASCII mailbox (core.address): nothing to parse or quote, it goes on
 # the wire as <it>. Anything else goes through aiosmtplib's quote_address

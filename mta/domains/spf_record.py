@@ -35,7 +35,8 @@ __all__ = ["QUALIFIERS", "Directive", "MacroContext", "SpfRecord", "SpfSyntaxErr
 
 QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
 _MECHANISMS = {"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"}
-_TOPLABEL = re.compile(r"(?:[a-z0-9]*[a-z][a-z0-9]*|[a-z0-9]+-[a-z0-9-]*[a-z0-9])\.?$", re.IGNORECASE)
+_TOPLABEL = re.compile(r"(?:[a-z0-9]*[a-z][a-z0-9]*|[a-z0-9]+-[a-z0-9-]*[a-z0-9])\.?$",
+                       re.IGNORECASE)
 _MODIFIER_NAME = re.compile(r"[a-z][a-z0-9_.-]*$", re.IGNORECASE)
 _CIDR = re.compile(r"(?P<spec>.*?)(?:/(?P<c4>0|[1-9][0-9]?))?(?://(?P<c6>0|[1-9][0-9]{0,2}))?$",
                    re.DOTALL)

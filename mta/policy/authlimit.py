@@ -190,7 +190,8 @@ class UserThrottle:
         self._good: OrderedDict[str, OrderedDict[str, float]] = OrderedDict()
 
     def _known(self, user: str, ip_key: str, now: float) -> bool:
-        seen = self._good.get(user, {}).get(ip_key)
+        ips = self._good.get(user)
+        seen = ips.get(ip_key) if ips is not None else None
         # Remembered for 30 lockout windows (at least a day): long enough to
         # cover the owner's usual clients, short enough to age out.
         return seen is not None and now - seen < max(30 * self.lockout, 86400.0)

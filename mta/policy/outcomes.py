@@ -64,7 +64,8 @@ EXPIRED_UNATTEMPTED = Reply(451, "4.4.7", "Message expired: delivery time limit 
 
 # recipient state after an attempt → the name of its outcome (log event,
 # observer's `outcome` label)
-OUTCOME_OF: dict[str, str] = {DELIVERED: "delivered", BOUNCED: "bounced", EXPIRED: "expired", QUEUED: "deferred"}
+OUTCOME_OF: dict[str, str] = {DELIVERED: "delivered", BOUNCED: "bounced", EXPIRED: "expired",
+                              QUEUED: "deferred"}
 
 
 class Classifier(Protocol):

@@ -87,7 +87,8 @@ class Daemon:
         self._reloads: set[asyncio.Future[bool]] = set()
         self.stopping = False
         self.metrics = Metrics(listeners=[lst.name for lst in cfg.listeners],
-                               webhooks=[w.name for w in cfg.webhooks], state_dir=cfg.server.state_dir, clock=self.clock)
+                               webhooks=[w.name for w in cfg.webhooks],
+                               state_dir=cfg.server.state_dir, clock=self.clock)
         self.admin: AdminServer | None = None
         self.webhooks: WebhookService | None = None
         self.housekeeping = Housekeeping()

@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 
+from mta.config import Config
 from mta.core import Clock, Observer
 from mta.domains.service import SendingDomains
 from mta.mail import dkim

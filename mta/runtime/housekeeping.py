@@ -40,8 +40,8 @@ from typing import Protocol
 from mta.core.logfmt import event
 
 __all__ = ["DOMAINS_EVERY", "DSN_EVERY", "DSN_PAUSE_AFTER_FAILURE", "PRUNE_EVERY",
-           "RECLAIM_EVERY", "Housekeeping", "Job", "LedgerPruning", "SegmentReclaim", "prune_ledger",
-           "reclaim_segments", "wait_event"]
+           "RECLAIM_EVERY", "Housekeeping", "Job", "LedgerPruning", "SegmentReclaim",
+           "prune_ledger", "reclaim_segments", "wait_event"]
 
 log = logging.getLogger("mta.housekeeping")
 

@@ -47,7 +47,8 @@ import ssl
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from mta.config import ROUTES_LIVE, Config, ListenerConfig, config_as_dict, live_keys, load_config
+from mta.config import (ROUTES_LIVE, Config, ListenerConfig, config_as_dict, live_keys,
+                        load_config)
 from mta.core import ConfigError
 from mta.core.logfmt import event
 from mta.runtime.notify import monotonic_usec, notify
@@ -66,7 +67,7 @@ __all__ = ["reload"]
 
 EMBEDDED = "<embedded default>"
 
-_locks: "weakref.WeakKeyDictionary[Any, asyncio.Lock]" = weakref.WeakKeyDictionary()
+_locks: weakref.WeakKeyDictionary[Daemon, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def _fixed_listener_keys() -> tuple[str, ...]:
@@ -113,7 +114,8 @@ async def _reload(daemon: "Daemon") -> bool:
                                        if ctx is not None) or None}
     if restart:
         fields["restart_needed"] = ",".join(sorted(set(restart)))
-    event(log, "reloaded", config=new.source, **{k: v for k, v in fields.items() if v})
+    event(log, "reloaded", logging.INFO, config=new.source,
+          **{k: v for k, v in fields.items() if v})
     if restart:
         event(log, "reload_restart_needed", level=logging.WARNING,
               keys=",".join(sorted(set(restart))),
@@ -160,8 +162,9 @@ def _prepare(daemon: "Daemon", old: Config, new: Config) -> _Prepared:
         ctx = None
         if lcfg.tls != "none":
             try:
-                cert, key = (lcfg.cert, lcfg.key) if lcfg.cert else ensure_self_signed(
-                    paths["tls"], old.server.hostname)
+                # the loader refuses a cert without a key (and the reverse)
+                cert, key = ((lcfg.cert, lcfg.key or lcfg.cert) if lcfg.cert
+                             else ensure_self_signed(paths["tls"], old.server.hostname))
                 ctx = server_context(cert, key)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 what = lcfg.cert or "the self-signed certificate"
@@ -207,7 +210,8 @@ def _restart_server(old: Config, new: Config) -> bool:
 
 # ---- what changed ------------------------------------------------------------
 
-def _diff_by_name(section: str, old: list[dict], new: list[dict]) -> list[str]:
+def _diff_by_name(section: str, old: list[dict[str, Any]],
+                  new: list[dict[str, Any]]) -> list[str]:
     """Changed paths of an [[array]] whose tables have a `name`: section.NAME
     for one added or removed, section.NAME.KEY for each changed key."""
     by_old, by_new = {x["name"]: x for x in old}, {x["name"]: x for x in new}

@@ -17,7 +17,7 @@ from pathlib import Path
 from mta.core.files import atomic_write
 
 
-def server_context(cert: str | os.PathLike, key: str | os.PathLike) -> ssl.SSLContext:
+def server_context(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     # An encrypted key fails at once instead of prompting on a terminal.
@@ -25,7 +25,7 @@ def server_context(cert: str | os.PathLike, key: str | os.PathLike) -> ssl.SSLCo
     return ctx
 
 
-def ensure_self_signed(directory: str | os.PathLike, hostname: str) -> tuple[Path, Path]:
+def ensure_self_signed(directory: str | os.PathLike[str], hostname: str) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

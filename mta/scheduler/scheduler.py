@@ -327,10 +327,11 @@ class Scheduler:
         return self._ninflight
 
     def destination_states(self) -> dict[str, dict[str, object]]:
-        out: dict[str, dict[str, object]] = {name: {"state": d.state.value, "pending": d.npending, "inflight": d.ninflight,
-                      "connections": d.connections, "paused_until": d.paused_until,
-                      "streak": d.streak, "suspended": name in self._suspended}
-               for name, d in self._dests.items()}
+        out: dict[str, dict[str, object]] = {
+            name: {"state": d.state.value, "pending": d.npending, "inflight": d.ninflight,
+                   "connections": d.connections, "paused_until": d.paused_until,
+                   "streak": d.streak, "suspended": name in self._suspended}
+            for name, d in self._dests.items()}
         for name in self._suspended - set(out):
             out[name] = {"state": "active", "pending": 0, "inflight": 0, "connections": 0,
                          "paused_until": None, "streak": 0, "suspended": True}

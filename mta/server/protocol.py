@@ -171,7 +171,7 @@ class SubmissionSMTP(SMTP):
 
     def _set_post_data_state(self) -> None:
         self._stop_transaction_timer()
-        super()._set_post_data_state()  # type: ignore[no-untyped-call]
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd: unannotated
 
     def _stop_transaction_timer(self) -> None:
         timer = getattr(self, "_txn_timer", None)   # (None before __init__ ran)
@@ -241,7 +241,9 @@ class SubmissionSMTP(SMTP):
 
     @property
     def client_ip(self) -> str:
-        peer = self.session.peer if self.session is not None else None
+        # aiosmtpd annotates `peer` as str, but it holds the transport's
+        # peername: a tuple (host, port, ...) for TCP.
+        peer: object = self.session.peer if self.session is not None else None
         if isinstance(peer, tuple) and peer:
             return str(peer[0])
         return str(peer or "")

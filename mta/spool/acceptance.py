@@ -242,6 +242,7 @@ async def _idempotency_lookup(conn: aiosqlite.Connection,
     for i in range(0, len(pairs), _KEY_CHUNK):
         chunk = pairs[i:i + _KEY_CHUNK]
         sql = ledger_sql.SQL_IDEMPOTENCY_LOOKUP.format(pairs=",".join(["(?, ?)"] * len(chunk)))
-        for cred, key, qid, created in await fetchall(conn, sql, [x for pair in chunk for x in pair]):
+        params = [x for pair in chunk for x in pair]
+        for cred, key, qid, created in await fetchall(conn, sql, params):
             found[(cred, key)] = (qid, created)
     return found

@@ -251,7 +251,8 @@ async def _record_async(txn: Txn, r: AsyncReport) -> bool:
     prev = RecipientState(old) if old in _STATES else None   # None: not a state we know
     if r.state and prev is not None and ASYNC_BOUNCE_MACHINE.can(prev, BOUNCED):
         ASYNC_BOUNCE_MACHINE.move(prev, BOUNCED, f"{r.queue_id}/{r.rcpt_idx}")
-        await conn.execute(queue_sql.SQL_ASYNC_BOUNCE, (r.reply, time.time(), r.queue_id, r.rcpt_idx))
+        await conn.execute(queue_sql.SQL_ASYNC_BOUNCE,
+                           (r.reply, time.time(), r.queue_id, r.rcpt_idx))
         txn.touched.add(r.queue_id)
         events.append(("bounced", {**base, "sync": False, "previous_state": old,
                                    **(r.event_detail or {})}))

@@ -10,6 +10,7 @@ API:
     page_sql(f, after, limit) -> (sql, params)        # messages, keyset order
     targets_sql(f, from_states) -> (sql, params)       # (message_id, rcpt_idx, state)
     encode_cursor(received_at, id) / decode_cursor(text) -> (received_at, id)
+    SqlParams                                           # the parameters' type
 
 Semantics (a public interface through the admin API and the CLI):
 - Message fields: `ids` (any of), `sender` (exact, ASCII case-insensitive;
@@ -45,7 +46,6 @@ import binascii
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from mta.core.envelope import FINAL_STATES
 from mta.spool import queue_sql
@@ -55,18 +55,23 @@ FILTER_STATES = frozenset(queue_sql.ALL_STATES) | {DEFERRED}
 
 _MESSAGE_COLS = "m.id, m.sender, m.received_at, m.size, m.credential, m.is_dsn, m.done"
 
+# The parameters of the SQL built here, in placeholder order.
+SqlParams = list[str | int | float | None]
+
 
 @dataclass(frozen=True)
 class MessageFilter:
     ids: tuple[str, ...] = ()
-    state: str | None = None      # queued|held|delivered|bounced|expired|suppressed|deleted|deferred
+    # queued|held|delivered|bounced|expired|suppressed|deleted|deferred
+    state: str | None = None
     domain: str | None = None     # recipient domain
     sender: str | None = None     # exact, case-insensitive
     recipient: str | None = None  # exact address
     include_done: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.ids, str):
+        ids: object = self.ids      # the annotation is not enforced at run time
+        if isinstance(ids, str):
             raise TypeError("MessageFilter.ids is a tuple of queue ids, not a string")
         object.__setattr__(self, "ids", tuple(self.ids))
         if self.state is not None and self.state not in FILTER_STATES:
@@ -83,10 +88,10 @@ def _normal_address(address: str) -> str:
     return f"{local}@{domain.lower()}" if at else address
 
 
-def message_where(f: MessageFilter, m: str = "m") -> tuple[list[str], list]:
+def message_where(f: MessageFilter, m: str = "m") -> tuple[list[str], SqlParams]:
     """Conditions on the messages row aliased `m` (no done condition)."""
     conds: list[str] = []
-    params: list = []
+    params: SqlParams = []
     if f.ids:
         # One parameter however many ids (SQLite's variable limit stays out of it).
         conds.append(f"{m}.id IN (SELECT value FROM json_each(?))")
@@ -97,13 +102,14 @@ def message_where(f: MessageFilter, m: str = "m") -> tuple[list[str], list]:
     return conds, params
 
 
-def recipient_where(f: MessageFilter, r: str = "r", *, probe: bool = False) -> tuple[list[str], list]:
+def recipient_where(f: MessageFilter, r: str = "r", *,
+                    probe: bool = False) -> tuple[list[str], SqlParams]:
     """Conditions on the recipients row aliased `r` (all must hold for one
     row). `probe`: the row is looked up by message id (an EXISTS per
     message), so the state test must not tempt SQLite into recipients_due,
     which cannot seek by message id (hence the unary "+")."""
     conds: list[str] = []
-    params: list = []
+    params: SqlParams = []
     state = f"+{r}.state" if probe else f"{r}.state"
     if f.state == DEFERRED:
         conds.append(f"{state} = 'queued' AND {r}.attempts > 0")
@@ -126,7 +132,7 @@ def recipient_where(f: MessageFilter, r: str = "r", *, probe: bool = False) -> t
 DRIVE_CAP = 2000
 
 
-def probe_sql(f: MessageFilter, cap: int = DRIVE_CAP) -> tuple[str, list] | None:
+def probe_sql(f: MessageFilter, cap: int = DRIVE_CAP) -> tuple[str, SqlParams] | None:
     """SQL counting matching recipients up to `cap`, or None when the
     recipient fields give no index to seek (none given, or only "deferred":
     a walk is the plan then)."""
@@ -138,7 +144,7 @@ def probe_sql(f: MessageFilter, cap: int = DRIVE_CAP) -> tuple[str, list] | None
 
 
 def page_sql(f: MessageFilter, after: tuple[float, str] | None, limit: int, *,
-             drive: bool = False) -> tuple[str, list]:
+             drive: bool = False) -> tuple[str, SqlParams]:
     """One page. drive=False: walk messages in page order, probing each
     one's recipients by primary key. drive=True: start from the matching
     recipients (domain/address/state index), then sort their messages."""
@@ -165,7 +171,7 @@ def page_sql(f: MessageFilter, after: tuple[float, str] | None, limit: int, *,
             f"ORDER BY m.received_at, m.id LIMIT ?"), [*params, limit]
 
 
-def targets_sql(f: MessageFilter, from_states: Iterable[str]) -> tuple[str, list[Any]]:
+def targets_sql(f: MessageFilter, from_states: Iterable[str]) -> tuple[str, SqlParams]:
     """Recipients an operator move may touch: matching, in `from_states`,
     not leased. Returns (message_id, rcpt_idx, state) rows."""
     # Pick the driving index by hand: left alone, SQLite walks every queued

@@ -185,7 +185,8 @@ async def set_webhook(txn: Txn, payloads: list[WebhookUpdate]) -> list[None]:
 async def prune(txn: Txn, payloads: list[PruneOp]) -> list[int]:
     out = []
     for op in payloads:
-        sql = ledger_sql.SQL_PRUNE_EVENTS if op.table == "events" else ledger_sql.SQL_PRUNE_IDEMPOTENCY
+        sql = (ledger_sql.SQL_PRUNE_EVENTS if op.table == "events"
+               else ledger_sql.SQL_PRUNE_IDEMPOTENCY)
         cur = await txn.conn.execute(sql, (op.before, op.batch))
         out.append(cur.rowcount)
     return out

@@ -74,7 +74,8 @@ SQL_RCPT_EVENT = _rcpt_event("?3")
 SQL_PRUNE_EVENTS = ("DELETE FROM events WHERE seq IN "
                     "(SELECT seq FROM events WHERE at < ?1 ORDER BY at LIMIT ?2)")
 SQL_PRUNE_IDEMPOTENCY = ("DELETE FROM idempotency WHERE rowid IN "
-                         "(SELECT rowid FROM idempotency WHERE created < ?1 ORDER BY created LIMIT ?2)")
+                         "(SELECT rowid FROM idempotency WHERE created < ?1 "
+                         "ORDER BY created LIMIT ?2)")
 
 EVENT_COLS = "seq, at, type, queue_id, recipient, credential, detail"
 SQL_MESSAGE_EVENTS = f"SELECT {EVENT_COLS} FROM events WHERE queue_id = ? ORDER BY seq"
@@ -144,7 +145,8 @@ def set_webhook_sql(fields: tuple[str, ...]) -> str:
     if not fields:
         return "INSERT INTO webhook_state (name) VALUES (?) ON CONFLICT (name) DO NOTHING"
     sets = ", ".join(f"{f} = excluded.{f}" for f in fields)
-    return f"INSERT INTO webhook_state ({cols}) VALUES ({marks}) ON CONFLICT (name) DO UPDATE SET {sets}"
+    return (f"INSERT INTO webhook_state ({cols}) VALUES ({marks}) "
+            f"ON CONFLICT (name) DO UPDATE SET {sets}")
 
 
 # Idempotency (acceptance.py). One lookup per batch that has keys: params

@@ -133,7 +133,8 @@ _OP_KEY = "WHERE message_id = ? AND rcpt_idx = ? AND leased = 0"
 SQL_OP_HOLD = f"UPDATE recipients SET state = 'held', updated_at = ? {_OP_KEY} AND state = 'queued'"
 SQL_OP_RELEASE = ("UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ? "
                   f"{_OP_KEY} AND state = 'held'")
-SQL_OP_RETRY = f"UPDATE recipients SET next_attempt = ?, updated_at = ? {_OP_KEY} AND state = 'queued'"
+SQL_OP_RETRY = (f"UPDATE recipients SET next_attempt = ?, updated_at = ? {_OP_KEY} "
+                "AND state = 'queued'")
 # last_remote is cleared: the DSN must not name the last MX as the one that refused.
 SQL_OP_BOUNCE = ("UPDATE recipients SET state = 'bounced', last_reply = ?1, last_remote = '', "
                  "updated_at = ?2, dsn_state = CASE WHEN "
@@ -147,15 +148,19 @@ SQL_OP_CANCEL_DSN = ("UPDATE recipients SET dsn_state = 'none' WHERE message_id 
 # Params: message_id, rcpt_idx, at, state, reply|None.
 SQL_INSERT_OPERATOR_ATTEMPT = (
     "INSERT INTO attempts (message_id, rcpt_idx, at, duration, state, reply, "
-    "remote_host, remote_ip, tls, detail) VALUES (?, ?, ?, 0, ?, ?, 'operator', '', '', 'operator')")
+    "remote_host, remote_ip, tls, detail) "
+    "VALUES (?, ?, ?, 0, ?, ?, 'operator', '', '', 'operator')")
 
 # The unary "+" on r.state keeps SQLite from seeking recipients_due by state
 # (which would scan every queued recipient per message) instead of the
 # primary key by message_id.
 _M = "messages.id"
-_DONE = f"(NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = {_M} AND +r.state IN ('queued', 'held')))"
-_OWES_DSN = (f"(messages.is_dsn = 0 AND messages.sender != '' AND EXISTS (SELECT 1 FROM recipients r "
-             f"WHERE r.message_id = {_M} AND +r.state IN ('bounced', 'expired') AND r.dsn_state NOT IN ('sent', 'none')))")
+_DONE = (f"(NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = {_M} "
+         "AND +r.state IN ('queued', 'held')))")
+_OWES_DSN = ("(messages.is_dsn = 0 AND messages.sender != '' "
+             "AND EXISTS (SELECT 1 FROM recipients r "
+             f"WHERE r.message_id = {_M} AND +r.state IN ('bounced', 'expired') "
+             "AND r.dsn_state NOT IN ('sent', 'none')))")
 _LIVE = f"(NOT {_DONE} OR {_OWES_DSN})"
 
 SQL_RECOMPUTE_FLAGS = f"UPDATE messages SET done = {_DONE}, body_live = {_LIVE} WHERE id = ?"
@@ -235,12 +240,14 @@ SQL_DELAY_OWED_RCPTS = (
     "AND +state = 'queued' AND attempts > 0 AND dsn_state = '' ORDER BY message_id, rcpt_idx")
 
 _MESSAGE_COLS = "id, sender, received_at, size, credential, is_dsn, done"
-SQL_LIST_PENDING = f"SELECT {_MESSAGE_COLS} FROM messages WHERE done = 0 ORDER BY received_at LIMIT ?"
+SQL_LIST_PENDING = (f"SELECT {_MESSAGE_COLS} FROM messages WHERE done = 0 "
+                    "ORDER BY received_at LIMIT ?")
 SQL_LIST_ALL = f"SELECT {_MESSAGE_COLS} FROM messages ORDER BY id LIMIT ?"
 SQL_GET_MESSAGE = f"SELECT {_MESSAGE_COLS} FROM messages WHERE id = ?"
 SQL_RECIPIENTS_OF = (
     "SELECT message_id, rcpt_idx, address, state, attempts, next_attempt, last_reply, "
-    "last_remote, last_tls FROM recipients WHERE message_id IN ({ids}) ORDER BY message_id, rcpt_idx")
+    "last_remote, last_tls FROM recipients WHERE message_id IN ({ids}) "
+    "ORDER BY message_id, rcpt_idx")
 SQL_ATTEMPTS_OF = (
     "SELECT rcpt_idx, at, duration, state, reply, remote_host, remote_ip, tls, detail "
     "FROM attempts WHERE message_id = ? ORDER BY id")

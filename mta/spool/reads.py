@@ -132,8 +132,10 @@ async def dsn_candidates(conn: aiosqlite.Connection, limit: int) -> list[DsnCand
     return await _candidates(conn, queue_sql.SQL_DSN_OWED, (limit,), queue_sql.SQL_DSN_OWED_RCPTS)
 
 
-async def delay_candidates(conn: aiosqlite.Connection, cutoff: float, limit: int) -> list[DsnCandidate]:
-    return await _candidates(conn, queue_sql.SQL_DELAY_OWED, (cutoff, limit), queue_sql.SQL_DELAY_OWED_RCPTS)
+async def delay_candidates(conn: aiosqlite.Connection, cutoff: float,
+                           limit: int) -> list[DsnCandidate]:
+    return await _candidates(conn, queue_sql.SQL_DELAY_OWED, (cutoff, limit),
+                             queue_sql.SQL_DELAY_OWED_RCPTS)
 
 
 def _message(row: Row) -> MessageView:
@@ -151,7 +153,8 @@ async def _attach_recipients(conn: aiosqlite.Connection, views: list[MessageView
             last_reply=last_reply or "", last_remote=last_remote, last_tls=last_tls))
 
 
-async def list_messages(conn: aiosqlite.Connection, limit: int, include_done: bool) -> list[MessageView]:
+async def list_messages(conn: aiosqlite.Connection, limit: int,
+                        include_done: bool) -> list[MessageView]:
     sql = queue_sql.SQL_LIST_ALL if include_done else queue_sql.SQL_LIST_PENDING
     views = [_message(r) for r in await fetchall(conn, sql, (limit,))]
     if views:

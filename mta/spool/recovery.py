@@ -26,6 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -54,7 +55,7 @@ class RecoveryReport:
     next_segment: int = 1            # first number the body store may use
     duration: float = 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["corrupt"] = list(self.corrupt)
         return d
@@ -88,7 +89,8 @@ def _unlink(path: Path) -> None:
         pass
 
 
-async def recover(conn: aiosqlite.Connection, segment_dir: Path, *, index_created: bool = False) -> RecoveryReport:
+async def recover(conn: aiosqlite.Connection, segment_dir: Path, *,
+                  index_created: bool = False) -> RecoveryReport:
     started = time.monotonic()
     report = RecoveryReport(index_created=index_created)
 
@@ -108,7 +110,8 @@ async def recover(conn: aiosqlite.Connection, segment_dir: Path, *, index_create
 
     files = await asyncio.to_thread(scan_segments, segment_dir)
     live = {r[0] for r in await fetchall(conn, queue_sql.SQL_LIVE_SEGMENTS)}
-    ends = {seg: end for seg, end in await fetchall(conn, queue_sql.SQL_SEGMENT_ENDS, (HEADER.size,))}
+    ends = {seg: end
+            for seg, end in await fetchall(conn, queue_sql.SQL_SEGMENT_ENDS, (HEADER.size,))}
     max_db = (await fetchall(conn, queue_sql.SQL_MAX_SEGMENT))[0][0] or 0
     report.segments_live = len(live)
 

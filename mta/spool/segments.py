@@ -79,7 +79,8 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 class BodyStore(Protocol):
     async def append_many(self, items: Sequence[Item]) -> list[Location]: ...
-    async def read(self, segment: int, offset: int, length: int, queue_id: str | None = None) -> bytes: ...
+    async def read(self, segment: int, offset: int, length: int,
+                   queue_id: str | None = None) -> bytes: ...
     async def reclaim(self, live_segments: set[int]) -> int: ...
     def close(self) -> None: ...
 
@@ -112,7 +113,7 @@ def scan_segments(directory: str | os.PathLike[str]) -> dict[int, int]:
 
 
 
-def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, str, int, bool]]:
+def iter_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, str, int, bool]]:
     """Yield (offset, queue_id, length, crc_ok) for each record until the
     first byte that is not a record header (a torn or garbage tail)."""
     with open(path, "rb") as f:
@@ -127,7 +128,8 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, str, int, bool]
             body = f.read(length)
             if len(body) < length:
                 return
-            yield offset, qid.rstrip(b"\0").decode("ascii", "replace"), length, zlib.crc32(body) == crc
+            queue_id = qid.rstrip(b"\0").decode("ascii", "replace")
+            yield offset, queue_id, length, zlib.crc32(body) == crc
             offset += HEADER.size + length
 
 
@@ -212,7 +214,7 @@ class StoredBody:
 class SegmentStore:
     """`BodyStore` over append-only segment files in one directory."""
 
-    def __init__(self, directory: str | os.PathLike, *, first_number: int,
+    def __init__(self, directory: str | os.PathLike[str], *, first_number: int,
                  max_bytes: int = SEGMENT_MAX_BYTES):
         self.directory = Path(directory)
         self.max_bytes = max_bytes
@@ -302,10 +304,12 @@ class SegmentStore:
 
     # -- reads (any thread) ----------------------------------------------------
 
-    async def read(self, segment: int, offset: int, length: int, queue_id: str | None = None) -> bytes:
+    async def read(self, segment: int, offset: int, length: int,
+                   queue_id: str | None = None) -> bytes:
         return await asyncio.to_thread(self.read_sync, segment, offset, length, queue_id)
 
-    def read_sync(self, segment: int, offset: int, length: int, queue_id: str | None = None) -> bytes:
+    def read_sync(self, segment: int, offset: int, length: int,
+                  queue_id: str | None = None) -> bytes:
         """Read and verify one record. FileNotFoundError propagates (the caller
         knows whether the body was supposed to be live); any other mismatch is
         a StorageError."""

@@ -295,10 +295,12 @@ class Spool:
     async def dsn_candidates(self, limit: int = 100) -> list[DsnCandidate]:
         return await self._read(reads.dsn_candidates, limit)
 
-    async def delay_candidates(self, now: float, after: float, limit: int = 100) -> list[DsnCandidate]:
+    async def delay_candidates(self, now: float, after: float,
+                               limit: int = 100) -> list[DsnCandidate]:
         return await self._read(reads.delay_candidates, now - after, limit)
 
-    async def list_messages(self, limit: int = 1000, include_done: bool = False) -> list[MessageView]:
+    async def list_messages(self, limit: int = 1000,
+                            include_done: bool = False) -> list[MessageView]:
         return await self._read(reads.list_messages, limit, include_done)
 
     async def get_message(self, queue_id: str) -> MessageView | None:

@@ -260,7 +260,12 @@ def _parse_time(text: str, now: float, *, what: str, relative: bool) -> float | 
     return t.timestamp()
 
 
-def _rows(path: Path, now: float) -> Iterator[tuple[int, tuple]]:
+# One imported entry: the parameters of SQL_SUPPRESS_REPLACE (address,
+# scope, reason, queue_id, reply, created, expires).
+_Entry = tuple[str, str, str, str, str, float, float | None]
+
+
+def _rows(path: Path, now: float) -> Iterator[tuple[int, _Entry]]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         columns: tuple[str, ...] | None = None
         for reader_line, cells in enumerate(csv.reader(f), 1):

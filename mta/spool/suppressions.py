@@ -61,7 +61,8 @@ SQL_SUPPRESS = (
     "OR (suppressions.reason = 'soft_bounce' AND excluded.reason IN ('hard_bounce', 'complaint'))")
 # An operator's `add` replaces whatever was there.
 SQL_SUPPRESS_REPLACE = (
-    "INSERT OR REPLACE INTO suppressions (address, scope, reason, queue_id, reply, created, expires) "
+    "INSERT OR REPLACE INTO suppressions "
+    "(address, scope, reason, queue_id, reply, created, expires) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)")
 SQL_UNSUPPRESS = "DELETE FROM suppressions WHERE address = ? AND scope = ?"
 SQL_SOFT_RESET = "DELETE FROM soft_failures WHERE address = ?"

@@ -40,6 +40,7 @@ import os
 import socket
 import ssl
 from collections.abc import Sequence
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["Endpoint", "HttpProtocolError", "parse_url"]
@@ -105,7 +106,8 @@ class _Conn(asyncio.Protocol):
 
     # ---- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport   # type: ignore[assignment]
+        # a stream connection (loop.create_connection): a Transport
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
