@@ -1,9 +1,8 @@
 """mta — a self-hosted mail transfer agent in Python asyncio.
 
-Layers (a strict DAG, lower never imports higher; see DESIGN.md §2):
-core → config → policy → scheduler; core → mail; core → spool;
-delivery (core, policy, mail); server (core, policy, mail, spool);
-admin; runtime (everything); cli (runtime).
+The map — data flow, the layer table (a strict DAG: lower never imports
+higher), the process model, the contracts, the state machines and the stores
+— is docs/ARCHITECTURE.md; tests/test_architecture.py holds the code to it.
 """
 
 __version__ = "0.1.0"

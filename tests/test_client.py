@@ -1,5 +1,5 @@
 """SmtpTransport end to end: real DNS on 127.0.0.153, a scripted aiosmtpd sink with
-STARTTLS on loopback, real sockets throughout (DESIGN.md §6)."""
+STARTTLS on loopback, real sockets throughout (docs/ARCHITECTURE.md §8 item 10)."""
 
 from __future__ import annotations
 

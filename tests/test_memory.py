@@ -28,11 +28,13 @@ def _bench(*args: str) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_concurrent_large_submissions_are_not_held_in_memory():
-    growth, payload = _bench("-n", "8", "-s", "12")
+    # 24 MiB each: the daemon's fixed cost of a burst (thread pools, TLS,
+    # SQLite caches: ~45 MiB here) stays well inside the bound
+    growth, payload = _bench("-n", "8", "-s", "24")
     assert growth < payload, (growth, payload)
 
 
 @pytest.mark.slow
 def test_concurrent_large_inbound_messages_are_not_held_in_memory():
-    growth, payload = _bench("-n", "8", "-s", "9.9", "--inbound")
+    growth, payload = _bench("-n", "8", "-s", "20", "--inbound")
     assert growth < payload, (growth, payload)

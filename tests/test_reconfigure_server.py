@@ -131,3 +131,31 @@ def test_bounce_processor_applies_its_keys(tmp_path):
     bp.reconfigure(Config(server=state, bounces=BouncesConfig()))
     assert bp.capture.directory == tmp_path / "state" / "inbound"
     assert bp.capture.max_messages == BouncesConfig().capture_max_messages
+
+
+async def test_reload_changes_the_auth_limits_in_place_keeping_the_count(tmp_path):
+    """A reload applies auth_max_failures/auth_lockout to the running
+    throttles (it used to report them reloaded and keep the old values),
+    and keeps the failures counted so far."""
+    import dataclasses
+    from mta.config import parse_config
+    from mta.core import FakeClock
+    from mta.policy.authlimit import AuthThrottle, UserThrottle
+    from mta.server import CredentialStore, SubmissionListener
+    cfg = parse_config('[[listeners]]\nname = "s"\naddress = "127.0.0.1:2599"\ntls = "none"\n'
+                       'require_tls_for_auth = false\nauth_max_failures = 3\n', "t")
+    ip = AuthThrottle(3, 300)
+    user = UserThrottle(20, 300)
+    lst = SubmissionListener(cfg.listeners[0], hostname="h", spool=object(),
+                             credentials=CredentialStore(tmp_path / "c.json"), tls_context=None,
+                             clock=FakeClock(1000.0), auth_throttle=ip, user_throttle=user)
+    ip.failure("192.0.2.1", 1000.0)
+    ip.failure("192.0.2.1", 1000.0)
+    new = dataclasses.replace(cfg, listeners=(dataclasses.replace(
+        cfg.listeners[0], auth_max_failures=10, auth_max_failures_per_user=7,
+        auth_lockout=900.0),))
+    lst.reconfigure(new, tls_context=None)
+    assert (ip.max_failures, ip.lockout) == (10, 900.0)
+    assert user.lockout == 900.0 and user._counts.max_failures == 7
+    ip.failure("192.0.2.1", 1001.0)                 # 3 failures: locked before, not now
+    assert ip.check("192.0.2.1", 1001.0) is not None

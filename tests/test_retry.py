@@ -1,5 +1,5 @@
 """RetryPolicy: the whole default schedule and the short test schedule,
-attempt by attempt, driven by a fake clock (DESIGN.md §5 item 5)."""
+attempt by attempt, driven by a fake clock (docs/ARCHITECTURE.md §8 item 5)."""
 
 import pytest
 

@@ -86,7 +86,7 @@ __all__ = ["Metrics"]
 # remotes take minutes before our command timeouts end them.
 ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                    60.0, 120.0, 300.0)
-# RSA-2048 through OpenSSL ≈ 0.5 ms, pure-Python RSA ≈ 17 ms (../shared/DESIGN.md §4).
+# RSA-2048 through OpenSSL ≈ 0.5 ms, pure-Python RSA ≈ 17 ms (docs/ARCHITECTURE.md §4).
 DKIM_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 _OUTCOME_SERIES = (("delivered", ""), ("deferred", ""), ("bounced", "hard"),
                    ("bounced", "soft"), ("expired", ""), ("suppressed", ""))

@@ -19,7 +19,7 @@ values, see mta/spool; `QUEUED`, `DELIVERED`, … are the same members):
 Complaints never change a recipient's state; they only add a suppression
 (see `AddressOutcome`).
 
-The machine (DESIGN §5.2; core.statemachine): `RECIPIENT_MACHINE` is the one
+The machine (ARCHITECTURE §8.2; core.statemachine): `RECIPIENT_MACHINE` is the one
 table of recipient moves. Final states are terminal. Only the spool's writer
 moves recipients: delivery records (`queued` → anything, a deferral being
 `queued` → `queued`) and operator moves (hold, release, retry, bounce,

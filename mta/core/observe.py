@@ -44,7 +44,7 @@ API (every method returns None and must not raise, block or await)
         timeout, a connection error: it will be retried)
 
 Invariants
-  * Stdlib only (DESIGN §2): the core never knows Prometheus exists.
+  * Stdlib only (ARCHITECTURE §2): the core never knows Prometheus exists.
   * Observers are told after the fact they report (a message is "accepted"
     only once enqueue returned, an outcome only once it was recorded), and
     their failures are theirs: callers do not guard the calls.

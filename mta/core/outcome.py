@@ -1,4 +1,4 @@
-"""Delivery outcomes on two levels (DESIGN.md §3).
+"""Delivery outcomes on two levels (docs/ARCHITECTURE.md §4).
 
 Each recipient gets its own `RecipientOutcome` (delivered / deferred /
 bounced, the remote reply kept verbatim). Separately each attempt reports a

@@ -28,7 +28,7 @@ Invariants
     creation, so a crash leaves nothing behind and nothing else can open it.
   * Memory held is independent of the file's size: reads and copies go in
     CHUNK pieces.
-  * Stdlib only (DESIGN §2: core).
+  * Stdlib only (ARCHITECTURE §2: core).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one state-machine helper: an enum, a transition table, one checked move.
 
-House style (DESIGN §5.2): a state machine is an enum, a transition table,
+House style (ARCHITECTURE §8.2): a state machine is an enum, a transition table,
 and one function that checks the move, logs ``old -> new`` and raises on an
 illegal one. Every state machine of the project (recipient states,
 destination health, domain and selector states, webhook endpoints) is a
@@ -28,7 +28,7 @@ Invariants
     import-time error, not a run-time surprise).
   * States are `enum.StrEnum` members, so they compare equal to their
     string values and are stored as such (SQLite, JSON) unchanged.
-  * Stdlib only (DESIGN §2: core).
+  * Stdlib only (ARCHITECTURE §2: core).
 """
 
 from __future__ import annotations

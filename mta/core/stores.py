@@ -33,7 +33,7 @@ Contracts every implementation keeps (the spool's docstrings say how)
     move backwards (replay). A power loss may forget the last advance (at
     least once).
 
-Stdlib only (DESIGN §2: core).
+Stdlib only (ARCHITECTURE §2: core).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ What is signed
     A DKIM-Signature already present (the application's) is neither signed nor
     touched; ours are added above it.
 
-How (DESIGN.md §4)
+How (docs/ARCHITECTURE.md §3)
     dkimpy does the header parsing and canonicalisation, header hashing and
     the header layout (`rfc822_parse`, `CanonicalizationPolicy`,
     `hash_headers`, `fold`, `RE_BTAG`: the steps of `DomainSigner.gen_header`).

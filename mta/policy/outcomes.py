@@ -3,7 +3,7 @@
 One job: turn the remote's verdict on one recipient into the two records it
 makes — the `RecipientUpdate` of its queue row (next state, next attempt,
 the ledger event's verdict) and the `AddressOutcome` automatic suppression
-reads — classifying the reply once. Pure (DESIGN.md §2, §5.4): `now` is an
+reads — classifying the reply once. Pure (docs/ARCHITECTURE.md §2, §8.4): `now` is an
 argument, nothing is logged, awaited or stored; the queue runner logs,
 records and counts what these functions return.
 

@@ -1,6 +1,6 @@
 """Retry schedule: when a deferred recipient is tried next, and when it expires.
 
-Data plus one pure function (DESIGN.md §5 item 5), written the way an
+Data plus one pure function (docs/ARCHITECTURE.md §8 item 5), written the way an
 operator reads it: ``"5m,10m,20m,40m,1h,2h,4h"`` means wait 5m after the
 first temporary failure, 10m after the second, … and 4h after every later
 one (the last entry repeats).

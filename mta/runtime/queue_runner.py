@@ -326,7 +326,7 @@ class QueueRunner:
         except Exception:
             # The rows stay leased in memory; recovery would reset them. Put
             # them back so a later pass retries (the remote may see a duplicate:
-            # the accepted trade-off of DESIGN.md §3).
+            # the accepted trade-off of docs/ARCHITECTURE.md §4).
             log.exception("event=record_failed count=%d", len(updates))
             await asyncio.sleep(1.0)
             try:

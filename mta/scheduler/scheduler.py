@@ -1,6 +1,6 @@
 """Per-destination queues, concurrency windows and destination health.
 
-Pure (DESIGN.md §2): never awaits, never reads a clock; `now` is an argument
+Pure (ARCHITECTURE §2): never awaits, never reads a clock; `now` is an argument
 and decisions are returned as values (KumoMTA `timeq`'s Items/Sleep/Empty).
 
 Public API:

@@ -6,7 +6,7 @@
     PROBING  --bad batch-->          PAUSED    (longer backoff)
 
 "bad" is DestinationHealth DOWN or THROTTLING; one recipient's 5xx is not
-(DESIGN.md §3, delivery outcomes have two levels).
+(docs/ARCHITECTURE.md §4, delivery outcomes have two levels).
 
 Public API
     DestState                 StrEnum: "active", "paused", "probing"

@@ -65,7 +65,7 @@ from mta.server.addresses import check_recipient, check_sender
 from mta.server.protocol import SubmissionEnvelope, SubmissionSession, SubmissionSMTP
 from mta.server.session import ehlo_lines, session_error
 
-if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
+if TYPE_CHECKING:  # server does not import config at run time (ARCHITECTURE §2)
     from mta.config import Config
     from mta.config.sections import ListenerConfig
 

@@ -69,7 +69,7 @@ from mta.server.inbound import InboundHandler, InboundMessage, InboundSMTP
 from mta.server.protocol import SubmissionSMTP
 from mta.server.session import SubmissionHandler
 
-if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
+if TYPE_CHECKING:  # server does not import config at run time (ARCHITECTURE §2)
     from mta.config import Config
     from mta.config.sections import ListenerConfig
     from mta.server.seams import MessageFactory, RcptCheck, Signer, SubmissionSpool

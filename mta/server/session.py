@@ -73,7 +73,7 @@ from mta.server.addresses import check_recipient, check_sender
 from mta.server.authcheck import AuthCheck
 from mta.server.credentials import CredentialCheck
 
-if TYPE_CHECKING:  # server does not import config at run time (DESIGN §2)
+if TYPE_CHECKING:  # server does not import config at run time (ARCHITECTURE §2)
     from mta.config import Config
     from mta.config.sections import ListenerConfig
     from mta.server.protocol import (

@@ -1,4 +1,4 @@
-"""The spool: the durability contract (DESIGN.md §3).
+"""The spool: the durability contract (docs/ARCHITECTURE.md §4).
 
 One job: keep every accepted message until each recipient has a final fate
 (and its sender has been told about failures), surviving SIGKILL and power
@@ -44,7 +44,7 @@ S5  recipient leased, attempt   as S4 with leased=1                 every leased
     in flight                                                       (``leased_reset``); the recipient is
                                                                     retried, so a remote 250 not yet
                                                                     recorded may deliver twice
-                                                                    (accepted trade-off, DESIGN §3)
+                                                                    (accepted trade-off, ARCHITECTURE §4)
 S6  attempt recorded            ``attempts`` row, recipient state,  done/body_live recomputed for every
                                 the message's done/body_live, all   message (``flags_fixed``, expected 0:
                                 in one txn                          they are written in the same txn)

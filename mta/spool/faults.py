@@ -1,4 +1,4 @@
-"""Turning storage exceptions into `StorageError` (always a 4xx, DESIGN §3).
+"""Turning storage exceptions into `StorageError` (always a 4xx, ARCHITECTURE §4).
 
 One job: `storage_error(exc, what)` maps an OSError or sqlite3.Error to a
 `StorageError`, flagging disk full (ENOSPC, EDQUOT, SQLITE_FULL) so the

@@ -12,7 +12,7 @@ suppression_admin.py); `SCHEMA_VERSION`.
 
 Invariants:
 - WAL + synchronous=FULL: a COMMIT returns only after the WAL is fsynced,
-  so a committed row survives power loss (DESIGN §3 commit point). The
+  so a committed row survives power loss (ARCHITECTURE §4 commit point). The
   writer lowers it to NORMAL for batches without enqueues (writer.py).
 - Connections run with isolation_level=None; the writer issues BEGIN
   IMMEDIATE / COMMIT itself, so a transaction spans exactly one batch.

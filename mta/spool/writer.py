@@ -248,7 +248,7 @@ class Writer:
         # Only an acceptance (or a DSN with its mark) must be durable before
         # we answer: a batch without enqueues commits with synchronous=NORMAL
         # (no fsync). Leases are reset by recovery anyway, and a lost
-        # delivery record only re-sends (the accepted duplicate of DESIGN §3,
+        # delivery record only re-sends (the accepted duplicate of ARCHITECTURE §4,
         # like Postfix not fsyncing its queue file unlink). A process crash
         # loses nothing either way: the WAL frames are in the page cache; and
         # the next FULL commit fsyncs the WAL up to and including them.

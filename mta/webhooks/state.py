@@ -24,7 +24,7 @@ States
     failing  -> failing (its backlog is kept, retried every last-step wait),
                 active (a 2xx, or an operator's replay)
 
-The retry decision (DESIGN §5.5: a schedule is data plus a pure function):
+The retry decision (ARCHITECTURE §8.5: a schedule is data plus a pure function):
 the n-th consecutive failure waits schedule[n-1], the last step repeating
 forever; failing_since is the time of the first failure of the run; once
 `now - failing_since >= failing_after` the endpoint is failing and waits the

@@ -2,7 +2,7 @@
 
 One job: play a remote MX whose behaviour is chosen by the recipient's local
 part, and record what it received, so delivery code is tested against real
-SMTP over real sockets (DESIGN.md §5.10, §6).
+SMTP over real sockets (docs/ARCHITECTURE.md §8 item 10).
 
 Script (by local part, case-insensitive prefix):
     ok…           250 (so does any local part not listed here)
