@@ -126,7 +126,7 @@ async def test_hard_bounce_dsn_is_sent_at_once_and_the_expiry_gets_its_own(daemo
     assert len(dsns(sink)) == 2
     assert not any(b"ok-c@rcpt.test" in m.data.split(b"message/delivery-status")[1]
                    .split(b"text/rfc822-headers")[0] for m in dsns(sink))
-    events = await daemon.spool.message_events(qid)
+    events = await daemon.spool.ledger.message_events(qid)
     assert sorted(e.detail["rcpt_idx"] for e in events if e.type == "dsn_sent") == [0, 1]
     assert (await daemon.spool.get_message(qid)).done
 
@@ -138,7 +138,7 @@ async def test_bare_552_is_reported_as_5_3_4_everywhere(daemon, sink, caplog):
     [r] = report_blocks(dsn.data)
     assert r["Status"] == "5.3.4"               # not 5.0.0
     assert r["Diagnostic-Code"] == "smtp; 552 Message size exceeds fixed maximum message size"
-    [bounced] = [e for e in await daemon.spool.message_events(qid) if e.type == "bounced"]
+    [bounced] = [e for e in await daemon.spool.ledger.message_events(qid) if e.type == "bounced"]
     assert bounced.detail["status"] == "5.3.4"  # the ledger agrees
     [line] = [x.getMessage() for x in caplog.records
               if x.getMessage().startswith("event=bounced") and qid in x.getMessage()]

@@ -49,7 +49,7 @@ async def submit(d, rcpts, *, user="app", password="app-password-1", sender=SEND
 
 
 async def timeline(d, qid):
-    return [e.type for e in await d.spool.message_events(qid)]
+    return [e.type for e in await d.spool.ledger.message_events(qid)]
 
 
 async def until_types(d, qid, want, timeout=15.0):
@@ -71,7 +71,7 @@ async def test_every_event_type_in_order(world):
     await until_types(d, delivered, ["received", "queued", "delivered"])
     await until_types(d, deferred, ["received", "queued", "deferred", "delivered"])
     await until_types(d, bounced, ["received", "queued", "bounced", "dsn_sent"])
-    ev = (await d.spool.message_events(bounced))[2]
+    ev = (await d.spool.ledger.message_events(bounced))[2]
     assert ev.detail["class"] == "hard" and ev.detail["sync"] is True
     await until_types(d, expiring, ["received", "queued", "deferred"])
     await wait_until(lambda: _has(d, expiring, "dsn_sent"), timeout=15)
@@ -88,10 +88,10 @@ async def test_every_event_type_in_order(world):
     await to_inbound(d, verp_b, remote_dsn("ok-async@rcpt.test"))
     await to_inbound(d, verp_c, arf("ok-complainer@rcpt.test"))
     assert (await timeline(d, async_b))[3] == "bounced"
-    ev = (await d.spool.message_events(async_b))[3]
+    ev = (await d.spool.ledger.message_events(async_b))[3]
     assert ev.detail["sync"] is False
     assert (await timeline(d, complained))[3] == "complained"
-    assert (await d.spool.message_events(complained))[3].detail["feedback_type"] == "abuse"
+    assert (await d.spool.ledger.message_events(complained))[3].detail["feedback_type"] == "abuse"
 
     # suppressed at RCPT (the complainer is now suppressed), rejected at MAIL
     with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
@@ -101,7 +101,7 @@ async def test_every_event_type_in_order(world):
                      sender="x@b.example")
     async def refusals():   # appended without delaying the SMTP reply: wait for them
         recent = [(e.type, e.recipient, e.credential) for e in
-                  await d.spool.events_after(0, 1000, types=["suppressed", "rejected"])]
+                  await d.spool.ledger.events_after(0, 1000, types=["suppressed", "rejected"])]
         return recent if any(t == "rejected" and c == "scoped" for t, _, c in recent) else None
     recent = await wait_until(refusals, timeout=5)
     assert ("suppressed", "ok-complainer@rcpt.test", "app") in recent
@@ -122,7 +122,7 @@ async def test_every_event_type_in_order(world):
     await until_types(d, held, ["received", "queued", "held", "released", "delivered"])
 
     # the global cursor sees everything exactly once, in sequence order
-    seqs = [e.seq for e in await d.spool.events_after(0, 10_000)]
+    seqs = [e.seq for e in await d.spool.ledger.events_after(0, 10_000)]
     assert seqs == sorted(set(seqs))
 
 
@@ -145,7 +145,7 @@ async def test_idempotent_submission_sequential_and_concurrent(world):
     assert sorted(m.rcpt_tos[0] for m in delivered) == ["ok-idem@rcpt.test",
                                                         "ok-race@rcpt.test"]
     assert all(b"Idempotency-Key" not in m.data for m in delivered)   # removed before delivery
-    received = [e for e in await d.spool.message_events(first) if e.type == "received"]
+    received = [e for e in await d.spool.ledger.message_events(first) if e.type == "received"]
     assert len(received) == 2 and received[1].detail.get("duplicate_of") == first
     # another credential with the same key is a different submission
     other = await submit(d, ["ok-idem@rcpt.test"], user="scoped", password="scoped-password-1",

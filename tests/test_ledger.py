@@ -46,11 +46,11 @@ async def spool(tmp_path):
 
 
 async def timeline(spool, qid) -> list[tuple[str, str]]:
-    return [(e.type, e.recipient) for e in await spool.message_events(qid)]
+    return [(e.type, e.recipient) for e in await spool.ledger.message_events(qid)]
 
 
 async def types_of(spool, qid) -> list[str]:
-    return [e.type for e in await spool.message_events(qid)]
+    return [e.type for e in await spool.ledger.message_events(qid)]
 
 
 def test_vocabulary_matches_the_config_one():
@@ -68,7 +68,7 @@ def test_vocabulary_matches_the_config_one():
 async def test_enqueue_writes_received_then_queued_per_recipient(spool):
     qid = await spool.enqueue(new(1, rcpts=("a@x.test", "b@y.test"), credential="app1",
                                   listener="submission", client_ip="192.0.2.7"), T0)
-    events = await spool.message_events(qid)
+    events = await spool.ledger.message_events(qid)
     assert [(e.type, e.recipient) for e in events] == [
         ("received", ""), ("queued", "a@x.test"), ("queued", "b@y.test")]
     assert all(e.credential == "app1" and e.queue_id == qid and e.at == T0 for e in events)
@@ -84,7 +84,7 @@ async def test_enqueue_writes_received_then_queued_per_recipient(spool):
 
 async def test_no_credential_is_stored_as_empty(spool):
     qid = await spool.enqueue(new(), T0)
-    assert {e.credential for e in await spool.message_events(qid)} == {""}
+    assert {e.credential for e in await spool.ledger.message_events(qid)} == {""}
 
 
 async def test_deferred_then_delivered(spool):
@@ -97,7 +97,7 @@ async def test_deferred_then_delivered(spool):
     await spool.lease_due(T0 + 600, 10)
     await spool.record([upd(qid, 0, DELIVERED, "250 2.0.0 ok", at=T0 + 600,
                             remote_host="mx.x.test", remote_ip="192.0.2.1", tls="TLSv1.3")])
-    events = await spool.message_events(qid)
+    events = await spool.ledger.message_events(qid)
     assert [e.type for e in events] == ["received", "queued", "deferred", "delivered"]
     deferred, delivered = events[2], events[3]
     assert deferred.recipient == "a@x.test" and deferred.credential == "app1"
@@ -119,7 +119,7 @@ async def test_bounced_carries_the_runtime_detail(spool):
         upd(qid, 0, BOUNCED, "550 5.1.1 no such user", remote_host="mx.x.test",
             event_detail={"class": "hard", "reason": "bad_mailbox"}),
         upd(qid, 1, DELIVERED, "250 ok", remote_host="mx.x.test")])
-    events = await spool.message_events(qid)
+    events = await spool.ledger.message_events(qid)
     assert [(e.type, e.recipient) for e in events] == [
         ("received", ""), ("queued", "a@x.test"), ("queued", "b@x.test"),
         ("bounced", "a@x.test"), ("delivered", "b@x.test")]
@@ -142,7 +142,7 @@ async def test_expired(spool):
     await spool.lease_due(T0, 10)
     await spool.record([upd(qid, 0, EXPIRED, "451 4.4.7 Message expired", at=T0 + 5 * DAY,
                             counts_attempt=False)])
-    events = await spool.message_events(qid)
+    events = await spool.ledger.message_events(qid)
     assert [e.type for e in events] == ["received", "queued", "expired"]
     assert events[-1].detail == {"rcpt_idx": 0, "reply": "451 4.4.7 Message expired",
                                  "attempts": 0}
@@ -163,7 +163,7 @@ async def test_async_bounce_after_delivery_and_complaint(spool):
         event_detail={"feedback_type": "abuse"})
     # Unknown recipient: nothing recorded, no event.
     assert not await spool.record_async(qid, 7, state=BOUNCED, reply=None, detail="?", at=T0)
-    events = await spool.message_events(qid)
+    events = await spool.ledger.message_events(qid)
     assert [(e.type, e.recipient) for e in events][-2:] == [("bounced", "a@x.test"),
                                                            ("complained", "b@x.test")]
     bounced, complained = events[-2], events[-1]
@@ -174,7 +174,7 @@ async def test_async_bounce_after_delivery_and_complaint(spool):
     assert complained.detail["feedback_type"] == "abuse" and complained.at == T0 + 90
     # A second bounce report for the now-bounced recipient changes nothing: no event.
     assert await spool.record_async(qid, 0, state=BOUNCED, reply=None, detail="again", at=T0 + 99)
-    assert len(await spool.message_events(qid)) == len(events)
+    assert len(await spool.ledger.message_events(qid)) == len(events)
 
 
 async def test_operator_hold_release_bounce_delete(spool):
@@ -189,7 +189,7 @@ async def test_operator_hold_release_bounce_delete(spool):
     assert (await timeline(spool, a))[3:] == [
         ("held", "a@x.test"), ("held", "b@y.test"), ("released", "a@x.test"),
         ("bounced", "a@x.test"), ("bounced", "b@y.test")]
-    events = await spool.message_events(a)
+    events = await spool.ledger.message_events(a)
     assert [e.at for e in events[3:]] == [T0 + 1, T0 + 1, T0 + 2, T0 + 4, T0 + 4]
     assert all(e.credential == "app1" and e.detail["by"] == "operator" for e in events[3:])
     assert events[-1].detail["reply"] == "550 5.0.0 Bounced by the postmaster"
@@ -205,17 +205,17 @@ async def test_dsn_sent_is_written_on_the_original(spool):
     dsn = await spool.enqueue(NewMessage(sender="", recipients=("app@example.test",),
                                          body=b"Subject: failure\r\n\r\nx\r\n", is_dsn=True),
                               T0 + 1, dsn_for=DsnMark(orig, (0,), "failure"))
-    events = await spool.message_events(orig)
+    events = await spool.ledger.message_events(orig)
     assert events[-1].type == "dsn_sent" and events[-1].recipient == "a@x.test"
     assert events[-1].detail == {"rcpt_idx": 0, "dsn_queue_id": dsn, "kind": "failure"}
     assert events[-1].credential == "app1"
-    assert (await spool.message_events(dsn))[0].detail["dsn_for"] == orig
+    assert (await spool.ledger.message_events(dsn))[0].detail["dsn_for"] == orig
 
 
 async def test_accept_and_record_suppressed_recipients(spool):
     qid = await spool.enqueue(new(rcpts=("a@x.test", "gone@x.test"),
                                   suppressed=((1, "550 5.7.1 suppressed: hard_bounce"),)), T0)
-    events = await spool.message_events(qid)
+    events = await spool.ledger.message_events(qid)
     assert [(e.type, e.recipient) for e in events] == [
         ("received", ""), ("queued", "a@x.test"), ("suppressed", "gone@x.test")]
     assert events[2].detail == {"rcpt_idx": 1, "reply": "550 5.7.1 suppressed: hard_bounce",
@@ -224,20 +224,20 @@ async def test_accept_and_record_suppressed_recipients(spool):
 
 async def test_append_events_rejected_and_refused_at_rcpt(spool):
     qid = await spool.enqueue(new(credential="app1"), T0)
-    await spool.append_events([
+    await spool.ledger.append_events([
         LedgerEvent("rejected", T0 + 1, credential="app2",
                     detail={"reply": "554 5.7.1 sender not allowed", "sender": "x@evil.test"}),
         LedgerEvent("suppressed", T0 + 2, recipient="gone@x.test", credential="app2",
                     detail={"reply": "550 5.7.1 suppressed", "mode": "refuse"}),
         LedgerEvent("rejected", T0 + 3, queue_id=qid, detail={"reply": "x"}),
     ])
-    page = await spool.events_after(0, 100, types=["rejected", "suppressed"])
+    page = await spool.ledger.events_after(0, 100, types=["rejected", "suppressed"])
     assert [(e.type, e.recipient, e.credential) for e in page] == [
         ("rejected", "", "app2"), ("suppressed", "gone@x.test", "app2"),
         ("rejected", "", "app1")]   # the message's credential, filled in
     assert page[0].detail == {"reply": "554 5.7.1 sender not allowed", "sender": "x@evil.test"}
     with pytest.raises(TypeError):
-        await spool.append_events([LedgerEvent("rejected", T0, detail={"x": object()})])
+        await spool.ledger.append_events([LedgerEvent("rejected", T0, detail={"x": object()})])
 
 
 # -- reading -------------------------------------------------------------------------
@@ -245,31 +245,31 @@ async def test_append_events_rejected_and_refused_at_rcpt(spool):
 async def test_events_after_pages_by_cursor_with_filters(spool):
     ids = [await spool.enqueue(new(i, rcpts=(f"r{i}@x.test", "common@y.test"),
                                    credential=f"app{i % 2}"), T0 + i) for i in range(10)]
-    everything = await spool.events_after(0, 1000)
+    everything = await spool.ledger.events_after(0, 1000)
     assert len(everything) == 30
     assert [e.seq for e in everything] == sorted(e.seq for e in everything)
-    assert await spool.last_event_seq() == everything[-1].seq
+    assert await spool.ledger.last_event_seq() == everything[-1].seq
     # Paging resumes exactly where it stopped: no gap, no repeat.
     seen, cursor = [], 0
-    while page := await spool.events_after(cursor, 7):
+    while page := await spool.ledger.events_after(cursor, 7):
         seen += page
         cursor = page[-1].seq
     assert [e.seq for e in seen] == [e.seq for e in everything]
     # type filters, one and several (merged in seq order)
-    received = await spool.events_after(0, 4, types=["received"])
+    received = await spool.ledger.events_after(0, 4, types=["received"])
     assert [e.queue_id for e in received] == ids[:4]
-    mixed = await spool.events_after(everything[4].seq, 5, types=["queued", "received"])
+    mixed = await spool.ledger.events_after(everything[4].seq, 5, types=["queued", "received"])
     assert [e.seq for e in mixed] == [e.seq for e in everything[5:10]]
-    assert await spool.events_after(0, 10, types=[]) == []
+    assert await spool.ledger.events_after(0, 10, types=[]) == []
     # recipient and credential filters
-    common = await spool.events_after(0, 100, recipient="common@y.test")
+    common = await spool.ledger.events_after(0, 100, recipient="common@y.test")
     assert [e.queue_id for e in common] == ids
-    assert [e.queue_id for e in await spool.events_after(0, 100, recipient="r3@x.test")] == [ids[3]]
-    app1 = await spool.events_after(0, 100, types=["received"], credential="app1")
+    assert [e.queue_id for e in await spool.ledger.events_after(0, 100, recipient="r3@x.test")] == [ids[3]]
+    app1 = await spool.ledger.events_after(0, 100, types=["received"], credential="app1")
     assert [e.queue_id for e in app1] == ids[1::2]
-    assert await spool.events_after(everything[-1].seq, 10) == []
+    assert await spool.ledger.events_after(everything[-1].seq, 10) == []
     with pytest.raises(ValueError):
-        await spool.events_after(0, 0)
+        await spool.ledger.events_after(0, 0)
 
 
 async def test_type_filter_uses_the_type_index(tmp_path):
@@ -287,7 +287,7 @@ async def test_type_filter_uses_the_type_index(tmp_path):
 async def test_failed_batch_writes_neither_state_nor_events(spool, monkeypatch):
     qid = await spool.enqueue(new(), T0)
     await spool.lease_due(T0, 10)
-    before = await spool.last_event_seq()
+    before = await spool.ledger.last_event_seq()
 
     async def broken(*a, **kw):
         raise sqlite3.OperationalError("disk I/O error")
@@ -296,7 +296,7 @@ async def test_failed_batch_writes_neither_state_nor_events(spool, monkeypatch):
         await spool.record([upd(qid, 0, DELIVERED, "250 ok")],
                            outcomes=[AddressOutcome("a@x.test", "delivered", T0, qid)])
     monkeypatch.undo()
-    assert await spool.last_event_seq() == before
+    assert await spool.ledger.last_event_seq() == before
     assert await types_of(spool, qid) == ["received", "queued"]
     assert (await spool.get_message(qid)).recipients[0].state == QUEUED
     # An enqueue batch that fails (a duplicate queue id) leaves no event either.
@@ -305,24 +305,24 @@ async def test_failed_batch_writes_neither_state_nor_events(spool, monkeypatch):
                                    return_exceptions=True)
     monkeypatch.undo()
     assert all(isinstance(r, StorageError) for r in results)
-    assert await spool.last_event_seq() == before
+    assert await spool.ledger.last_event_seq() == before
     # The writer carries on, and seqs keep rising.
     await spool.record([upd(qid, 0, DELIVERED, "250 ok")])
-    assert (await spool.message_events(qid))[-1].seq > before
+    assert (await spool.ledger.message_events(qid))[-1].seq > before
 
 
 async def test_events_survive_restart_and_seq_is_never_reused(tmp_path):
     s = await Spool.open(tmp_path, now=T0)
     qid = await s.enqueue(new(), T0)
-    last = await s.last_event_seq()
-    assert await s.prune_events(T0 + 1) == 2
+    last = await s.ledger.last_event_seq()
+    assert await s.ledger.prune_events(T0 + 1) == 2
     await s.close()
     s = await Spool.open(tmp_path, now=T0)
     try:
-        assert await s.message_events(qid) == []
-        assert await s.last_event_seq() == last      # pruning every row keeps the counter
+        assert await s.ledger.message_events(qid) == []
+        assert await s.ledger.last_event_seq() == last      # pruning every row keeps the counter
         q2 = await s.enqueue(new(2), T0 + 5)
-        assert (await s.message_events(q2))[0].seq == last + 1
+        assert (await s.ledger.message_events(q2))[0].seq == last + 1
     finally:
         await s.close()
 
@@ -330,17 +330,17 @@ async def test_events_survive_restart_and_seq_is_never_reused(tmp_path):
 async def test_prune_in_batches_oldest_first(spool):
     for i in range(10):
         await spool.enqueue(new(i, rcpts=("a@x.test", "b@x.test", "c@x.test")), T0 + i)   # 4 events each
-    assert len(await spool.events_after(0, 1000)) == 40
+    assert len(await spool.ledger.events_after(0, 1000)) == 40
     with pytest.raises(ValueError):
-        await spool.prune_events(T0, batch=0)
+        await spool.ledger.prune_events(T0, batch=0)
     deleted = []
-    while n := await spool.prune_events(T0 + 5, batch=7):
+    while n := await spool.ledger.prune_events(T0 + 5, batch=7):
         assert n <= 7
         deleted.append(n)
     assert deleted == [7, 7, 6]          # the 20 events of the 5 older messages
-    left = await spool.events_after(0, 1000)
+    left = await spool.ledger.events_after(0, 1000)
     assert len(left) == 20 and min(e.at for e in left) == T0 + 5
-    assert await spool.prune_events(T0 + 5) == 0
+    assert await spool.ledger.prune_events(T0 + 5) == 0
     # append-only: no statement anywhere in the spool updates an event
     for path in Path(acceptance.__file__).parent.glob("*.py"):
         src = path.read_text()
@@ -350,37 +350,37 @@ async def test_prune_in_batches_oldest_first(spool):
 # -- webhook cursors -----------------------------------------------------------------
 
 async def test_webhook_state_round_trip(spool):
-    assert await spool.webhook_state("crm") is None
-    await spool.set_webhook_state("crm")
-    assert await spool.webhook_state("crm") == {
+    assert await spool.ledger.webhook_state("crm") is None
+    await spool.ledger.set_webhook_state("crm")
+    assert await spool.ledger.webhook_state("crm") == {
         "name": "crm", "cursor": 0, "failing_since": None, "next_attempt": None,
         "attempts": 0, "last_error": None, "state": "ok"}
-    await spool.set_webhook_state("crm", cursor=42, failing_since=T0, next_attempt=T0 + 5,
+    await spool.ledger.set_webhook_state("crm", cursor=42, failing_since=T0, next_attempt=T0 + 5,
                                   attempts=3, last_error="HTTP 500", state="retrying")
-    await spool.set_webhook_state("crm", attempts=4)          # others unchanged
-    assert await spool.webhook_state("crm") == {
+    await spool.ledger.set_webhook_state("crm", attempts=4)          # others unchanged
+    assert await spool.ledger.webhook_state("crm") == {
         "name": "crm", "cursor": 42, "failing_since": T0, "next_attempt": T0 + 5,
         "attempts": 4, "last_error": "HTTP 500", "state": "retrying"}
-    await spool.set_webhook_state("crm", cursor=50, failing_since=None, next_attempt=None,
+    await spool.ledger.set_webhook_state("crm", cursor=50, failing_since=None, next_attempt=None,
                                   attempts=0, last_error=None, state="ok")
-    await spool.set_webhook_state("crm", cursor=None)         # None: cursor unchanged
-    await spool.set_webhook_state("crm", cursor=10)           # replay moves it back
-    await spool.set_webhook_state("audit", cursor=7)
-    assert await spool.webhook_state("crm") == {
+    await spool.ledger.set_webhook_state("crm", cursor=None)         # None: cursor unchanged
+    await spool.ledger.set_webhook_state("crm", cursor=10)           # replay moves it back
+    await spool.ledger.set_webhook_state("audit", cursor=7)
+    assert await spool.ledger.webhook_state("crm") == {
         "name": "crm", "cursor": 10, "failing_since": None, "next_attempt": None,
         "attempts": 0, "last_error": None, "state": "ok"}
-    assert [w["name"] for w in await spool.webhook_states()] == ["audit", "crm"]
+    assert [w["name"] for w in await spool.ledger.webhook_states()] == ["audit", "crm"]
     with pytest.raises(ValueError):
-        await spool.set_webhook_state("crm", state=None)
+        await spool.ledger.set_webhook_state("crm", state=None)
 
 
 async def test_webhook_state_survives_restart(tmp_path):
     s = await Spool.open(tmp_path, now=T0)
-    await s.set_webhook_state("crm", cursor=3, state="failing", failing_since=T0)
+    await s.ledger.set_webhook_state("crm", cursor=3, state="failing", failing_since=T0)
     await s.close()
     s = await Spool.open(tmp_path, now=T0)
     try:
-        st = await s.webhook_state("crm")
+        st = await s.ledger.webhook_state("crm")
         assert (st["cursor"], st["state"], st["failing_since"]) == (3, "failing", T0)
     finally:
         await s.close()
@@ -398,7 +398,7 @@ async def test_idempotency_sequential(spool):
     assert again == first
     assert await count_messages(spool) == 1
     assert spool.stats.duplicates == 1
-    events = await spool.message_events(first)
+    events = await spool.ledger.message_events(first)
     assert [e.type for e in events] == ["received", "queued", "received"]
     assert events[0].detail["idempotency_key"] == "order-42"
     assert "duplicate_of" not in events[0].detail
@@ -419,7 +419,7 @@ async def test_idempotency_concurrent_duplicates_make_one_message(spool):
     assert len(set(ids)) == 1
     assert await count_messages(spool) == 1
     assert spool.stats.max_batch >= 2    # they met in one batch
-    received = [e for e in await spool.message_events(ids[0]) if e.type == "received"]
+    received = [e for e in await spool.ledger.message_events(ids[0]) if e.type == "received"]
     assert len(received) == 10
     assert sum("duplicate_of" not in e.detail for e in received) == 1
     assert sum(e.detail.get("duplicate_of") == ids[0] for e in received) == 9
@@ -437,8 +437,8 @@ async def test_idempotency_window_expiry_and_pruning(spool):
     assert await spool.enqueue(new(4, credential="app1", idempotency_key="k"), T0 + 150,
                                idempotency_window=100) == after
     assert await count_messages(spool) == 2
-    assert await spool.prune_idempotency(T0 + 101) == 0      # the row is from T0 + 101
-    assert await spool.prune_idempotency(T0 + 102) == 1
+    assert await spool.ledger.prune_idempotency(T0 + 101) == 0      # the row is from T0 + 101
+    assert await spool.ledger.prune_idempotency(T0 + 102) == 1
     assert await spool.enqueue(new(5, credential="app1", idempotency_key="k"), T0 + 160) != after
 
 

@@ -1,7 +1,7 @@
 """The store seams (issue 11 item 8, the spool's share): the embedded
 SQLite implementations have every method of the core.stores Protocols, with
 the same parameters, so a networked backend can replace them without
-touching callers; `Spool` keeps the old names as delegates."""
+touching callers; `Spool` has one name per noun (spool.ledger, spool.suppressions)."""
 
 from __future__ import annotations
 
@@ -42,20 +42,15 @@ def test_implementation_matches_its_protocol(impl, proto):
         assert params(mine) == params(fn), name
 
 
-@pytest.mark.parametrize("proto", [stores.EventLedger, stores.WebhookCursors,
-                                   stores.IdempotencyKeys, stores.SuppressionLookup])
-def test_spool_keeps_the_old_names(proto):
-    for name, fn in protocol_methods(proto).items():
-        assert inspect.iscoroutinefunction(getattr(Spool, name)), name
-
-
 async def test_spool_nouns_are_the_store_implementations(tmp_path):
     s = await Spool.open(tmp_path, now=T0)
     try:
         assert isinstance(s.ledger, Ledger) and isinstance(s.suppressions, Suppressions)
         await s.ledger.set_webhook_state("crm", cursor=3)
-        assert (await s.webhook_state("crm"))["cursor"] == 3          # same store, old name
-        assert await s.ledger.last_event_seq() == await s.last_event_seq() == 0
+        assert (await s.ledger.webhook_state("crm"))["cursor"] == 3
+        assert await s.ledger.last_event_seq() == 0
+        for old in ("append_events", "events_after", "suppressed", "webhook_state"):
+            assert not hasattr(s, old), f"Spool.{old}: one name per noun (spool.ledger/.suppressions)"
     finally:
         await s.close()
 

@@ -237,19 +237,19 @@ async def test_the_spools_sql_payload_is_event_json(tmp_path):
     spool = await Spool.open(tmp_path / "state", now=time.time())
     try:
         ats = [1_700_000_000.0, 1_700_000_000.2495, 1_700_000_000.9996, 1_799_999_999.123456]
-        await spool.append_events([
+        await spool.ledger.append_events([
             LedgerEvent(type="rejected" if i % 2 else "suppressed", at=at,
                         recipient=f"rü{i}@x.example" if i else "",
                         credential="alice" if i % 2 else "",
                         detail={"reply": "550 5.7.1 «no»", "n": i, "nested": {"a": [1, None]}}
                         if i else {})
             for i, at in enumerate(ats)])
-        views = await spool.events_after(0, 10)
-        sql = await spool.event_payloads_after(0, 10)
+        views = await spool.ledger.events_after(0, 10)
+        sql = await spool.ledger.event_payloads_after(0, 10)
         assert [s for s, _ in sql] == [v.seq for v in views] and len(views) == 4
         for v, (_, payload) in zip(views, sql):
             assert json.loads(payload) == event_json(v), payload
-        only = await spool.event_payloads_after(0, 10, types=["rejected"], credential="alice")
+        only = await spool.ledger.event_payloads_after(0, 10, types=["rejected"], credential="alice")
         assert [s for s, _ in only] == [v.seq for v in views if v.type == "rejected"]
         assert json.loads(sql[0][1])["data"] == {} and json.loads(sql[0][1])["recipient"] is None
     finally:
@@ -568,13 +568,13 @@ async def test_against_the_real_spool(tmp_path, rx):
             def webhook_request(self, webhook, result):
                 calls.append((webhook, result))
 
-        d = _deliverer(spool, _cfg(rx.url, events=("rejected", "suppressed")),
+        d = _deliverer(spool.ledger, _cfg(rx.url, events=("rejected", "suppressed")),
                        observer=Recorder())
         d.start()
         await until(lambda: len(rx.got) == 0 and d._state is not None)
         rx.script = ["500"]
         t0 = time.time() - 30
-        await spool.append_events([
+        await spool.ledger.append_events([
             LedgerEvent(type="rejected" if i % 2 else "suppressed", at=t0 + i,
                         queue_id="", recipient=f"r{i}@x.example", detail={"i": i})
             for i in range(6)])
@@ -587,8 +587,8 @@ async def test_against_the_real_spool(tmp_path, rx):
         st = await d.status()
         assert st["lag"] == 0 and st["oldest_unsent_at"] is None and st["sent"] == 6
         await d.stop()
-        st = await spool.webhook_state("app")
-        assert st["cursor"] == await spool.last_event_seq() and st["state"] == "active"
+        st = await spool.ledger.webhook_state("app")
+        assert st["cursor"] == await spool.ledger.last_event_seq() and st["state"] == "active"
         assert st["attempts"] == 0 and st["last_error"] is None
     finally:
         await spool.close()

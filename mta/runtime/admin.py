@@ -315,13 +315,13 @@ class RuntimeAdmin:
     # ---- the ledger and webhooks -------------------------------------------
     async def events_after(self, after: int, limit: int, *, types: list[str] | None = None,
                            recipient: str | None = None) -> list[dict[str, Any]]:
-        return [e.to_dict() for e in await self.spool.events_after(
+        return [e.to_dict() for e in await self.spool.ledger.events_after(
             after, limit, types=types, recipient=recipient)]
 
     async def message_events(self, message_id: str) -> list[dict[str, Any]] | None:
         if await self.spool.get_message(message_id) is None:
             return None
-        return [e.to_dict() for e in await self.spool.message_events(message_id)]
+        return [e.to_dict() for e in await self.spool.ledger.message_events(message_id)]
 
     async def webhooks(self) -> list[dict[str, Any]]:
         return await self.webhooks_service().statuses()

@@ -120,7 +120,7 @@ class Daemon:
         await self.domains.refresh()
         codec = VerpCodec(load_or_create_secret(paths["verp_key"]))
         self.runner = self._runner(paths, resolver, codec)
-        self.webhooks = WebhookService(cfg.webhooks, spool=self.spool, clock=self.clock,
+        self.webhooks = WebhookService(cfg.webhooks, spool=self.spool.ledger, clock=self.clock,
                                        ledger_cfg=cfg.ledger, observer=self.metrics)
         # New ledger events wake the webhook deliverers at once (they also poll).
         self.runner.after_write = self.webhooks.poke
@@ -155,7 +155,7 @@ class Daemon:
         the idempotency window are read from `self.cfg` at each run, so a
         reload applies them."""
         async def prune() -> None:
-            await prune_ledger(spool, self.clock.now(), self.cfg.ledger.retention,
+            await prune_ledger(spool.ledger, self.clock.now(), self.cfg.ledger.retention,
                                self.cfg.ledger.idempotency_window)
 
         async def reclaim() -> None:
@@ -215,7 +215,7 @@ class Daemon:
 
     async def _rcpt_check(self, address: str, credential: str | None) -> Reply | None:
         assert self.spool is not None
-        entry = await self.spool.suppressed(address, credential)
+        entry = await self.spool.suppressions.suppressed(address, credential)
         return None if entry is None else suppression_reply(entry)
 
     async def _start_listeners(self, paths: StatePaths, credentials: Credentials) -> None:
@@ -343,7 +343,7 @@ class _PokingSpool:
         return qid
 
     async def append_events(self, events: Sequence[LedgerEvent]) -> None:
-        await self._spool.append_events(events)
+        await self._spool.ledger.append_events(events)
         self._webhooks.poke()
 
 

@@ -30,11 +30,9 @@ API:
     await spool.list_page(f, limit, cursor) -> ([MessageView], next cursor | None)
     await spool.list_page_json(f, limit, cursor) -> (JSON bytes, next cursor | None)
     await spool.domain_summary(now) -> [dict];  await spool.gauges() -> dict
-  kept for callers of the old names (this wave; new code uses the nouns):
-    spool.suppressed(…) = spool.suppressions.suppressed(…); spool.append_events,
-    events_after, event_payloads_after, message_events, last_event_seq,
-    prune_events, prune_idempotency, webhook_state, webhook_states,
-    set_webhook_state = the same methods of spool.ledger
+  the other nouns (same writer and reader connection):
+    spool.ledger        events, webhook cursors, pruning, idempotency keys (ledger.py)
+    spool.suppressions  the per-RCPT suppression lookup (suppressions.py)
 
 Invariants:
 - `enqueue` returns only after the commit point (see the package docstring);
@@ -78,7 +76,6 @@ import aiosqlite
 from mta.core.envelope import (
     AddressOutcome,
     DsnCandidate,
-    LedgerEvent,
     QueuedRecipient,
     RecipientState,
     RecipientUpdate,
@@ -87,7 +84,6 @@ from mta.core.errors import StorageError
 from mta.core.files import fsync_dir
 from mta.core.logfmt import event
 from mta.core.reply import Reply
-from mta.core.stores import EventView, SuppressionView
 from mta.spool import index, reads
 from mta.spool.acceptance import IDEMPOTENCY_WINDOW, DsnMark, NewMessage, pending_message
 from mta.spool.attempts import async_report
@@ -341,48 +337,6 @@ class Spool:
         out["spool_bytes"] = sum(size for seg, size in sizes.items() if seg in live)
         out["segments"] = len(sizes)
         return out
-
-    # -- the old names of the ledger's and the suppression list's methods ------------
-
-    async def suppressed(self, address: str, scope: str | None, *,
-                         now: float | None = None) -> SuppressionView | None:
-        return await self.suppressions.suppressed(address, scope, now=now)
-
-    async def append_events(self, events: Sequence[LedgerEvent]) -> None:
-        await self.ledger.append_events(events)
-
-    async def events_after(self, after_seq: int, limit: int, *,
-                           types: Sequence[str] | None = None, recipient: str | None = None,
-                           credential: str | None = None) -> list[EventView]:
-        return await self.ledger.events_after(after_seq, limit, types=types,
-                                              recipient=recipient, credential=credential)
-
-    async def event_payloads_after(self, after_seq: int, limit: int, *,
-                                   types: Sequence[str] | None = None,
-                                   credential: str | None = None) -> list[tuple[int, bytes]]:
-        return await self.ledger.event_payloads_after(after_seq, limit, types=types,
-                                                      credential=credential)
-
-    async def message_events(self, queue_id: str) -> list[EventView]:
-        return await self.ledger.message_events(queue_id)
-
-    async def last_event_seq(self) -> int:
-        return await self.ledger.last_event_seq()
-
-    async def prune_events(self, before: float, batch: int = 1000) -> int:
-        return await self.ledger.prune_events(before, batch)
-
-    async def prune_idempotency(self, before: float, batch: int = 1000) -> int:
-        return await self.ledger.prune_idempotency(before, batch)
-
-    async def webhook_state(self, name: str) -> dict[str, Any] | None:
-        return await self.ledger.webhook_state(name)
-
-    async def webhook_states(self) -> list[dict[str, Any]]:
-        return await self.ledger.webhook_states()
-
-    async def set_webhook_state(self, name: str, **fields: Any) -> None:
-        await self.ledger.set_webhook_state(name, **fields)
 
     # -- shutdown --------------------------------------------------------------------
 
