@@ -15,6 +15,7 @@ import gc
 import os
 import sys
 import threading
+import time
 import traceback
 
 import pytest
@@ -85,3 +86,33 @@ def pytest_runtest_protocol(item, nextitem):
         yield
     finally:
         done.set()
+
+
+# A test that fails before closing a spool leaves an aiosqlite worker thread
+# (non-daemon) behind; Python then waits for it forever at exit, after pytest
+# printed its summary but before the output was flushed: a failure became a
+# silent hang. When the run is over, give lingering threads a grace period,
+# then name them and exit with pytest's status.
+EXIT_GRACE = float(os.environ.get("MTA_TEST_EXIT_GRACE", "30"))
+
+
+def pytest_unconfigure(config):
+    status = getattr(config, "_mta_exitstatus", None)
+
+    def reaper():
+        time.sleep(EXIT_GRACE)
+        left = [t for t in threading.enumerate()
+                if t.is_alive() and not t.daemon and t is not threading.main_thread()]
+        if not left:
+            return
+        sys.stdout.flush()
+        print(f"\n=== exit watchdog: {len(left)} thread(s) still running {EXIT_GRACE:g}s after "
+              f"the run ended (a test left a resource open): "
+              f"{', '.join(t.name for t in left)}", file=sys.stderr, flush=True)
+        os._exit(status if status else 3)
+
+    threading.Thread(target=reaper, name="exit-watchdog", daemon=True).start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._mta_exitstatus = int(exitstatus)
