@@ -135,7 +135,7 @@ CREATE INDEX IF NOT EXISTS events_by_message ON events (queue_id, seq);
 CREATE INDEX IF NOT EXISTS events_by_type ON events (type, seq);
 CREATE INDEX IF NOT EXISTS events_at ON events (at);
 
--- Webhook delivery cursors (mta/runtime/webhooks.py): one row per endpoint.
+-- Webhook delivery cursors (mta/webhooks/): one row per endpoint.
 CREATE TABLE IF NOT EXISTS webhook_state (
     name          TEXT PRIMARY KEY,
     cursor        INTEGER NOT NULL DEFAULT 0,   -- last seq delivered (2xx)
