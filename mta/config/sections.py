@@ -46,7 +46,7 @@ class ServerConfig:
     public_ips: tuple[str, ...] = L((), "addresses this server sends from; the SPF record "
                                       "`mta domain add` prints authorises exactly these",
                                       IP_LIST, max=64)
-    min_free_space: int = K(100 * MiB, "/readyz reports not ready (503) when the spool's "
+    min_free_space: int = L(100 * MiB, "/readyz reports not ready (503) when the spool's "
                             "filesystem has less free space than this; 0: no check", SIZE,
                             min=0, max=1024 ** 5)
 
@@ -90,7 +90,7 @@ class ListenerConfig:
     max_junk_commands: int = L(100, "commands that move no mail (NOOP, RSET, VRFY, HELP, EHLO, "
                                "unknown ones, refused AUTH) before 421 4.7.0 closes the session; "
                                "reset by each accepted message", INT, min=1, max=100_000)
-    listen_backlog: int = L(1024, "TCP accept queue length (the kernel caps it at "
+    listen_backlog: int = K(1024, "TCP accept queue length (the kernel caps it at "
                             "net.core.somaxconn)", INT, min=1, max=65535)
 
 

@@ -70,9 +70,16 @@ EMBEDDED = "<embedded default>"
 _locks: weakref.WeakKeyDictionary[Daemon, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
+# A listener whose socket changes is left as it runs until a restart; other
+# keys that need a restart (listen_backlog: set at bind) are reported, and the
+# listener's live keys still apply.
+_SOCKET_KEYS = frozenset({"address", "role", "tls"})
+
+
 def _fixed_listener_keys() -> tuple[str, ...]:
-    """Listener keys a reload cannot apply (the socket's): address, role, tls.
-    A listener is matched by name, so a new name is a removal and an addition."""
+    """Listener keys a reload cannot apply: the socket's (address, role, tls)
+    and those read only at bind (listen_backlog). A listener is matched by
+    name, so a new name is a removal and an addition."""
     return tuple(f.name for f in dataclasses.fields(ListenerConfig)
                  if f.name not in live_keys("listeners") and f.name != "name")
 
@@ -155,10 +162,10 @@ def _prepare(daemon: "Daemon", old: Config, new: Config) -> _Prepared:
             restart.append(f"listeners.{name} (removed)")
             continue
         i, lcfg = found
-        moved = [k for k in _fixed_listener_keys() if getattr(lcfg, k) != getattr(lst.cfg, k)]
-        if moved:
-            restart.extend(f"listeners.{name}.{k}" for k in moved)
-            continue
+        fixed = [k for k in _fixed_listener_keys() if getattr(lcfg, k) != getattr(lst.cfg, k)]
+        restart.extend(f"listeners.{name}.{k}" for k in fixed)
+        if any(k in _SOCKET_KEYS for k in fixed):
+            continue        # another socket: nothing of it applies until the restart
         ctx = None
         if lcfg.tls != "none":
             try:
