@@ -12,8 +12,8 @@ Public API:
     OutboundMessage, DeliveryReport   (mta.delivery.transport, re-exported)
     smtp_path(address)                (mta.delivery.session, re-exported)
 
-The transactions themselves (MAIL/RCPT/DATA, SIZE, SMTPUTF8) are
-mta.delivery.session's; this module opens connections, walks the MX hosts,
+The transactions themselves (MAIL/RCPT/DATA, PIPELINING, CHUNKING, SIZE,
+SMTPUTF8) are mta.delivery.session's; this module opens connections, walks the MX hosts,
 caches idle connections and judges the destination.
 
 Invariants:
@@ -35,10 +35,6 @@ Invariants:
     remote chose (replies, error messages) is quoted, never a field of its own.
 
 Known compromises (written down where they live):
-  - No PIPELINING: aiosmtplib's protocol parses exactly one reply per
-    command (further replies arriving early are discarded), so MAIL/RCPT are
-    sent in lock-step. One round trip per recipient; revisit with an own
-    protocol class if benchmarks show the latency matters.
   - 8-bit bodies are sent with BODY=8BITMIME when offered and as-is
     otherwise (no 7-bit downgrade), as most MTAs do.
 """
@@ -61,8 +57,9 @@ from mta.core.outcome import DestinationHealth
 from mta.core.reply import Reply
 from mta.delivery.mx import Hop, resolve_hops
 from mta.delivery.resolver import DnsTempError, NoRecords, NxDomain, Resolver
-from mta.delivery.session import (BOUNCED, DEFERRED, HandshakeFailed, Lost, Peer, Session,
-                                  Settlement, Throttled, describe, remote_reply, smtp_path)
+from mta.delivery.session import Session, smtp_path
+from mta.delivery.settlement import (BOUNCED, DEFERRED, HandshakeFailed, Lost, Peer, Settlement,
+                                     Throttled, describe, remote_reply)
 from mta.delivery.transport import DeliveryReport, OutboundMessage, TransportConfig
 
 __all__ = ["OutboundMessage", "DeliveryReport", "SmtpTransport", "smtp_path"]

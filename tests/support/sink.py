@@ -12,21 +12,40 @@ Script (by local part, case-insensitive prefix):
     throttle…     421 4.7.0 at RCPT ("slow down")
     slow…         wait before answering DATA: 2 s, or slow-<ms>… milliseconds
     drop…         read the DATA, then close the connection without a reply
+  and by the sender's local part:
+    reject…       550 5.7.1 at MAIL FROM (every RCPT and DATA then get 503)
 
 Public API:
     Sink(host="127.0.0.1", port=0, tls=True)   tls: True (trustme cert), False
                                                 (no STARTTLS), "broken" (STARTTLS
                                                 offered, handshake always fails)
+        pipelining=False    advertise PIPELINING (RFC 2920); aiosmtpd reads
+                            commands in order whatever arrived, so it copes
+        chunking=False      advertise CHUNKING and accept BDAT (RFC 3030): our
+                            own minimal reader, aiosmtpd has none
+        reply_delay=0.0     hold every reply back this many seconds after the
+                            input that asked for it arrived, in order, like a
+                            WAN round trip (the bench sink's --reply-delay)
     await sink.start() / await sink.stop(), or `async with Sink() as sink:`
     sink.start_in_thread() / sink.stop_in_thread()   own loop in a thread
     sink.messages: list[SinkMessage]   completed transactions (DATA answered 250)
     sink.connections, sink.transactions, sink.rcpt_attempts[address]
+    sink.round_trips    times the client sent something after the sink had
+                        answered since its last input: the client waited for a
+                        reply (the greeting's answer, EHLO, counts as one)
+    sink.mail_depths    per MAIL: the commands that had arrived when it was
+                        answered, MAIL included (1 = lock-step; 2 + RCPTs =
+                        MAIL, RCPTs and DATA in one write)
+    sink.bdat_chunks    per BDAT: (size, last)
     await sink.wait_for(count, timeout) / sink.wait_for_sync(count, timeout)
     sink.ca: trustme.CA whose certificate signs the sink's (for verifying clients)
 
 Invariants: listens on loopback only; `messages` only holds transactions the
 sink answered with 250, in the order it answered them; `data` is the content
-after dot-unstuffing, exactly as aiosmtpd received it.
+after dot-unstuffing (or the BDAT chunks joined), exactly as received.
+Counting round trips is exact only with a reply delay longer than a
+client's burst of writes (a reply that overtakes the rest of a burst looks
+like a turn): tests that count use one.
 """
 
 from __future__ import annotations
@@ -42,7 +61,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import trustme
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 __all__ = ["Sink", "SinkMessage"]
 
@@ -62,9 +81,112 @@ class SinkMessage:
     helo: str = ""
 
 
+def _waiting(buffer: bytes) -> int:
+    """Complete commands in `buffer` (a BDAT's chunk skipped, nothing after DATA)."""
+    count, pos = 0, 0
+    while (end := buffer.find(b"\n", pos)) >= 0:
+        line, pos = buffer[pos:end], end + 1
+        count += 1
+        verb, _, arg = line.strip().partition(b" ")
+        if verb.upper() == b"DATA":
+            break
+        if verb.upper() == b"BDAT" and arg.split()[:1] and arg.split()[0].isdigit():
+            pos += int(arg.split()[0])
+    return count
+
+
+class _SinkSMTP(SMTP):
+    """aiosmtpd's server plus what the tests measure: round trips, pipelined
+    depth, the reply delay, and BDAT."""
+
+    def __init__(self, sink: "Sink", *args, **kw):
+        super().__init__(*args, **kw)
+        self.sink = sink
+        self._answered = True       # the greeting is an answer the client waits for
+        self._last_input = 0.0
+        self._due = 0.0
+        self._mail_pending = False
+        self._chunks: list[bytes] = []
+        self._chunk_failed = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered:
+            self.sink.round_trips += 1
+            self._answered = False
+        self._last_input = time.monotonic()
+        super().data_received(data)
+
+    async def push(self, status) -> None:
+        delay = self.sink.reply_delay
+        if delay:
+            self._due = max(self._last_input + delay, self._due)
+            wait = self._due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        if self._mail_pending:
+            self._mail_pending = False
+            buffered = bytes(self._reader._buffer)  # type: ignore[attr-defined]
+            self.sink.mail_depths.append(1 + _waiting(buffered))
+        self._answered = True
+        await super().push(status)
+
+    async def smtp_MAIL(self, arg):
+        self._mail_pending = True
+        self._chunks, self._chunk_failed = [], False
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RSET(self, arg):
+        self._chunks, self._chunk_failed = [], False
+        await super().smtp_RSET(arg)
+
+    @syntax("BDAT size [LAST]")
+    async def smtp_BDAT(self, arg):
+        words = (arg or "").split()
+        if (not words or not words[0].isdigit() or len(words) > 2
+                or (len(words) == 2 and words[1].upper() != "LAST")):
+            await self.push("501 5.5.4 Syntax: BDAT size [LAST]")
+            self.transport.close()          # the chunk's length is unknown: out of step
+            return
+        size, last = int(words[0]), len(words) == 2
+        chunk = await self._reader.readexactly(size)   # read even when refused (§2)
+        self.sink.bdat_chunks.append((size, last))
+        envelope = self.envelope
+        if not envelope.mail_from:
+            await self.push("503 5.5.1 Error: need MAIL command")
+            return
+        if not envelope.rcpt_tos:
+            await self.push("554 5.5.1 Error: no valid recipients")
+            return
+        if self._chunk_failed:
+            await self.push("503 5.5.1 Error: an earlier chunk failed")
+            return
+        self._chunks.append(chunk)
+        if not last:
+            await self.push(f"250 2.0.0 Ok: {size} octets")
+            return
+        envelope.original_content = envelope.content = b"".join(self._chunks)
+        self._chunks = []
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
+
+
 class _Handler:
     def __init__(self, sink: "Sink"):
         self.sink = sink
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        extra = ((["250-PIPELINING"] if self.sink.pipelining else [])
+                 + (["250-CHUNKING"] if self.sink.chunking else []))
+        return [*responses[:-1], *extra, responses[-1]]
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if address.rsplit("@", 1)[0].lower().startswith("reject"):
+            return f"550 5.7.1 <{address}>: Sender address rejected: Access denied"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         sink = self.sink
@@ -112,13 +234,18 @@ class _Handler:
 class Sink:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: bool | str = True, *,
                  hostname: str = "sink.test", slow_default: float = 2.0,
-                 smtputf8: bool = True):
+                 smtputf8: bool = True, pipelining: bool = False, chunking: bool = False,
+                 reply_delay: float = 0.0):
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"the sink listens on loopback only, not {host}")
         self.host, self.port, self.tls = host, port, tls
         self.hostname = hostname
         self.slow_default = slow_default
         self.smtputf8 = smtputf8
+        self.pipelining, self.chunking, self.reply_delay = pipelining, chunking, reply_delay
+        self.round_trips = 0
+        self.mail_depths: list[int] = []
+        self.bdat_chunks: list[tuple[int, bool]] = []
         self.messages: list[SinkMessage] = []
         self.connections = 0
         self.transactions = 0
@@ -145,9 +272,9 @@ class Sink:
 
     def _protocol(self) -> SMTP:
         self.connections += 1
-        proto = SMTP(_Handler(self), hostname=self.hostname, tls_context=self._tls_context,
-                     enable_SMTPUTF8=self.smtputf8, decode_data=False,
-                     loop=asyncio.get_running_loop())
+        proto = _SinkSMTP(self, _Handler(self), hostname=self.hostname,
+                          tls_context=self._tls_context, enable_SMTPUTF8=self.smtputf8,
+                          decode_data=False, loop=asyncio.get_running_loop())
         proto.sink_connection = self.connections  # type: ignore[attr-defined]
         self._protocols.add(proto)
         return proto
