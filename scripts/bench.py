@@ -241,7 +241,7 @@ def header(args: argparse.Namespace, postfix: bool) -> str:
         except OSError:
             return "?"
     version = out(["postconf", "-d", "-h", "mail_version"]) if postfix else "not run"
-    commit = out(["git", "rev-parse", "--short", "HEAD"])
+    commit = out(["git", "rev-parse", "--short", "HEAD"]) or "(not a git checkout)"
     return (f"mta {commit}, Postfix {version} (harness default profile), {os.cpu_count()} CPUs, "
             f"-n {args.n} (200 KiB: at most 2000), repeats {args.repeats} (median), "
             f"throughput client {args.client}")
