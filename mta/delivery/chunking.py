@@ -6,9 +6,10 @@ dot-stuffing and no terminator: the stored bytes go to the socket untouched
 (no pass over the body at all, where DATA scans it for line-start dots).
 
 Public API:
-    await write_chunks(group, body, timeout, *, each) -> (written, refusal)
+    await write_chunks(group, body, timeout, *, each, lead=b"") -> (written, refusal)
         BDAT <n> per stored piece, LAST on the final one (an empty body is
-        "BDAT 0 LAST"; a body without a final CRLF gets one, as over DATA).
+        "BDAT 0 LAST"; a body without a final CRLF gets one, as over DATA);
+        `lead` (commands pipelined before it) goes in the first BDAT's write.
         each=True (no PIPELINING): each chunk's reply is read before the
         next chunk, and the first that is not 2xx stops the body (RFC 3030
         §2: no further chunk after a failed one); it is returned as
@@ -56,10 +57,11 @@ async def _chunks(body: Body) -> AsyncIterator[tuple[bytes, bool]]:
 
 
 async def write_chunks(group: Pipeline, body: Body, timeout: float | None, *,
-                       each: bool) -> tuple[int, SMTPResponse | None]:
+                       each: bool, lead: bytes = b"") -> tuple[int, SMTPResponse | None]:
     written = 0
     async for chunk, last in _chunks(body):
-        group.write(b"BDAT %d%s\r\n" % (len(chunk), b" LAST" if last else b""))
+        group.write(lead + b"BDAT %d%s\r\n" % (len(chunk), b" LAST" if last else b""))
+        lead = b""
         if chunk:
             group.write(chunk)
         written += 1

@@ -278,13 +278,15 @@ class Session:
         # §4.2): one round trip, and if every recipient is refused the peer
         # reads and drops it. A body read in pieces waits for the replies.
         in_group = chunking and isinstance(msg.body, (bytes, bytearray))
+        envelope = b"".join(command(*args) for args in (mail, *(r for _, r in rcpts)))
         try:
             with pipelined(self.smtp) as group:
-                group.write(b"".join(command(*args) for args in (mail, *(r for _, r in rcpts)))
-                            + (b"" if chunking else b"DATA\r\n"))
                 written = 0
                 if in_group:
-                    written, _ = await write_chunks(group, msg.body, self.timeout, each=False)
+                    written, _ = await write_chunks(group, msg.body, self.timeout, each=False,
+                                                    lead=envelope)
+                else:
+                    group.write(envelope + (b"" if chunking else b"DATA\r\n"))
                 accepted = await self._replies(group, msg, rcpts, settlement)
                 if chunking:
                     final = (await self._bdat(group, msg, each=False) if accepted and not written
