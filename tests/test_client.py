@@ -552,3 +552,44 @@ async def test_reconfigure_applies_the_delivery_timeouts(dns):
     t.reconfigure(SimpleNamespace(delivery=SimpleNamespace(connect_timeout=1.5,
                                                            command_timeout=42.0)))
     assert (t.connect_timeout, t.command_timeout) == (1.5, 42.0)
+
+
+# -- what acceptance learnt spares delivery a pass over the body (issue 12) -------------
+
+@pytest.mark.parametrize("pipelining", [False, True])
+async def test_dot_lines_false_sends_the_body_unscanned(dns, pipelining):
+    """dot_lines=False promises that no line starts with "." (acceptance saw
+    none): the body goes without the stuffing scan. A body that breaks the
+    promise arrives changed - the receiver removes the dots we did not
+    double - which is why only acceptance may make it."""
+    import dataclasses
+    body = b"Subject: x\r\n\r\n..two\r\n.one\r\nend\r\n"
+    async with Sink(pipelining=pipelining) as s:
+        looked = message("Q1", "ok@example.test", body=body)             # dot_lines=None
+        told = dataclasses.replace(message("Q2", "ok@example.test", body=body), dot_lines=False)
+        clean = dataclasses.replace(message("Q3", "ok@example.test"), dot_lines=False)
+        report = await deliver(transport(dns), mx("example.test", s.port), looked, told, clean)
+    assert all(o.fate is DELIVERED for q in report.outcomes.values() for o in q.values())
+    assert [m.data for m in s.messages] == [body, b"Subject: x\r\n\r\n.two\r\none\r\nend\r\n",
+                                            BODY]
+
+
+class UnlookedBody(PiecedBody):
+    """A body source that must not be scanned for 8-bit bytes."""
+
+    async def is_ascii(self):
+        raise AssertionError("delivery looked at a body whose ascii was known")
+
+
+async def test_ascii_known_at_acceptance_is_not_looked_up(dns, sink):
+    import dataclasses
+    eight = "Subject: x\r\n\r\n\u00e4\r\n".encode()
+    msgs = [dataclasses.replace(message("Q1", "ok@example.test", body=UnlookedBody(eight, 4)),
+                                ascii=False),
+            dataclasses.replace(message("Q2", "ok@example.test", body=UnlookedBody(BODY, 9)),
+                                ascii=True),
+            message("Q3", "ok@example.test", body=eight)]                   # ascii=None: looked
+    report = await deliver(transport(dns), mx("example.test", sink.port), *msgs)
+    assert all(report.outcomes[m.queue_id][0].fate is DELIVERED for m in msgs)
+    assert [("BODY=8BITMIME" in m.mail_options) for m in sink.messages] == [True, False, True]
+    assert [m.data for m in sink.messages] == [eight, BODY, eight]

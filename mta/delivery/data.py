@@ -10,15 +10,17 @@ dot-stuffing regex, terminator concatenation, transport buffer).
 API
     body_size(body) -> int
     await body_is_ascii(body) -> bool
-    await send_data(smtp, body, timeout) -> SMTPResponse
+    await send_data(smtp, body, timeout, *, stuffing=True) -> SMTPResponse
         DATA, the dot-stuffed body, the terminator, the final reply (any
         code: the caller judges it). Raises SMTPDataError when DATA is not
         answered 354, SMTPTimeoutError when the peer stops reading for
         `timeout` seconds, aiosmtplib's errors and OSError otherwise; the
         caller must not reuse the connection after an exception (it may be
         mid-body: drop it).
-    await send_body(protocol, body, timeout) -> SMTPResponse
-        the same after a 354 the caller read itself (a pipelined DATA)
+    await send_body(protocol, body, timeout, *, stuffing=True) -> SMTPResponse
+        the same after a 354 the caller read itself (a pipelined DATA).
+        stuffing=False: the caller knows no line starts with "." (acceptance
+        recorded it: OutboundMessage.dot_lines) and the body goes unscanned
     pieces(body) -> async iterator of bytes   the body as stored, in pieces
     await drain(protocol, timeout)            wait until the peer reads on
     stuff(previous, piece) -> bytes
@@ -30,8 +32,9 @@ Invariants
     "." that starts a line doubled, a final CRLF added when the body lacks
     one, then ".\\r\\n" (tested against a real server, piece boundaries
     anywhere).
-  * One pass over the body per delivery (the dot-stuffing scan, which copies
-    only when a line starts with "."). Line ends are not checked again: a
+  * At most one pass over the body per delivery (the dot-stuffing scan,
+    which copies only when a line starts with "."; none when acceptance
+    recorded that no line does). Line ends are not checked again: a
     Body has CRLF line ends (mta.delivery.transport), which acceptance
     guarantees — the server's hygiene refuses a bare CR or LF (SMTP
     smuggling), DSNs are built with CRLF — so the count pass aiosmtplib's
@@ -116,22 +119,24 @@ async def drain(protocol: SMTPProtocol, timeout: float | None) -> None:
         raise SMTPTimeoutError("Timed out writing the message to the server") from None
 
 
-async def send_data(smtp: SMTP, body: Body, timeout: float | None) -> SMTPResponse:
+async def send_data(smtp: SMTP, body: Body, timeout: float | None, *,
+                    stuffing: bool = True) -> SMTPResponse:
     start = await smtp.execute_command(b"DATA", timeout=timeout)
     if start.code != 354:
         raise SMTPDataError(start.code, start.message)
     protocol = smtp.protocol
     if protocol is None:
         raise SMTPDataError(451, "connection lost before the message was sent")
-    return await send_body(protocol, body, timeout)
+    return await send_body(protocol, body, timeout, stuffing=stuffing)
 
 
-async def send_body(protocol: SMTPProtocol, body: Body, timeout: float | None) -> SMTPResponse:
+async def send_body(protocol: SMTPProtocol, body: Body, timeout: float | None, *,
+                    stuffing: bool = True) -> SMTPResponse:
     previous = b"\r\n"                       # the data starts at a line start
     async for piece in pieces(body):
         if not piece:
             continue
-        protocol.write(stuff(previous, piece))
+        protocol.write(stuff(previous, piece) if stuffing else piece)
         previous = piece[-2:] if len(piece) >= 2 else (previous + piece)[-2:]
         await drain(protocol, timeout)
     protocol.write(b".\r\n" if previous == b"\r\n" else b"\r\n.\r\n")

@@ -143,7 +143,8 @@ class Session:
                 settlement.settle_rest([msg], BOUNCED, too_big, peer)
                 return None
             options.append(f"SIZE={size}")
-        if smtp.supports_extension("8bitmime") and not await body_is_ascii(msg.body):
+        if smtp.supports_extension("8bitmime") and not (
+                msg.ascii if msg.ascii is not None else await body_is_ascii(msg.body)):
             options.append("BODY=8BITMIME")
         rcpts = settlement.unsettled(msg)
         if not (_needs_utf8(msg.sender) or any(_needs_utf8(a) for _, a in rcpts)):
@@ -252,7 +253,8 @@ class Session:
             # send_data (delivery/data.py) guarantees the final CRLF,
             # dot-stuffs every line starting with "." (tested in test_client)
             # and streams a large body in pieces.
-            return await send_data(self.smtp, msg.body, self.timeout)
+            return await send_data(self.smtp, msg.body, self.timeout,
+                                   stuffing=msg.dot_lines is not False)
         except SMTPResponseException as exc:       # DATA refused before 354
             return SMTPResponse(exc.code, exc.message)
         except (SMTPException, OSError, StorageError) as exc:
@@ -362,7 +364,8 @@ class Session:
         try:
             if protocol is None:
                 raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            return await send_body(protocol, msg.body, self.timeout)
+            return await send_body(protocol, msg.body, self.timeout,
+                                   stuffing=msg.dot_lines is not False)
         except (SMTPException, OSError, StorageError) as exc:
             raise Lost("DATA", exc) from None
 

@@ -4,7 +4,13 @@ One job: the values and Protocols every transport shares (the SMTP client,
 the sandbox), so the runner depends on this module and not on a transport.
 
 Public API:
-    OutboundMessage(queue_id, sender, recipients=((rcpt_idx, address), …), body)
+    OutboundMessage(queue_id, sender, recipients=((rcpt_idx, address), …), body,
+                    ascii=None, dot_lines=None)
+                              what acceptance learnt about the body, so that
+                              delivery need not look again (None: it looks):
+                              ascii — every byte 7-bit (BODY=8BITMIME or not);
+                              dot_lines — some line starts with "." (DATA must
+                              dot-stuff; False: the body goes as it is)
     DeliveryReport(outcomes={queue_id: {rcpt_idx: RecipientOutcome}}, health)
     Body                      bytes, or a BodySource read in pieces
     BodySource                Protocol: .size, async .chunks(), .iter_chunks()
@@ -16,7 +22,10 @@ Public API:
 
 Invariants: `deliver` gives every recipient of every message exactly one
 outcome and raises only on cancellation; `reconfigure` changes what the
-next connection uses, never a delivery in flight.
+next connection uses, never a delivery in flight. `dot_lines=False` is a
+promise: a line "." sent unstuffed ends DATA early and the rest is read as
+commands (SMTP smuggling), so only what the server's DATA reader recorded
+(it unstuffed no line) or a body our own code built may set it.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ class OutboundMessage:
     sender: str                                  # "" for the null reverse path
     recipients: tuple[tuple[int, str], ...]      # (rcpt_idx, address)
     body: Body
+    ascii: bool | None = None                    # known at acceptance; None: look
+    dot_lines: bool | None = None                # known at acceptance; None: look
 
 
 @dataclass
