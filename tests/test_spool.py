@@ -26,7 +26,8 @@ import pytest
 from mta.core import BOUNCED, DELIVERED, EXPIRED, QUEUED, RecipientUpdate, Reply, StorageError
 from mta.spool import DsnMark, NewMessage, Spool
 from mta.spool import acceptance
-from mta.spool.segments import HEADER, iter_records, scan_segments, segment_name
+from mta.spool.records import HEADER, ENVELOPE, iter_records
+from mta.spool.segments import scan_segments, segment_name
 
 T0 = 1_700_000_000.0
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,11 +93,15 @@ async def test_enqueue_read_body_round_trip(spool, tmp_path):
         await spool.read_body("0000000000000000")
     assert await spool.get_message("0000000000000000") is None
 
-    # Segment records are self-describing.
+    # Segment records are self-describing: a v2 record (envelope block,
+    # then the body's header) at the start of the segment.
     files = scan_segments(segdir(tmp_path))
     assert len(files) == 1
-    [(offset, rec_qid, length, crc_ok)] = list(iter_records(segdir(tmp_path) / segment_name(*files)))
-    assert (offset, rec_qid, length, crc_ok) == (0, qid, len(m.body), True)
+    path = segdir(tmp_path) / segment_name(*files)
+    [(offset, rec_qid, length, crc_ok)] = list(iter_records(path))
+    magic, env_len, _ = ENVELOPE.unpack_from(path.read_bytes())
+    assert magic == b"MTA2"
+    assert (offset, rec_qid, length, crc_ok) == (ENVELOPE.size + env_len, qid, len(m.body), True)
 
 
 async def test_large_body_with_a_tail_is_copied_in_pieces(spool, tmp_path):
@@ -417,8 +422,10 @@ async def test_recovery_reports_missing_or_short_body_as_corrupt(tmp_path):
 async def test_recovery_detects_flipped_bytes_on_read(spool, tmp_path):
     a = await spool.enqueue(msg(1), T0)
     [seg] = scan_segments(segdir(tmp_path))
+    with db(tmp_path) as c:
+        [(offset,)] = c.execute('SELECT "offset" FROM messages WHERE id = ?', (a,)).fetchall()
     with open(segdir(tmp_path) / segment_name(seg), "r+b") as f:
-        f.seek(HEADER.size + 100)
+        f.seek(offset + HEADER.size + 100)
         f.write(b"#")
     with pytest.raises(StorageError, match="crc32"):
         await spool.read_body(a)

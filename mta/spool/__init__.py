@@ -7,39 +7,92 @@ loss at any instant.
 Layout under ``state_dir/spool/``::
 
     lock                 flock held by the one process that owns the spool
-    index.sqlite3(-wal)  SQLite index, WAL; FULL (fsynced) commits for acceptances,
-                         NORMAL for leases and attempt records (index.py, writer.py)
-    segments/NNNNNNNN.seg  append-only body log, one record per message:
-                         32-byte header (magic, queue id, length, crc32) + body
+    index.sqlite3(-wal)  SQLite index, WAL, every write transaction committed with
+                         synchronous=NORMAL (no fsync); the WAL is fsynced by
+                         the writer at most WAL_SYNC_INTERVAL after a commit
+                         and before any segment unlink (index.py, writer.py)
+    segments/NNNNNNNN.seg  append-only log, one record per message (records.py):
+                         v2: envelope block (magic MTA2, the ENQUEUE op's
+                         envelope as JSON, crc32) + v1 record; v1: 32-byte header
+                         (magic MTA1, queue id, length, crc32) + body
 
-Commit point of `Spool.enqueue` (the moment a ``250`` may be sent): the body
-record is written and fdatasynced, the directory is fsynced if that write
-created a new segment, and the ``messages`` + ``recipients`` rows are
-committed. Many sessions share one fdatasync and one transaction (writer.py).
+The log is the record of truth for an acceptance (issue 12): a v2 record
+holds everything the ENQUEUE op writes (queue id, sender, recipients,
+received_at, credential, listener, client ip, is_dsn, dsn_for, the DSN mark,
+accept-and-record recipients, the ``received`` event detail, idempotency key
+and window: replay.py), so the index rows of an acceptance can be re-created
+from its record. ``segment_marks`` (index.py) holds, per segment, the end of
+the last record the index has seen (indexed, or answered as an idempotent
+duplicate); it is written in the same transaction as the rows, so it is
+exactly as durable as they are.
+
+Commit point of `Spool.enqueue` (the moment a ``250`` may be sent): the
+record (envelope + body) is written and fdatasynced, the directory is
+fsynced if that write created a new segment, and the rows (``messages``,
+``recipients``, events, key, mark) are committed to the WAL without fsync.
+ONE fsync per batch. The commit survives SIGKILL (the WAL is in the page
+cache); a power loss may take it, never the record: recovery replays every
+record past its segment's mark. Many sessions share one fdatasync and one
+transaction (writer.py).
 
 Crash-state table
 -----------------
 Every instant of the lifecycle is one of these states. "Files" and "rows"
 say what exists on disk after a crash there; "recovery" is the branch
 `recovery.recover` runs for it in `Spool.open` (counter in `RecoveryReport`).
+"Past the mark" = at or after ``segment_marks.indexed_end`` of its segment
+(no mark: the end of the furthest record a row points at, 0 without rows).
 
 ==  ==========================  ==================================  =====================================
 #   state                       files / rows on disk                recovery (RecoveryReport field)
 ==  ==========================  ==================================  =====================================
 S0  op queued in memory only    nothing                             nothing; no 250 was sent, the client
                                                                     retries
-S1  body appended, not synced   segment may hold a partial or       tail past the last committed record
-                                whole record (or nothing) at its    of a kept segment is truncated
-                                end; no rows                        (``tail_bytes_truncated``); a
-                                                                    segment with no live rows is
-                                                                    unlinked (``segments_removed``)
-S2  new segment created, dir    file may vanish after power loss;   as S1 (nothing references the file)
-    not fsynced                 no rows reference it
-S3  body + dir synced, index    whole records in a segment; no      as S1: orphan records are garbage,
-    txn not committed           rows                                never indexed; no 250 was sent
+S1  record appended, not        segment may hold a partial or       the scan past the mark stops at the
+    synced                      whole record (or nothing) at its    first record that is not whole (bad
+                                end; no rows                        magic, short, either crc32 wrong);
+                                                                    whole v2 records before it are
+                                                                    replayed as S3, the rest is cut
+                                                                    (``tail_bytes_truncated``); a
+                                                                    segment with no live rows after
+                                                                    that is unlinked
+                                                                    (``segments_removed``)
+S2  new segment created, dir    file may vanish after power loss;   as S1 (no 250 depends on the file:
+    not fsynced                 no rows reference it                the dir is fsynced before the first
+                                                                    record is written)
+S3  record + dir synced, index  whole records past the mark; no     v2: replayed (``replayed``): the
+    txn not committed           rows                                message is queued although no 250
+                                                                    was sent; the client retries, so it
+                                                                    may be delivered twice (accepted
+                                                                    trade-off). v1 (a spool written
+                                                                    before issue 12): no envelope,
+                                                                    garbage, cut as S1
+S3r record synced, txn rolled   whole records past the mark (the    a later batch that commits in the
+    back by an error: the       segment keeps serving); no rows     same segment moves the mark past
+    client got 451/452                                              them: garbage, never replayed.
+                                                                    Else (a crash or restart first) as
+                                                                    S3: the message comes back (a
+                                                                    duplicate at worst; a retry with
+                                                                    the same idempotency key then gets
+                                                                    this message's id)
 S4  index committed (commit     record + ``messages`` row +         nothing; delivered normally. If the
-    point; the 250 may or may   recipients ``queued``, leased=0     250 never reached the client it
-    not have reached client)                                        resends: a duplicate, never a loss
+    point; the 250 may or may   recipients ``queued``, leased=0,    250 never reached the client it
+    not have reached client)    mark past the record; the commit    resends: a duplicate, never a loss
+                                is in the WAL, not yet fsynced
+S4p S4, then power lost before  record fsynced; the index holds a   replayed (``replayed``), in log
+    the WAL was fsynced         prefix of its commits (the WAL's    order (segment, offset), through
+                                checksums), its mark is before      the ENQUEUE handler itself: messages,
+                                the record: rows, events, key and   recipients, ``received`` + ``queued``
+                                DSN mark of this batch (and of      / ``suppressed`` events in their
+                                every later one) gone               original order, the idempotency key,
+                                                                    a DSN's mark on its original, and the
+                                                                    mark; a record repeating a key is
+                                                                    answered again as the duplicate it
+                                                                    was (``replay_duplicates``), a
+                                                                    record whose id exists is skipped
+                                                                    (``replay_skipped``, expected 0).
+                                                                    What was recorded after it (S6,
+                                                                    moves) is lost as in S6: redone
 S5  recipient leased, attempt   as S4 with leased=1                 every leased=1 reset to 0
     in flight                                                       (``leased_reset``); the recipient is
                                                                     retried, so a remote 250 not yet
@@ -48,32 +101,39 @@ S5  recipient leased, attempt   as S4 with leased=1                 every leased
 S6  attempt recorded            ``attempts`` row, recipient state,  done/body_live recomputed for every
                                 the message's done/body_live, all   message (``flags_fixed``, expected 0:
                                 in one txn                          they are written in the same txn)
-                                (committed without fsync, see       after a power loss (not a process
-                                writer.py: a record may be lost to  crash) the record may be missing:
-                                power loss, never to SIGKILL)       the recipient is S4/S5 again and is
-                                                                    retried (a duplicate at worst)
+                                (committed without fsync like       after a power loss (not a process
+                                every txn: a record may be lost to  crash) the record may be missing:
+                                power loss, never to SIGKILL; the   the recipient is S4/S5 again (or
+                                writer fsyncs the WAL within        S4p: replayed) and is retried (a
+                                WAL_SYNC_INTERVAL)                  duplicate at worst)
 S7  a recipient failed (final), that recipient bounced/expired with     nothing; `dsn_candidates` returns it
     none of the message's       dsn_state '' or 'delay_sent'; done  again (leases were reset) and the
     recipients leased, DSN not  may still be 0 (others queued),     DSN is built after restart
     enqueued                    body_live=1
 S8  DSN enqueued + original     DSN's record and rows AND           nothing: S7 and S8 are the only two
     marked, one txn             dsn_state='sent' on the recipients  outcomes of that txn, so a DSN is
-                                the DSN names; body_live=0 only     never lost and never sent twice
-                                once the message is done and owes
-                                nothing else
-S9  segment dead, not unlinked  segment file whose messages all     unlinked (``segments_removed``)
-                                have body_live=0 (or no rows)
+                                the DSN names; body_live=0 only     never lost and never sent twice.
+                                once the message is done and owes   Power lost before the WAL sync: the
+                                nothing else                        DSN's record carries the mark, its
+                                                                    replay (S4p) marks the original again
+S9  segment dead, not unlinked  segment file whose messages all     unlinked (``segments_removed``),
+                                have body_live=0 (or no rows), no   after the WAL is fsynced: a segment
+                                whole v2 record past its mark       is unlinked only once the index state
+                                                                    that killed it is durable (reclaim
+                                                                    does the same)
 S10 live body missing / short   a body_live=1 row points past the   logged at ERROR, rows kept untouched
     (disk lost it, manual rm,   end of its segment, or at a         and listed in ``corrupt``; never
     fs lied about fsync)        missing file                        dropped. `read_body` raises
                                                                     StorageError for them, so delivery
                                                                     defers instead of sending garbage
 S11 index missing, segments     ``*.seg`` files but no index file   refuse to open (StorageError): the
-    present (deleted/moved)                                         envelope lives only in the index,
-                                                                    and unlinking "unreferenced"
-                                                                    segments would destroy the bodies
-S12 index txn in the WAL, not   ``index.sqlite3-wal``               SQLite replays it on open
-    checkpointed
+    present (deleted/moved)                                         recipients' states live only in the
+                                                                    index (a rebuild from the log would
+                                                                    deliver everything again), and
+                                                                    unlinking "unreferenced" segments
+                                                                    would destroy the bodies
+S12 index txn in the WAL, not   ``index.sqlite3-wal``               SQLite replays it on open (the part
+    checkpointed                                                    that reached the disk: S4p)
 ==  ==========================  ==================================  =====================================
 
 Suppression rows (``suppressions``, ``soft_failures``; suppressions.py) add no
@@ -111,23 +171,37 @@ anybody but a log. Seqs come from AUTOINCREMENT (never reused, even after
 pruning or a rollback), so a webhook cursor (``webhook_state.cursor``) never
 skips an event; a cursor advance may be lost to power loss (NORMAL commit),
 and the events after it are then delivered again with the same seq-derived
-webhook-id: at least once. Recovery does nothing for any of these tables.
+webhook-id: at least once. A power loss takes the newest commits with their
+seqs (``sqlite_sequence`` is in the same lost suffix), so the next events
+reuse them; a webhook receiver that saw one of the lost events may see its
+seq again on another event (the WAL sync bounds that window to
+WAL_SYNC_INTERVAL). Recovery re-creates, by replay (S4p), exactly the
+events an acceptance writes (``received``, ``queued``/``suppressed``,
+``dsn_sent`` for a DSN's mark), at their original times and in their
+original order, with new seqs; it does nothing else for these tables.
 
 An idempotency key row commits in the S4 transaction of the message it
 names, so a key never points at a message that does not exist, and a
-message made with a key always has its row: after a crash between the
-client's DATA and our 250 (S0–S3) there is neither, and the client's retry
-with the same key queues the message once; after S4 a retry gets the
-original id (``received`` with ``duplicate_of``). A duplicate's body may be
-appended (and fsynced) before the transaction finds the key: it is an
-orphan record like S3's, reclaimed with its segment. Keys older than the
-window are ignored, replaced by the next use, and deleted by
-`prune_idempotency`.
+message made with a key always has its row: after a crash before the
+record is synced (S0–S2) there is neither, and the client's retry with the
+same key queues the message once; from S3 on the record carries the key,
+so a replayed message brings its key back and a retry gets its id; after S4
+a retry gets the original id (``received`` with ``duplicate_of``). A
+duplicate's record is appended (and fsynced) before the transaction finds
+the key; that transaction moves the mark past it, so it is never replayed
+once its answer is durable (not even after the key was pruned), and it is
+reclaimed with its segment. If that answer is lost to power (S4p), the
+replay answers it again the same way: the original's record comes earlier
+in the log, so its key is back first. Keys older than the window are
+ignored, replaced by the next use, and deleted by `prune_idempotency`.
 
-Nothing a committed row references is ever truncated or unlinked: tails are
-cut at the end of the furthest record any row (live or dead) points at, and
-only segments no live row references are unlinked. New appends after a
-restart always go to a fresh segment, so a torn tail is never appended to.
+Nothing a committed row references is ever truncated or unlinked, nor any
+whole record past a mark: tails are cut only after the last whole record
+past the mark (never before the mark, nor before the end of the furthest
+record any row, live or dead, points at), and only segments no live row
+references are unlinked, after the replay and after the WAL is fsynced.
+New appends after a restart always go to a fresh segment, so a torn tail
+is never appended to.
 
 Modules, by job:
     spool.py        `Spool`: the queue's API; opens and wires the rest
@@ -143,7 +217,9 @@ Modules, by job:
     queue_sql.py, ledger_sql.py   the statements, by table group
     reads.py        queue reads on the reader connection
     filters.py      `MessageFilter` and its SQL; views.py the read models
-    segments.py     the body store; recovery.py the branches of the table above
+    segments.py     the body store; records.py the record format (v1, v2) and the scan
+    replay.py       the envelope a v2 record carries, and the replay of records (S3, S4p)
+    recovery.py     the branches of the table above
     suppression_admin.py  the operator's access to the list while the daemon runs
 The store seams (core/stores.py) the ledger and the suppression list
 implement: `EventLedger`, `WebhookCursors`, `IdempotencyKeys`,

@@ -3,8 +3,10 @@
 One job: turn a `NewMessage` into the rows of its commit point (crash
 state S4, __init__.py): the message, its recipients (queued, or final
 'suppressed' for accept-and-record), a DSN's mark on its original, the
-idempotency key, and the ledger events of all of these, inserted in the
-batch's one transaction.
+idempotency key, the ledger events of all of these, and the segment's mark
+past its record, inserted in the batch's one transaction. Recovery replays
+a record through the same `insert` (replay.py, S4p), so a replayed
+acceptance writes exactly what the original did.
 
 API:
     NewMessage, DsnMark                        what callers enqueue (public: mta.spool)
@@ -12,6 +14,8 @@ API:
         the checked request, its id chosen (`new_queue_id` unless the caller
         named one) and its `received` event detail built
     await insert(txn, [Placed, …]) -> [queue id, …]      the ENQUEUE handler
+        (everything it writes comes from the Placed: the PendingMessage's
+        envelope fields, never its body, and the record's location)
 
 Events (ledger_sql.py): `received`, then per recipient `queued` or
 `suppressed` (idx order, built by SQLite from the rows just inserted); a
@@ -41,6 +45,7 @@ from mta.core.spill import SpillFile
 from mta.spool import ledger_sql, queue_sql
 from mta.spool.ops import PendingMessage, Placed, Txn
 from mta.spool.reads import fetchall
+from mta.spool.records import HEADER
 
 log = logging.getLogger("mta.spool")
 
@@ -161,14 +166,18 @@ class _Rows:
         self.received: list[tuple[Any, ...]] = []
         self.dups: list[tuple[Any, ...]] = []
         self.dsn_events: list[tuple[Any, ...]] = []
+        self.marks: dict[int, int] = {}      # segment -> end of its last record seen
 
     def add(self, p: Placed) -> str:
         m = p.message
+        # Seen, duplicate or not: recovery never replays it (S3r, S4p).
+        end = p.offset + HEADER.size + p.length
+        self.marks[p.segment] = max(end, self.marks.get(p.segment, 0))
         original = self._duplicate_of(m)
         if original is not None:
             return original
         cred, at = m.credential or "", m.received_at
-        self.messages.append((m.queue_id, m.sender, at, m.size, p.segment, p.offset, p.length,
+        self.messages.append((m.queue_id, m.sender, at, p.length, p.segment, p.offset, p.length,
                               m.credential, m.listener, m.client_ip, int(m.is_dsn), m.dsn_for))
         self.received.append((at, "received", m.queue_id, "", cred, m.received_detail))
         why = dict(m.suppressed)
@@ -226,7 +235,8 @@ class _Rows:
                           (ledger_sql.SQL_INSERT_EVENT, self.received),
                           (ledger_sql.SQL_ENQUEUE_RCPT_EVENTS, rcpt_events),
                           (ledger_sql.SQL_INSERT_EVENT, self.dups),
-                          (ledger_sql.SQL_RCPT_EVENT, self.dsn_events)):
+                          (ledger_sql.SQL_RCPT_EVENT, self.dsn_events),
+                          (queue_sql.SQL_MARK_INDEXED, list(self.marks.items()))):
             if rows:
                 await conn.executemany(sql, rows)
 

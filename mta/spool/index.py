@@ -5,15 +5,17 @@ indexes), so the statements in queue_sql.py, ledger_sql.py and
 suppressions.py, and everything that runs them, agree on one layout.
 
 API: `connect(path, *, reader=False) -> aiosqlite.Connection` (pragmas +
-schema applied, older indexes migrated); `SCHEMA` (the queue: messages,
-recipients, attempts), `LEDGER_SCHEMA` (events, webhook_state,
-idempotency), `SUPPRESSION_SCHEMA` (also created on its own by
-suppression_admin.py); `SCHEMA_VERSION`.
+schema applied, older indexes migrated); `sync_wal(path)` (blocking);
+`SCHEMA` (the queue: messages, recipients, attempts, segment_marks),
+`LEDGER_SCHEMA` (events, webhook_state, idempotency), `SUPPRESSION_SCHEMA`
+(also created on its own by suppression_admin.py); `SCHEMA_VERSION`.
 
 Invariants:
-- WAL + synchronous=FULL: a COMMIT returns only after the WAL is fsynced,
-  so a committed row survives power loss (ARCHITECTURE §4 commit point). The
-  writer lowers it to NORMAL for batches without enqueues (writer.py).
+- WAL. Connections open with synchronous=FULL (recovery's transactions and
+  suppression_admin's are fsynced); the writer runs with NORMAL (issue 12:
+  a commit survives SIGKILL, a power loss may take the newest ones, and the
+  log's records bring acceptances back; writer.py, the package docstring).
+  `sync_wal` fsyncs the WAL file: every commit made so far is then durable.
 - Connections run with isolation_level=None; the writer issues BEGIN
   IMMEDIATE / COMMIT itself, so a transaction spans exactly one batch.
 - Replies are stored as their wire string `str(Reply)`, parsed back with
@@ -39,7 +41,9 @@ from mta.spool.queue_sql import SQL_MARK_NO_DSN_OWED
 # needs no migration step (and older code would treat held as unknown, never
 # leasing it). tests/test_suppression.py pins 2. Issue 6 (events,
 # webhook_state, idempotency) keeps 2 for the same reason: new tables and
-# indexes, created IF NOT EXISTS on open.
+# indexes, created IF NOT EXISTS on open; so does issue 12 (segment_marks:
+# an index without it has no marks, and recovery then starts each scan at
+# the end of the furthest record a row points at, as before).
 SCHEMA_VERSION = 2
 
 SCHEMA = """
@@ -114,6 +118,17 @@ CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 CREATE INDEX IF NOT EXISTS messages_sender ON messages (sender COLLATE NOCASE, received_at);
 CREATE INDEX IF NOT EXISTS recipients_domain ON recipients (domain);
 CREATE INDEX IF NOT EXISTS recipients_address ON recipients (address);
+
+-- The log's marks (issue 12; the package docstring, S3r/S4p): per segment,
+-- the end of the last record the index has seen (indexed, or answered as an
+-- idempotent duplicate), written in the transaction that saw it; recovery
+-- replays the whole v2 records past it. One row per segment ever written
+-- (about 16,000 per TB of mail), never deleted: a segment whose unlink a
+-- power loss undid is still known.
+CREATE TABLE IF NOT EXISTS segment_marks (
+    segment     INTEGER PRIMARY KEY,
+    indexed_end INTEGER NOT NULL
+);
 """
 
 # The ledger (issue 6). events is append-only: rows are inserted in the
@@ -187,6 +202,20 @@ PRAGMAS = (
     "PRAGMA foreign_keys=OFF",
     "PRAGMA busy_timeout=5000",
 )
+
+
+def sync_wal(path: str | os.PathLike[str]) -> None:
+    """fsync the index's WAL file (blocking: run it in a thread). SQLite
+    writes frames with write(2), so this makes every commit so far durable,
+    as a synchronous=FULL commit would. No WAL file: nothing to sync."""
+    try:
+        fd = os.open(os.fspath(path) + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def connect(path: str | os.PathLike[str], *, reader: bool = False) -> aiosqlite.Connection:

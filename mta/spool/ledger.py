@@ -28,8 +28,9 @@ Invariants:
   seqs are assigned by the one writer at commit, so every seq up to the
   newest visible one is visible (none commits later with a smaller seq).
 - Reads use the reader connection (committed rows only); writes go through
-  the group-commit writer, committed with synchronous=NORMAL unless the
-  batch has enqueues (a power loss may lose them, a SIGKILL cannot).
+  the group-commit writer, committed with synchronous=NORMAL (a power loss
+  may lose the newest, a SIGKILL cannot; the writer fsyncs the WAL within
+  WAL_SYNC_INTERVAL; an acceptance's events come back by replay, S4p).
 """
 
 from __future__ import annotations

@@ -171,6 +171,15 @@ SQL_RECOMPUTE_ALL_FLAGS = (
 
 SQL_RESET_LEASES = "UPDATE recipients SET leased = 0 WHERE leased = 1"
 
+# The log's marks (index.py segment_marks; the package docstring, S3r/S4p):
+# written by every ENQUEUE transaction, and by recovery after a replay.
+SQL_MARK_INDEXED = (
+    "INSERT INTO segment_marks (segment, indexed_end) VALUES (?, ?) "
+    "ON CONFLICT (segment) DO UPDATE SET indexed_end = max(indexed_end, excluded.indexed_end)")
+SQL_INDEXED_MARKS = "SELECT segment, indexed_end FROM segment_marks"
+SQL_MAX_MARKED = "SELECT MAX(segment) FROM segment_marks"
+SQL_MESSAGE_EXISTS = "SELECT 1 FROM messages WHERE id = ?"
+
 # -- reads (reads.py, recovery.py) -----------------------------------------------
 
 # A skip-scan over messages_live_segment: one index seek per live segment,

@@ -5,29 +5,27 @@ One job: put message bodies on disk durably and give them back.
 API (`BodyStore` is the interface the writer and recovery code against, so a
 different store can replace segments when a benchmark says so):
 
-    await store.append_many([(queue_id, body), ...]) -> [(segment, offset, length), ...]
-        an item may be (queue_id, head, tail): the body is head + the bytes
-        of `tail` (a core.spill.SpillFile), copied in 1 MiB pieces, so a
-        large message never sits in memory whole
+    await store.append_many([(queue_id, head, tail, envelope), ...])
+        -> [(segment, offset, length), ...]
+        one v2 record per item (records.py): the envelope block, then the
+        body = head + the bytes of `tail` (a core.spill.SpillFile, or None),
+        copied in 1 MiB pieces, so a large message never sits in memory whole
     await store.read(segment, offset, length, queue_id=None) -> bytes
     store.read_prefix(segment, offset, limit) -> bytes   (sync) the first bytes
     store.stored(segment, offset, length, queue_id) -> StoredBody
         the same record read in pieces, crc-checked at the end (large bodies)
-    await store.reclaim(live_segments) -> int        # files unlinked
+    await store.reclaim(live_segments, before_unlink=None) -> int   # files unlinked
     scan_segments(directory) -> {segment: size}      # sync, for recovery
-    iter_records(path)                               # forensics: walk a segment
 
-Record format (self-describing, for forensics with `iter_records`; recovery
-relies on the index, not on scanning)::
-
-    HEADER = magic b"MTA1" | queue id (16 bytes ASCII) | body length u64 | crc32 u32
-    (big endian, 32 bytes) followed by the body bytes
-
-`offset` is where the record header starts; `length` is the body length.
+Record format: records.py (v2 = envelope block + v1 record; v1 segments
+written before issue 12 stay readable). `offset` is where the record's v1
+header starts (after a v2 record's envelope block); `length` is the body
+length; `offset + HEADER.size + length` is the record's end.
 
 Invariants:
-- `append_many` returns only after ONE fdatasync covering the whole batch,
-  and after the directory fsync when the batch created a new segment file.
+- `append_many` returns only after ONE fdatasync covering the whole batch
+  (envelopes and bodies), and after the directory fsync when the batch
+  created a new segment file.
 - Appends go to the current segment only; after any write/sync error the
   segment is abandoned and the next batch opens a fresh one (after a failed
   fsync the page cache state is unknown, so we never append there again).
@@ -44,29 +42,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 import zlib
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from mta.core.errors import StorageError
 from mta.core.files import fsync_dir
 from mta.core.logfmt import event
+from mta.core.spill import SpillFile
+from mta.spool.records import HEADER, envelope_block
+from mta.spool.records import V1 as MAGIC
+from mta.spool.records import qid_bytes as _qid_bytes
 
 log = logging.getLogger("mta.spool")
 
-MAGIC = b"MTA1"
-HEADER = struct.Struct(">4s16sQI")
 SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 CHUNK = 1024 * 1024       # read unit of StoredBody (core.spill.CHUNK)
 SUFFIX = ".seg"
 
 Location = tuple[int, int, int]
-# (queue id, body) or (queue id, head, tail): tail is a core.spill.SpillFile
-# holding the body's bytes past `head` (None: the body is all in `head`)
-Item = tuple[str, bytes] | tuple[str, bytes, Any]
+# (queue id, head, tail, envelope): tail is a core.spill.SpillFile holding
+# the body's bytes past `head` (None: the body is all in `head`); envelope
+# the bytes of the record's envelope block (replay.envelope)
+Item = tuple[str, bytes, SpillFile | None, bytes]
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -81,7 +81,8 @@ class BodyStore(Protocol):
     async def append_many(self, items: Sequence[Item]) -> list[Location]: ...
     async def read(self, segment: int, offset: int, length: int,
                    queue_id: str | None = None) -> bytes: ...
-    async def reclaim(self, live_segments: set[int]) -> int: ...
+    async def reclaim(self, live_segments: set[int],
+                      before_unlink: Callable[[], None] | None = None) -> int: ...
     def close(self) -> None: ...
 
 
@@ -96,10 +97,6 @@ def parse_segment_name(name: str) -> int | None:
     return None
 
 
-def _qid_bytes(queue_id: str) -> bytes:
-    return queue_id.encode("ascii", "replace")[:16].ljust(16, b"\0")
-
-
 def scan_segments(directory: str | os.PathLike[str]) -> dict[int, int]:
     """{segment number: file size} for every segment file in `directory`."""
     out: dict[int, int] = {}
@@ -109,28 +106,6 @@ def scan_segments(directory: str | os.PathLike[str]) -> dict[int, int]:
             if number is not None:
                 out[number] = entry.stat().st_size
     return out
-
-
-
-
-def iter_records(path: str | os.PathLike[str]) -> Iterator[tuple[int, str, int, bool]]:
-    """Yield (offset, queue_id, length, crc_ok) for each record until the
-    first byte that is not a record header (a torn or garbage tail)."""
-    with open(path, "rb") as f:
-        offset = 0
-        while True:
-            head = f.read(HEADER.size)
-            if len(head) < HEADER.size:
-                return
-            magic, qid, length, crc = HEADER.unpack(head)
-            if magic != MAGIC:
-                return
-            body = f.read(length)
-            if len(body) < length:
-                return
-            queue_id = qid.rstrip(b"\0").decode("ascii", "replace")
-            yield offset, queue_id, length, zlib.crc32(body) == crc
-            offset += HEADER.size + length
 
 
 class StoredBody:
@@ -244,9 +219,10 @@ class SegmentStore:
         pos = start          # where the next record goes
         flushed = start      # where `parts` start
         try:
-            for item in items:
-                queue_id, body = item[0], item[1]
-                tail = item[2] if len(item) > 2 else None
+            for queue_id, body, tail, envelope in items:
+                block = envelope_block(envelope)
+                parts.append(block)
+                pos += len(block)
                 if tail is None:
                     parts.append(HEADER.pack(MAGIC, _qid_bytes(queue_id), len(body),
                                              zlib.crc32(body)))
@@ -349,15 +325,21 @@ class SegmentStore:
 
     # -- reclaim / recovery ------------------------------------------------------
 
-    async def reclaim(self, live_segments: set[int]) -> int:
+    async def reclaim(self, live_segments: set[int],
+                      before_unlink: Callable[[], None] | None = None) -> int:
+        """Unlink every segment but the live ones and the current one;
+        `before_unlink` runs (in the store's thread) first, when there is
+        one to unlink: the writer makes the index durable with it (S9)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, self._reclaim_sync, set(live_segments))
+        return await loop.run_in_executor(self._io, self._reclaim_sync, set(live_segments),
+                                          before_unlink)
 
-    def _reclaim_sync(self, live: set[int]) -> int:
+    def _reclaim_sync(self, live: set[int], before_unlink: Callable[[], None] | None) -> int:
+        dead = [n for n in self.scan() if n not in live and n != self._current]
+        if dead and before_unlink is not None:
+            before_unlink()
         removed = 0
-        for number in self.scan():
-            if number in live or number == self._current:
-                continue
+        for number in dead:
             self.unlink(number)
             removed += 1
         # No directory fsync: if an unlink is lost in a crash, recovery redoes it.

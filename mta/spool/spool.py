@@ -64,10 +64,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +109,8 @@ class Spool:
 
     def __init__(self, root: Path, conn: aiosqlite.Connection, reader: aiosqlite.Connection,
                  store: SegmentStore, recovery: RecoveryReport, lock_fd: int, opened_at: float,
-                 suppression: RulesLike | None = None):
+                 suppression: RulesLike | None = None,
+                 sync_index: Callable[[], None] | None = None):
         self.root = root
         self.recovery = recovery
         self.stats = SpoolStats()
@@ -116,7 +118,7 @@ class Spool:
         self._conn = conn
         self._store = store
         self._lock_fd = lock_fd
-        self._writer = Writer(conn, store, self.stats, suppression)
+        self._writer = Writer(conn, store, self.stats, suppression, sync_index=sync_index)
         self._read = reads.ReadSide(reader)
         self.ledger = Ledger(self._writer, self._read)
         self.suppressions = Suppressions(self._read)
@@ -136,7 +138,8 @@ class Spool:
             conn = await index.connect(paths.index)
             if created:
                 await asyncio.to_thread(fsync_dir, root)
-            report = await recover(conn, segdir, index_created=created)
+            sync_index = functools.partial(index.sync_wal, paths.index)
+            report = await recover(conn, segdir, index_created=created, sync_index=sync_index)
             reader = await index.connect(paths.index, reader=True)
         except BaseException as exc:
             for c in (reader, conn):
@@ -148,7 +151,7 @@ class Spool:
                 raise storage_error(exc, f"opening spool {root}") from exc
             raise
         store = SegmentStore(segdir, first_number=report.next_segment, max_bytes=segment_max_bytes)
-        spool = cls(root, conn, reader, store, report, lock_fd, now, suppression)
+        spool = cls(root, conn, reader, store, report, lock_fd, now, suppression, sync_index)
         spool._writer.start()
         # DEBUG: the daemon logs the same report as event=recovery_done.
         event(log, "spool_opened", logging.DEBUG, root=root,

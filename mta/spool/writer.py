@@ -4,9 +4,10 @@ One job: turn many concurrent requests into few fsyncs and transactions.
 What each kind of op writes is its handler's (the table `HANDLERS`); this
 module only batches, syncs, commits and answers.
 
-API: `Writer(conn, store, stats, rules=None)`; `start()`; `await submit(kind,
-payload)` returns the op's result; `await stop()` drains what is queued,
-then exits. Kinds and payloads are ops.py's:
+API: `Writer(conn, store, stats, rules=None, *, sync_index=None)`; `start()`;
+`await submit(kind, payload)` returns the op's result; `await stop()` drains
+what is queued, then exits. `sync_index` (blocking, run in a thread) makes
+every commit so far durable (index.sync_wal). Kinds and payloads are ops.py's:
   ENQUEUE  PendingMessage -> its queue id            acceptance.insert
   RELEASE  [(id, idx), …] -> None                    attempts.release
   RECORD   (updates, outcomes) -> None               attempts.record
@@ -16,20 +17,26 @@ then exits. Kinds and payloads are ops.py's:
   WEBHOOK  WebhookUpdate -> None                     ledger.set_webhook
   PRUNE    PruneOp -> rows deleted                   ledger.prune
   LEASE    (now, limit) -> [QueuedRecipient]         attempts.lease
-  RECLAIM  None -> segments unlinked                 (the body store, after COMMIT)
+  RECLAIM  None -> segments unlinked                 (the body store, after COMMIT,
+                                                     once `sync_index` has run)
 
 One batch = everything waiting when the writer wakes (up to MAX_BATCH ops
 or MAX_BATCH_BYTES of bodies):
-  1. all new bodies go to the store in ONE append + fdatasync;
-  2. all ops run in ONE SQLite transaction (BEGIN IMMEDIATE … COMMIT, and
-     COMMIT fsyncs the WAL: synchronous=FULL — for batches with enqueues;
-     batches without commit with NORMAL, no fsync, see `_transaction`):
-     each kind's handler in HANDLERS order gets all ops of its kind, in
-     submission order; then done/body_live are recomputed for every
-     message a handler touched;
+  1. all new records (envelope + body, replay.envelope) go to the store in
+     ONE append + fdatasync: the batch's one fsync;
+  2. all ops run in ONE SQLite transaction (BEGIN IMMEDIATE … COMMIT with
+     synchronous=NORMAL: the WAL is written, not fsynced; see
+     `_transaction`): each kind's handler in HANDLERS order gets all ops of
+     its kind, in submission order; then done/body_live are recomputed for
+     every message a handler touched;
   3. then every future is resolved. Nothing is acknowledged before 1 and 2.
 Within a transaction events are written in the order their changes are
 applied (HANDLERS order), so seq order is each message's true order.
+The WAL is fsynced (`sync_index`) WAL_SYNC_INTERVAL after the first commit
+it does not cover (a timer; the sync runs between two batches, waking an
+idle writer): a power loss takes at most about that much of the index's
+history (acceptances come back from the log: crash state S4p; the rest is
+redone, as S6 says).
 
 Invariants:
 - Only this task writes; so leases never overlap, and reclaim never races an
@@ -39,14 +46,19 @@ Invariants:
   transaction is rolled back and fails every op of the batch, each with
   `StorageError` (disk_full when ENOSPC/EDQUOT/SQLITE_FULL). The writer keeps
   serving later batches either way.
-- Orphan bodies of a failed transaction stay in the segment as garbage;
-  recovery and reclaim deal with them (crash states S1–S3, __init__.py).
+- Records of a failed transaction stay in the segment past its mark: the
+  next batch committed there moves the mark past them (garbage, reclaimed
+  with the segment); a restart before that replays them (crash state S3r,
+  __init__.py: the client got 451, the message may come back).
+- A segment is unlinked only after `sync_index`: the index state that
+  made it dead must not be undone by a power loss once its records are gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +66,7 @@ import aiosqlite
 
 from mta.core.errors import StorageError
 from mta.core.logfmt import event
-from mta.spool import acceptance, attempts, ledger, queue_sql, steering
+from mta.spool import acceptance, attempts, ledger, queue_sql, replay, steering
 from mta.spool.faults import storage_error
 from mta.spool.ops import (
     ASYNC,
@@ -79,6 +91,7 @@ log = logging.getLogger("mta.spool")
 
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 32 * 1024 * 1024
+WAL_SYNC_INTERVAL = 1.0   # seconds a commit may stay only in the page cache
 
 # The ops that run inside the batch's transaction, in this order.
 HANDLERS: tuple[tuple[str, Handler], ...] = (
@@ -101,11 +114,19 @@ class SpoolStats:
     batches: int = 0
     commits: int = 0          # SQLite transactions committed
     fsyncs: int = 0           # body-store append+fdatasync calls
+    wal_syncs: int = 0        # fsyncs of the index's WAL (interval, reclaim)
     ops: int = 0
     enqueued: int = 0
     duplicates: int = 0       # idempotent repeats answered with the original id
     max_batch: int = 0
     failed_batches: int = 0
+
+
+class _Wake:
+    """The queue item that wakes an idle writer when the WAL's sync is due."""
+
+
+_WAKE = _Wake()
 
 
 class _Op:
@@ -118,15 +139,21 @@ class _Op:
 
 class Writer:
     def __init__(self, conn: aiosqlite.Connection, store: BodyStore, stats: SpoolStats,
-                 rules: RulesLike | None = None):
+                 rules: RulesLike | None = None, *,
+                 sync_index: Callable[[], None] | None = None,
+                 wal_sync_interval: float = WAL_SYNC_INTERVAL):
         self._conn = conn
         self._store = store
         self._stats = stats
         self._rules = rules
-        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()   # None: stop
+        self._sync_index = sync_index
+        self._wal_sync_interval = wal_sync_interval
+        self._wal_timer: asyncio.TimerHandle | None = None   # runs while commits are unsynced
+        self._wal_due = False
+        # None: stop; _WAKE: the WAL's sync is due (no op)
+        self._queue: asyncio.Queue[_Op | _Wake | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._sync = "FULL"   # what index.connect() set
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="mta-spool-writer")
@@ -154,9 +181,13 @@ class Writer:
     # -- the loop ----------------------------------------------------------------
 
     async def _run(self) -> None:
+        # Every transaction of this connection commits without fsync from
+        # here on: the record of truth of an acceptance is its segment
+        # record (the package docstring, "Commit point"; S4p).
+        await self._conn.execute("PRAGMA synchronous=NORMAL")
         stopping = False
         while not stopping:
-            first = await self._queue.get()
+            first = await self._next()
             if first is None:
                 break
             batch, stopping = self._gather(first)
@@ -169,11 +200,47 @@ class Writer:
                     _fail(op, err)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+        if self._wal_timer is not None:
+            self._wal_timer.cancel()
         # Anyone who raced stop() gets an answer instead of hanging.
         while not self._queue.empty():
             late = self._queue.get_nowait()
-            if late is not None:
+            if isinstance(late, _Op):
                 _fail(late, StorageError("spool is closed"))
+
+    async def _next(self) -> _Op | None:
+        """The next op; first the WAL's fsync when it is due (the timer
+        `_committed` starts wakes an idle writer for it)."""
+        while True:
+            if self._wal_due:
+                await self._sync_wal()
+            item = await self._queue.get()
+            if not isinstance(item, _Wake):
+                return item
+
+    def _committed(self) -> None:
+        if self._wal_timer is None and self._sync_index is not None:
+            self._wal_timer = asyncio.get_running_loop().call_later(
+                self._wal_sync_interval, self._wal_sync_due)
+
+    def _wal_sync_due(self) -> None:
+        self._wal_timer = None
+        self._wal_due = True
+        self._queue.put_nowait(_WAKE)
+
+    async def _sync_wal(self) -> None:
+        self._wal_due = False
+        if self._sync_index is None:
+            return
+        try:
+            await asyncio.to_thread(self._sync_index)
+        except Exception as exc:
+            # The commits stay valid (a SIGKILL cannot take them); a power
+            # loss may, as before the sync. Logged, retried after the next commit.
+            event(log, "spool_wal_sync_failed", logging.ERROR,
+                  error=storage_error(exc, "syncing the index"))
+        else:
+            self._stats.wal_syncs += 1
 
     def _gather(self, first: _Op) -> tuple[list[_Op], bool]:
         """The batch `first` opens: what is waiting, within the limits; and
@@ -184,6 +251,8 @@ class Writer:
             op = self._queue.get_nowait()
             if op is None:
                 return batch, True
+            if isinstance(op, _Wake):
+                continue          # _wal_due is set: synced before the next batch
             batch.append(op)
             if op.kind == ENQUEUE:
                 size += op.payload.size
@@ -208,6 +277,7 @@ class Writer:
                     _fail(op, err)
             else:
                 stats.commits += 1
+                self._committed()
                 for op in db_ops:
                     if op.kind == ENQUEUE:
                         if op.result == op.payload.queue_id:
@@ -230,7 +300,8 @@ class Writer:
             return {}
         try:
             locations: list[Location] = await self._store.append_many(
-                [(op.payload.queue_id, op.payload.body, op.payload.tail) for op in enqueues])
+                [(op.payload.queue_id, op.payload.body, op.payload.tail,
+                  replay.envelope(op.payload)) for op in enqueues])
         except Exception as exc:
             err = storage_error(exc, "writing message bodies")
             event(log, "spool_write_failed", logging.ERROR, error=err)
@@ -245,17 +316,13 @@ class Writer:
         """Step 2: every op's handler in one transaction; results land in
         `op.result`."""
         conn = self._conn
-        # Only an acceptance (or a DSN with its mark) must be durable before
-        # we answer: a batch without enqueues commits with synchronous=NORMAL
-        # (no fsync). Leases are reset by recovery anyway, and a lost
-        # delivery record only re-sends (the accepted duplicate of ARCHITECTURE §4,
-        # like Postfix not fsyncing its queue file unlink). A process crash
-        # loses nothing either way: the WAL frames are in the page cache; and
-        # the next FULL commit fsyncs the WAL up to and including them.
-        sync = "FULL" if placed else "NORMAL"
-        if sync != self._sync:
-            await conn.execute(f"PRAGMA synchronous={sync}")
-            self._sync = sync
+        # synchronous=NORMAL (set in _run): no fsync here. An acceptance is
+        # already durable in its record (step 1), which recovery replays if
+        # a power loss takes this commit (S4p). Leases are reset by recovery
+        # anyway, and a lost delivery record only re-sends (the accepted
+        # duplicate of ARCHITECTURE §4, like Postfix not fsyncing its queue
+        # file unlink). A process crash loses nothing: the WAL frames are in
+        # the page cache. `_next` fsyncs them within WAL_SYNC_INTERVAL.
         await conn.execute("BEGIN IMMEDIATE")
         try:
             txn = Txn(conn, self._rules)
@@ -282,7 +349,15 @@ class Writer:
 
     async def _reclaim(self) -> int:
         rows = await fetchall(self._conn, queue_sql.SQL_LIVE_SEGMENTS)
-        return await self._store.reclaim({r[0] for r in rows})
+        unlinked = await self._store.reclaim({r[0] for r in rows},
+                                             before_unlink=self._sync_before_unlink)
+        return unlinked
+
+    def _sync_before_unlink(self) -> None:
+        """In the store's thread, before it unlinks dead segments (S9)."""
+        if self._sync_index is not None:
+            self._sync_index()
+            self._stats.wal_syncs += 1
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:
