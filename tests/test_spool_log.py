@@ -100,7 +100,12 @@ def index_state(state: Path) -> dict[str, object]:
                                     "ORDER BY message_id, rcpt_idx").fetchall(),
             "events": events,
             "idempotency": c.execute("SELECT * FROM idempotency ORDER BY key").fetchall(),
-            "marks": c.execute("SELECT * FROM segment_marks ORDER BY segment").fetchall(),
+            # the mark of each segment: the later of its segment_marks row and
+            # the end of the furthest record a row points at
+            "marks": c.execute(
+                "SELECT segment, MAX(e) FROM (SELECT segment, indexed_end AS e FROM segment_marks"
+                ' UNION ALL SELECT segment, "offset" + ? + length FROM messages) GROUP BY segment',
+                (HEADER.size,)).fetchall(),
         }
 
 
@@ -397,6 +402,39 @@ async def test_whole_record_with_an_undecodable_envelope_is_kept_and_reported(tm
         await s.close()
 
 
+async def test_checkpoints_run_beside_the_writer_not_in_its_commits(tmp_path, monkeypatch):
+    """SQLite's automatic checkpoint (inside a COMMIT, fsyncing all the WAL
+    written since the last sync) is off on the writer's connection; wal.py
+    runs PASSIVE checkpoints on a connection of its own, and the writer
+    checkpoints itself only when the WAL outgrows WAL_FRAMES_MAX."""
+    from mta.spool import wal
+    s = await Spool.open(tmp_path, now=T0)
+    try:
+        s._writer.wal.checkpoint_every = 4
+        results = []
+        checkpointer = s._writer.wal._checkpointer
+        real = checkpointer.run
+        checkpointer.run = lambda: results.append(real()) or results[-1]
+        for i in range(40):
+            await s.enqueue(msg(i), T0)
+        [(auto,)] = await s._conn.execute_fetchall("PRAGMA wal_autocheckpoint")
+        assert auto == 0
+        deadline = time.monotonic() + 30
+        while s.stats.checkpoints < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert s.stats.checkpoints >= 5 and s.stats.inline_checkpoints == 0
+        assert any(copied > 0 for _, _, copied in results)   # pages reached the index file
+        monkeypatch.setattr(wal, "WAL_FRAMES_MAX", 0)
+        for i in range(8):
+            await s.enqueue(msg(100 + i), T0)
+        while s.stats.inline_checkpoints < 1 and time.monotonic() < deadline:
+            await s.enqueue(msg(200), T0)       # the writer runs it between two batches
+        assert s.stats.inline_checkpoints >= 1
+        assert len(await s.list_messages(limit=1000)) >= 48
+    finally:
+        await s.close()
+
+
 # -- S9 and numbering --------------------------------------------------------------------------
 
 async def test_wal_is_synced_after_commits_and_before_any_unlink(tmp_path):
@@ -409,15 +447,15 @@ async def test_wal_is_synced_after_commits_and_before_any_unlink(tmp_path):
         def sync() -> None:
             synced_with.append(set(scan_segments(segdir(tmp_path))))
             real()
-        s._writer._sync_index = sync
-        s._writer._wal_sync_interval = 0.05
+        s._writer._sync_index = s._writer.wal._sync_index = sync
+        s._writer.wal.sync_interval = 0.05
         a = await s.enqueue(msg(1), T0)
         deadline = time.monotonic() + 30
         while not synced_with and time.monotonic() < deadline:   # the timer, while idle
             await asyncio.sleep(0.02)
         assert synced_with and s.stats.wal_syncs >= 1
         await s.enqueue(msg(2), T0)
-        s._writer._wal_sync_interval = 3600.0    # from here on only reclaim syncs
+        s._writer.wal.sync_interval = 3600.0     # from here on only reclaim syncs
         await asyncio.sleep(0.2)                 # (a timer already started may fire)
         assert a in {q.queue_id for q in await s.lease_due(T0, 10)}
         await s.record([RecipientUpdate(a, 0, DELIVERED, attempted_at=T0)])
@@ -511,6 +549,7 @@ CHILD = textwrap.dedent("""
     # The WAL keeps every frame of this run (no checkpoint copies it into the
     # index file), so the parent can cut it where a power loss would.
     index.PRAGMAS = index.PRAGMAS + ("PRAGMA wal_autocheckpoint=0",)
+    index.SqliteCheckpointer.run = lambda self: (0, 0, 0)
 
     async def main(state, start, mode):
         s = await Spool.open(state, now=time.time(), segment_max_bytes=128 * 1024)

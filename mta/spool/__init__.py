@@ -8,9 +8,10 @@ Layout under ``state_dir/spool/``::
 
     lock                 flock held by the one process that owns the spool
     index.sqlite3(-wal)  SQLite index, WAL, every write transaction committed with
-                         synchronous=NORMAL (no fsync); the WAL is fsynced by
-                         the writer at most WAL_SYNC_INTERVAL after a commit
-                         and before any segment unlink (index.py, writer.py)
+                         synchronous=NORMAL (no fsync); the WAL is fsynced at
+                         most WAL_SYNC_INTERVAL after a commit and before any
+                         segment unlink, checkpoints run beside the writer
+                         (index.py, writer.py, wal.py)
     segments/NNNNNNNN.seg  append-only log, one record per message (records.py):
                          v2: envelope block (magic MTA2, the ENQUEUE op's
                          envelope as JSON, crc32) + v1 record; v1: 32-byte header
@@ -21,10 +22,14 @@ holds everything the ENQUEUE op writes (queue id, sender, recipients,
 received_at, credential, listener, client ip, is_dsn, dsn_for, the DSN mark,
 accept-and-record recipients, the ``received`` event detail, idempotency key
 and window: replay.py), so the index rows of an acceptance can be re-created
-from its record. ``segment_marks`` (index.py) holds, per segment, the end of
-the last record the index has seen (indexed, or answered as an idempotent
-duplicate); it is written in the same transaction as the rows, so it is
-exactly as durable as they are.
+from its record. A segment's *mark* is the end of the last record of it the
+index has seen (indexed, or answered as an idempotent duplicate): the later
+of the end of the furthest record a ``messages`` row points at and
+``segment_marks.indexed_end`` (index.py), which only a transaction that
+answered a duplicate writes (no row points at a duplicate's record; for any
+other batch its last message row is the same point, and an extra statement
+per batch would cost a round trip). Both are written in the transaction
+that saw the record, so the mark is exactly as durable as the rows.
 
 Commit point of `Spool.enqueue` (the moment a ``250`` may be sent): the
 record (envelope + body) is written and fdatasynced, the directory is
@@ -40,8 +45,8 @@ Crash-state table
 Every instant of the lifecycle is one of these states. "Files" and "rows"
 say what exists on disk after a crash there; "recovery" is the branch
 `recovery.recover` runs for it in `Spool.open` (counter in `RecoveryReport`).
-"Past the mark" = at or after ``segment_marks.indexed_end`` of its segment
-(no mark: the end of the furthest record a row points at, 0 without rows).
+"Past the mark" = at or after its segment's mark (above; 0 for a segment
+the index knows nothing of).
 
 ==  ==========================  ==================================  =====================================
 #   state                       files / rows on disk                recovery (RecoveryReport field)
@@ -209,6 +214,7 @@ Modules, by job:
     ledger.py       `Ledger` (spool.ledger): events, webhook cursors, pruning, keys
     suppressions.py `Suppressions` (spool.suppressions): the list in the index
     writer.py       the group-commit engine and its table of op handlers
+    wal.py          the WAL's upkeep: its fsync timer and the checkpoints, beside the writer
     ops.py          op kinds, payloads, what a handler gets
     acceptance.py   ENQUEUE: the commit point's rows (NewMessage, DsnMark)
     attempts.py     LEASE, RELEASE, RECORD, ASYNC: attempts and their moves

@@ -236,7 +236,9 @@ class _Rows:
                           (ledger_sql.SQL_ENQUEUE_RCPT_EVENTS, rcpt_events),
                           (ledger_sql.SQL_INSERT_EVENT, self.dups),
                           (ledger_sql.SQL_RCPT_EVENT, self.dsn_events),
-                          (queue_sql.SQL_MARK_INDEXED, list(self.marks.items()))):
+                          # Only a duplicate's record has no row to cover it.
+                          (queue_sql.SQL_MARK_INDEXED,
+                           list(self.marks.items()) if self.dups else [])):
             if rows:
                 await conn.executemany(sql, rows)
 

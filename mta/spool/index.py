@@ -6,6 +6,7 @@ suppressions.py, and everything that runs them, agree on one layout.
 
 API: `connect(path, *, reader=False) -> aiosqlite.Connection` (pragmas +
 schema applied, older indexes migrated); `sync_wal(path)` (blocking);
+`SqliteCheckpointer(path)` (wal.py's checkpoints, on their own connection);
 `SCHEMA` (the queue: messages, recipients, attempts, segment_marks),
 `LEDGER_SCHEMA` (events, webhook_state, idempotency), `SUPPRESSION_SCHEMA`
 (also created on its own by suppression_admin.py); `SCHEMA_VERSION`.
@@ -29,6 +30,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import sqlite3
 
 import aiosqlite
 
@@ -120,11 +122,12 @@ CREATE INDEX IF NOT EXISTS recipients_domain ON recipients (domain);
 CREATE INDEX IF NOT EXISTS recipients_address ON recipients (address);
 
 -- The log's marks (issue 12; the package docstring, S3r/S4p): per segment,
--- the end of the last record the index has seen (indexed, or answered as an
--- idempotent duplicate), written in the transaction that saw it; recovery
--- replays the whole v2 records past it. One row per segment ever written
--- (about 16,000 per TB of mail), never deleted: a segment whose unlink a
--- power loss undid is still known.
+-- the end of the last idempotent duplicate's record the index has answered,
+-- written in the transaction that answered it (a message's record is
+-- covered by its row), and by recovery past what it replayed; recovery
+-- replays the whole v2 records past max(this, the furthest row end). At most
+-- one row per segment ever written (about 16,000 per TB of mail), never
+-- deleted: a segment whose unlink a power loss undid is still known.
 CREATE TABLE IF NOT EXISTS segment_marks (
     segment     INTEGER PRIMARY KEY,
     indexed_end INTEGER NOT NULL
@@ -216,6 +219,30 @@ def sync_wal(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class SqliteCheckpointer:
+    """PASSIVE checkpoints of the index on a connection of their own
+    (wal.Checkpointer): blocking, one call at a time, from any thread."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self._path = os.fspath(path)
+        self._conn: sqlite3.Connection | None = None
+
+    def run(self) -> tuple[int, int, int]:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self._path, isolation_level=None,
+                                         check_same_thread=False)
+            # NORMAL or FULL: either way SQLite fsyncs the WAL before it
+            # copies frames, and the database file after.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+        busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(busy), int(frames), int(copied)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 async def connect(path: str | os.PathLike[str], *, reader: bool = False) -> aiosqlite.Connection:

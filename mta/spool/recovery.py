@@ -141,9 +141,9 @@ async def recover(conn: aiosqlite.Connection, segment_dir: Path, *,
 
 async def _replay_log(conn: aiosqlite.Connection, segment_dir: Path, files: dict[int, int],
                       report: RecoveryReport) -> dict[int, int]:
-    """S1, S3, S3r, S4p: scan every segment past its mark (no mark: the
-    end of the furthest record a row points at), replay the whole v2
-    records found, in log order, in one transaction that also moves the
+    """S1, S3, S3r, S4p: scan every segment past its mark (the later of
+    its segment_marks row and the end of the furthest record a row points
+    at), replay the whole v2 records found, in log order, in one transaction that also moves the
     marks past them. Returns {segment: where its whole records end}."""
     marks: dict[int, int] = {
         seg: end for seg, end in await fetchall(conn, queue_sql.SQL_INDEXED_MARKS)}

@@ -29,8 +29,9 @@ Invariants:
   answered again the same way (its original's record comes earlier in the
   log, so its key is back first).
 - A record whose queue id is already indexed is skipped (expected never:
-  the mark is written with the rows); one whose envelope cannot be decoded
-  is logged at ERROR and skipped, never guessed at.
+  the mark moves with the rows; a caller naming an id twice makes one);
+  one whose envelope cannot be decoded is logged at ERROR and skipped,
+  never guessed at.
 - Idempotent: replaying the same records twice writes them once.
 """
 

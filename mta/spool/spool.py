@@ -110,7 +110,8 @@ class Spool:
     def __init__(self, root: Path, conn: aiosqlite.Connection, reader: aiosqlite.Connection,
                  store: SegmentStore, recovery: RecoveryReport, lock_fd: int, opened_at: float,
                  suppression: RulesLike | None = None,
-                 sync_index: Callable[[], None] | None = None):
+                 sync_index: Callable[[], None] | None = None,
+                 checkpointer: index.SqliteCheckpointer | None = None):
         self.root = root
         self.recovery = recovery
         self.stats = SpoolStats()
@@ -118,7 +119,8 @@ class Spool:
         self._conn = conn
         self._store = store
         self._lock_fd = lock_fd
-        self._writer = Writer(conn, store, self.stats, suppression, sync_index=sync_index)
+        self._writer = Writer(conn, store, self.stats, suppression, sync_index=sync_index,
+                              checkpointer=checkpointer)
         self._read = reads.ReadSide(reader)
         self.ledger = Ledger(self._writer, self._read)
         self.suppressions = Suppressions(self._read)
@@ -151,7 +153,8 @@ class Spool:
                 raise storage_error(exc, f"opening spool {root}") from exc
             raise
         store = SegmentStore(segdir, first_number=report.next_segment, max_bytes=segment_max_bytes)
-        spool = cls(root, conn, reader, store, report, lock_fd, now, suppression, sync_index)
+        spool = cls(root, conn, reader, store, report, lock_fd, now, suppression, sync_index,
+                    index.SqliteCheckpointer(paths.index))
         spool._writer.start()
         # DEBUG: the daemon logs the same report as event=recovery_done.
         event(log, "spool_opened", logging.DEBUG, root=root,

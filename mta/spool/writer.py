@@ -4,10 +4,13 @@ One job: turn many concurrent requests into few fsyncs and transactions.
 What each kind of op writes is its handler's (the table `HANDLERS`); this
 module only batches, syncs, commits and answers.
 
-API: `Writer(conn, store, stats, rules=None, *, sync_index=None)`; `start()`;
-`await submit(kind, payload)` returns the op's result; `await stop()` drains
-what is queued, then exits. `sync_index` (blocking, run in a thread) makes
-every commit so far durable (index.sync_wal). Kinds and payloads are ops.py's:
+API: `Writer(conn, store, stats, rules=None, *, sync_index=None,
+checkpointer=None)`; `start()`; `await submit(kind, payload)` returns the
+op's result; `await stop()` drains what is queued, then exits. `sync_index`
+(blocking, run in a thread) makes every commit so far durable
+(index.sync_wal); `checkpointer` (index.SqliteCheckpointer) takes the
+checkpoints off the writer's connection (wal.py). `writer.wal`: the WAL
+upkeep. Kinds and payloads are ops.py's:
   ENQUEUE  PendingMessage -> its queue id            acceptance.insert
   RELEASE  [(id, idx), …] -> None                    attempts.release
   RECORD   (updates, outcomes) -> None               attempts.record
@@ -32,11 +35,13 @@ or MAX_BATCH_BYTES of bodies):
   3. then every future is resolved. Nothing is acknowledged before 1 and 2.
 Within a transaction events are written in the order their changes are
 applied (HANDLERS order), so seq order is each message's true order.
-The WAL is fsynced (`sync_index`) WAL_SYNC_INTERVAL after the first commit
-it does not cover (a timer; the sync runs between two batches, waking an
-idle writer): a power loss takes at most about that much of the index's
-history (acceptances come back from the log: crash state S4p; the rest is
-redone, as S6 says).
+The WAL upkeep (wal.py) runs beside the writer: the WAL is fsynced
+WAL_SYNC_INTERVAL after the first commit it does not cover, so a power loss
+takes at most about that much of the index's history (acceptances come back
+from the log: crash state S4p; the rest is redone, as S6 says), and
+checkpoints run on a connection of their own, not in the writer's COMMITs
+(only when the WAL outgrows its bound does the writer run one, between two
+batches).
 
 Invariants:
 - Only this task writes; so leases never overlap, and reclaim never races an
@@ -86,12 +91,12 @@ from mta.spool.ops import (
 from mta.spool.reads import fetchall
 from mta.spool.segments import BodyStore, Location
 from mta.spool.suppressions import RulesLike
+from mta.spool.wal import Checkpointer, WalUpkeep
 
 log = logging.getLogger("mta.spool")
 
 MAX_BATCH = 256
 MAX_BATCH_BYTES = 32 * 1024 * 1024
-WAL_SYNC_INTERVAL = 1.0   # seconds a commit may stay only in the page cache
 
 # The ops that run inside the batch's transaction, in this order.
 HANDLERS: tuple[tuple[str, Handler], ...] = (
@@ -115,6 +120,8 @@ class SpoolStats:
     commits: int = 0          # SQLite transactions committed
     fsyncs: int = 0           # body-store append+fdatasync calls
     wal_syncs: int = 0        # fsyncs of the index's WAL (interval, reclaim)
+    checkpoints: int = 0      # background checkpoints (wal.py)
+    inline_checkpoints: int = 0   # checkpoints the writer had to run itself
     ops: int = 0
     enqueued: int = 0
     duplicates: int = 0       # idempotent repeats answered with the original id
@@ -141,17 +148,17 @@ class Writer:
     def __init__(self, conn: aiosqlite.Connection, store: BodyStore, stats: SpoolStats,
                  rules: RulesLike | None = None, *,
                  sync_index: Callable[[], None] | None = None,
-                 wal_sync_interval: float = WAL_SYNC_INTERVAL):
+                 checkpointer: Checkpointer | None = None):
         self._conn = conn
         self._store = store
         self._stats = stats
         self._rules = rules
         self._sync_index = sync_index
-        self._wal_sync_interval = wal_sync_interval
-        self._wal_timer: asyncio.TimerHandle | None = None   # runs while commits are unsynced
-        self._wal_due = False
-        # None: stop; _WAKE: the WAL's sync is due (no op)
+        self._checkpoints_beside = checkpointer is not None
+        # None: stop; _WAKE: WAL upkeep is due (no op)
         self._queue: asyncio.Queue[_Op | _Wake | None] = asyncio.Queue()
+        self.wal = WalUpkeep(sync_index, checkpointer, lambda: self._queue.put_nowait(_WAKE),
+                             stats)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -185,6 +192,8 @@ class Writer:
         # here on: the record of truth of an acceptance is its segment
         # record (the package docstring, "Commit point"; S4p).
         await self._conn.execute("PRAGMA synchronous=NORMAL")
+        if self._checkpoints_beside:
+            await self._conn.execute("PRAGMA wal_autocheckpoint=0")
         stopping = False
         while not stopping:
             first = await self._next()
@@ -200,8 +209,7 @@ class Writer:
                     _fail(op, err)
                 if isinstance(exc, asyncio.CancelledError):
                     raise
-        if self._wal_timer is not None:
-            self._wal_timer.cancel()
+        await self.wal.close()
         # Anyone who raced stop() gets an answer instead of hanging.
         while not self._queue.empty():
             late = self._queue.get_nowait()
@@ -209,38 +217,13 @@ class Writer:
                 _fail(late, StorageError("spool is closed"))
 
     async def _next(self) -> _Op | None:
-        """The next op; first the WAL's fsync when it is due (the timer
-        `_committed` starts wakes an idle writer for it)."""
+        """The next op; first the WAL upkeep that is due (wal.py wakes an
+        idle writer for it)."""
         while True:
-            if self._wal_due:
-                await self._sync_wal()
+            await self.wal.between_batches(self._conn)
             item = await self._queue.get()
             if not isinstance(item, _Wake):
                 return item
-
-    def _committed(self) -> None:
-        if self._wal_timer is None and self._sync_index is not None:
-            self._wal_timer = asyncio.get_running_loop().call_later(
-                self._wal_sync_interval, self._wal_sync_due)
-
-    def _wal_sync_due(self) -> None:
-        self._wal_timer = None
-        self._wal_due = True
-        self._queue.put_nowait(_WAKE)
-
-    async def _sync_wal(self) -> None:
-        self._wal_due = False
-        if self._sync_index is None:
-            return
-        try:
-            await asyncio.to_thread(self._sync_index)
-        except Exception as exc:
-            # The commits stay valid (a SIGKILL cannot take them); a power
-            # loss may, as before the sync. Logged, retried after the next commit.
-            event(log, "spool_wal_sync_failed", logging.ERROR,
-                  error=storage_error(exc, "syncing the index"))
-        else:
-            self._stats.wal_syncs += 1
 
     def _gather(self, first: _Op) -> tuple[list[_Op], bool]:
         """The batch `first` opens: what is waiting, within the limits; and
@@ -252,7 +235,7 @@ class Writer:
             if op is None:
                 return batch, True
             if isinstance(op, _Wake):
-                continue          # _wal_due is set: synced before the next batch
+                continue          # the upkeep runs before the next batch anyway
             batch.append(op)
             if op.kind == ENQUEUE:
                 size += op.payload.size
@@ -277,7 +260,7 @@ class Writer:
                     _fail(op, err)
             else:
                 stats.commits += 1
-                self._committed()
+                self.wal.committed()
                 for op in db_ops:
                     if op.kind == ENQUEUE:
                         if op.result == op.payload.queue_id:
@@ -322,7 +305,7 @@ class Writer:
         # anyway, and a lost delivery record only re-sends (the accepted
         # duplicate of ARCHITECTURE §4, like Postfix not fsyncing its queue
         # file unlink). A process crash loses nothing: the WAL frames are in
-        # the page cache. `_next` fsyncs them within WAL_SYNC_INTERVAL.
+        # the page cache. `self.wal` fsyncs them within WAL_SYNC_INTERVAL.
         await conn.execute("BEGIN IMMEDIATE")
         try:
             txn = Txn(conn, self._rules)
