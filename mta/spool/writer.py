@@ -130,7 +130,8 @@ class SpoolStats:
 
 
 class _Wake:
-    """The queue item that wakes an idle writer when the WAL's sync is due."""
+    """The queue item that wakes an idle writer when WAL upkeep needs its
+    connection (wal.py: an inline checkpoint)."""
 
 
 _WAKE = _Wake()
