@@ -430,6 +430,16 @@ async def test_checkpoints_run_beside_the_writer_not_in_its_commits(tmp_path, mo
         while s.stats.inline_checkpoints < 1 and time.monotonic() < deadline:
             await s.enqueue(msg(200), T0)       # the writer runs it between two batches
         assert s.stats.inline_checkpoints >= 1
+        # A checkpoint beside the writer that fails: the writer runs one itself.
+        monkeypatch.setattr(wal, "WAL_FRAMES_MAX", 10**9)
+        done = s.stats.inline_checkpoints
+
+        def broken():
+            raise sqlite3.OperationalError("disk I/O error")
+        checkpointer.run = broken
+        while s.stats.inline_checkpoints == done and time.monotonic() < deadline:
+            await s.enqueue(msg(300), T0)
+        assert s.stats.inline_checkpoints > done
         assert len(await s.list_messages(limit=1000)) >= 48
     finally:
         await s.close()
