@@ -95,7 +95,12 @@ async def test_tempfail_is_retried_on_schedule_then_delivered(mta, sink):
     msgs = await sink.wait_for(1, timeout=20)
     assert msgs[0].rcpt_tos == ["tempfail-2@rcpt.test"]
     assert sink.rcpt_attempts["tempfail-2@rcpt.test"] == 3
-    view = await mta.spool.get_message(qid)
+
+    async def recorded():
+        # the sink has the message before the spool has recorded the 250
+        v = await mta.spool.get_message(qid)
+        return v if len(v.attempts) >= 3 else None
+    view = await wait_until(recorded)
     replies = [a.reply for a in view.attempts]
     assert [r[:3] for r in replies] == ["451", "451", "250"]
     # schedule 1s,2s: the attempts are at least 1s and 2s apart
