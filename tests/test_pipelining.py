@@ -382,3 +382,24 @@ async def test_a_peer_out_of_step_loses_the_connection():
     out = report.outcomes["Q1"][0]
     assert out.fate is DEFERRED and out.reply.esc == "4.4.2"
     assert "more replies than commands" in out.reply.text
+
+
+# ---- on uvloop, as the daemon runs ---------------------------------------------------
+
+@pytest.mark.parametrize("tls,chunking", [(False, False), (True, False), (False, True)])
+def test_pipelining_and_chunking_work_on_uvloop(tls, chunking):
+    """The daemon runs on uvloop, whose transports implement asyncio's
+    interface without subclassing it; the tests' loop is asyncio's. A
+    pipelined delivery on uvloop once failed every message with an
+    AssertionError (isinstance(asyncio.WriteTransport)): found by the bench."""
+    import uvloop
+
+    async def run() -> tuple[DeliveryReport, list]:
+        async with Sink(tls=tls, pipelining=True, chunking=chunking) as sink:
+            report = await deliver(sink.port, message("Q1", "ok@example.test",
+                                                      "reject@example.test", body=DOTS))
+            return report, list(sink.messages)
+
+    report, got = uvloop.run(run())
+    assert fates(report, "Q1") == [DELIVERED, BOUNCED]
+    assert [m.data for m in got] == [DOTS]

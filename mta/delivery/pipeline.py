@@ -35,6 +35,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 import re
 from collections import deque
 from collections.abc import Iterator
@@ -191,7 +192,11 @@ def pipelined(smtp: aiosmtplib.SMTP) -> Iterator[Pipeline]:
     transport = protocol.transport if protocol is not None else None
     if protocol is None or transport is None or transport.is_closing():
         raise SMTPServerDisconnected("Server not connected")
-    assert isinstance(transport, asyncio.WriteTransport)
+    # Not isinstance(asyncio.WriteTransport): uvloop's transports implement the
+    # interface without subclassing it (the daemon runs on uvloop).
+    if not (hasattr(transport, "set_protocol") and hasattr(transport, "write")):
+        raise SMTPServerDisconnected(f"cannot pipeline over {type(transport).__name__}")
+    transport = cast(asyncio.WriteTransport, transport)
     group = Pipeline(protocol, transport)
     transport.set_protocol(group)
     try:
