@@ -6,14 +6,17 @@ outcome without secrets, count failures — and say when a client is locked
 out. The handler (session.py) owns one and forwards its AUTH hooks to it.
 
 API
-    AuthCheck(*, listener, credentials, clock, throttle, user_throttle,
-              observer, log)
+    AuthTurns(clock, throttle, user_throttle)
+        the throttles (policy.authlimit.AuthThrottle per client IP,
+        UserThrottle per user name; either None: no limit) and the waiting for
+        a turn; async methods (locked, ip_begin, user_begin, ip_end, user_end,
+        failure) so a receiver process asks its owner's (runtime/remote.py)
+    AuthCheck(*, listener, credentials, clock, turns, observer, log)
         credentials     credentials.CredentialCheck (its `verify` is sync and
                         CPU-bound: run in a thread)
-        throttle        policy.authlimit.AuthThrottle (per client IP) or None
-        user_throttle   policy.authlimit.UserThrottle (per user name) or None
+        turns           an AuthTurns (or the owner's, remote)
         .listener       the listener's name, for logs and counts
-    .locked(server) -> bool              the client IP is locked out now
+    await .locked(server) -> bool        the client IP is locked out now
     await .lock_out(server)              421 AUTH_LOCKED and close
     await .authenticate(server, session, mechanism, login, password) -> AuthResult
     await .refuse(server, session, mechanism, reason, reply) -> AuthResult
@@ -63,22 +66,87 @@ __all__ = ["AUTH_WAIT", "AuthCheck"]
 AUTH_WAIT = 30.0   # longest wait for a turn to have a password checked
 
 
+class AuthTurns:
+    """The brute-force throttles as AuthCheck asks them, in this process: the
+    IP throttle (policy.authlimit.AuthThrottle, or None: no limit) and the
+    user throttle (UserThrottle or None), with the waiting for a turn. Every
+    method is async so a receiver process can ask its owner's instead
+    (runtime/remote.py): the budget then holds across every process."""
+
+    def __init__(self, clock: Clock, throttle: AuthThrottle | None,
+                 user_throttle: UserThrottle | None):
+        self.clock, self.throttle, self.user_throttle = clock, throttle, user_throttle
+        self._ended: dict[str, asyncio.Event] = {}   # throttle key -> a check ended
+
+    async def locked(self, key: str) -> bool:
+        return (self.throttle is not None
+                and self.throttle.check(key, self.clock.now()) is None)
+
+    async def ip_begin(self, key: str) -> tuple[str, float] | None:
+        """(verdict, delay) from the IP throttle (waiting for a turn), None
+        when there is none."""
+        throttle = self.throttle
+        if throttle is None:
+            return None
+        return await self._turn("ip " + key, lambda: throttle.begin(key, self.clock.now()))
+
+    async def user_begin(self, name: str, key: str) -> str | None:
+        """The user throttle's verdict for `name` (None: not counted)."""
+        users = self.user_throttle
+        if users is None or not valid_username(name):
+            return None
+        verdict, _ = await self._turn("user " + name,
+                                      lambda: (users.begin(name, key, self.clock.now()), 0.0))
+        return verdict
+
+    async def ip_end(self, key: str, ok: bool) -> None:
+        if self.throttle is not None:
+            self.throttle.end(key, self.clock.now(), ok)
+            self._end("ip " + key)
+
+    async def user_end(self, name: str, key: str, verdict: str | None, ok: bool) -> None:
+        if verdict in (GO, FREE) and self.user_throttle is not None:
+            self.user_throttle.end(name, key, self.clock.now(), ok, counted=verdict == GO)
+            self._end("user " + name)
+
+    async def failure(self, key: str) -> None:
+        if self.throttle is not None:
+            self.throttle.failure(key, self.clock.now())
+
+    async def _turn(self, key: str, begin: Callable[[], tuple[str, float]]) -> tuple[str, float]:
+        """Ask a throttle's begin() until it says something else than WAIT
+        (a check running for the same key ended), for at most AUTH_WAIT s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + AUTH_WAIT
+        while True:
+            result = begin()
+            if result[0] != WAIT:
+                return result
+            ev = self._ended.setdefault(key, asyncio.Event())
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await ev.wait()
+            except TimeoutError:
+                return LOCKED, 0.0
+
+    def _end(self, key: str) -> None:
+        ev = self._ended.pop(key, None)
+        if ev is not None:
+            ev.set()
+
+
 class AuthCheck:
     def __init__(self, *, listener: str, credentials: CredentialCheck, clock: Clock,
-                 throttle: AuthThrottle | None, user_throttle: UserThrottle | None,
-                 observer: Observer, log: logging.Logger):
+                 turns: AuthTurns, observer: Observer, log: logging.Logger):
         self.listener = listener
         self.credentials = credentials
         self.clock = clock
-        self.throttle = throttle
-        self.user_throttle = user_throttle
+        self.turns = turns
         self.observer = observer
         self.log = log
-        self._ended: dict[str, asyncio.Event] = {}   # throttle key -> a check ended
 
-    def locked(self, server: SubmissionSMTP) -> bool:
-        return (self.throttle is not None
-                and self.throttle.check(throttle_key(server.client_ip), self.clock.now()) is None)
+    async def locked(self, server: SubmissionSMTP) -> bool:
+        return await self.turns.locked(throttle_key(server.client_ip))
 
     async def lock_out(self, server: SubmissionSMTP) -> None:
         self.log.warning("event=auth_locked_out listener=%s client=%s",
@@ -96,35 +164,35 @@ class AuthCheck:
         except UnicodeError:
             name = ""
         shown = name if valid_username(name) else "<invalid>"
+        turns = self.turns
         delay = 0.0
-        ip_go = False
-        if self.throttle is not None:
-            throttle = self.throttle
-            verdict, delay = await self._turn("ip " + key,
-                                              lambda: throttle.begin(key, self.clock.now()))
+        began = await turns.ip_begin(key)
+        if began is not None:
+            verdict, delay = began
             if verdict == LOCKED:
                 await self.lock_out(server)
                 return AuthResult(success=False, handled=True)
-            ip_go = True
+        ip_go = began is not None
         user_verdict = None
         try:
-            user_verdict = await self._user_turn(name, key)
+            user_verdict = await turns.user_begin(name, key)
             if user_verdict == LOCKED:
                 # Locked by guesses from elsewhere: no password check.
                 self._failed(ip, mechanism, shown, reason="user_locked", level=logging.WARNING)
-                self._end_ip(key, ip_go, ok=False)
                 ip_go = False
+                await turns.ip_end(key, False)
                 if delay > 0:
                     await asyncio.sleep(delay)
                 return AuthResult(success=False, handled=False,
                                   message=str(replies.AUTH_USER_LOCKED))
             ok = await asyncio.to_thread(self.credentials.verify, login, password)
         except BaseException:
-            self._end_ip(key, ip_go, ok=False)
-            self._end_user(name, key, user_verdict, ok=False)
+            if ip_go:
+                await asyncio.shield(turns.ip_end(key, False))
+            await asyncio.shield(turns.user_end(name, key, user_verdict, False))
             raise
-        self._end_ip(key, ip_go, ok=ok)
-        self._end_user(name, key, user_verdict, ok=ok)
+        await turns.ip_end(key, ok)
+        await turns.user_end(name, key, user_verdict, ok)
         if delay > 0:
             await asyncio.sleep(delay)
         return await self._answer(server, session, mechanism, name, shown, ok=ok)
@@ -138,7 +206,7 @@ class AuthCheck:
                           self.listener, ip, mechanism, shown)
             return AuthResult(success=True, auth_data=name, message=str(replies.AUTH_OK))
         self._failed(ip, mechanism, shown)
-        if self.locked(server):
+        if await self.locked(server):
             await self.lock_out(server)
             return AuthResult(success=False, handled=True)
         return AuthResult(success=False, handled=False, message=str(replies.AUTH_INVALID))
@@ -159,52 +227,9 @@ class AuthCheck:
         self.log.info("event=auth_failed listener=%s client=%s mechanism=%s reason=%s",
                       self.listener, ip, mechanism, reason)
         self.observer.auth_failure(self.listener)
-        if self.throttle is not None:
-            self.throttle.failure(throttle_key(ip), self.clock.now())
-            if self.locked(server):
-                await self.lock_out(server)
-                return AuthResult(success=False, handled=True)
+        await self.turns.failure(throttle_key(ip))
+        if await self.locked(server):
+            await self.lock_out(server)
+            return AuthResult(success=False, handled=True)
         await server.push(reply)
         return AuthResult(success=False, handled=True)
-
-    # -- taking turns under the throttles ---------------------------------------
-
-    async def _turn(self, key: str, begin: Callable[[], tuple[str, float]]) -> tuple[str, float]:
-        """Ask a throttle's begin() until it says something else than WAIT
-        (a check running for the same key ended), for at most AUTH_WAIT s."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + AUTH_WAIT
-        while True:
-            result = begin()
-            if result[0] != WAIT:
-                return result
-            ev = self._ended.setdefault(key, asyncio.Event())
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await ev.wait()
-            except TimeoutError:
-                return LOCKED, 0.0
-
-    async def _user_turn(self, name: str, key: str) -> str | None:
-        """The user throttle's verdict for `name` (None: not counted)."""
-        users = self.user_throttle
-        if users is None or not valid_username(name):
-            return None
-        verdict, _ = await self._turn("user " + name,
-                                      lambda: (users.begin(name, key, self.clock.now()), 0.0))
-        return verdict
-
-    def _end(self, key: str) -> None:
-        ev = self._ended.pop(key, None)
-        if ev is not None:
-            ev.set()
-
-    def _end_ip(self, key: str, began: bool, *, ok: bool) -> None:
-        if began and self.throttle is not None:
-            self.throttle.end(key, self.clock.now(), ok)
-            self._end("ip " + key)
-
-    def _end_user(self, name: str, key: str, verdict: str | None, *, ok: bool) -> None:
-        if verdict in (GO, FREE) and self.user_throttle is not None:
-            self.user_throttle.end(name, key, self.clock.now(), ok, counted=verdict == GO)
-            self._end("user " + name)

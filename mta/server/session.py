@@ -4,10 +4,13 @@ API
     SubmissionHandler(cfg, *, hostname, spool, credentials, clock, auth_throttle,
                       log, message_factory=None, sender_policy=None, signer=None,
                       rcpt_check=None, accept_suppressed=False, observer=None,
-                      user_throttle=None)
+                      user_throttle=None, auth_turns=None)
         cfg             its listener's ListenerConfig
         spool           seams.SubmissionSpool (enqueue, append_events)
         credentials     credentials.CredentialCheck (verify, domains)
+        auth_turns      authcheck.AuthTurns (default: one over auth_throttle
+                        and user_throttle in this process; a receiver
+                        process passes its owner's, runtime/remote.py)
         signer          seams.Signer; rcpt_check seams.RcptCheck;
         sender_policy   policy.senders.SenderPolicy (a pure value)
     .reconfigure(cfg, listener)   config reload: `listener` (its ListenerConfig)
@@ -70,7 +73,7 @@ from mta.policy.authlimit import AuthThrottle, UserThrottle
 from mta.policy.senders import SenderPolicy
 from mta.server import replies
 from mta.server.addresses import check_recipient, check_sender
-from mta.server.authcheck import AuthCheck
+from mta.server.authcheck import AuthCheck, AuthTurns
 from mta.server.credentials import CredentialCheck
 
 if TYPE_CHECKING:  # server does not import config at run time (ARCHITECTURE §2)
@@ -122,7 +125,8 @@ class SubmissionHandler:
                  log: logging.Logger, message_factory: MessageFactory | None = None,
                  sender_policy: SenderPolicy | None = None, signer: Signer | None = None,
                  rcpt_check: RcptCheck | None = None, accept_suppressed: bool = False,
-                 observer: Observer | None = None, user_throttle: UserThrottle | None = None):
+                 observer: Observer | None = None, user_throttle: UserThrottle | None = None,
+                 auth_turns: AuthTurns | None = None):
         self.hostname = hostname
         self.observer = observer or Observer()
         self.rcpt_check = rcpt_check      # (recipient, credential) -> refusal or None
@@ -133,8 +137,10 @@ class SubmissionHandler:
         self.clock = clock
         self.log = log
         self.credentials = credentials
+        if auth_turns is None:
+            auth_turns = AuthTurns(clock, auth_throttle, user_throttle)
         self.auth = AuthCheck(listener=cfg.name, credentials=credentials, clock=clock,
-                              throttle=auth_throttle, user_throttle=user_throttle,
+                              turns=auth_turns,
                               observer=self.observer, log=log)
         self._message_factory = message_factory
         self._pending: set[asyncio.Future[None]] = set()   # ledger appends in flight
@@ -152,11 +158,14 @@ class SubmissionHandler:
         # The AUTH limits change in place (the failures counted so far stay:
         # a reload must not hand a guesser a fresh budget). Not in _apply: the
         # throttles given to __init__ keep the limits they were built with.
-        if self.auth.throttle is not None:
-            self.auth.throttle.reconfigure(listener.auth_max_failures, listener.auth_lockout)
-        if self.auth.user_throttle is not None:
-            self.auth.user_throttle.reconfigure(listener.auth_max_failures_per_user,
-                                                listener.auth_lockout)
+        # (Remote turns: the owner's listener reconfigures its own.)
+        throttle = getattr(self.auth.turns, "throttle", None)
+        user_throttle = getattr(self.auth.turns, "user_throttle", None)
+        if throttle is not None:
+            throttle.reconfigure(listener.auth_max_failures, listener.auth_lockout)
+        if user_throttle is not None:
+            user_throttle.reconfigure(listener.auth_max_failures_per_user,
+                                      listener.auth_lockout)
         if self.sender_policy is not None:
             # Sandbox mode may skip domain verification (nothing leaves the
             # machine); credential scopes are enforced in every mode.
@@ -239,7 +248,7 @@ class SubmissionHandler:
                           envelope: SubmissionEnvelope, args: list[str]) -> Any:
         if envelope.mail_from:
             return str(replies.AUTH_IN_TRANSACTION)
-        if self.auth.locked(server):
+        if await self.auth.locked(server):
             await self.auth.lock_out(server)
             return None
         return MISSING
