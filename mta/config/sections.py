@@ -46,6 +46,10 @@ class ServerConfig:
     public_ips: tuple[str, ...] = L((), "addresses this server sends from; the SPF record "
                                       "`mta domain add` prints authorises exactly these",
                                       IP_LIST, max=64)
+    workers: int = K(-1, "receiver processes that run SMTP submission sessions beside the "
+                     "process that owns the spool and delivers (ARCHITECTURE §3); -1: one "
+                     "per CPU (none on a one-CPU machine); 0: one process does everything",
+                     INT, min=-1, max=256)
     min_free_space: int = L(100 * MiB, "/readyz reports not ready (503) when the spool's "
                             "filesystem has less free space than this; 0: no check", SIZE,
                             min=0, max=1024 ** 5)

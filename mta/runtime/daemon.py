@@ -3,9 +3,13 @@ order, handles signals, and stops them in reverse order.
 
 Start order: state dirs → spool (recovery) → credentials (first-run
 credential when there is none) → sending domains → queue runner, webhooks,
-housekeeping → TLS contexts → listeners → admin API. Listeners come last so
+housekeeping → TLS contexts → receiver processes (`mta serve` with
+`[server] workers`, runtime/workers.py: they run the submission sessions,
+this process accepts and hands connections over) → listeners → admin API.
+Listeners come last so
 nothing is accepted before recovery finished; on stop they go first so
-nothing is accepted after we decided to leave, then the queue runner (its
+nothing is accepted after we decided to leave, then the receivers (sessions
+inside DATA finish: the spool is still open), then the queue runner (its
 deliveries in flight get `shutdown_timeout`), housekeeping, webhooks, the
 admin API and the spool.
 
@@ -62,7 +66,8 @@ from mta.runtime.startup import (FIRST_USER, StartupError, ensure_first_credenti
                                  raise_fd_limit, tls_context, why)
 from mta.runtime.users import Credentials, open_credentials
 from mta.scheduler import Scheduler
-from mta.server.listener import SubmissionListener
+from mta.runtime.workers import Receivers, resolve_workers
+from mta.server.listener import Handoff, SubmissionListener
 from mta.spool import NewMessage, Spool
 from mta.webhooks import WebhookService
 
@@ -73,8 +78,12 @@ log = logging.getLogger("mta.daemon")
 
 
 class Daemon:
-    def __init__(self, cfg: Config, clock: Clock | None = None):
+    def __init__(self, cfg: Config, clock: Clock | None = None, *, processes: bool = False):
         self.cfg = cfg
+        # `mta serve` runs `[server] workers` receiver processes; an in-process
+        # Daemon (tests, embedding) runs its sessions itself unless asked.
+        self._processes = processes
+        self.receivers: Receivers | None = None
         self.clock = clock or SystemClock()
         self.spool: Spool | None = None
         self.runner: QueueRunner | None = None
@@ -233,27 +242,30 @@ class Daemon:
         # is left here after a crash.
         spill_dir = str(paths["incoming"])
         os.makedirs(spill_dir, mode=0o700, exist_ok=True)
+        built: list[SubmissionListener] = []
         for lcfg in cfg.listeners:
             ctx = None
             if lcfg.tls != "none":
                 ctx = tls_context(lcfg, paths, cfg.server.hostname)
             if lcfg.role == "inbound":
-                lst = SubmissionListener(lcfg, hostname=cfg.server.hostname, tls_context=ctx,
-                                         clock=self.clock, spill_dir=spill_dir,
-                                         inbound_classify=self.bounces.classify_rcpt,
-                                         inbound_deliver=self.bounces.deliver,
-                                         observer=self.metrics)
+                built.append(SubmissionListener(
+                    lcfg, hostname=cfg.server.hostname, tls_context=ctx, clock=self.clock,
+                    spill_dir=spill_dir, inbound_classify=self.bounces.classify_rcpt,
+                    inbound_deliver=self.bounces.deliver, observer=self.metrics))
             else:
-                lst = SubmissionListener(
+                built.append(SubmissionListener(
                     lcfg, hostname=cfg.server.hostname, spool=spool, credentials=credentials,
                     tls_context=ctx, clock=self.clock,
                     auth_throttle=AuthThrottle(lcfg.auth_max_failures, lcfg.auth_lockout),
                     sender_policy=sender_policy, signer=self.domains,
                     rcpt_check=self._rcpt_check, spill_dir=spill_dir,
                     accept_suppressed=cfg.suppression.on_rcpt == "accept",
-                    observer=self.metrics)
+                    observer=self.metrics))
+        handoff = await self._start_receivers(spool, spill_dir, built)
+        for lst in built:
+            lcfg = lst.cfg
             try:
-                await lst.start()
+                await lst.start(handoff if lcfg.role == "submission" else None)
             except OSError as exc:
                 raise StartupError(f"listener {lcfg.name}: cannot listen on {lcfg.address}: "
                                    f"{why(exc)}") from exc
@@ -261,6 +273,25 @@ class Daemon:
             host, port = lst.sockname[:2]
             event(log, "listening", listener=lcfg.name, address=f"{host}:{port}", tls=lcfg.tls,
                   role=lcfg.role)
+
+    async def _start_receivers(self, spool: _PokingSpool, spill_dir: str,
+                               listeners: list[SubmissionListener]) -> Handoff | None:
+        """Receiver processes for the submission listeners (runtime/workers.py),
+        when this daemon runs them: their hand-off, else None (sessions run
+        here)."""
+        count = resolve_workers(self.cfg) if self._processes else 0
+        submission = [lst for lst in listeners if lst.cfg.role == "submission"]
+        if count <= 0 or not submission:
+            return None
+        self.receivers = Receivers(count, cfg=self.cfg, spool=spool,
+                                   rcpt_check=self._rcpt_check, observer=self.metrics,
+                                   spill_dir=spill_dir)
+        self.receivers.listeners.update((lst.cfg.name, lst) for lst in submission)
+        try:
+            await self.receivers.start()
+        except (RuntimeError, OSError) as exc:
+            raise StartupError(f"receiver processes: {why(exc)}") from exc
+        return self.receivers.handoff
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -310,6 +341,8 @@ class Daemon:
         event(log, "stopping")
         for lst in self.listeners:
             await lst.stop()
+        if self.receivers is not None:     # sessions in DATA finish: the spool is open
+            await self.receivers.stop(5.0)
         if self.runner:
             await self.runner.stop(self.cfg.server.shutdown_timeout)
         await self.housekeeping.stop()
@@ -363,7 +396,7 @@ def run(cfg: Config) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         runner = asyncio.run
     try:
-        runner(Daemon(cfg).run())
+        runner(Daemon(cfg, processes=True).run())
     except StartupError as exc:
         print(f"mta: cannot start: {exc}", file=sys.stderr, flush=True)
         notify(f"STATUS=cannot start: {exc}")

@@ -202,6 +202,8 @@ async def _apply(daemon: "Daemon", old: Config, new: Config, p: _Prepared) -> No
         daemon.bounces.reconfigure(in_force)
     for lst, ctx in p.listeners:
         lst.reconfigure(in_force, tls_context=ctx)
+    if daemon.receivers is not None:      # they re-read their certificates themselves
+        daemon.receivers.reconfigure(in_force)
     logging.getLogger().setLevel(new.server.log_level.upper())
     if daemon.domains is not None:
         try:

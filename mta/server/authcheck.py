@@ -59,6 +59,7 @@ from mta.server import replies
 from mta.server.credentials import CredentialCheck, valid_username
 
 if TYPE_CHECKING:
+    from mta.server.seams import AuthTurns as Turns
     from mta.server.protocol import SubmissionSession, SubmissionSMTP
 
 __all__ = ["AUTH_WAIT", "AuthCheck"]
@@ -137,7 +138,7 @@ class AuthTurns:
 
 class AuthCheck:
     def __init__(self, *, listener: str, credentials: CredentialCheck, clock: Clock,
-                 turns: AuthTurns, observer: Observer, log: logging.Logger):
+                 turns: Turns, observer: Observer, log: logging.Logger):
         self.listener = listener
         self.credentials = credentials
         self.clock = clock

@@ -6,7 +6,7 @@ API
                        message_factory=None, sender_policy=None, signer=None,
                        rcpt_check=None, accept_suppressed=False,
                        inbound_classify=None, inbound_deliver=None,
-                       observer=None, spill_dir=None)
+                       observer=None, spill_dir=None, auth_turns=None, gate=None)
         cfg.role chooses the service: "submission" (session.SubmissionHandler,
         needs spool and credentials; the other arguments are its seams, typed
         in seams.py and credentials.CredentialCheck) or "inbound"
@@ -16,10 +16,25 @@ API
         is a ListenerSetupError (a ConfigError and a ValueError).
         observer (core.observe) is told about sessions, messages received
         and AUTH failures, labelled with cfg.name.
+        auth_turns: the AUTH throttles (authcheck.AuthTurns; a receiver
+        passes its owner's); gate: the session limits (seams.SessionLimits;
+        default SessionGate here, a receiver passes its owner's).
         spill_dir: where a message's bytes past core.spill.HEAD_BYTES are
         kept while it is received (anonymous files; default: the system's
         temporary directory). Memory per session stays about HEAD_BYTES.
-    await .start()          bind cfg.address (port 0 allowed) and accept
+    await .start(handoff=None)
+                            bind cfg.address (port 0 allowed) and accept;
+                            with `handoff` (the owner of receiver processes,
+                            ARCHITECTURE §3) each accepted connection is
+                            admitted by `.gate` here and given to
+                            handoff(listener, sock, handed, refusal): no
+                            session runs in this process; the owner calls
+                            .gate.release(handed) when the receiver says the
+                            session ended
+    await .adopt(sock, tag) a receiver process: run a session on a socket the
+                            owner accepted (implicit TLS handshakes here);
+                            `tag` reaches the gate given as `gate=` (the
+                            owner's verdict) as proto.handoff_tag
     .sockname               (host, port) actually bound
     await .stop(grace=5.0)  stop accepting; sessions inside DATA get `grace`
                             seconds to finish; every session is then closed
@@ -54,6 +69,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -72,7 +88,13 @@ from mta.server.session import SubmissionHandler
 if TYPE_CHECKING:  # server does not import config at run time (ARCHITECTURE §2)
     from mta.config import Config
     from mta.config.sections import ListenerConfig
-    from mta.server.seams import MessageFactory, RcptCheck, Signer, SubmissionSpool
+    from mta.server.seams import AuthTurns as Turns
+    from mta.server.seams import (MessageFactory, RcptCheck, SessionLimits, Signer,
+                                  SubmissionSpool)
+
+# The owner's hand-off: (listener, accepted socket, its stand-in in the gate,
+# the gate's refusal or None) -> a receiver process runs the session.
+Handoff = Callable[["SubmissionListener", socket.socket, "Handed", "Reply | None"], None]
 
 __all__ = ["ListenerSetupError", "SubmissionListener"]
 
@@ -91,10 +113,45 @@ def _bind_address(text: str) -> tuple[str, int]:
         raise ConfigError(f"listener address {text!r} is not host:port ({exc})") from None
 
 
+def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets for host:port, as loop.create_server would bind them
+    (every address the name resolves to; IPv6 ones v6-only)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    out: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+            if port == 0:   # one port for every address, as create_server would not
+                break
+    except OSError:
+        for sock in out:
+            sock.close()
+        raise
+    return out
+
+
 def _quiet_aiosmtpd_logger() -> None:
     lg = logging.getLogger("mail.log")
     if lg.level == logging.NOTSET or lg.level < logging.WARNING:
         lg.setLevel(logging.WARNING)
+
+
+class Handed:
+    """A connection the owner accepted and handed to a receiver process, as
+    its SessionGate counts it (the gate only reads `client_ip`)."""
+
+    __slots__ = ("client_ip",)
+
+    def __init__(self, client_ip: str):
+        self.client_ip = client_ip
 
 
 class SessionGate:
@@ -162,7 +219,8 @@ class SubmissionListener:
                  rcpt_check: RcptCheck | None = None, accept_suppressed: bool = False,
                  inbound_classify: Callable[[str], str | None] | None = None,
                  inbound_deliver: Callable[[InboundMessage], Awaitable[Reply]] | None = None,
-                 observer: Observer | None = None, spill_dir: str | None = None):
+                 observer: Observer | None = None, spill_dir: str | None = None,
+                 auth_turns: Turns | None = None, gate: SessionLimits | None = None):
         self.observer = observer = observer or Observer()
         self.spill_dir = spill_dir   # where DATA past core.spill.HEAD_BYTES goes
         self.log = log or logging.getLogger("mta.server")
@@ -195,10 +253,15 @@ class SubmissionListener:
                                              sender_policy=sender_policy, signer=signer,
                                              rcpt_check=rcpt_check,
                                              accept_suppressed=accept_suppressed,
-                                             observer=observer)
+                                             observer=observer, auth_turns=auth_turns)
         self._server: asyncio.Server | None = None
-        self._gate = SessionGate(self)
-        self._sessions = self._gate.sessions
+        self._lsocks: list[socket.socket] = []     # handoff mode (the owner)
+        self._adopting = False                     # receiver mode
+        self.gate = SessionGate(self)
+        # A receiver's gate is its owner's (runtime/remote.py); the sessions
+        # this process runs are in `self._sessions` either way.
+        self._gate: SessionLimits = gate if gate is not None else self.gate
+        self._sessions: set[SubmissionSMTP] = getattr(self._gate, "sessions", self.gate.sessions)
 
     @staticmethod
     def _check_tls(cfg: ListenerConfig, tls_context: ssl.SSLContext | None) -> None:
@@ -237,32 +300,80 @@ class SubmissionListener:
         )
         return proto
 
-    async def start(self) -> None:
-        if self._server is not None:
+    async def start(self, handoff: Handoff | None = None) -> None:
+        """Bind and accept. With `handoff` (the owner of receiver processes)
+        each accepted connection is admitted by the gate here and handed on;
+        no session runs in this process."""
+        if self._server is not None or self._lsocks:
             raise RuntimeError("listener already started")
         _quiet_aiosmtpd_logger()
         host, port = _bind_address(self.cfg.address)
         loop = asyncio.get_running_loop()
+        if handoff is not None:
+            self._lsocks = _bind(host, port, self.cfg.listen_backlog)
+            for lsock in self._lsocks:
+                loop.add_reader(lsock.fileno(), self._accept, lsock, handoff)
+            return
         self._server = await loop.create_server(
             self._make_protocol, host, port,
             ssl=self.tls_context if self.cfg.tls == "implicit" else None,
             reuse_address=True, backlog=self.cfg.listen_backlog)
 
+    def _accept(self, lsock: socket.socket, handoff: Handoff) -> None:
+        for _ in range(64):
+            try:
+                conn, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:   # EMFILE and the like: the next readiness retries
+                self.log.warning("event=accept_failed listener=%s error=%s", self.cfg.name, exc)
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            handed = Handed(str(addr[0]))
+            handoff(self, conn, handed, self.gate.admit(handed))   # type: ignore[arg-type]
+
+    async def adopt(self, sock: socket.socket, tag: object) -> None:
+        """Run a session on `sock`, accepted and admitted by the owner (a
+        receiver process); `tag` goes to the protocol as `handoff_tag`, for
+        the gate this listener was given."""
+        self._adopting = True
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SubmissionSMTP:
+            proto = self._make_protocol()
+            proto.handoff_tag = tag
+            return proto
+
+        sock.setblocking(False)
+        await loop.connect_accepted_socket(
+            factory, sock, ssl=self.tls_context if self.cfg.tls == "implicit" else None)
+
     @property
     def sockname(self) -> tuple[str, int]:
-        if self._server is None or not self._server.sockets:
+        if self._lsocks:
+            name = self._lsocks[0].getsockname()
+        elif self._server is None or not self._server.sockets:
             raise RuntimeError("listener not started")
-        name = self._server.sockets[0].getsockname()
+        else:
+            name = self._server.sockets[0].getsockname()
         return str(name[0]), int(name[1])
 
     def trusted(self, ip: str) -> bool:
         return isinstance(self.handler, SubmissionHandler) and self.handler.trusted(ip)
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._server is None:
-            return
-        self._server.close()
         loop = asyncio.get_running_loop()
+        if self._lsocks:
+            for lsock in self._lsocks:
+                loop.remove_reader(lsock.fileno())
+                lsock.close()
+            self._lsocks = []
+            self.log.info("event=stopped listener=%s", self.cfg.name)
+            return
+        if self._server is None and not self._adopting:
+            return
+        if self._server is not None:
+            self._server.close()
         deadline = loop.time() + grace
         while any(s.in_data for s in self._sessions) and loop.time() < deadline:
             await asyncio.sleep(0.05)
@@ -273,8 +384,10 @@ class SubmissionListener:
             if not self._sessions:
                 break
             await asyncio.sleep(0.01)
-        await self._server.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
         self._server = None
+        self._adopting = False
         self.log.info("event=stopped listener=%s", self.cfg.name)
 
     def reconfigure(self, cfg: Config, *, tls_context: ssl.SSLContext | None) -> None:

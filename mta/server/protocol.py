@@ -105,6 +105,10 @@ class SubmissionSMTP(SMTP):
     event_handler: SubmissionHooks
     envelope: SubmissionEnvelope | None
 
+    # Set by SubmissionListener.adopt: what the owner process said about this
+    # connection, read by a receiver's gate (runtime/remote.py).
+    handoff_tag: object = None
+
     def __init__(self, handler: SessionHooks, *, implicit_tls: bool = False,
                  gate: SessionLimits | None = None, observer: Observer | None = None,
                  listener: str = "", junk_limit: int = 0, transaction_timeout: float = 0.0,

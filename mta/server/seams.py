@@ -20,6 +20,10 @@ API
                         the recipient (the suppression list), or None
     SessionHooks        what the protocol asks every handler: may_transact
     SubmissionHooks     … and a submission handler: authenticate, refuse_auth
+    AuthTurns           the AUTH throttles as AuthCheck asks them (async:
+                        locked, ip_begin, user_begin, ip_end, user_end,
+                        failure; authcheck.AuthTurns here, or a receiver's
+                        proxy to its owner's)
     SessionLimits       the listener's gate as a session sees it: admit (a 421
                         Reply, or None), release, limit_hit(reason)
 
@@ -42,7 +46,7 @@ if TYPE_CHECKING:
     from mta.server.protocol import SubmissionSession, SubmissionSMTP
     from mta.spool import NewMessage
 
-__all__ = ["MessageFactory", "RcptCheck", "SessionHooks", "SessionLimits", "Signer",
+__all__ = ["AuthTurns", "MessageFactory", "RcptCheck", "SessionHooks", "SessionLimits", "Signer",
            "SubmissionHooks", "SubmissionSpool"]
 
 RcptCheck = Callable[[str, "str | None"], Awaitable["Reply | None"]]
@@ -71,6 +75,20 @@ class SubmissionHooks(SessionHooks, Protocol):
 
     async def refuse_auth(self, server: SubmissionSMTP, session: SubmissionSession,
                           mechanism: str, reason: str, reply: Reply) -> AuthResult: ...
+
+
+class AuthTurns(Protocol):
+    async def locked(self, key: str) -> bool: ...
+
+    async def ip_begin(self, key: str) -> tuple[str, float] | None: ...
+
+    async def user_begin(self, name: str, key: str) -> str | None: ...
+
+    async def ip_end(self, key: str, ok: bool) -> None: ...
+
+    async def user_end(self, name: str, key: str, verdict: str | None, ok: bool) -> None: ...
+
+    async def failure(self, key: str) -> None: ...
 
 
 class SessionLimits(Protocol):

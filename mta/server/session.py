@@ -74,6 +74,7 @@ from mta.policy.senders import SenderPolicy
 from mta.server import replies
 from mta.server.addresses import check_recipient, check_sender
 from mta.server.authcheck import AuthCheck, AuthTurns
+from mta.server.seams import AuthTurns as Turns
 from mta.server.credentials import CredentialCheck
 
 if TYPE_CHECKING:  # server does not import config at run time (ARCHITECTURE §2)
@@ -126,7 +127,7 @@ class SubmissionHandler:
                  sender_policy: SenderPolicy | None = None, signer: Signer | None = None,
                  rcpt_check: RcptCheck | None = None, accept_suppressed: bool = False,
                  observer: Observer | None = None, user_throttle: UserThrottle | None = None,
-                 auth_turns: AuthTurns | None = None):
+                 auth_turns: Turns | None = None):
         self.hostname = hostname
         self.observer = observer or Observer()
         self.rcpt_check = rcpt_check      # (recipient, credential) -> refusal or None
