@@ -348,6 +348,7 @@ class Killer:
     kills: list[Kill] = field(default_factory=list)
     survivors: list[int] = field(default_factory=list)   # receivers that outlived an owner
     receiver_restart_s: list[float] = field(default_factory=list)
+    orphan_exit_s: list[float] = field(default_factory=list)  # owner killed → receivers gone
     not_restarted: int = 0
     ready_s: list[float] = field(default_factory=list)
 
@@ -392,7 +393,9 @@ class Killer:
         await asyncio.to_thread(self.daemon.proc.wait)
         t0 = time.monotonic()
         while (left := [p for p in before if alive(p)]) and time.monotonic() - t0 < 5:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
+        if before and not group:
+            self.orphan_exit_s.append(time.monotonic() - t0)
         if left:
             self.survivors.extend(left)
             self.kills[-1].note += f" receivers {left} outlived the owner by 5 s"
@@ -486,6 +489,9 @@ def judge(load: Load, killer: Killer, sink: SinkLog, args: argparse.Namespace) -
     ]
     if killer.receiver_restart_s:
         lines.append(f"receiver back after a kill: max {max(killer.receiver_restart_s):.2f} s")
+    if killer.orphan_exit_s:
+        lines.append(f"receivers gone after their owner was killed: max "
+                     f"{max(killer.orphan_exit_s):.2f} s")
     if killer.ready_s:
         ready = sorted(killer.ready_s)
         lines.append(f"ready after a restart: median {ready[len(ready) // 2]:.2f} s, "
