@@ -130,7 +130,8 @@ def test_receivers_run_sessions_and_a_killed_one_is_restarted(tmp_path):
         asyncio.run(load(4, 10))
         assert len(acked) == 40
         # Counted in the owner's /metrics from the receivers' sessions.
-        assert d.metric('mta_messages_received_total{listener="submission",result="accepted"}') == 40
+        accepted = 'mta_messages_received_total{listener="submission",result="accepted"}'
+        assert d.metric(accepted) == 40
         victim = sorted(first)[0]
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: not alive(victim), 10, "the receiver to die")
