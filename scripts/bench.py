@@ -111,7 +111,7 @@ class Site:
 
 
 def mta_config(state: Path, site: Site, workers: int | None) -> str:
-    server_extra = f"workers = {workers}\n" if workers else ""
+    server_extra = f"workers = {workers}\n" if workers is not None else ""
     return f"""
 [server]
 hostname = "bench.mta.test"
