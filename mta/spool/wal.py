@@ -158,7 +158,9 @@ class WalUpkeep:
         if self._inline_due:
             self._inline_due = False
             try:
-                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                # fetched: a stepped PRAGMA left pending would keep the next COMMIT
+                # from ending ("SQL statements in progress")
+                await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
             except Exception as exc:
                 event(log, "spool_checkpoint_failed", logging.ERROR,
                       error=storage_error(exc, "checkpointing the index"))

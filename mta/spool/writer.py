@@ -29,9 +29,11 @@ or MAX_BATCH_BYTES of bodies):
      ONE append + fdatasync: the batch's one fsync;
   2. all ops run in ONE SQLite transaction (BEGIN IMMEDIATE … COMMIT with
      synchronous=NORMAL: the WAL is written, not fsynced; see
-     `_transaction`): each kind's handler in HANDLERS order gets all ops of
-     its kind, in submission order; then done/body_live are recomputed for
-     every message a handler touched;
+     `_transaction`), in one hop on the connection's thread (writer_txn.py:
+     the handlers' statements never wait for the event loop): each kind's
+     handler in HANDLERS order gets all ops of its kind, in submission
+     order; then done/body_live are recomputed for every message a handler
+     touched;
   3. then every future is resolved. Nothing is acknowledged before 1 and 2.
 Within a transaction events are written in the order their changes are
 applied (HANDLERS order), so seq order is each message's true order.
@@ -92,6 +94,7 @@ from mta.spool.reads import fetchall
 from mta.spool.segments import BodyStore, Location
 from mta.spool.suppressions import RulesLike
 from mta.spool.wal import Checkpointer, WalUpkeep
+from mta.spool.writer_txn import run_transaction
 
 log = logging.getLogger("mta.spool")
 
@@ -297,9 +300,9 @@ class Writer:
         return {id(op): Placed(op.payload, *loc) for op, loc in zip(enqueues, locations)}
 
     async def _transaction(self, ops: list[_Op], placed: dict[int, Placed]) -> None:
-        """Step 2: every op's handler in one transaction; results land in
-        `op.result`."""
-        conn = self._conn
+        """Step 2: every op's handler in one transaction, run in one hop on
+        the connection's thread (writer_txn: not a loop round trip per
+        statement); results land in `op.result`."""
         # synchronous=NORMAL (set in _run): no fsync here. An acceptance is
         # already durable in its record (step 1), which recovery replays if
         # a power loss takes this commit (S4p). Leases are reset by recovery
@@ -307,12 +310,13 @@ class Writer:
         # duplicate of ARCHITECTURE §4, like Postfix not fsyncing its queue
         # file unlink). A process crash loses nothing: the WAL frames are in
         # the page cache. `self.wal` fsyncs them within WAL_SYNC_INTERVAL.
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            txn = Txn(conn, self._rules)
-            by_kind: dict[str, list[_Op]] = {}
-            for op in ops:
-                by_kind.setdefault(op.kind, []).append(op)
+        by_kind: dict[str, list[_Op]] = {}
+        for op in ops:
+            by_kind.setdefault(op.kind, []).append(op)
+        rules = self._rules
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            txn = Txn(conn, rules)
             for kind, handler in HANDLERS:
                 mine = by_kind.get(kind)
                 if not mine:
@@ -323,13 +327,8 @@ class Writer:
             if txn.touched:
                 await conn.executemany(queue_sql.SQL_RECOMPUTE_FLAGS,
                                        [(mid,) for mid in txn.touched])
-            await conn.execute("COMMIT")
-        except BaseException:
-            try:
-                await conn.execute("ROLLBACK")
-            except Exception:   # the failed statement may already have ended the txn
-                pass
-            raise
+
+        await run_transaction(self._conn, body)
 
     async def _reclaim(self) -> int:
         rows = await fetchall(self._conn, queue_sql.SQL_LIVE_SEGMENTS)
