@@ -15,6 +15,12 @@ API
     .write(data)                     append (blocking write to the page cache)
     .length                          bytes written
     .is_ascii                        True while every byte written was < 0x80
+    .dot_lines                       True once a line starting inside the file
+                                     starts with ".": a "<CRLF>." anywhere, across
+                                     writes too, or a "." as its first byte (the
+                                     file may continue a line: counted, on the
+                                     safe side); False: no line does (what
+                                     delivery's dot-stuffing would double)
     .chunks(size=CHUNK)              iterate its bytes from the start (pread:
                                      safe from any thread, may be repeated)
     .copy_to(fd, offset) -> crc32    write all of it to `fd` at `offset`, in
@@ -28,6 +34,9 @@ Invariants
     creation, so a crash leaves nothing behind and nothing else can open it.
   * Memory held is independent of the file's size: reads and copies go in
     CHUNK pieces.
+  * `is_ascii` and `dot_lines` describe every byte written, so the spool
+    records them with the message and delivery never scans the tail again
+    (issue 12); each costs one C-level scan of a block as it is written.
   * Stdlib only (ARCHITECTURE §2: core).
 """
 
@@ -48,6 +57,8 @@ class SpillFile:
     def __init__(self, directory: str | os.PathLike[str]):
         self.length = 0
         self.is_ascii = True
+        self.dot_lines = False
+        self._end = b"\r\n"           # the last two bytes written (a line start at first)
         self._fd: int | None = None
         flag = getattr(os, "O_TMPFILE", 0)
         if flag:
@@ -70,11 +81,20 @@ class SpillFile:
         if self.is_ascii and not (_isascii(data) if isinstance(data, memoryview)
                                   else data.isascii()):
             self.is_ascii = False
+        if data and not self.dot_lines:
+            self._track_dots(data)
         view = memoryview(data)
         while view:
             n = os.pwrite(self.fd, view, self.length)
             self.length += n
             view = view[n:]
+
+    def _track_dots(self, data: bytes | bytearray | memoryview) -> None:
+        if isinstance(data, memoryview):
+            data = data.tobytes()      # rare (no caller today): a copy, not a Python loop
+        if b"\r\n." in self._end + data[:2] or b"\r\n." in data:
+            self.dot_lines = True
+        self._end = bytes(data[-2:] if len(data) >= 2 else (self._end + data)[-2:])
 
     def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
         fd, pos = self.fd, 0

@@ -24,8 +24,10 @@ Invariants: `deliver` gives every recipient of every message exactly one
 outcome and raises only on cancellation; `reconfigure` changes what the
 next connection uses, never a delivery in flight. `dot_lines=False` is a
 promise: a line "." sent unstuffed ends DATA early and the rest is read as
-commands (SMTP smuggling), so only what the server's DATA reader recorded
-(it unstuffed no line) or a body our own code built may set it.
+commands (SMTP smuggling), so only the spool's record of the stored bytes
+may set it (spool.acceptance.body_flags: the head scanned after every
+header change, the tail as core.spill.SpillFile saw it written; kept in the
+message's index row, read with the body by Spool.delivery_body).
 """
 
 from __future__ import annotations

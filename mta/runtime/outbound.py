@@ -7,13 +7,18 @@ the envelope sender each transaction gets.
 API
     Outbound(spool, verp=None, bounce_domain_for=None)
       await .messages(batch) -> list[OutboundMessage]
-    transactions(group, body, verp, bounce_domain) -> list[OutboundMessage]
-                                          the pure part: one message's transactions
+    transactions(group, body, verp, bounce_domain, *, ascii=None, dot_lines=None)
+        -> list[OutboundMessage]          the pure part: one message's transactions
 
 Invariants
   * A body larger than core.spill.HEAD_BYTES is opened, not read: it is
     read in pieces while it is sent (memory stays bounded however big and
     however many; issue 10 item 3).
+  * Each message carries what acceptance stored about its body
+    (`ascii`, `dot_lines`: spool.DeliveryBody, read with its location in
+    one query), so no delivery attempt scans the body for 8-bit bytes or
+    dot-stuffs one that has no line starting with "." (issue 12); a row
+    from before them says None and the transport looks.
   * A message whose body cannot be read (missing, corrupt) is left out and
     logged (``event=body_unreadable``); its recipients get no outcome from
     the transport, so the runner defers them and the rows stay.
@@ -33,7 +38,7 @@ from mta.core.spill import HEAD_BYTES
 from mta.delivery.transport import Body, OutboundMessage
 from mta.mail.verp import VerpCodec
 from mta.scheduler import Batch, Work
-from mta.spool import Spool
+from mta.spool import DeliveryBody, Spool
 
 __all__ = ["Outbound", "transactions"]
 
@@ -41,18 +46,20 @@ log = logging.getLogger("mta.queue")
 
 
 def transactions(group: Sequence[Work], body: Body, verp: VerpCodec | None,
-                 bounce_domain: str | None) -> list[OutboundMessage]:
+                 bounce_domain: str | None, *, ascii: bool | None = None,
+                 dot_lines: bool | None = None) -> list[OutboundMessage]:
     """The transactions of one message's `group` of recipients: one with
     them all, or one per recipient with its VERP return path."""
     first = group[0].item
     if verp is not None and bounce_domain:
         return [OutboundMessage(queue_id=first.queue_id,
                                 sender=verp.encode(first.queue_id, w.item.rcpt_idx, bounce_domain),
-                                recipients=((w.item.rcpt_idx, w.item.address),), body=body)
+                                recipients=((w.item.rcpt_idx, w.item.address),), body=body,
+                                ascii=ascii, dot_lines=dot_lines)
                 for w in group]
     return [OutboundMessage(queue_id=first.queue_id, sender=first.sender,
                             recipients=tuple((w.item.rcpt_idx, w.item.address) for w in group),
-                            body=body)]
+                            body=body, ascii=ascii, dot_lines=dot_lines)]
 
 
 class Outbound:
@@ -68,19 +75,18 @@ class Outbound:
         out: list[OutboundMessage] = []
         for group in batch.messages:
             first = group[0].item
-            body = await self._body(first.queue_id, first.size)
-            if body is None:
+            stored = await self._body(first.queue_id)
+            if stored is None:
                 continue
             bounce_domain = (self.bounce_domain_for(first.sender)
                              if self.verp is not None and first.sender else None)
-            out.extend(transactions(group, body, self.verp, bounce_domain))
+            out.extend(transactions(group, stored.body, self.verp, bounce_domain,
+                                    ascii=stored.ascii, dot_lines=stored.dot_lines))
         return out
 
-    async def _body(self, queue_id: str, size: int) -> Body | None:
+    async def _body(self, queue_id: str) -> DeliveryBody | None:
         try:
-            if size > HEAD_BYTES:
-                return await self.spool.open_body(queue_id)
-            return await self.spool.read_body(queue_id)
+            return await self.spool.delivery_body(queue_id, open_over=HEAD_BYTES)
         except Exception as exc:  # missing/corrupt body: keep the rows, retry later
             event(log, "body_unreadable", logging.ERROR, id=queue_id, error=repr(exc))
             return None

@@ -12,6 +12,9 @@ API
                                     HEADER_TOO_BIG when the header section does
                                     not end in the head
         .line_too_long              a line over 1000 octets (RFC 5321 4.5.3.1.6)
+        .ascii                      every content byte is 7-bit
+        .dot_lines                  a content line may start with "." (False:
+                                    none does); both for NewMessage (issue 12)
         .discard()                  drop what is stored (idempotent)
     await read_data(reader, body, limit) -> bool
         feed `body` from `reader` up to the end of the data; False when the
@@ -33,6 +36,14 @@ Invariants
     for the hygiene counts and a line's length never straddle two pieces
     (the piece after a cut starts with that CRLF). A message that fits in
     one piece is processed as one: one copy, one replace.
+  * `ascii` and `dot_lines` cost no pass of their own (issue 12: the spool
+    stores them with the message, so delivery neither scans nor dot-stuffs
+    the body again): `dot_lines` is whether unstuffing removed any dot —
+    a client stuffs every line that starts with "." (so True means some
+    line does; a client that sent "<CRLF>.x" unstuffed makes it True too,
+    the safe side) — or the data began with one; a cut never splits a
+    "<CRLF>." (below). `ascii` is one isascii of the head piece, the spill
+    file's `is_ascii` for the rest.
   * No I/O but the reader's and the spill file's; no policy.
 """
 
@@ -62,6 +73,12 @@ class DataBody:
         self.line_too_long = False
         self._started = False           # the first piece is out (leading dot handled)
         self._line = 0                  # length of the unfinished last line so far
+        self.dot_lines = False          # unstuffing removed a dot: a line starts with one
+        self._head_ascii = True
+
+    @property
+    def ascii(self) -> bool:
+        return self._head_ascii and (self.spill is None or self.spill.is_ascii)
 
     def feed(self, chunk: bytes) -> None:
         self.buf += chunk
@@ -90,16 +107,21 @@ class DataBody:
             self._started = True
             if piece.startswith(b"."):
                 piece = piece[1:]
+                self.dot_lines = True   # "..": the first line starts with "."
             # past HEAD_BYTES every header operation works on the head alone:
             # its header section must end inside it
             if not final and not (piece.startswith(b"\r\n") or b"\r\n\r\n" in piece):
                 self.refusal = replies.HEADER_TOO_BIG
+        size = len(piece)
         piece = piece.replace(b"\r\n.", b"\r\n")
+        if len(piece) != size:
+            self.dot_lines = True
         if self.refusal is None:
             self.refusal = check_data(piece)
         self.size += len(piece)
         if not self.head:
             self.head = piece
+            self._head_ascii = piece.isascii()
         else:
             if self.spill is None:
                 self.spill = SpillFile(self.spill_dir)

@@ -241,13 +241,14 @@ from mta.spool.filters import MessageFilter
 from mta.spool.ledger import Ledger
 from mta.spool.recovery import RecoveryReport
 from mta.spool.segments import BodyStore, SegmentStore
-from mta.spool.spool import Spool
+from mta.spool.spool import DeliveryBody, Spool
 from mta.spool.views import AttemptView, EventView, MessageView, RecipientView, SuppressionView
 from mta.spool.writer import SpoolStats
 
 __all__ = [
     "AttemptView",
     "BodyStore",
+    "DeliveryBody",
     "DsnMark",
     "EventView",
     "Ledger",

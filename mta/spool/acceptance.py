@@ -12,7 +12,16 @@ API:
     NewMessage, DsnMark                        what callers enqueue (public: mta.spool)
     pending_message(msg, now, *, dsn_for, idempotency_window) -> PendingMessage
         the checked request, its id chosen (`new_queue_id` unless the caller
-        named one) and its `received` event detail built
+        named one), its `received` event detail built and its body flags
+        known (body_flags)
+    body_flags(head, tail, *, ascii=None, dot_lines=None) -> (ascii, dot_lines)
+        of the bytes the segment will hold (head + tail): every byte 7-bit;
+        some line starts with ".". Given the caller's flags for the content
+        past the header section (NewMessage.ascii / .dot_lines) only the
+        header section is scanned (a few KB); without them the whole head
+        (C-level scans) and the tail's SpillFile flags, kept while it was
+        written. Stored with the message's row (messages.body_ascii /
+        body_dots) so no delivery looks again.
     await insert(txn, [Placed, …]) -> [queue id, …]      the ENQUEUE handler
         (everything it writes comes from the Placed: the PendingMessage's
         envelope fields, never its body, and the record's location)
@@ -82,6 +91,15 @@ class NewMessage:
     # core.spill.SpillFile the rest; the writer copies it into the segment
     # in bounded pieces. The caller keeps it open until enqueue returns.
     tail: SpillFile | None = None
+    # What the caller knows of the content past the header section (body and
+    # tail), e.g. the server's DATA reader's (server.data.DataBody.ascii /
+    # .dot_lines): every byte 7-bit; some line starts with "." (True when
+    # unsure). Trusted: a False `dot_lines` sends the body unstuffed. Header
+    # work before enqueue (Received:, DKIM-Signature:, a removed header) may
+    # change the header section only; the spool judges that itself. None: the
+    # spool scans the whole body (body_flags).
+    ascii: bool | None = None
+    dot_lines: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,26 @@ def _message_id(body: bytes) -> str | None:
     end = body.find(b"\r\n\r\n", 0, HEADER_SCAN)
     m = _MESSAGE_ID.search(body, 0, end if end >= 0 else min(len(body), HEADER_SCAN))
     return m.group(1).decode("utf-8", "replace") if m else None
+
+
+def body_flags(head: bytes, tail: SpillFile | None, *, ascii: bool | None = None,
+               dot_lines: bool | None = None) -> tuple[bool, bool]:
+    if ascii is not None and dot_lines is not None:
+        # Known past the header section; the header lines (up to the blank
+        # line) are judged here: they may have changed since.
+        end = head.find(b"\r\n\r\n")
+        end = len(head) if end < 0 else end + 2
+        header = head if end >= len(head) else head[:end]    # a few KB
+        return (ascii and header.isascii(),
+                dot_lines or head.startswith(b".") or head.find(b"\r\n.", 0, end) >= 0)
+    is_ascii = head.isascii()
+    dots = head.startswith(b".") or b"\r\n." in head    # what stuffing doubles
+    if tail is not None and tail.length:
+        is_ascii = is_ascii and tail.is_ascii
+        # tail.dot_lines counts a "." at its start as a line start: a head
+        # that does not end with a line end makes that a harmless "True"
+        dots = dots or tail.dot_lines
+    return is_ascii, dots
 
 
 def pending_message(msg: NewMessage, now: float, *, dsn_for: DsnMark | None = None,
@@ -116,6 +154,7 @@ def pending_message(msg: NewMessage, now: float, *, dsn_for: DsnMark | None = No
         raise ValueError(f"bad suppressed recipient indexes {idxs} for "
                          f"{len(msg.recipients)} recipients")
     body = bytes(msg.body)
+    ascii, dot_lines = body_flags(body, msg.tail, ascii=msg.ascii, dot_lines=msg.dot_lines)
     size = len(body) + (msg.tail.length if msg.tail is not None else 0)
     detail: dict[str, Any] = {"sender": msg.sender, "recipients": len(msg.recipients),
                               "size": size, "listener": msg.listener,
@@ -134,7 +173,7 @@ def pending_message(msg: NewMessage, now: float, *, dsn_for: DsnMark | None = No
         is_dsn=msg.is_dsn, dsn_for=dsn_for.queue_id if dsn_for is not None else None,
         dsn_mark=mark, suppressed=suppressed, received_detail=json.dumps(detail),
         idempotency_key=msg.idempotency_key, idempotency_window=float(idempotency_window),
-        tail=msg.tail)
+        tail=msg.tail, ascii=ascii, dot_lines=dot_lines)
 
 
 async def insert(txn: Txn, placed: list[Placed]) -> list[str]:
@@ -178,7 +217,8 @@ class _Rows:
             return original
         cred, at = m.credential or "", m.received_at
         self.messages.append((m.queue_id, m.sender, at, p.length, p.segment, p.offset, p.length,
-                              m.credential, m.listener, m.client_ip, int(m.is_dsn), m.dsn_for))
+                              m.credential, m.listener, m.client_ip, int(m.is_dsn), m.dsn_for,
+                              m.ascii, m.dot_lines))
         self.received.append((at, "received", m.queue_id, "", cred, m.received_detail))
         why = dict(m.suppressed)
         for idx, address in enumerate(m.recipients):

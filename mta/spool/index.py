@@ -45,7 +45,9 @@ from mta.spool.queue_sql import SQL_MARK_NO_DSN_OWED
 # webhook_state, idempotency) keeps 2 for the same reason: new tables and
 # indexes, created IF NOT EXISTS on open; so does issue 12 (segment_marks:
 # an index without it has no marks, and recovery then starts each scan at
-# the end of the furthest record a row points at, as before).
+# the end of the furthest record a row points at, as before), and issue 12's
+# messages.body_ascii / body_dots (added in place by `connect`; NULL on the
+# rows of an older index: delivery then looks at the body, as before).
 SCHEMA_VERSION = 2
 
 SCHEMA = """
@@ -63,7 +65,12 @@ CREATE TABLE IF NOT EXISTS messages (
     is_dsn      INT  NOT NULL DEFAULT 0,
     done        INT  NOT NULL DEFAULT 0,
     body_live   INT  NOT NULL DEFAULT 1,
-    dsn_for     TEXT
+    dsn_for     TEXT,
+    -- What acceptance learnt of the stored body (acceptance.body_flags),
+    -- 1/0, NULL = not known (a row from before issue 12: delivery looks):
+    -- every byte 7-bit; some line starts with ".".
+    body_ascii  INT,
+    body_dots   INT
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS recipients (
@@ -198,6 +205,8 @@ CREATE TABLE IF NOT EXISTS soft_failures (
 """
 
 SQL_ADD_ATTEMPT_DETAIL = "ALTER TABLE attempts ADD COLUMN detail TEXT NOT NULL DEFAULT ''"
+SQL_ADD_BODY_FLAGS = ("ALTER TABLE messages ADD COLUMN body_ascii INT",
+                      "ALTER TABLE messages ADD COLUMN body_dots INT")
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -259,6 +268,11 @@ async def connect(path: str | os.PathLike[str], *, reader: bool = False) -> aios
             cols = {r[1] for r in await conn.execute_fetchall("PRAGMA table_info(attempts)")}
             if "detail" not in cols:
                 await conn.execute(SQL_ADD_ATTEMPT_DETAIL)
+            # Before issue 12 messages had no body flags: NULL, "look".
+            cols = {r[1] for r in await conn.execute_fetchall("PRAGMA table_info(messages)")}
+            if "body_ascii" not in cols:
+                for sql in SQL_ADD_BODY_FLAGS:
+                    await conn.execute(sql)
             # Older indexes left failed recipients of DSNs and null-sender
             # messages at dsn_state '': mark them (a no-op walk of the
             # partial index once done).

@@ -59,6 +59,10 @@ class PendingMessage:
     idempotency_key: str | None = None
     idempotency_window: float = 86400.0
     tail: SpillFile | None = None         # the body past `body`
+    # What the stored bytes are (acceptance.body_flags), kept in the index so
+    # delivery need not look again; None: not known (an older record), look.
+    ascii: bool | None = None             # every byte 7-bit
+    dot_lines: bool | None = None         # some line starts with "."
 
     @property
     def size(self) -> int:

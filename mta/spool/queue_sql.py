@@ -60,8 +60,8 @@ SQL_MARK_NO_DSN_OWED = (
 
 SQL_INSERT_MESSAGE = (
     'INSERT INTO messages (id, sender, received_at, size, segment, "offset", length, '
-    "credential, listener, client_ip, is_dsn, done, body_live, dsn_for) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?)")
+    "credential, listener, client_ip, is_dsn, done, body_live, dsn_for, body_ascii, body_dots) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?, ?)")
 
 SQL_INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, rcpt_idx, address, domain, state, attempts, "
@@ -194,7 +194,8 @@ SQL_SEGMENT_ENDS = 'SELECT segment, MAX("offset" + ? + length) FROM messages GRO
 SQL_MAX_SEGMENT = "SELECT MAX(segment) FROM messages"
 SQL_LIVE_IN_SEGMENT_PAST = ('SELECT id FROM messages WHERE body_live = 1 AND segment = ? '
                             'AND "offset" + ? + length > ?')
-SQL_BODY_LOCATION = 'SELECT segment, "offset", length, body_live FROM messages WHERE id = ?'
+SQL_BODY_LOCATION = ('SELECT segment, "offset", length, body_live, body_ascii, body_dots '
+                     "FROM messages WHERE id = ?")
 SQL_NEXT_DUE = "SELECT MIN(next_attempt) FROM recipients WHERE state = 'queued' AND leased = 0"
 SQL_COUNTS = "SELECT state, COUNT(*) FROM recipients GROUP BY state"
 # gauges(): O(pending) over messages_pending, O(1) for the MIN.

@@ -13,7 +13,8 @@ API:
     fetchall(conn, sql, params=()) -> [row]   (any connection; the writer's ops too)
   queries (each takes the reader `aiosqlite.Connection`):
     next_due_at(conn) -> float | None
-    body_location(conn, queue_id) -> (segment, offset, length, body_live) | None
+    body_location(conn, queue_id) -> BodyLocation(segment, offset, length, live,
+                                                  ascii, dot_lines) | None
     dsn_candidates(conn, limit) / delay_candidates(conn, cutoff, limit) -> list[DsnCandidate]
     list_messages(conn, limit, include_done) / get_message(conn, queue_id)
     counts(conn) -> {state: n}   (queued/delivered/bounced/expired always; others when present)
@@ -34,7 +35,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -102,14 +103,27 @@ async def next_due_at(conn: aiosqlite.Connection) -> float | None:
     return rows[0][0] if rows else None
 
 
-async def body_location(conn: aiosqlite.Connection,
-                        queue_id: str) -> tuple[int, int, int, int] | None:
-    """(segment, offset, length, body_live) of a message's body, or None."""
+class BodyLocation(NamedTuple):
+    """Where a message's body is, and what acceptance learnt of it (None:
+    not known, an index row from before issue 12)."""
+    segment: int
+    offset: int
+    length: int
+    live: int                   # body_live
+    ascii: bool | None          # every byte 7-bit
+    dot_lines: bool | None      # some line starts with "."
+
+
+def _flag(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+async def body_location(conn: aiosqlite.Connection, queue_id: str) -> BodyLocation | None:
     rows = await fetchall(conn, queue_sql.SQL_BODY_LOCATION, (queue_id,))
     if not rows:
         return None
-    segment, offset, length, live = rows[0]
-    return segment, offset, length, live
+    segment, offset, length, live, ascii, dots = rows[0]
+    return BodyLocation(segment, offset, length, live, _flag(ascii), _flag(dots))
 
 
 async def _candidates(conn: aiosqlite.Connection, head_sql: str, head_params: tuple[Any, ...],

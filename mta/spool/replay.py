@@ -20,7 +20,9 @@ Envelope (JSON object, "v": 1): id, sender, rcpts, at (received_at; a
 float's repr round-trips exactly), cred, listener, ip, dsn (is_dsn),
 dsn_for, mark ([original id, [idx, …], kind] or null), supp ([[idx,
 reply], …]), detail (the `received` event's JSON, as a string), key,
-window (idempotency key and window).
+window (idempotency key and window), ascii, dots (the body flags,
+acceptance.body_flags; absent in records written before them, and read
+as null = not known: delivery looks at the body).
 
 Invariants:
 - A replayed record writes exactly what its original ENQUEUE did, through
@@ -64,13 +66,21 @@ def envelope(m: PendingMessage) -> bytes:
            "at": m.received_at, "cred": m.credential, "listener": m.listener,
            "ip": m.client_ip, "dsn": m.is_dsn, "dsn_for": m.dsn_for, "mark": mark,
            "supp": [[i, why] for i, why in m.suppressed], "detail": m.received_detail,
-           "key": m.idempotency_key, "window": m.idempotency_window}
+           "key": m.idempotency_key, "window": m.idempotency_window,
+           "ascii": m.ascii, "dots": m.dot_lines}
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _typed(doc: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = doc.get(key)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(f"envelope field {key!r}: {value!r}")
+    return value
+
+
+def _flag(doc: dict[str, Any], key: str) -> bool | None:
+    value = doc.get(key)         # absent (an older record): None, not known
+    if value is not None and not isinstance(value, bool):
         raise ValueError(f"envelope field {key!r}: {value!r}")
     return value
 
@@ -103,7 +113,8 @@ def pending(data: bytes) -> PendingMessage:
         dsn_mark=_mark(doc.get("mark")), suppressed=suppressed,
         received_detail=_typed(doc, "detail", str),
         idempotency_key=_typed(doc, "key", (str, type(None))),
-        idempotency_window=float(_typed(doc, "window", (int, float))))
+        idempotency_window=float(_typed(doc, "window", (int, float))),
+        ascii=_flag(doc, "ascii"), dot_lines=_flag(doc, "dots"))
 
 
 @dataclass(slots=True)

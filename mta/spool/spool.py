@@ -21,6 +21,9 @@ API:
     await spool.next_due_at() -> float | None
     await spool.read_body(queue_id, *, limit=None) -> bytes   (limit: its first bytes)
     await spool.open_body(queue_id) -> StoredBody            (read in pieces: large bodies)
+    await spool.delivery_body(queue_id, *, open_over) -> DeliveryBody(body, ascii, dot_lines)
+        the body read whole (≤ open_over bytes) or opened, with the flags
+        acceptance stored (None: not known, look)
     await spool.dsn_candidates(limit) / delay_candidates(now, after, limit) -> list[DsnCandidate]
     await spool.list_messages(limit, include_done) / get_message(queue_id)
     await spool.counts() -> {state: n};  await spool.reclaim() -> int;  await spool.close()
@@ -99,9 +102,17 @@ from mta.spool.suppressions import RulesLike, Suppressions
 from mta.spool.views import MessageView
 from mta.spool.writer import SpoolStats, Writer
 
-__all__ = ["DsnMark", "NewMessage", "Spool", "SpoolStats"]
+__all__ = ["DeliveryBody", "DsnMark", "NewMessage", "Spool", "SpoolStats"]
 
 log = logging.getLogger("mta.spool")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeliveryBody:
+    """What delivery gets of a stored body (Spool.delivery_body)."""
+    body: bytes | StoredBody
+    ascii: bool | None          # every byte 7-bit; None: not known
+    dot_lines: bool | None      # some line starts with "."; None: not known
 
 
 class Spool:
@@ -268,27 +279,42 @@ class Spool:
         """The body as a StoredBody (read in pieces, crc-checked at the end):
         what delivery uses for a message over core.spill.HEAD_BYTES. KeyError
         when the message is unknown or its body no longer kept."""
-        loc = await self._read(reads.body_location, queue_id)
-        if loc is None:
-            raise KeyError(queue_id)
-        segment, offset, length, live = loc
-        if not live:
-            raise KeyError(f"{queue_id}: body no longer kept (message done)")
-        return self._store.stored(segment, offset, length, queue_id)
+        return self._stored(queue_id, await self._location(queue_id))
 
     async def read_body(self, queue_id: str, *, limit: int | None = None) -> bytes:
         """The whole body, or with `limit` its first `limit` bytes at most
         (a DSN needs the header block only; no crc check then)."""
+        return await self._read_at(queue_id, await self._location(queue_id), limit)
+
+    async def delivery_body(self, queue_id: str, *, open_over: int) -> DeliveryBody:
+        """The body as delivery sends it — read whole, or opened (a
+        StoredBody) when over `open_over` bytes — with what acceptance
+        learnt of it, from the same row (one query). Errors as above."""
+        loc = await self._location(queue_id)
+        body = (self._stored(queue_id, loc) if loc.length > open_over
+                else await self._read_at(queue_id, loc, None))
+        return DeliveryBody(body, loc.ascii, loc.dot_lines)
+
+    async def _location(self, queue_id: str) -> reads.BodyLocation:
         loc = await self._read(reads.body_location, queue_id)
         if loc is None:
             raise KeyError(queue_id)
-        segment, offset, length, live = loc
+        return loc
+
+    def _stored(self, queue_id: str, loc: reads.BodyLocation) -> StoredBody:
+        if not loc.live:
+            raise KeyError(f"{queue_id}: body no longer kept (message done)")
+        return self._store.stored(loc.segment, loc.offset, loc.length, queue_id)
+
+    async def _read_at(self, queue_id: str, loc: reads.BodyLocation,
+                       limit: int | None) -> bytes:
+        segment, offset, length = loc.segment, loc.offset, loc.length
         try:
             if limit is not None and length > limit:
                 return await asyncio.to_thread(self._store.read_prefix, segment, offset, limit)
             return await self._store.read(segment, offset, length, queue_id)
         except FileNotFoundError:
-            if not live:
+            if not loc.live:
                 raise KeyError(f"{queue_id}: body no longer kept (message done)") from None
             raise StorageError(f"{queue_id}: segment {segment} is missing") from None
         except OSError as exc:
