@@ -330,3 +330,22 @@ async def test_a_message_stored_without_flags_is_looked_at(setup, stuffing):
         assert "BODY=8BITMIME" in by_rcpt["old0@rcpt.test"].mail_options
         assert "BODY=8BITMIME" not in by_rcpt["old1@rcpt.test"].mail_options
         assert len(stuffing) == 2                    # each body scanned: not known
+
+
+async def test_the_server_hands_the_readers_flags_to_the_spool(setup, monkeypatch):
+    """The DATA reader's flags reach the spool (which then checks only the
+    header section): without them it would scan the whole head again."""
+    from mta.spool import acceptance
+    state, sink, port, text = setup
+    given: list[tuple[bool | None, bool | None]] = []
+    real = acceptance.body_flags
+
+    def spy(head, tail, *, ascii=None, dot_lines=None):
+        given.append((ascii, dot_lines))
+        return real(head, tail, ascii=ascii, dot_lines=dot_lines)
+
+    monkeypatch.setattr(acceptance, "body_flags", spy)
+    async with running_daemon(text):
+        await _submit(port, "plain@rcpt.test", _message(b"no dot lines\r\n" * 5))
+        await _submit(port, "dots@rcpt.test", _message(b"x\r\n.dot\r\n"))
+    assert given == [(True, False), (True, True)]

@@ -99,6 +99,10 @@ class SubmissionEnvelope(Envelope):
         # (rcpt index, refusal text) of recipients accepted as suppressed
         self.suppressed: list[tuple[int, str]] = []
         self.kinds: list[str] = []             # inbound: per rcpt, the classify_rcpt kind
+        # What the DATA reader learnt on the way (issue 12): every byte 7-bit,
+        # some line starts with "." (None: not known, the spool looks).
+        self.body_ascii: bool | None = None
+        self.body_dots: bool | None = None
 
 
 class SubmissionSMTP(SMTP):
@@ -407,6 +411,7 @@ class SubmissionSMTP(SMTP):
         env.spill = body.spill        # the bytes past the head (large messages)
         env.size = body.size
         env.hygiene = body.refusal    # hygiene.check_data of the whole content
+        env.body_ascii, env.body_dots = body.ascii, body.dot_lines
         try:
             return await self._call_handler_hook("DATA")
         except Exception:

@@ -373,6 +373,10 @@ class SubmissionHandler:
                       **({"suppressed": tuple(envelope.suppressed)}
                          if envelope.suppressed else {}),
                       **({"idempotency_key": idempotency_key} if idempotency_key else {}),
+                      # Header work and DKIM change only the header section,
+                      # which the spool checks itself (spool.acceptance.body_flags).
+                      **({"ascii": envelope.body_ascii, "dot_lines": envelope.body_dots}
+                         if envelope.body_dots is not None else {}),
                       **({"tail": spill} if spill is not None else {}))
         try:
             queue_id = await self.spool.enqueue(msg, now)
