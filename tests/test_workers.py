@@ -75,7 +75,7 @@ class Daemon:
         env.pop("MTA_STATE_DIR", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "mta", "serve", "--config",
                                       str(self.cfg)], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "ab"))
+                                     stderr=open(self.log, "ab"), start_new_session=True)
         wait_for(lambda: "event=ready" in self.log.read_text() or self.proc.poll() is not None,
                  60, "the daemon to be ready")
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
@@ -240,3 +240,16 @@ def test_receivers_do_not_outlive_their_owner(tmp_path):
     d.proc.send_signal(signal.SIGKILL)
     d.proc.wait(timeout=10)
     wait_for(lambda: not any(alive(p) for p in kids), 15, "the receivers to exit")
+
+
+def test_sigterm_to_the_whole_group_stops_everything_once(tmp_path):
+    """systemd's stop signals every process of the unit: the receivers stop
+    themselves and are not restarted; the owner exits 0."""
+    d = Daemon(tmp_path)
+    kids = wait_for(lambda: len(receivers(d.proc.pid)) == 2 and receivers(d.proc.pid),
+                    30, "two receivers")
+    os.killpg(d.proc.pid, signal.SIGTERM)
+    assert d.proc.wait(timeout=40) == 0, d.log.read_text()[-3000:]
+    wait_for(lambda: not any(alive(p) for p in kids), 15, "the receivers to exit")
+    log = d.log.read_text().split("event=stopping", 1)[1]
+    assert "event=receiver_started" not in log and "event=receiver_exited" not in log, log

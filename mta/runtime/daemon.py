@@ -295,6 +295,8 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+        if self.receivers is not None:
+            self.receivers.begin_stop()
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()     # SIGTERM during start: do not wait for it
 

@@ -20,6 +20,7 @@ API
                                      give an accepted connection to the
                                      least busy receiver (SCM_RIGHTS)
     .reconfigure(cfg)                send the Config in force to every one
+    .begin_stop()                    from now on a receiver that exits stays down
     await .stop(grace)               "stop" to every one, wait for their exit
                                      (killed past grace + 5 s)
     .pids                            the live receivers' pids
@@ -208,6 +209,12 @@ class Receivers:
         for p in self._procs:
             if p.channel is not None and not p.channel.is_closed:
                 p.channel.notify("config", data)
+
+    def begin_stop(self) -> None:
+        """The daemon is leaving (its signal handler): a receiver that exits
+        from now on (systemd signals the whole control group) is not
+        restarted."""
+        self._stopping = True
 
     async def stop(self, grace: float) -> None:
         self._stopping = True
