@@ -104,10 +104,9 @@ class RemoteTurns:
         self._channel, self.listener = channel, listener
 
     async def _turn(self, method: str, *args: Any) -> Any:
-        try:
-            return await self._channel.call("turn", self.listener, method, list(args))
-        except ChannelClosed:
-            return None
+        # Fails closed: without the owner there is no budget to ask, and the
+        # session's exception handler answers 451 4.3.0.
+        return await self._channel.call("turn", self.listener, method, list(args))
 
     async def locked(self, key: str) -> bool:
         return bool(await self._turn("locked", key))
