@@ -46,14 +46,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from mta.core.ids import new_queue_id
 from mta.core.logfmt import event
 from mta.core.spill import SpillFile
 from mta.spool import ledger_sql, queue_sql
 from mta.spool.ops import PendingMessage, Placed, Txn
-from mta.spool.reads import fetchall
+from mta.spool.reads import Statements, fetchall
 from mta.spool.records import HEADER
 
 log = logging.getLogger("mta.spool")
@@ -261,7 +259,7 @@ class _Rows:
         self.keys_put.append((cred, m.idempotency_key, m.queue_id, at))
         return None
 
-    async def write(self, conn: aiosqlite.Connection) -> None:
+    async def write(self, conn: Statements) -> None:
         # Events last: received, then each message's queued/suppressed built
         # by SQLite from the rows just inserted (one bound row per message,
         # not per recipient), then the duplicates' received, then dsn_sent.
@@ -283,7 +281,7 @@ class _Rows:
                 await conn.executemany(sql, rows)
 
 
-async def _idempotency_lookup(conn: aiosqlite.Connection,
+async def _idempotency_lookup(conn: Statements,
                               pending: list[PendingMessage]) -> dict[Key, tuple[str, float]]:
     """(credential, key) → (queue id, created) of the keys this batch
     names that the index holds (expired or not: the caller checks the

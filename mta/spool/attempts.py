@@ -40,8 +40,6 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import aiosqlite
-
 from mta.core.envelope import (
     ASYNC_BOUNCE_MACHINE,
     BOUNCED,
@@ -57,7 +55,7 @@ from mta.core.logfmt import event
 from mta.core.reply import Reply
 from mta.spool import ledger_sql, queue_sql
 from mta.spool.ops import AsyncReport, RecordPayload, Txn
-from mta.spool.reads import fetchall
+from mta.spool.reads import Statements, fetchall
 from mta.spool.suppressions import apply_outcomes
 
 log = logging.getLogger("mta.spool")
@@ -80,7 +78,7 @@ async def lease(txn: Txn, payloads: list[tuple[float, int]]) -> list[list[Queued
     return [await _lease(txn.conn, now, limit) for now, limit in payloads]
 
 
-async def _lease(conn: aiosqlite.Connection, now: float, limit: int) -> list[QueuedRecipient]:
+async def _lease(conn: Statements, now: float, limit: int) -> list[QueuedRecipient]:
     rows = await fetchall(conn, queue_sql.SQL_LEASE_SELECT, (now, limit))
     if not rows:
         return []
@@ -127,7 +125,7 @@ def recipient_moves(updates: Sequence[RecipientUpdate], states: dict[RcptKey, st
     return moves
 
 
-async def _states(conn: aiosqlite.Connection, keys: list[RcptKey]) -> dict[RcptKey, str]:
+async def _states(conn: Statements, keys: list[RcptKey]) -> dict[RcptKey, str]:
     out: dict[RcptKey, str] = {}
     for i in range(0, len(keys), _PAIR_CHUNK):
         chunk = keys[i:i + _PAIR_CHUNK]

@@ -9,8 +9,13 @@ imports the engine's internals or another's.
 API:
     kinds: ENQUEUE LEASE RELEASE RECORD ASYNC STEER EVENTS PRUNE WEBHOOK RECLAIM
     PendingMessage, Placed, AsyncReport, SteerOp, PruneOp, WebhookUpdate   (payloads)
-    Txn          what a handler gets: the writer's connection inside the
-                 batch's transaction, the suppression rules, and `touched`
+    Statements   (reads.py) the statement methods a handler may await
+                 (execute, executemany, execute_fetchall): an aiosqlite
+                 connection has them (recovery's replay), and so has the
+                 writer's sqlite3 connection seen from its own thread
+                 (writer_txn)
+    Txn          what a handler gets: the writer's connection (Statements)
+                 inside the batch's transaction, the suppression rules, and `touched`
                  (messages whose done/body_live the engine recomputes before
                  COMMIT)
     Handler      async (Txn, [payload, …]) -> [result, …]: every op of one
@@ -28,11 +33,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import aiosqlite
-
 from mta.core.envelope import AddressOutcome, RecipientUpdate
 from mta.core.spill import SpillFile
 from mta.spool.filters import MessageFilter
+from mta.spool.reads import Statements
 from mta.spool.suppressions import RulesLike
 
 ENQUEUE, LEASE, RELEASE, RECORD, RECLAIM = "enqueue", "lease", "release", "record", "reclaim"
@@ -123,7 +127,7 @@ RecordPayload = tuple[Sequence[RecipientUpdate], Sequence[AddressOutcome]]
 
 @dataclass(slots=True)
 class Txn:
-    conn: aiosqlite.Connection
+    conn: Statements
     rules: RulesLike | None = None
     touched: set[str] = field(default_factory=set)
 

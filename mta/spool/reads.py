@@ -10,7 +10,11 @@ API:
                          Ledger, Suppressions): `await read(query, *args)`
                          runs `query(conn, *args)`, refuses once closed and
                          turns sqlite3 errors into StorageError
-    fetchall(conn, sql, params=()) -> [row]   (any connection; the writer's ops too)
+    Statements           what a statement runs on: execute, executemany,
+                         execute_fetchall, each awaited (a Protocol:
+                         aiosqlite.Connection, and writer_txn's face of the
+                         writer's sqlite3 connection inside a transaction)
+    fetchall(conn, sql, params=()) -> [row]   (any Statements; the writer's ops too)
   queries (each takes the reader `aiosqlite.Connection`):
     next_due_at(conn) -> float | None
     body_location(conn, queue_id) -> BodyLocation(segment, offset, length, live,
@@ -35,7 +39,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar
+from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import aiosqlite
 
@@ -72,7 +76,22 @@ class ReadSide:
             raise storage_error(exc, "reading the spool index") from exc
 
 
-async def fetchall(conn: aiosqlite.Connection, query: str,
+class Cursor(Protocol):
+    """What a caller reads of a statement's cursor."""
+    @property
+    def rowcount(self) -> int: ...
+
+
+class Statements(Protocol):
+    """The statement methods the writer's handlers (ops.Txn.conn) and
+    `fetchall` use; parameters: a sequence or a mapping, as sqlite3 takes
+    them."""
+    def execute(self, sql: str, parameters: Any = ...) -> Awaitable[Cursor]: ...
+    def executemany(self, sql: str, parameters: Iterable[Any]) -> Awaitable[Cursor]: ...
+    def execute_fetchall(self, sql: str, parameters: Any = ...) -> Awaitable[Iterable[Any]]: ...
+
+
+async def fetchall(conn: Statements, query: str,
                    params: Iterable[Any] = ()) -> list[Row]:
     return list(await conn.execute_fetchall(query, params))
 

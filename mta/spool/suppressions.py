@@ -43,7 +43,7 @@ import aiosqlite
 
 from mta.core.envelope import AddressOutcome
 from mta.core.stores import SuppressionView
-from mta.spool.reads import ReadSide, fetchall
+from mta.spool.reads import ReadSide, Statements, fetchall
 
 SUPPRESSION_RECHECK = 5.0   # seconds; see Suppressions._may_exist
 _REASON_OF = {"hard": "hard_bounce", "complaint": "complaint"}
@@ -114,7 +114,7 @@ def view(row: Sequence[Any]) -> SuppressionView:
                            reply=reply or "", created=created, expires=expires)
 
 
-async def apply_outcomes(conn: aiosqlite.Connection, outcomes: Sequence[AddressOutcome],
+async def apply_outcomes(conn: Statements, outcomes: Sequence[AddressOutcome],
                          rules: RulesLike | None) -> None:
     # In order: several soft outcomes for one address in one batch must each
     # see the count the previous one left. Statements with nothing to read
@@ -144,7 +144,7 @@ def _suppression(key: str, o: AddressOutcome, reason: str,
     return SQL_SUPPRESS, (key, o.scope, reason, o.queue_id, o.reply, o.at, expires)
 
 
-async def _run(conn: aiosqlite.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+async def _run(conn: Statements, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
     """`statements` in their order, each run of one SQL as one executemany."""
     for sql, run in itertools.groupby(statements, key=lambda st: st[0]):
         await conn.executemany(sql, [params for _, params in run])
