@@ -5,11 +5,15 @@ One job: put message bodies on disk durably and give them back.
 API (`BodyStore` is the interface the writer and recovery code against, so a
 different store can replace segments when a benchmark says so):
 
-    await store.append_many([(queue_id, head, tail, envelope), ...])
+    store.append_now([(queue_id, head, tail, envelope), ...])
         -> [(segment, offset, length), ...]
+        (blocking, in the calling thread: the writer runs it on its SQLite
+        connection's thread, right before the batch's BEGIN, so an
+        acceptance costs one hop off the event loop, not two)
         one v2 record per item (records.py): the envelope block, then the
         body = head + the bytes of `tail` (a core.spill.SpillFile, or None),
         copied in 1 MiB pieces, so a large message never sits in memory whole
+    await store.append_many(items) -> the same, run on the store's thread
     await store.read(segment, offset, length, queue_id=None) -> bytes
     store.read_prefix(segment, offset, limit) -> bytes   (sync) the first bytes
     store.stored(segment, offset, length, queue_id) -> StoredBody
@@ -32,9 +36,16 @@ Invariants:
   A freshly opened store never appends to an existing file.
 - Segment numbers are never reused (`first_number` is above every number on
   disk or in the index).
-- All file I/O runs off the event loop: appends and unlinks on one dedicated
-  thread (so an fsync never queues behind unrelated work in the default
-  pool), reads through `asyncio.to_thread`.
+- All file I/O runs off the event loop: `append_now` in its caller's
+  thread (the writer connection's), `append_many` and the unlinks of
+  `reclaim` on the store's one dedicated thread (so an fsync never queues
+  behind unrelated work in the default pool), reads through
+  `asyncio.to_thread`.
+- Appends and reclaims never overlap, whichever threads they run on: each
+  holds the store's lock (`_serial`) throughout. (The writer never asks for
+  both at once anyway: it awaits each step of a batch; the lock keeps that
+  true for any caller. Overlapping, a reclaim could see a segment just
+  created by an append's rotation before it became `current`, and unlink it.)
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -78,6 +90,7 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 
 class BodyStore(Protocol):
+    def append_now(self, items: Sequence[Item]) -> list[Location]: ...
     async def append_many(self, items: Sequence[Item]) -> list[Location]: ...
     async def read(self, segment: int, offset: int, length: int,
                    queue_id: str | None = None) -> bytes: ...
@@ -198,16 +211,21 @@ class SegmentStore:
         self._fd: int | None = None
         self._size = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mta-spool-seg")
+        self._serial = threading.Lock()    # appends and reclaims, one at a time
 
     @property
     def current(self) -> int | None:
         return self._current
 
-    # -- appends (writer thread) -------------------------------------------------
+    # -- appends (the writer's) ---------------------------------------------------
+
+    def append_now(self, items: Sequence[Item]) -> list[Location]:
+        with self._serial:
+            return self._append_sync(items)
 
     async def append_many(self, items: Sequence[Item]) -> list[Location]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, self._append_sync, items)
+        return await loop.run_in_executor(self._io, self.append_now, items)
 
     def _append_sync(self, items: Sequence[Item]) -> list[Location]:
         if self._fd is None or self._size >= self.max_bytes:
@@ -335,6 +353,10 @@ class SegmentStore:
                                           before_unlink)
 
     def _reclaim_sync(self, live: set[int], before_unlink: Callable[[], None] | None) -> int:
+        with self._serial:
+            return self._reclaim_dead(live, before_unlink)
+
+    def _reclaim_dead(self, live: set[int], before_unlink: Callable[[], None] | None) -> int:
         dead = [n for n in self.scan() if n not in live and n != self._current]
         if dead and before_unlink is not None:
             before_unlink()

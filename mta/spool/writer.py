@@ -24,17 +24,20 @@ upkeep. Kinds and payloads are ops.py's:
                                                      once `sync_index` has run)
 
 One batch = everything waiting when the writer wakes (up to MAX_BATCH ops
-or MAX_BATCH_BYTES of bodies):
+or MAX_BATCH_BYTES of bodies). Steps 1 and 2 run as ONE call on the SQLite
+connection's thread (`_Hop`, writer_txn.on_thread): one hop off the event
+loop and back per batch, so neither the append's return nor any statement
+waits for a loop busy with sessions and deliveries (issue 12, C=1):
   1. all new records (envelope + body, replay.envelope) go to the store in
-     ONE append + fdatasync: the batch's one fsync;
-  2. all ops run in ONE SQLite transaction (BEGIN IMMEDIATE … COMMIT with
-     synchronous=NORMAL: the WAL is written, not fsynced; see
-     `_transaction`), in one hop on the connection's thread (writer_txn.py:
-     the handlers' statements never wait for the event loop): each kind's
-     handler in HANDLERS order gets all ops of its kind, in submission
-     order; then done/body_live are recomputed for every message a handler
-     touched;
-  3. then every future is resolved. Nothing is acknowledged before 1 and 2.
+     ONE append + fdatasync (store.append_now, in that thread): the batch's
+     one fsync;
+  2. then all ops run in ONE SQLite transaction (BEGIN IMMEDIATE … COMMIT
+     with synchronous=NORMAL: the WAL is written, not fsynced; see
+     `_Hop._body`): each kind's handler in HANDLERS order gets all ops of
+     its kind, in submission order; then done/body_live are recomputed for
+     every message a handler touched;
+  3. then, back on the loop, every future is resolved. Nothing is
+     acknowledged before 1 and 2.
 Within a transaction events are written in the order their changes are
 applied (HANDLERS order), so seq order is each message's true order.
 The WAL upkeep (wal.py) runs beside the writer: the WAL is fsynced
@@ -47,8 +50,8 @@ batches).
 
 Invariants:
 - Only this task writes; so leases never overlap, and reclaim never races an
-  append (it runs between batches, with the live set read on this
-  connection).
+  append (it runs after the batch's hop has returned, with the live set
+  read on this connection; the store's lock would hold it back anyway).
 - A failed body append fails only that batch's enqueues; a failed
   transaction is rolled back and fails every op of the batch, each with
   `StorageError` (disk_full when ENOSPC/EDQUOT/SQLITE_FULL). The writer keeps
@@ -65,6 +68,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -90,11 +94,11 @@ from mta.spool.ops import (
     Placed,
     Txn,
 )
-from mta.spool.reads import fetchall
+from mta.spool.reads import Statements, fetchall
 from mta.spool.segments import BodyStore, Location
 from mta.spool.suppressions import RulesLike
 from mta.spool.wal import Checkpointer, WalUpkeep
-from mta.spool.writer_txn import run_transaction
+from mta.spool.writer_txn import Body, on_thread, raw_connection, transaction
 
 log = logging.getLogger("mta.spool")
 
@@ -250,85 +254,39 @@ class Writer:
         stats.batches += 1
         stats.ops += len(batch)
         stats.max_batch = max(stats.max_batch, len(batch))
-        placed = await self._append([op for op in batch if op.kind == ENQUEUE])
-        db_ops = [op for op in batch if op.kind != RECLAIM
-                  and (op.kind != ENQUEUE or id(op) in placed)]
-        if db_ops:
-            try:
-                await self._transaction(db_ops, placed)
-            except Exception as exc:
-                err = storage_error(exc, "committing the spool index")
-                event(log, "spool_commit_failed", logging.ERROR, error=err)
-                stats.failed_batches += 1
-                for op in db_ops:
-                    _fail(op, err)
-            else:
-                stats.commits += 1
-                self.wal.committed()
-                for op in db_ops:
-                    if op.kind == ENQUEUE:
-                        if op.result == op.payload.queue_id:
-                            stats.enqueued += 1
-                        else:
-                            stats.duplicates += 1
-                    _resolve(op, op.result)
+        # Steps 1 and 2 in one hop on the connection's thread (_Hop.run).
+        hop = _Hop(batch, self._store, self._rules)
+        await on_thread(self._conn, hop.run, raw_connection(self._conn))
+        if hop.append_error is not None:
+            err = storage_error(hop.append_error, "writing message bodies")
+            event(log, "spool_write_failed", logging.ERROR, error=err)
+            stats.failed_batches += 1
+            for op in hop.enqueues:
+                _fail(op, err)
+        elif hop.enqueues:
+            stats.fsyncs += 1
+        if hop.txn_error is not None:
+            err = storage_error(hop.txn_error, "committing the spool index")
+            event(log, "spool_commit_failed", logging.ERROR, error=err)
+            stats.failed_batches += 1
+            for op in hop.db_ops:
+                _fail(op, err)
+        elif hop.db_ops:
+            stats.commits += 1
+            self.wal.committed()
+            for op in hop.db_ops:
+                if op.kind == ENQUEUE:
+                    if op.result == op.payload.queue_id:
+                        stats.enqueued += 1
+                    else:
+                        stats.duplicates += 1
+                _resolve(op, op.result)
         for op in batch:
             if op.kind == RECLAIM:
                 try:
                     _resolve(op, await self._reclaim())
                 except Exception as exc:
                     _fail(op, storage_error(exc, "reclaiming segments"))
-
-    async def _append(self, enqueues: list[_Op]) -> dict[int, Placed]:
-        """Step 1: every new body in one append + fdatasync. Returns where
-        each went (by id of its op); on failure fails them all and returns
-        nothing."""
-        if not enqueues:
-            return {}
-        try:
-            locations: list[Location] = await self._store.append_many(
-                [(op.payload.queue_id, op.payload.body, op.payload.tail,
-                  replay.envelope(op.payload)) for op in enqueues])
-        except Exception as exc:
-            err = storage_error(exc, "writing message bodies")
-            event(log, "spool_write_failed", logging.ERROR, error=err)
-            self._stats.failed_batches += 1
-            for op in enqueues:
-                _fail(op, err)
-            return {}
-        self._stats.fsyncs += 1
-        return {id(op): Placed(op.payload, *loc) for op, loc in zip(enqueues, locations)}
-
-    async def _transaction(self, ops: list[_Op], placed: dict[int, Placed]) -> None:
-        """Step 2: every op's handler in one transaction, run in one hop on
-        the connection's thread (writer_txn: not a loop round trip per
-        statement); results land in `op.result`."""
-        # synchronous=NORMAL (set in _run): no fsync here. An acceptance is
-        # already durable in its record (step 1), which recovery replays if
-        # a power loss takes this commit (S4p). Leases are reset by recovery
-        # anyway, and a lost delivery record only re-sends (the accepted
-        # duplicate of ARCHITECTURE §4, like Postfix not fsyncing its queue
-        # file unlink). A process crash loses nothing: the WAL frames are in
-        # the page cache. `self.wal` fsyncs them within WAL_SYNC_INTERVAL.
-        by_kind: dict[str, list[_Op]] = {}
-        for op in ops:
-            by_kind.setdefault(op.kind, []).append(op)
-        rules = self._rules
-
-        async def body(conn: aiosqlite.Connection) -> None:
-            txn = Txn(conn, rules)
-            for kind, handler in HANDLERS:
-                mine = by_kind.get(kind)
-                if not mine:
-                    continue
-                payloads = [placed[id(op)] if kind == ENQUEUE else op.payload for op in mine]
-                for op, result in zip(mine, await handler(txn, payloads), strict=True):
-                    op.result = result
-            if txn.touched:
-                await conn.executemany(queue_sql.SQL_RECOMPUTE_FLAGS,
-                                       [(mid,) for mid in txn.touched])
-
-        await run_transaction(self._conn, body)
 
     async def _reclaim(self) -> int:
         rows = await fetchall(self._conn, queue_sql.SQL_LIVE_SEGMENTS)
@@ -341,6 +299,80 @@ class Writer:
         if self._sync_index is not None:
             self._sync_index()
             self._stats.wal_syncs += 1
+
+
+class _Hop:
+    """Steps 1 and 2 of one batch, run by `run` on the writer connection's
+    thread in one hop (writer_txn.on_thread): the loop is not visited
+    between the fdatasync and BEGIN, nor between the statements. Touches no
+    future and no counter (those are the loop's: `_commit` reads the
+    outcome here); the store's appends and reclaims are serialised (the
+    writer awaits this hop before it reclaims; segments.py's lock)."""
+
+    __slots__ = ("append_error", "db_ops", "enqueues", "ops", "rules", "store", "txn_error")
+
+    def __init__(self, batch: list[_Op], store: BodyStore, rules: RulesLike | None):
+        self.ops, self.store, self.rules = batch, store, rules
+        self.enqueues = [op for op in batch if op.kind == ENQUEUE]
+        self.db_ops: list[_Op] = []
+        self.append_error: Exception | None = None
+        self.txn_error: Exception | None = None
+
+    def run(self, raw: sqlite3.Connection) -> None:
+        placed = self._append()
+        self.db_ops = [op for op in self.ops if op.kind != RECLAIM
+                       and (op.kind != ENQUEUE or id(op) in placed)]
+        if self.db_ops:
+            try:
+                transaction(raw, self._body(placed))
+            except Exception as exc:
+                self.txn_error = exc
+
+    def _append(self) -> dict[int, Placed]:
+        """Step 1: every new body in one append + fdatasync. Returns where
+        each went (by id of its op); on failure (`append_error`) nothing:
+        the batch's other ops still commit."""
+        if not self.enqueues:
+            return {}
+        try:
+            locations: list[Location] = self.store.append_now(
+                [(op.payload.queue_id, op.payload.body, op.payload.tail,
+                  replay.envelope(op.payload)) for op in self.enqueues])
+        except Exception as exc:
+            self.append_error = exc
+            return {}
+        return {id(op): Placed(op.payload, *loc) for op, loc in zip(self.enqueues, locations)}
+
+    def _body(self, placed: dict[int, Placed]) -> Body:
+        """Step 2: every op's handler, in one transaction; results land in
+        `op.result`."""
+        # synchronous=NORMAL (set in Writer._run): no fsync in the COMMIT. An
+        # acceptance is already durable in its record (step 1), which
+        # recovery replays if a power loss takes this commit (S4p). Leases
+        # are reset by recovery anyway, and a lost delivery record only
+        # re-sends (the accepted duplicate of ARCHITECTURE §4, like Postfix
+        # not fsyncing its queue file unlink). A process crash loses
+        # nothing: the WAL frames are in the page cache. `Writer.wal` fsyncs
+        # them within WAL_SYNC_INTERVAL.
+        by_kind: dict[str, list[_Op]] = {}
+        for op in self.db_ops:
+            by_kind.setdefault(op.kind, []).append(op)
+        rules = self.rules
+
+        async def body(conn: Statements) -> None:
+            txn = Txn(conn, rules)
+            for kind, handler in HANDLERS:
+                mine = by_kind.get(kind)
+                if not mine:
+                    continue
+                payloads = [placed[id(op)] if kind == ENQUEUE else op.payload for op in mine]
+                for op, result in zip(mine, await handler(txn, payloads), strict=True):
+                    op.result = result
+            if txn.touched:
+                await conn.executemany(queue_sql.SQL_RECOMPUTE_FLAGS,
+                                       [(mid,) for mid in txn.touched])
+
+        return body
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

@@ -12,14 +12,19 @@ and 3.1 ms per lease + record that way, so at C=1 it, not the disk, set the
 pace.
 
 API:
-    await run_transaction(conn, body) -> None
+    await on_thread(conn, fn, *args) -> fn(*args)
+        one call of the blocking `fn` on `conn`'s own thread, one hop: the
+        writer runs a whole batch there (its segment append + fdatasync,
+        then `transaction`), so the loop is not visited between the two
+    transaction(raw, body) -> None      (blocking, on the connection's thread)
         `body(statements)` is the transaction's work: a coroutine function
-        whose statements go to `statements` (`Statements`: execute,
+        whose statements go to `statements` (reads.Statements: execute,
         executemany, execute_fetchall, awaited as on an aiosqlite
-        connection). It runs inside BEGIN IMMEDIATE … COMMIT on `conn`'s
-        thread; on any exception the transaction is rolled back and the
-        exception raised here.
-    Statements(raw)      the aiosqlite-shaped face of a sqlite3 connection
+        connection). It runs inside BEGIN IMMEDIATE … COMMIT on `raw`; on
+        any exception the transaction is rolled back and the exception
+        raised here.
+    await run_transaction(conn, body) -> None   `transaction` in one hop
+    SqliteStatements(raw)  the reads.Statements face of a sqlite3 connection
                          whose statements run at once, in the calling thread.
 
 Invariants:
@@ -40,16 +45,19 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-Body = Callable[[aiosqlite.Connection], Coroutine[Any, Any, None]]
+from mta.spool.reads import Statements
+
+T = TypeVar("T")
+Body = Callable[[Statements], Coroutine[Any, Any, None]]
 
 
-class Statements:
-    """The statement methods the handlers use, over a sqlite3 connection,
-    executed synchronously (awaiting them never suspends)."""
+class SqliteStatements:
+    """reads.Statements over a sqlite3 connection, executed synchronously
+    (awaiting them never suspends)."""
 
     __slots__ = ("_raw",)
 
@@ -78,12 +86,12 @@ def run_to_end(coro: Coroutine[Any, Any, None]) -> None:
     raise RuntimeError("a spool handler awaited something other than its statements")
 
 
-def _in_thread(raw: sqlite3.Connection, body: Body) -> None:
+def transaction(raw: sqlite3.Connection, body: Body) -> None:
+    """BEGIN IMMEDIATE, `body`'s statements, COMMIT, in the calling thread
+    (the connection's own: `on_thread`)."""
     raw.execute("BEGIN IMMEDIATE")
     try:
-        # The handlers are typed against aiosqlite's connection (ops.Txn);
-        # Statements is the subset of it they use (module docstring).
-        run_to_end(body(cast(aiosqlite.Connection, Statements(raw))))
+        run_to_end(body(SqliteStatements(raw)))
         raw.execute("COMMIT")
     except BaseException:
         if raw.in_transaction:     # a failed statement may already have ended it
@@ -91,8 +99,20 @@ def _in_thread(raw: sqlite3.Connection, body: Body) -> None:
         raise
 
 
+async def on_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on `conn`'s thread, in one hop; nothing else runs on the
+    connection meanwhile. `fn` may use `conn`'s sqlite3 connection (raw)."""
+    # aiosqlite leaves `_execute` unannotated
+    execute = cast(Callable[..., Awaitable[T]], conn._execute)
+    return await execute(fn, *args)
+
+
+def raw_connection(conn: aiosqlite.Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under `conn`, for functions run by `on_thread`
+    (only there: it belongs to that thread)."""
+    return conn._conn
+
+
 async def run_transaction(conn: aiosqlite.Connection, body: Body) -> None:
     """One transaction running `body`, in one hop to `conn`'s thread."""
-    # aiosqlite leaves `_execute` unannotated
-    on_thread = cast(Callable[..., Awaitable[None]], conn._execute)
-    await on_thread(_in_thread, conn._conn, body)
+    await on_thread(conn, transaction, raw_connection(conn), body)
