@@ -325,12 +325,21 @@ class SubmissionListener:
                 conn, addr = lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:   # EMFILE and the like: the next readiness retries
+            except OSError as exc:
+                # EMFILE and the like: stop accepting for a second (the socket
+                # stays readable; retrying at once would spin), as asyncio does.
                 self.log.warning("event=accept_failed listener=%s error=%s", self.cfg.name, exc)
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(lsock.fileno())
+                loop.call_later(1.0, self._resume_accept, lsock, handoff)
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             handed = Handed(str(addr[0]))
             handoff(self, conn, handed, self.gate.admit(handed))   # type: ignore[arg-type]
+
+    def _resume_accept(self, lsock: socket.socket, handoff: Handoff) -> None:
+        if lsock in self._lsocks:        # not stopped meanwhile
+            asyncio.get_running_loop().add_reader(lsock.fileno(), self._accept, lsock, handoff)
 
     async def adopt(self, sock: socket.socket, tag: object) -> None:
         """Run a session on `sock`, accepted and admitted by the owner (a
