@@ -21,6 +21,7 @@ import pytest
 
 from mta.core import StorageError
 from mta.spool import NewMessage, Spool, segments
+from mta.spool.reads import Statements
 from mta.spool.segments import SegmentStore, scan_segments
 from mta.spool.writer_txn import run_transaction
 
@@ -156,7 +157,7 @@ async def _rows(c: aiosqlite.Connection) -> list[int]:
 async def test_statements_commit_and_return_rows(conn):
     got: list[list[int]] = []
 
-    async def body(tx: aiosqlite.Connection) -> None:
+    async def body(tx: Statements) -> None:
         cur = await tx.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
         assert cur.rowcount == 2
         await tx.execute("INSERT INTO t VALUES (:x)", {"x": 3})
@@ -170,7 +171,7 @@ async def test_statements_commit_and_return_rows(conn):
 
 
 async def test_a_failing_body_is_rolled_back(conn):
-    async def body(tx: aiosqlite.Connection) -> None:
+    async def body(tx: Statements) -> None:
         await tx.execute("INSERT INTO t VALUES (1)")
         await tx.execute("INSERT INTO nowhere VALUES (1)")
 
@@ -183,7 +184,7 @@ async def test_a_failing_body_is_rolled_back(conn):
 async def test_a_body_that_awaits_anything_else_is_refused_and_rolled_back(conn):
     """ops.py's contract: handlers await only their statements. One that
     suspends cannot run on the connection's thread: it fails the batch."""
-    async def body(tx: aiosqlite.Connection) -> None:
+    async def body(tx: Statements) -> None:
         await tx.execute("INSERT INTO t VALUES (1)")
         await asyncio.sleep(0)
 
@@ -194,5 +195,5 @@ async def test_a_body_that_awaits_anything_else_is_refused_and_rolled_back(conn)
     assert await _rows(conn) == [2]
 
 
-async def _insert_two(tx: aiosqlite.Connection) -> None:
+async def _insert_two(tx: Statements) -> None:
     await tx.execute("INSERT INTO t VALUES (2)")
