@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import shutil
 import statistics
@@ -35,22 +36,37 @@ def body(n: int, size: int) -> bytes:
 
 
 def instrument() -> dict[str, list[float]]:
-    """Time the writer's two steps: the record append (+ fdatasync) and the
-    index transaction (+ COMMIT), per batch."""
+    """Time the writer's steps per batch: in trees before the one-hop writer
+    the record append (+ fdatasync) and the index transaction (+ COMMIT) as
+    the loop sees them; since, the append and the whole hop (append +
+    transaction) on the writer connection's thread."""
     from mta.spool import writer
-    spent: dict[str, list[float]] = {"append": [], "transaction": []}
-    for name, key in (("_append", "append"), ("_transaction", "transaction")):
-        real = getattr(writer.Writer, name)
+    spent: dict[str, list[float]] = collections.defaultdict(list)
+    if hasattr(writer.Writer, "_append"):
+        for name, key in (("_append", "append"), ("_transaction", "transaction")):
+            real = getattr(writer.Writer, name)
 
-        def timed(*a, _real=real, _key=key):
-            async def go():
-                t0 = time.perf_counter()
-                try:
-                    return await _real(*a)
-                finally:
-                    spent[_key].append(time.perf_counter() - t0)
-            return go()
-        setattr(writer.Writer, name, timed)
+            def timed(*a, _real=real, _key=key):
+                async def go():
+                    t0 = time.perf_counter()
+                    try:
+                        return await _real(*a)
+                    finally:
+                        spent[_key].append(time.perf_counter() - t0)
+                return go()
+            setattr(writer.Writer, name, timed)
+        return spent
+    hop = writer._Hop
+    for name, key in (("_append", "append"), ("run", "append+transaction")):
+        real = getattr(hop, name)
+
+        def timed_sync(*a, _real=real, _key=key):
+            t0 = time.perf_counter()
+            try:
+                return _real(*a)
+            finally:
+                spent[_key].append(time.perf_counter() - t0)
+        setattr(hop, name, timed_sync)
     return spent
 
 
@@ -78,6 +94,8 @@ async def run(count: int, size: int, directory: str) -> None:
     print(f"enqueue C=1 size={size} n={count}: p50 {q[49]:.3f} ms  p90 {q[89]:.3f} ms  "
           f"p99 {q[98]:.3f} ms  mean {statistics.fmean(ms):.3f} ms  {count / wall:.0f}/s")
     for key, xs in spent.items():
+        if not xs:
+            continue
         xs = sorted(xs[50:])
         print(f"  {key}: p50 {xs[len(xs) // 2] * 1000:.3f} ms  p99 {xs[int(len(xs) * .99)] * 1000:.3f} ms  mean {statistics.fmean(xs) * 1000:.3f} ms")
     print(f"writer: {spool.stats}")
