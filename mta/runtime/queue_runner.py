@@ -98,6 +98,14 @@ class QueueRunner:
         self.wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # Something may be due that is not leased yet: set by a poke (new
+        # mail, an operator's flush), by a wait that ran to its deadline and
+        # by a lease that filled its request; cleared by one that did not.
+        # A delivery that ends does not set it, so the runner does not run an
+        # empty lease (a writer transaction) after each one (issue 12: at C=1
+        # that transaction queued before the next acceptance).
+        self._maybe_due = True
+        self._pokes = 0                     # a poke during a lease keeps _maybe_due
         self._main: asyncio.Task[None] | None = None
         self._leased: dict[tuple[str, int], Work] = {}
         self.after_write: Callable[[], None] = lambda: None   # e.g. wake webhook deliverers
@@ -150,6 +158,8 @@ class QueueRunner:
 
     def poke(self) -> None:
         """New mail was queued: look for due work now."""
+        self._maybe_due = True
+        self._pokes += 1
         self.wakeup.set()
 
     async def stop(self, timeout: float) -> None:
@@ -180,7 +190,8 @@ class QueueRunner:
     async def _run(self) -> None:
         while not self._stopping:
             try:
-                await self._refill()
+                if self._maybe_due:
+                    await self._refill()
                 decision = self.scheduler.next_batch(self.clock.now())
                 if isinstance(decision, Batch):
                     t = asyncio.create_task(self._deliver(decision))
@@ -193,6 +204,7 @@ class QueueRunner:
             except Exception:
                 # Storage trouble while leasing: keep the daemon alive, retry soon.
                 log.exception("event=queue_runner_error")
+                self._maybe_due = True
                 await asyncio.sleep(1.0)
 
     def _task_done(self, t: asyncio.Task[None]) -> None:
@@ -216,13 +228,18 @@ class QueueRunner:
         if timeout == 0.0:
             timeout = 0.05  # due but nothing leasable (e.g. window full): don't spin
         await wait_event(self.wakeup, min(timeout, IDLE_RECHECK))
+        if not self.wakeup.is_set():
+            self._maybe_due = True          # the deadline came: look again
 
     async def _refill(self) -> None:
         room = self.max_pending - self.scheduler.pending_count()
         if room <= 0:
             return
         now = self.clock.now()
-        items = await self.spool.lease_due(now, min(room, self.batch_size))
+        want, pokes = min(room, self.batch_size), self._pokes
+        items = await self.spool.lease_due(now, want)
+        if len(items) < want and pokes == self._pokes:
+            self._maybe_due = False         # nothing more was due when it looked
         if not items:
             return
         works, expired = [], []
