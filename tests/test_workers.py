@@ -253,3 +253,33 @@ def test_sigterm_to_the_whole_group_stops_everything_once(tmp_path):
     wait_for(lambda: not any(alive(p) for p in kids), 15, "the receivers to exit")
     log = d.log.read_text().split("event=stopping", 1)[1]
     assert "event=receiver_started" not in log and "event=receiver_exited" not in log, log
+
+
+def test_a_domain_added_while_running_reaches_the_receivers(tmp_path):
+    """`mta domain add` writes the store; the owner's periodic domain tick
+    (housekeeping DOMAINS_EVERY) re-reads it and tells the receivers, which
+    then sign that domain's mail (their DKIM keys are their own copies)."""
+    from mta.runtime.housekeeping import DOMAINS_EVERY
+    sink = Sink(tls=False).start_in_thread()
+    d = Daemon(tmp_path, routes={"*": f"127.0.0.1:{sink.address[1]}"})
+
+    async def submit(subject: str) -> None:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=d.port, timeout=20) as c:
+            await c.sendmail("a@example.com", ["b@example.org"],
+                             f"From: a@example.com\r\nSubject: {subject}\r\n\r\nhi\r\n".encode())
+
+    try:
+        asyncio.run(submit("before"))
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        out = subprocess.run([sys.executable, "-m", "mta", "domain", "add", "example.com",
+                              "--config", str(d.cfg)], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        time.sleep(DOMAINS_EVERY + 3)           # one tick of the owner's housekeeping
+        asyncio.run(submit("after"))
+        wait_for(lambda: len(sink.messages) == 2, 30, "both delivered")
+        signed = {m.data.split(b"Subject: ")[1].split(b"\r\n")[0]: b"DKIM-Signature:" in m.data
+                  for m in sink.messages}
+        assert signed == {b"before": False, b"after": True}, signed
+    finally:
+        assert d.stop() == 0, d.log.read_text()[-3000:]
+        sink.stop_in_thread()

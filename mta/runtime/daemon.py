@@ -174,9 +174,17 @@ class Daemon:
                         pause_after_failure=DSN_PAUSE_AFTER_FAILURE),
                     Job("reclaim", RECLAIM_EVERY, reclaim),
                     Job("prune", PRUNE_EVERY, prune),
-                    Job("domains", DOMAINS_EVERY, domains.tick)):
+                    Job("domains", DOMAINS_EVERY, self._domains_tick)):
             self.housekeeping.add(job)
         self.housekeeping.start()
+
+    async def _domains_tick(self) -> None:
+        """Re-read sending domains, run the DNS checks due, and have the
+        receiver processes re-read them too (their DKIM keys and states)."""
+        assert self.domains is not None
+        await self.domains.tick()
+        if self.receivers is not None:
+            self.receivers.refresh_domains()
 
     def _credentials(self, paths: StatePaths) -> Credentials:
         credentials = open_credentials(paths["credentials"])

@@ -11,8 +11,8 @@ Life
   1. the owner sends "config" (the Config in force, pickled: the owner's
      command line may have changed it); the receiver builds one listener per
      submission listener with the owner's seams (runtime/remote.py) and its
-     own DKIM keys and domain states (re-read every DOMAINS_EVERY seconds and
-     on each "config"), answers "ready";
+     own DKIM keys and domain states (re-read on "domains", sent after each
+     of the owner's domain ticks, and on each "config"), answers "ready";
   2. each connection passed is adopted by its listener (the owner admitted
      it); every message is committed by the owner before its 250;
   3. "stop" [grace], SIGTERM or SIGINT: the listeners stop (sessions inside
@@ -39,7 +39,6 @@ from mta.domains.service import DomainService
 from mta.policy.senders import SenderPolicy
 from mta.runtime.channel import Channel, open_channel, recv_fds
 from mta.runtime.domains import DomainCache
-from mta.runtime.housekeeping import DOMAINS_EVERY
 from mta.runtime.logs import event, setup_logging
 from mta.runtime.paths import state_paths
 from mta.runtime.remote import (ForwardingObserver, HandedGate, RemoteSpool, RemoteTurns,
@@ -106,7 +105,6 @@ class Receiver:
         self.domains = DomainCache(DomainService(cfg, resolver=resolver, clock=clock), clock,
                                    observer=observer)
         await self.domains.refresh()
-        self._spawn(self._refresh_domains())
         credentials = open_credentials(paths["credentials"])
         sender_policy = SenderPolicy(
             require_verified=cfg.policy.require_verified_domain and cfg.server.mode != "sandbox",
@@ -130,13 +128,11 @@ class Receiver:
         task.add_done_callback(self._tasks.discard)
 
     async def _refresh_domains(self) -> None:
-        while True:
-            await asyncio.sleep(DOMAINS_EVERY)
-            if self.domains is not None:
-                try:
-                    await self.domains.refresh()
-                except Exception as exc:
-                    event(log, "domains_refresh_failed", level=logging.WARNING, error=exc)
+        if self.domains is not None:
+            try:
+                await self.domains.refresh()
+            except Exception as exc:
+                event(log, "domains_refresh_failed", level=logging.WARNING, error=exc)
 
     # ---- from the owner -------------------------------------------------------
     def _notice(self, op: str, args: list[Any]) -> None:
@@ -146,6 +142,8 @@ class Receiver:
                 self._cfg.set_result(cfg)
             else:
                 self._spawn(self._reconfigure(cfg))
+        elif op == "domains":
+            self._spawn(self._refresh_domains())
         elif op == "stop":
             self._grace = float(args[0])
             self._stop.set()

@@ -21,6 +21,7 @@ API
                                      least busy receiver (SCM_RIGHTS)
     .reconfigure(cfg)                send the Config in force to every one
     .begin_stop()                    from now on a receiver that exits stays down
+    .refresh_domains()               every receiver re-reads domains and keys
     await .stop(grace)               "stop" to every one, wait for their exit
                                      (killed past grace + 5 s)
     .pids                            the live receivers' pids
@@ -209,6 +210,13 @@ class Receivers:
         for p in self._procs:
             if p.channel is not None and not p.channel.is_closed:
                 p.channel.notify("config", data)
+
+    def refresh_domains(self) -> None:
+        """Every receiver re-reads the sending domains and DKIM keys (after
+        the owner's periodic tick, which ran the DNS checks)."""
+        for p in self._procs:
+            if p.channel is not None and not p.channel.is_closed:
+                p.channel.notify("domains")
 
     def begin_stop(self) -> None:
         """The daemon is leaving (its signal handler): a receiver that exits
