@@ -40,6 +40,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def children(pid: int) -> list[int]:
+    """The daemon's receiver processes ([server] workers)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"mta.runtime.receiver" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    out.append(int(child))
+            except OSError:
+                continue
+    return out
+
+
 def status(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -144,6 +157,8 @@ capture_max_bytes = "{(args.n + 1) * (size + 65536)}"
                     break
                 time.sleep(0.2)
             peak = status(proc.pid)["VmHWM"]
+            kids = children(proc.pid)
+            kid_peaks = [status(k)["VmHWM"] for k in kids]
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -156,6 +171,10 @@ capture_max_bytes = "{(args.n + 1) * (size + 65536)}"
         print(f"  RSS before: {before / mib:.0f} MiB   peak RSS (VmHWM): {peak / mib:.0f} MiB   "
               f"growth: {(peak - before) / mib:.0f} MiB "
               f"({(peak - before) / (args.n * size):.2f} x the payload)")
+        if kid_peaks:
+            print(f"  receiver processes ({len(kid_peaks)}): peak RSS (VmHWM) "
+                  + ", ".join(f"{k / mib:.0f}" for k in kid_peaks)
+                  + f" MiB; all processes together at most {(peak + sum(kid_peaks)) / mib:.0f} MiB")
         print(f"  delivered byte-exact: {len(got & want)} of {args.n}"
               + (f"   client errors: {len(errors)}: {errors[:3]}" if errors else ""))
         return 0 if not errors and len(got & want) == args.n else 1
