@@ -132,6 +132,11 @@ def test_receivers_run_sessions_and_a_killed_one_is_restarted(tmp_path):
         # Counted in the owner's /metrics from the receivers' sessions.
         accepted = 'mta_messages_received_total{listener="submission",result="accepted"}'
         assert d.metric(accepted) == 40
+        received = [line for line in d.log.read_text().splitlines() if "event=received" in line]
+        assert len(received) == 40
+        # Each line says which receiver logged it; the load went to both.
+        assert {line.split()[2] for line in received} == {"mta.server@receiver-0",
+                                                          "mta.server@receiver-1"}
         victim = sorted(first)[0]
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: not alive(victim), 10, "the receiver to die")

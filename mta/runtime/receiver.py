@@ -4,8 +4,9 @@ One job: the per-message CPU work of submission (SMTP parsing, TLS, the
 password check, policy, header work, DKIM) in a process of its own, so the
 daemon uses every core (ARCHITECTURE §3). `mta serve` (the owner) starts
 `[server] workers` of these with `python -m mta.runtime.receiver RPC_FD
-PASS_FD`: RPC_FD is its Channel to the owner, PASS_FD the socket the owner
-passes accepted connections over (runtime/channel.py).
+PASS_FD INDEX`: RPC_FD is its Channel to the owner, PASS_FD the socket the
+owner passes accepted connections over (runtime/channel.py), INDEX its
+number, which its log lines carry (logger name `mta.server@receiver-INDEX`).
 
 Life
   1. the owner sends "config" (the Config in force, pickled: the owner's
@@ -53,7 +54,8 @@ log = logging.getLogger("mta.receiver")
 
 
 class Receiver:
-    def __init__(self, rpc_fd: int, pass_fd: int):
+    def __init__(self, rpc_fd: int, pass_fd: int, *, index: int = 0):
+        self.index = index
         self._rpc_sock = socket.socket(fileno=rpc_fd)
         self._pass = socket.socket(fileno=pass_fd)
         self._pass.setblocking(False)
@@ -97,6 +99,15 @@ class Receiver:
 
     async def _build(self, cfg: Config, channel: Channel) -> None:
         setup_logging(cfg.server.log_level)
+        tag = f"@receiver-{self.index}"
+
+        def tagged(record: logging.LogRecord) -> bool:
+            # The owner's and the receivers' lines share stderr: say whose.
+            if not record.name.endswith(tag):
+                record.name += tag
+            return True
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(tagged)
         loop = asyncio.get_running_loop()
         paths = state_paths(cfg)
         clock = SystemClock()
@@ -194,15 +205,16 @@ class Receiver:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: python -m mta.runtime.receiver RPC_FD PASS_FD (started by mta serve)",
+    if len(argv) != 4:
+        print("usage: python -m mta.runtime.receiver RPC_FD PASS_FD INDEX (started by mta serve)",
               file=sys.stderr)
         return 2
+    receiver = Receiver(int(argv[1]), int(argv[2]), index=int(argv[3]))
     try:
         import uvloop
-        uvloop.run(Receiver(int(argv[1]), int(argv[2])).run())
+        uvloop.run(receiver.run())
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(Receiver(int(argv[1]), int(argv[2])).run())
+        asyncio.run(receiver.run())
     return 0
 
 

@@ -150,7 +150,8 @@ class Receivers:
         try:
             p.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mta.runtime.receiver", str(rpc_child.fileno()),
-                str(fds_child.fileno()), pass_fds=(rpc_child.fileno(), fds_child.fileno()))
+                str(fds_child.fileno()), str(p.index),
+                pass_fds=(rpc_child.fileno(), fds_child.fileno()))
         finally:
             rpc_child.close()
             fds_child.close()
