@@ -6,7 +6,10 @@ verdict on the destination's health (docs/ARCHITECTURE.md §4, "two levels").
 
 Public API:
     SmtpTransport(hostname=, resolver=, connect_timeout=, command_timeout=)
-        await .deliver(destination, messages) -> DeliveryReport
+        await .deliver(destination, messages, *, on_settled=None) -> DeliveryReport
+            on_settled(queue_id, {rcpt index: outcome}) is called as each
+            message's transaction ends, so the caller can record it before
+            the next one (`reports_progress` says a transport does this)
         .reconfigure(cfg)     the [delivery] timeouts, for the next connections
         await .close()        QUIT the cached connections
     OutboundMessage, DeliveryReport   (mta.delivery.transport, re-exported)
@@ -45,7 +48,7 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiosmtplib
 from aiosmtplib import SMTPConnectResponseError, SMTPException, SMTPHeloError, SMTPResponseException
@@ -53,7 +56,7 @@ from aiosmtplib import SMTPConnectResponseError, SMTPException, SMTPHeloError, S
 from mta.core.envelope import Destination
 from mta.core.errors import PermFailure, TempFailure
 from mta.core.logfmt import event, fmt_value
-from mta.core.outcome import DestinationHealth
+from mta.core.outcome import DestinationHealth, RecipientOutcome
 from mta.core.reply import Reply
 from mta.delivery.mx import Hop, resolve_hops
 from mta.delivery.resolver import DnsTempError, NoRecords, NxDomain, Resolver
@@ -152,9 +155,13 @@ class SmtpTransport:
                     session.expiry.cancel()
                 await session.quit()
 
-    async def deliver(self, destination: Destination,
-                      messages: Sequence[OutboundMessage]) -> DeliveryReport:
-        settlement = Settlement(messages)
+    # deliver() takes on_settled: each message's outcomes as its transaction ends.
+    reports_progress = True
+
+    async def deliver(self, destination: Destination, messages: Sequence[OutboundMessage], *,
+                      on_settled: Callable[[str, dict[int, RecipientOutcome]], None] | None = None
+                      ) -> DeliveryReport:
+        settlement = Settlement(messages, on_settled)
         try:
             health = await self._deliver(destination, list(messages), settlement)
         except Exception:
@@ -259,7 +266,7 @@ class SmtpTransport:
                     return False
                 raise
             reused = False
-            pending.pop(0)
+            settlement.done(pending.pop(0))
         return True
 
     async def _open(self, destination: Destination, hops: list[Hop]

@@ -24,7 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiosmtplib import SMTPResponseException
@@ -50,8 +50,18 @@ class Peer:
 class Settlement:
     """Who has an outcome yet. Pure bookkeeping, no I/O."""
 
-    def __init__(self, messages: Sequence[OutboundMessage]):
+    def __init__(self, messages: Sequence[OutboundMessage],
+                 on_done: Callable[[str, dict[int, RecipientOutcome]], None] | None = None):
         self.outcomes: dict[str, dict[int, RecipientOutcome]] = {m.queue_id: {} for m in messages}
+        self._on_done = on_done
+
+    def done(self, msg: OutboundMessage) -> None:
+        """`msg`'s transaction is over: every recipient of it has its outcome
+        of this attempt; tell `on_done(queue_id, {rcpt index: outcome})` so the
+        caller can record them before the next transaction (issue 12)."""
+        if self._on_done is not None:
+            got = self.outcomes[msg.queue_id]
+            self._on_done(msg.queue_id, {i: got[i] for i, _ in msg.recipients if i in got})
 
     def settle(self, msg: OutboundMessage, idx: int, fate: RecipientFate, reply: Reply,
                peer: Peer) -> None:

@@ -32,7 +32,7 @@ message's index row, read with the body by Spool.delivery_body).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +40,7 @@ from mta.core.envelope import Destination
 from mta.core.outcome import DestinationHealth, RecipientOutcome
 
 __all__ = ["OutboundMessage", "DeliveryReport", "Body", "BodySource", "Transport",
+           "ProgressTransport", "OnSettled",
            "TransportConfig", "TransportSettings"]
 
 
@@ -112,3 +113,19 @@ class Transport(Protocol):
 
     async def close(self) -> None:
         """Let go of what is kept between deliveries (daemon shutdown)."""
+
+
+
+OnSettled = Callable[[str, dict[int, RecipientOutcome]], None]
+
+
+class ProgressTransport(Protocol):
+    """A transport that reports each message's outcomes as its transaction
+    ends (`reports_progress` is True), so the runner records them before the
+    next one: SmtpTransport."""
+
+    reports_progress: bool
+
+    async def deliver(self, destination: Destination, messages: Sequence[OutboundMessage], *,
+                      on_settled: OnSettled | None = None) -> DeliveryReport:
+        """As Transport.deliver, calling on_settled(queue_id, outcomes) per message."""

@@ -46,13 +46,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 from mta.config import Config
 from mta.core import (Clock, DestinationHealth, Observer, PermFailure, QueuedRecipient,
                       RecipientOutcome, RecipientUpdate, TempFailure)
 from mta.core.envelope import AddressOutcome, Destination
 from mta.core.logfmt import event
-from mta.delivery.transport import OutboundMessage, Transport
+from mta.delivery.transport import OnSettled, OutboundMessage, ProgressTransport, Transport
 from mta.mail.bounces.classify import classify
 from mta.mail.dsn import recipient_status
 from mta.mail.verp import VerpCodec
@@ -283,25 +284,46 @@ class QueueRunner:
         t0 = time.monotonic()
         dest = batch.destination
         messages = await self.outbound.messages(batch)
-        outcomes, health = await self._send(dest, messages)
+        works = {(w.item.queue_id, w.item.rcpt_idx): w for group in batch.messages for w in group}
+        early: list[asyncio.Future[None]] = []
+
+        def on_settled(qid: str, outcomes: dict[int, RecipientOutcome]) -> None:  # OnSettled
+            # Recorded as each transaction ends, not when the whole batch has
+            # (up to max_messages_per_connection): a crash then re-sends at
+            # most the transaction in flight, not the batch (issue 12).
+            done = [works.pop((qid, i)) for i in outcomes if (qid, i) in works]
+            if done:
+                attempt = Attempt(started=started, duration=time.monotonic() - t0,
+                                  now=self.clock.now())
+                early.append(asyncio.ensure_future(self._record_settled(
+                    [self._settle(w.item, outcomes[w.item.rcpt_idx], attempt, dest)
+                     for w in done])))
+
+        outcomes, health = await self._send(dest, messages, on_settled)
         now = self.clock.now()
         elapsed = time.monotonic() - t0
         self.observer.attempt_finished(elapsed, dest.kind, health.value)
         attempt = Attempt(started=started, duration=elapsed, now=now)
-        settled = [self._settle(w.item, outcomes.get(w.item.queue_id, {}).get(w.item.rcpt_idx),
-                                attempt, dest)
-                   for group in batch.messages for w in group]
-        addresses = [s.address for s in settled if s.address is not None]
-        if await self._record([s.update for s in settled], addresses):
-            for s in settled:
-                self.observer.recipient_outcome(s.outcome, s.klass)
+        await self._record_settled([
+            self._settle(w.item, outcomes.get(qid, {}).get(idx), attempt, dest)
+            for (qid, idx), w in works.items()])
+        await asyncio.gather(*early)
         handed_back = self.scheduler.complete(batch, health, now)
         if handed_back:
             # A long pause: don't hold that destination's waiting work in
             # memory; it goes back to the spool, due when the pause ends.
             await self.put_back(handed_back, self.scheduler.pause_until(dest.name) or now)
 
-    async def _send(self, dest: Destination, messages: list[OutboundMessage]
+    async def _record_settled(self, settled: list[Settlement]) -> None:
+        if not settled:
+            return
+        addresses = [s.address for s in settled if s.address is not None]
+        if await self._record([s.update for s in settled], addresses):
+            for s in settled:
+                self.observer.recipient_outcome(s.outcome, s.klass)
+
+    async def _send(self, dest: Destination, messages: list[OutboundMessage],
+                    on_settled: OnSettled | None = None
                     ) -> tuple[Mapping[str, Mapping[int, RecipientOutcome]], DestinationHealth]:
         """The transport's outcomes, or the same verdict for every recipient
         when it raised (policy.outcomes.destination_verdict)."""
@@ -309,7 +331,11 @@ class QueueRunner:
         try:
             if transport is None:
                 raise RuntimeError("a sandbox destination without a sandbox transport")
-            report = await transport.deliver(dest, messages)
+            if on_settled is not None and getattr(transport, "reports_progress", False):
+                progress = cast(ProgressTransport, transport)
+                report = await progress.deliver(dest, messages, on_settled=on_settled)
+            else:
+                report = await transport.deliver(dest, messages)
             return report.outcomes, report.health
         except Exception as exc:
             if not isinstance(exc, (PermFailure, TempFailure)):   # not a DNS verdict: a bug
