@@ -40,11 +40,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,19 +159,6 @@ def postfix_running(site: Site) -> bool:
         ["postfix", "-c", str(etc), "status"], capture_output=True).returncode == 0
 
 
-def wait_port(port: int, daemon: subprocess.Popen[bytes], log: Path,
-              timeout: float = 60) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if daemon.poll() is not None:
-            sys.exit(f"bench: mta serve exited ({daemon.returncode}); see {log}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    sys.exit(f"bench: nothing listens on 127.0.0.1:{port}")
-
-
 def harness(site: Site, script: str, *args: str, check: bool = True) -> None:
     """Run one of the harness's scripts for this profile (its output: not ours)."""
     subprocess.run([str(site.bench / script), *args], cwd=site.bench, env=site.env,
@@ -197,7 +182,7 @@ def running(site: Site, tmp: Path, postfix: bool, workers: int | None) -> Iterat
         cmd, env = benchlib.mta_command(ROOT, "serve", "--config", str(state / "mta.toml"))
         daemon = subprocess.Popen([str(site.bench / "cgexec.sh"), site.mta_cgroup, *cmd], env=env,
                                   stderr=open(state / "mta.log", "wb"), start_new_session=True)
-        wait_port(site.mta_port, daemon, state / "mta.log")
+        benchlib.wait_listen(site.mta_port, daemon, f"mta serve (see {state / 'mta.log'})")
         benchlib.wait_http(f"http://127.0.0.1:{site.admin_port}/readyz", timeout=60,
                            token=ADMIN_TOKEN)
         yield

@@ -34,7 +34,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -200,17 +199,6 @@ concurrency_per_destination = {concurrency}
 """
 
 
-def wait_listen(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    for _ in range(600):
-        if proc.poll() is not None:
-            sys.exit(f"bench_million: {what} exited ({proc.returncode})")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    sys.exit(f"bench_million: {what} does not listen on 127.0.0.1:{port}")
-
-
 def watch(daemon: subprocess.Popen[bytes], ctl: int, n: int, stall: float) -> list[Sample]:
     """Samples ten times a second until the sink has `n` or nothing moves for `stall` s."""
     samples = [sample(daemon.pid, ctl)]
@@ -305,7 +293,7 @@ def main() -> int:
                             stdout=subprocess.DEVNULL, stderr=open(tmp / "sink.log", "wb"))
     daemon = None
     try:
-        wait_listen(sink_port + 1, sink, "sink.py")
+        benchlib.wait_listen(sink_port + 1, sink, "sink.py")
         benchlib.sink_stats(sink_port + 1, "RESET")
         started = time.time()
         cmd, env = benchlib.mta_command(ROOT, "serve", "--config", str(tmp / "mta.toml"))

@@ -64,6 +64,22 @@ def mta_command(root: Path, *args: str) -> tuple[list[str], dict[str, str]]:
     return [str(root / ".venv" / "bin" / "python"), "-m", "mta", *args], env
 
 
+def wait_listen(port: int, proc: subprocess.Popen[bytes], what: str,
+                timeout: float = 60.0) -> None:
+    """Until something listens on 127.0.0.1:`port`, or exit (naming `what`)
+    when `proc` exits first or the time is up."""
+    prog = Path(sys.argv[0]).stem
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            sys.exit(f"{prog}: {what} exited ({proc.returncode})")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    sys.exit(f"{prog}: {what} does not listen on 127.0.0.1:{port}")
+
+
 def wait_http(url: str, timeout: float = 30.0, token: str | None = None) -> None:
     """Until `url` answers 2xx (the daemon's /healthz, or /readyz with the
     admin `token`), or exit."""
