@@ -249,6 +249,14 @@ class Writer:
                 size += op.payload.size
         return batch, False
 
+    def _failed(self, ops: list[_Op], exc: BaseException, doing: str, name: str) -> None:
+        """A step of the hop failed: log it once, fail its ops (StorageError)."""
+        err = storage_error(exc, doing)
+        event(log, name, logging.ERROR, error=err)
+        self._stats.failed_batches += 1
+        for op in ops:
+            _fail(op, err)
+
     async def _commit(self, batch: list[_Op]) -> None:
         stats = self._stats
         stats.batches += 1
@@ -258,19 +266,13 @@ class Writer:
         hop = _Hop(batch, self._store, self._rules)
         await on_thread(self._conn, hop.run, raw_connection(self._conn))
         if hop.append_error is not None:
-            err = storage_error(hop.append_error, "writing message bodies")
-            event(log, "spool_write_failed", logging.ERROR, error=err)
-            stats.failed_batches += 1
-            for op in hop.enqueues:
-                _fail(op, err)
+            self._failed(hop.enqueues, hop.append_error, "writing message bodies",
+                         "spool_write_failed")
         elif hop.enqueues:
             stats.fsyncs += 1
         if hop.txn_error is not None:
-            err = storage_error(hop.txn_error, "committing the spool index")
-            event(log, "spool_commit_failed", logging.ERROR, error=err)
-            stats.failed_batches += 1
-            for op in hop.db_ops:
-                _fail(op, err)
+            self._failed(hop.db_ops, hop.txn_error, "committing the spool index",
+                         "spool_commit_failed")
         elif hop.db_ops:
             stats.commits += 1
             self.wal.committed()
