@@ -23,16 +23,26 @@ if [ "${1:-}" = test ]; then
     # and opendkim-testmsg (DKIM signatures), Sisimai (our DSNs must parse
     # there too) and promtool from Debian's prometheus package (`promtool
     # check metrics` on /metrics), systemd-analyze from Debian's systemd
-    # package (verifies systemd/mta.service). Root only; the tests that need them say
-    # why they skip when they are missing.
+    # package (verifies systemd/mta.service), and Node.js with npm (the official
+    # Resend Node SDK is a test client of the sending API). Root only; the tests
+    # that need them say why they skip when they are missing.
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
        { ! perl -MMail::DKIM::Verifier -MSisimai -e1 >/dev/null 2>&1 ||
          ! command -v opendkim-testmsg >/dev/null ||
          ! command -v promtool >/dev/null ||
-         ! command -v systemd-analyze >/dev/null; }; then
+         ! command -v systemd-analyze >/dev/null ||
+         ! command -v node >/dev/null || ! command -v npm >/dev/null; }; then
         apt-get update -qq
+        # Node.js only when missing: a machine may carry a newer one than
+        # Debian's (e.g. NodeSource's, which bundles npm and conflicts with
+        # Debian's npm package).
+        node_pkgs=
+        if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+            node_pkgs="nodejs npm"
+        fi
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            libmail-dkim-perl libsisimai-perl opendkim-tools prometheus systemd >/dev/null
+            libmail-dkim-perl libsisimai-perl opendkim-tools prometheus systemd \
+            $node_pkgs >/dev/null
         # We only want promtool: on a host running systemd the package also
         # enables a Prometheus server; switch it off again.
         if [ -d /run/systemd/system ]; then
@@ -40,6 +50,13 @@ if [ "${1:-}" = test ]; then
         fi
     fi
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+    # The Resend Node SDK, at the version package-lock.json pins (its tests
+    # skip, saying why, when this could not run).
+    if ! command -v npm >/dev/null; then
+        echo "setup: npm is missing; the Resend Node SDK tests will skip" >&2
+    elif ! (cd tests/sdk/node && npm ci --silent --no-audit --no-fund); then
+        echo "setup: npm ci failed in tests/sdk/node; the Resend Node SDK tests will skip" >&2
+    fi
 else
     .venv/bin/python -m pip install -q --disable-pip-version-check -e .
 fi
