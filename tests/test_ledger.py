@@ -57,7 +57,7 @@ def test_vocabulary_matches_the_config_one():
     from mta.config.sections import EVENT_TYPES as CONFIG_TYPES
     assert EVENT_TYPES == CONFIG_TYPES
     move_events = {m.event for m in OPERATOR_MOVES.values() if m.event is not None}
-    assert move_events == {"held", "released", "bounced", "deleted"}
+    assert move_events == {"held", "released", "bounced", "deleted", "rescheduled"}
     assert set(ledger_sql.EVENT_OF_STATE.values()) | move_events <= set(EVENT_TYPES)
     with pytest.raises(ValueError):
         LedgerEvent("sent", T0)

@@ -12,13 +12,14 @@ from mta.config.checks import file_errors, placeholder_warnings
 from mta.config.loader import (DEFAULT_CONFIG, EMBEDDED_DEFAULT, EMBEDDED_SOURCE,
                                config_as_dict, config_path, load_config, parse_config,
                                render_config, with_listen)
-from mta.config.sections import (EVENT_TYPES, ROUTES_LIVE, AdminConfig, BouncesConfig, Config,
+from mta.config.sections import (EVENT_TYPES, ROUTES_LIVE, AdminConfig, ApiConfig, BouncesConfig,
+                                 Config,
                                  DeliveryConfig, DnsConfig, DomainsConfig, LedgerConfig,
                                  ListenerConfig, PolicyConfig, ServerConfig, SuppressionConfig,
                                  WebhookConfig, live_keys)
 
 __all__ = ["live_keys", "ROUTES_LIVE", "EVENT_TYPES", "LedgerConfig", "WebhookConfig",
-           "AdminConfig", "BouncesConfig", "SuppressionConfig", "EMBEDDED_DEFAULT",
+           "AdminConfig", "ApiConfig", "BouncesConfig", "SuppressionConfig", "EMBEDDED_DEFAULT",
            "config_as_dict", "load_config", "parse_config", "render_config",
            "Config", "DeliveryConfig", "DnsConfig", "DomainsConfig", "ListenerConfig",
            "PolicyConfig", "ServerConfig", "DEFAULT_CONFIG", "EMBEDDED_SOURCE", "config_path",

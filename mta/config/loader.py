@@ -49,6 +49,9 @@ name = "submission"
 address = "127.0.0.1:2525"
 role = "submission"
 tls = "starttls"
+
+[api]
+address = "127.0.0.1:8080"
 """
 
 
@@ -143,10 +146,26 @@ def _cross_checks(cfg: Config) -> list[str]:
     if cfg.admin.token is not None and len(cfg.admin.token) < 16:
         errors.append("admin.token: use at least 16 characters")
     errors.extend(_webhook_checks(cfg))
+    errors.extend(_api_checks(cfg))
     addrs = [lst.address for lst in cfg.listeners]
     for a in set(addrs):
         if addrs.count(a) > 1:
             errors.append(f"listeners: address {a} is used by more than one listener")
+    return errors
+
+
+def _api_checks(cfg: Config) -> list[str]:
+    api, errors = cfg.api, []
+    if (api.cert is None) != (api.key is None):
+        errors.append("api: set both cert and key, or neither")
+    if (api.address is not None and api.cert is None and not api.behind_tls_proxy
+            and not _is_loopback(host_of(api.address))):
+        errors.append(f"api.address: {api.address} is not a loopback address, so the API "
+                      "needs TLS: set api.cert and api.key, or api.behind_tls_proxy = true "
+                      "when a TLS proxy sits in front (API keys must never cross a network "
+                      "in clear)")
+    if api.address is not None and cfg.admin.enabled and api.address == cfg.admin.address:
+        errors.append(f"api.address: {api.address} is the admin API's address")
     return errors
 
 

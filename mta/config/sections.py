@@ -23,7 +23,7 @@ from mta.core.envelope import EVENT_TYPES  # what [[webhooks]] events may name
 
 __all__ = ["EVENT_TYPES", "SECTIONS", "ARRAYS", "Config", "ServerConfig", "ListenerConfig",
            "DeliveryConfig", "DnsConfig", "DomainsConfig", "PolicyConfig", "BouncesConfig",
-           "SuppressionConfig", "AdminConfig", "LedgerConfig", "WebhookConfig", "MiB",
+           "SuppressionConfig", "AdminConfig", "ApiConfig", "LedgerConfig", "WebhookConfig", "MiB",
            "live_keys", "ROUTES_LIVE"]
 
 MiB = 1024 * 1024
@@ -205,6 +205,28 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class ApiConfig:
+    """The public sending API (Resend-compatible; issue 13)."""
+    address: str | None = K(None, "\"host:port\" of the sending HTTP API (unset: off; the "
+                            "embedded sandbox default serves it on 127.0.0.1:8080)",
+                            HOSTPORT, optional=True)
+    cert: str | None = K(None, "PEM certificate chain path: serve the API over HTTPS",
+                         STR, optional=True)
+    key: str | None = K(None, "PEM private key path (with cert)", STR, optional=True)
+    behind_tls_proxy: bool = K(False, "the API sits behind a TLS-terminating proxy: allows a "
+                               "non-loopback address without cert/key", BOOL)
+    rate_limit: int = L(10, "requests per second per API key (a key may set its own)", INT,
+                        min=1, max=1_000_000)
+    max_request_size: int = L(40 * MiB, "largest request body (JSON, attachments "
+                              "base64-encoded included); larger: 413", SIZE,
+                              min=64 * 1024, max=1024 * MiB)
+    max_recipients: int = L(50, "to + cc + bcc of one email", INT, min=1, max=1000)
+    attachment_hosts: tuple[str, ...] = L((), "hosts an attachment `path` URL may name "
+                                          "(fetched over HTTPS); empty: remote attachments "
+                                          "are refused", STR_LIST, max=64)
+
+
+@dataclass(frozen=True)
 class LedgerConfig:
     retention: float = K(30 * 86400.0, "events older than this are pruned (in small batches)",
                          DURATION, min=3600, max=10 * 365 * 86400)
@@ -244,6 +266,7 @@ class Config:
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     suppression: SuppressionConfig = field(default_factory=SuppressionConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     webhooks: tuple[WebhookConfig, ...] = ()
     # domain → "host:port"; "*" routes every domain (a smarthost)
@@ -254,7 +277,8 @@ class Config:
 # The single-table sections, in the order `mta config check` prints them.
 SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig,
             "domains": DomainsConfig, "policy": PolicyConfig, "bounces": BouncesConfig,
-            "suppression": SuppressionConfig, "admin": AdminConfig, "ledger": LedgerConfig}
+            "suppression": SuppressionConfig, "admin": AdminConfig, "api": ApiConfig,
+            "ledger": LedgerConfig}
 # The [[array]] sections: key → the class of each table.
 ARRAYS = {"listeners": ListenerConfig, "webhooks": WebhookConfig}
 

@@ -106,9 +106,11 @@ class QueuedRecipient:
     domain: str
     sender: str           # "" for the null reverse path
     attempts: int         # attempts made before this one
-    received_at: float
+    received_at: float    # its queue lifetime starts here: acceptance, or the
+                          # scheduled time of a scheduled send (issue 13)
     next_attempt: float
     size: int = 0
+    test: bool = False    # a test key's message: captured, never delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +187,8 @@ class AddressOutcome:
 
 # The ledger's vocabulary (a public interface: README, webhooks, admin API).
 EVENT_TYPES = ("received", "rejected", "suppressed", "queued", "deferred", "delivered",
-               "bounced", "expired", "complained", "held", "released", "deleted", "dsn_sent")
+               "bounced", "expired", "complained", "held", "released", "deleted", "dsn_sent",
+               "rescheduled")
 
 
 @dataclass(frozen=True, slots=True)

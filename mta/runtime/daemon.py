@@ -208,7 +208,8 @@ class Daemon:
         assert self.spool is not None
         return QueueRunner(
             spool=self.spool, scheduler=scheduler, transport=transport,
-            sandbox_transport=SandboxTransport(str(paths["sandbox"])) if sandbox else None,
+            # Always: a test key's mail is captured there in every mode (issue 13).
+            sandbox_transport=SandboxTransport(str(paths["sandbox"])),
             retry=RetryPolicy.from_config(d), clock=self.clock, routes=cfg.routes,
             sandbox=sandbox, mx_port=d.smtp_port, hostname=cfg.server.hostname,
             batch_size=d.batch_size, delay_warning_after=d.delay_warning_after,

@@ -249,7 +249,8 @@ class QueueRunner:
                 expired.append(expired_unattempted(it, now))
                 event(log, "expired", id=it.queue_id, rcpt=it.address, attempts=it.attempts)
                 continue
-            dest = destination_for(it.domain, self.routes, sandbox=self.sandbox,
+            # A test key's message is captured, never delivered (issue 13).
+            dest = destination_for(it.domain, self.routes, sandbox=self.sandbox or it.test,
                                    mx_port=self.mx_port)
             w = Work(it, dest)
             self._leased[(it.queue_id, it.rcpt_idx)] = w

@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,15 @@ class NewMessage:
     # spool scans the whole body (body_flags).
     ascii: bool | None = None
     dot_lines: bool | None = None
+    # The sending API (issue 13). `detail`: extra keys of the `received`
+    # event (tags, the API key, a request fingerprint …; JSON values; the
+    # spool's own keys win). `test`: a test key's message — captured, never
+    # delivered (the runner routes it to the capture transport). `not_before`:
+    # a scheduled send — every recipient is first due then, and its queue
+    # lifetime and delay warnings count from then.
+    detail: Mapping[str, Any] | None = None
+    test: bool = False
+    not_before: float | None = None
 
 
 @dataclass(frozen=True)
@@ -154,9 +164,14 @@ def pending_message(msg: NewMessage, now: float, *, dsn_for: DsnMark | None = No
     body = bytes(msg.body)
     ascii, dot_lines = body_flags(body, msg.tail, ascii=msg.ascii, dot_lines=msg.dot_lines)
     size = len(body) + (msg.tail.length if msg.tail is not None else 0)
-    detail: dict[str, Any] = {"sender": msg.sender, "recipients": len(msg.recipients),
+    detail: dict[str, Any] = dict(msg.detail or {})
+    detail.update({"sender": msg.sender, "recipients": len(msg.recipients),
                               "size": size, "listener": msg.listener,
-                              "client_ip": msg.client_ip}
+                   "client_ip": msg.client_ip})
+    if msg.test:
+        detail["test"] = True
+    if msg.not_before is not None:
+        detail["scheduled_at"] = msg.not_before
     message_id = _message_id(body)
     if message_id:
         detail["message_id"] = message_id
@@ -171,7 +186,8 @@ def pending_message(msg: NewMessage, now: float, *, dsn_for: DsnMark | None = No
         is_dsn=msg.is_dsn, dsn_for=dsn_for.queue_id if dsn_for is not None else None,
         dsn_mark=mark, suppressed=suppressed, received_detail=json.dumps(detail),
         idempotency_key=msg.idempotency_key, idempotency_window=float(idempotency_window),
-        tail=msg.tail, ascii=ascii, dot_lines=dot_lines)
+        tail=msg.tail, ascii=ascii, dot_lines=dot_lines, test=msg.test,
+        not_before=msg.not_before)
 
 
 async def insert(txn: Txn, placed: list[Placed]) -> list[str]:
@@ -216,7 +232,7 @@ class _Rows:
         cred, at = m.credential or "", m.received_at
         self.messages.append((m.queue_id, m.sender, at, p.length, p.segment, p.offset, p.length,
                               m.credential, m.listener, m.client_ip, int(m.is_dsn), m.dsn_for,
-                              m.ascii, m.dot_lines))
+                              m.ascii, m.dot_lines, int(m.test), m.not_before))
         self.received.append((at, "received", m.queue_id, "", cred, m.received_detail))
         why = dict(m.suppressed)
         for idx, address in enumerate(m.recipients):
@@ -224,7 +240,8 @@ class _Rows:
             if idx in why:
                 self.suppressed.append((m.queue_id, idx, address, domain, at, why[idx], at))
             else:
-                self.recipients.append((m.queue_id, idx, address, domain, at, at))
+                self.recipients.append((m.queue_id, idx, address, domain,
+                                        at if m.not_before is None else m.not_before, at))
         if why:
             self.touched.add(m.queue_id)   # all suppressed → done (and body dead) at once
         if m.dsn_mark is not None:

@@ -53,7 +53,8 @@ from mta.spool import queue_sql
 DEFERRED = "deferred"
 FILTER_STATES = frozenset(queue_sql.ALL_STATES) | {DEFERRED}
 
-_MESSAGE_COLS = "m.id, m.sender, m.received_at, m.size, m.credential, m.is_dsn, m.done"
+_MESSAGE_COLS = ("m.id, m.sender, m.received_at, m.size, m.credential, m.is_dsn, m.done, "
+                 "m.test, m.not_before")
 
 # The parameters of the SQL built here, in placeholder order.
 SqlParams = list[str | int | float | None]

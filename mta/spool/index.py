@@ -70,7 +70,11 @@ CREATE TABLE IF NOT EXISTS messages (
     -- 1/0, NULL = not known (a row from before issue 12: delivery looks):
     -- every byte 7-bit; some line starts with ".".
     body_ascii  INT,
-    body_dots   INT
+    body_dots   INT,
+    -- The sending API (issue 13): a test key's message (captured, never
+    -- delivered); a scheduled send's time (NULL: none).
+    test        INT  NOT NULL DEFAULT 0,
+    not_before  REAL
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS recipients (
@@ -207,6 +211,8 @@ CREATE TABLE IF NOT EXISTS soft_failures (
 SQL_ADD_ATTEMPT_DETAIL = "ALTER TABLE attempts ADD COLUMN detail TEXT NOT NULL DEFAULT ''"
 SQL_ADD_BODY_FLAGS = ("ALTER TABLE messages ADD COLUMN body_ascii INT",
                       "ALTER TABLE messages ADD COLUMN body_dots INT")
+SQL_ADD_API_COLUMNS = ("ALTER TABLE messages ADD COLUMN test INT NOT NULL DEFAULT 0",
+                       "ALTER TABLE messages ADD COLUMN not_before REAL")
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -272,6 +278,9 @@ async def connect(path: str | os.PathLike[str], *, reader: bool = False) -> aios
             cols = {r[1] for r in await conn.execute_fetchall("PRAGMA table_info(messages)")}
             if "body_ascii" not in cols:
                 for sql in SQL_ADD_BODY_FLAGS:
+                    await conn.execute(sql)
+            if "test" not in cols:                  # before issue 13
+                for sql in SQL_ADD_API_COLUMNS:
                     await conn.execute(sql)
             # Older indexes left failed recipients of DSNs and null-sender
             # messages at dsn_state '': mark them (a no-op walk of the

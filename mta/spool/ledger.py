@@ -14,6 +14,7 @@ API:
     await ledger.event_payloads_after(after_seq, limit, *, types=None,
                                       credential=None) -> [(seq, bytes)]
     await ledger.message_events(queue_id) -> [EventView];  await ledger.last_event_seq() -> int
+    await ledger.idempotent_id(credential, key) -> (queue id, created) | None
     await ledger.prune_events(before, batch=1000) / prune_idempotency(before, batch=1000) -> n
     await ledger.webhook_state(name) -> dict | None;  await ledger.webhook_states() -> [dict]
     await ledger.set_webhook_state(name, *, cursor=None, failing_since=UNSET, …)
@@ -143,6 +144,11 @@ class Ledger:
         """Every event of one message, in seq order (the `queue show` timeline)."""
         return await self._read(_message_events, queue_id)
 
+    async def idempotent_id(self, credential: str, key: str) -> tuple[str, float] | None:
+        """(queue id, created) an Idempotency-Key made for `credential`
+        (expired or not: the caller checks the window), or None."""
+        return await self._read(_idempotent_id, credential, key)
+
     async def last_event_seq(self) -> int:
         """The newest seq ever committed (0 when none); pruning never lowers it."""
         return await self._read(_last_event_seq)
@@ -222,6 +228,12 @@ async def _payloads_after(conn: aiosqlite.Connection, after: int, limit: int,
 
 async def _message_events(conn: aiosqlite.Connection, queue_id: str) -> list[EventView]:
     return [_event(r) for r in await fetchall(conn, ledger_sql.SQL_MESSAGE_EVENTS, (queue_id,))]
+
+
+async def _idempotent_id(conn: aiosqlite.Connection, credential: str,
+                         key: str) -> tuple[str, float] | None:
+    rows = await fetchall(conn, ledger_sql.SQL_IDEMPOTENCY_GET, (credential, key))
+    return (str(rows[0][0]), float(rows[0][1])) if rows else None
 
 
 async def _last_event_seq(conn: aiosqlite.Connection) -> int:

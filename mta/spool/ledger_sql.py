@@ -155,6 +155,7 @@ def set_webhook_sql(fields: tuple[str, ...]) -> str:
 SQL_IDEMPOTENCY_LOOKUP = (
     "SELECT i.credential, i.key, i.queue_id, i.created FROM (VALUES {pairs}) AS v "
     "JOIN idempotency i ON i.credential = v.column1 AND i.key = v.column2")
+SQL_IDEMPOTENCY_GET = "SELECT queue_id, created FROM idempotency WHERE credential = ? AND key = ?"
 # An expired key (still present, not yet pruned) is replaced.
 SQL_IDEMPOTENCY_PUT = (
     "INSERT INTO idempotency (credential, key, queue_id, created) VALUES (?, ?, ?, ?) "

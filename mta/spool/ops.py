@@ -67,6 +67,8 @@ class PendingMessage:
     # delivery need not look again; None: not known (an older record), look.
     ascii: bool | None = None             # every byte 7-bit
     dot_lines: bool | None = None         # some line starts with "."
+    test: bool = False                    # a test key's message: captured, never delivered
+    not_before: float | None = None       # a scheduled send: first due then
 
     @property
     def size(self) -> int:
@@ -100,10 +102,11 @@ class AsyncReport:
 @dataclass(frozen=True, slots=True)
 class SteerOp:
     """An operator move (steering.OPERATOR_MOVES) of the recipients a filter selects."""
-    action: str                 # hold | release | retry | bounce | delete
+    action: str                 # hold | release | retry | bounce | delete | reschedule
     filter: MessageFilter
     now: float
     reply: str | None = None    # bounce: the wire reply the DSN will quote
+    at: float | None = None     # reschedule: when the recipients are due
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,8 +60,8 @@ SQL_MARK_NO_DSN_OWED = (
 
 SQL_INSERT_MESSAGE = (
     'INSERT INTO messages (id, sender, received_at, size, segment, "offset", length, '
-    "credential, listener, client_ip, is_dsn, done, body_live, dsn_for, body_ascii, body_dots) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?, ?)")
+    "credential, listener, client_ip, is_dsn, done, body_live, dsn_for, body_ascii, body_dots, "
+    "test, not_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?, ?, ?, ?)")
 
 SQL_INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, rcpt_idx, address, domain, state, attempts, "
@@ -81,7 +81,7 @@ SQL_MARK_DELAY_SENT = ("UPDATE recipients SET dsn_state = 'delay_sent' "
 
 SQL_LEASE_SELECT = (
     "SELECT r.message_id, r.rcpt_idx, r.address, r.domain, m.sender, r.attempts, "
-    "m.received_at, r.next_attempt, m.size "
+    "MAX(m.received_at, IFNULL(m.not_before, 0)), r.next_attempt, m.size, m.test "
     "FROM recipients r JOIN messages m ON m.id = r.message_id "
     "WHERE r.state = 'queued' AND r.leased = 0 AND r.next_attempt <= ? "
     "ORDER BY r.next_attempt LIMIT ?")
@@ -133,6 +133,10 @@ _OP_KEY = "WHERE message_id = ? AND rcpt_idx = ? AND leased = 0"
 SQL_OP_HOLD = f"UPDATE recipients SET state = 'held', updated_at = ? {_OP_KEY} AND state = 'queued'"
 SQL_OP_RELEASE = ("UPDATE recipients SET state = 'queued', next_attempt = ?, updated_at = ? "
                   f"{_OP_KEY} AND state = 'held'")
+# A scheduled send moved (issue 13): due then, and its lifetime counts from then.
+SQL_OP_RESCHEDULE = (f"UPDATE recipients SET next_attempt = ?, updated_at = ? {_OP_KEY} "
+                     "AND state = 'queued'")
+SQL_OP_RESCHEDULE_MESSAGE = "UPDATE messages SET not_before = ? WHERE id = ?"
 SQL_OP_RETRY = (f"UPDATE recipients SET next_attempt = ?, updated_at = ? {_OP_KEY} "
                 "AND state = 'queued'")
 # last_remote is cleared: the DSN must not name the last MX as the one that refused.
@@ -240,20 +244,25 @@ SQL_DSN_OWED_RCPTS = (
 
 SQL_DELAY_OWED = (
     "SELECT m.id, m.sender, m.received_at FROM messages m "
-    "WHERE m.done = 0 AND m.is_dsn = 0 AND m.sender != '' AND m.received_at <= ? "
+    "WHERE m.done = 0 AND m.is_dsn = 0 AND m.sender != '' AND m.received_at <= ?1 "
+    "AND IFNULL(m.not_before, 0) <= ?1 "
     "AND EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id "
     "AND +r.state = 'queued' AND r.attempts > 0 AND r.dsn_state = '') "
-    "ORDER BY m.received_at LIMIT ?")
+    "ORDER BY m.received_at LIMIT ?2")
 SQL_DELAY_OWED_RCPTS = (
     "SELECT message_id, rcpt_idx, address, state, last_reply, last_remote, attempts "
     "FROM recipients WHERE message_id IN ({ids}) "
     "AND +state = 'queued' AND attempts > 0 AND dsn_state = '' ORDER BY message_id, rcpt_idx")
 
-_MESSAGE_COLS = "id, sender, received_at, size, credential, is_dsn, done"
+_MESSAGE_COLS = "id, sender, received_at, size, credential, is_dsn, done, test, not_before"
 SQL_LIST_PENDING = (f"SELECT {_MESSAGE_COLS} FROM messages WHERE done = 0 "
                     "ORDER BY received_at LIMIT ?")
 SQL_LIST_ALL = f"SELECT {_MESSAGE_COLS} FROM messages ORDER BY id LIMIT ?"
 SQL_GET_MESSAGE = f"SELECT {_MESSAGE_COLS} FROM messages WHERE id = ?"
+# The sending API's list (issue 13): newest first, one mode (test or live),
+# no DSNs; ids sort by acceptance time (core.ids), the cursor is an id.
+SQL_EMAIL_PAGE = (f"SELECT {_MESSAGE_COLS} FROM messages WHERE id < ?1 AND test = ?2 "
+                  "AND is_dsn = 0 ORDER BY id DESC LIMIT ?3")
 SQL_RECIPIENTS_OF = (
     "SELECT message_id, rcpt_idx, address, state, attempts, next_attempt, last_reply, "
     "last_remote, last_tls FROM recipients WHERE message_id IN ({ids}) "

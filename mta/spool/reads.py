@@ -21,6 +21,7 @@ API:
                                                   ascii, dot_lines) | None
     dsn_candidates(conn, limit) / delay_candidates(conn, cutoff, limit) -> list[DsnCandidate]
     list_messages(conn, limit, include_done) / get_message(conn, queue_id)
+    email_page(conn, test, limit, before) -> ([MessageView], more)   the sending API's list
     counts(conn) -> {state: n}   (queued/delivered/bounced/expired always; others when present)
     list_page(conn, MessageFilter, limit, cursor) -> ([MessageView], next cursor | None)
     list_page_json(conn, MessageFilter, limit, cursor) -> (JSON bytes, next cursor | None)
@@ -172,9 +173,10 @@ async def delay_candidates(conn: aiosqlite.Connection, cutoff: float,
 
 
 def _message(row: Row) -> MessageView:
-    mid, sender, received_at, size, credential, is_dsn, done = row
+    mid, sender, received_at, size, credential, is_dsn, done, test, not_before = row
     return MessageView(id=mid, sender=sender, received_at=received_at, size=size,
-                       credential=credential, is_dsn=bool(is_dsn), done=bool(done))
+                       credential=credential, is_dsn=bool(is_dsn), done=bool(done),
+                       test=bool(test), not_before=not_before)
 
 
 async def _attach_recipients(conn: aiosqlite.Connection, views: list[MessageView]) -> None:
@@ -193,6 +195,18 @@ async def list_messages(conn: aiosqlite.Connection, limit: int,
     if views:
         await _attach_recipients(conn, views)
     return views
+
+
+async def email_page(conn: aiosqlite.Connection, test: bool, limit: int,
+                     before: str | None) -> tuple[list[MessageView], bool]:
+    """The sending API's list: up to `limit` messages of one mode, newest
+    first, with ids below `before` (a cursor; None: from the newest), their
+    recipients attached; and whether more follow."""
+    rows = await fetchall(conn, queue_sql.SQL_EMAIL_PAGE,
+                          ("\U0010ffff" if before is None else before, int(test), limit + 1))
+    views = [_message(r) for r in rows[:limit]]
+    await _attach_recipients(conn, views)
+    return views, len(rows) > limit
 
 
 async def get_message(conn: aiosqlite.Connection, queue_id: str) -> MessageView | None:

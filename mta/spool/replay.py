@@ -67,7 +67,7 @@ def envelope(m: PendingMessage) -> bytes:
            "ip": m.client_ip, "dsn": m.is_dsn, "dsn_for": m.dsn_for, "mark": mark,
            "supp": [[i, why] for i, why in m.suppressed], "detail": m.received_detail,
            "key": m.idempotency_key, "window": m.idempotency_window,
-           "ascii": m.ascii, "dots": m.dot_lines}
+           "ascii": m.ascii, "dots": m.dot_lines, "test": m.test, "nb": m.not_before}
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -83,6 +83,13 @@ def _flag(doc: dict[str, Any], key: str) -> bool | None:
     if value is not None and not isinstance(value, bool):
         raise ValueError(f"envelope field {key!r}: {value!r}")
     return value
+
+
+def _time(doc: dict[str, Any], key: str) -> float | None:
+    value = doc.get(key)         # absent (an older record): None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"envelope field {key!r}: {value!r}")
+    return None if value is None else float(value)
 
 
 def _mark(value: Any) -> tuple[str, tuple[int, ...], str] | None:
@@ -114,7 +121,8 @@ def pending(data: bytes) -> PendingMessage:
         received_detail=_typed(doc, "detail", str),
         idempotency_key=_typed(doc, "key", (str, type(None))),
         idempotency_window=float(_typed(doc, "window", (int, float))),
-        ascii=_flag(doc, "ascii"), dot_lines=_flag(doc, "dots"))
+        ascii=_flag(doc, "ascii"), dot_lines=_flag(doc, "dots"),
+        test=bool(_flag(doc, "test")), not_before=_time(doc, "nb"))
 
 
 @dataclass(slots=True)

@@ -247,6 +247,12 @@ class Spool:
         """queued (not leased) → due at once (next_attempt = now)."""
         return await self._steer("retry", f, now)
 
+    async def reschedule_messages(self, f: MessageFilter, now: float, at: float) -> int:
+        """queued (not leased) → due at `at`, and the messages' lifetime
+        counts from `at` (a scheduled send moved: the sending API)."""
+        moved: int = await self._writer.submit(STEER, SteerOp("reschedule", f, now, at=at))
+        return moved
+
     async def bounce_messages(self, f: MessageFilter, now: float, reply: Reply) -> int:
         """queued/held → bounced with `reply` (a 5xx) and an attempts row
         (state "bounced", remote_host "operator"). A DSN is owed as for any
@@ -333,6 +339,10 @@ class Spool:
 
     async def get_message(self, queue_id: str) -> MessageView | None:
         return await self._read(reads.get_message, queue_id)
+
+    async def email_page(self, test: bool, limit: int,
+                         before: str | None = None) -> tuple[list[MessageView], bool]:
+        return await self._read(reads.email_page, test, limit, before)
 
     async def counts(self) -> dict[str, int]:
         return await self._read(reads.counts)

@@ -1,4 +1,4 @@
-"""Operator moves: hold, release, retry, bounce, delete (issue 5).
+"""Operator moves: hold, release, retry, bounce, delete (issue 5), reschedule (issue 13).
 
 One job: the writer's STEER handler: move the recipients a `MessageFilter`
 selects, inside the batch's transaction, each move checked and logged by
@@ -61,6 +61,15 @@ async def _retry(txn: Txn, pairs: Pairs, op: SteerOp) -> int:
     return cur.rowcount
 
 
+async def _reschedule(txn: Txn, pairs: Pairs, op: SteerOp) -> int:
+    at = op.now if op.at is None else op.at
+    cur = await txn.conn.executemany(queue_sql.SQL_OP_RESCHEDULE,
+                                     [(at, op.now, *p) for p in pairs])
+    await txn.conn.executemany(queue_sql.SQL_OP_RESCHEDULE_MESSAGE,
+                               [(at, mid) for mid in dict.fromkeys(m for m, _ in pairs)])
+    return cur.rowcount
+
+
 async def _bounce(txn: Txn, pairs: Pairs, op: SteerOp) -> int:
     conn = txn.conn
     cur = await conn.executemany(queue_sql.SQL_OP_BOUNCE, [(op.reply, op.now, *p) for p in pairs])
@@ -98,6 +107,7 @@ OPERATOR_MOVES: dict[str, OperatorMove] = {
     "hold": OperatorMove(frozenset({QUEUED}), HELD, "held", _hold),
     "release": OperatorMove(frozenset({HELD}), QUEUED, "released", _release),
     "retry": OperatorMove(frozenset({QUEUED}), QUEUED, None, _retry),
+    "reschedule": OperatorMove(frozenset({QUEUED}), QUEUED, "rescheduled", _reschedule),
     "bounce": OperatorMove(frozenset({QUEUED, HELD}), BOUNCED, "bounced", _bounce),
     "delete": OperatorMove(frozenset({QUEUED, HELD}), DELETED, "deleted", _delete),
 }
@@ -128,7 +138,9 @@ async def _steer(txn: Txn, op: SteerOp) -> int:
     moved = moved if pairs else 0
     if move.event is not None and pairs:
         # After the update, for the rows now in the target state: the ones that moved.
-        extra = {"reply": op.reply} if op.action == "bounce" else {}
+        extra: dict[str, object] = {"reply": op.reply} if op.action == "bounce" else {}
+        if op.action == "reschedule":
+            extra["scheduled_at"] = op.at
         await txn.conn.executemany(ledger_sql.SQL_MOVE_EVENT, [
             (op.now, move.event, json.dumps({"rcpt_idx": idx, "by": "operator",
                                              "previous_state": old, **extra}), mid, idx, move.to)

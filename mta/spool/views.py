@@ -67,6 +67,8 @@ class MessageView:
     done: bool
     recipients: list[RecipientView] = field(default_factory=list)
     attempts: list[AttemptView] = field(default_factory=list)   # only filled by get_message
+    test: bool = False                 # a test key's message (issue 13)
+    not_before: float | None = None    # a scheduled send's time
 
     def to_dict(self) -> dict[str, Any]:
         return {
