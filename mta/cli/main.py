@@ -30,7 +30,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mta.cli import (bounce_cmd, destination_cmd, domain_cmd, events_cmd, queue_cmd,
+from mta.cli import (bounce_cmd, destination_cmd, domain_cmd, events_cmd, key_cmd, queue_cmd,
                      suppression_cmd, webhooks_cmd)
 from mta.cli.times import utc
 from mta.config import (EMBEDDED_SOURCE, Config, config_as_dict, config_path, file_errors,
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     suppression_cmd.register(sub, cfgp)
     webhooks_cmd.register(sub, cfgp)
     events_cmd.register(sub, cfgp)
+    key_cmd.register(sub, cfgp)
     return parser
 
 
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "destination": destination_cmd.run,
                "domain": domain_cmd.run, "bounce": bounce_cmd.run,
                "suppression": suppression_cmd.run, "webhooks": webhooks_cmd.run,
-               "events": events_cmd.run}[args.command]
+               "events": events_cmd.run, "key": key_cmd.run}[args.command]
     try:
         return handler(cfg, args)
     except KeyboardInterrupt:

@@ -1,0 +1,1 @@
+"""The Resend-compatible HTTP sending API: keys, rate limits, the aiohttp app."""
