@@ -68,6 +68,7 @@ from aiosmtpd.smtp import MISSING, AuthResult, TLSSetupException
 
 from mta.core import Clock, LedgerEvent, Observer, Reply, StorageError, new_queue_id
 from mta.core.logfmt import event
+from mta.core.schedule import parse_schedule
 from mta.mail.headers import from_domains, prepare_submission, remove_header
 from mta.policy.authlimit import AuthThrottle, UserThrottle
 from mta.policy.senders import SenderPolicy
@@ -107,6 +108,14 @@ def _default_message_factory() -> MessageFactory:
     # never imports the server.
     from mta.spool import NewMessage
     return NewMessage
+
+
+def scheduled_at(text: str, now: float) -> float | Reply:
+    """A `Scheduled-At:` header's time (core.schedule), or the refusal."""
+    try:
+        return parse_schedule(text, now)
+    except ValueError as exc:
+        return Reply(550, "5.6.0", f"Scheduled-At: {exc}")
 
 
 def session_error(log: logging.Logger, listener: str, error: Exception) -> str:
@@ -354,6 +363,12 @@ class SubmissionHandler:
         content, keys = remove_header(content, "Idempotency-Key")
         idempotency_key = keys[0][:200] if keys and keys[0] else None
         now = self.clock.now()
+        # Scheduled-At (issue 13): also for us, not the recipient.
+        content, when = remove_header(content, "Scheduled-At")
+        not_before = scheduled_at(when[0], now) if when else None
+        if isinstance(not_before, Reply):
+            return self._ledger("rejected", session, str(not_before), stage="DATA",
+                                sender=envelope.mail_from)
         sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
         rcpts = tuple(envelope.rcpt_tos)
         id_hint = new_queue_id(now)
@@ -373,6 +388,7 @@ class SubmissionHandler:
                       **({"suppressed": tuple(envelope.suppressed)}
                          if envelope.suppressed else {}),
                       **({"idempotency_key": idempotency_key} if idempotency_key else {}),
+                      **({"not_before": not_before} if not_before is not None else {}),
                       # Header work and DKIM change only the header section,
                       # which the spool checks itself (spool.acceptance.body_flags).
                       **({"ascii": envelope.body_ascii, "dot_lines": envelope.body_dots}
