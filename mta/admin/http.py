@@ -43,7 +43,7 @@ Invariants:
   aiohttp's plain-text 400 and one log line, no traceback.
 - The token and request headers are never logged; the access log is ours
   (DEBUG, method path status ms), not aiohttp's; client-controlled values in
-  log lines are escaped (`_q`), so no raw control byte reaches the log.
+  log lines are escaped (`quote`), so no raw control byte reaches the log.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from mta.admin.params import DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT, ApiError
 from mta.core.hostport import split_hostport
 
 __all__ = ["create_app", "AdminServer", "AdminSettings", "ROUTES", "DEFAULT_LIMIT",
-           "MAX_LIMIT"]
+           "MAX_LIMIT", "ServerLog", "quote"]
 
 log = logging.getLogger("mta.admin")
 access_log = logging.getLogger("mta.admin.access")
@@ -86,7 +86,7 @@ def _error_response(status: int, code: str, message: str,
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/+=%[]")
 
 
-def _q(value: object) -> str:
+def quote(value: object) -> str:
     """A client-controlled value for a key=value log line: as is when plain,
     else JSON-quoted with every non-ASCII or control character escaped."""
     s = str(value)
@@ -129,11 +129,11 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = _http_exception_response(exc)
     except Exception:
         # The traceback goes to the log, never to the client; no headers logged.
-        log.exception("event=admin_error method=%s path=%s", _q(request.method),
-                      _q(request.path))
+        log.exception("event=admin_error method=%s path=%s", quote(request.method),
+                      quote(request.path))
         response = _error_response(500, "internal", "internal error (see the daemon's log)")
-    access_log.debug("method=%s path=%s status=%d ms=%.1f", _q(request.method),
-                     _q(request.path), response.status, (time.monotonic() - started) * 1000)
+    access_log.debug("method=%s path=%s status=%d ms=%.1f", quote(request.method),
+                     quote(request.path), response.status, (time.monotonic() - started) * 1000)
     return response
 
 
@@ -142,11 +142,16 @@ _ExcInfo = (bool | BaseException | tuple[type[BaseException], BaseException, Tra
             | tuple[None, None, None] | None)
 
 
-class _ServerLog(logging.LoggerAdapter[logging.Logger]):
-    """aiohttp's server logger for this app (`handler_args`): a request it
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger for an app (`handler_args`): a request it
     cannot parse as HTTP (garbage on the port, raw control bytes in the
-    request line) is one escaped INFO line, not an ERROR traceback; anything
-    else is logged as aiohttp logs it."""
+    request line) is one escaped INFO line (`event=<prefix>_bad_http`), not
+    an ERROR traceback; anything else is logged as aiohttp logs it. The
+    sending API (mta.api) uses it too."""
+
+    def __init__(self, logger: logging.Logger, prefix: str = "admin"):
+        super().__init__(logger, {})
+        self.prefix = prefix
 
     def log(self, level: int, msg: object, *args: object, exc_info: _ExcInfo = None,
             stack_info: bool = False, stacklevel: int = 1,
@@ -154,8 +159,9 @@ class _ServerLog(logging.LoggerAdapter[logging.Logger]):
         if isinstance(exc_info, HttpProcessingError):
             lines = (exc_info.message or type(exc_info).__name__).strip().splitlines() or [""]
             self.logger.log(min(level, logging.INFO),
-                            "event=admin_bad_http remote=%s status=%s error=%s",
-                            _q(args[0] if args else "?"), exc_info.code, _q(lines[0]))
+                            "event=%s_bad_http remote=%s status=%s error=%s",
+                            self.prefix, quote(args[0] if args else "?"), exc_info.code,
+                            quote(lines[0]))
             return
         self.logger.log(level, msg, *args, exc_info=exc_info, stack_info=stack_info,
                         stacklevel=stacklevel, extra=extra)
@@ -180,7 +186,7 @@ def create_app(backend: AdminBackend, *, token: str,
     if not token:
         raise ValueError("the admin API needs a non-empty token")
     app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY,
-                          handler_args={"logger": _ServerLog(log, {})})
+                          handler_args={"logger": ServerLog(log)})
     app[_TOKEN] = _digest(token.encode())
     open_paths = {"/healthz"} if metrics_require_token else {"/healthz", "/metrics"}
     app[_OPEN_PATHS] = frozenset(open_paths)

@@ -32,7 +32,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -52,7 +52,9 @@ from mta.policy.senders import SenderPolicy
 from mta.policy.suppression import SuppressionRules
 from mta.policy.suppression import reply_for as suppression_reply
 from mta.runtime import reload
+from mta.api.http import ApiServer
 from mta.runtime.admin import RuntimeAdmin
+from mta.runtime.api import start_api
 from mta.runtime.bounces import BounceProcessor, load_or_create_secret
 from mta.runtime.domains import DomainCache
 from mta.runtime.housekeeping import (DOMAINS_EVERY, DSN_EVERY, DSN_PAUSE_AFTER_FAILURE,
@@ -99,6 +101,7 @@ class Daemon:
                                webhooks=[w.name for w in cfg.webhooks],
                                state_dir=cfg.server.state_dir, clock=self.clock)
         self.admin: AdminServer | None = None
+        self.api: ApiServer | None = None
         self.webhooks: WebhookService | None = None
         self.housekeeping = Housekeeping()
         self._starting: asyncio.Future[None] | None = None
@@ -154,6 +157,10 @@ class Daemon:
                                    f"{why(exc)}") from exc
             self.admin = admin
             event(log, "listening", listener="admin", address=self.admin.url, role="admin")
+        if cfg.api.address is not None:
+            self.api = await start_api(self)
+        if self.api is not None:
+            event(log, "listening", listener="api", address=self.api.url, role="api")
         event(log, "ready", mode=cfg.server.mode, config=cfg.source,
               state_dir=str(paths["root"]))
         self._ready = True   # recovery done, listeners and admin API bound
@@ -231,6 +238,24 @@ class Daemon:
             out.add(self.cfg.bounces.domain.lower())
         return out
 
+    def _sender_policy(self) -> SenderPolicy:
+        # Sandbox mode may skip domain verification (nothing leaves the
+        # machine); credential scopes are enforced in every mode.
+        assert self.domains is not None
+        cfg = self.cfg
+        return SenderPolicy(
+            require_verified=cfg.policy.require_verified_domain and cfg.server.mode != "sandbox",
+            domain_state=self.domains.state)
+
+    def sending_parts(self) -> tuple[_PokingSpool, Callable[[], SenderPolicy],
+                                     Callable[[str, str | None], Awaitable[Reply | None]]]:
+        """What the sending API accepts mail with (runtime/api.py): the
+        listeners' spool, the sender policy in force, the suppression check."""
+        assert self.spool is not None and self.runner is not None and self.webhooks is not None
+        return (_PokingSpool(self.spool, self.runner, self.webhooks,
+                             self.cfg.ledger.idempotency_window),
+                self._sender_policy, self._rcpt_check)
+
     async def _rcpt_check(self, address: str, credential: str | None) -> Reply | None:
         assert self.spool is not None
         entry = await self.spool.suppressions.suppressed(address, credential)
@@ -240,11 +265,7 @@ class Daemon:
         cfg = self.cfg
         assert (self.spool is not None and self.runner is not None and self.domains is not None
                 and self.webhooks is not None and self.bounces is not None)
-        # Sandbox mode may skip domain verification (nothing leaves the
-        # machine); credential scopes are enforced in every mode.
-        sender_policy = SenderPolicy(
-            require_verified=cfg.policy.require_verified_domain and cfg.server.mode != "sandbox",
-            domain_state=self.domains.state)
+        sender_policy = self._sender_policy()
         spool = _PokingSpool(self.spool, self.runner, self.webhooks,
                              self.cfg.ledger.idempotency_window)
         # Large messages in transit (core.spill): anonymous files, so nothing
@@ -350,6 +371,8 @@ class Daemon:
         notify("STOPPING=1\nSTATUS=stopping: finishing sessions and deliveries")
         self.stopping = True
         event(log, "stopping")
+        if self.api:
+            await self.api.stop()
         for lst in self.listeners:
             await lst.stop()
         if self.receivers is not None:     # sessions in DATA finish: the spool is open
@@ -388,6 +411,11 @@ class _PokingSpool:
 
     async def append_events(self, events: Sequence[LedgerEvent]) -> None:
         await self._spool.ledger.append_events(events)
+        self._webhooks.poke()
+
+    def poke(self) -> None:
+        """Something became due outside an enqueue (a scheduled send moved)."""
+        self._runner.poke()
         self._webhooks.poke()
 
 

@@ -1,0 +1,264 @@
+"""The sending API's HTTP side (aiohttp): keys, limits, errors, the server.
+
+One job: the aiohttp application around the sending API's routes
+(mta.api.routes) — API key authentication, the per-key rate limit and
+permission, request bodies read within the size limit, errors in Resend's
+shape — and the server that binds it (optionally over TLS).
+
+Public API:
+    ApiError(status, name, message, headers=None)   raise anywhere below a handler
+    create_app(routes, *, settings_of, keys, clock) -> web.Application
+        routes: [(method, path, handler, needs full access)] (mta.api.routes);
+        settings_of() -> ApiSettings, read per request (a reload applies the
+        live [api] keys: rate_limit, max_request_size, max_recipients,
+        attachment_hosts); keys: mta.api.keys.KeyCache
+    ApiServer(app, address, *, ssl_context=None)
+        .start() binds "host:port" (port 0 ok), .sockname, .url, .stop()
+    read_json(request) -> object     the body as JSON ({} when empty)
+    KEY (web.RequestKey)             the authenticated ApiKey of a request
+
+Errors (every one is JSON `{"statusCode", "name", "message"}`, statusCode
+equal to the HTTP status; the official SDKs read exactly these):
+    401 missing_api_key | invalid_api_key, 403 restricted_api_key (a sending
+    key on a route that needs full access) or a refused sender domain, 404
+    not_found, 405 method_not_allowed, 409 invalid_idempotent_request |
+    concurrent_idempotent_requests, 413 payload_too_large, 422
+    validation_error | missing_required_field (naming the field), 429
+    rate_limit_exceeded (with retry-after), 500 application_error (a bug: the
+    traceback is logged, never sent), 503 service_unavailable (the spool
+    cannot take mail now; retry-after). Network input never reaches a 500.
+
+Invariants:
+- Every route except GET /openapi.json needs `Authorization: Bearer
+  <key>`; the key is checked before the route is looked up (an
+  unauthenticated client learns nothing of the route table). Tokens are
+  compared by hash in constant time (mta.api.keys) and never logged.
+- The rate limit is per key (its own `rate_limit`, else `[api]
+  rate_limit` requests/s); every authenticated response carries
+  ratelimit-limit/-remaining/-reset, a 429 also retry-after.
+- Bodies larger than `max_request_size` are refused with 413 before they
+  are read whole (Content-Length, or counted while reading).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from aiohttp import web
+
+from mta.admin.http import ServerLog, quote
+from mta.api.keys import ApiKey, KeyCache
+from mta.api.ratelimit import RateLimiter
+from mta.core.clock import Clock
+from mta.core.hostport import split_hostport
+
+__all__ = ["ApiError", "ApiServer", "ApiSettings", "KEY", "create_app", "read_json",
+           "error_response", "Routes"]
+
+log = logging.getLogger("mta.api")
+access_log = logging.getLogger("mta.api.access")
+
+KEY = web.RequestKey("api_key", ApiKey)
+_SETTINGS: web.AppKey[Callable[[], ApiSettings]] = web.AppKey("settings")
+_KEYS = web.AppKey("keys", KeyCache)
+_LIMITER = web.AppKey("limiter", RateLimiter)
+_FULL = web.AppKey("full_access", frozenset)     # (method, route path) needing full access
+_OPEN = frozenset({"/openapi.json"})
+# aiohttp's own cap: the largest [api] max_request_size; ours is checked per request.
+_CLIENT_MAX = 1024 * 1024 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiSettings(Protocol):
+    """What the API reads of `[api]` (config.ApiConfig)."""
+    @property
+    def address(self) -> str | None: ...
+    @property
+    def rate_limit(self) -> int: ...
+    @property
+    def max_request_size(self) -> int: ...
+    @property
+    def max_recipients(self) -> int: ...
+    @property
+    def attachment_hosts(self) -> tuple[str, ...]: ...
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, name: str, message: str,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.name, self.message, self.headers = status, name, message, headers
+
+
+def error_response(status: int, name: str, message: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"statusCode": status, "name": name, "message": message},
+                             status=status, headers=headers)
+
+
+def _bearer(request: web.Request) -> str:
+    # The raw header bytes: aiohttp decodes headers with surrogate escapes.
+    values = [v for k, v in request.raw_headers if k.lower() == b"authorization"]
+    if not values:
+        raise ApiError(401, "missing_api_key", "Missing API key in the authorization header; "
+                       "send Authorization: Bearer <key>")
+    scheme, _, given = values[0].strip().partition(b" ")
+    if len(values) != 1 or scheme.lower() != b"bearer" or not given.strip():
+        raise ApiError(401, "invalid_api_key", "API key is invalid")
+    try:
+        return given.strip().decode("ascii")
+    except UnicodeDecodeError:
+        raise ApiError(401, "invalid_api_key", "API key is invalid") from None
+
+
+async def _authenticate(request: web.Request) -> ApiKey:
+    key = await request.app[_KEYS].authenticate_async(_bearer(request))
+    if key is None:
+        raise ApiError(401, "invalid_api_key", "API key is invalid")
+    return key
+
+
+def _full_access_needed(request: web.Request) -> bool:
+    info = request.match_info.route.resource
+    path = info.canonical if info is not None else request.path
+    return (request.method, path) in request.app[_FULL]
+
+
+def _http_exception(exc: web.HTTPException) -> web.Response:
+    if exc.status == 404:
+        return error_response(404, "not_found", "The requested endpoint does not exist")
+    if exc.status == 405:
+        allow = exc.headers.get("Allow", "")
+        return error_response(405, "method_not_allowed",
+                              f"Method is not allowed for this endpoint (allowed: {allow})",
+                              {"Allow": allow})
+    if exc.status == 413:
+        return error_response(413, "payload_too_large", "Request body too large")
+    return error_response(exc.status, (exc.reason or "error").lower().replace(" ", "_"),
+                          exc.reason or "error")
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.monotonic()
+    limits: dict[str, str] = {}
+    try:
+        if request.path not in _OPEN:
+            key = await _authenticate(request)
+            request[KEY] = key
+            settings = request.app[_SETTINGS]()
+            decision = request.app[_LIMITER].take(key.id, key.rate_limit or settings.rate_limit)
+            limits = decision.headers()
+            if not decision.allowed:
+                raise ApiError(429, "rate_limit_exceeded",
+                               "Too many requests: the limit is "
+                               f"{decision.limit} requests per second for this key", limits)
+            if key.permission != "full_access" and _full_access_needed(request):
+                raise ApiError(403, "restricted_api_key",
+                               "This API key is restricted to sending emails only")
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.name, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _http_exception(exc)
+    except Exception:
+        log.exception("event=api_error method=%s path=%s", quote(request.method),
+                      quote(request.path))
+        response = error_response(500, "application_error",
+                                  "Internal error (see the mail server's log)")
+    for name, value in limits.items():
+        response.headers.setdefault(name, value)
+    access_log.debug("method=%s path=%s status=%d ms=%.1f", quote(request.method),
+                     quote(request.path), response.status, (time.monotonic() - started) * 1000)
+    return response
+
+
+async def read_json(request: web.Request) -> object:
+    """The request body as JSON: {} when empty (the SDKs send no body, or
+    `{}`, on GET, DELETE and some POSTs); 413 over max_request_size; 422
+    when it is not JSON."""
+    limit = request.app[_SETTINGS]().max_request_size
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large",
+                       f"Request body too large: the limit is {limit} bytes")
+    chunks, size = [], 0
+    while True:
+        chunk = await request.content.read(256 * 1024)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "payload_too_large",
+                           f"Request body too large: the limit is {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise ApiError(422, "validation_error", "body: not valid JSON") from None
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+Routes = list[tuple[str, str, Handler, bool]]   # method, path, handler, needs full access
+
+
+def create_app(routes: Routes, *, settings_of: Callable[[], ApiSettings], keys: KeyCache,
+               clock: Clock) -> web.Application:
+    app = web.Application(middlewares=[_guard], client_max_size=_CLIENT_MAX,
+                          handler_args={"logger": ServerLog(log, "api")})
+    app[_SETTINGS] = settings_of
+    app[_KEYS] = keys
+    app[_LIMITER] = RateLimiter(clock)
+    app[_FULL] = frozenset((m, p) for m, p, _, full in routes if full)
+    for method, path, handler, _ in routes:
+        app.router.add_route(method, path, handler)
+    return app
+
+
+class ApiServer:
+    """Serves an app on `settings_of().address` ("host:port"; port 0 picks one)."""
+
+    def __init__(self, app: web.Application, address: str, *,
+                 ssl_context: ssl.SSLContext | None = None):
+        self.app, self.address, self.ssl_context = app, address, ssl_context
+        self._runner: web.AppRunner | None = None
+        self.sockname: tuple[str, int] | None = None
+
+    @property
+    def url(self) -> str:
+        if self.sockname is None:
+            raise RuntimeError("ApiServer is not started")
+        host, port = self.sockname
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+    async def start(self) -> None:
+        host, port = split_hostport(self.address)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=self.ssl_context)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        addresses = runner.addresses
+        self.sockname = (addresses[0][0], addresses[0][1]) if addresses else (host, port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()

@@ -1,0 +1,416 @@
+"""The sending API in the running daemon: its backend and its server.
+
+One job: accept what mta.api.routes hands over through the same policy,
+signing, suppression, spool and ledger as an SMTP submission, and answer
+its reads (emails, events, keys) from the spool. It runs in the owner
+process (the one that owns the spool), like the admin API.
+
+Public API:
+    start_api(daemon) -> (ApiServer | None)   binds `[api] address` (None: off);
+        StartupError when it cannot
+    ensure_first_key(cfg, store, root, now) -> token | None   sandbox mode, no key
+        yet: a full-access key "default", printed once and kept (0600) in
+        state_dir/initial-api-key.txt
+    RuntimeSending(daemon, keys)              an mta.api.routes.SendingBackend
+    api_ssl_context(cfg) -> ssl.SSLContext | None
+
+Acceptance of one email (the order is the order of the checks):
+  1. the From: domain against the key's domains and the sender policy
+     (policy.senders: verified domains) → 403 naming the domain;
+  2. recipients on the suppression list are accepted and recorded as
+     suppressed (never attempted), as SMTP's `on_rcpt = "accept"` does;
+  3. MIME built by mail.compose; Received:/Message-ID/Date as an SMTP
+     submission gets them (mail.headers.prepare_submission, protocol HTTP or
+     HTTPS); DKIM-signed (off the loop) when the From: domain has keys;
+  4. enqueued with the key's credential ("api:NAME"), listener "api", the
+     test flag of a test key, the schedule, and the `received` detail
+     (api_key prefix, tags, the envelope as given, the request fingerprint).
+A batch's messages are submitted together: the spool's writer commits them
+in one transaction and one fsync (unless the batch is larger than the
+writer's group).
+
+Idempotency-Key: scoped to the key's credential; each item of a batch uses
+"<key>#<n>". A repeat within `[ledger] idempotency_window` answers the
+original ids, nothing queued; the same key with another body is 409
+`invalid_idempotent_request`; a repeat while the first is still being
+accepted is 409 `concurrent_idempotent_requests` (one process owns the
+spool, so an in-memory set sees every request).
+
+Test keys see only test messages and live keys only live ones (a 404
+otherwise); a test key's mail is captured (state_dir/sandbox), never
+delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import email
+import email.policy
+import os
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from mta.api.emails import EmailRequest
+from mta.api.http import ApiError, ApiServer, create_app
+from mta.api.keys import ApiKey, KeyCache, KeyNameTaken, StoreKeys
+from mta.api.routes import email_routes
+from mta.config import Config
+from mta.core import Clock, Reply, StorageError, new_queue_id
+from mta.core.files import atomic_write
+from mta.mail.compose import Mailbox, compose, envelope_recipients
+from mta.mail.headers import prepare_submission
+from mta.policy.senders import SenderPolicy
+from mta.runtime.fetch import fetch_remote
+from mta.runtime.paths import state_paths
+from mta.runtime.startup import StartupError
+from mta.spool import MessageFilter, NewMessage, Spool
+from mta.spool.apikeys import SqliteApiKeys
+from mta.spool.views import MessageView
+
+__all__ = ["RuntimeSending", "start_api", "api_ssl_context"]
+
+_LAST_EVENT = {"delivered": "delivered", "bounced": "bounced", "expired": "failed",
+               "deleted": "canceled", "suppressed": "suppressed", "held": "queued"}
+
+
+class _Signer(Protocol):
+    def keys_for(self, domain: str) -> Sequence[object]: ...
+    def sign(self, message: bytes, domain: str) -> bytes: ...
+
+
+class _Enqueue(Protocol):
+    async def enqueue(self, msg: NewMessage, now: float, **kw: Any) -> str: ...
+
+
+_RcptCheck = Callable[[str, str | None], Awaitable[Reply | None]]
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _shown(box: Mailbox) -> str:
+    """A mailbox as the API was given it: "Name <addr>" or "addr"."""
+    return f"{box.name} <{box.address}>" if box.name else box.address
+
+
+class RuntimeSending:
+    def __init__(self, *, cfg: Config, spool: Spool, enqueue: _Enqueue, clock: Clock,
+                 keys: KeyCache, store: StoreKeys, sender_policy: Callable[[], SenderPolicy],
+                 signer: _Signer | None, rcpt_check: _RcptCheck | None, secure: bool):
+        self.cfg, self.spool, self._enqueue, self.clock = cfg, spool, enqueue, clock
+        self.keys, self.store, self.sender_policy = keys, store, sender_policy
+        self.signer, self.rcpt_check, self.secure = signer, rcpt_check, secure
+        self._inflight: set[tuple[str, str]] = set()
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    # -- sending ------------------------------------------------------------
+
+    async def send(self, key: ApiKey, requests: Sequence[EmailRequest], *,
+                   idempotency_key: str | None, fingerprint: str,
+                   client_ip: str) -> list[str]:
+        if idempotency_key is None:
+            return await self._accept(key, requests, None, fingerprint, client_ip)
+        slot = (key.credential, idempotency_key)
+        if slot in self._inflight:
+            raise ApiError(409, "concurrent_idempotent_requests",
+                           "Another request with this Idempotency-Key is in progress; "
+                           "retry once it has finished")
+        self._inflight.add(slot)
+        try:
+            earlier = await self._earlier(key, idempotency_key, len(requests), fingerprint)
+            if earlier is not None:
+                return earlier
+            return await self._accept(key, requests, idempotency_key, fingerprint, client_ip)
+        finally:
+            self._inflight.discard(slot)
+
+    @staticmethod
+    def _item_key(idempotency_key: str, n: int, count: int) -> str:
+        return idempotency_key if count == 1 else f"{idempotency_key}#{n}"
+
+    async def _earlier(self, key: ApiKey, idempotency_key: str, count: int,
+                       fingerprint: str) -> list[str] | None:
+        """The ids an earlier request with this key made (same body), None
+        when there was none in the window; 409 when its body differed."""
+        found = await self.spool.ledger.idempotent_id(
+            key.credential, self._item_key(idempotency_key, 0, count))
+        window = self.cfg.ledger.idempotency_window
+        if found is None or found[1] < self.now() - window:
+            return None
+        if await self._fingerprint_of(found[0]) != fingerprint:
+            raise ApiError(409, "invalid_idempotent_request",
+                           "This Idempotency-Key was already used with a different request "
+                           "body")
+        ids = [found[0]]
+        for n in range(1, count):
+            hit = await self.spool.ledger.idempotent_id(
+                key.credential, self._item_key(idempotency_key, n, count))
+            if hit is None:
+                raise ApiError(409, "invalid_idempotent_request",
+                               "This Idempotency-Key was already used with a different "
+                               "request body")
+            ids.append(hit[0])
+        return ids
+
+    async def _fingerprint_of(self, queue_id: str) -> str | None:
+        for ev in await self.spool.ledger.message_events(queue_id):
+            if ev.type == "received":
+                detail = ev.detail if isinstance(ev.detail, dict) else {}
+                value = detail.get("fingerprint")
+                return value if isinstance(value, str) else None
+        return None
+
+    async def _accept(self, key: ApiKey, requests: Sequence[EmailRequest],
+                      idempotency_key: str | None, fingerprint: str,
+                      client_ip: str) -> list[str]:
+        now = self.now()
+        messages = []
+        for n, req in enumerate(requests):
+            item_key = (None if idempotency_key is None
+                        else self._item_key(idempotency_key, n, len(requests)))
+            messages.append(await self._message(key, req, item_key, fingerprint, client_ip,
+                                                now, where=f"[{n}]." if len(requests) > 1
+                                                else ""))
+        try:
+            return list(await asyncio.gather(*(self._enqueue.enqueue(m, now)
+                                               for m in messages)))
+        except StorageError as exc:
+            raise ApiError(503, "service_unavailable",
+                           f"The mail server cannot take mail now ({exc.reply}); retry later",
+                           {"retry-after": "30"}) from None
+
+    async def _message(self, key: ApiKey, req: EmailRequest, idempotency_key: str | None,
+                       fingerprint: str, client_ip: str, now: float,
+                       where: str) -> NewMessage:
+        req = await fetch_remote(req, limit=self.cfg.api.max_request_size)
+        c = req.composition
+        domain = c.sender.rpartition("@")[2]
+        refusal = self.sender_policy().check(domain, key.scopes, "from")
+        if refusal is not None:
+            raise ApiError(403, "validation_error", f"{where}from: {refusal.text}")
+        rcpts = tuple(envelope_recipients(c))
+        suppressed: list[tuple[int, str]] = []
+        if self.rcpt_check is not None:
+            for i, rcpt in enumerate(rcpts):
+                reply = await self.rcpt_check(rcpt, key.credential)
+                if reply is not None:
+                    suppressed.append((i, str(reply)))
+        qid = new_queue_id(now)
+        try:
+            body = compose(c, message_id=f"{qid}.{os.urandom(6).hex()}@"
+                                         f"{self.cfg.server.hostname}", date=now)
+        except ValueError as exc:       # parse_email checks first; compose checks again
+            raise ApiError(422, "validation_error", f"{where}{exc}") from None
+        body = prepare_submission(
+            body, hostname=self.cfg.server.hostname, helo="api", client_ip=client_ip,
+            protocol="HTTPS" if self.secure else "HTTP", queue_id_hint=qid,
+            recipient=rcpts[0] if len(rcpts) == 1 else None, now=now, authenticated=True)
+        if self.signer is not None and self.signer.keys_for(domain):
+            body = await asyncio.to_thread(self.signer.sign, body, domain)
+        detail = {"api_key": key.prefix, "fingerprint": fingerprint,
+                  "tags": [{"name": n, "value": v} for n, v in req.tags],
+                  "email": {"from": f"{c.sender_name} <{c.sender}>" if c.sender_name
+                            else c.sender,
+                            "to": [_shown(b) for b in c.to], "cc": [_shown(b) for b in c.cc],
+                            "bcc": [_shown(b) for b in c.bcc],
+                            "reply_to": [_shown(b) for b in c.reply_to],
+                            "subject": c.subject}}
+        return NewMessage(sender=c.sender, recipients=rcpts, body=body,
+                          credential=key.credential, listener="api", client_ip=client_ip,
+                          queue_id=qid, suppressed=tuple(suppressed),
+                          idempotency_key=idempotency_key, detail=detail, test=key.test,
+                          not_before=req.scheduled_at)
+
+    # -- reads and moves ------------------------------------------------------
+
+    async def _view(self, key: ApiKey, email_id: str) -> MessageView:
+        view = await self.spool.get_message(email_id)
+        if view is None or view.test != key.test or view.is_dsn:
+            raise ApiError(404, "not_found", "Email not found")
+        return view
+
+    async def _received(self, email_id: str) -> dict[str, Any]:
+        for ev in await self.spool.ledger.message_events(email_id):
+            if ev.type == "received":
+                return ev.detail if isinstance(ev.detail, dict) else {}
+        return {}
+
+    def _last_event(self, view: MessageView) -> str:
+        states = [r.state for r in view.recipients]
+        if view.not_before is not None and view.not_before > self.now() \
+                and all(s == "queued" for s in states):
+            return "scheduled"
+        for state in ("bounced", "expired", "delivered", "deleted", "suppressed", "held"):
+            if state in states and (state != "delivered" or all(
+                    s in ("delivered", "suppressed") for s in states)):
+                return _LAST_EVENT[state]
+        if any(r.attempts for r in view.recipients):
+            return "delivery_delayed"
+        return "queued"
+
+    def _shape(self, view: MessageView, detail: dict[str, Any]) -> dict[str, Any]:
+        given = detail.get("email")
+        env: dict[str, Any] = given if isinstance(given, dict) else {}
+        return {"object": "email", "id": view.id,
+                "from": env.get("from", view.sender),
+                "to": env.get("to", [r.address for r in view.recipients]),
+                "cc": env.get("cc", []), "bcc": env.get("bcc", []),
+                "reply_to": env.get("reply_to", []), "subject": env.get("subject"),
+                "created_at": _iso(view.received_at), "scheduled_at": _iso(view.not_before),
+                "last_event": self._last_event(view), "tags": detail.get("tags", []),
+                "test": view.test}
+
+    async def get_email(self, key: ApiKey, email_id: str) -> dict[str, Any]:
+        view = await self._view(key, email_id)
+        out = self._shape(view, await self._received(email_id))
+        out["html"], out["text"] = await self._bodies(email_id)
+        return out
+
+    async def _bodies(self, email_id: str) -> tuple[str | None, str | None]:
+        """The html and text parts of a stored message (its first 2 MiB)."""
+        try:
+            raw = await self.spool.read_body(email_id, limit=2 * 1024 * 1024)
+        except (KeyError, OSError, StorageError):
+            return None, None
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        parts = []
+        for kind in ("html", "plain"):
+            part = msg.get_body((kind,)) if hasattr(msg, "get_body") else None
+            try:
+                parts.append(part.get_content() if part is not None else None)
+            except (LookupError, ValueError, AttributeError):
+                parts.append(None)
+        return parts[0], parts[1]
+
+    async def list_emails(self, key: ApiKey, limit: int, after: str | None) -> dict[str, Any]:
+        views, more = await self.spool.email_page(key.test, limit, after)
+        data = [self._shape(v, await self._received(v.id)) for v in views]
+        return {"object": "list", "has_more": more, "data": data}
+
+    async def reschedule(self, key: ApiKey, email_id: str, at: float) -> dict[str, Any]:
+        await self._view(key, email_id)
+        moved = await self.spool.reschedule_messages(MessageFilter(ids=(email_id,)),
+                                                     self.now(), at)
+        if not moved:
+            raise ApiError(409, "invalid_state",
+                           "Only an email that has not been sent yet can be rescheduled")
+        self._poke()
+        return {"object": "email", "id": email_id}
+
+    async def cancel(self, key: ApiKey, email_id: str) -> dict[str, Any]:
+        await self._view(key, email_id)
+        moved = await self.spool.delete_messages(MessageFilter(ids=(email_id,)), self.now())
+        if not moved:
+            raise ApiError(409, "invalid_state",
+                           "Only an email that has not been sent yet can be canceled")
+        return {"object": "email", "id": email_id}
+
+    def _poke(self) -> None:
+        poke = getattr(self._enqueue, "poke", None)
+        if callable(poke):
+            poke()
+
+    async def email_events(self, key: ApiKey, email_id: str) -> dict[str, Any]:
+        await self._view(key, email_id)
+        events = await self.spool.ledger.message_events(email_id)
+        data = [{"seq": e.seq, "type": e.type, "at": _iso(e.at), "recipient": e.recipient,
+                 "detail": {k: v for k, v in (e.detail if isinstance(e.detail, dict)
+                                               else {}).items() if k != "fingerprint"}}
+                for e in events]
+        return {"object": "list", "data": data}
+
+    # -- keys ---------------------------------------------------------------
+
+    async def create_key(self, key: ApiKey, name: str, *, permission: str,
+                         domains: tuple[str, ...], rate_limit: float) -> dict[str, Any]:
+        try:
+            made, token = await asyncio.to_thread(
+                self.store.create, name, permission=permission, domains=domains,
+                test=key.test, rate_limit=rate_limit, now=self.now())
+        except KeyNameTaken:
+            raise ApiError(409, "invalid_parameter",
+                           f"name: an API key named {name!r} exists") from None
+        return {"id": made.id, "token": token, **made.as_json()}
+
+    async def list_keys(self, key: ApiKey) -> dict[str, Any]:
+        keys = await asyncio.to_thread(self.store.list)
+        return {"object": "list", "data": [k.as_json() for k in keys if k.test == key.test]}
+
+    async def revoke_key(self, key: ApiKey, key_id: str) -> dict[str, Any]:
+        found = await asyncio.to_thread(self.store.get, key_id)
+        if found is None or found[0].test != key.test or found[0].revoked_at is not None:
+            raise ApiError(404, "not_found", "API key not found")
+        await asyncio.to_thread(self.store.revoke, key_id, self.now())
+        self.keys.forget(key_id)
+        return {"object": "api_key", "id": key_id, "deleted": True}
+
+
+def api_ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    if cfg.api.cert is None or cfg.api.key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cfg.api.cert, cfg.api.key)
+    return ctx
+
+
+class _Daemon(Protocol):
+    cfg: Config
+    clock: Clock
+    spool: Spool | None
+    domains: Any
+
+    def sending_parts(self) -> tuple[_Enqueue, Callable[[], SenderPolicy], _RcptCheck]: ...
+
+
+FIRST_KEY = "default"
+
+
+def ensure_first_key(cfg: Config, store: StoreKeys, root: Path, now: float) -> str | None:
+    """In sandbox mode with no API key at all, make one (full access) so a
+    new user can send over HTTP at once: printed once, kept (0600) in
+    state_dir/initial-api-key.txt, like the first SMTP credential."""
+    if cfg.server.mode != "sandbox" or store.list(include_revoked=True):
+        return None
+    _, token = store.create(FIRST_KEY, now=now)
+    path = root / "initial-api-key.txt"
+    atomic_write(path, f"name={FIRST_KEY}\nkey={token}\n".encode(), 0o600)
+    print(f"mta: created the first API key  name={FIRST_KEY}  key={token}\n"
+          f"mta: (also saved in {path})", flush=True)
+    return token
+
+
+async def start_api(daemon: _Daemon) -> ApiServer | None:
+    cfg = daemon.cfg
+    if cfg.api.address is None:
+        return None
+    assert daemon.spool is not None
+    try:
+        ctx = api_ssl_context(cfg)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"api: cannot load cert/key: {exc}") from exc
+    root = state_paths(cfg)["root"]
+    store = StoreKeys(SqliteApiKeys(str(root)))
+    ensure_first_key(cfg, store, root, daemon.clock.now())
+    keys = KeyCache(store, daemon.clock)
+    enqueue, policy, rcpt_check = daemon.sending_parts()
+    backend = RuntimeSending(cfg=cfg, spool=daemon.spool, enqueue=enqueue, clock=daemon.clock,
+                             keys=keys, store=store, sender_policy=policy,
+                             signer=daemon.domains, rcpt_check=rcpt_check,
+                             secure=ctx is not None)
+    routes = email_routes(backend, lambda: daemon.cfg.api)
+    app = create_app(routes, settings_of=lambda: daemon.cfg.api, keys=keys, clock=daemon.clock)
+    server = ApiServer(app, cfg.api.address, ssl_context=ctx)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise StartupError(f"api: cannot listen on {cfg.api.address}: {exc}") from exc
+    return server
