@@ -78,7 +78,8 @@ async def test_enqueue_writes_received_then_queued_per_recipient(spool):
                                 "client_ip": "192.0.2.7", "message_id": "<m1@example.test>"}
     assert [e.detail["rcpt_idx"] for e in events[1:]] == [0, 1]
     d = events[0].to_dict()
-    assert set(d) == {"seq", "at", "type", "queue_id", "recipient", "credential", "detail"}
+    assert set(d) == {"seq", "at", "type", "queue_id", "recipient", "credential", "detail",
+                      "tags"}
     assert isinstance(events[0], EventView)
 
 

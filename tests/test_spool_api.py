@@ -108,3 +108,20 @@ async def test_the_new_fields_survive_a_replay_from_the_log(tmp_path):
         assert detail["api_key"] == "mta_test_x"
     finally:
         await s.close()
+
+
+async def test_every_event_of_a_message_carries_its_tags(spool):
+    """Webhook payloads (built by SQLite) and the ledger's views carry the
+    tags given to the sending API on every event of the message, not only
+    on `received`; a message without tags has null."""
+    tags = [{"name": "category", "value": "welcome"}]
+    qid = await spool.enqueue(new(40, detail={"tags": tags}), T0)
+    plain = await spool.enqueue(new(41), T0)
+    views = await spool.ledger.message_events(qid)
+    assert [v.type for v in views] == ["received", "queued", "queued"]
+    assert all(v.tags == tags for v in views)
+    assert all(v.tags is None for v in await spool.ledger.message_events(plain))
+    payloads = [json.loads(p) for _, p in await spool.ledger.event_payloads_after(0, 100)]
+    mine = [p for p in payloads if p["queue_id"] == qid]
+    assert len(mine) == 3 and all(p["tags"] == tags for p in mine)
+    assert all(p["tags"] is None for p in payloads if p["queue_id"] == plain)

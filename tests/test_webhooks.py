@@ -225,6 +225,7 @@ def test_event_json_shape():
     assert event_json(ev) == {"type": "delivered", "seq": 7,
                               "timestamp": "2023-11-14T22:13:20.250Z", "queue_id": "Q1",
                               "recipient": "a@x.example", "credential": "alice",
+                              "tags": None,
                               "data": {"remote_host": "mx.x.example", "tls": "TLSv1.3"}}
 
 
@@ -368,7 +369,9 @@ async def test_filters_by_type_and_credential(rx):
                 if e.type in ("delivered", "bounced") and e.credential == "alice"]
         assert want
         await until(lambda: len(rx.got) == len(want))
-        spool.append(1)                   # nothing matching: the cursor skips ahead
+        # nothing matching: the cursor skips ahead
+        spool.events.append(EventView(seq=61, at=time.time(), type="queued", queue_id="Q1",
+                                      recipient="r1@x.example", credential="bob", detail={}))
         d.poke()
         await until(lambda: spool.states["app"]["cursor"] == 61)
     finally:

@@ -98,11 +98,13 @@ class EventView:
     recipient: str
     credential: str
     detail: dict[str, Any]
+    # The message's tags (given to the sending API), on every event of it.
+    tags: list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "at": self.at, "type": self.type, "queue_id": self.queue_id,
                 "recipient": self.recipient, "credential": self.credential,
-                "detail": self.detail}
+                "detail": self.detail, "tags": self.tags}
 
 
 class SuppressionLookup(Protocol):

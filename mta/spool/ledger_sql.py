@@ -77,7 +77,12 @@ SQL_PRUNE_IDEMPOTENCY = ("DELETE FROM idempotency WHERE rowid IN "
                          "(SELECT rowid FROM idempotency WHERE created < ?1 "
                          "ORDER BY created LIMIT ?2)")
 
-EVENT_COLS = "seq, at, type, queue_id, recipient, credential, detail"
+# The message's tags (the sending API's, issue 13), carried by every event of
+# it: one seek of events_by_message to its `received` event; NULL for none.
+_TAGS = ("(SELECT json_extract(t.detail, '$.tags') FROM events t WHERE events.queue_id != '' "
+         "AND t.queue_id = events.queue_id AND t.type = 'received' AND json_valid(t.detail) "
+         "ORDER BY t.seq LIMIT 1)")
+EVENT_COLS = f"seq, at, type, queue_id, recipient, credential, detail, {_TAGS}"
 SQL_MESSAGE_EVENTS = f"SELECT {EVENT_COLS} FROM events WHERE queue_id = ? ORDER BY seq"
 # The newest seq ever assigned (sqlite_sequence survives pruning every row).
 SQL_LAST_EVENT_SEQ = ("SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM events UNION ALL "
@@ -94,6 +99,9 @@ EVENT_PAYLOAD_COLS = (
     "'timestamp', strftime('%Y-%m-%dT%H:%M:%fZ', at, 'unixepoch'), "
     "'queue_id', nullif(queue_id, ''), 'recipient', nullif(recipient, ''), "
     "'credential', nullif(credential, ''), "
+    # The message's tags (the sending API's, issue 13) on every event of it:
+    # one seek of events_by_message to its `received` event.
+    f"'tags', json({_TAGS}), "
     "'data', CASE WHEN detail = '' THEN json_object() WHEN json_valid(detail) "
     "THEN json(detail) ELSE json_object('raw', detail) END) AS BLOB)")
 

@@ -30,6 +30,7 @@ The request
          "timestamp": "2026-01-02T03:04:05.678Z",   # when the event happened (UTC)
          "queue_id": "…" | null, "recipient": "…" | null, "credential": "…" | null,
                                             # (the ledger's "" becomes null)
+         "tags": [{"name", "value"}, …] | null,   # the message's, given to the API
          "data": {…}}                       # the event's detail (see README vocabulary)
 
 Invariants: the deliverer sends the payload the spool builds in SQL
@@ -138,7 +139,8 @@ def event_json(ev: LedgerEventView) -> dict[str, Any]:
     sends the same object built by the spool (`event_payloads_after`)."""
     return {"type": ev.type, "seq": ev.seq, "timestamp": iso_ms(ev.at),
             "queue_id": ev.queue_id or None, "recipient": ev.recipient or None,
-            "credential": ev.credential or None, "data": ev.detail or {}}
+            "credential": ev.credential or None, "tags": getattr(ev, "tags", None),
+            "data": ev.detail or {}}
 
 
 def probe_payload(name: str, credential: str | None, now: float) -> bytes:
