@@ -1,11 +1,18 @@
 """The benchmark scripts' pure parts (issue 12): which cells run, how runs are
 summarised, the ratio table and its goals, the ports a sink profile uses, and
-bench_million's windows and rates. The benchmarks themselves report speed;
+bench_million's windows and rates; bench_api's message, sink, summaries and
+one tiny run of it (issue 13). The benchmarks themselves report speed;
 nothing here measures any."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import email
+import email.policy
+import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +21,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import bench  # noqa: E402
+import bench_api  # noqa: E402
 import bench_million  # noqa: E402
 import benchlib  # noqa: E402
 
@@ -196,3 +204,112 @@ def test_million_measure_rate_rss_cpu() -> None:
 def test_million_message_size() -> None:
     body = bench_million.message(2048)
     assert len(body) == 2048 and body.endswith(b"\r\n") and b"\r\n\r\n" in body
+
+
+# -- bench_api (issue 13) ---------------------------------------------------------------------
+
+
+def test_api_message_is_20_kib_and_what_the_api_builds() -> None:
+    from mta.api.emails import parse_email
+    msg = bench_api.message()
+    assert abs(len(msg.mime) - 20480) <= 100
+    assert json.loads(msg.http_body) == msg.params
+    sent = base64.b64decode(msg.params["attachments"][0]["content"])
+    parsed = email.message_from_bytes(msg.mime, policy=email.policy.default)
+    [part] = [p for p in parsed.walk() if p.get_filename()]
+    assert part.get_filename() == "report.bin" and part.get_content() == sent
+    assert parsed["Subject"] == "bench_api" and parsed["To"] == bench_api.RECIPIENT
+    # the API's own parser takes the HTTP body as it is
+    req = parse_email(json.loads(msg.http_body))
+    assert req.composition.attachments[0].content == sent
+    assert msg.smtp_data.endswith(b"\r\n.\r\n") and msg.smtp_data[:-3] == msg.mime
+
+
+def test_api_dot_stuffing() -> None:
+    assert bench_api.dot_stuff(b".a\r\nb\r\n.c\r\n") == b"..a\r\nb\r\n..c\r\n.\r\n"
+    assert bench_api.dot_stuff(b"no final line end") == b"no final line end\r\n.\r\n"
+
+
+def test_api_percentile_summarise_and_table() -> None:
+    assert bench_api.percentile([5.0, 1.0, 3.0, 2.0, 4.0], 0.5) == 3.0
+    assert bench_api.percentile([float(i) for i in range(1, 101)], 0.99) == 99.0
+    assert math.isnan(bench_api.percentile([], 0.5))
+
+    def run(proto: str, c: int, ok: int, seconds: float, lat: float,
+            failed: int = 0) -> bench_api.Run:
+        return bench_api.Run(proto, c, ok + failed, seconds, ok, failed,
+                             "HTTP 500" if failed else "", [lat] * ok)
+    cells = {1: {"http": bench_api.summarise([run("http", 1, 100, 1.0, 0.010),
+                                              run("http", 1, 100, 0.5, 0.020),
+                                              run("http", 1, 100, 2.0, 0.030)]),
+                 "smtp": bench_api.summarise([run("smtp", 1, 100, 1.0, 0.005)])},
+             10: {"http": bench_api.summarise([run("http", 10, 90, 1.0, 0.04, failed=10)]),
+                  "smtp": bench_api.summarise([run("smtp", 10, 100, 0.5, 0.02)])}}
+    h1 = cells[1]["http"]
+    assert (h1["mps"], h1["runs"], h1["messages"], h1["failed"]) == (100.0, 3.0, 300.0, 0.0)
+    assert (h1["p50_ms"], h1["p99_ms"]) == pytest.approx((20.0, 30.0))
+    assert cells[10]["http"]["failed"] == 10.0
+    sdk = bench_api.summarise([run("sdk", 1, 50, 1.0, 0.02)])
+    lines = bench_api.table(cells, sdk)
+    assert lines[0].startswith("| clients | HTTP msg/s | SMTP msg/s | HTTP/SMTP |")
+    assert lines[2] == "| C=1 | 100 | 100 | 1.00x | 20.0 / 30.0 | 5.0 / 5.0 | met |"
+    assert lines[3] == "| C=10 | 90 | 200 | 0.45x | 40.0 / 40.0 | 20.0 / 20.0 | short |"
+    assert lines[4].startswith("Python SDK") and "50 msg/s" in lines[4]
+    assert len(bench_api.table(cells)) == 4
+    empty = bench_api.summarise([bench_api.Run("http", 1, 5)])
+    assert math.isnan(bench_api.ratio(empty, cells[1]["smtp"]))
+
+
+async def test_api_bench_sink_counts_pipelined_transactions() -> None:
+    loop = asyncio.get_running_loop()
+    bench_api.SinkSession.counts.update(messages=0, bytes=0)
+    server = await loop.create_server(bench_api.SinkSession, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await reader.readline()).startswith(b"220")
+        writer.write(b"EHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n")
+        got = [await reader.readline() for _ in range(5)]
+        assert got == [b"250-sink\r\n", b"250 PIPELINING\r\n", b"250 ok\r\n", b"250 ok\r\n",
+                       b"354 go ahead\r\n"]
+        body = b"Subject: x\r\n\r\n" + b"..dot\r\n" + b"y" * 70_000 + b"\r\n"
+        for i in range(0, len(body), 1000):           # in pieces, the terminator split too
+            writer.write(body[i:i + 1000])
+            await asyncio.sleep(0)
+        writer.write(b".\r")
+        await asyncio.sleep(0.01)
+        writer.write(b"\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n.\r\nQUIT\r\n")
+        got = [await reader.readline() for _ in range(6)]
+        assert got == [b"250 2.0.0 ok\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go ahead\r\n",
+                       b"250 2.0.0 ok\r\n", b"221 bye\r\n"]
+        assert bench_api.SinkSession.counts == {"messages": 2, "bytes": len(body)}
+        writer.close()
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
+def test_api_bench_tiny_run_end_to_end() -> None:
+    """The whole script, -n 3: a real daemon, a key made by `mta key create`,
+    both protocols and the SDK at every cell, every message at the sink."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_api.py"
+    out = subprocess.run([sys.executable, str(script), "-n", "3", "--repeats", "1",
+                          "--warmup", "2", "--json"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads(out.stdout)
+    assert [c["c"] for c in doc["cells"]] == [1, 10]
+    for cell in doc["cells"]:
+        for proto in ("http", "smtp"):
+            assert cell[proto]["messages"] == 3 and cell[proto]["failed"] == 0
+            assert cell[proto]["mps"] > 0 and cell[proto]["p99_ms"] >= cell[proto]["p50_ms"] > 0
+        assert cell["ratio"] > 0
+    extra = 0
+    try:
+        import resend  # noqa: F401
+        assert doc["sdk"]["messages"] == 3 and doc["sdk"]["failed"] == 0
+        extra = 3
+    except ImportError:
+        assert doc["sdk"] is None
+    assert doc["sent"] == doc["delivered"] == 2 * 2 + 4 * 3 + extra
+    assert doc["failed"] == 0 and abs(doc["message_bytes"] - 20480) <= 100
