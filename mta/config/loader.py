@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mta.config.schema import HOSTPORT, KeyError_, check_bounds, host_of
-from mta.config.sections import ARRAYS, EVENT_TYPES, SECTIONS, Config
+from mta.config.sections import ARRAYS, EVENT_TYPES, SECTIONS, Config, WebhookConfig
 from mta.core.address import AddressError, parse_domain
 from mta.core.errors import ConfigError
 
@@ -173,33 +173,41 @@ def _webhook_checks(cfg: Config) -> list[str]:
     errors = []
     names = [w.name for w in cfg.webhooks]
     for i, w in enumerate(cfg.webhooks):
-        where = f"webhooks[{i}]"
-        if not w.name:
-            errors.append(f"{where}.name: required")
-        elif names.count(w.name) > 1:
-            errors.append(f"{where}.name: {w.name!r} is used by more than one webhook")
-        if not w.url.startswith(("http://", "https://")):
-            errors.append(f"{where}.url: {w.url!r} is not an http(s) URL")
-        else:
-            try:
-                parts = urlsplit(w.url)
-                _ = parts.port      # raises on a port that is not a number in range
-                if not parts.hostname:
-                    raise ValueError("no host")
-            except ValueError as exc:
-                errors.append(f"{where}.url: {w.url!r} is not a usable URL ({exc})")
-        if not w.secret.startswith("whsec_"):
-            errors.append(f"{where}.secret: must be whsec_<base64> (run `mta webhooks secret`)")
-        else:
-            try:
-                if not base64.b64decode(w.secret[6:], validate=True):
-                    raise ValueError
-            except ValueError:
-                errors.append(f"{where}.secret: the part after whsec_ is not base64")
-        bad = [e for e in w.events if e != "*" and e not in EVENT_TYPES]
-        if bad:
-            errors.append(f"{where}.events: unknown event type(s) {', '.join(bad)}; "
-                          f"use \"*\" or some of {', '.join(EVENT_TYPES)}")
+        if w.name and names.count(w.name) > 1:
+            errors.append(f"webhooks[{i}].name: {w.name!r} is used by more than one webhook")
+        errors.extend(f"webhooks[{i}].{key}: {message}" for key, message in webhook_errors(w))
+    return errors
+
+
+def webhook_errors(w: WebhookConfig) -> list[tuple[str, str]]:
+    """What is wrong with one webhook endpoint on its own, as (key, message)
+    pairs (key: name, url, secret or events); the config's checks and the
+    sending API's POST/PATCH /webhooks (mta.api.resources) both use it."""
+    errors = []
+    if not w.name:
+        errors.append(("name", "required"))
+    if not w.url.startswith(("http://", "https://")):
+        errors.append(("url", f"{w.url!r} is not an http(s) URL"))
+    else:
+        try:
+            parts = urlsplit(w.url)
+            _ = parts.port      # raises on a port that is not a number in range
+            if not parts.hostname:
+                raise ValueError("no host")
+        except ValueError as exc:
+            errors.append(("url", f"{w.url!r} is not a usable URL ({exc})"))
+    if not w.secret.startswith("whsec_"):
+        errors.append(("secret", "must be whsec_<base64> (run `mta webhooks secret`)"))
+    else:
+        try:
+            if not base64.b64decode(w.secret[6:], validate=True):
+                raise ValueError
+        except ValueError:
+            errors.append(("secret", "the part after whsec_ is not base64"))
+    bad = [e for e in w.events if e != "*" and e not in EVENT_TYPES]
+    if bad:
+        errors.append(("events", f"unknown event type(s) {', '.join(bad)}; "
+                                 f"use \"*\" or some of {', '.join(EVENT_TYPES)}"))
     return errors
 
 

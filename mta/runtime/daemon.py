@@ -55,6 +55,7 @@ from mta.runtime import reload
 from mta.api.http import ApiServer
 from mta.runtime.admin import RuntimeAdmin
 from mta.runtime.api import start_api
+from mta.runtime.api_resources import add_stored_webhooks
 from mta.runtime.bounces import BounceProcessor, load_or_create_secret
 from mta.runtime.domains import DomainCache
 from mta.runtime.housekeeping import (DOMAINS_EVERY, DSN_EVERY, DSN_PAUSE_AFTER_FAILURE,
@@ -134,6 +135,7 @@ class Daemon:
         self.runner = self._runner(paths, resolver, codec)
         self.webhooks = WebhookService(cfg.webhooks, spool=self.spool.ledger, clock=self.clock,
                                        ledger_cfg=cfg.ledger, observer=self.metrics)
+        await add_stored_webhooks(cfg, self.webhooks)     # made by the sending API
         # New ledger events wake the webhook deliverers at once (they also poll).
         self.runner.after_write = self.webhooks.poke
         self.runner.start()

@@ -8,6 +8,11 @@ Public API
         webhook_retry_schedule and webhook_failing_after)
         start() / await stop() / poke() / await statuses() -> list[dict]
         await reconfigure(configs)   SIGHUP: start/stop/restart changed endpoints
+        add_endpoint(cfg)            one more endpoint beside the configured ones
+                                     (the sending API's; ValueError: name in use)
+        await remove_endpoint(name) -> bool / await update_endpoint(cfg)
+                                     (only endpoints added so; KeyError otherwise)
+        added(name) -> bool          whether `name` came from add_endpoint
         await replay(name, from_seq=, since=) -> dict (KeyError: unknown name)
         await test(name) -> {name, url, ok, status, error, ms} (KeyError: unknown name)
         deliverers: {name: WebhookDeliverer}, in configured order
@@ -18,7 +23,10 @@ Public API
 
 Invariants: at most one deliverer per endpoint name; a changed endpoint
 resumes from its stored cursor (same name), an added one starts at the
-ledger's end; statuses come in the configured order.
+ledger's end; statuses come in the configured order, then the added ones.
+Added endpoints (add_endpoint: the sending API's, stored in the spool index
+by mta.spool.webhook_endpoints) survive a reload; when a reloaded config
+names one of them, the config's endpoint takes the name over.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ class WebhookService:
         self._ssl_context, self._poll_interval = ssl_context, poll_interval
         self._observer = observer
         self.deliverers = {c.name: self._deliverer(c) for c in configs}
+        self._added: dict[str, None] = {}      # names from add_endpoint, in order
         self._started = False
 
     def _deliverer(self, cfg: WebhookConfig) -> WebhookDeliverer:
@@ -67,17 +76,54 @@ class WebhookService:
         """SIGHUP: stop the endpoints that were removed or changed (each
         stores its cursor), then start the changed and added ones; a changed
         one resumes from its stored cursor (same name), an added one at the
-        ledger's end."""
+        ledger's end. Endpoints from add_endpoint stay, unless the config
+        now uses their name."""
         new = {c.name: c for c in configs}
-        gone = [n for n, d in self.deliverers.items() if new.get(n) != d.cfg]
+        taken = [n for n in self._added if n in new]
+        gone = [n for n, d in self.deliverers.items()
+                if n not in self._added and new.get(n) != d.cfg] + taken
         await asyncio.gather(*(self.deliverers.pop(n).stop() for n in gone))
+        for n in taken:
+            del self._added[n]
         for name, cfg in new.items():
             if name not in self.deliverers:
-                d = self.deliverers[name] = self._deliverer(cfg)
-                if self._started:
-                    d.start()
-        # keep the configured order (statuses, metrics)
-        self.deliverers = {n: self.deliverers[n] for n in new}
+                self._run(cfg)
+        # keep the configured order (statuses, metrics), the added ones last
+        self.deliverers = {n: self.deliverers[n] for n in [*new, *self._added]}
+
+    def _run(self, cfg: WebhookConfig) -> None:
+        d = self.deliverers[cfg.name] = self._deliverer(cfg)
+        if self._started:
+            d.start()
+
+    def add_endpoint(self, cfg: WebhookConfig) -> None:
+        """Start delivering to one more endpoint (at the ledger's end, or at
+        its stored cursor when one exists under that name)."""
+        if cfg.name in self.deliverers:
+            raise ValueError(f"a webhook named {cfg.name!r} exists")
+        self._added[cfg.name] = None
+        self._run(cfg)
+
+    async def remove_endpoint(self, name: str) -> bool:
+        """Stop an added endpoint (its cursor stays stored); False when no
+        endpoint has the name; KeyError for a configured one."""
+        if name not in self.deliverers:
+            return False
+        if name not in self._added:
+            raise KeyError(f"webhook {name!r} is in the config file")
+        del self._added[name]
+        await self.deliverers.pop(name).stop()
+        return True
+
+    async def update_endpoint(self, cfg: WebhookConfig) -> None:
+        """Restart an added endpoint with new settings (same cursor)."""
+        if cfg.name in self.deliverers and cfg.name not in self._added:
+            raise KeyError(f"webhook {cfg.name!r} is in the config file")
+        await self.remove_endpoint(cfg.name)
+        self.add_endpoint(cfg)
+
+    def added(self, name: str) -> bool:
+        return name in self._added
 
     async def stop(self) -> None:
         await asyncio.gather(*(d.stop() for d in self.deliverers.values()))
