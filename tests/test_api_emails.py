@@ -314,7 +314,7 @@ def test_messages_say_what_is_wrong():
     assert message(to=["a@example.org", "b@example.org", "nope"]) == \
         "to[2]: not an email address: 'nope'"
     assert message(attachments=[{"content": "@@"}]) == "attachments[0].content: not valid base64"
-    assert "timezone" in message(scheduled_at="2027-01-20T10:00:00")
+    assert "time zone" in message(scheduled_at="2027-01-20T10:00:00")
     assert "30 days" in message(scheduled_at="2027-03-01T00:00:00Z")
     assert "not fetched" in message(attachments=[{"path": "https://x.example/a"}])
     assert message(subject=5) == "subject: expected a string, got a number"

@@ -75,3 +75,17 @@ async def test_remote_attachments(tmp_path):
                     hashlib.sha256(PAYLOAD).digest()
     finally:
         await files.cleanup()
+
+
+def test_plain_http_only_from_a_loopback_host():
+    import pytest
+
+    from mta.api.emails import ValidationError, parse_email
+    base = {"from": "a@acme.test", "to": "ok@rcpt.test", "subject": "f", "text": "x"}
+    hosts = frozenset({"files.example", "127.0.0.1"})
+    with pytest.raises(ValidationError, match="use https"):
+        parse_email({**base, "attachments": [{"path": "http://files.example/a.pdf"}]},
+                    fetch_hosts=hosts)
+    for url in ("https://files.example/a.pdf", "http://127.0.0.1:8000/a.pdf"):
+        req = parse_email({**base, "attachments": [{"path": url}]}, fetch_hosts=hosts)
+        assert req.remote_attachments == ((0, url),)

@@ -65,21 +65,22 @@ again.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from mta.core.address import AddressError, parse_address
+from mta.core.schedule import MAX_AHEAD, parse_schedule
 from mta.mail.compose import Attachment, Composition, Mailbox
 
 __all__ = ["BATCH_MAX", "EmailRequest", "ValidationError", "parse_batch", "parse_email",
            "parse_scheduled_at"]
 
 BATCH_MAX, MAX_TAGS, MAX_HEADERS, MAX_ATTACHMENTS = 100, 50, 100, 100
-SCHEDULE_MAX_AHEAD = 30 * 86400.0
+SCHEDULE_MAX_AHEAD = MAX_AHEAD
 _MAX_FIELD = 998
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")
@@ -317,7 +318,18 @@ def _remote(f: str, path: object, hosts: frozenset[str]) -> str:
     if host not in hosts:
         _fail(f"{f}.path", "remote attachments are not fetched (send the bytes as content, "
                            "or ask the operator to allow this host)", "invalid_attachment")
+    if url.scheme == "http" and not _loopback(host):
+        _fail(f"{f}.path", "use https (http only for a loopback host)", "invalid_attachment")
     return path
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _attachments(doc: dict[str, Any], lim: _Limits
@@ -357,22 +369,13 @@ def _attachments(doc: dict[str, Any], lim: _Limits
 # -- scheduled_at and the whole request -------------------------------------------------
 
 def parse_scheduled_at(value: object, now: float, field: str = "scheduled_at") -> float:
+    """core.schedule's parser (the SMTP Scheduled-At: header uses the same)."""
     if not isinstance(value, str):
         _fail(field, f"expected an ISO 8601 string, got {_json_type(value)}")
     try:
-        when = datetime.fromisoformat(value.strip())
-    except ValueError:
-        _fail(field, "not an ISO 8601 date and time (e.g. 2026-12-07T10:00:00Z); "
-                     "natural language is not supported")
-    if when.tzinfo is None:
-        _fail(field, "give a timezone (Z or an offset such as +02:00)")
-    try:
-        at = when.timestamp()
-    except (OverflowError, ValueError):
-        _fail(field, "out of range")
-    if at - now > SCHEDULE_MAX_AHEAD:
-        _fail(field, f"more than {SCHEDULE_MAX_AHEAD / 86400:.0f} days ahead (the limit)")
-    return max(at, now)
+        return parse_schedule(value, now, max_ahead=SCHEDULE_MAX_AHEAD)
+    except ValueError as exc:
+        _fail(field, str(exc))
 
 
 def _body(doc: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -222,7 +222,8 @@ class ApiConfig:
                               min=64 * 1024, max=1024 * MiB)
     max_recipients: int = L(50, "to + cc + bcc of one email", INT, min=1, max=1000)
     attachment_hosts: tuple[str, ...] = L((), "hosts an attachment `path` URL may name "
-                                          "(fetched over HTTPS); empty: remote attachments "
+                                          "(fetched over HTTPS; plain HTTP only from a "
+                                          "loopback host); empty: remote attachments "
                                           "are refused", STR_LIST, max=64)
 
 

@@ -45,7 +45,10 @@ def parse_schedule(text: str, now: float, *, max_ahead: float = MAX_AHEAD) -> fl
                          "natural-language times are not accepted")
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError(f"{value!r} has no time zone: add Z or an offset like +01:00")
-    at = when.timestamp()
+    try:
+        at = when.timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise ValueError(f"{value!r} is out of range") from None
     if at > now + max_ahead:
         raise ValueError(f"{value!r} is more than {int(max_ahead // 86400)} days ahead")
     return max(at, now)
