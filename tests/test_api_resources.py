@@ -20,12 +20,9 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from mta.api.http import ApiServer, create_app
-from mta.api.keys import KeyCache, StoreKeys
-from mta.api.resources import resource_routes
+from mta.api.keys import StoreKeys
 from mta.config import WebhookConfig, parse_config
 from mta.domains.records import txt_strings
-from mta.runtime.api_resources import RuntimeResources
 from mta.spool.apikeys import SqliteApiKeys
 from mta.spool.webhook_endpoints import EndpointExists, EndpointRow, SqliteWebhookEndpoints, \
     WebhookEndpointStoreError
@@ -97,23 +94,8 @@ class World:
     async def daemon(self):
         async with running_daemon(self.text) as d:
             self.d = d
-            server = None
-            wired = d.api is not None and any(
-                getattr(r, "canonical", "") == "/domains" for r in d.api.app.router.resources())
-            if wired:
-                self.url = d.api.url
-            else:       # until the daemon's API serves these routes itself
-                keys = KeyCache(StoreKeys(SqliteApiKeys(str(self.state))), d.clock)
-                app = create_app(resource_routes(RuntimeResources(d)),
-                                 settings_of=lambda: d.cfg.api, keys=keys, clock=d.clock)
-                server = ApiServer(app, "127.0.0.1:0")
-                await server.start()
-                self.url = server.url
-            try:
-                yield d
-            finally:
-                if server is not None:
-                    await server.stop()
+            self.url = d.api.url
+            yield d
 
     async def sdk(self, fn, *args, key: str | None = None):
         def call():

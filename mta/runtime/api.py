@@ -56,6 +56,7 @@ from typing import Any, Protocol
 from mta.api.emails import EmailRequest
 from mta.api.http import ApiError, ApiServer, create_app
 from mta.api.keys import ApiKey, KeyCache, KeyNameTaken, StoreKeys
+from mta.api.resources import resource_routes
 from mta.api.routes import email_routes
 from mta.config import Config
 from mta.core import Clock, Reply, StorageError, new_queue_id
@@ -63,6 +64,7 @@ from mta.core.files import atomic_write
 from mta.mail.compose import Mailbox, compose, envelope_recipients
 from mta.mail.headers import prepare_submission
 from mta.policy.senders import SenderPolicy
+from mta.runtime.api_resources import ResourceDaemon, RuntimeResources
 from mta.runtime.fetch import fetch_remote
 from mta.runtime.paths import state_paths
 from mta.runtime.startup import StartupError
@@ -362,11 +364,7 @@ def api_ssl_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-class _Daemon(Protocol):
-    cfg: Config
-    clock: Clock
-    spool: Spool | None
-    domains: Any
+class _Daemon(ResourceDaemon, Protocol):
 
     def sending_parts(self) -> tuple[_Enqueue, Callable[[], SenderPolicy], _RcptCheck]: ...
 
@@ -406,7 +404,8 @@ async def start_api(daemon: _Daemon) -> ApiServer | None:
                              keys=keys, store=store, sender_policy=policy,
                              signer=daemon.domains, rcpt_check=rcpt_check,
                              secure=ctx is not None)
-    routes = email_routes(backend, lambda: daemon.cfg.api)
+    routes = [*email_routes(backend, lambda: daemon.cfg.api),
+              *resource_routes(RuntimeResources(daemon))]
     app = create_app(routes, settings_of=lambda: daemon.cfg.api, keys=keys, clock=daemon.clock)
     server = ApiServer(app, cfg.api.address, ssl_context=ctx)
     try:

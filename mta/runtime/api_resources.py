@@ -63,7 +63,7 @@ from mta.webhooks import WebhookService
 from mta.webhooks.actions import probe, replay
 from mta.webhooks.wire import new_secret
 
-__all__ = ["RuntimeResources", "add_stored_webhooks"]
+__all__ = ["ResourceDaemon", "RuntimeResources", "add_stored_webhooks"]
 
 log = logging.getLogger("mta.api")
 Json = dict[str, Any]
@@ -77,7 +77,7 @@ class _Receivers(Protocol):
     def refresh_domains(self) -> None: ...
 
 
-class _Daemon(Protocol):
+class ResourceDaemon(Protocol):
     cfg: Config
     clock: Clock
     spool: Spool | None
@@ -160,7 +160,7 @@ def _suppression(v: SuppressionView) -> Json:
 
 
 class RuntimeResources:
-    def __init__(self, daemon: _Daemon):
+    def __init__(self, daemon: ResourceDaemon):
         self.d = daemon
         self.endpoints = SqliteWebhookEndpoints(daemon.cfg.server.state_dir)
         self._checks: dict[str, CheckResult] = {}     # the last API-run check per domain
