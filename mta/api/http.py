@@ -14,7 +14,9 @@ Public API:
         attachment_hosts); keys: mta.api.keys.KeyCache
     ApiServer(app, address, *, ssl_context=None)
         .start() binds "host:port" (port 0 ok), .sockname, .url, .stop()
+    read_raw(request) -> bytes       the body, within max_request_size (413)
     read_json(request) -> object     the body as JSON ({} when empty)
+    json_of(raw) -> object           the same for bytes already read (422: not JSON)
     KEY (web.RequestKey)             the authenticated ApiKey of a request
 
 Errors (every one is JSON `{"statusCode", "name", "message"}`, statusCode
@@ -57,7 +59,8 @@ from mta.api.ratelimit import RateLimiter
 from mta.core.clock import Clock
 from mta.core.hostport import split_hostport
 
-__all__ = ["ApiError", "ApiServer", "ApiSettings", "KEY", "create_app", "read_json",
+__all__ = ["ApiError", "ApiServer", "ApiSettings", "KEY", "create_app", "read_json", "read_raw",
+           "json_of",
            "error_response", "Routes"]
 
 log = logging.getLogger("mta.api")
@@ -180,10 +183,9 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-async def read_json(request: web.Request) -> object:
-    """The request body as JSON: {} when empty (the SDKs send no body, or
-    `{}`, on GET, DELETE and some POSTs); 413 over max_request_size; 422
-    when it is not JSON."""
+async def read_raw(request: web.Request) -> bytes:
+    """The request body, at most max_request_size bytes (else 413, before
+    reading it whole when Content-Length says so)."""
     limit = request.app[_SETTINGS]().max_request_size
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large",
@@ -198,7 +200,19 @@ async def read_json(request: web.Request) -> object:
             raise ApiError(413, "payload_too_large",
                            f"Request body too large: the limit is {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request) -> object:
+    """The request body as JSON: {} when empty (the SDKs send no body, or
+    `{}`, on GET, DELETE and some POSTs); 413 over max_request_size; 422
+    when it is not JSON."""
+    return json_of(await read_raw(request))
+
+
+def json_of(raw: bytes) -> object:
+    """A body's JSON ({} when empty); 422 when it is not JSON (NaN and
+    Infinity are not JSON either)."""
     if not raw.strip():
         return {}
     try:

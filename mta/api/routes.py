@@ -1,8 +1,10 @@
 """The sending API's routes: emails and API keys (Resend's shapes).
 
 One job: turn each request into one call of the injected `SendingBackend`
-and its answer into Resend's JSON; inputs are validated here
-(mta.api.emails for email bodies) before the backend sees them.
+and its answer into Resend's JSON; inputs are validated here before the
+backend sees them, except email bodies: those the backend validates
+(mta.api.emails) where it builds the messages — in a receiver process when
+there is one (runtime/api_build.py).
 
 Public API:
     SendingBackend            the Protocol the runtime implements (runtime/api.py)
@@ -33,14 +35,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from mta.api.emails import EmailRequest, ValidationError, parse_batch, parse_email, \
-    parse_scheduled_at
-from mta.api.http import KEY, ApiError, ApiSettings, Routes, read_json
+from mta.api.emails import ValidationError, parse_scheduled_at
+from mta.api.http import KEY, ApiError, ApiSettings, Routes, read_json, read_raw
 from mta.api.keys import ApiKey, check_domains, check_name, check_permission, check_rate_limit
 from mta.api.openapi import openapi_document
 
@@ -56,9 +57,11 @@ class SendingBackend(Protocol):
     """What the routes ask of the running daemon. Raise ApiError for a
     refusal (403 sender domain, 404 unknown id, 409, 503 storage)."""
 
-    async def send(self, key: ApiKey, requests: Sequence[EmailRequest], *,
-                   idempotency_key: str | None, fingerprint: str,
-                   client_ip: str) -> list[str]: ...
+    async def send(self, key: ApiKey, raw: bytes, *, batch: bool,
+                   idempotency_key: str | None, client_ip: str) -> list[str]:
+        """The ids of the emails in `raw` (a POST /emails body, or a batch's),
+        validated and accepted; an Idempotency-Key repeat answers the first
+        request's ids (the backend compares `fingerprint`s of the bodies)."""
     async def get_email(self, key: ApiKey, email_id: str) -> dict[str, Any]: ...
     async def list_emails(self, key: ApiKey, limit: int,
                           after: str | None) -> dict[str, Any]: ...
@@ -116,27 +119,15 @@ def _limit(request: web.Request) -> int:
 
 def email_routes(backend: SendingBackend, settings_of: Callable[[], ApiSettings]) -> Routes:
     async def send(request: web.Request) -> web.Response:
-        doc = await read_json(request)
-        s = settings_of()
-        try:
-            req = parse_email(doc, max_recipients=s.max_recipients,
-                              fetch_hosts=frozenset(s.attachment_hosts), now=backend.now())
-        except ValidationError as exc:
-            raise _invalid(exc) from None
-        ids = await backend.send(request[KEY], [req], idempotency_key=_idempotency_key(request),
-                                 fingerprint=fingerprint(doc), client_ip=request.remote or "")
+        key = _idempotency_key(request)
+        ids = await backend.send(request[KEY], await read_raw(request), batch=False,
+                                 idempotency_key=key, client_ip=request.remote or "")
         return web.json_response({"id": ids[0]})
 
     async def batch(request: web.Request) -> web.Response:
-        doc = await read_json(request)
-        s = settings_of()
-        try:
-            reqs = parse_batch(doc, max_recipients=s.max_recipients,
-                               fetch_hosts=frozenset(s.attachment_hosts), now=backend.now())
-        except ValidationError as exc:
-            raise _invalid(exc) from None
-        ids = await backend.send(request[KEY], reqs, idempotency_key=_idempotency_key(request),
-                                 fingerprint=fingerprint(doc), client_ip=request.remote or "")
+        key = _idempotency_key(request)
+        ids = await backend.send(request[KEY], await read_raw(request), batch=True,
+                                 idempotency_key=key, client_ip=request.remote or "")
         return web.json_response({"data": [{"id": i} for i in ids]})
 
     async def get_email(request: web.Request) -> web.Response:

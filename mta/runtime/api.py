@@ -14,14 +14,17 @@ Public API:
     RuntimeSending(daemon, keys)              an mta.api.routes.SendingBackend
     api_ssl_context(cfg) -> ssl.SSLContext | None
 
-Acceptance of one email (the order is the order of the checks):
+Acceptance of one email (the order is the order of the checks; 1–3 are
+runtime/api_build.py, run by a receiver process when there is one — the CPU
+work leaves the owner as an SMTP session's does — else here):
   1. the From: domain against the key's domains and the sender policy
      (policy.senders: verified domains) → 403 naming the domain;
-  2. recipients on the suppression list are accepted and recorded as
-     suppressed (never attempted), as SMTP's `on_rcpt = "accept"` does;
-  3. MIME built by mail.compose; Received:/Message-ID/Date as an SMTP
+  2. MIME built by mail.compose; Received:/Message-ID/Date as an SMTP
      submission gets them (mail.headers.prepare_submission, protocol HTTP or
      HTTPS); DKIM-signed (off the loop) when the From: domain has keys;
+  3. recipients on the suppression list are accepted and recorded as
+     suppressed (never attempted), as SMTP's `on_rcpt = "accept"` does
+     (the owner's list);
   4. enqueued with the key's credential ("api:NAME"), listener "api", the
      test flag of a test key, the schedule, and the `received` detail
      (api_key prefix, tags, the envelope as given, the request fingerprint).
@@ -47,32 +50,37 @@ import asyncio
 import datetime as dt
 import email
 import email.policy
-import os
+import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mta.api.emails import EmailRequest
-from mta.api.http import ApiError, ApiServer, create_app
+from mta.api.http import ApiError, ApiServer, create_app, json_of
 from mta.api.keys import ApiKey, KeyCache, KeyNameTaken, StoreKeys
 from mta.api.resources import resource_routes
-from mta.api.routes import email_routes
+from mta.api.routes import email_routes, fingerprint
 from mta.config import Config
-from mta.core import Clock, Reply, StorageError, new_queue_id
+from mta.core import Clock, Reply, StorageError
 from mta.core.files import atomic_write
-from mta.mail.compose import Mailbox, compose, envelope_recipients
-from mta.mail.headers import prepare_submission
 from mta.policy.senders import SenderPolicy
 from mta.runtime.api_resources import ResourceDaemon, RuntimeResources
-from mta.runtime.fetch import fetch_remote
+from mta.runtime.api_build import BuildKey, BuildRefused, build, key_fields
+from mta.runtime.channel import ChannelClosed, RemoteError
+from mta.runtime.logs import event
 from mta.runtime.paths import state_paths
 from mta.runtime.startup import StartupError
 from mta.spool import MessageFilter, NewMessage, Spool
 from mta.spool.apikeys import SqliteApiKeys
 from mta.spool.views import MessageView
 
-__all__ = ["RuntimeSending", "start_api", "api_ssl_context"]
+__all__ = ["RuntimeSending", "start_api", "api_ssl_context", "REMOTE_BUILD_MAX"]
+
+log = logging.getLogger("mta.api")
+# A request body larger than this is built in the owner: a channel frame
+# (runtime/channel.py MAX_FRAME, 64 MiB) carries the body there and the
+# message back.
+REMOTE_BUILD_MAX = 16 * 1024 * 1024
 
 _LAST_EVENT = {"delivered": "delivered", "bounced": "bounced", "expired": "failed",
                "deleted": "canceled", "suppressed": "suppressed", "held": "queued"}
@@ -96,18 +104,18 @@ def _iso(t: float | None) -> str | None:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
 
 
-def _shown(box: Mailbox) -> str:
-    """A mailbox as the API was given it: "Name <addr>" or "addr"."""
-    return f"{box.name} <{box.address}>" if box.name else box.address
+Remote = Callable[..., Awaitable[Any]]     # Receivers.call_any: None when no receiver
 
 
 class RuntimeSending:
-    def __init__(self, *, cfg: Config, spool: Spool, enqueue: _Enqueue, clock: Clock,
-                 keys: KeyCache, store: StoreKeys, sender_policy: Callable[[], SenderPolicy],
-                 signer: _Signer | None, rcpt_check: _RcptCheck | None, secure: bool):
-        self.cfg, self.spool, self._enqueue, self.clock = cfg, spool, enqueue, clock
+    def __init__(self, *, cfg_of: Callable[[], Config], spool: Spool, enqueue: _Enqueue,
+                 clock: Clock, keys: KeyCache, store: StoreKeys,
+                 sender_policy: Callable[[], SenderPolicy], signer: _Signer | None,
+                 rcpt_check: _RcptCheck | None, secure: bool, remote: Remote | None = None):
+        self.cfg_of, self.spool, self._enqueue, self.clock = cfg_of, spool, enqueue, clock
         self.keys, self.store, self.sender_policy = keys, store, sender_policy
         self.signer, self.rcpt_check, self.secure = signer, rcpt_check, secure
+        self.remote = remote
         self._inflight: set[tuple[str, str]] = set()
 
     def now(self) -> float:
@@ -115,11 +123,12 @@ class RuntimeSending:
 
     # -- sending ------------------------------------------------------------
 
-    async def send(self, key: ApiKey, requests: Sequence[EmailRequest], *,
-                   idempotency_key: str | None, fingerprint: str,
+    async def send(self, key: ApiKey, raw: bytes, *, batch: bool, idempotency_key: str | None,
                    client_ip: str) -> list[str]:
         if idempotency_key is None:
-            return await self._accept(key, requests, None, fingerprint, client_ip)
+            return await self._accept(key, raw, batch, None, None, client_ip)
+        doc = json_of(raw)
+        fp, count = fingerprint(doc), (len(doc) if batch and isinstance(doc, list) else 1)
         slot = (key.credential, idempotency_key)
         if slot in self._inflight:
             raise ApiError(409, "concurrent_idempotent_requests",
@@ -127,10 +136,10 @@ class RuntimeSending:
                            "retry once it has finished")
         self._inflight.add(slot)
         try:
-            earlier = await self._earlier(key, idempotency_key, len(requests), fingerprint)
+            earlier = await self._earlier(key, idempotency_key, count, fp)
             if earlier is not None:
                 return earlier
-            return await self._accept(key, requests, idempotency_key, fingerprint, client_ip)
+            return await self._accept(key, raw, batch, idempotency_key, fp, client_ip)
         finally:
             self._inflight.discard(slot)
 
@@ -139,26 +148,25 @@ class RuntimeSending:
         return idempotency_key if count == 1 else f"{idempotency_key}#{n}"
 
     async def _earlier(self, key: ApiKey, idempotency_key: str, count: int,
-                       fingerprint: str) -> list[str] | None:
+                       fp: str) -> list[str] | None:
         """The ids an earlier request with this key made (same body), None
         when there was none in the window; 409 when its body differed."""
         found = await self.spool.ledger.idempotent_id(
             key.credential, self._item_key(idempotency_key, 0, count))
-        window = self.cfg.ledger.idempotency_window
+        window = self.cfg_of().ledger.idempotency_window
         if found is None or found[1] < self.now() - window:
             return None
-        if await self._fingerprint_of(found[0]) != fingerprint:
-            raise ApiError(409, "invalid_idempotent_request",
+        differs = ApiError(409, "invalid_idempotent_request",
                            "This Idempotency-Key was already used with a different request "
                            "body")
+        if await self._fingerprint_of(found[0]) != fp:
+            raise differs
         ids = [found[0]]
         for n in range(1, count):
             hit = await self.spool.ledger.idempotent_id(
                 key.credential, self._item_key(idempotency_key, n, count))
             if hit is None:
-                raise ApiError(409, "invalid_idempotent_request",
-                               "This Idempotency-Key was already used with a different "
-                               "request body")
+                raise differs
             ids.append(hit[0])
         return ids
 
@@ -170,17 +178,38 @@ class RuntimeSending:
                 return value if isinstance(value, str) else None
         return None
 
-    async def _accept(self, key: ApiKey, requests: Sequence[EmailRequest],
-                      idempotency_key: str | None, fingerprint: str,
-                      client_ip: str) -> list[str]:
+    async def _build(self, key: ApiKey, raw: bytes, batch: bool, client_ip: str,
+                     now: float) -> list[dict[str, Any]]:
+        """The messages of a request, built by a receiver process when one
+        is up (api_build.py), else here."""
+        bkey = BuildKey(key.prefix, key.credential, key.domains, key.test)
+        if self.remote is not None and len(raw) <= REMOTE_BUILD_MAX:
+            try:
+                got = await self.remote("api_build", raw, batch, key_fields(bkey), client_ip,
+                                        now, self.secure)
+            except (ChannelClosed, RemoteError) as exc:   # a receiver died: build here
+                event(log, "api_build_remote_failed", level=logging.WARNING, error=exc)
+                got = None
+            if got is not None:
+                if got[0] == "error":
+                    raise ApiError(int(got[1]), str(got[2]), str(got[3]))
+                return list(got[1])
+        try:
+            return await build(raw, batch=batch, key=bkey, client_ip=client_ip, now=now,
+                               cfg=self.cfg_of(), secure=self.secure,
+                               sender_policy=self.sender_policy(), signer=self.signer)
+        except BuildRefused as exc:
+            raise ApiError(exc.status, exc.name, exc.message) from None
+
+    async def _accept(self, key: ApiKey, raw: bytes, batch: bool, idempotency_key: str | None,
+                      fp: str | None, client_ip: str) -> list[str]:
         now = self.now()
+        built = await self._build(key, raw, batch, client_ip, now)
         messages = []
-        for n, req in enumerate(requests):
+        for n, b in enumerate(built):
             item_key = (None if idempotency_key is None
-                        else self._item_key(idempotency_key, n, len(requests)))
-            messages.append(await self._message(key, req, item_key, fingerprint, client_ip,
-                                                now, where=f"[{n}]." if len(requests) > 1
-                                                else ""))
+                        else self._item_key(idempotency_key, n, len(built)))
+            messages.append(await self._message(key, b, item_key, fp, client_ip))
         try:
             return list(await asyncio.gather(*(self._enqueue.enqueue(m, now)
                                                for m in messages)))
@@ -189,47 +218,26 @@ class RuntimeSending:
                            f"The mail server cannot take mail now ({exc.reply}); retry later",
                            {"retry-after": "30"}) from None
 
-    async def _message(self, key: ApiKey, req: EmailRequest, idempotency_key: str | None,
-                       fingerprint: str, client_ip: str, now: float,
-                       where: str) -> NewMessage:
-        req = await fetch_remote(req, limit=self.cfg.api.max_request_size)
-        c = req.composition
-        domain = c.sender.rpartition("@")[2]
-        refusal = self.sender_policy().check(domain, key.scopes, "from")
-        if refusal is not None:
-            raise ApiError(403, "validation_error", f"{where}from: {refusal.text}")
-        rcpts = tuple(envelope_recipients(c))
+    async def _message(self, key: ApiKey, b: dict[str, Any], idempotency_key: str | None,
+                       fp: str | None, client_ip: str) -> NewMessage:
+        """A built message with what only the owner knows: the suppression
+        list's verdict per recipient, the idempotency key, the fingerprint."""
+        rcpts = tuple(str(r) for r in b["recipients"])
         suppressed: list[tuple[int, str]] = []
         if self.rcpt_check is not None:
             for i, rcpt in enumerate(rcpts):
                 reply = await self.rcpt_check(rcpt, key.credential)
                 if reply is not None:
                     suppressed.append((i, str(reply)))
-        qid = new_queue_id(now)
-        try:
-            body = compose(c, message_id=f"{qid}.{os.urandom(6).hex()}@"
-                                         f"{self.cfg.server.hostname}", date=now)
-        except ValueError as exc:       # parse_email checks first; compose checks again
-            raise ApiError(422, "validation_error", f"{where}{exc}") from None
-        body = prepare_submission(
-            body, hostname=self.cfg.server.hostname, helo="api", client_ip=client_ip,
-            protocol="HTTPS" if self.secure else "HTTP", queue_id_hint=qid,
-            recipient=rcpts[0] if len(rcpts) == 1 else None, now=now, authenticated=True)
-        if self.signer is not None and self.signer.keys_for(domain):
-            body = await asyncio.to_thread(self.signer.sign, body, domain)
-        detail = {"api_key": key.prefix, "fingerprint": fingerprint,
-                  "tags": [{"name": n, "value": v} for n, v in req.tags],
-                  "email": {"from": f"{c.sender_name} <{c.sender}>" if c.sender_name
-                            else c.sender,
-                            "to": [_shown(b) for b in c.to], "cc": [_shown(b) for b in c.cc],
-                            "bcc": [_shown(b) for b in c.bcc],
-                            "reply_to": [_shown(b) for b in c.reply_to],
-                            "subject": c.subject}}
-        return NewMessage(sender=c.sender, recipients=rcpts, body=body,
+        detail = dict(b["detail"])
+        if fp is not None:
+            detail["fingerprint"] = fp
+        not_before = b.get("not_before")
+        return NewMessage(sender=str(b["sender"]), recipients=rcpts, body=bytes(b["body"]),
                           credential=key.credential, listener="api", client_ip=client_ip,
-                          queue_id=qid, suppressed=tuple(suppressed),
+                          queue_id=str(b["queue_id"]), suppressed=tuple(suppressed),
                           idempotency_key=idempotency_key, detail=detail, test=key.test,
-                          not_before=req.scheduled_at)
+                          not_before=None if not_before is None else float(not_before))
 
     # -- reads and moves ------------------------------------------------------
 
@@ -400,10 +408,14 @@ async def start_api(daemon: _Daemon) -> ApiServer | None:
     ensure_first_key(cfg, store, root, daemon.clock.now())
     keys = KeyCache(store, daemon.clock)
     enqueue, policy, rcpt_check = daemon.sending_parts()
-    backend = RuntimeSending(cfg=cfg, spool=daemon.spool, enqueue=enqueue, clock=daemon.clock,
-                             keys=keys, store=store, sender_policy=policy,
+    async def remote(op: str, *args: Any) -> Any:
+        receivers = daemon.receivers       # None in one-process mode (workers = 0)
+        return None if receivers is None else await receivers.call_any(op, *args)
+
+    backend = RuntimeSending(cfg_of=lambda: daemon.cfg, spool=daemon.spool, enqueue=enqueue,
+                             clock=daemon.clock, keys=keys, store=store, sender_policy=policy,
                              signer=daemon.domains, rcpt_check=rcpt_check,
-                             secure=ctx is not None)
+                             secure=ctx is not None, remote=remote)
     routes = [*email_routes(backend, lambda: daemon.cfg.api),
               *resource_routes(RuntimeResources(daemon))]
     app = create_app(routes, settings_of=lambda: daemon.cfg.api, keys=keys, clock=daemon.clock)

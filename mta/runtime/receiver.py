@@ -15,7 +15,9 @@ Life
      own DKIM keys and domain states (re-read on "domains", sent after each
      of the owner's domain ticks, and on each "config"), answers "ready";
   2. each connection passed is adopted by its listener (the owner admitted
-     it); every message is committed by the owner before its 250;
+     it); every message is committed by the owner before its 250; the
+     owner's sending API asks it to build messages ("api_build":
+     runtime/api_build.py) so that CPU work leaves the owner too;
   3. "stop" [grace], SIGTERM or SIGINT: the listeners stop (sessions inside
      DATA get `grace` seconds), then the process exits; it also exits when
      the owner's channel closes (the owner died: nothing can be committed).
@@ -38,6 +40,7 @@ from mta.core import SystemClock
 from mta.delivery.resolver import DnsResolver
 from mta.domains.service import DomainService
 from mta.policy.senders import SenderPolicy
+from mta.runtime.api_build import BuildRefused, build, key_of
 from mta.runtime.channel import Channel, open_channel, recv_fds
 from mta.runtime.domains import DomainCache
 from mta.runtime.logs import event, setup_logging
@@ -66,6 +69,7 @@ class Receiver:
         self.domains: DomainCache | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._channel: Channel | None = None
+        self.cfg: Config | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -73,7 +77,8 @@ class Receiver:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
-        channel = await open_channel(self._rpc_sock, notice=self._notice, name="owner")
+        channel = await open_channel(self._rpc_sock, notice=self._notice, serve=self._serve,
+                                     name="owner")
         self._channel = channel
         closed = asyncio.ensure_future(channel.closed())
         stopped = asyncio.ensure_future(self._stop.wait())
@@ -98,6 +103,7 @@ class Receiver:
         channel.close()
 
     async def _build(self, cfg: Config, channel: Channel) -> None:
+        self.cfg = cfg
         setup_logging(cfg.server.log_level)
         tag = f"@receiver-{self.index}"
 
@@ -146,6 +152,29 @@ class Receiver:
                 event(log, "domains_refresh_failed", level=logging.WARNING, error=exc)
 
     # ---- from the owner -------------------------------------------------------
+    async def _serve(self, op: str, args: list[Any]) -> Any:
+        if op == "api_build" and self.cfg is not None and self.domains is not None:
+            return await self._api_build(self.cfg, self.domains, *args)
+        raise LookupError(f"unknown request {op!r}")
+
+    @staticmethod
+    async def _api_build(cfg: Config, domains: DomainCache, raw: bytes, batch: bool,
+                         key: list[Any], client_ip: str, now: float,
+                         secure: bool) -> list[Any]:
+        """A sending API request's messages (runtime/api_build.py), built
+        here so the CPU work leaves the owner: ["ok", [built, …]] or
+        ["error", status, name, message]."""
+        policy = SenderPolicy(
+            require_verified=cfg.policy.require_verified_domain and cfg.server.mode != "sandbox",
+            domain_state=domains.state)
+        try:
+            built = await build(bytes(raw), batch=bool(batch), key=key_of(key),
+                                client_ip=str(client_ip), now=float(now), cfg=cfg,
+                                secure=bool(secure), sender_policy=policy, signer=domains)
+        except BuildRefused as exc:
+            return ["error", exc.status, exc.name, exc.message]
+        return ["ok", built]
+
     def _notice(self, op: str, args: list[Any]) -> None:
         if op == "config":
             cfg = pickle.loads(args[0])
@@ -160,6 +189,7 @@ class Receiver:
             self._stop.set()
 
     async def _reconfigure(self, cfg: Config) -> None:
+        self.cfg = cfg
         logging.getLogger().setLevel(cfg.server.log_level.upper())
         paths = state_paths(cfg)
         for name, lst in self.listeners.items():

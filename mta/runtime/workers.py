@@ -22,6 +22,8 @@ API
     .reconfigure(cfg)                send the Config in force to every one
     .begin_stop()                    from now on a receiver that exits stays down
     .refresh_domains()               every receiver re-reads domains and keys
+    await .call_any(op, *args)       one ready receiver (round robin) does `op`
+                                     (the sending API's "api_build"); None: none ready
     await .stop(grace)               "stop" to every one, wait for their exit
                                      (killed past grace + 5 s)
     .pids                            the live receivers' pids
@@ -125,6 +127,7 @@ class Receivers:
         self.listeners: dict[str, SubmissionListener] = {}
         self._procs = [_Proc(i) for i in range(count)]
         self._ids = itertools.count(1)
+        self._turn = itertools.count()
         self._stopping = False
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -211,6 +214,18 @@ class Receivers:
         for p in self._procs:
             if p.channel is not None and not p.channel.is_closed:
                 p.channel.notify("config", data)
+
+    async def call_any(self, op: str, *args: Any) -> Any:
+        """Ask one ready receiver (in turn) to do `op` (e.g. the sending
+        API's "api_build"); None when none is ready (the caller does it
+        itself). ChannelClosed/RemoteError as Channel.call."""
+        ready = [p for p in self._procs if p.ready and p.channel is not None
+                 and not p.channel.is_closed]
+        if not ready:
+            return None
+        p = ready[next(self._turn) % len(ready)]
+        assert p.channel is not None
+        return await p.channel.call(op, *args)
 
     def refresh_domains(self) -> None:
         """Every receiver re-reads the sending domains and DKIM keys (after
