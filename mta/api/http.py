@@ -178,8 +178,10 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                                   "Internal error (see the mail server's log)")
     for name, value in limits.items():
         response.headers.setdefault(name, value)
-    access_log.debug("method=%s path=%s status=%d ms=%.1f", quote(request.method),
-                     quote(request.path), response.status, (time.monotonic() - started) * 1000)
+    if access_log.isEnabledFor(logging.DEBUG):
+        access_log.debug("method=%s path=%s status=%d ms=%.1f", quote(request.method),
+                         quote(request.path), response.status,
+                         (time.monotonic() - started) * 1000)
     return response
 
 

@@ -107,6 +107,10 @@ def _iso(t: float | None) -> str | None:
 Remote = Callable[..., Awaitable[Any]]     # Receivers.call_any: None when no receiver
 
 
+def _unended(text: str) -> str:
+    return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+
+
 class RuntimeSending:
     def __init__(self, *, cfg_of: Callable[[], Config], spool: Spool, enqueue: _Enqueue,
                  clock: Clock, keys: KeyCache, store: StoreKeys,
@@ -295,7 +299,8 @@ class RuntimeSending:
         for kind in ("html", "plain"):
             part = msg.get_body((kind,)) if hasattr(msg, "get_body") else None
             try:
-                parts.append(part.get_content() if part is not None else None)
+                # the MIME part ends its last line; the text as given may not
+                parts.append(_unended(part.get_content()) if part is not None else None)
             except (LookupError, ValueError, AttributeError):
                 parts.append(None)
         return parts[0], parts[1]
