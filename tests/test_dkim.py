@@ -530,3 +530,57 @@ def test_sign_from_many_threads(both, dns_server):
     # RSA PKCS#1 v1.5 and Ed25519 are deterministic: threads must give the same bytes
     assert signed == expected
     assert all(dkimpy_results(s, dns_server) == [True, True] for s in signed[:8])
+
+
+# ---- mail built by the sending API (issue 13) ----
+
+def _api_built(both) -> bytes:
+    """A message as the sending API builds it (runtime/api_build.py: JSON →
+    MIME → Received: → DKIM), with non-ASCII names, html + derived text,
+    an inline image and an attachment."""
+    import asyncio
+    import base64
+    import json
+
+    from mta.config import parse_config
+    from mta.policy.senders import SenderPolicy
+    from mta.runtime.api_build import BuildKey, build
+
+    class Signer:
+        def keys_for(self, domain):
+            return both if domain == DOMAIN else []
+
+        def sign(self, message, domain):
+            return dkim.sign(message, both, now=NOW)
+
+    body = {"from": f"Zoë Team <news@{DOMAIN}>", "to": ["Renée <someone@dest.test>"],
+            "cc": "cc@dest.test", "subject": "Grüße — a long subject " * 4,
+            "html": "<p>Hello <b>there</b> <img src='cid:logo'></p>" + "<p>x</p>" * 200,
+            "headers": {"X-Campaign": "winter"},
+            "attachments": [{"filename": "résumé.pdf",
+                             "content": base64.b64encode(bytes(range(256)) * 40).decode()},
+                            {"filename": "logo.png", "content": list(b"\x89PNG" * 50),
+                             "content_id": "logo"}]}
+    built = asyncio.run(build(json.dumps(body).encode(), batch=False,
+                              key=BuildKey("mta_live_x", "api:x", (), False),
+                              client_ip="127.0.0.1", now=NOW, cfg=parse_config(""),
+                              secure=False,
+                              sender_policy=SenderPolicy(False, lambda d: None),
+                              signer=Signer()))
+    return bytes(built[0]["body"])
+
+
+def test_api_built_mail_verifies_with_dkimpy(both, dns_server):
+    assert dkimpy_results(_api_built(both), dns_server) == [True, True]
+
+
+@needs_perl
+def test_api_built_mail_verifies_with_mail_dkim(both, dns_server):
+    assert perl_results(_api_built(both), dns_server) == {"rsa-sha256 rsa1": "pass",
+                                                          "ed25519-sha256 ed1": PERL_ED_RESULT}
+
+
+@needs_opendkim
+def test_api_built_mail_verifies_with_opendkim(both, opendkim):
+    ok, err = opendkim(_api_built(both))
+    assert ok, err
