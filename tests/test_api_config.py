@@ -89,3 +89,28 @@ def test_config_allows_a_tls_proxy_and_defaults_off():
     assert parse_config("").api.address is None          # a config file: off unless set
     from mta.config import EMBEDDED_DEFAULT
     assert parse_config(EMBEDDED_DEFAULT).api.address == "127.0.0.1:8080"
+
+
+async def test_request_bodies_held_at_once_are_bounded(tmp_path, monkeypatch):
+    """Many large bodies at once: past the budget a request gets 503 with
+    retry-after instead of the server holding them all; the budget is
+    given back when each request ends (a later one succeeds)."""
+    from mta.api import http as api_http
+    monkeypatch.setattr(api_http, "BODY_BUDGET", 1)        # one max_request_size
+    state = tmp_path / "state"
+    text = sandbox_text(state, "max_request_size = \"200KiB\"\n")
+    async with running_daemon(text) as d:
+        token = (state / "initial-api-key.txt").read_text().split("key=")[1].strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        body = {"from": "me@example.com", "to": "you@example.net", "subject": "big",
+                "text": "x" * 150_000}
+        async with aiohttp.ClientSession() as s:
+            async def post():
+                async with s.post(d.api.url + "/emails", headers=auth, json=body) as r:
+                    return r.status, dict(r.headers)
+            results = await asyncio.gather(*(post() for _ in range(8)))
+            codes = sorted(c for c, _ in results)
+            assert 200 in codes and 503 in codes, codes
+            assert all(h.get("Retry-After") == "1" for c, h in results if c == 503)
+            assert (await post())[0] == 200                  # nothing left held
+        assert d.api.app[api_http._BUDGET].used == 0

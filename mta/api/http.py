@@ -39,7 +39,10 @@ Invariants:
   rate_limit` requests/s); every authenticated response carries
   ratelimit-limit/-remaining/-reset, a 429 also retry-after.
 - Bodies larger than `max_request_size` are refused with 413 before they
-  are read whole (Content-Length, or counted while reading).
+  are read whole (Content-Length, or counted while reading); all bodies
+  held at once stay under BODY_BUDGET (256 MiB, or one max_request_size):
+  past it, 503 service_unavailable with retry-after (memory stays bounded
+  whatever many clients send at once).
 """
 
 from __future__ import annotations
@@ -71,7 +74,12 @@ _SETTINGS: web.AppKey[Callable[[], ApiSettings]] = web.AppKey("settings")
 _KEYS = web.AppKey("keys", KeyCache)
 _LIMITER = web.AppKey("limiter", RateLimiter)
 _FULL = web.AppKey("full_access", frozenset)     # (method, route path) needing full access
+_BUDGET: web.AppKey[_Budget] = web.AppKey("budget")
+_HELD = web.RequestKey("held", int)
 _OPEN = frozenset({"/openapi.json"})
+# Request bodies held in memory at once, all requests together (each is
+# also at most [api] max_request_size): past it, 503 with retry-after.
+BODY_BUDGET = 256 * 1024 * 1024
 # aiohttp's own cap: the largest [api] max_request_size; ours is checked per request.
 _CLIENT_MAX = 1024 * 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -164,7 +172,10 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             if key.permission != "full_access" and _full_access_needed(request):
                 raise ApiError(403, "restricted_api_key",
                                "This API key is restricted to sending emails only")
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        finally:
+            request.app[_BUDGET].used -= request.get(_HELD, 0)
     except ApiError as exc:
         response = error_response(exc.status, exc.name, exc.message, exc.headers)
     except web.HTTPException as exc:
@@ -193,6 +204,7 @@ async def read_raw(request: web.Request) -> bytes:
         raise ApiError(413, "payload_too_large",
                        f"Request body too large: the limit is {limit} bytes")
     chunks, size = [], 0
+    budget = request.app[_BUDGET]
     while True:
         chunk = await request.content.read(256 * 1024)
         if not chunk:
@@ -201,8 +213,27 @@ async def read_raw(request: web.Request) -> bytes:
         if size > limit:
             raise ApiError(413, "payload_too_large",
                            f"Request body too large: the limit is {limit} bytes")
+        if not budget.take(len(chunk), limit):
+            raise ApiError(503, "service_unavailable",
+                           "The server holds too many request bodies right now; retry shortly",
+                           {"retry-after": "1"})
+        request[_HELD] = request.get(_HELD, 0) + len(chunk)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class _Budget:
+    """The bytes of request bodies held in memory at once, over all
+    requests: at most BODY_BUDGET (or one max_request_size, if larger)."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def take(self, n: int, max_request: int) -> bool:
+        if self.used + n > max(BODY_BUDGET, max_request):
+            return False
+        self.used += n
+        return True
 
 
 async def read_json(request: web.Request) -> object:
@@ -237,6 +268,7 @@ def create_app(routes: Routes, *, settings_of: Callable[[], ApiSettings], keys: 
     app[_SETTINGS] = settings_of
     app[_KEYS] = keys
     app[_LIMITER] = RateLimiter(clock)
+    app[_BUDGET] = _Budget()
     app[_FULL] = frozenset((m, p) for m, p, _, full in routes if full)
     for method, path, handler, _ in routes:
         app.router.add_route(method, path, handler)
