@@ -157,9 +157,14 @@ async def test_idempotency_concurrent(env):
 async def test_batch(env):
     items = [{"from": "a@acme.test", "to": f"ok-{i}@rcpt.test", "subject": f"b{i}",
               "text": "hi"} for i in range(5)]
+    stats = env.d.spool.stats
+    before = (stats.fsyncs, stats.enqueued)
     out = await env.sdk(resend.Batch.send, items)
     ids = [x["id"] for x in out["data"]]
     assert len(set(ids)) == 5
+    # one durable commit for the batch: its five bodies in one append + fsync
+    # (deliveries may have added their own transactions since)
+    assert stats.enqueued - before[1] == 5 and stats.fsyncs - before[0] == 1
     await env.sink.wait_for(5, timeout=20)
     status, body, _ = await env.http("POST", "/emails/batch",
                                      json=items[:2] + [{"from": "a@acme.test"}])
