@@ -7,13 +7,17 @@ shape — and the server that binds it (optionally over TLS).
 
 Public API:
     ApiError(status, name, message, headers=None)   raise anywhere below a handler
-    create_app(routes, *, settings_of, keys, clock) -> web.Application
+    create_app(routes, *, settings_of, keys, clock, limiter=None) -> web.Application
+        limiter: a RateTake (default: local_limiter(clock), this process's)
         routes: [(method, path, handler, needs full access)] (mta.api.routes);
         settings_of() -> ApiSettings, read per request (a reload applies the
         live [api] keys: rate_limit, max_request_size, max_recipients,
         attachment_hosts); keys: mta.api.keys.KeyCache
     ApiServer(app, address, *, ssl_context=None)
-        .start() binds "host:port" (port 0 ok), .sockname, .url, .stop()
+        .start(handoff=None) binds "host:port" (port 0 ok), .sockname, .url, .stop();
+        with handoff(sock) -> bool it accepts itself and hands connections on
+    Adopted(app, ssl_context)   an app serving connections accepted elsewhere:
+                                .setup(), .adopt(sock), .close()
     read_raw(request) -> bytes       the body, within max_request_size (413)
     read_json(request) -> object     the body as JSON ({} when empty)
     json_of(raw) -> object           the same for bytes already read (422: not JSON)
@@ -47,8 +51,10 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -58,11 +64,12 @@ from aiohttp import web
 
 from mta.admin.http import ServerLog, quote
 from mta.api.keys import ApiKey, KeyCache
-from mta.api.ratelimit import RateLimiter
+from mta.api.ratelimit import Decision, RateLimiter
 from mta.core.clock import Clock
 from mta.core.hostport import split_hostport
 
-__all__ = ["ApiError", "ApiServer", "ApiSettings", "KEY", "create_app", "read_json", "read_raw",
+__all__ = ["ApiError", "ApiServer", "ApiSettings", "Adopted", "KEY", "RateTake", "create_app",
+           "local_limiter", "read_json", "read_raw",
            "json_of",
            "error_response", "Routes"]
 
@@ -72,7 +79,11 @@ access_log = logging.getLogger("mta.api.access")
 KEY = web.RequestKey("api_key", ApiKey)
 _SETTINGS: web.AppKey[Callable[[], ApiSettings]] = web.AppKey("settings")
 _KEYS = web.AppKey("keys", KeyCache)
-_LIMITER = web.AppKey("limiter", RateLimiter)
+# The rate limit's decision for (key id, requests/s): a local RateLimiter's,
+# or (a receiver process) its owner's, so a key has one budget whichever
+# process serves it.
+RateTake = Callable[[str, float], Awaitable[Decision]]
+_LIMITER: web.AppKey[RateTake] = web.AppKey("limiter")
 _FULL = web.AppKey("full_access", frozenset)     # (method, route path) needing full access
 _BUDGET: web.AppKey[_Budget] = web.AppKey("budget")
 _HELD = web.RequestKey("held", int)
@@ -163,7 +174,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             key = await _authenticate(request)
             request[KEY] = key
             settings = request.app[_SETTINGS]()
-            decision = request.app[_LIMITER].take(key.id, key.rate_limit or settings.rate_limit)
+            decision = await request.app[_LIMITER](key.id, key.rate_limit or settings.rate_limit)
             limits = decision.headers()
             if not decision.allowed:
                 raise ApiError(429, "rate_limit_exceeded",
@@ -261,13 +272,22 @@ def _no_constant(name: str) -> object:
 Routes = list[tuple[str, str, Handler, bool]]   # method, path, handler, needs full access
 
 
+def local_limiter(clock: Clock) -> RateTake:
+    """A RateLimiter of this process as a RateTake."""
+    limiter = RateLimiter(clock)
+
+    async def take(key_id: str, rate: float) -> Decision:
+        return limiter.take(key_id, rate)
+    return take
+
+
 def create_app(routes: Routes, *, settings_of: Callable[[], ApiSettings], keys: KeyCache,
-               clock: Clock) -> web.Application:
+               clock: Clock, limiter: RateTake | None = None) -> web.Application:
     app = web.Application(middlewares=[_guard], client_max_size=_CLIENT_MAX,
                           handler_args={"logger": ServerLog(log, "api")})
     app[_SETTINGS] = settings_of
     app[_KEYS] = keys
-    app[_LIMITER] = RateLimiter(clock)
+    app[_LIMITER] = limiter or local_limiter(clock)
     app[_BUDGET] = _Budget()
     app[_FULL] = frozenset((m, p) for m, p, _, full in routes if full)
     for method, path, handler, _ in routes:
@@ -275,13 +295,60 @@ def create_app(routes: Routes, *, settings_of: Callable[[], ApiSettings], keys: 
     return app
 
 
+class Adopted:
+    """An app serving connections accepted elsewhere (a receiver process's
+    share of the sending API, or the owner's own when no receiver takes
+    one): `await setup()`, `adopt(sock)` (TLS handshake included, in a task
+    of its own), `await close()`."""
+
+    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None = None):
+        self.app, self.ssl_context = app, ssl_context
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def setup(self) -> None:
+        await self.runner.setup()
+
+    def adopt(self, sock: socket.socket) -> None:
+        task = asyncio.ensure_future(self._adopt(sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _adopt(self, sock: socket.socket) -> None:
+        server = self.runner.server
+        try:
+            if server is None:
+                raise OSError("the API is stopping")
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            if self.ssl_context is None:
+                await loop.connect_accepted_socket(server, sock=sock)
+            else:
+                await loop.connect_accepted_socket(server, sock=sock, ssl=self.ssl_context,
+                                                   ssl_handshake_timeout=30)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ValueError) as exc:
+            log.info("event=api_adopt_failed error=%s", quote(exc))
+            sock.close()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.runner.cleanup()
+
+
 class ApiServer:
-    """Serves an app on `settings_of().address` ("host:port"; port 0 picks one)."""
+    """Serves an app on `address` ("host:port"; port 0 picks one). With a
+    `handoff` (mta serve with receiver processes), the server accepts
+    itself and hands each connection to `handoff(sock) -> bool`; a False
+    (no receiver can take it now) serves it here."""
 
     def __init__(self, app: web.Application, address: str, *,
                  ssl_context: ssl.SSLContext | None = None):
         self.app, self.address, self.ssl_context = app, address, ssl_context
         self._runner: web.AppRunner | None = None
+        self._own: Adopted | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._listen: socket.socket | None = None
         self.sockname: tuple[str, int] | None = None
 
     @property
@@ -292,8 +359,11 @@ class ApiServer:
         scheme = "https" if self.ssl_context is not None else "http"
         return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
-    async def start(self) -> None:
+    async def start(self, handoff: Callable[[socket.socket], bool] | None = None) -> None:
         host, port = split_hostport(self.address)
+        if handoff is not None:
+            await self._start_handing(host, port, handoff)
+            return
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=self.ssl_context)
@@ -306,7 +376,45 @@ class ApiServer:
         addresses = runner.addresses
         self.sockname = (addresses[0][0], addresses[0][1]) if addresses else (host, port)
 
+    async def _start_handing(self, host: str, port: int,
+                             handoff: Callable[[socket.socket], bool]) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listen = socket.create_server((host, port), family=family, backlog=1024)
+        listen.setblocking(False)
+        own = Adopted(self.app, self.ssl_context)
+        await own.setup()
+        self._listen, self._own = listen, own
+        self.sockname = tuple(listen.getsockname()[:2])
+        self._accepting = asyncio.ensure_future(self._accept(listen, own, handoff))
+
+    async def _accept(self, listen: socket.socket, own: Adopted,
+                      handoff: Callable[[socket.socket], bool]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listen)
+            except OSError as exc:       # EMFILE and friends: pause, do not spin
+                log.warning("event=api_accept_failed error=%s", quote(exc))
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                handed = handoff(conn)
+            except Exception:            # never lose the accept loop over one connection
+                log.exception("event=api_handoff_failed")
+                handed = False
+            if not handed:
+                own.adopt(conn)
+
     async def stop(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+        if self._listen is not None:
+            self._listen.close()
+            self._listen = None
+        if self._own is not None:
+            own, self._own = self._own, None
+            await own.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()

@@ -12,7 +12,6 @@ Public API:
         yet: a full-access key "default", printed once and kept (0600) in
         state_dir/initial-api-key.txt
     RuntimeSending(daemon, keys)              an mta.api.routes.SendingBackend
-    api_ssl_context(cfg) -> ssl.SSLContext | None
 
 Acceptance of one email (the order is the order of the checks; 1–3 are
 runtime/api_build.py, run by a receiver process when there is one — the CPU
@@ -58,6 +57,7 @@ from typing import Any, Protocol
 
 from mta.api.http import ApiError, ApiServer, create_app, json_of
 from mta.api.keys import ApiKey, KeyCache, KeyNameTaken, StoreKeys
+from mta.api.ratelimit import Decision, RateLimiter
 from mta.api.resources import resource_routes
 from mta.api.routes import email_routes, fingerprint
 from mta.config import Config
@@ -66,15 +66,17 @@ from mta.core.files import atomic_write
 from mta.policy.senders import SenderPolicy
 from mta.runtime.api_resources import ResourceDaemon, RuntimeResources
 from mta.runtime.api_build import BuildKey, BuildRefused, build, key_fields
+from mta.runtime.api_remote import OwnerApi
 from mta.runtime.channel import ChannelClosed, RemoteError
 from mta.runtime.logs import event
 from mta.runtime.paths import state_paths
 from mta.runtime.startup import StartupError
+from mta.runtime.tls import api_ssl_context
 from mta.spool import MessageFilter, NewMessage, Spool
 from mta.spool.apikeys import SqliteApiKeys
 from mta.spool.views import MessageView
 
-__all__ = ["RuntimeSending", "start_api", "api_ssl_context", "REMOTE_BUILD_MAX"]
+__all__ = ["RuntimeSending", "start_api", "REMOTE_BUILD_MAX"]
 
 log = logging.getLogger("mta.api")
 # A request body larger than this is built in the owner: a channel frame
@@ -209,6 +211,14 @@ class RuntimeSending:
                       fp: str | None, client_ip: str) -> list[str]:
         now = self.now()
         built = await self._build(key, raw, batch, client_ip, now)
+        return await self.commit(key, built, client_ip, idempotency_key, fp, now=now)
+
+    async def commit(self, key: ApiKey, built: list[dict[str, Any]], client_ip: str,
+                     idempotency_key: str | None = None, fp: str | None = None, *,
+                     now: float | None = None) -> list[str]:
+        """Enqueue built messages (api_build.py; a receiver's come over the
+        channel: api_remote.py) together: one writer batch, one fsync."""
+        now = self.now() if now is None else now
         messages = []
         for n, b in enumerate(built):
             item_key = (None if idempotency_key is None
@@ -368,15 +378,6 @@ class RuntimeSending:
         return {"object": "api_key", "id": key_id, "deleted": True}
 
 
-def api_ssl_context(cfg: Config) -> ssl.SSLContext | None:
-    if cfg.api.cert is None or cfg.api.key is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cfg.api.cert, cfg.api.key)
-    return ctx
-
-
 class _Daemon(ResourceDaemon, Protocol):
 
     def sending_parts(self) -> tuple[_Enqueue, Callable[[], SenderPolicy], _RcptCheck]: ...
@@ -421,12 +422,23 @@ async def start_api(daemon: _Daemon) -> ApiServer | None:
                              clock=daemon.clock, keys=keys, store=store, sender_policy=policy,
                              signer=daemon.domains, rcpt_check=rcpt_check,
                              secure=ctx is not None, remote=remote)
-    routes = [*email_routes(backend, lambda: daemon.cfg.api),
-              *resource_routes(RuntimeResources(daemon))]
-    app = create_app(routes, settings_of=lambda: daemon.cfg.api, keys=keys, clock=daemon.clock)
+    resources = RuntimeResources(daemon)
+    routes = [*email_routes(backend, lambda: daemon.cfg.api), *resource_routes(resources)]
+    limiter = RateLimiter(daemon.clock)
+
+    async def take(key_id: str, rate: float) -> Decision:
+        return limiter.take(key_id, rate)
+
+    app = create_app(routes, settings_of=lambda: daemon.cfg.api, keys=keys, clock=daemon.clock,
+                     limiter=take)
     server = ApiServer(app, cfg.api.address, ssl_context=ctx)
+    receivers = daemon.receivers
+    if receivers is not None:
+        # Receivers serve the API's connections (api_remote.py); the owner
+        # answers what needs its spool, stores and rate limiter.
+        receivers.api_serve = OwnerApi(backend, resources, limiter).serve
     try:
-        await server.start()
+        await server.start(handoff=receivers.hand_api if receivers is not None else None)
     except OSError as exc:
         raise StartupError(f"api: cannot listen on {cfg.api.address}: {exc}") from exc
     return server

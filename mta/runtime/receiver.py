@@ -17,7 +17,8 @@ Life
   2. each connection passed is adopted by its listener (the owner admitted
      it); every message is committed by the owner before its 250; the
      owner's sending API asks it to build messages ("api_build":
-     runtime/api_build.py) so that CPU work leaves the owner too;
+     runtime/api_build.py) so that CPU work leaves the owner too, and hands
+     it sending-API connections (tag API_CONN: api_remote.py serves them);
   3. "stop" [grace], SIGTERM or SIGINT: the listeners stop (sessions inside
      DATA get `grace` seconds), then the process exits; it also exits when
      the owner's channel closes (the owner died: nothing can be committed).
@@ -40,7 +41,9 @@ from mta.core import SystemClock
 from mta.delivery.resolver import DnsResolver
 from mta.domains.service import DomainService
 from mta.policy.senders import SenderPolicy
+from mta.api.http import Adopted
 from mta.runtime.api_build import BuildRefused, build, key_of
+from mta.runtime.api_remote import API_CONN, receiver_api
 from mta.runtime.channel import Channel, open_channel, recv_fds
 from mta.runtime.domains import DomainCache
 from mta.runtime.logs import event, setup_logging
@@ -70,6 +73,7 @@ class Receiver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._channel: Channel | None = None
         self.cfg: Config | None = None
+        self.api: Adopted | None = None      # the sending API's share (api_remote.py)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -98,6 +102,8 @@ class Receiver:
         # The owner may be gone: sessions cannot commit then, close them now.
         grace = self._grace if not channel.is_closed else 0.0
         await asyncio.gather(*(lst.stop(grace) for lst in self.listeners.values()))
+        if self.api is not None:
+            await self.api.close()
         for task in self._tasks:
             task.cancel()
         channel.close()
@@ -138,6 +144,13 @@ class Receiver:
                 gate=gate, sender_policy=sender_policy, signer=self.domains,
                 rcpt_check=rcpt_check, spill_dir=str(paths["incoming"]),
                 accept_suppressed=cfg.suppression.on_rcpt == "accept", observer=observer)
+        if cfg.api.address is not None:
+            self.api = await receiver_api(channel, cfg_of=self._config, domains=self.domains,
+                                          clock=clock)
+
+    def _config(self) -> Config:
+        assert self.cfg is not None
+        return self.cfg
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -212,6 +225,12 @@ class Receiver:
         for fd, payload in got:
             sock = socket.socket(fileno=fd)
             name, conn_id, refusal = payload
+            if name == API_CONN:
+                if self.api is not None:
+                    self.api.adopt(sock)           # HTTP: no session gate to tell
+                else:
+                    sock.close()
+                continue
             lst = self.listeners.get(name)
             if lst is None:                    # cannot happen: close it, tell the owner
                 sock.close()

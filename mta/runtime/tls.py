@@ -1,6 +1,7 @@
 """TLS contexts for listeners, and the self-signed certificate for first runs.
 
-`server_context(cert, key)` builds a server SSLContext (TLS ≥ 1.2).
+`server_context(cert, key)` builds a server SSLContext (TLS ≥ 1.2);
+`api_ssl_context(cfg)` the sending API's (`[api] cert`/`key`), or None.
 `ensure_self_signed(dir, hostname)` creates `cert.pem`/`key.pem` (mode 0600)
 once, so the embedded default can offer STARTTLS with no setup; clients must
 not verify it (it is for trying mta out, not for production).
@@ -14,6 +15,7 @@ import os
 import ssl
 from pathlib import Path
 
+from mta.config import Config
 from mta.core.files import atomic_write
 
 
@@ -23,6 +25,12 @@ def server_context(cert: str | os.PathLike[str], key: str | os.PathLike[str]) ->
     # An encrypted key fails at once instead of prompting on a terminal.
     ctx.load_cert_chain(str(cert), str(key), password=lambda: b"")
     return ctx
+
+
+def api_ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    if cfg.api.cert is None or cfg.api.key is None:
+        return None
+    return server_context(cfg.api.cert, cfg.api.key)
 
 
 def ensure_self_signed(directory: str | os.PathLike[str], hostname: str) -> tuple[Path, Path]:

@@ -22,6 +22,9 @@ API
     .reconfigure(cfg)                send the Config in force to every one
     .begin_stop()                    from now on a receiver that exits stays down
     .refresh_domains()               every receiver re-reads domains and keys
+    .hand_api(sock) -> bool          a sending-API connection to a ready receiver
+                                     (False: none now); .api_serve answers their
+                                     API requests (set by runtime/api.py)
     await .call_any(op, *args)       one ready receiver (round robin) does `op`
                                      (the sending API's "api_build"); None: none ready
     await .stop(grace)               "stop" to every one, wait for their exit
@@ -56,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from mta.core import LedgerEvent, Observer, Reply
 from mta.core.spill import SpillFile
+from mta.runtime.api_remote import API_CONN
 from mta.runtime.channel import Channel, open_channel, send_fd
 from mta.runtime.logs import event
 from mta.runtime.remote import OBSERVER_CALLS, reply_value
@@ -128,6 +132,9 @@ class Receivers:
         self._procs = [_Proc(i) for i in range(count)]
         self._ids = itertools.count(1)
         self._turn = itertools.count()
+        # The sending API's answers to receivers (api_remote.OwnerApi.serve),
+        # set by runtime/api.py when the API is on.
+        self.api_serve: Callable[[str, list[Any]], Awaitable[Any]] | None = None
         self._stopping = False
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -214,6 +221,22 @@ class Receivers:
         for p in self._procs:
             if p.channel is not None and not p.channel.is_closed:
                 p.channel.notify("config", data)
+
+    def hand_api(self, sock: socket.socket) -> bool:
+        """A sending-API connection to a ready receiver (in turn); False
+        when none can take it now (the caller serves it itself)."""
+        ready = [p for p in self._procs if p.ready and p.pass_sock is not None and not p.queue]
+        if self._stopping or not ready:
+            return False
+        p = ready[next(self._turn) % len(ready)]
+        assert p.pass_sock is not None
+        try:
+            handed = send_fd(p.pass_sock, sock.fileno(), [API_CONN, 0, None])
+        except OSError:          # it died and the owner has not heard yet: serve it here
+            return False
+        if handed:
+            sock.close()
+        return handed
 
     async def call_any(self, op: str, *args: Any) -> Any:
         """Ask one ready receiver (in turn) to do `op` (e.g. the sending
@@ -307,6 +330,8 @@ class Receivers:
 
     # ---- what receivers ask ---------------------------------------------------
     async def _serve(self, p: _Proc, op: str, args: list[Any]) -> Any:
+        if op.startswith("api_") and self.api_serve is not None:
+            return await self.api_serve(op, args)      # the sending API (api_remote.py)
         if op == "enqueue":
             fields, now, xfer = args
             tail = p.tails.pop(xfer, None) if xfer is not None else None
