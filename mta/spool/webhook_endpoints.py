@@ -37,16 +37,12 @@ Invariants (the approach of suppression_admin.py and apikeys.py):
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from mta.core.errors import StorageError
-from mta.spool.layout import SpoolPaths
+from mta.spool.sidetable import SideTable
 
 __all__ = ["WEBHOOK_ENDPOINTS_SCHEMA", "EndpointExists", "EndpointRow",
            "SqliteWebhookEndpoints", "WebhookEndpointStoreError"]
@@ -98,74 +94,13 @@ def _row(r: Sequence[Any]) -> EndpointRow:
                        enabled=bool(r[4]), created=float(r[5]), updated=float(r[6]))
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(os.fspath(path), timeout=5.0, isolation_level=None)
-    try:
-        db.execute("PRAGMA busy_timeout=5000")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-class SqliteWebhookEndpoints:
-    def __init__(self, state_dir: str | os.PathLike[str]):
-        self.paths = SpoolPaths.of(state_dir)
-
-    def _create_index(self) -> None:
-        path, segments = self.paths.index, self.paths.segments
-        if segments.is_dir() and any(segments.glob("*.seg")):
-            raise WebhookEndpointStoreError(
-                f"{path} is missing but {segments} holds message segments: the spool needs "
-                "repair (see `mta serve`'s error); not creating an index here")
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-
-    @contextmanager
-    def _db(self, *, write: bool) -> Iterator[sqlite3.Connection | None]:
-        """A connection (None for a read when there is no index); a write
-        gets the schema and an immediate transaction, committed on exit."""
-        path = self.paths.index
-        if not path.exists():
-            if not write:
-                yield None
-                return
-            self._create_index()
-        try:
-            db = _connect(path)
-        except sqlite3.Error as exc:
-            raise WebhookEndpointStoreError(f"cannot open {path}: {exc}") from exc
-        with closing(db):
-            try:
-                if write:
-                    db.executescript(WEBHOOK_ENDPOINTS_SCHEMA)
-                    db.execute("BEGIN IMMEDIATE")
-                yield db
-                if db.in_transaction:
-                    db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise WebhookEndpointStoreError(
-                    f"cannot use the webhook endpoints in {path}: {exc}") from exc
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+class SqliteWebhookEndpoints(SideTable):
+    SCHEMA = WEBHOOK_ENDPOINTS_SCHEMA
+    WHAT = "the webhook endpoints"
+    ERROR = WebhookEndpointStoreError
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[EndpointRow]:
-        with self._db(write=False) as db:
-            if db is None:
-                return []
-            try:
-                return [_row(r) for r in db.execute(sql, params)]
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):     # no endpoint was ever made
-                    return []
-                raise WebhookEndpointStoreError(f"cannot read the webhook endpoints: {exc}") \
-                    from exc
+        return self._rows(sql, params, _row)
 
     # -- reads -------------------------------------------------------------------
 
