@@ -79,7 +79,7 @@ async def test_enqueue_writes_received_then_queued_per_recipient(spool):
     assert [e.detail["rcpt_idx"] for e in events[1:]] == [0, 1]
     d = events[0].to_dict()
     assert set(d) == {"seq", "at", "type", "queue_id", "recipient", "credential", "detail",
-                      "tags"}
+                      "tags", "test"}
     assert isinstance(events[0], EventView)
 
 

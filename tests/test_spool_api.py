@@ -125,3 +125,16 @@ async def test_every_event_of_a_message_carries_its_tags(spool):
     mine = [p for p in payloads if p["queue_id"] == qid]
     assert len(mine) == 3 and all(p["tags"] == tags for p in mine)
     assert all(p["tags"] is None for p in payloads if p["queue_id"] == plain)
+    assert not any(p["test"] for p in payloads)
+
+
+async def test_every_event_of_a_test_message_says_so(spool):
+    """A test key's mail is test data: every event of it (views and webhook
+    payloads) carries test: true, so an application can tell."""
+    qid = await spool.enqueue(new(42, test=True), T0)
+    plain = await spool.enqueue(new(43), T0)
+    assert all(v.test for v in await spool.ledger.message_events(qid))
+    assert not any(v.test for v in await spool.ledger.message_events(plain))
+    payloads = [json.loads(p) for _, p in await spool.ledger.event_payloads_after(0, 100)]
+    assert [p["test"] for p in payloads if p["queue_id"] == qid] == [True] * 3
+    assert [p["test"] for p in payloads if p["queue_id"] == plain] == [False] * 3

@@ -225,7 +225,7 @@ def test_event_json_shape():
     assert event_json(ev) == {"type": "delivered", "seq": 7,
                               "timestamp": "2023-11-14T22:13:20.250Z", "queue_id": "Q1",
                               "recipient": "a@x.example", "credential": "alice",
-                              "tags": None,
+                              "tags": None, "test": False,
                               "data": {"remote_host": "mx.x.example", "tls": "TLSv1.3"}}
 
 

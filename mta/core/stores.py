@@ -98,13 +98,15 @@ class EventView:
     recipient: str
     credential: str
     detail: dict[str, Any]
-    # The message's tags (given to the sending API), on every event of it.
+    # The message's tags (given to the sending API), on every event of it,
+    # and whether a test key sent it (its events are test data).
     tags: list[Any] | None = None
+    test: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "at": self.at, "type": self.type, "queue_id": self.queue_id,
                 "recipient": self.recipient, "credential": self.credential,
-                "detail": self.detail, "tags": self.tags}
+                "detail": self.detail, "tags": self.tags, "test": self.test}
 
 
 class SuppressionLookup(Protocol):

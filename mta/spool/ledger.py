@@ -202,14 +202,14 @@ async def prune(txn: Txn, payloads: list[PruneOp]) -> list[int]:
 # -- the reads (each takes the reader connection) ------------------------------------
 
 def _event(row: Row) -> EventView:
-    seq, at, etype, queue_id, recipient, credential, detail, tags = row
+    seq, at, etype, queue_id, recipient, credential, detail, tags, test = row
     try:
         parsed = json.loads(detail) if detail else {}
     except ValueError:
         parsed = {"raw": detail}   # never hide an event behind a bad detail
     return EventView(seq=seq, at=at, type=etype, queue_id=queue_id, recipient=recipient,
                      credential=credential, detail=parsed,
-                     tags=json.loads(tags) if tags is not None else None)
+                     tags=json.loads(tags) if tags is not None else None, test=test == 1)
 
 
 async def _events_after(conn: aiosqlite.Connection, after: int, limit: int,

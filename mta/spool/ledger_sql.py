@@ -77,12 +77,19 @@ SQL_PRUNE_IDEMPOTENCY = ("DELETE FROM idempotency WHERE rowid IN "
                          "(SELECT rowid FROM idempotency WHERE created < ?1 "
                          "ORDER BY created LIMIT ?2)")
 
-# The message's tags (the sending API's, issue 13), carried by every event of
-# it: one seek of events_by_message to its `received` event; NULL for none.
-_TAGS = ("(SELECT json_extract(t.detail, '$.tags') FROM events t WHERE events.queue_id != '' "
-         "AND t.queue_id = events.queue_id AND t.type = 'received' AND json_valid(t.detail) "
-         "ORDER BY t.seq LIMIT 1)")
-EVENT_COLS = f"seq, at, type, queue_id, recipient, credential, detail, {_TAGS}"
+# What the sending API (issue 13) gave a message, carried by every event of
+# it: one seek of events_by_message to its `received` event each. Its tags
+# (NULL for none) and whether a test key sent it (1, else NULL).
+
+
+def _received(path: str) -> str:
+    return ("(SELECT json_extract(t.detail, '" + path + "') FROM events t WHERE "
+            "events.queue_id != '' AND t.queue_id = events.queue_id AND t.type = 'received' "
+            "AND json_valid(t.detail) ORDER BY t.seq LIMIT 1)")
+
+
+_TAGS, _TEST = _received("$.tags"), _received("$.test")
+EVENT_COLS = f"seq, at, type, queue_id, recipient, credential, detail, {_TAGS}, {_TEST}"
 SQL_MESSAGE_EVENTS = f"SELECT {EVENT_COLS} FROM events WHERE queue_id = ? ORDER BY seq"
 # The newest seq ever assigned (sqlite_sequence survives pruning every row).
 SQL_LAST_EVENT_SEQ = ("SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM events UNION ALL "
@@ -91,7 +98,7 @@ SQL_LAST_EVENT_SEQ = ("SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM events UNIO
 
 # One event as its webhook payload object, built by SQLite (UTF-8 bytes):
 # {"type","seq","timestamp" (ms, UTC, "…Z"),"queue_id","recipient","credential"
-# ("" → null),"data" (the detail; not JSON → {"raw": text})}. Must equal
+# ("" → null),"tags","test","data" (the detail; not JSON → {"raw": text})}. Must equal
 # the webhooks' wire format, mta.webhooks.wire.event_json
 # (tests/test_webhooks.py compares them).
 EVENT_PAYLOAD_COLS = (
@@ -99,9 +106,8 @@ EVENT_PAYLOAD_COLS = (
     "'timestamp', strftime('%Y-%m-%dT%H:%M:%fZ', at, 'unixepoch'), "
     "'queue_id', nullif(queue_id, ''), 'recipient', nullif(recipient, ''), "
     "'credential', nullif(credential, ''), "
-    # The message's tags (the sending API's, issue 13) on every event of it:
-    # one seek of events_by_message to its `received` event.
-    f"'tags', json({_TAGS}), "
+    # The message's tags and test mark (the sending API's, issue 13).
+    f"'tags', json({_TAGS}), 'test', json(CASE WHEN {_TEST} = 1 THEN 'true' ELSE 'false' END), "
     "'data', CASE WHEN detail = '' THEN json_object() WHEN json_valid(detail) "
     "THEN json(detail) ELSE json_object('raw', detail) END) AS BLOB)")
 

@@ -31,6 +31,7 @@ The request
          "queue_id": "…" | null, "recipient": "…" | null, "credential": "…" | null,
                                             # (the ledger's "" becomes null)
          "tags": [{"name", "value"}, …] | null,   # the message's, given to the API
+         "test": false,                     # true: a test key's message (never delivered)
          "data": {…}}                       # the event's detail (see README vocabulary)
 
 Invariants: the deliverer sends the payload the spool builds in SQL
@@ -140,6 +141,7 @@ def event_json(ev: LedgerEventView) -> dict[str, Any]:
     return {"type": ev.type, "seq": ev.seq, "timestamp": iso_ms(ev.at),
             "queue_id": ev.queue_id or None, "recipient": ev.recipient or None,
             "credential": ev.credential or None, "tags": getattr(ev, "tags", None),
+            "test": bool(getattr(ev, "test", False)),
             "data": ev.detail or {}}
 
 
