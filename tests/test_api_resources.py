@@ -241,6 +241,35 @@ async def test_suppressions_add_list_remove_and_the_smtp_path(world):
         assert [x["email"] for x in body["data"]] == ["other@rcpt.test"]
 
 
+async def test_suppressions_page_through_a_long_list(world):
+    """Pages are bounded reads: 250 entries (global and another scope,
+    one expired) walk forward and back exactly once each, origin filters."""
+    from mta.spool import suppression_admin
+    now = time.time()
+    for i in range(250):
+        suppression_admin.add(str(world.state), f"u{i:03d}@rcpt.test", now=now,
+                              reason="hard_bounce" if i % 5 == 0 else "manual")
+    suppression_admin.add(str(world.state), "scoped@rcpt.test", scope="app1", now=now)
+    suppression_admin.add(str(world.state), "old@rcpt.test", expires=now - 10, now=now - 100)
+    async with world.daemon():
+        seen, after = [], None
+        while True:
+            query = "?limit=100" + (f"&after={after}" if after else "")
+            status, body = await world.http("GET", "/suppressions" + query)
+            assert status == 200 and len(body["data"]) <= 100
+            seen += [x["email"] for x in body["data"]]
+            if not body["has_more"]:
+                break
+            after = seen[-1]
+        assert seen == [f"u{i:03d}@rcpt.test" for i in range(250)]
+        status, body = await world.http("GET", "/suppressions?limit=3&before=u100@rcpt.test")
+        assert [x["email"] for x in body["data"]] == ["u097@rcpt.test", "u098@rcpt.test",
+                                                      "u099@rcpt.test"] and body["has_more"]
+        status, body = await world.http("GET", "/suppressions?limit=100&origin=bounce")
+        assert [x["email"] for x in body["data"]] == [f"u{i:03d}@rcpt.test"
+                                                      for i in range(0, 250, 5)]
+
+
 # -- webhooks --------------------------------------------------------------------------
 
 async def test_webhook_delivers_signed_events_and_survives_a_restart(world):

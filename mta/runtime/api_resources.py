@@ -252,19 +252,13 @@ class RuntimeResources:
 
     async def suppressions(self, limit: int, after: str | None, before: str | None,
                            origin: str | None) -> tuple[builtins.list[Json], bool]:
-        # Every active global entry, then the page: the CLI's reader has no
-        # paged read yet, so a very long list costs a full read per page.
-        views = await asyncio.to_thread(suppression_admin.list_entries, self._state_dir,
-                                        scope="", now=self.d.clock.now())
-        items = [_suppression(v) for v in views]
-        if origin is not None:
-            items = [i for i in items if i["origin"] == origin]
-        if after is not None:
-            items = [i for i in items if i["id"] > after]
-        if before is not None:
-            items = [i for i in items if i["id"] < before]
-            return items[-limit:], len(items) > limit
-        return items[:limit], len(items) > limit
+        # One bounded range read of the global list (suppression_admin.page).
+        reasons = None if origin is None else tuple(
+            r for r, o in _ORIGIN.items() if o == origin) or ("",)
+        views, more = await asyncio.to_thread(
+            suppression_admin.page, self._state_dir, scope="", reasons=reasons, after=after,
+            before=before, limit=limit, now=self.d.clock.now())
+        return [_suppression(v) for v in views], more
 
     async def _global(self, address: str) -> SuppressionView | None:
         try:

@@ -7,6 +7,8 @@ API (synchronous; `state_dir` is the daemon's server.state_dir):
     list_entries(state_dir, *, reason=None, scope=None, include_expired=False, now=None)
         -> list[SuppressionView]
     get(state_dir, address) -> list[SuppressionView]      # every scope, expired too
+    page(state_dir, *, scope="", reasons=None, after=None, before=None, limit=100, now=None)
+        -> (active entries of one scope in address order, more): one bounded read
     soft_failures(state_dir, address) -> (count, first_at, last_at) | None
     add(state_dir, address, *, reason="manual", scope="", expires=None, now) -> SuppressionView
     remove(state_dir, address, scope="") -> bool
@@ -69,6 +71,7 @@ from mta.spool.suppressions import (
     SQL_SUPPRESSIONS_ALL,
     SQL_SUPPRESSIONS_OF,
     SQL_UNSUPPRESS,
+    SUPP_COLS,
     address_key,
     view,
 )
@@ -82,6 +85,7 @@ __all__ = [
     "get",
     "import_csv",
     "list_entries",
+    "page",
     "remove",
     "soft_failures",
 ]
@@ -179,6 +183,37 @@ def list_entries(state_dir: StateDir, *, reason: str | None = None, scope: str |
                 continue
             out.append(v)
         return out
+
+
+def page(state_dir: StateDir, *, scope: str = "", reasons: tuple[str, ...] | None = None,
+         after: str | None = None, before: str | None = None, limit: int = 100,
+         now: float | None = None) -> tuple[list[SuppressionView], bool]:
+    """Active entries of one scope in address order, at most `limit`:
+    those after `after` (or, given `before`, the last ones before it), and
+    whether more follow in that direction. One bounded range read of the
+    primary key: memory follows `limit`, not the list's size."""
+    now = time.time() if now is None else now
+    where, params = ["scope = ?", "(expires IS NULL OR expires > ?)"], [scope, now]
+    if reasons is not None:
+        where.append(f"reason IN ({','.join('?' * len(reasons))})")
+        params.extend(reasons)
+    if before is not None:
+        where.append("address < ?")
+        params.append(before)
+    elif after is not None:
+        where.append("address > ?")
+        params.append(after)
+    order = "DESC" if before is not None else "ASC"
+    sql = (f"SELECT {SUPP_COLS} FROM suppressions WHERE {' AND '.join(where)} "
+           f"ORDER BY address {order} LIMIT ?")
+    db = _open(state_dir, create=False)
+    if db is None:
+        return [], False
+    with closing(db):
+        rows = [view(r) for r in db.execute(sql, [*params, limit + 1])]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return (rows[::-1] if before is not None else rows), more
 
 
 def get(state_dir: StateDir, address: str) -> list[SuppressionView]:

@@ -71,7 +71,7 @@ SQL_SOFT_BUMP = (
     "INSERT INTO soft_failures (address, count, first_at, last_at) VALUES (?, 1, ?, ?) "
     "ON CONFLICT (address) DO UPDATE SET count = count + 1, "
     "last_at = MAX(last_at, excluded.last_at) RETURNING count, first_at, last_at")
-_SUPP_COLS = "address, scope, reason, queue_id, reply, created, expires"
+SUPP_COLS = _SUPP_COLS = "address, scope, reason, queue_id, reply, created, expires"
 # Params: address, scope-or-'', now. The global entry sorts first.
 SQL_SUPPRESSED = (
     f"SELECT {_SUPP_COLS} FROM suppressions WHERE address = ? AND scope IN ('', ?) "
