@@ -22,7 +22,10 @@ Cells: C = 1 and 10 concurrent clients, -n messages each, HTTP and SMTP
 interleaved (the order alternates per repeat), after a short warm-up of
 both. Between runs the script waits until the sink has every message (a run
 counts only its accepts; its deliveries do not spill into the next run).
-  HTTP client: aiohttp, one ClientSession (one keep-alive connection) per
+  HTTP client (--client): "raw" (default) HTTP/1.1 written and read with
+    asyncio streams on one keep-alive connection per simulated client, as
+    light as the SMTP client, so the servers are compared and not the
+    clients; "aiohttp": one ClientSession (one keep-alive connection) per
     simulated client;
   SMTP client: asyncio streams, one connection per simulated client,
     MAIL/RCPT/DATA pipelined (RFC 2920), then the body;
@@ -266,6 +269,37 @@ async def http_run(url: str, key: str, msg: Message, c: int, n: int) -> Run:
     return await _drive(Run("http", c, n), client)
 
 
+async def http_raw_run(port: int, key: str, msg: Message, c: int, n: int) -> Run:
+    """HTTP/1.1 POSTs on one keep-alive connection per client, written and
+    read with plain asyncio streams: a client as light as the SMTP one
+    below, so the two protocols' servers are compared, not the clients."""
+    request = (f"POST /emails HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+               f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(msg.http_body)}\r\n\r\n").encode() + msg.http_body
+
+    async def client(run: Run, take: Any) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while take():
+                t = time.perf_counter()
+                writer.write(request)
+                status = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                answer = await reader.readexactly(length)
+                if status[9:12] == b"200" and b'"id"' in answer:
+                    run.ok += 1
+                    run.latencies.append(time.perf_counter() - t)
+                else:
+                    run.fail(f"HTTP {status.strip()!r}: {answer[:200]!r}")
+        finally:
+            writer.close()
+    return await _drive(Run("http", c, n), client)
+
+
 async def _reply(reader: asyncio.StreamReader) -> bytes:
     """One SMTP reply (its last line)."""
     while True:
@@ -458,6 +492,9 @@ def args_of(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=None,
                     help="[server] workers (default: the daemon's default, one per CPU)")
     ap.add_argument("--no-sdk", action="store_true", help="skip the Python SDK line")
+    ap.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
+                    help="HTTP client: plain asyncio streams, as light as the SMTP client "
+                         "(default), or aiohttp")
     ap.add_argument("--warmup", type=int, default=50, help="messages per protocol first")
     a = ap.parse_args(argv)
     if a.n < 1 or a.repeats < 1 or a.warmup < 0:
@@ -475,8 +512,11 @@ def measure(a: argparse.Namespace, msg: Message, ports: Ports, ctl: int,
         nonlocal sent
         sent += count
         wait_delivered(ctl, sent, 60 + count / 20)
+    def http(c: int, n: int) -> Run:
+        return _run(http_run(url, key, msg, c, n) if a.client == "aiohttp"
+                    else http_raw_run(ports.api, key, msg, c, n))
     if a.warmup:
-        _run(http_run(url, key, msg, 1, a.warmup))
+        http(1, a.warmup)
         _run(smtp_run(ports.smtp, msg, 1, a.warmup))
         settle(2 * a.warmup)
     runs: dict[int, dict[str, list[Run]]] = {c: {"http": [], "smtp": []} for c in CONCURRENCY}
@@ -484,8 +524,8 @@ def measure(a: argparse.Namespace, msg: Message, ports: Ports, ctl: int,
     for rep in range(a.repeats):
         for c in CONCURRENCY:
             for proto in (("http", "smtp") if rep % 2 == 0 else ("smtp", "http")):
-                run = _run(http_run(url, key, msg, c, a.n) if proto == "http"
-                           else smtp_run(ports.smtp, msg, c, a.n))
+                run = (http(c, a.n) if proto == "http"
+                       else _run(smtp_run(ports.smtp, msg, c, a.n)))
                 runs[c][proto].append(run)
                 settle(run.ok)
                 if not a.json:
@@ -555,6 +595,7 @@ def report(a: argparse.Namespace, msg: Message, runs: dict[int, dict[str, list[R
     workers = "default (one per CPU)" if a.workers is None else str(a.workers)
     if a.json:
         doc = {"n": a.n, "repeats": a.repeats, "workers": a.workers, "cpus": os.cpu_count(),
+               "http_client": a.client,
                "message_bytes": len(msg.mime), "http_body_bytes": len(msg.http_body),
                "cells": [{"c": c, "http": cell["http"], "smtp": cell["smtp"],
                           "ratio": ratio(cell["http"], cell["smtp"])}
@@ -567,8 +608,11 @@ def report(a: argparse.Namespace, msg: Message, runs: dict[int, dict[str, list[R
               f"msg/s; latency over every message), workers {workers}, {os.cpu_count()} CPUs")
         print(f"message: {len(msg.mime)} bytes MIME with one attachment (HTTP body "
               f"{len(msg.http_body)} bytes of JSON); the same message over both")
-        print("HTTP client: aiohttp with keep-alive, one ClientSession per simulated client; "
-              "plain HTTP on loopback")
+        print("HTTP client: " + ("aiohttp with keep-alive, one ClientSession per simulated "
+                                 "client" if a.client == "aiohttp" else
+                                 "asyncio streams, one keep-alive connection per simulated "
+                                 "client (as light as the SMTP client)")
+              + "; plain HTTP on loopback")
         print("SMTP client: asyncio, one connection per simulated client, pipelined "
               "envelope; plain SMTP, trusted loopback (no AUTH)")
         print()
