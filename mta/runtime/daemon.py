@@ -128,7 +128,10 @@ class Daemon:
         event(log, "recovery_done", logging.INFO, **_report_fields(self.spool.recovery))
         credentials = self._credentials(paths)
         resolver = DnsResolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
-        self.domains = DomainCache(DomainService(cfg, resolver=resolver, clock=self.clock),
+        # Domain checks ask DNS afresh each time: a record the operator just
+        # published or fixed counts at once (delivery's resolver caches by TTL).
+        checks = DnsResolver(cfg.dns.nameservers, timeout=cfg.dns.timeout, cache=False)
+        self.domains = DomainCache(DomainService(cfg, resolver=checks, clock=self.clock),
                                    self.clock, observer=self.metrics)
         await self.domains.refresh()
         codec = VerpCodec(load_or_create_secret(paths["verp_key"]))
