@@ -38,6 +38,8 @@ async def test_receivers_build_api_messages(tmp_path):
         keys = StoreKeys(SqliteApiKeys(str(state)))
         _, token = keys.create("app", now=time.time())
         _, pinned = keys.create("pinned", domains=["other.test"], now=time.time())
+        _, slow = keys.create("slow", rate_limit=3, now=time.time())
+        _, fast = keys.create("fast", rate_limit=100_000, now=time.time())
         d = Daemon(parse_config(text, "test"), processes=True)
         await d.start()
         try:
@@ -89,6 +91,23 @@ async def test_receivers_build_api_messages(tmp_path):
             assert msg["Subject"] == "Grüße" and body["id"] in msg["Received"]
             part = [p for p in msg.walk() if p.get_filename() == "b.bin"][0]
             assert hashlib.sha256(part.get_content()).digest() == hashlib.sha256(blob).digest()
+            # one rate budget per key across the receivers: 3/s is 3 of 10 at once
+            async with aiohttp.ClientSession() as s:
+                async def listing(key):
+                    async with s.get(f"{d.api.url}/emails",
+                                     headers={"Authorization": f"Bearer {key}"}) as r:
+                        await r.read()
+                        return r.status
+                t0 = time.monotonic()
+                codes = await asyncio.gather(*(listing(slow) for _ in range(10)))
+                refill = int((time.monotonic() - t0) * 3)       # tokens back meanwhile
+                assert set(codes) == {200, 429}, codes
+                assert 3 <= codes.count(200) <= 3 + refill, (codes, refill)
+                # a fast key's tokens are leased a few at a time: fewer round trips
+                before = ops.count("api_rate")
+                for _ in range(30):
+                    assert await listing(fast) == 200
+                assert ops.count("api_rate") - before <= 6, ops.count("api_rate") - before
             # receivers die: once the owner has seen it, requests keep working
             # (the owner serves them until restarted receivers are ready). A
             # connection handed over just as its receiver dies is lost, as an

@@ -14,15 +14,17 @@ Receiver side:
                        Idempotency-Key, and for every other method, the
                        owner's RuntimeSending answers ("api_call")
     RemoteResources    the ResourceBackend: every method at the owner
-    remote_rate(channel) -> RateTake   the owner's rate limiter ("api_rate")
+    remote_rate(channel, clock) -> RateTake   the owner's rate limiter ("api_rate"),
+                       leasing a fast key's tokens a few at a time (LEASE_MAX)
 Owner side:
     OwnerApi(sending, resources, limiter).serve(op, args)   answers those ops
     API_CONN           the hand-off tag of a sending-API connection
 
 Invariants: one rate budget per key whichever process serves it (the
-owner's limiter); the commit point stays the owner's enqueue; an ApiError at
-the owner reaches the client unchanged; the owner gone (ChannelClosed) is a
-503 for the request, nothing half-accepted.
+owner's limiter: a lease holds tokens its bucket gave, so never more than
+the rate; unused ones lapse after LEASE_TTL); the commit point stays the
+owner's enqueue; an ApiError at the owner reaches the client unchanged; the
+owner gone (ChannelClosed) is a 503 for the request, nothing half-accepted.
 """
 
 from __future__ import annotations
@@ -73,9 +75,18 @@ class OwnerApi:
         self.sending, self.resources, self.limiter = sending, resources, limiter
 
     async def serve(self, op: str, args: list[Any]) -> Any:
-        if op == "api_rate":
-            d = self.limiter.take(str(args[0]), float(args[1]))
-            return [d.allowed, d.limit, d.remaining, d.reset, d.retry_after]
+        if op == "api_rate":            # key id, rate, tokens wanted (a lease)
+            key_id, rate, want = str(args[0]), float(args[1]), int(args[2])
+            granted, d = 0, self.limiter.take(key_id, rate)
+            while d.allowed:
+                granted += 1
+                if granted >= want:
+                    break
+                more = self.limiter.take(key_id, rate)
+                if not more.allowed:
+                    break
+                d = more
+            return [granted, d.limit, d.remaining, d.reset, d.retry_after]
         try:
             if op == "api_commit":
                 kd, built, client_ip = args
@@ -109,16 +120,40 @@ async def _ask(channel: Channel, op: str, *args: Any) -> Any:
     return got[1]
 
 
-def remote_rate(channel: Channel) -> RateTake:
+# A receiver leases up to LEASE_MAX tokens of a fast key's budget at once (a
+# 50th of its rate: a key of 10/s still asks per request), for LEASE_TTL
+# seconds: the owner's bucket has given them, so a key never gets more than
+# its rate; unused ones lapse.
+LEASE_MAX, LEASE_TTL = 20, 0.5
+
+
+def remote_rate(channel: Channel, clock: Clock) -> RateTake:
+    leases: dict[str, list[Any]] = {}    # key id -> [tokens left, until, limit, remaining, reset]
+
     async def take(key_id: str, rate: float) -> Decision:
+        now = clock.now()
+        lease = leases.get(key_id)
+        if lease is not None and lease[0] > 0 and now < lease[1]:
+            lease[0] -= 1
+            return Decision(True, lease[2], lease[3] + lease[0], lease[4], 0.0)
+        want = max(1, min(LEASE_MAX, int(rate // 50)))
         try:
-            allowed, limit, remaining, reset, retry_after = await channel.call(
-                "api_rate", key_id, rate)
+            granted, limit, remaining, reset, retry_after = await channel.call(
+                "api_rate", key_id, rate, want)
         except (ChannelClosed, RemoteError):
             raise ApiError(503, "service_unavailable", "The mail server is restarting; retry",
                            {"retry-after": "1"}) from None
-        return Decision(bool(allowed), int(limit), int(remaining), float(reset),
-                        float(retry_after))
+        if granted <= 0:
+            leases.pop(key_id, None)
+            return Decision(False, int(limit), int(remaining), float(reset), float(retry_after))
+        if granted > 1:
+            if len(leases) >= 10_000:          # bounded: the oldest lease lapses early
+                leases.pop(next(iter(leases)))
+            leases[key_id] = [granted - 1, now + LEASE_TTL, int(limit), int(remaining),
+                              float(reset)]
+        else:
+            leases.pop(key_id, None)
+        return Decision(True, int(limit), int(remaining) + granted - 1, float(reset), 0.0)
     return take
 
 
@@ -215,6 +250,6 @@ async def receiver_api(channel: Channel, *, cfg_of: Callable[[], Config], domain
     routes = [*email_routes(sending, lambda: cfg_of().api),
               *resource_routes(cast(ResourceBackend, RemoteResources(channel)))]
     adopted = Adopted(create_app(routes, settings_of=lambda: cfg_of().api, keys=keys,
-                                 clock=clock, limiter=remote_rate(channel)), ctx)
+                                 clock=clock, limiter=remote_rate(channel, clock)), ctx)
     await adopted.setup()
     return adopted
