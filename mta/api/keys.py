@@ -67,8 +67,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mta.core.address import AddressError, parse_domain
 from mta.core.clock import Clock
+from mta.policy.senders import normal_scopes
 
 __all__ = ["MODES", "PERMISSIONS", "ApiKey", "KeyCache", "KeyNameTaken", "KeyStore",
            "StoreKeys", "authenticate", "check_domains", "check_name", "check_permission",
@@ -146,17 +146,7 @@ def check_permission(permission: object) -> str:
 
 
 def check_domains(domains: Sequence[str]) -> tuple[str, ...]:
-    out = []
-    for d in domains:
-        if not isinstance(d, str):
-            raise ValueError(f"invalid sending domain {d!r}")
-        wild = d.startswith("*.")
-        try:
-            name = parse_domain(d[2:] if wild else d)
-        except AddressError as exc:
-            raise ValueError(f"invalid sending domain {d!r}: {exc}") from None
-        out.append(f"*.{name}" if wild else name)
-    return tuple(dict.fromkeys(out))
+    return normal_scopes(domains)      # the same scopes as SMTP credentials
 
 
 def check_rate_limit(rate: object) -> float:

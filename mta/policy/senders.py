@@ -7,6 +7,10 @@ domain is set up, and say why not in a reply the application can act on.
 API
     domain_in_scopes(domain, scopes) -> bool
         "d" allows exactly d; "*.d" allows every subdomain of d (not d).
+    normal_scopes(domains) -> tuple[str, ...]
+        scopes as stored (IDNA A-labels, lower case, "*." kept, duplicates
+        dropped); ValueError naming a bad one. SMTP credentials and API keys
+        both store theirs this way.
     SenderPolicy(require_verified, domain_state)
         .check(domain, scopes, where) -> Reply | None   (None = allowed)
         .registration(domain) -> (added domain, state) | None
@@ -29,9 +33,24 @@ Rules
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
+from mta.core.address import AddressError, parse_domain
 from mta.core.reply import Reply
+
+
+def normal_scopes(domains: Sequence[object]) -> tuple[str, ...]:
+    out = []
+    for d in domains:
+        if not isinstance(d, str):
+            raise ValueError(f"invalid sending domain {d!r}")
+        wild = d.startswith("*.")
+        try:
+            name = parse_domain(d[2:] if wild else d)
+        except AddressError as exc:
+            raise ValueError(f"invalid sending domain {d!r}: {exc}") from None
+        out.append(f"*.{name}" if wild else name)
+    return tuple(dict.fromkeys(out))
 
 
 def domain_in_scopes(domain: str, scopes: tuple[str, ...]) -> bool:

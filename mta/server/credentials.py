@@ -75,8 +75,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
-from mta.core import AddressError, Clock, MtaError, parse_domain
+from mta.core import Clock, MtaError
 from mta.core.files import atomic_write
+from mta.policy.senders import normal_scopes
 
 __all__ = ["MIN_PASSWORD", "CredentialCheck", "CredentialError", "CredentialInfo",
            "CredentialStore", "Credentials", "generate_password", "valid_username"]
@@ -170,15 +171,10 @@ def _check(entry: dict[str, Any], password: bytes) -> bool:
 
 
 def _check_scopes(domains: Sequence[str]) -> tuple[str, ...]:
-    out = []
-    for d in domains:
-        wild = d.startswith("*.")
-        try:
-            name = parse_domain(d[2:] if wild else d)
-        except AddressError as exc:
-            raise CredentialError(f"invalid sending domain {d!r}: {exc}") from None
-        out.append(f"*.{name}" if wild else name)
-    return tuple(dict.fromkeys(out))
+    try:
+        return normal_scopes(domains)
+    except ValueError as exc:
+        raise CredentialError(str(exc)) from None
 
 
 def generate_password() -> str:
