@@ -138,3 +138,18 @@ async def test_every_event_of_a_test_message_says_so(spool):
     payloads = [json.loads(p) for _, p in await spool.ledger.event_payloads_after(0, 100)]
     assert [p["test"] for p in payloads if p["queue_id"] == qid] == [True] * 3
     assert [p["test"] for p in payloads if p["queue_id"] == plain] == [False] * 3
+
+
+async def test_received_details_of_many_messages_in_one_read(spool):
+    """The API's list reads every message's `received` detail at once; an
+    idempotent repeat's later `received` does not replace the first."""
+    a = await spool.enqueue(new(50, detail={"tags": [["k", "a"]]}, credential="api:k",
+                                idempotency_key="x"), T0)
+    again = await spool.enqueue(new(51, detail={"tags": [["k", "other"]]}, credential="api:k",
+                                    idempotency_key="x"), T0 + 1)
+    b = await spool.enqueue(new(52), T0)
+    assert again == a
+    got = await spool.ledger.received_details([a, b, "0000000000000000", a])
+    assert set(got) == {a, b}
+    assert got[a]["tags"] == [["k", "a"]] and "duplicate_of" not in got[a]
+    assert "tags" not in got[b] and got[b]["sender"] == "app@example.test"

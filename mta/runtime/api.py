@@ -109,6 +109,20 @@ def _iso(t: float | None) -> str | None:
 Remote = Callable[..., Awaitable[Any]]     # Receivers.call_any: None when no receiver
 
 
+def _text_parts(raw: bytes) -> tuple[str | None, str | None]:
+    """The html and text bodies of a MIME message, as given to the API."""
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    parts = []
+    for kind in ("html", "plain"):
+        part = msg.get_body((kind,)) if hasattr(msg, "get_body") else None
+        try:
+            # the MIME part ends its last line; the text as given may not
+            parts.append(_unended(part.get_content()) if part is not None else None)
+        except (LookupError, ValueError, AttributeError):
+            parts.append(None)
+    return parts[0], parts[1]
+
+
 def _unended(text: str) -> str:
     return text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
 
@@ -177,12 +191,8 @@ class RuntimeSending:
         return ids
 
     async def _fingerprint_of(self, queue_id: str) -> str | None:
-        for ev in await self.spool.ledger.message_events(queue_id):
-            if ev.type == "received":
-                detail = ev.detail if isinstance(ev.detail, dict) else {}
-                value = detail.get("fingerprint")
-                return value if isinstance(value, str) else None
-        return None
+        value = (await self._received(queue_id)).get("fingerprint")
+        return value if isinstance(value, str) else None
 
     async def _build(self, key: ApiKey, raw: bytes, batch: bool, client_ip: str,
                      now: float) -> list[dict[str, Any]]:
@@ -262,10 +272,7 @@ class RuntimeSending:
         return view
 
     async def _received(self, email_id: str) -> dict[str, Any]:
-        for ev in await self.spool.ledger.message_events(email_id):
-            if ev.type == "received":
-                return ev.detail if isinstance(ev.detail, dict) else {}
-        return {}
+        return (await self.spool.ledger.received_details([email_id])).get(email_id, {})
 
     def _last_event(self, view: MessageView) -> str:
         states = [r.state for r in view.recipients]
@@ -304,20 +311,13 @@ class RuntimeSending:
             raw = await self.spool.read_body(email_id, limit=2 * 1024 * 1024)
         except (KeyError, OSError, StorageError):
             return None, None
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
-        parts = []
-        for kind in ("html", "plain"):
-            part = msg.get_body((kind,)) if hasattr(msg, "get_body") else None
-            try:
-                # the MIME part ends its last line; the text as given may not
-                parts.append(_unended(part.get_content()) if part is not None else None)
-            except (LookupError, ValueError, AttributeError):
-                parts.append(None)
-        return parts[0], parts[1]
+        # Parsing up to 2 MiB of MIME is CPU work: off the owner's loop.
+        return await asyncio.to_thread(_text_parts, raw)
 
     async def list_emails(self, key: ApiKey, limit: int, after: str | None) -> dict[str, Any]:
         views, more = await self.spool.email_page(key.test, limit, after)
-        data = [self._shape(v, await self._received(v.id)) for v in views]
+        details = await self.spool.ledger.received_details([v.id for v in views])
+        data = [self._shape(v, details.get(v.id, {})) for v in views]
         return {"object": "list", "has_more": more, "data": data}
 
     async def reschedule(self, key: ApiKey, email_id: str, at: float) -> dict[str, Any]:

@@ -15,6 +15,7 @@ API:
                                       credential=None) -> [(seq, bytes)]
     await ledger.message_events(queue_id) -> [EventView];  await ledger.last_event_seq() -> int
     await ledger.idempotent_id(credential, key) -> (queue id, created) | None
+    await ledger.received_details([queue id, …]) -> {queue id: received detail}
     await ledger.prune_events(before, batch=1000) / prune_idempotency(before, batch=1000) -> n
     await ledger.webhook_state(name) -> dict | None;  await ledger.webhook_states() -> [dict]
     await ledger.set_webhook_state(name, *, cursor=None, failing_since=UNSET, …)
@@ -144,6 +145,11 @@ class Ledger:
         """Every event of one message, in seq order (the `queue show` timeline)."""
         return await self._read(_message_events, queue_id)
 
+    async def received_details(self, queue_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{queue id: its `received` event's detail} for these messages (one
+        read; an id without one is absent)."""
+        return await self._read(_received_details, list(dict.fromkeys(queue_ids)))
+
     async def idempotent_id(self, credential: str, key: str) -> tuple[str, float] | None:
         """(queue id, created) an Idempotency-Key made for `credential`
         (expired or not: the caller checks the window), or None."""
@@ -229,6 +235,22 @@ async def _payloads_after(conn: aiosqlite.Connection, after: int, limit: int,
 
 async def _message_events(conn: aiosqlite.Connection, queue_id: str) -> list[EventView]:
     return [_event(r) for r in await fetchall(conn, ledger_sql.SQL_MESSAGE_EVENTS, (queue_id,))]
+
+
+async def _received_details(conn: aiosqlite.Connection,
+                            ids: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        sql = ledger_sql.SQL_RECEIVED_OF.format(ids=",".join("?" * len(chunk)))
+        for qid, detail in await fetchall(conn, sql, chunk):
+            if qid not in out:
+                try:
+                    parsed = json.loads(detail) if detail else {}
+                except ValueError:
+                    parsed = {}
+                out[qid] = parsed if isinstance(parsed, dict) else {}
+    return out
 
 
 async def _idempotent_id(conn: aiosqlite.Connection, credential: str,

@@ -91,6 +91,10 @@ def _received(path: str) -> str:
 _TAGS, _TEST = _received("$.tags"), _received("$.test")
 EVENT_COLS = f"seq, at, type, queue_id, recipient, credential, detail, {_TAGS}, {_TEST}"
 SQL_MESSAGE_EVENTS = f"SELECT {EVENT_COLS} FROM events WHERE queue_id = ? ORDER BY seq"
+# The `received` events of some messages (the first of each is its own; an
+# idempotent repeat's comes later), one walk of events_by_message per id.
+SQL_RECEIVED_OF = ("SELECT queue_id, detail FROM events WHERE queue_id IN ({ids}) "
+                   "AND type = 'received' ORDER BY seq")
 # The newest seq ever assigned (sqlite_sequence survives pruning every row).
 SQL_LAST_EVENT_SEQ = ("SELECT MAX(s) FROM (SELECT MAX(seq) AS s FROM events UNION ALL "
                       "SELECT seq FROM sqlite_sequence WHERE name = 'events')")
