@@ -52,9 +52,12 @@ async def test_an_acceptance_appends_and_commits_while_the_event_loop_is_blocked
     s = await Spool.open(tmp_path, now=T0)
     try:
         enqueue = asyncio.create_task(s.enqueue(new_message(), T0))
-        for _ in range(100):       # until the writer has handed the batch to its thread
-            if s.stats.batches:
-                break
+        # Until the writer has handed the batch to its thread. Spin on sleep(0)
+        # (never a timed sleep, which could let the whole batch finish with
+        # the loop free) against a deadline, not a count: on a loaded machine
+        # the writer's earlier hops to its thread take many loop turns.
+        deadline = time.monotonic() + 10
+        while not s.stats.batches and time.monotonic() < deadline:
             await asyncio.sleep(0)
         assert s.stats.batches == 1
         seen, deadline = 0, time.monotonic() + 10
@@ -129,9 +132,12 @@ async def test_a_batch_commits_while_the_event_loop_is_blocked(tmp_path):
     try:
         await s.enqueue(NewMessage(sender="a@example.test", recipients=("b@x.test",),
                                    body=b"Subject: s\r\n\r\nhi\r\n"), T0)
+        batches = s.stats.batches
         lease = asyncio.create_task(s.lease_due(T0 + 1, 10))
-        for _ in range(3):         # the writer takes the op and hands the batch to its thread
+        deadline = time.monotonic() + 10   # the writer takes the op, hands the batch to its thread
+        while s.stats.batches == batches and time.monotonic() < deadline:
             await asyncio.sleep(0)
+        assert s.stats.batches == batches + 1
         seen, deadline = 0, time.monotonic() + 10
         while not seen and time.monotonic() < deadline:   # blocks the loop (on purpose)
             seen = leased_rows(tmp_path)
