@@ -6,6 +6,8 @@ notice) and for synchronous SMTP replies during delivery
 
 Public API:
     classify(status, code, text, *, command=None) -> (class_, reason)
+    classify_traced(...) -> (class_, reason, rules)  plus the ids of the
+        pattern rows that decided (patterns.ruleset(trace=True); else ())
     class_of(reason, status, code) -> "hard" | "soft" | "complaint" | "unknown"
     EARLY: the narrow reasons whose text wins over any status code
     REASONS: dict reason -> one-line meaning (the fixed vocabulary)
@@ -71,7 +73,7 @@ from __future__ import annotations
 
 import re
 
-from mta.mail.bounces.patterns import match_reason, matches
+from mta.mail.bounces.patterns import fired, match_reason, matches, tracing
 
 REASONS = {
     "userunknown": "the mailbox does not exist at the destination",
@@ -154,47 +156,58 @@ def class_of(reason: str, status: str | None = None, code: int | None = None) ->
     return "hard" if reason in HARD else "soft"
 
 
-def _reason(status: str, code: int | None, text: str, command: str | None) -> str:
+def _reason(status: str, code: int | None, text: str,
+            command: str | None) -> tuple[str, str | None]:
+    """(reason, the text-table reason that decided it, or None when a code did)."""
     if status.startswith("2") or (code is not None and 200 <= code < 300):
-        return "delivered"
+        return "delivered", None
     early = match_reason(text, EARLY)
     if early:
-        return early
+        return early, early
     sub = status.split(".", 1)[1] if status.count(".") == 2 else ""
     strong = _STRONG.get(sub)
     if strong == "userunknown":
         for other in ("norelaying", "blocked", "rejected", "notaccept"):
             if matches(other, text) and not matches("userunknown", text):
-                return other
-        return strong
+                return other, other
+        return strong, None
     if strong:
-        return strong
+        return strong, None
     reason = match_reason(text)
     if reason == "userunknown" and command != "RCPT":
         # "User unknown" in answer to DATA (or with a filter-ish code such as
         # 5.2.1/5.7.1) comes from a content or domain filter: the address
         # was accepted at RCPT, so it is not proof that it does not exist.
         if command in _CONTENT_CMDS or (command is None and sub in _FILTER_HINT):
-            return "filtered"
+            return "filtered", reason
     if reason in ("userunknown", "hostunknown") and command in _SENDER_CMDS:
-        return "rejected"           # answered MAIL FROM: it is about our sender
+        return "rejected", reason   # answered MAIL FROM: it is about our sender
     if reason == "hostunknown" and (status.startswith("4") or (code or 0) // 100 == 4):
-        return "networkerror"       # a temporary DNS failure is not a missing domain
+        return "networkerror", reason   # a temporary DNS failure is not a missing domain
     if reason:
-        return reason
+        return reason, reason
     weak = _WEAK.get(sub)
     if weak:
-        return "rejected" if weak == "userunknown" and command in _SENDER_CMDS else weak
-    return "onhold" if text.strip() else "undefined"
+        return ("rejected" if weak == "userunknown" and command in _SENDER_CMDS else weak), None
+    return ("onhold" if text.strip() else "undefined"), None
 
 
 def classify(status: str | None, code: int | None, text: str,
              *, command: str | None = None) -> tuple[str, str]:
+    class_, reason, _rules = classify_traced(status, code, text, command=command)
+    return class_, reason
+
+
+def classify_traced(status: str | None, code: int | None, text: str,
+                    *, command: str | None = None) -> tuple[str, str, tuple[str, ...]]:
+    """`classify`, plus the ids of the table rows that decided the reason
+    (only inside `patterns.ruleset(trace=True)`; else ())."""
     text = _WS.sub(" ", (text or "").lower())
     status = status or ""
     if not status:
         m = _ESC_RE.search(text)
         if m and (code is None or str(code)[0] == m.group(1)):
             status = m.group(0)
-    reason = _reason(status, code, text, (command or "").upper() or None)
-    return class_of(reason, status, code), reason
+    reason, via = _reason(status, code, text, (command or "").upper() or None)
+    rules = fired(via, text) if via and tracing() else ()
+    return class_of(reason, status, code), reason, rules

@@ -24,8 +24,9 @@ from collections import deque
 from collections.abc import Iterable
 
 from mta.mail.bounces import rhost
-from mta.mail.bounces.classify import class_of, classify
+from mta.mail.bounces.classify import class_of, classify_traced
 from mta.mail.bounces.model import BounceRecipient
+from mta.mail.bounces.patterns import tracing
 
 ADDR_RE = re.compile(
     r"(?<![\w.+=/%-])([\w.!#$%&'*+/=?^`{|}~-]{1,64}@(?:[\w-]+\.)+[A-Za-z][\w-]*[A-Za-z0-9])"
@@ -169,12 +170,13 @@ def make_recipient(address: str, *, action: str = "", status: str = "", diagnost
         status = find_status(basis)
     if command is None:
         command = find_command(diag) or (find_command(basis) if basis is not diag else None)
-    class_, reason = classify(status or None, code, diag or basis, command=command)
+    class_, reason, rules = classify_traced(status or None, code, diag or basis, command=command)
     if reason in ("onhold", "undefined") and basis is not diag and basis:
-        class_, reason = classify(status or None, code, basis, command=command)
-    adjusted = rhost.adjust(address, reason, status, command, diag or basis)
+        class_, reason, rules = classify_traced(status or None, code, basis, command=command)
+    adjusted, rule = rhost.adjust(address, reason, status, command, diag or basis)
     if adjusted != reason:
         reason, class_ = adjusted, class_of(adjusted, status, code)
+        rules = (rule,) if tracing() else ()
     if not status:
         if code:
             digit = str(code)[0]
@@ -187,4 +189,4 @@ def make_recipient(address: str, *, action: str = "", status: str = "", diagnost
         status = f"{digit}.0.0"
     return BounceRecipient(address=address, action=action, status=status, diagnostic=diag,
                            class_=class_, reason=reason, replycode=code, remote_mta=remote_mta,
-                           feedback_type=feedback_type)
+                           feedback_type=feedback_type, rules=rules)

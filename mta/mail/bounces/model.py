@@ -3,7 +3,7 @@
 Public API:
     BounceRecipient(address, action, status, diagnostic, class_, reason,
                     replycode, remote_mta, feedback_type, original_recipient,
-                    inferred)
+                    inferred, rules)
     BounceReport(kind, recipients).to_json() -> ReportJson   (the scoring
         contract, plus "original_recipient" and "inferred" when set)
     ReportJson, RecipientJson: the shapes of those JSON objects (TypedDicts)
@@ -15,7 +15,9 @@ is the failed one (Final-Recipient: often an alias target). `inferred` is
 True when the report itself names nobody and `address` was taken from the
 To: header of the returned message: a guess, since that header is the same
 in every recipient's copy (the runtime never acts on a guessed recipient
-unless a VERP token confirms it).
+unless a VERP token confirms it). `rules` names the rule rows that decided
+`reason` (patterns.RULES / rhost ids) when parsed under
+`patterns.ruleset(trace=True)`; it is not part of the JSON.
 
 Invariants: `kind` is one of KINDS; `class_` is hard | soft | complaint |
 unknown (delivery and auto-reply entries use "unknown", since they are not
@@ -57,6 +59,7 @@ class BounceRecipient:
     feedback_type: str = ""
     original_recipient: str = ""
     inferred: bool = False
+    rules: tuple[str, ...] = ()
 
     def to_json(self) -> RecipientJson:
         out: RecipientJson = {

@@ -8,6 +8,13 @@ Public API:
                                        `order` whose pattern matches `text`
                                        (lower-cased).
     matches(name, text) -> bool        whether reason `name`'s pattern matches.
+    RULES: tuple[Rule(id, reason, pattern), ...]  the table as data rows
+    ruleset(allowed=None, *, trace=False)   context manager: only the rules
+                                       whose ids are in `allowed` exist
+                                       (scripts/score_bounces.py --loso);
+                                       `trace` makes parsed recipients name
+                                       the rules that decided them
+    active(rule_id) -> bool, tracing() -> bool, fired(name, text) -> ids
 
 Invariants: patterns are phrases seen in real MTA replies, never text unique
 to one sample; each reason's pattern is one alternation so matching a whole
@@ -20,7 +27,10 @@ broad ones (user unknown, rejected, blocked) because a reply that says
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 _P: dict[str, list[str]] = {
     "mailboxfull": [
@@ -251,18 +261,82 @@ TEXT_ORDER = (
     "mailererror", "expired", "networkerror", "syntaxerror", "failedstarttls", "systemerror",
 )
 
-PATTERNS = {name: re.compile("|".join(f"(?:{p})" for p in pats))
-            for name, pats in _P.items() if pats}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One data row of the table: the phrase `pattern` means `reason`."""
+    id: str
+    reason: str
+    pattern: str
+
+
+RULES: tuple[Rule, ...] = tuple(Rule(f"{name}:{pat}", name, pat)
+                                for name, pats in _P.items() for pat in pats)
+_ROWS: dict[str, list[tuple[str, re.Pattern[str]]]] = {
+    name: [(f"{name}:{pat}", re.compile(pat)) for pat in pats] for name, pats in _P.items()}
+
+
+def _compile(allowed: frozenset[str] | None) -> dict[str, re.Pattern[str]]:
+    table = {}
+    for name, pats in _P.items():
+        kept = [p for p in pats if allowed is None or f"{name}:{p}" in allowed]
+        if kept:
+            table[name] = re.compile("|".join(f"(?:{p})" for p in kept))
+    return table
+
+
+PATTERNS = _compile(None)
+_ACTIVE: ContextVar[frozenset[str] | None] = ContextVar("bounce_rules", default=None)
+_TRACE: ContextVar[bool] = ContextVar("bounce_rules_trace", default=False)
+_TABLES: dict[frozenset[str], dict[str, re.Pattern[str]]] = {}
+
+
+@contextmanager
+def ruleset(allowed: frozenset[str] | None = None, *, trace: bool = False) -> Iterator[None]:
+    """Within the block only the rules (text rows, rhost rows) whose ids are
+    in `allowed` exist (None: all); with `trace`, parsed recipients name the
+    rules that decided their reason (BounceRecipient.rules)."""
+    if allowed is not None and allowed not in _TABLES:
+        if len(_TABLES) > 256:
+            _TABLES.clear()
+        _TABLES[allowed] = _compile(allowed)
+    t1, t2 = _ACTIVE.set(allowed), _TRACE.set(trace)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(t1)
+        _TRACE.reset(t2)
+
+
+def active(rule_id: str) -> bool:
+    allowed = _ACTIVE.get()
+    return allowed is None or rule_id in allowed
+
+
+def tracing() -> bool:
+    return _TRACE.get()
+
+
+def _table() -> dict[str, re.Pattern[str]]:
+    allowed = _ACTIVE.get()
+    return PATTERNS if allowed is None else _TABLES[allowed]
 
 
 def match_reason(text: str, order: Iterable[str] = TEXT_ORDER) -> str | None:
+    table = _table()
     for name in order:
-        pat = PATTERNS.get(name)
+        pat = table.get(name)
         if pat is not None and pat.search(text):
             return name
     return None
 
 
 def matches(name: str, text: str) -> bool:
-    pat = PATTERNS.get(name)
+    pat = _table().get(name)
     return bool(pat and pat.search(text))
+
+
+def fired(name: str, text: str) -> tuple[str, ...]:
+    """The ids of reason `name`'s active rows that match `text`."""
+    return tuple(rid for rid, pat in _ROWS.get(name, ()) if active(rid) and pat.search(text))

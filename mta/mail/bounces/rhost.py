@@ -1,7 +1,8 @@
 """Remote-host rules: how some destinations' replies must be read.
 
 Public API:
-    adjust(address, reason, status, command) -> reason
+    adjust(address, reason, status, command, text) -> (reason, rule id or "")
+    RULES: (id, domain regex, text regex or None) rows
 
 Some providers answer "user unknown" for messages their *domain filter*
 refused after DATA (Japanese mobile carriers: the recipient only accepts
@@ -17,22 +18,29 @@ from __future__ import annotations
 
 import re
 
-# (domain, what the filter rejection looks like); None: any user-unknown
-# text outside RCPT. au/ezweb name the address in a real "user unknown" and
-# leave it blank ("550 : User unknown") when the domain filter refused.
-_RULES = (
-    (re.compile(r"@(?:[\w-]+\.)*(?:ezweb\.ne\.jp|au\.com)$", re.I),
+from mta.mail.bounces.patterns import active
+
+# (rule id, domain, what the filter rejection looks like); None: any
+# user-unknown text outside RCPT. au/ezweb name the address in a real "user
+# unknown" and leave it blank ("550 : User unknown") when the domain filter
+# refused. The ids take part in patterns.ruleset (rules are data).
+RULES = (
+    ("rhost:ezweb-domain-filter",
+     re.compile(r"@(?:[\w-]+\.)*(?:ezweb\.ne\.jp|au\.com)$", re.I),
      re.compile(r"\b550:? ?: user unknown", re.I)),
-    (re.compile(r"@(?:[\w-]+\.)*(?:docomo\.ne\.jp|softbank\.ne\.jp|i\.softbank\.jp|"
+    ("rhost:jp-carrier-domain-filter",
+     re.compile(r"@(?:[\w-]+\.)*(?:docomo\.ne\.jp|softbank\.ne\.jp|i\.softbank\.jp|"
                 r"disney\.ne\.jp|pdx\.ne\.jp|willcom\.com)$", re.I), None),
 )
 
 
-def adjust(address: str, reason: str, status: str, command: str | None, text: str = "") -> str:
+def adjust(address: str, reason: str, status: str, command: str | None,
+           text: str = "") -> tuple[str, str]:
+    """(reason, the id of the rule that changed it or "")."""
     if reason != "userunknown" or command == "RCPT" or status[1:4] == ".1.":
-        return reason
-    for domain, filtered in _RULES:
-        if domain.search(address):
+        return reason, ""
+    for rule_id, domain, filtered in RULES:
+        if active(rule_id) and domain.search(address):
             if filtered is None or filtered.search(text):
-                return "filtered"
-    return reason
+                return "filtered", rule_id
+    return reason, ""

@@ -20,7 +20,7 @@ space", "account is disabled") overrides the relayed reply.
 from __future__ import annotations
 
 from mta.mail.bounces.classify import EARLY, class_of
-from mta.mail.bounces.patterns import match_reason
+from mta.mail.bounces.patterns import fired, match_reason, tracing
 from mta.mail.bounces.common import clean_address, collapse, make_recipient, segments
 from mta.mail.bounces.context import Mail
 from mta.mail.bounces.fields import parse_fields
@@ -101,6 +101,8 @@ def recipients_from_fields(text: str, mail: Mail, notice: str = "") -> list[Boun
             early = match_reason(collapse(notice).lower(), EARLY)
             if early:
                 r.reason, r.class_ = early, class_of(early, r.status, r.replycode)
+                if tracing():
+                    r.rules = fired(early, collapse(notice).lower())
         r.original_recipient = clean_address(block.get("original-recipient", ""))
         r.inferred = guessed
         out.append(r)
