@@ -5,6 +5,7 @@ import pytest
 
 from mta.core import (BOUNCED, DELIVERED, EXPIRED, QUEUED, DestinationHealth, PermFailure,
                       QueuedRecipient, RecipientFate, RecipientOutcome, Reply, TempFailure)
+from mta.core.reasons import category_of
 from mta.mail.bounces.classify import classify
 from mta.mail.dsn import recipient_status
 from mta.policy.outcomes import (LOCAL_DELIVERY_ERROR, LOCAL_READ_ERROR, Attempt,
@@ -27,27 +28,31 @@ def item(attempts: int = 0, received_at: float = T0) -> QueuedRecipient:
 
 
 # (case, fate, reply, remote host, received_at,
-#  state, next attempt, ledger detail (class, reason, status) or None,
+#  state, next attempt, ledger detail (class, reason_detail, reason, status) or None
+#  (None: whatever the classifier says, and its category; deferrals have no "sync"),
 #  address kind or None, status, outcome, class)
 CASES = [
     ("delivered", D, Reply(250, "2.0.0", "Ok"), MX, T0,
      DELIVERED, None, None, "delivered", None, "delivered", ""),
     ("hard bounce", B, Reply(550, "5.1.1", "No such user"), MX, T0,
-     BOUNCED, None, ("hard", "userunknown", "5.1.1"), "hard", "5.1.1", "bounced", "hard"),
+     BOUNCED, None, ("hard", "userunknown", "user_unknown", "5.1.1"), "hard", "5.1.1",
+     "bounced", "hard"),
     ("soft bounce: mailbox full", B, Reply(552, "", "Mailbox full"), MX, T0,
-     BOUNCED, None, ("soft", "mailboxfull", "5.2.2"), "soft", "5.2.2", "bounced", "soft"),
+     BOUNCED, None, ("soft", "mailboxfull", "mailbox_full", "5.2.2"), "soft", "5.2.2",
+     "bounced", "soft"),
     ("deferred by the remote", F, Reply(451, "4.2.0", "Try again later"), MX, T0,
-     QUEUED, NOW + 600, None, "soft", "4.2.0", "deferred", ""),
+     QUEUED, NOW + 600, ("soft", None, None, "4.2.0"), "soft", "4.2.0", "deferred", ""),
     ("deferred without a remote host: nothing about the address", F,
      Reply(451, "4.4.1", "Connection refused"), "", T0,
      QUEUED, NOW + 600, None, None, "4.4.1", "deferred", ""),
     ("deferred past the lifetime: expired", F, Reply(451, "", "greylisted"), MX, NOW - 86400,
-     EXPIRED, None, ("soft", "expired", "4.4.7"), "soft", "4.4.7", "expired", ""),
+     EXPIRED, None, ("soft", "expired", "expired", "4.4.7"), "soft", "4.4.7", "expired", ""),
     ("near the lifetime: one last try at the deadline", F, Reply(451, "4.7.1", "later"), MX,
-     NOW - 86400 + 60, QUEUED, NOW + 60, None, "soft", "4.7.1", "deferred", ""),
+     NOW - 86400 + 60, QUEUED, NOW + 60, ("soft", None, None, "4.7.1"), "soft", "4.7.1",
+     "deferred", ""),
     ("destination verdict (null MX) bounces, no remote host", B,
      Reply(556, "5.1.10", "Domain does not accept mail"), "", T0,
-     BOUNCED, None, ("hard", None, "5.1.10"), "hard", "5.1.10",
+     BOUNCED, None, ("hard", None, "host_unknown", "5.1.10"), "hard", "5.1.10",
      "bounced", "hard"),
 ]
 
@@ -67,14 +72,14 @@ def test_settle(case):
     if detail is None:
         assert u.event_detail is None
     else:
-        want_class, want_reason, want_status = detail
-        assert u.event_detail["class"] == want_class
-        assert u.event_detail["status"] == want_status and u.event_detail["sync"] is True
-        if want_reason is not None:
-            assert u.event_detail["reason"] == want_reason
-        else:   # whatever the classifier says, the same as classify()
-            assert u.event_detail["reason"] == classify(reply.esc or None, reply.code,
-                                                        reply.text, command="RCPT")[1]
+        want_class, want_fine, want_category, want_status = detail
+        d = u.event_detail
+        assert d["class"] == want_class and d["status"] == want_status
+        assert d.get("sync") is (None if state == QUEUED else True)
+        if want_fine is None:   # whatever the classifier says, the same as classify()
+            want_fine = classify(reply.esc or None, reply.code, reply.text, command="RCPT")[1]
+        assert d["reason_detail"] == want_fine
+        assert d["reason"] == (want_category or category_of(want_fine))
     if kind is None:
         assert s.address is None
     else:

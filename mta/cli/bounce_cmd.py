@@ -7,7 +7,10 @@ Public API:
 Output (stdout, one line): the scoring-contract object of
 ../shared/corpus/bounces/README.md — {"kind": ..., "recipients": [{"address",
 "action", "status", "diagnostic", "class", "reason", "replycode",
-"remote_mta"[, "feedback_type"][, "original_recipient"][, "inferred"]}]}.
+"remote_mta", "category"[, "feedback_type"][, "original_recipient"][,
+"inferred"]}]}. `reason` is the parser's fine reason (userunknown, blocked,
+...: the scoring contract's field); `category` is its category in the
+documented taxonomy (`mta.core.reasons`, README "Bounce reasons").
 `address` is the failed recipient (a DSN's Final-Recipient, often an alias
 target); `original_recipient` the address the sender used when the report
 gives it (Original-Recipient, ARF Original-Rcpt-To); `inferred: true` marks
@@ -24,6 +27,7 @@ import json
 import sys
 
 from mta.config import Config
+from mta.core.reasons import category_of
 from mta.mail.bounces import parse
 
 
@@ -50,5 +54,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"mta: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(parse(raw).to_json(), ensure_ascii=False))
+    report = parse(raw).to_json()
+    out = {"kind": report["kind"],
+           "recipients": [{**r, "category": category_of(r["reason"])}
+                          for r in report["recipients"]]}
+    print(json.dumps(out, ensure_ascii=False))
     return 0

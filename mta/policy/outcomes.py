@@ -41,6 +41,13 @@ Invariants
     address: no address outcome.
   * A temporary failure after the retry policy's lifetime expires the
     recipient (EXPIRED, ledger class "soft", reason "expired").
+  * Ledger detail: bounced and expired events carry "reason" = the
+    category (`mta.core.reasons`) and "reason_detail" = the classifier's
+    fine reason (expired: both "expired"; the last reply stays the event's
+    reply); a deferral after a remote reply (QUEUED, a remote host
+    answered) carries {"class": "soft", "reason", "reason_detail",
+    "status"}; a deferral that never reached a remote host carries none.
+    Always category_of(reason_detail) == reason.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from typing import Protocol
 from mta.core import (BOUNCED, DELIVERED, EXPIRED, QUEUED, AddressOutcome, DestinationHealth,
                       PermFailure, QueuedRecipient, RecipientFate, RecipientOutcome,
                       RecipientUpdate, Reply, TempFailure)
+from mta.core.reasons import category_of
 from mta.policy.retry import RetryPolicy
 
 __all__ = ["LOCAL_DELIVERY_ERROR", "LOCAL_READ_ERROR", "OUTCOME_OF", "Attempt", "Classifier",
@@ -129,13 +137,17 @@ def settle(item: QueuedRecipient, outcome: RecipientOutcome | None, *, attempt: 
         klass, reason = vocabulary.classify(reply.esc or None, reply.code, reply.text,
                                             command="RCPT")
         status = vocabulary.status(state, reply, reason=reason)
-    detail = None
+    detail: dict[str, object] | None = None
     if state in (BOUNCED, EXPIRED):
         # The ledger's bounced/expired events carry the verdict in the
         # vocabulary of bounces that arrive by mail (sync=true here).
+        fine = reason if state == BOUNCED else "expired"
         detail = {"class": klass if state == BOUNCED else "soft",
-                  "reason": reason if state == BOUNCED else "expired",
+                  "reason": category_of(fine or ""), "reason_detail": fine,
                   "status": status, "sync": True}
+    elif state == QUEUED and outcome.remote_host:
+        detail = {"class": "soft", "reason": category_of(reason or ""),
+                  "reason_detail": reason, "status": status}
     update = RecipientUpdate(item.queue_id, item.rcpt_idx, state, next_attempt=nxt,
                              event_detail=detail, reply=reply, attempted_at=attempt.started,
                              duration=attempt.duration, remote_host=outcome.remote_host,

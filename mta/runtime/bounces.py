@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mta.core import AddressOutcome, Clock, Observer, Reply
 from mta.core.files import atomic_write
 from mta.core.logfmt import event
+from mta.core.reasons import category_of
 from mta.mail.bounces import BounceRecipient, BounceReport, parse
 from mta.mail.verp import VerpCodec
 from mta.runtime.capture import (
@@ -232,8 +233,10 @@ class BounceProcessor:
             qid, recipient.idx, state="bounced" if failed else "", reply=reply,
             detail=f"{report.kind} via {kind}: {entry.diagnostic or entry.status}"[:500],
             at=now, outcomes=[outcome],
-            event_detail={"class": outcome.kind, "reason": entry.reason,
-                          "status": entry.status, "diagnostic": entry.diagnostic[:500],
+            event_detail={"class": outcome.kind,
+                          "reason": "complaint" if complaint else category_of(entry.reason),
+                          "reason_detail": entry.reason, "status": entry.status,
+                          "diagnostic": entry.diagnostic[:500],
                           "feedback_type": entry.feedback_type or None,
                           "report_kind": report.kind, "sync": False})
         moved = (ok and before in ("queued", "delivered")
