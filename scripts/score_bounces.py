@@ -21,9 +21,12 @@ to measure how the parser does on mail from a source it was not tuned on:
     layouts, where the recipient and its diagnostic are) and the RFC 3463
     status-code meanings are not rules: they come from standards, not from
     the corpus, and stay in every fold.
-  * Support: the corpus is parsed once with every rule, tracing which rows
-    decided each recipient's reason. A row is supported by a file when it
-    decided a recipient whose hard/soft class agrees with the label.
+  * Support: the corpus is parsed once with every rule, tracing for each
+    recipient the rows that decided its reason and the rows of its final
+    reason that match its text (a phrase that says the same as the status
+    code that decided is right there too). A row is supported by a file
+    when it is traced on a recipient whose hard/soft class agrees with the
+    label.
   * Folds: one per source family (the label's `group`: lhost-postfix,
     rhost-google, rfc3464, err, ...); every family is held out on its own,
     small ones (1-2 files) included, so a rule written for a single odd

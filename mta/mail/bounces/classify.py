@@ -7,7 +7,8 @@ notice) and for synchronous SMTP replies during delivery
 Public API:
     classify(status, code, text, *, command=None) -> (class_, reason)
     classify_traced(...) -> (class_, reason, rules)  plus the ids of the
-        pattern rows that decided (patterns.ruleset(trace=True); else ())
+        pattern rows that decided the reason or that say the same reason
+        (patterns.ruleset(trace=True); else ())
     class_of(reason, status, code) -> "hard" | "soft" | "complaint" | "unknown"
     EARLY: the narrow reasons whose text wins over any status code
     REASONS: dict reason -> one-line meaning (the fixed vocabulary)
@@ -18,9 +19,12 @@ Decision order (first hit wins):
   2. narrow text reasons (mailbox full, too big, limits, suspended, moved,
      relaying denied) -- these are what a generic x.1.1 or 5.7.1 means
   3. a specific enhanced status code (5.1.1, 5.2.2, 5.7.26, ...)
-     (a user-unknown code yields to "blocked"/"rejected" text, because a
-     server that blocks us often answers 5.1.1 for every address)
-  4. the text pattern table (patterns.TEXT_ORDER)
+     (a user-unknown code yields to text that blames the content, a policy,
+     a filter, our IP or our sender and says nothing about the mailbox:
+     gateways and servers that block us often answer 5.1.1 for every address)
+  4. the text pattern table (patterns.TEXT_ORDER; content verdicts --
+     virus, spam -- come before "user unknown": a gateway that rejects the
+     content often words it as a recipient failure)
   5. a weak status code (5.2.1, 5.7.1, x.4.x, ...)
   6. "onhold" when there is text we cannot read, else "undefined".
   A user-unknown reply to DATA (after the recipient was accepted) is a
@@ -143,6 +147,12 @@ _WS = re.compile(r"\s+")
 _SENDER_CMDS = ("MAIL",)
 _FILTER_HINT = ("2.0", "2.1", "7.1", "7.0")
 _CONTENT_CMDS = ("DATA", "BDAT", "BODY")
+# What a user-unknown code (x.1.1, ...) really means when the text says one
+# of these and nothing about the mailbox: a gateway (content or policy
+# filter, appliance or hosted filtering service) or a block answered with
+# the wrong code; the address may well exist.
+_NOT_THE_ADDRESS = ("virusdetected", "spamdetected", "policyviolation", "norelaying",
+                    "blocked", "rejected", "notaccept", "filtered")
 
 
 def class_of(reason: str, status: str | None = None, code: int | None = None) -> str:
@@ -167,7 +177,7 @@ def _reason(status: str, code: int | None, text: str,
     sub = status.split(".", 1)[1] if status.count(".") == 2 else ""
     strong = _STRONG.get(sub)
     if strong == "userunknown":
-        for other in ("norelaying", "blocked", "rejected", "notaccept"):
+        for other in _NOT_THE_ADDRESS:
             if matches(other, text) and not matches("userunknown", text):
                 return other, other
         return strong, None
@@ -209,5 +219,10 @@ def classify_traced(status: str | None, code: int | None, text: str,
         if m and (code is None or str(code)[0] == m.group(1)):
             status = m.group(0)
     reason, via = _reason(status, code, text, (command or "").upper() or None)
-    rules = fired(via, text) if via and tracing() else ()
+    rules: tuple[str, ...] = ()
+    if tracing():
+        # the rows that decided, and the rows that say the same as the verdict
+        rules = fired(via, text) if via else ()
+        if reason != via:
+            rules += fired(reason, text)
     return class_of(reason, status, code), reason, rules

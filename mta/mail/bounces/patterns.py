@@ -38,7 +38,7 @@ _P: dict[str, list[str]] = {
         r"mailbox size limit exceeded", r"over ?quota", r"quota (?:exceeded|violation)",
         r"exceeded (?:storage allocation|the storage|their quota|quota)", r"disk quota",
         r"user(?:'s)? (?:mailbox|disk) (?:is )?(?:full|over)", r"not enough (?:disk )?space",
-        r"insufficient (?:disk|system) (?:space|storage)", r"mailbox (?:has )?exceeded",
+        r"(?:not enough|insufficient) (?:free )?(?:disk |storage |system )?(?:space|storage)", r"mailbox (?:has )?exceeded",
         r"(?:mail|in)box (?:is )?(?:over|at) (?:its |the )?(?:quota|capacity|limit)",
         r"too much mail data", r"recipient(?:'s)? mailbox is full", r"mail box full",
         r"mailfolder is full", r"exceeds? (?:the )?(?:allowed|maximum) (?:mailbox )?(?:size|quota)",
@@ -130,6 +130,10 @@ _P: dict[str, list[str]] = {
         r"due to local policy", r"(?:email|message) (?:rejected|blocked) due to policy",
         r"an email with content that violates", r"because of (?:local )?policy",
         r"restricted to (?:internal|authorized|members)", r"only accepts? mail from",
+        # a filter's verdict naming a policy (content, spoofing, gateway policies)
+        r"(?:rejected|blocked|refused|quarantined) (?:by|under) (?:[\w.-]+ ){0,4}polic(?:y|ies)",
+        r"\b(?:content|anti-?spoofing|spoofing|e-?mail|message|gateway|security) polic(?:y|ies)\b",
+        r"administrative prohibition",
     ],
     "securityerror": [
         r"tls (?:required|is required|negotiation failed)", r"encryption required",
@@ -151,7 +155,10 @@ _P: dict[str, list[str]] = {
                    r"server (?:is )?(?:out of|low on) (?:disk|storage)"],
     "hostunknown": [
         r"host (?:or domain name )?not found(?!, try again)", r"domain (?:does not|doesn't|doesnt|did not) exist",
-        r"(?:unknown|invalid|nonexistent|non-existent|unrouteable|unroutable) (?:mail )?(?:host|domain)(?! name)", r"domain (?:is )?not reachable", r"(?<![@\w.-])[a-z0-9-]+(?:\.[a-z0-9-]+)+ does not exist",
+        r"(?:no such|unknown|invalid|nonexistent|non-existent|unrouteable|unroutable) (?:mail )?(?:host|domain)(?! name)",
+        # the host or domain, by that word or by its name, is unknown / not found / does not exist
+        r"(?:(?<!sender )\b(?:host|domain)(?: ?name)?\b[^;:,]{0,50}?\s|(?<![@\w.-])[a-z0-9-]+(?:\.[a-z0-9-]+)+ )"
+        r"(?:is )?(?:unknown|not found|does ?n[o']t exist|did not exist|non-?existent)(?!, try again)", r"domain (?:is )?not reachable", r"(?<![@\w.-])[a-z0-9-]+(?:\.[a-z0-9-]+)+ does not exist",
         r"host unknown", r"no such domain", r"(?<!from: )domain (?:name )?(?:is )?(?:invalid|not found|unknown)",
         r"name or service not known", r"no mx", r"name service error .*(?:host not found(?!, try again)|no data|no mx)",
         r"unrouteable address", r"host(?:name)? .{0,40} not found(?!, try again)", r"domain not found",
@@ -167,6 +174,13 @@ _P: dict[str, list[str]] = {
         r"(?:no such|invalid|unknown|bad|non-?existent|nonexisting|non-existing) (?:user|recipient|mailbox|address|account|person|local user|e-?mail address)",
         r"(?:recipient|mailbox|address|account|addressee|e-?mail address|user account)(?: address)? (?:is )?(?:unknown|invalid|unavailable|not (?:found|known|exist|valid|listed)|does ?n[o']t exist|doesnt exist|rejected: user unknown)",
         r"(?:mailbox|user|recipient|address|account) (?:does|did) not exist", r"no mailbox", r"mailbox not found",
+        # the user, mailbox, account or address (named or not) does not exist
+        r"(?<!sender )(?<!sender's )\b(?:user|recipient|mailbox|account|address|addressee)\b"
+        r"(?:(?!sender)[^;:]){0,50}?"
+        r"\b(?:does ?n[o']t|did not|does no longer) exist",
+        # "<addr>: recipient rejected" / "recipient rejected: <addr>", nothing more specific said
+        r"recipient (?:address )?rejected(?:[.,;)]|$| \(| <|: <)",
+        r"(?:user|recipient|address) (?:does ?n[o']t|does not) have an? (?:[\w.-]+ )?(?:account|mailbox)",
         r"not (?:a )?(?:valid|known) (?:user|recipient|mailbox|address)",
         r"recipient (?:address )?rejected: (?:user unknown|undeliverable|account|unknown|invalid)",
         r"user unknown", r"unknown user", r"no such user", r"user not found", r"address not found",
@@ -255,8 +269,8 @@ _P: dict[str, list[str]] = {
 
 TEXT_ORDER = (
     "mailboxfull", "mesgtoobig", "exceedlimit", "suspend", "hasmoved", "norelaying",
-    "notaccept", "authfailure", "requireptr", "userunknown", "rejected", "hostunknown",
-    "virusdetected", "spamdetected", "toomanyconn", "speeding", "badreputation", "policyviolation",
+    "notaccept", "authfailure", "requireptr", "virusdetected", "spamdetected",
+    "userunknown", "rejected", "hostunknown", "toomanyconn", "speeding", "badreputation", "policyviolation",
     "blocked", "filtered", "notcompliantrfc", "contenterror", "securityerror", "systemfull",
     "mailererror", "expired", "networkerror", "syntaxerror", "failedstarttls", "systemerror",
 )
