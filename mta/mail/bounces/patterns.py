@@ -21,7 +21,13 @@ to one sample; each reason's pattern is one alternation so matching a whole
 table costs one regex search per reason. The order puts narrow reasons
 (mailbox full, message too big, rate limits, suspended, moved) before the
 broad ones (user unknown, rejected, blocked) because a reply that says
-"mailbox full" often also says "550 ... user" somewhere, never the reverse.
+"mailbox full" often also says "550 ... user" somewhere, never the reverse;
+content verdicts (virus, spam) come before user unknown because a gateway
+that rejects the content often words it as a recipient failure.
+Each row is a phrase for one idea (general rows -- "the host or domain ...
+does not exist" -- rather than one vendor's sentence): the leave-one-source-
+out evaluation (scripts/score_bounces.py --loso) drops, per held-out source
+family, the rows only that family's files support.
 """
 
 from __future__ import annotations
