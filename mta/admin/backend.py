@@ -11,6 +11,9 @@ Public API:
     LedgerBackend                     optional: events and webhooks (a backend
                                       without them answers 501 on their routes)
     JsonListing                       optional: list_messages already as JSON
+    TenantBackend                     optional: tenants (a backend without them
+                                      answers 501 on /v1/tenants…)
+    TenantJson                        a tenant as JSON (the runtime builds it)
     MESSAGE_STATES, MESSAGE_ACTIONS, DESTINATION_ACTIONS, DESTINATION_STATES
     destination_state(info) -> str   active|throttled|suspended of a scheduler
                                       destination_states() entry
@@ -54,7 +57,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["AdminBackend", "LedgerBackend", "JsonListing", "ActionRefused", "NotFound",
+__all__ = ["AdminBackend", "LedgerBackend", "JsonListing", "TenantBackend", "TenantJson",
+           "ActionRefused", "NotFound",
            "MESSAGE_STATES", "MESSAGE_ACTIONS", "DESTINATION_ACTIONS", "DESTINATION_STATES",
            "destination_state"]
 
@@ -205,3 +209,42 @@ class LedgerBackend(Protocol):
 
     async def webhook_test(self, name: str) -> dict[str, Any]:
         """Send one signed test event now. KeyError for an unknown endpoint."""
+
+
+# A tenant as the API shows it: a JSON object the runtime builds (name,
+# status, auto_status, limits, policy, …; see mta.admin.openapi "Tenant").
+TenantJson = dict[str, object]
+
+
+@runtime_checkable
+class TenantBackend(Protocol):
+    """What /v1/tenants… ask of a backend with tenants (the daemon's, over
+    its TenantService). Optional like LedgerBackend: a backend without a
+    method answers 501 on its route. Arguments arrive validated
+    (mta.admin.params: names, limits and policy shapes, reasons); refusals
+    are raised as mta.spool.tenants.TenantError (.status 404/409/422, .field,
+    .message), which the HTTP layer answers as they say."""
+
+    async def tenants(self) -> list[TenantJson]:
+        """Every tenant, by name; "default" always among them."""
+
+    async def tenant(self, name: str) -> TenantJson | None:
+        """One tenant, or None when there is none by that name."""
+
+    async def tenant_add(self, name: str, limits: dict[str, object],
+                         policy: dict[str, object]) -> TenantJson:
+        """Create a tenant (409 when the name exists)."""
+
+    async def tenant_update(self, name: str, limits: dict[str, object] | None,
+                            policy: dict[str, object] | None) -> TenantJson:
+        """Change a tenant's limits and/or policy: the keys given replace
+        theirs, a null clears one (unlimited / the default); None: unchanged."""
+
+    async def tenant_remove(self, name: str) -> None:
+        """Delete a tenant (409 for "default" and while it owns anything in use)."""
+
+    async def tenant_pause(self, name: str, reason: str) -> TenantJson:
+        """The operator's pause: the tenant's mail is refused until resumed."""
+
+    async def tenant_resume(self, name: str, reason: str) -> TenantJson:
+        """The operator's resume (also clears an automatic pause)."""

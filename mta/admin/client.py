@@ -13,6 +13,9 @@ Public API:
         destination_action(name, action)
         events(after=, types=, recipient=, limit=) message_events(id)
         webhooks() webhook_test(name) webhook_replay(name, from_seq=|"end", since=)
+        tenants() tenant(name) tenant_add(name, limits=, policy=)
+        tenant_update(name, limits=, policy=) tenant_remove(name)
+        tenant_pause(name, reason="") tenant_resume(name, reason)
     AdminClient.from_config(cfg)      address from [admin], token via read_token
     AdminUnavailable                  the daemon cannot be reached (str() says where)
     AdminError(status, code, message) the daemon answered with an error
@@ -283,6 +286,39 @@ class AdminClient:
         backlog), else to the first event at/after `since`."""
         body: JsonObject = {"from": from_seq} if from_seq is not None else {"since": since}
         return self._object("POST", f"/v1/webhooks/{_seg(name)}/replay", body=body)
+
+    def tenants(self) -> list[JsonObject]:
+        return self._as_objects(self._object("GET", "/v1/tenants")["tenants"])
+
+    def tenant(self, name: str) -> JsonObject:
+        return self._object("GET", f"/v1/tenants/{_seg(name)}")
+
+    def tenant_add(self, name: str, *, limits: JsonObject | None = None,
+                   policy: JsonObject | None = None) -> JsonObject:
+        body: JsonObject = {"name": name}
+        if limits:
+            body["limits"] = limits
+        if policy:
+            body["policy"] = policy
+        return self._object("POST", "/v1/tenants", body=body)
+
+    def tenant_update(self, name: str, *, limits: JsonObject | None = None,
+                      policy: JsonObject | None = None) -> JsonObject:
+        """Keys given replace the tenant's, a None value clears one."""
+        body: JsonObject = {k: v for k, v in (("limits", limits), ("policy", policy))
+                            if v is not None}
+        return self._object("PATCH", f"/v1/tenants/{_seg(name)}", body=body)
+
+    def tenant_remove(self, name: str) -> JsonObject:
+        return self._object("DELETE", f"/v1/tenants/{_seg(name)}")
+
+    def tenant_pause(self, name: str, reason: str = "") -> JsonObject:
+        body: JsonObject = {"reason": reason} if reason else {}
+        return self._object("POST", f"/v1/tenants/{_seg(name)}/pause", body=body)
+
+    def tenant_resume(self, name: str, reason: str) -> JsonObject:
+        return self._object("POST", f"/v1/tenants/{_seg(name)}/resume",
+                            body={"reason": reason})
 
 
 # No proxies: the admin API is the local daemon, whatever http_proxy says.

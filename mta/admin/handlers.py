@@ -14,7 +14,10 @@ Public API:
 Invariants: bulk routes come before "/v1/messages/{id}", so "hold" is never
 read as an id; backend exceptions map as mta.admin.backend says (KeyError
 and NotFound → 404, ActionRefused → 409, ValueError from a cursor → 400),
-a ledger method the backend lacks → 501.
+a ledger or tenant method the backend lacks → 501. The tenant routes answer
+a `TenantError` with its status (404 not_found, 409 conflict, 422
+validation_error) and their errors carry "field" beside code and message
+when one input is at fault.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from mta.admin import params
 from mta.admin.backend import (DESTINATION_ACTIONS, MESSAGE_ACTIONS, ActionRefused,
                                AdminBackend, JsonListing, NotFound)
 from mta.admin.params import ApiError
+from mta.spool.tenants import TenantError
 
 __all__ = ["route_table", "ROUTES", "Handler"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_TENANT_CODES = {404: "not_found", 409: "conflict", 422: "validation_error"}
 ITEM_ACTIONS = ("hold", "release", "retry", "bounce")   # POST /v1/messages/{id}/<action>
 
 
@@ -187,6 +192,66 @@ class _Handlers:
             raise ApiError(404, "not_found", f"no webhook {name!r}") from None
         return web.json_response(result)
 
+    # ---- tenants (TenantBackend, optional) -----------------------------------
+    async def _tenant(self, method: str, *args: Any) -> Any:
+        try:
+            return await self._optional(method)(*args)
+        except TenantError as exc:
+            raise ApiError(exc.status, _TENANT_CODES.get(exc.status, "conflict"), exc.message,
+                           field=exc.field) from None
+        except NotImplementedError as exc:
+            raise ApiError(501, "not_implemented",
+                           str(exc) or "this server has no tenants") from None
+
+    async def tenants(self, request: web.Request) -> web.Response:
+        return web.json_response({"tenants": await self._tenant("tenants")})
+
+    async def tenant_show(self, request: web.Request) -> web.Response:
+        name = params.tenant(request)
+        found = await self._tenant("tenant", name)
+        if found is None:
+            raise ApiError(404, "not_found", f"no tenant named {name!r}", field="name")
+        return web.json_response(found)
+
+    async def tenant_add(self, request: web.Request) -> web.Response:
+        name, limits, policy = params.tenant_add(await params.json_body(request))
+        return web.json_response(await self._tenant("tenant_add", name, limits, policy))
+
+    async def tenant_update(self, request: web.Request) -> web.Response:
+        name = params.tenant(request)
+        limits, policy = params.tenant_update(await params.json_body(request))
+        return web.json_response(await self._tenant("tenant_update", name, limits, policy))
+
+    async def tenant_remove(self, request: web.Request) -> web.Response:
+        name = params.tenant(request)
+        await self._tenant("tenant_remove", name)
+        return web.json_response({"name": name, "deleted": True})
+
+    async def tenant_pause(self, request: web.Request) -> web.Response:
+        name = params.tenant(request)
+        reason = params.tenant_reason(await params.json_body(request), required=False)
+        return web.json_response(await self._tenant("tenant_pause", name, reason))
+
+    async def tenant_resume(self, request: web.Request) -> web.Response:
+        name = params.tenant(request)
+        reason = params.tenant_reason(await params.json_body(request), required=True)
+        return web.json_response(await self._tenant("tenant_resume", name, reason))
+
+
+def _with_field(handler: Handler) -> Handler:
+    """A tenant route: an error about one input says which ("field")."""
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            if exc.field is None:
+                raise
+            return web.json_response({"error": {"code": exc.code, "message": exc.message,
+                                                "field": exc.field}},
+                                     status=exc.status, headers=exc.headers)
+    wrapped.__name__ = getattr(handler, "__name__", "tenant")
+    return wrapped
+
 
 def route_table(backend: AdminBackend | None,
                 openapi: dict[str, Any]) -> list[tuple[str, str, Handler]]:
@@ -216,6 +281,14 @@ def route_table(backend: AdminBackend | None,
     routes += [("POST", f"/v1/messages/{{id}}/{a}", h.message_action(a)) for a in ITEM_ACTIONS]
     routes += [("POST", f"/v1/destinations/{{name}}/{a}", h.destination_action(a))
                for a in DESTINATION_ACTIONS]
+    routes += [(m, p, _with_field(f)) for m, p, f in (
+        ("GET", "/v1/tenants", h.tenants),
+        ("POST", "/v1/tenants", h.tenant_add),
+        ("GET", "/v1/tenants/{name}", h.tenant_show),
+        ("PATCH", "/v1/tenants/{name}", h.tenant_update),
+        ("DELETE", "/v1/tenants/{name}", h.tenant_remove),
+        ("POST", "/v1/tenants/{name}/pause", h.tenant_pause),
+        ("POST", "/v1/tenants/{name}/resume", h.tenant_resume))]
     return routes
 
 

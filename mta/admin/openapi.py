@@ -6,6 +6,8 @@ bodies, response schemas and error responses — for operators and tools.
 Public API:
     openapi_document() -> dict     a fresh copy each call
 
+The tenant routes' part is mta.admin.openapi_tenants.
+
 Invariant: the paths and methods here are exactly the app's routes; a test
 (tests/test_admin_http.py) compares them, so a route added without its
 description fails CI. Paths are written out one by one on purpose: deriving
@@ -21,6 +23,7 @@ from mta.admin.backend import DESTINATION_STATES, MESSAGE_STATES
 from mta.core.envelope import EVENT_TYPES
 from mta.core.qshape import AGE_BUCKETS
 from mta.admin.inputs import INT64_MAX, MAX_DESTINATION, MAX_QUEUE_ID, MAX_WEBHOOK_NAME
+from mta.admin.openapi_tenants import TENANT_SCHEMAS, tenant_paths
 
 __all__ = ["openapi_document"]
 
@@ -113,7 +116,10 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["error"],
         "properties": {"error": {"type": "object", "required": ["code", "message"],
                                  "properties": {"code": {"type": "string"},
-                                                "message": {"type": "string"}}}},
+                                                "message": {"type": "string"},
+                                                "field": {"type": "string", "description":
+                                                          "the input at fault (tenant "
+                                                          "routes), e.g. limits.per_hour"}}}},
     },
     "Health": {"type": "object", "required": ["status"],
                "properties": {"status": {"const": "ok"}}},
@@ -362,6 +368,10 @@ _PATHS: dict[str, Any] = {
     "/v1/destinations/{name}/flush": {"post": _destination_action(
         "flush", "make every queued recipient of the destination due now")},
 }
+
+_SCHEMAS.update(TENANT_SCHEMAS)
+_PATHS.update(tenant_paths(_ERRORS))
+
 
 _DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

@@ -14,8 +14,20 @@ Public API:
     bulk_filters(body, action) -> (all, filters)    a bulk action's JSON body
     replay_params(body) -> (from_seq, since)         a webhook replay's JSON body
     queue_id(request), destination(request), webhook(request) -> str
+    tenant(request) -> str                          the {name} of /v1/tenants/{name}
+    tenant_add(body) -> (name, limits, policy)      POST /v1/tenants (nulls left out)
+    tenant_update(body) -> (limits | None, policy | None)   PATCH /v1/tenants/{name}
+    tenant_reason(body, required) -> str            pause (optional) / resume (required)
     await json_body(request) -> dict                {} for an empty body
-    DEFAULT_LIMIT, MAX_LIMIT, MAX_BODY, FILTER_KEYS
+    DEFAULT_LIMIT, MAX_LIMIT, MAX_BODY, FILTER_KEYS, LIMIT_KEYS, POLICY_KEYS
+
+A tenant body's errors are 422 `validation_error` with `field` set (the
+dotted path, e.g. "limits.per_hour"): limits per_hour, per_day, burst are
+whole numbers >= 1, rate a number > 0; policy level is none|standard|strict,
+the four thresholds fractions in (0, 1] (warn <= pause when both are given),
+window a whole number >= 1, window_seconds a number > 0, min_volume a whole
+number >= 0 (<= window when both are given); null for any of them means
+"not set" (unlimited, or the default); unknown keys are refused.
 
 Invariants: network input never raises anything but ApiError here (no
 KeyError, TypeError, RecursionError reaches the caller); every message names
@@ -36,10 +48,13 @@ from mta.admin.inputs import (INT64_MAX, check_queue_id, check_webhook_name, has
                               parse_destination, parse_uint)
 from mta.core.address import AddressError, parse_address, parse_domain
 from mta.core.envelope import EVENT_TYPES
+from mta.spool.tenants import check_name
 
 __all__ = ["ApiError", "query", "list_params", "event_params", "bulk_filters", "replay_params",
            "queue_id", "destination", "webhook", "json_body", "check_address",
-           "DEFAULT_LIMIT", "MAX_LIMIT", "MAX_BODY", "FILTER_KEYS"]
+           "tenant", "tenant_add", "tenant_update", "tenant_reason", "tenant_limits",
+           "tenant_policy",
+           "DEFAULT_LIMIT", "MAX_LIMIT", "MAX_BODY", "FILTER_KEYS", "LIMIT_KEYS", "POLICY_KEYS"]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -50,6 +65,14 @@ MAX_UNIX_TIME = 253402300799    # 9999-12-31T23:59:59Z
 EVENT_PARAMS = ("after", "type", "recipient", "limit")
 LIST_PARAMS = ("state", "domain", "sender", "recipient", "limit", "cursor")
 FILTER_KEYS = ("state", "domain", "sender", "recipient")
+LIMIT_KEYS = ("per_hour", "per_day", "rate", "burst")
+POLICY_KEYS = ("level", "bounce_warn", "bounce_pause", "complaint_warn", "complaint_pause",
+               "window", "window_seconds", "min_volume")
+POLICY_LEVELS = ("none", "standard", "strict")
+MAX_REASON = 500
+MAX_WINDOW = 1_000_000          # sends kept in memory per tenant
+MAX_WINDOW_SECONDS = 366 * 86400
+MAX_RATE = 1e9
 
 
 class ApiError(Exception):
@@ -57,10 +80,11 @@ class ApiError(Exception):
     `{"error": {"code", "message"}}`, `headers` into the response."""
 
     def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, field: str | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
+        self.field = field         # the input at fault, when the route reports one
 
 
 def _bad(name: str, message: str, code: str = "invalid_parameter") -> ApiError:
@@ -252,3 +276,143 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "the request body must be a JSON object")
     return body
+
+
+# ---------------------------------------------------------------- tenants
+
+def _invalid(field: str | None, message: str) -> ApiError:
+    return ApiError(422, "validation_error", f"{field}: {message}" if field else message,
+                    field=field)
+
+
+def tenant(request: web.Request) -> str:
+    raw = request.match_info["name"]
+    try:
+        return check_name(raw)
+    except ValueError:
+        raise _bad("name", f"is not a tenant name ({raw[:70]!r}): 1 to 63 characters of "
+                           "a-z, 0-9, '_' and '-', starting with a letter or a digit") from None
+
+
+def _keys(body: dict[str, Any], known: tuple[str, ...], where: str | None) -> None:
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        name = unknown[0][:40]
+        raise _invalid(f"{where}.{name}" if where else name,
+                       f"unknown key (known: {', '.join(known)})")
+
+
+def _count(value: Any, field: str, lo: int, hi: int = INT64_MAX) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not lo <= value <= hi:
+        raise _invalid(field, f"must be a whole number from {lo} to {hi}, or null")
+    return value
+
+
+def _number(value: Any, field: str, hi: float, *, closed: bool) -> float | None:
+    """A number in (0, hi] (closed) or (0, hi); None for null."""
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0 \
+            or value > hi or (not closed and value == hi):
+        raise _invalid(field, f"must be a number above 0 and {'at most' if closed else 'below'}"
+                              f" {hi:g}, or null")
+    number: float = value   # an int stays an int (JSON 2 is not 2.0)
+    return number
+
+
+def _object(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(field, "must be a JSON object")
+    return value
+
+
+def tenant_limits(value: Any) -> dict[str, Any]:
+    body = _object(value, "limits")
+    _keys(body, LIMIT_KEYS, "limits")
+    out: dict[str, Any] = {}
+    for key in ("per_hour", "per_day", "burst"):
+        if key in body:
+            out[key] = _count(body[key], f"limits.{key}", 1)
+    if "rate" in body:
+        out["rate"] = _number(body["rate"], "limits.rate", MAX_RATE, closed=True)
+    return out
+
+
+def _pair(out: dict[str, Any], warn: str, pause: str) -> None:
+    if out.get(warn) is not None and out.get(pause) is not None and out[pause] < out[warn]:
+        raise _invalid(f"policy.{pause}", f"must be at least {warn} ({out[warn]:g})")
+
+
+def tenant_policy(value: Any) -> dict[str, Any]:
+    body = _object(value, "policy")
+    _keys(body, POLICY_KEYS, "policy")
+    out: dict[str, Any] = {}
+    if "level" in body:
+        level = body["level"]
+        if level is not None and level not in POLICY_LEVELS:
+            raise _invalid("policy.level", f"must be one of {', '.join(POLICY_LEVELS)}, or null")
+        out["level"] = level
+    for key in ("bounce_warn", "bounce_pause", "complaint_warn", "complaint_pause"):
+        if key in body:
+            out[key] = _number(body[key], f"policy.{key}", 1.0, closed=True)
+    _pair(out, "bounce_warn", "bounce_pause")
+    _pair(out, "complaint_warn", "complaint_pause")
+    if "window" in body:
+        out["window"] = _count(body["window"], "policy.window", 1, MAX_WINDOW)
+    if "window_seconds" in body:
+        out["window_seconds"] = _number(body["window_seconds"], "policy.window_seconds",
+                                        MAX_WINDOW_SECONDS, closed=True)
+    if "min_volume" in body:
+        out["min_volume"] = _count(body["min_volume"], "policy.min_volume", 0, MAX_WINDOW)
+        if out.get("window") is not None and out["min_volume"] is not None \
+                and out["min_volume"] > out["window"]:
+            raise _invalid("policy.min_volume", f"must be at most window ({out['window']})")
+    return out
+
+
+def tenant_add(body: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(name, limits, policy) of POST /v1/tenants."""
+    _keys(body, ("name", "limits", "policy"), None)
+    name = body.get("name")
+    if not isinstance(name, str):
+        raise _invalid("name", "is required: a string")
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise _invalid("name", str(exc)[:200]) from None
+    limits, policy = body.get("limits"), body.get("policy")
+    # A new tenant has nothing to clear: null is "not set", left out.
+    return (name, {} if limits is None else _set_only(tenant_limits(limits)),
+            {} if policy is None else _set_only(tenant_policy(policy)))
+
+
+def _set_only(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def tenant_update(body: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(limits, policy) of PATCH /v1/tenants/{name}: None when not given."""
+    _keys(body, ("limits", "policy"), None)
+    limits, policy = body.get("limits"), body.get("policy")
+    if limits is None and policy is None:
+        raise _invalid(None, 'nothing to change: give "limits" and/or "policy"')
+    return (None if limits is None else tenant_limits(limits),
+            None if policy is None else tenant_policy(policy))
+
+
+def tenant_reason(body: dict[str, Any], *, required: bool) -> str:
+    """The "reason" of a pause (optional) or a resume (required, non-empty)."""
+    _keys(body, ("reason",), None)
+    reason = body.get("reason")
+    if reason is None and not required:
+        return ""
+    if not isinstance(reason, str) or (required and not reason.strip()):
+        raise _invalid("reason", "is required: a non-empty string" if required
+                       else "must be a string")
+    if len(reason) > MAX_REASON:
+        raise _invalid("reason", f"is too long ({len(reason)} characters, at most {MAX_REASON})")
+    if has_control(reason):
+        raise _invalid("reason", "contains control characters")
+    return reason.strip()

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Sequence
 
 from mta.cli import (bounce_cmd, destination_cmd, domain_cmd, events_cmd, key_cmd, queue_cmd,
-                     suppression_cmd, webhooks_cmd)
+                     suppression_cmd, tenant_cmd, webhooks_cmd)
 from mta.cli.times import utc
 from mta.config import (EMBEDDED_SOURCE, Config, config_as_dict, config_path, file_errors,
                         load_config, placeholder_warnings, render_config, with_listen)
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     webhooks_cmd.register(sub, cfgp)
     events_cmd.register(sub, cfgp)
     key_cmd.register(sub, cfgp)
+    tenant_cmd.register(sub, cfgp)
     return parser
 
 
@@ -146,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "destination": destination_cmd.run,
                "domain": domain_cmd.run, "bounce": bounce_cmd.run,
                "suppression": suppression_cmd.run, "webhooks": webhooks_cmd.run,
-               "events": events_cmd.run, "key": key_cmd.run}[args.command]
+               "events": events_cmd.run, "key": key_cmd.run,
+               "tenant": tenant_cmd.run}[args.command]
     try:
         return handler(cfg, args)
     except KeyboardInterrupt:

@@ -89,6 +89,21 @@ class _Webhooks(Protocol):
     async def test(self, name: str) -> dict[str, Any]: ...
 
 
+class _Tenants(Protocol):
+    """The tenant service (mta.runtime.tenants.TenantService, `daemon.tenants`);
+    refusals are mta.spool.tenants.TenantError."""
+
+    async def list(self) -> list[dict[str, Any]]: ...
+    async def show(self, name: str) -> dict[str, Any] | None: ...
+    async def add(self, name: str, limits: dict[str, Any],
+                  policy: dict[str, Any]) -> dict[str, Any]: ...
+    async def update(self, name: str, limits: dict[str, Any] | None,
+                     policy: dict[str, Any] | None) -> dict[str, Any]: ...
+    async def remove(self, name: str) -> None: ...
+    async def pause(self, name: str, reason: str) -> dict[str, Any]: ...
+    async def resume(self, name: str, reason: str) -> dict[str, Any]: ...
+
+
 class DaemonView(Protocol):
     """What RuntimeAdmin reads of the daemon (runtime.daemon.Daemon). The
     parts are None until the daemon has started them; the admin API is
@@ -332,6 +347,36 @@ class RuntimeAdmin:
 
     async def webhook_test(self, name: str) -> dict[str, Any]:
         return await self.webhooks_service().test(name)
+
+    # ---- tenants (TenantBackend: the daemon's TenantService) -------------------
+    def tenants_service(self) -> _Tenants:
+        service: _Tenants | None = getattr(self.d, "tenants", None)
+        if service is None:
+            raise NotImplementedError("this daemon has no tenant service")
+        return service
+
+    async def tenants(self) -> list[dict[str, Any]]:
+        return await self.tenants_service().list()
+
+    async def tenant(self, name: str) -> dict[str, Any] | None:
+        return await self.tenants_service().show(name)
+
+    async def tenant_add(self, name: str, limits: dict[str, Any],
+                         policy: dict[str, Any]) -> dict[str, Any]:
+        return await self.tenants_service().add(name, limits, policy)
+
+    async def tenant_update(self, name: str, limits: dict[str, Any] | None,
+                            policy: dict[str, Any] | None) -> dict[str, Any]:
+        return await self.tenants_service().update(name, limits, policy)
+
+    async def tenant_remove(self, name: str) -> None:
+        await self.tenants_service().remove(name)
+
+    async def tenant_pause(self, name: str, reason: str) -> dict[str, Any]:
+        return await self.tenants_service().pause(name, reason)
+
+    async def tenant_resume(self, name: str, reason: str) -> dict[str, Any]:
+        return await self.tenants_service().resume(name, reason)
 
     # ---- metrics -----------------------------------------------------------
     async def gauges(self) -> dict[str, Any]:
