@@ -16,8 +16,8 @@ read as an id; backend exceptions map as mta.admin.backend says (KeyError
 and NotFound → 404, ActionRefused → 409, ValueError from a cursor → 400),
 a ledger or tenant method the backend lacks → 501. The tenant routes answer
 a `TenantError` with its status (404 not_found, 409 conflict, 422
-validation_error) and their errors carry "field" beside code and message
-when one input is at fault.
+validation_error), the message starting with the field at fault
+("limits.per_hour: …", "name: …") when there is one.
 """
 
 from __future__ import annotations
@@ -197,7 +197,10 @@ class _Handlers:
         try:
             return await self._optional(method)(*args)
         except TenantError as exc:
-            raise ApiError(exc.status, _TENANT_CODES.get(exc.status, "conflict"), exc.message,
+            message = exc.message
+            if exc.field and not message.startswith(exc.field):
+                message = f"{exc.field}: {message}"
+            raise ApiError(exc.status, _TENANT_CODES.get(exc.status, "conflict"), message,
                            field=exc.field) from None
         except NotImplementedError as exc:
             raise ApiError(501, "not_implemented",
@@ -210,7 +213,7 @@ class _Handlers:
         name = params.tenant(request)
         found = await self._tenant("tenant", name)
         if found is None:
-            raise ApiError(404, "not_found", f"no tenant named {name!r}", field="name")
+            raise ApiError(404, "not_found", f"name: no tenant named {name!r}", field="name")
         return web.json_response(found)
 
     async def tenant_add(self, request: web.Request) -> web.Response:
@@ -236,21 +239,6 @@ class _Handlers:
         name = params.tenant(request)
         reason = params.tenant_reason(await params.json_body(request), required=True)
         return web.json_response(await self._tenant("tenant_resume", name, reason))
-
-
-def _with_field(handler: Handler) -> Handler:
-    """A tenant route: an error about one input says which ("field")."""
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            if exc.field is None:
-                raise
-            return web.json_response({"error": {"code": exc.code, "message": exc.message,
-                                                "field": exc.field}},
-                                     status=exc.status, headers=exc.headers)
-    wrapped.__name__ = getattr(handler, "__name__", "tenant")
-    return wrapped
 
 
 def route_table(backend: AdminBackend | None,
@@ -281,14 +269,15 @@ def route_table(backend: AdminBackend | None,
     routes += [("POST", f"/v1/messages/{{id}}/{a}", h.message_action(a)) for a in ITEM_ACTIONS]
     routes += [("POST", f"/v1/destinations/{{name}}/{a}", h.destination_action(a))
                for a in DESTINATION_ACTIONS]
-    routes += [(m, p, _with_field(f)) for m, p, f in (
+    routes += [
         ("GET", "/v1/tenants", h.tenants),
         ("POST", "/v1/tenants", h.tenant_add),
         ("GET", "/v1/tenants/{name}", h.tenant_show),
         ("PATCH", "/v1/tenants/{name}", h.tenant_update),
         ("DELETE", "/v1/tenants/{name}", h.tenant_remove),
         ("POST", "/v1/tenants/{name}/pause", h.tenant_pause),
-        ("POST", "/v1/tenants/{name}/resume", h.tenant_resume))]
+        ("POST", "/v1/tenants/{name}/resume", h.tenant_resume),
+    ]
     return routes
 
 

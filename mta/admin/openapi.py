@@ -116,10 +116,7 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["error"],
         "properties": {"error": {"type": "object", "required": ["code", "message"],
                                  "properties": {"code": {"type": "string"},
-                                                "message": {"type": "string"},
-                                                "field": {"type": "string", "description":
-                                                          "the input at fault (tenant "
-                                                          "routes), e.g. limits.per_hour"}}}},
+                                                "message": {"type": "string"}}}},
     },
     "Health": {"type": "object", "required": ["status"],
                "properties": {"status": {"const": "ok"}}},

@@ -89,7 +89,8 @@ _TENANT = {"name": "name", "in": "path", "required": True, "description": "a ten
            "schema": {"type": "string", "pattern": TENANT_NAME.pattern}}
 _ONE = _json(_ref("Tenant"), "the tenant")
 _NONE_HERE = {"501": _err("this server has no tenants")}
-_INVALID = {"422": _err('invalid body: "field" names the input at fault')}
+_INVALID = {"422": _err('invalid body: the message starts with the field at fault '
+                        '("limits.per_hour: …")')}
 
 
 def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:

@@ -21,8 +21,8 @@ Public API:
     await json_body(request) -> dict                {} for an empty body
     DEFAULT_LIMIT, MAX_LIMIT, MAX_BODY, FILTER_KEYS, LIMIT_KEYS, POLICY_KEYS
 
-A tenant body's errors are 422 `validation_error` with `field` set (the
-dotted path, e.g. "limits.per_hour"): limits per_hour, per_day, burst are
+A tenant body's errors are 422 `validation_error`, the message starting
+with the field (the dotted path, e.g. "limits.per_hour: …"; also `.field`): limits per_hour, per_day, burst are
 whole numbers >= 1, rate a number > 0; policy level is none|standard|strict,
 the four thresholds fractions in (0, 1] (warn <= pause when both are given),
 window a whole number >= 1, window_seconds a number > 0, min_volume a whole
@@ -84,7 +84,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
-        self.field = field         # the input at fault, when the route reports one
+        self.field = field         # the input at fault (the message starts with it)
 
 
 def _bad(name: str, message: str, code: str = "invalid_parameter") -> ApiError:
