@@ -22,12 +22,13 @@ Public API:
     DEFAULT_LIMIT, MAX_LIMIT, MAX_BODY, FILTER_KEYS, LIMIT_KEYS, POLICY_KEYS
 
 A tenant body's errors are 422 `validation_error`, the message starting
-with the field (the dotted path, e.g. "limits.per_hour: …"; also `.field`): limits per_hour, per_day, burst are
-whole numbers >= 1, rate a number > 0; policy level is none|standard|strict,
-the four thresholds fractions in (0, 1] (warn <= pause when both are given),
-window a whole number >= 1, window_seconds a number > 0, min_volume a whole
-number >= 0 (<= window when both are given); null for any of them means
-"not set" (unlimited, or the default); unknown keys are refused.
+with the field (the dotted path, e.g. "limits.per_hour: …"; also `.field`).
+Limits per_hour, per_day, burst are whole numbers >= 1, rate a number > 0;
+policy level is none|standard|strict, the four thresholds fractions in
+(0, 1] (warn <= pause when both are given), window a whole number >= 1,
+window_seconds a number > 0, min_volume a whole number >= 0 (<= window when
+both are given); null for any of them means "not set" (unlimited, or the
+default); unknown keys are refused.
 
 Invariants: network input never raises anything but ApiError here (no
 KeyError, TypeError, RecursionError reaches the caller); every message names
