@@ -541,7 +541,9 @@ def test_live_keys_are_marked_where_they_are_declared():
                  "suppression": {"on_rcpt"}, "webhooks": "*",
                  # issue 13: the sending API reads these per request
                  "api": {"rate_limit", "max_request_size", "max_recipients",
-                         "attachment_hosts"}}
+                         "attachment_hosts"},
+                 # issue 14: read at every assessment (runtime/reputation.py)
+                 "reputation": "*"}
     for section, keys in every.items():
         expected = old_table.get(section, set())
         if section == "listeners":      # all but what moves the socket (and the name)

@@ -76,11 +76,11 @@ async def test_sync_hard_bounce_suppresses(world):
     assert "suppressed" in reply and "hard bounce" in reply
     # a soft (greylisting) failure does not suppress at once
     await submit(d, "tempfail-1@rcpt.test")
-    assert await d.spool.suppressions.suppressed("tempfail-1@rcpt.test", "app") is None
+    assert await d.spool.suppressions.suppressed("tempfail-1@rcpt.test", "default") is None
 
 
 async def _refusal(d, rcpt):
-    entry = await d.spool.suppressions.suppressed(rcpt, "app")
+    entry = await d.spool.suppressions.suppressed(rcpt, "default")
     if entry is None:
         return None
     return await refused_at_rcpt(d, rcpt)
@@ -165,7 +165,7 @@ async def test_forged_token_changes_nothing(world):
     await to_inbound(d, forged, remote_dsn(rcpt))        # accepted (250), never acted on
     v = await d.spool.get_message(qid)
     assert v.recipients[0].state == "delivered"
-    assert await d.spool.suppressions.suppressed(rcpt, "app") is None
+    assert await d.spool.suppressions.suppressed(rcpt, "default") is None
     assert d.bounces.stats["bad_token"] == 1
     await submit(d, rcpt)                                # still allowed
 
@@ -242,7 +242,7 @@ def _without_return_path(copy: bytes) -> bytes:
 
 
 async def suppressed_set(d):
-    return {a for a in (A, B, C) if await d.spool.suppressions.suppressed(a, "app") is not None}
+    return {a for a in (A, B, C) if await d.spool.suppressions.suppressed(a, "default") is not None}
 
 
 async def test_complaint_by_queue_id_acts_only_on_the_recipient_it_names(world):
@@ -250,7 +250,7 @@ async def test_complaint_by_queue_id_acts_only_on_the_recipient_it_names(world):
     qid, copy = await delivered_to_a_and_b(d, sink)
     await to_inbound(d, "fbl@mta.test", arf(A, _without_return_path(copy)))
     assert await suppressed_set(d) == {A}
-    assert (await d.spool.suppressions.suppressed(A, "app")).reason == "complaint"
+    assert (await d.spool.suppressions.suppressed(A, "default")).reason == "complaint"
 
 
 async def test_complaint_by_queue_id_naming_nobody_acts_on_nobody(world, caplog):

@@ -111,13 +111,24 @@ async def test_hard_bounce_suppresses_in_the_same_transaction(spool, tmp_path):
         outcomes=[AddressOutcome("Gone@Bounce.test", "hard", T0, qid, "550 5.1.1 No such user"),
                   AddressOutcome("ok@a.test", "delivered", T0, qid)])
     assert spool.stats.commits == stats_before + 1          # one transaction for both
-    v = await spool.suppressions.suppressed("gone@bounce.test", None, now=T0 + 1)
+    # A bounce suppresses in the tenant that sent (no credential: "default").
+    v = await spool.suppressions.suppressed("gone@bounce.test", "default", now=T0 + 1)
     assert v is None                                         # local part is case-sensitive
-    v = await spool.suppressions.suppressed("Gone@BOUNCE.test", None, now=T0 + 1)
+    assert await spool.suppressions.suppressed("Gone@BOUNCE.test", None, now=T0 + 1) is None
+    assert await spool.suppressions.suppressed("Gone@BOUNCE.test", "acme", now=T0 + 1) is None
+    v = await spool.suppressions.suppressed("Gone@BOUNCE.test", "default", now=T0 + 1)
     assert (v.address, v.scope, v.reason, v.queue_id, v.reply, v.created, v.expires) == \
-        ("Gone@bounce.test", "", "hard_bounce", qid, "550 5.1.1 No such user", T0, None)
-    assert await spool.suppressions.suppressed("ok@a.test", None, now=T0 + 1) is None
-    assert await spool.suppressions.suppressed("Gone@bounce.test", "app1", now=T0 + 1) == v   # global covers scopes
+        ("Gone@bounce.test", "default", "hard_bounce", qid, "550 5.1.1 No such user", T0, None)
+    assert await spool.suppressions.suppressed("ok@a.test", "default", now=T0 + 1) is None
+
+
+async def test_a_global_entry_covers_every_tenant(spool, tmp_path):
+    """An outcome with no message (an operator's or API's own) is global."""
+    await spool.record([], outcomes=[AddressOutcome("all@b.test", "hard", T0)])
+    v = await spool.suppressions.suppressed("all@b.test", None, now=T0 + 1)
+    assert v is not None and v.scope == ""
+    for tenant in ("default", "acme"):
+        assert await spool.suppressions.suppressed("all@b.test", tenant, now=T0 + 1) == v
 
 
 async def test_failed_transaction_writes_neither_rows_nor_suppression(spool, monkeypatch):
@@ -133,7 +144,7 @@ async def test_failed_transaction_writes_neither_rows_nor_suppression(spool, mon
         await spool.record([upd(qid, 0, BOUNCED, "550 5.1.1 No")],
                            outcomes=[AddressOutcome("x@b.test", "hard", T0, qid)])
     monkeypatch.setattr(attempts, "apply_outcomes", real)
-    assert await spool.suppressions.suppressed("x@b.test", None, now=T0) is None
+    assert await spool.suppressions.suppressed("x@b.test", "default", now=T0) is None
     assert (await spool.get_message(qid)).recipients[0].state == QUEUED
 
 
@@ -143,7 +154,7 @@ async def test_soft_failures_suppress_after_n_over_m_days(spool, tmp_path):
     # Three soft failures within a day: enough in number, not in span.
     for at in (T0, T0 + 3600, T0 + 7200):
         await spool.record([], outcomes=[soft(at)])
-    assert await spool.suppressions.suppressed(addr, None, now=T0 + 7200) is None
+    assert await spool.suppressions.suppressed(addr, "default", now=T0 + 7200) is None
     with db(tmp_path) as c:
         assert c.execute("SELECT count, first_at, last_at FROM soft_failures").fetchall() == \
             [(3, T0, T0 + 7200)]
@@ -153,46 +164,48 @@ async def test_soft_failures_suppress_after_n_over_m_days(spool, tmp_path):
         assert c.execute("SELECT COUNT(*) FROM soft_failures").fetchone() == (0,)
     await spool.record([], outcomes=[soft(T0 + 2 * DAY)])
     await spool.record([], outcomes=[soft(T0 + 3 * DAY)])
-    assert await spool.suppressions.suppressed(addr, None, now=T0 + 3 * DAY) is None     # 2 < N
+    assert await spool.suppressions.suppressed(addr, "default", now=T0 + 3 * DAY) is None     # 2 < N
     await spool.record([], outcomes=[soft(T0 + 4 * DAY)])                   # 3 over 2 days
-    v = await spool.suppressions.suppressed(addr, None, now=T0 + 4 * DAY)
+    v = await spool.suppressions.suppressed(addr, "default", now=T0 + 4 * DAY)
     assert (v.reason, v.created, v.expires) == ("soft_bounce", T0 + 4 * DAY, T0 + 34 * DAY)
     with db(tmp_path) as c:       # the run that caused it is used up
         assert c.execute("SELECT COUNT(*) FROM soft_failures").fetchone() == (0,)
     # Expired entries are ignored.
-    assert await spool.suppressions.suppressed(addr, None, now=T0 + 34 * DAY) is None
+    assert await spool.suppressions.suppressed(addr, "default", now=T0 + 34 * DAY) is None
 
 
 async def test_several_soft_outcomes_in_one_batch_count_each(spool):
     outs = [AddressOutcome("s@x.test", "soft", T0 + i * DAY) for i in range(3)]
     await spool.record([], outcomes=outs)
-    assert (await spool.suppressions.suppressed("s@x.test", None, now=T0 + 3 * DAY)).reason == "soft_bounce"
+    assert (await spool.suppressions.suppressed("s@x.test", "default", now=T0 + 3 * DAY)).reason == "soft_bounce"
 
 
 async def test_first_reason_wins_but_soft_is_upgraded_and_expired_replaced(spool):
+    # Every outcome names a message (none of these exist: tenant "default"),
+    # so all of them land in one scope.
     a = "c@x.test"
     await spool.record([], outcomes=[AddressOutcome(a, "complaint", T0, "q1")])
     await spool.record([], outcomes=[AddressOutcome(a, "hard", T0 + 1, "q2")])
-    await spool.record([], outcomes=[AddressOutcome(a, "soft", T0 + i * DAY) for i in range(4)])
-    v = await spool.suppressions.suppressed(a, None, now=T0 + 10 * DAY)
+    await spool.record([], outcomes=[AddressOutcome(a, "soft", T0 + i * DAY, "q0") for i in range(4)])
+    v = await spool.suppressions.suppressed(a, "default", now=T0 + 10 * DAY)
     assert (v.reason, v.queue_id, v.expires) == ("complaint", "q1", None)
 
     b = "s@x.test"
-    await spool.record([], outcomes=[AddressOutcome(b, "soft", T0 + i * DAY) for i in range(3)])
-    assert (await spool.suppressions.suppressed(b, None, now=T0 + 2 * DAY)).reason == "soft_bounce"
+    await spool.record([], outcomes=[AddressOutcome(b, "soft", T0 + i * DAY, "q0") for i in range(3)])
+    assert (await spool.suppressions.suppressed(b, "default", now=T0 + 2 * DAY)).reason == "soft_bounce"
     await spool.record([], outcomes=[AddressOutcome(b, "hard", T0 + 3 * DAY, "q3")])
-    v = await spool.suppressions.suppressed(b, None, now=T0 + 100 * DAY)
+    v = await spool.suppressions.suppressed(b, "default", now=T0 + 100 * DAY)
     assert (v.reason, v.queue_id, v.expires) == ("hard_bounce", "q3", None)
 
     c = "e@x.test"
-    await spool.record([], outcomes=[AddressOutcome(c, "soft", T0 + i * DAY) for i in range(3)])
+    await spool.record([], outcomes=[AddressOutcome(c, "soft", T0 + i * DAY, "q0") for i in range(3)])
     await spool.record([], outcomes=[AddressOutcome(c, "hard", T0 + 40 * DAY, "q4")])
-    assert (await spool.suppressions.suppressed(c, None, now=T0 + 41 * DAY)).queue_id == "q4"
+    assert (await spool.suppressions.suppressed(c, "default", now=T0 + 41 * DAY)).queue_id == "q4"
 
 
 async def test_scopes(spool):
     await spool.record([], outcomes=[AddressOutcome("u@x.test", "complaint", T0, scope="app1")])
-    assert await spool.suppressions.suppressed("u@x.test", None, now=T0) is None
+    assert await spool.suppressions.suppressed("u@x.test", "default", now=T0) is None
     assert await spool.suppressions.suppressed("u@x.test", "app2", now=T0) is None
     v = await spool.suppressions.suppressed("u@x.test", "app1", now=T0)
     assert (v.scope, v.reason) == ("app1", "complaint")
@@ -205,9 +218,9 @@ async def test_without_rules_soft_failures_never_suppress(tmp_path):
     try:
         await s.record([], outcomes=[AddressOutcome("a@x.test", "soft", T0 + i * DAY)
                                      for i in range(50)])
-        assert await s.suppressions.suppressed("a@x.test", None, now=T0 + 60 * DAY) is None
+        assert await s.suppressions.suppressed("a@x.test", "default", now=T0 + 60 * DAY) is None
         await s.record([], outcomes=[AddressOutcome("a@x.test", "hard", T0)])
-        assert (await s.suppressions.suppressed("a@x.test", None, now=T0 + 1e9)).expires is None
+        assert (await s.suppressions.suppressed("a@x.test", "default", now=T0 + 1e9)).expires is None
     finally:
         await s.close()
 
@@ -230,7 +243,7 @@ async def test_async_bounce_after_delivery(spool, tmp_path):
     last = view.attempts[-1]
     assert (last.rcpt_idx, last.state, last.reply, last.detail, last.at) == \
         (0, "async_bounce", str(reply), "dsn from mx.x.test", T0 + 600)
-    assert (await spool.suppressions.suppressed("late@x.test", None, now=T0 + 601)).reason == "hard_bounce"
+    assert (await spool.suppressions.suppressed("late@x.test", "default", now=T0 + 601)).reason == "hard_bounce"
     # The report came to our return path: no DSN is owed and the body stays dead.
     assert await spool.dsn_candidates() == []
     with db(tmp_path) as c:
@@ -330,11 +343,11 @@ async def test_reopen_keeps_everything(tmp_path):
         view = await s.get_message(qid)
         assert view.done and [r.state for r in view.recipients] == [SUPPRESSED, BOUNCED]
         assert view.attempts[-1].detail == "d"
-        assert (await s.suppressions.suppressed("h@x.test", None, now=T0 + 5)).queue_id == qid
+        assert (await s.suppressions.suppressed("h@x.test", "default", now=T0 + 5)).queue_id == qid
         # The soft count survived too: two more over the span suppress.
         await s.record([], outcomes=[AddressOutcome("soft@x.test", "soft", T0 + i * DAY)
                                      for i in (1, 2)])
-        assert (await s.suppressions.suppressed("soft@x.test", None, now=T0 + 2 * DAY)).reason == "soft_bounce"
+        assert (await s.suppressions.suppressed("soft@x.test", "default", now=T0 + 2 * DAY)).reason == "soft_bounce"
         assert await s.dsn_candidates() == []
     finally:
         await s.close()
@@ -355,10 +368,10 @@ async def test_index_from_before_suppression_opens_and_migrates(tmp_path):
     try:
         view = await s.get_message(qid)
         assert [(a.state, a.detail) for a in view.attempts] == [(QUEUED, "")]
-        assert await s.suppressions.suppressed("a@x.test", None, now=T0) is None
+        assert await s.suppressions.suppressed("a@x.test", "default", now=T0) is None
         assert await s.record_async(qid, 0, state=BOUNCED, reply=None, detail="late", at=T0 + 9,
                                     outcomes=[AddressOutcome("a@x.test", "hard", T0 + 9)])
-        assert (await s.suppressions.suppressed("a@x.test", None, now=T0 + 9)).reason == "hard_bounce"
+        assert (await s.suppressions.suppressed("a@x.test", "default", now=T0 + 9)).reason == "hard_bounce"
     finally:
         await s.close()
     with db(tmp_path) as c:
@@ -372,8 +385,8 @@ async def test_admin_changes_are_seen_by_a_running_spool(spool, tmp_path):
     v = await spool.suppressions.suppressed("Op@x.test", "app1", now=T0)
     assert (v.reason, v.scope) == ("unsubscribe", "app1")
     admin.add(tmp_path, "tmp@x.test", expires=T0 + 60, now=T0)
-    assert await spool.suppressions.suppressed("tmp@x.test", None, now=T0 + 30) is not None
-    assert await spool.suppressions.suppressed("tmp@x.test", None, now=T0 + 61) is None
+    assert await spool.suppressions.suppressed("tmp@x.test", "default", now=T0 + 30) is not None
+    assert await spool.suppressions.suppressed("tmp@x.test", "default", now=T0 + 61) is None
     assert [e.address for e in admin.list_entries(tmp_path, now=T0 + 61)] == ["Op@x.test"]
     assert len(admin.list_entries(tmp_path, now=T0 + 61, include_expired=True)) == 2
     assert admin.remove(tmp_path, "Op@x.test", "app1") is True
@@ -389,7 +402,7 @@ def test_admin_before_first_start_creates_an_index_the_spool_opens(tmp_path):
     async def check():
         s = await Spool.open(tmp_path, now=T0)
         try:
-            assert (await s.suppressions.suppressed("pre@x.test", None, now=T0)).reason == "manual"
+            assert (await s.suppressions.suppressed("pre@x.test", "default", now=T0)).reason == "manual"
             qid = await s.enqueue(msg("a@x.test"), T0)
             assert (await s.get_message(qid)).recipients[0].state == QUEUED
         finally:

@@ -65,6 +65,7 @@ from aiohttp import web
 from mta.admin.http import ServerLog, quote
 from mta.api.keys import ApiKey, KeyCache
 from mta.api.ratelimit import Decision, RateLimiter
+from mta.core import Refused
 from mta.core.clock import Clock
 from mta.core.hostport import split_hostport
 
@@ -115,6 +116,20 @@ class ApiError(Exception):
                  headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.name, self.message, self.headers = status, name, message, headers
+
+
+def refused_error(exc: Refused) -> ApiError:
+    """A tenant's guardrail (core.Refused) as the API's error: 429 with
+    retry-after for a quota (Resend's daily_quota_exceeded for the day's),
+    403 for a paused tenant or another tenant's domain."""
+    text = exc.reply.text
+    if exc.status == 429:
+        daily = "daily quota" in text
+        return ApiError(429, "daily_quota_exceeded" if daily else "rate_limit_exceeded", text,
+                        None if exc.retry_after is None
+                        else {"retry-after": str(exc.retry_after)})
+    return ApiError(exc.status, "sending_paused" if "sending paused" in text
+                    else "validation_error", text)
 
 
 def error_response(status: int, name: str, message: str,

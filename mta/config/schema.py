@@ -151,6 +151,7 @@ def _choice(*choices: str) -> Kind:
 STR = Kind("string", lambda v: _expect(v, str, "a string"))
 INT = Kind("integer", lambda v: _expect(v, int, "an integer"))
 BOOL = Kind("boolean", lambda v: _expect(v, bool, "a boolean (true or false)"))
+FLOAT = Kind("number", lambda v: float(_expect(v, (int, float), "a number")))
 DURATION = Kind("duration", _duration, format_duration)
 DURATION_LIST = Kind("duration list", _duration_list,
                      lambda v: ",".join(format_duration(x) for x in v))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from collections.abc import Mapping
 
-from mta.config.schema import (BOOL, CIDR_LIST, DURATION, DURATION_LIST, HOSTPORT, INT,
+from mta.config.schema import (BOOL, CIDR_LIST, DURATION, DURATION_LIST, FLOAT, HOSTPORT, INT,
                                IP_LIST, NAMESERVER_LIST, SIZE, STR, STR_LIST, choice)
 # K declares a key a reload cannot change (it needs a restart), L one a
 # reload applies to the running daemon ("a field is named key": hence K).
@@ -244,6 +244,26 @@ class LedgerConfig:
 
 
 @dataclass(frozen=True)
+class ReputationConfig:
+    level: str = L("standard", "what a tenant's bounce and complaint rates do when its own "
+                   "policy does not say: \"none\" (monitor), \"standard\" (warn, then pause "
+                   "sending), \"strict\" (pause at the warn levels)",
+                   choice("none", "standard", "strict"))
+    bounce_warn: float = L(0.05, "list-quality bounce rate that warns", FLOAT, min=0.0001, max=1)
+    bounce_pause: float = L(0.10, "list-quality bounce rate that pauses sending", FLOAT,
+                            min=0.0001, max=1)
+    complaint_warn: float = L(0.001, "complaint rate that warns", FLOAT, min=0.00001, max=1)
+    complaint_pause: float = L(0.003, "complaint rate that pauses sending", FLOAT,
+                               min=0.00001, max=1)
+    window: int = L(2000, "the rates are over a tenant's last N final outcomes…", INT,
+                    min=10, max=1_000_000)
+    window_span: float = L(7 * 86400.0, "…no older than this", DURATION, min=60,
+                           max=365 * 86400)
+    min_volume: int = L(500, "fewer outcomes than this in the window: no warning, no pause",
+                        INT, min=0, max=1_000_000)
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     name: str = L("", "name used by `mta webhooks` and the admin API (required)")
     url: str = L("", "http(s) URL the events are POSTed to (required)")
@@ -252,6 +272,8 @@ class WebhookConfig:
                     "(`mta webhooks secret` makes one) (required)")
     credential: str | None = L(None, "only events of messages from this credential",
                                STR, optional=True)
+    tenant: str | None = L(None, "only events of this tenant (unset: every tenant's)",
+                           STR, optional=True)
     timeout: float = L(10.0, "per-request timeout", DURATION, min=0.1, max=300)
     batch_size: int = L(1, "events per request (a JSON array when > 1)", INT, min=1, max=1000)
 
@@ -269,6 +291,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    reputation: ReputationConfig = field(default_factory=ReputationConfig)
     webhooks: tuple[WebhookConfig, ...] = ()
     # domain → "host:port"; "*" routes every domain (a smarthost)
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -279,7 +302,7 @@ class Config:
 SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig,
             "domains": DomainsConfig, "policy": PolicyConfig, "bounces": BouncesConfig,
             "suppression": SuppressionConfig, "admin": AdminConfig, "api": ApiConfig,
-            "ledger": LedgerConfig}
+            "ledger": LedgerConfig, "reputation": ReputationConfig}
 # The [[array]] sections: key → the class of each table.
 ARRAYS = {"listeners": ListenerConfig, "webhooks": WebhookConfig}
 

@@ -12,7 +12,8 @@ from mta.core.envelope import (BOUNCED, DELETED, DELIVERED, EVENT_TYPES, EXPIRED
                                SUPPRESSED, SUPPRESSION_REASONS, AddressOutcome, Destination,
                                DsnCandidate, FailedRecipient, LedgerEvent, QueuedRecipient,
                                RecipientUpdate)
-from mta.core.errors import ConfigError, MtaError, PermFailure, StorageError, TempFailure
+from mta.core.errors import (ConfigError, MtaError, PermFailure, Refused, StorageError,
+                             TempFailure)
 from mta.core.ids import new_queue_id
 from mta.core.observe import Observer
 from mta.core.outcome import DestinationHealth, RecipientFate, RecipientOutcome
@@ -27,7 +28,7 @@ __all__ = [
     "Address", "AddressError", "parse_address", "parse_domain",
     "Clock", "FakeClock", "SystemClock",
     "DurationError", "format_duration", "parse_duration",
-    "ConfigError", "MtaError", "PermFailure", "StorageError", "TempFailure",
+    "ConfigError", "MtaError", "PermFailure", "Refused", "StorageError", "TempFailure",
     "new_queue_id",
     "Observer",
     "DestinationHealth", "RecipientFate", "RecipientOutcome",

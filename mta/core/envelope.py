@@ -170,8 +170,8 @@ class AddressOutcome:
     `spool.record_async` in the same transaction as the recipient update.
 
     kind: "delivered" (resets the soft-failure count), "soft", "hard",
-    "complaint". scope: "" = global, else the credential name the
-    suppression applies to.
+    "complaint". scope: the tenant the suppression applies to; "" = the
+    tenant of message `queue_id` when one is named, else global.
     """
     address: str
     kind: str
@@ -188,7 +188,10 @@ class AddressOutcome:
 # The ledger's vocabulary (a public interface: README, webhooks, admin API).
 EVENT_TYPES = ("received", "rejected", "suppressed", "queued", "deferred", "delivered",
                "bounced", "expired", "complained", "held", "released", "deleted", "dsn_sent",
-               "rescheduled")
+               "rescheduled",
+               # About a tenant (credential "tenant:NAME"; runtime/tenants.py, reputation.py).
+               "reputation_warning", "reputation_paused", "reputation_recovered",
+               "tenant_paused", "tenant_resumed")
 
 
 @dataclass(frozen=True, slots=True)

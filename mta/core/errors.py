@@ -50,3 +50,15 @@ class StorageError(MtaError):
         if self.disk_full:
             return Reply(452, "4.3.1", "Insufficient system storage, try again later")
         return Reply(451, "4.3.0", "Local storage error, try again later")
+
+
+class Refused(MtaError):
+    """A submission a guardrail turned away before its commit point: its
+    tenant is paused, over a quota, or sends as another tenant's domain.
+    `reply` is the SMTP answer (4xx: come back later; 5xx: not like this);
+    `status` the HTTP one (403, 429) and `retry_after` (seconds, or None)
+    its Retry-After. Nothing was queued."""
+
+    def __init__(self, reply: Reply, status: int, retry_after: int | None = None):
+        self.reply, self.status, self.retry_after = reply, status, retry_after
+        super().__init__(str(reply))

@@ -111,9 +111,11 @@ class EventView:
 
 class SuppressionLookup(Protocol):
     async def suppressed(self, address: str, scope: str | None, *,
-                         now: float | None = None) -> SuppressionView | None:
+                         now: float | None = None,
+                         credential: str | None = None) -> SuppressionView | None:
         """The active entry for `address`: the global one, else the one for
-        credential `scope` (None: global only); expired entries ignored."""
+        tenant `scope` (None: global only), else one for `credential`'s name
+        (made before tenants); expired entries ignored."""
         ...
 
 

@@ -6,12 +6,15 @@ its reads (emails, events, keys) from the spool. It runs in the owner
 process (the one that owns the spool), like the admin API.
 
 Public API:
-    start_api(daemon) -> (ApiServer | None)   binds `[api] address` (None: off);
-        StartupError when it cannot
-    ensure_first_key(cfg, store, root, now) -> token | None   sandbox mode, no key
-        yet: a full-access key "default", printed once and kept (0600) in
-        state_dir/initial-api-key.txt
-    RuntimeSending(daemon, keys)              an mta.api.routes.SendingBackend
+    RuntimeSending(…)            an mta.api.routes.SendingBackend (started by
+                                 runtime/api_start.py)
+
+Tenants (issue 14): a key acts for the tenant owning its credential
+("api:NAME"; runtime/tenants.py). A request's emails are admitted together
+by the tenant's guardrails before any is queued (paused or another
+tenant's domain: 403; over a quota: 429 with retry-after); reads (emails,
+events, keys) see only the key's tenant: another tenant's id is a 404. A
+key made through the API belongs to its maker's tenant.
 
 Acceptance of one email (the order is the order of the checks; 1–3 are
 runtime/api_build.py, run by a receiver process when there is one — the CPU
@@ -50,33 +53,23 @@ import datetime as dt
 import email
 import email.policy
 import logging
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
-from mta.api.http import ApiError, ApiServer, create_app, json_of
+from mta.api.http import ApiError, json_of, refused_error
 from mta.api.keys import ApiKey, KeyCache, KeyNameTaken, StoreKeys
-from mta.api.ratelimit import Decision, RateLimiter
-from mta.api.resources import resource_routes
-from mta.api.routes import email_routes, fingerprint
+from mta.api.routes import fingerprint
 from mta.config import Config
-from mta.core import Clock, Reply, StorageError
-from mta.core.files import atomic_write
+from mta.core import Clock, Refused, Reply, StorageError
 from mta.policy.senders import SenderPolicy
-from mta.runtime.api_resources import ResourceDaemon, RuntimeResources
 from mta.runtime.api_build import BuildKey, BuildRefused, build, key_fields
-from mta.runtime.api_remote import OwnerApi
 from mta.runtime.channel import ChannelClosed, RemoteError
 from mta.runtime.logs import event
-from mta.runtime.paths import state_paths
-from mta.runtime.startup import StartupError
-from mta.runtime.tls import api_ssl_context
+from mta.runtime.tenants import TenantService
 from mta.spool import MessageFilter, NewMessage, Spool
-from mta.spool.apikeys import SqliteApiKeys
 from mta.spool.views import MessageView
 
-__all__ = ["RuntimeSending", "start_api", "REMOTE_BUILD_MAX"]
+__all__ = ["RuntimeSending", "REMOTE_BUILD_MAX"]
 
 log = logging.getLogger("mta.api")
 # A request body larger than this is built in the owner: a channel frame
@@ -95,6 +88,8 @@ class _Signer(Protocol):
 
 class _Enqueue(Protocol):
     async def enqueue(self, msg: NewMessage, now: float, **kw: Any) -> str: ...
+    async def admit(self, credential: str | None, messages: Sequence[NewMessage], now: float,
+                    *, test: bool = False) -> str: ...
 
 
 _RcptCheck = Callable[[str, str | None], Awaitable[Reply | None]]
@@ -131,11 +126,12 @@ class RuntimeSending:
     def __init__(self, *, cfg_of: Callable[[], Config], spool: Spool, enqueue: _Enqueue,
                  clock: Clock, keys: KeyCache, store: StoreKeys,
                  sender_policy: Callable[[], SenderPolicy], signer: _Signer | None,
-                 rcpt_check: _RcptCheck | None, secure: bool, remote: Remote | None = None):
+                 rcpt_check: _RcptCheck | None, secure: bool, remote: Remote | None = None,
+                 tenants: TenantService | None = None):
         self.cfg_of, self.spool, self._enqueue, self.clock = cfg_of, spool, enqueue, clock
         self.keys, self.store, self.sender_policy = keys, store, sender_policy
         self.signer, self.rcpt_check, self.secure = signer, rcpt_check, secure
-        self.remote = remote
+        self.remote, self.tenants = remote, tenants
         self._inflight: set[tuple[str, str]] = set()
 
     def now(self) -> float:
@@ -235,8 +231,11 @@ class RuntimeSending:
                         else self._item_key(idempotency_key, n, len(built)))
             messages.append(await self._message(key, b, item_key, fp, client_ip))
         try:
-            return list(await asyncio.gather(*(self._enqueue.enqueue(m, now)
+            await self._enqueue.admit(key.credential, messages, now, test=key.test)
+            return list(await asyncio.gather(*(self._enqueue.enqueue(m, now, gate=False)
                                                for m in messages)))
+        except Refused as exc:
+            raise refused_error(exc) from None
         except StorageError as exc:
             raise ApiError(503, "service_unavailable",
                            f"The mail server cannot take mail now ({exc.reply}); retry later",
@@ -265,9 +264,18 @@ class RuntimeSending:
 
     # -- reads and moves ------------------------------------------------------
 
+    def tenant(self, key: ApiKey) -> str | None:
+        return None if self.tenants is None else self.tenants.tenant_of(key.credential)
+
+    def _theirs(self, key: ApiKey, credential: str | None) -> bool:
+        """Whether a row made by `credential` is in `key`'s tenant."""
+        return self.tenants is None or (self.tenants.tenant_of(credential)
+                                        == self.tenants.tenant_of(key.credential))
+
     async def _view(self, key: ApiKey, email_id: str) -> MessageView:
         view = await self.spool.get_message(email_id)
-        if view is None or view.test != key.test or view.is_dsn:
+        if view is None or view.test != key.test or view.is_dsn \
+                or not self._theirs(key, view.credential):
             raise ApiError(404, "not_found", "Email not found")
         return view
 
@@ -315,7 +323,7 @@ class RuntimeSending:
         return await asyncio.to_thread(_text_parts, raw)
 
     async def list_emails(self, key: ApiKey, limit: int, after: str | None) -> dict[str, Any]:
-        views, more = await self.spool.email_page(key.test, limit, after)
+        views, more = await self.spool.email_page(key.test, limit, after, self.tenant(key))
         details = await self.spool.ledger.received_details([v.id for v in views])
         data = [self._shape(v, details.get(v.id, {})) for v in views]
         return {"object": "list", "has_more": more, "data": data}
@@ -363,82 +371,21 @@ class RuntimeSending:
         except KeyNameTaken:
             raise ApiError(409, "invalid_parameter",
                            f"name: an API key named {name!r} exists") from None
+        tenant = self.tenant(key)
+        if self.tenants is not None and tenant is not None:
+            await self.tenants.own("credential", made.credential, tenant)
         return {"id": made.id, "token": token, **made.as_json()}
 
     async def list_keys(self, key: ApiKey) -> dict[str, Any]:
         keys = await asyncio.to_thread(self.store.list)
-        return {"object": "list", "data": [k.as_json() for k in keys if k.test == key.test]}
+        return {"object": "list", "data": [k.as_json() for k in keys if k.test == key.test
+                                           and self._theirs(key, k.credential)]}
 
     async def revoke_key(self, key: ApiKey, key_id: str) -> dict[str, Any]:
         found = await asyncio.to_thread(self.store.get, key_id)
-        if found is None or found[0].test != key.test or found[0].revoked_at is not None:
+        if found is None or found[0].test != key.test or found[0].revoked_at is not None \
+                or not self._theirs(key, found[0].credential):
             raise ApiError(404, "not_found", "API key not found")
         await asyncio.to_thread(self.store.revoke, key_id, self.now())
         self.keys.forget(key_id)
         return {"object": "api_key", "id": key_id, "deleted": True}
-
-
-class _Daemon(ResourceDaemon, Protocol):
-
-    def sending_parts(self) -> tuple[_Enqueue, Callable[[], SenderPolicy], _RcptCheck]: ...
-
-
-FIRST_KEY = "default"
-
-
-def ensure_first_key(cfg: Config, store: StoreKeys, root: Path, now: float) -> str | None:
-    """In sandbox mode with no API key at all, make one (full access) so a
-    new user can send over HTTP at once: printed once, kept (0600) in
-    state_dir/initial-api-key.txt, like the first SMTP credential."""
-    if cfg.server.mode != "sandbox" or store.list(include_revoked=True):
-        return None
-    _, token = store.create(FIRST_KEY, now=now)
-    path = root / "initial-api-key.txt"
-    atomic_write(path, f"name={FIRST_KEY}\nkey={token}\n".encode(), 0o600)
-    print(f"mta: created the first API key  name={FIRST_KEY}  key={token}\n"
-          f"mta: (also saved in {path})", flush=True)
-    return token
-
-
-async def start_api(daemon: _Daemon) -> ApiServer | None:
-    cfg = daemon.cfg
-    if cfg.api.address is None:
-        return None
-    assert daemon.spool is not None
-    try:
-        ctx = api_ssl_context(cfg)
-    except (OSError, ssl.SSLError) as exc:
-        raise StartupError(f"api: cannot load cert/key: {exc}") from exc
-    root = state_paths(cfg)["root"]
-    store = StoreKeys(SqliteApiKeys(str(root)))
-    ensure_first_key(cfg, store, root, daemon.clock.now())
-    keys = KeyCache(store, daemon.clock)
-    enqueue, policy, rcpt_check = daemon.sending_parts()
-    async def remote(op: str, *args: Any) -> Any:
-        receivers = daemon.receivers       # None in one-process mode (workers = 0)
-        return None if receivers is None else await receivers.call_any(op, *args)
-
-    backend = RuntimeSending(cfg_of=lambda: daemon.cfg, spool=daemon.spool, enqueue=enqueue,
-                             clock=daemon.clock, keys=keys, store=store, sender_policy=policy,
-                             signer=daemon.domains, rcpt_check=rcpt_check,
-                             secure=ctx is not None, remote=remote)
-    resources = RuntimeResources(daemon)
-    routes = [*email_routes(backend, lambda: daemon.cfg.api), *resource_routes(resources)]
-    limiter = RateLimiter(daemon.clock)
-
-    async def take(key_id: str, rate: float) -> Decision:
-        return limiter.take(key_id, rate)
-
-    app = create_app(routes, settings_of=lambda: daemon.cfg.api, keys=keys, clock=daemon.clock,
-                     limiter=take)
-    server = ApiServer(app, cfg.api.address, ssl_context=ctx)
-    receivers = daemon.receivers
-    if receivers is not None:
-        # Receivers serve the API's connections (api_remote.py); the owner
-        # answers what needs its spool, stores and rate limiter.
-        receivers.api_serve = OwnerApi(backend, resources, limiter).serve
-    try:
-        await server.start(handoff=receivers.hand_api if receivers is not None else None)
-    except OSError as exc:
-        raise StartupError(f"api: cannot listen on {cfg.api.address}: {exc}") from exc
-    return server

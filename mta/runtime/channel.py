@@ -20,6 +20,8 @@ API
                                           the socket is full (retry later)
     recv_fds(sock) -> [(fd, payload)]     what is waiting ([] nothing; None: EOF)
     RemoteError(kind, value)              the peer's handler raised: kind
+                                          "refused" (value [code, esc, text,
+                                          status, retry_after]: core.Refused),
                                           "storage" (value [message, disk_full]:
                                           a StorageError) or "error" (a repr)
 
@@ -44,7 +46,7 @@ from typing import Any
 
 import msgpack
 
-from mta.core import StorageError
+from mta.core import Refused, StorageError
 
 __all__ = ["Channel", "ChannelClosed", "RemoteError", "open_channel", "recv_fds", "send_fd",
            "MAX_FRAME"]
@@ -183,6 +185,10 @@ class Channel:
             reply = [_REPLY, rid, True, await self._serve(op, args)]
         except StorageError as exc:
             reply = [_REPLY, rid, False, ["storage", [str(exc), exc.disk_full]]]
+        except Refused as exc:       # a guardrail said no: the peer answers it
+            r = exc.reply
+            reply = [_REPLY, rid, False, ["refused", [r.code, r.esc, r.text, exc.status,
+                                                      exc.retry_after]]]
         except Exception as exc:  # the peer gets it as a RemoteError, we log it
             log.exception("event=channel_request_failed channel=%s op=%s", self.name, op)
             reply = [_REPLY, rid, False, ["error", repr(exc)]]

@@ -32,15 +32,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any
 
 from mta.admin.http import AdminServer
 from mta.admin.metrics import Metrics
 from mta.admin.token import ensure_token
 from mta.config import Config
-from mta.core import Clock, LedgerEvent, Reply, SystemClock
+from mta.core import Clock, Reply, SystemClock
 from mta.delivery.client import SmtpTransport
 from mta.delivery.resolver import DnsResolver
 from mta.delivery.sandbox import SandboxTransport
@@ -50,11 +50,10 @@ from mta.policy.authlimit import AuthThrottle
 from mta.policy.retry import RetryPolicy
 from mta.policy.senders import SenderPolicy
 from mta.policy.suppression import SuppressionRules
-from mta.policy.suppression import reply_for as suppression_reply
 from mta.runtime import reload
 from mta.api.http import ApiServer
 from mta.runtime.admin import RuntimeAdmin
-from mta.runtime.api import start_api
+from mta.runtime.api_start import start_api
 from mta.runtime.api_resources import add_stored_webhooks
 from mta.runtime.bounces import BounceProcessor, load_or_create_secret
 from mta.runtime.domains import DomainCache
@@ -65,13 +64,16 @@ from mta.runtime.logs import event
 from mta.runtime.notify import notify
 from mta.runtime.paths import StatePaths, capture_dir, state_paths
 from mta.runtime.queue_runner import QueueRunner
+from mta.runtime.reputation import ReputationTracker
+from mta.runtime.submission import GatedSpool, RcptChecks
+from mta.runtime.tenants import TenantService
 from mta.runtime.startup import (FIRST_USER, StartupError, ensure_first_credential,
                                  raise_fd_limit, tls_context, why)
 from mta.runtime.users import Credentials, open_credentials
 from mta.scheduler import Scheduler
 from mta.runtime.workers import Receivers, resolve_workers
 from mta.server.listener import Handoff, SubmissionListener
-from mta.spool import NewMessage, Spool
+from mta.spool import Spool
 from mta.webhooks import WebhookService
 
 __all__ = ["Daemon", "StartupError", "ensure_first_credential", "raise_fd_limit", "run",
@@ -104,6 +106,8 @@ class Daemon:
         self.admin: AdminServer | None = None
         self.api: ApiServer | None = None
         self.webhooks: WebhookService | None = None
+        self.tenants: TenantService | None = None
+        self.reputation: ReputationTracker | None = None
         self.housekeeping = Housekeeping()
         self._starting: asyncio.Future[None] | None = None
 
@@ -126,6 +130,9 @@ class Daemon:
         except OSError as exc:
             raise StartupError(f"state directory {paths['root']}: {why(exc)}") from exc
         event(log, "recovery_done", logging.INFO, **_report_fields(self.spool.recovery))
+        self.tenants = TenantService(paths["root"], self.spool, self.clock, lambda: self.cfg)
+        await self.tenants.refresh()
+        self._rcpt = RcptChecks(self.spool, self.tenants)
         credentials = self._credentials(paths)
         resolver = DnsResolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
         # Domain checks ask DNS afresh each time: a record the operator just
@@ -143,6 +150,8 @@ class Daemon:
         self.runner.after_write = self.webhooks.poke
         self.runner.start()
         self.webhooks.start()
+        self.reputation = ReputationTracker(self.tenants, self.spool, self.clock, lambda: self.cfg)
+        await self.reputation.start()
         self._start_housekeeping(self.runner, self.spool, self.domains)
         self.bounces = BounceProcessor(
             spool=self.spool, codec=codec, hostname=cfg.server.hostname,
@@ -252,27 +261,26 @@ class Daemon:
             require_verified=cfg.policy.require_verified_domain and cfg.server.mode != "sandbox",
             domain_state=self.domains.state)
 
-    def sending_parts(self) -> tuple[_PokingSpool, Callable[[], SenderPolicy],
+    def sending_parts(self) -> tuple[GatedSpool, Callable[[], SenderPolicy],
                                      Callable[[str, str | None], Awaitable[Reply | None]]]:
         """What the sending API accepts mail with (runtime/api.py): the
         listeners' spool, the sender policy in force, the suppression check."""
+        return self._gated_spool(), self._sender_policy, self._rcpt.suppression
+
+    def _gated_spool(self) -> GatedSpool:
         assert self.spool is not None and self.runner is not None and self.webhooks is not None
-        return (_PokingSpool(self.spool, self.runner, self.webhooks,
-                             self.cfg.ledger.idempotency_window),
-                self._sender_policy, self._rcpt_check)
+        return GatedSpool(self.spool, self.runner, self.webhooks,
+                          self.cfg.ledger.idempotency_window, self.tenants)
 
     async def _rcpt_check(self, address: str, credential: str | None) -> Reply | None:
-        assert self.spool is not None
-        entry = await self.spool.suppressions.suppressed(address, credential)
-        return None if entry is None else suppression_reply(entry)
+        return await self._rcpt.smtp(address, credential)
 
     async def _start_listeners(self, paths: StatePaths, credentials: Credentials) -> None:
         cfg = self.cfg
         assert (self.spool is not None and self.runner is not None and self.domains is not None
                 and self.webhooks is not None and self.bounces is not None)
         sender_policy = self._sender_policy()
-        spool = _PokingSpool(self.spool, self.runner, self.webhooks,
-                             self.cfg.ledger.idempotency_window)
+        spool = self._gated_spool()
         # Large messages in transit (core.spill): anonymous files, so nothing
         # is left here after a crash.
         spill_dir = str(paths["incoming"])
@@ -309,7 +317,7 @@ class Daemon:
             event(log, "listening", listener=lcfg.name, address=f"{host}:{port}", tls=lcfg.tls,
                   role=lcfg.role)
 
-    async def _start_receivers(self, spool: _PokingSpool, spill_dir: str,
+    async def _start_receivers(self, spool: GatedSpool, spill_dir: str,
                                listeners: list[SubmissionListener]) -> Handoff | None:
         """Receiver processes for the submission listeners (runtime/workers.py),
         when this daemon runs them: their hand-off, else None (sessions run
@@ -385,6 +393,8 @@ class Daemon:
         if self.runner:
             await self.runner.stop(self.cfg.server.shutdown_timeout)
         await self.housekeeping.stop()
+        if self.reputation:
+            await self.reputation.stop()
         if self.webhooks:
             await self.webhooks.stop()
         if self.admin:
@@ -392,36 +402,6 @@ class Daemon:
         if self.spool:
             await self.spool.close()
         event(log, "stopped")
-
-
-class _Pokeable(Protocol):
-    def poke(self) -> None: ...
-
-
-class _PokingSpool:
-    """The spool as the listeners see it: enqueue, then wake the queue runner
-    so a new message is attempted at once instead of at the next poll."""
-
-    def __init__(self, spool: Spool, runner: _Pokeable, webhooks: _Pokeable,
-                 idempotency_window: float):
-        self._spool, self._runner, self._webhooks = spool, runner, webhooks
-        self._window = idempotency_window
-
-    async def enqueue(self, msg: NewMessage, now: float, **kw: Any) -> str:
-        kw.setdefault("idempotency_window", self._window)
-        qid = await self._spool.enqueue(msg, now, **kw)
-        self._runner.poke()
-        self._webhooks.poke()
-        return qid
-
-    async def append_events(self, events: Sequence[LedgerEvent]) -> None:
-        await self._spool.ledger.append_events(events)
-        self._webhooks.poke()
-
-    def poke(self) -> None:
-        """Something became due outside an enqueue (a scheduled send moved)."""
-        self._runner.poke()
-        self._webhooks.poke()
 
 
 def _report_fields(report: Any) -> dict[str, object]:

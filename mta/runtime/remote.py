@@ -37,7 +37,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mta.core import LedgerEvent, Observer, Reply, StorageError
+from mta.core import LedgerEvent, Observer, Refused, Reply, StorageError
 from mta.core.spill import CHUNK
 from mta.runtime.channel import Channel, ChannelClosed, RemoteError
 from mta.server import replies
@@ -74,6 +74,10 @@ async def _ask(channel: Channel, op: str, *args: Any) -> Any:
     except RemoteError as exc:
         if exc.kind == "storage":
             raise StorageError(str(exc.value[0]), disk_full=bool(exc.value[1])) from None
+        if exc.kind == "refused":
+            code, esc, text, status, retry_after = exc.value
+            raise Refused(Reply(int(code), str(esc), str(text)), int(status),
+                          None if retry_after is None else int(retry_after)) from None
         raise
 
 

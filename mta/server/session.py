@@ -36,7 +36,9 @@ Rules (the order inside each hook is the order of the checks):
   * DATA: hygiene (bare CR/LF, NUL) → size → headers → `spool.enqueue`
     (NewMessage.queue_id is chosen here, so Received: names the real id);
     "250 … queued as <id>" only after enqueue returned (the commit point).
-    StorageError → its own 4xx reply. Any other exception → 451 4.3.0 via
+    StorageError → its own 4xx reply; core.Refused (a tenant's guardrail:
+    paused, over quota, another tenant's domain) → its reply. Any other
+    exception → 451 4.3.0 via
     `handle_exception` (aiosmtpd's default would be a permanent 500).
   * Sending domains (when a SenderPolicy is given): the MAIL FROM domain (at
     MAIL) and every From: header domain (at DATA) must be in the credential's
@@ -66,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import MISSING, AuthResult, TLSSetupException
 
-from mta.core import Clock, LedgerEvent, Observer, Reply, StorageError, new_queue_id
+from mta.core import Clock, LedgerEvent, Observer, Refused, Reply, StorageError, new_queue_id
 from mta.core.logfmt import event
 from mta.core.schedule import parse_schedule
 from mta.mail.headers import from_domains, prepare_submission, remove_header
@@ -399,6 +401,8 @@ class SubmissionHandler:
         except StorageError as exc:
             self.log.error("event=enqueue_failed listener=%s client=%s error=%s reply=%r",
                            self.cfg.name, server.client_ip, exc, str(exc.reply))
+            return str(exc.reply)
+        except Refused as exc:          # a tenant's guardrail (paused, quota, domain)
             return str(exc.reply)
         credential = session.credential or "-"
         if queue_id != id_hint:

@@ -6,7 +6,7 @@ the keyset-paged listing (`Spool.list_page`) and the operator moves
 
 API:
     MessageFilter(ids=(), state=None, domain=None, sender=None, recipient=None,
-                  include_done=False)
+                  include_done=False, tenant=None)
     page_sql(f, after, limit) -> (sql, params)        # messages, keyset order
     targets_sql(f, from_states) -> (sql, params)       # (message_id, rcpt_idx, state)
     encode_cursor(received_at, id) / decode_cursor(text) -> (received_at, id)
@@ -14,7 +14,8 @@ API:
 
 Semantics (a public interface through the admin API and the CLI):
 - Message fields: `ids` (any of), `sender` (exact, ASCII case-insensitive;
-  "" = the null sender), `include_done` (False: only messages not done).
+  "" = the null sender), `include_done` (False: only messages not done),
+  `tenant` (the tenant owning the message's credential: spool/tenant_sql.py).
 - Recipient fields: `state`, `domain`, `recipient` (exact address; the
   domain part is compared lower-cased, as stored). A message matches when
   ONE of its recipients matches all recipient fields given. `state` is a
@@ -49,6 +50,7 @@ from dataclasses import dataclass
 
 from mta.core.envelope import FINAL_STATES
 from mta.spool import queue_sql
+from mta.spool.tenant_sql import tenant_of
 
 DEFERRED = "deferred"
 FILTER_STATES = frozenset(queue_sql.ALL_STATES) | {DEFERRED}
@@ -69,6 +71,7 @@ class MessageFilter:
     sender: str | None = None     # exact, case-insensitive
     recipient: str | None = None  # exact address
     include_done: bool = False
+    tenant: str | None = None     # the tenant of the message's credential
 
     def __post_init__(self) -> None:
         ids: object = self.ids      # the annotation is not enforced at run time
@@ -100,6 +103,9 @@ def message_where(f: MessageFilter, m: str = "m") -> tuple[list[str], SqlParams]
     if f.sender is not None:
         conds.append(f"{m}.sender = ? COLLATE NOCASE")
         params.append(f.sender)
+    if f.tenant is not None:
+        conds.append(f"{tenant_of(m + '.credential')} = ?")
+        params.append(f.tenant)
     return conds, params
 
 

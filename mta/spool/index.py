@@ -35,6 +35,7 @@ import sqlite3
 import aiosqlite
 
 from mta.spool.queue_sql import SQL_MARK_NO_DSN_OWED
+from mta.spool.tenants import TENANTS_SCHEMA
 
 # 2: suppressions + soft_failures tables, attempts.detail (added in place).
 # Issue 5 (states held/deleted; indexes recipients_domain, recipients_address,
@@ -268,7 +269,10 @@ async def connect(path: str | os.PathLike[str], *, reader: bool = False) -> aios
         if reader:
             await conn.execute("PRAGMA query_only=1")
         else:
-            await conn.executescript(SCHEMA + SUPPRESSION_SCHEMA + LEDGER_SCHEMA)
+            # Tenants too: the ledger's and the queue's tenant-scoped reads
+            # look up credential owners there (spool/tenant_sql.py).
+            await conn.executescript(SCHEMA + SUPPRESSION_SCHEMA + LEDGER_SCHEMA
+                                     + TENANTS_SCHEMA)
             # An index made by schema 1 lacks attempts.detail (CREATE TABLE IF
             # NOT EXISTS keeps the old table); ADD COLUMN is O(1) in SQLite.
             cols = {r[1] for r in await conn.execute_fetchall("PRAGMA table_info(attempts)")}

@@ -116,10 +116,12 @@ class Ledger:
 
     async def events_after(self, after_seq: int, limit: int, *,
                            types: Sequence[str] | None = None, recipient: str | None = None,
-                           credential: str | None = None) -> list[EventView]:
+                           credential: str | None = None,
+                           tenant: str | None = None) -> list[EventView]:
         """Up to `limit` events with seq > `after_seq`, in seq order,
         optionally only of `types`, to exact address `recipient`, of
-        `credential` ("" = events without one). Resume with the last seq
+        `credential` ("" = events without one), of `tenant` (the owner of
+        the event's credential). Resume with the last seq
         returned. When fewer than `limit` come back, no event matching the
         filters exists up to `last_event_seq()` read BEFORE this call, so a
         filtered consumer may move its cursor there (instead of rescanning
@@ -128,18 +130,20 @@ class Ledger:
         if wanted == []:
             return []
         return await self._read(_events_after, int(after_seq), int(limit), wanted, recipient,
-                                credential)
+                                credential, tenant)
 
     async def event_payloads_after(self, after_seq: int, limit: int, *,
                                    types: Sequence[str] | None = None,
-                                   credential: str | None = None) -> list[tuple[int, bytes]]:
+                                   credential: str | None = None,
+                                   tenant: str | None = None) -> list[tuple[int, bytes]]:
         """`events_after`, as (seq, the event's webhook payload object as
         compact UTF-8 JSON) built by SQLite on the reader thread: the webhook
         sender's read, with no per-event work on the event loop."""
         wanted = _event_types(limit, types)
         if wanted == []:
             return []
-        return await self._read(_payloads_after, int(after_seq), int(limit), wanted, credential)
+        return await self._read(_payloads_after, int(after_seq), int(limit), wanted, credential,
+                                tenant)
 
     async def message_events(self, queue_id: str) -> list[EventView]:
         """Every event of one message, in seq order (the `queue show` timeline)."""
@@ -220,16 +224,17 @@ def _event(row: Row) -> EventView:
 
 async def _events_after(conn: aiosqlite.Connection, after: int, limit: int,
                         types: list[str] | None, recipient: str | None,
-                        credential: str | None) -> list[EventView]:
-    sql, params = ledger_sql.events_after_sql(after, limit, types, recipient, credential)
+                        credential: str | None, tenant: str | None) -> list[EventView]:
+    sql, params = ledger_sql.events_after_sql(after, limit, types, recipient, credential,
+                                              tenant=tenant)
     return [_event(r) for r in await fetchall(conn, sql, params)]
 
 
 async def _payloads_after(conn: aiosqlite.Connection, after: int, limit: int,
-                          types: list[str] | None,
-                          credential: str | None) -> list[tuple[int, bytes]]:
+                          types: list[str] | None, credential: str | None,
+                          tenant: str | None) -> list[tuple[int, bytes]]:
     sql, params = ledger_sql.events_after_sql(after, limit, types, None, credential,
-                                              cols=ledger_sql.EVENT_PAYLOAD_COLS)
+                                              cols=ledger_sql.EVENT_PAYLOAD_COLS, tenant=tenant)
     return [(seq, payload) for seq, payload in await fetchall(conn, sql, params)]
 
 

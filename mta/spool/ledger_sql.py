@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mta.core.envelope import BOUNCED, DELETED, DELIVERED, EXPIRED, HELD, QUEUED, SUPPRESSED
+from mta.spool.tenant_sql import tenant_of
 
 # The event a recorded update writes (`Spool.record`, attempts.py): QUEUED only when the
 # attempt counts (a deferral); a put-back (counts_attempt=False) writes none.
@@ -117,14 +118,16 @@ EVENT_PAYLOAD_COLS = (
 
 
 def events_after_sql(after: int, limit: int, types: Sequence[str] | None, recipient: str | None,
-                     credential: str | None, cols: str = EVENT_COLS) -> tuple[str, list[object]]:
+                     credential: str | None, cols: str = EVENT_COLS,
+                     tenant: str | None = None) -> tuple[str, list[object]]:
     """The page of `Ledger.events_after`. Without types: one walk of the
     primary key from `after`. With types: one bounded walk of events_by_type
     per type (each already in seq order), merged: never a sort of more than
     len(types) * limit rows, however far behind the cursor is. recipient and
-    credential are checked on the rows walked (no index: the walk stops at
-    `limit` matches, and the events after a cursor are few when it is kept
-    up to date)."""
+    credential (and tenant: the owner of the event's credential,
+    spool/tenant_sql.py) are checked on the rows walked (no index: the walk
+    stops at `limit` matches, and the events after a cursor are few when it
+    is kept up to date)."""
     extra, xparams = "", []
     if recipient is not None:
         extra += " AND recipient = ?"
@@ -132,6 +135,9 @@ def events_after_sql(after: int, limit: int, types: Sequence[str] | None, recipi
     if credential is not None:
         extra += " AND credential = ?"
         xparams.append(credential)
+    if tenant is not None:
+        extra += f" AND {tenant_of('credential')} = ?"
+        xparams.append(tenant)
     if types is None:
         return (f"SELECT {cols} FROM events WHERE seq > ?{extra} ORDER BY seq LIMIT ?",
                 [after, *xparams, limit])

@@ -262,7 +262,7 @@ SQL_GET_MESSAGE = f"SELECT {_MESSAGE_COLS} FROM messages WHERE id = ?"
 # The sending API's list (issue 13): newest first, one mode (test or live),
 # no DSNs; ids sort by acceptance time (core.ids), the cursor is an id.
 SQL_EMAIL_PAGE = (f"SELECT {_MESSAGE_COLS} FROM messages WHERE id < ?1 AND test = ?2 "
-                  "AND is_dsn = 0 ORDER BY id DESC LIMIT ?3")
+                  "AND is_dsn = 0 {tenant} ORDER BY id DESC LIMIT ?3")   # tenant: ?4
 SQL_RECIPIENTS_OF = (
     "SELECT message_id, rcpt_idx, address, state, attempts, next_attempt, last_reply, "
     "last_remote, last_tls FROM recipients WHERE message_id IN ({ids}) "

@@ -50,6 +50,7 @@ from mta.core.qshape import AGE_BUCKETS
 from mta.core.reply import Reply
 from mta.spool import filters, queue_sql
 from mta.spool.faults import storage_error
+from mta.spool.tenant_sql import tenant_of
 from mta.spool.views import AttemptView, MessageView, RecipientView
 
 P = ParamSpec("P")
@@ -198,15 +199,27 @@ async def list_messages(conn: aiosqlite.Connection, limit: int,
 
 
 async def email_page(conn: aiosqlite.Connection, test: bool, limit: int,
-                     before: str | None) -> tuple[list[MessageView], bool]:
-    """The sending API's list: up to `limit` messages of one mode, newest
-    first, with ids below `before` (a cursor; None: from the newest), their
-    recipients attached; and whether more follow."""
-    rows = await fetchall(conn, queue_sql.SQL_EMAIL_PAGE,
-                          ("\U0010ffff" if before is None else before, int(test), limit + 1))
+                     before: str | None, tenant: str | None) -> tuple[list[MessageView], bool]:
+    """The sending API's list: up to `limit` messages of one mode (and of
+    one tenant unless None), newest first, with ids below `before` (a
+    cursor; None: from the newest), their recipients attached; and whether
+    more follow."""
+    params: list[object] = ["\U0010ffff" if before is None else before, int(test), limit + 1]
+    scope = ""
+    if tenant is not None:
+        scope = f"AND {tenant_of('credential')} = ?4"
+        params.append(tenant)
+    rows = await fetchall(conn, queue_sql.SQL_EMAIL_PAGE.format(tenant=scope), params)
     views = [_message(r) for r in rows[:limit]]
     await _attach_recipients(conn, views)
     return views, len(rows) > limit
+
+
+async def senders_of(conn: aiosqlite.Connection, ids: list[str]) -> dict[str, str]:
+    """{queue id: envelope sender} of those messages still in the index."""
+    rows = await fetchall(conn, "SELECT id, sender FROM messages WHERE id IN "
+                                "(SELECT value FROM json_each(?))", (json.dumps(ids),))
+    return {str(i): str(s) for i, s in rows}
 
 
 async def get_message(conn: aiosqlite.Connection, queue_id: str) -> MessageView | None:

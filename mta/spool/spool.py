@@ -340,9 +340,12 @@ class Spool:
     async def get_message(self, queue_id: str) -> MessageView | None:
         return await self._read(reads.get_message, queue_id)
 
-    async def email_page(self, test: bool, limit: int,
-                         before: str | None = None) -> tuple[list[MessageView], bool]:
-        return await self._read(reads.email_page, test, limit, before)
+    async def email_page(self, test: bool, limit: int, before: str | None = None,
+                         tenant: str | None = None) -> tuple[list[MessageView], bool]:
+        return await self._read(reads.email_page, test, limit, before, tenant)
+
+    async def senders_of(self, queue_ids: Sequence[str]) -> dict[str, str]:
+        return await self._read(reads.senders_of, list(dict.fromkeys(queue_ids)))
 
     async def counts(self) -> dict[str, int]:
         return await self._read(reads.counts)

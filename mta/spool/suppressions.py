@@ -26,6 +26,9 @@ Rules (the decisions themselves are policy's, mta/policy/suppression.py):
               of failures to suppress again;
   hard      → hard_bounce suppression;
   complaint → complaint suppression (never expires, see policy).
+Scope: an outcome's own `scope`, else (an outcome about a message) the
+message's tenant (issue 14: a bounce suppresses in the tenant that sent),
+else global. Soft-failure counts are per address, across tenants.
 An existing entry is kept (first reason wins) unless it has expired or is a
 soft_bounce being upgraded to hard_bounce/complaint (SQL_SUPPRESS).
 Without rules (`rules=None`) soft failures are still counted but never
@@ -44,6 +47,7 @@ import aiosqlite
 from mta.core.envelope import AddressOutcome
 from mta.core.stores import SuppressionView
 from mta.spool.reads import ReadSide, Statements, fetchall
+from mta.spool.tenant_sql import DEFAULT_TENANT, tenant_of
 
 SUPPRESSION_RECHECK = 5.0   # seconds; see Suppressions._may_exist
 _REASON_OF = {"hard": "hard_bounce", "complaint": "complaint"}
@@ -59,6 +63,13 @@ SQL_SUPPRESS = (
     "created = excluded.created, expires = excluded.expires "
     "WHERE (suppressions.expires IS NOT NULL AND suppressions.expires <= excluded.created) "
     "OR (suppressions.reason = 'soft_bounce' AND excluded.reason IN ('hard_bounce', 'complaint'))")
+# An outcome of a message with no scope of its own suppresses in the
+# message's tenant (the owner of its credential: tenant_sql.py), "default"
+# when the message row is gone. Params as SQL_SUPPRESS, the scope being
+# the message's id.
+SQL_SUPPRESS_IN_TENANT = SQL_SUPPRESS.replace(
+    "VALUES (?, ?,", "VALUES (?, COALESCE((SELECT "
+    + tenant_of("m.credential") + f" FROM messages m WHERE m.id = ?), '{DEFAULT_TENANT}'),", 1)
 # An operator's `add` replaces whatever was there.
 SQL_SUPPRESS_REPLACE = (
     "INSERT OR REPLACE INTO suppressions "
@@ -72,9 +83,10 @@ SQL_SOFT_BUMP = (
     "ON CONFLICT (address) DO UPDATE SET count = count + 1, "
     "last_at = MAX(last_at, excluded.last_at) RETURNING count, first_at, last_at")
 SUPP_COLS = _SUPP_COLS = "address, scope, reason, queue_id, reply, created, expires"
-# Params: address, scope-or-'', now. The global entry sorts first.
+# Params: address, tenant-or-'', credential-or-'', now. The global entry
+# sorts first. (Entries scoped to a credential name are from before tenants.)
 SQL_SUPPRESSED = (
-    f"SELECT {_SUPP_COLS} FROM suppressions WHERE address = ? AND scope IN ('', ?) "
+    f"SELECT {_SUPP_COLS} FROM suppressions WHERE address = ? AND scope IN ('', ?, ?) "
     "AND (expires IS NULL OR expires > ?) ORDER BY scope != '' LIMIT 1")
 SQL_SUPPRESSIONS_OF = f"SELECT {_SUPP_COLS} FROM suppressions WHERE address = ? ORDER BY scope"
 SQL_SUPPRESSION = f"SELECT {_SUPP_COLS} FROM suppressions WHERE address = ? AND scope = ?"
@@ -141,6 +153,9 @@ async def apply_outcomes(conn: Statements, outcomes: Sequence[AddressOutcome],
 def _suppression(key: str, o: AddressOutcome, reason: str,
                  rules: RulesLike | None) -> tuple[str, tuple[Any, ...]]:
     expires = rules.expiry_for(reason, o.at) if rules is not None else None
+    if not o.scope and o.queue_id:
+        return SQL_SUPPRESS_IN_TENANT, (key, o.queue_id, reason, o.queue_id, o.reply, o.at,
+                                        expires)
     return SQL_SUPPRESS, (key, o.scope, reason, o.queue_id, o.reply, o.at, expires)
 
 
@@ -155,9 +170,9 @@ async def _any(conn: aiosqlite.Connection) -> bool:
     return bool(rows[0][0])
 
 
-async def _lookup(conn: aiosqlite.Connection, key: str, scope: str,
+async def _lookup(conn: aiosqlite.Connection, key: str, scope: str, credential: str,
                   now: float) -> SuppressionView | None:
-    rows = await fetchall(conn, SQL_SUPPRESSED, (key, scope, now))
+    rows = await fetchall(conn, SQL_SUPPRESSED, (key, scope, credential, now))
     return view(rows[0]) if rows else None
 
 
@@ -172,9 +187,11 @@ class Suppressions:
         self._checked = float("-inf")
 
     async def suppressed(self, address: str, scope: str | None, *,
-                         now: float | None = None) -> SuppressionView | None:
+                         now: float | None = None,
+                         credential: str | None = None) -> SuppressionView | None:
         """The active suppression of `address`: the global entry, else the
-        one for credential `scope` (None: global only). Entries expired at
+        one for tenant `scope` (None: global only), else one made before
+        tenants for `credential`'s name. Entries expired at
         `now` are ignored. `now` defaults to the wall clock because callers
         at RCPT TO have no better one; tests pass it. Two primary-key seeks
         on the reader connection."""
@@ -182,7 +199,8 @@ class Suppressions:
             return None
         if now is None:
             now = time.time()
-        return await self._read(_lookup, address_key(address), scope or "", now)
+        return await self._read(_lookup, address_key(address), scope or "",
+                                credential or scope or "", now)
 
     def note(self, outcomes: Iterable[AddressOutcome]) -> None:
         """Outcomes on their way to the writer: one that may add an entry
