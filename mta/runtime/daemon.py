@@ -134,6 +134,7 @@ class Daemon:
         await self.tenants.refresh()
         self._rcpt = RcptChecks(self.spool, self.tenants)
         credentials = self._credentials(paths)
+        self.tenants.user_names = credentials.names
         resolver = DnsResolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
         # Domain checks ask DNS afresh each time: a record the operator just
         # published or fixed counts at once (delivery's resolver caches by TTL).

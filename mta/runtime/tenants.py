@@ -59,6 +59,7 @@ from mta.mail.headers import from_domains
 from mta.policy.quota import QuotaLimits, QuotaState, retry_after_seconds, smtp_reply
 from mta.policy.reputation import ReputationPolicy, Thresholds
 from mta.spool import MessageFilter, Spool
+from mta.spool.apikeys import SqliteApiKeys
 from mta.spool.tenants import DEFAULT_TENANT, SqliteTenants, TenantError, TenantRow
 
 __all__ = ["TenantService", "tenant_credential"]
@@ -116,6 +117,7 @@ class TenantService:
         # The reputation tracker (runtime/reputation.py) sets these.
         self.assessment: Callable[[str], Mapping[str, Any]] = lambda _t: {}
         self.on_resume: Callable[[str], None] = lambda _t: None
+        self.user_names: Callable[[], Sequence[str]] = list      # the daemon's credential store
 
     # -- cache -----------------------------------------------------------------
 
@@ -311,8 +313,16 @@ class TenantService:
         await self.refresh()
         return self.view(row)
 
-    async def remove(self, name: str, active_credentials: set[str]) -> None:
-        await asyncio.to_thread(self.store.remove, name, active_credentials=active_credentials)
+    def _active_credentials(self) -> set[str]:
+        """The credentials that exist today: SMTP users and active API keys."""
+        keys = SqliteApiKeys(self.store.paths.state).rows()
+        return set(self.user_names()) | {f"api:{k.name}" for k in keys}
+
+    async def remove(self, name: str) -> None:
+        """Refused (409) while the tenant owns a domain, a webhook or a
+        credential that exists (spool/tenants.py)."""
+        active = await asyncio.to_thread(self._active_credentials)
+        await asyncio.to_thread(self.store.remove, name, active_credentials=active)
         self.quota.pop(name, None)
         await self.refresh()
         event(log, "tenant_removed", tenant=name)
