@@ -14,6 +14,9 @@ Public API:
     TenantBackend                     optional: tenants (a backend without them
                                       answers 501 on /v1/tenants…)
     TenantJson                        a tenant as JSON (the runtime builds it)
+    TenantGauge                       one tenant's scrape-time figures for
+                                      /metrics (`gauges()["tenants"]`)
+    TENANT_AUTO_STATUSES, TENANT_REFUSALS   their vocabularies
     MESSAGE_STATES, MESSAGE_ACTIONS, DESTINATION_ACTIONS, DESTINATION_STATES
     destination_state(info) -> str   active|throttled|suspended of a scheduler
                                       destination_states() entry
@@ -55,9 +58,10 @@ destination summary::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 __all__ = ["AdminBackend", "LedgerBackend", "JsonListing", "TenantBackend", "TenantJson",
+           "TenantGauge", "TENANT_AUTO_STATUSES", "TENANT_REFUSALS",
            "ActionRefused", "NotFound",
            "MESSAGE_STATES", "MESSAGE_ACTIONS", "DESTINATION_ACTIONS", "DESTINATION_STATES",
            "destination_state"]
@@ -209,6 +213,27 @@ class LedgerBackend(Protocol):
 
     async def webhook_test(self, name: str) -> dict[str, Any]:
         """Send one signed test event now. KeyError for an unknown endpoint."""
+
+
+# A tenant's automatic (reputation) status, in the order mta_tenant_reputation_status
+# reports it (0, 1, 2), and why a guardrail refused a submission (runtime/tenants.py).
+TENANT_AUTO_STATUSES = ("ok", "warn", "paused")
+TENANT_REFUSALS = ("paused", "domain", "per_hour", "per_day", "rate")
+
+
+class TenantGauge(TypedDict):
+    """One tenant's figures at scrape time: the list the runtime's `gauges()`
+    gives under "tenants" (absent or None: no tenant service)."""
+
+    name: str
+    sending: bool               # False: paused, by the operator or automatically
+    auto_status: str            # one of TENANT_AUTO_STATUSES
+    sends: int                  # final outcomes in its reputation window
+    bounce_rate: float          # counting bounces / sends, in the window
+    complaint_rate: float       # complaints / delivered, in the window
+    quota_hour: int             # recipients counted in this UTC hour
+    quota_day: int              # … and in this UTC day
+    refused: dict[str, int]     # reason (TENANT_REFUSALS) -> cumulative count
 
 
 # A tenant as the API shows it: a JSON object the runtime builds (name,

@@ -27,6 +27,8 @@ API
                                      reported (optional; else Metrics(state_dir=))
             webhooks                 WebhookService.statuses() (optional): dicts
                                      with name, lag, state, oldest_unsent_at
+            tenants                  [mta.admin.backend.TenantGauge] (optional;
+                                     None or absent: no tenant series)
     .render() -> (bytes, content_type)   the exposition text (text format 0.0.4)
 
 Metrics (names, units and help follow the Prometheus conventions: base
@@ -54,14 +56,26 @@ units, `_total` for counters, `_seconds`/`_bytes` suffixes)
         age of the oldest event not yet acknowledged (0 when caught up)
     mta_webhook_failing{webhook}                           gauge (scrape time)
         1 when the endpoint has failed for longer than webhook_failing_after
+    per tenant (scrape time; a removed tenant's series go away):
+    mta_tenant_sending{tenant}                             gauge  1 may send, 0 paused
+    mta_tenant_reputation_status{tenant}                   gauge  0 ok, 1 warn, 2 paused
+                                                                  (the automatic status)
+    mta_tenant_bounce_rate{tenant}, mta_tenant_complaint_rate{tenant}   gauge (fractions,
+                                                                  in the reputation window)
+    mta_tenant_outcomes{tenant}                            gauge  sends in that window
+    mta_tenant_quota_used{tenant,window}                   gauge  hour|day (UTC)
+    mta_tenant_refused_total{tenant,reason}                counter  paused|domain|
+                                                                  per_hour|per_day|rate
 
 Invariants
   * Observer methods are cheap and thread-safe (prometheus_client locks per
     series): `dkim_signed` is called from the signing thread.
   * Label values come from small fixed vocabularies (core.observe) or from
-    config (listener names), never from mail (no per-domain or per-address
-    series: cardinality stays bounded). Destination *names* are therefore
-    not labels; `mta_destinations` counts them per state.
+    config (listener names) or the operator (tenant names: tenants are made
+    by hand, so their number is the operator's), never from mail (no
+    per-domain or per-address series: cardinality stays bounded).
+    Destination and sending-domain *names* are therefore not labels;
+    `mta_destinations` counts destinations per state.
   * The known label values are created at zero, so rates work from the
     first scrape and a dashboard shows 0 instead of "no data".
 """
@@ -75,7 +89,8 @@ from typing import Any, Protocol
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
                                Histogram, generate_latest)
 
-from mta.admin.backend import DESTINATION_STATES, destination_state
+from mta.admin.backend import (DESTINATION_STATES, TENANT_AUTO_STATUSES, TENANT_REFUSALS,
+                               TenantGauge, destination_state)
 from mta.core import Clock, Observer, SystemClock
 from mta.core.observe import (BOUNCE_KINDS, CAPTURE_REFUSALS, MESSAGE_RESULTS, SESSION_LIMITS,
                               WEBHOOK_RESULTS)
@@ -109,6 +124,8 @@ class Metrics(Observer):
         self._declare_delivery(self.registry)
         self._declare_queue(self.registry)
         self._declare_webhooks(self.registry)
+        self._declare_tenants(self.registry)
+        self._refused_seen: dict[tuple[str, str], int] = {}
         for name in listeners:
             self._init_listener(name)
         for name in webhooks:
@@ -195,6 +212,37 @@ class Metrics(Observer):
             "[ledger] webhook_failing_after (its backlog is kept), else 0.", ["webhook"],
             registry=r)
 
+    def _declare_tenants(self, r: CollectorRegistry) -> None:
+        """Per tenant (label `tenant`): sending, reputation, quota use, refusals."""
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(name, doc, ["tenant", *labels], registry=r)
+        self.tenant_sending = gauge(
+            "mta_tenant_sending", "1 when the tenant may send, 0 while it is paused (by the "
+            "operator or by its reputation policy).")
+        self.tenant_reputation = gauge(
+            "mta_tenant_reputation_status", "The tenant's automatic reputation status: 0 ok, "
+            "1 warn, 2 paused.")
+        self.tenant_bounce_rate = gauge(
+            "mta_tenant_bounce_rate", "Bounces that reflect list quality / sends, in the "
+            "tenant's reputation window (a fraction).")
+        self.tenant_complaint_rate = gauge(
+            "mta_tenant_complaint_rate", "Complaints / delivered sends, in the tenant's "
+            "reputation window (a fraction).")
+        self.tenant_outcomes = gauge(
+            "mta_tenant_outcomes", "Sends (final recipient outcomes) in the tenant's "
+            "reputation window.")
+        self.tenant_quota_used = gauge(
+            "mta_tenant_quota_used", "Recipients counted toward the tenant's quota in the "
+            "current UTC hour or day, by window (hour, day).", "window")
+        self.tenant_refused = Counter(
+            "mta_tenant_refused", "Submissions a tenant guardrail refused, by tenant and "
+            "reason (paused, domain, per_hour, per_day, rate).", ["tenant", "reason"],
+            registry=r)
+
+    def _tenant_gauges(self) -> tuple[Gauge, ...]:
+        return (self.tenant_sending, self.tenant_reputation, self.tenant_bounce_rate,
+                self.tenant_complaint_rate, self.tenant_outcomes, self.tenant_quota_used)
+
     def _init_webhook(self, name: str) -> None:
         for result in WEBHOOK_RESULTS:
             self.webhook_requests.labels(name, result)
@@ -277,6 +325,8 @@ class Metrics(Observer):
             self.webhook_lag_seconds.labels(name).set(
                 0.0 if oldest is None else max(0.0, self.clock.now() - oldest))
             self.webhook_failing.labels(name).set(1 if st.get("state") == "failing" else 0)
+        if g.get("tenants") is not None:
+            self._refresh_tenants(g["tenants"])
         free = g.get("spool_free_bytes")
         state_dir = g.get("state_dir") or self.state_dir
         if free is not None:
@@ -285,6 +335,34 @@ class Metrics(Observer):
             # One statfs syscall (microseconds): cheaper than a thread hop.
             st = os.statvfs(state_dir)
             self.fs_free.set(st.f_bavail * st.f_frsize)
+
+    def _refresh_tenants(self, tenants: Iterable[TenantGauge]) -> None:
+        """Set every tenant's series; a tenant gone since the last scrape
+        loses its series. Refusal counts are cumulative in the source: the
+        counter advances by the difference."""
+        for gauge in self._tenant_gauges():
+            gauge.clear()          # no await until all are set: a render sees them whole
+        names = set()
+        for t in tenants:
+            name = t["name"]
+            names.add(name)
+            self.tenant_sending.labels(name).set(1 if t["sending"] else 0)
+            status = t["auto_status"]
+            self.tenant_reputation.labels(name).set(
+                TENANT_AUTO_STATUSES.index(status) if status in TENANT_AUTO_STATUSES else 0)
+            self.tenant_bounce_rate.labels(name).set(t["bounce_rate"])
+            self.tenant_complaint_rate.labels(name).set(t["complaint_rate"])
+            self.tenant_outcomes.labels(name).set(t["sends"])
+            self.tenant_quota_used.labels(name, "hour").set(t["quota_hour"])
+            self.tenant_quota_used.labels(name, "day").set(t["quota_day"])
+            for reason in dict.fromkeys((*TENANT_REFUSALS, *t["refused"])):
+                n = t["refused"].get(reason, 0)
+                seen = self._refused_seen.get((name, reason), 0)
+                self.tenant_refused.labels(name, reason).inc(max(0, n - seen))
+                self._refused_seen[(name, reason)] = max(n, seen)
+        for name, reason in [k for k in self._refused_seen if k[0] not in names]:
+            del self._refused_seen[(name, reason)]
+            self.tenant_refused.remove(name, reason)
 
     @staticmethod
     def _label_values(gauge: Gauge) -> set[str]:

@@ -40,7 +40,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from mta.admin.backend import NotFound, destination_state
+from mta.admin.backend import NotFound, TenantGauge, destination_state
 from mta.admin.inputs import parse_destination
 from mta.admin.metrics import Metrics
 from mta.config import Config
@@ -389,7 +389,25 @@ class RuntimeAdmin:
                 "spool_free_bytes": self.disk()["spool_free_bytes"],
                 "webhooks": await self.webhooks_service().statuses(),
                 "destinations": {n: destination_state(s) for n, s in
-                                 self.runner.scheduler.destination_states().items()}}
+                                 self.runner.scheduler.destination_states().items()},
+                "tenants": self.tenant_gauges()}
+
+    def tenant_gauges(self) -> list[TenantGauge] | None:
+        """Each tenant's figures for /metrics (None: no tenant service)."""
+        service = getattr(self.d, "tenants", None)
+        if service is None:
+            return None
+        now, out = self.d.clock.now(), []
+        for name in service.names():
+            row, rep = service.row(name), service.assessment(name)
+            hour, day = service.quota_state(name).used(now)
+            out.append(TenantGauge(
+                name=name, sending=row.sending, auto_status=row.auto_status,
+                sends=int(rep.get("sends") or 0), bounce_rate=float(rep.get("bounce_rate") or 0),
+                complaint_rate=float(rep.get("complaint_rate") or 0), quota_hour=hour,
+                quota_day=day, refused={why: n for (who, why), n in service.refused.items()
+                                        if who == name}))
+        return out
 
     async def metrics(self) -> tuple[bytes, str]:
         await self.d.metrics.refresh(self)
