@@ -290,6 +290,9 @@ async def test_a_complaint_storm_pauses_one_tenant_and_resume_releases(world):
     assert view.recipients[0].state == "held"
     errors, _ = await w.smtp("beta-app", "app@beta.test", ["ok-beta@rcpt.test"])
     assert errors == {}
+    shown = await d.tenants.show("acme")
+    assert shown["reputation"]["complaints"] == 3 and shown["reputation"]["delivered"] == 12
+    assert shown["reputation"]["domains"]["acme.test"]["complaint_rate"] == 0.25
     events = await d.spool.ledger.events_after(0, 100, types=["reputation_paused"])
     assert [e.detail["tenant"] for e in events] == ["acme"]
     assert events[0].detail["metric"] == "complaint"

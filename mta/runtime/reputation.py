@@ -17,8 +17,9 @@ API
                          a task that follows it every TICK seconds
         await .stop()
         await .step()    one pass (tests drive it with a fake clock)
-        .rates(tenant) -> dict      what `mta tenant show` prints
-        .domain_rates() -> {domain: Rates}
+        .rates(tenant) -> dict      what `mta tenant show` prints (with the
+                                    figures of each sending domain)
+        .domain_rates(tenant) -> {domain: Rates}
 
 What counts (core/reasons.py is the table): a delivered recipient is a
 send; a final bounce whose reason is in LIST_QUALITY (user unknown, host
@@ -188,20 +189,25 @@ class ReputationTracker:
         policy = policy_of(self.tenants.row(tenant), cfg)
         r = (self._rates.get(tenant) or RollingRates()).snapshot(now, policy)
         found = assess(r, policy)
-        return {"sends": r.sends, "delivered": r.delivered, "bounces": r.bounces,
-                "complaints": r.complaints, "bounce_rate": r.bounce_rate,
-                "complaint_rate": r.complaint_rate, "assessment": found.status,
-                "text": found.text, "policy": policy.level, "min_volume": policy.min_volume,
-                "window": policy.window}
+        domains = {d: _figures(x) for d, x in self.domain_rates(tenant).items()}
+        return {**_figures(r), "assessment": found.status, "text": found.text,
+                "policy": policy.level, "min_volume": policy.min_volume,
+                "window": policy.window, "domains": domains}
 
-    def domain_rates(self) -> dict[str, Rates]:
-        now = self.clock.now()
-        cfg = self.cfg_of()
-        out = {}
-        for domain, rates in self._domains.items():
-            owner = self.tenants.domain_owner(domain) or "default"
-            out[domain] = rates.snapshot(now, policy_of(self.tenants.row(owner), cfg))
-        return out
+    def domain_rates(self, tenant: str) -> dict[str, Rates]:
+        """The rolling rates of each sending domain the tenant sent from
+        (reported, not acted on: the tenant's policy acts on its whole)."""
+        now, cfg = self.clock.now(), self.cfg_of()
+        policy = policy_of(self.tenants.row(tenant), cfg)
+        return {domain: rates.snapshot(now, policy)
+                for domain, rates in sorted(self._domains.items())
+                if (self.tenants.domain_owner(domain) or "default") == tenant}
+
+
+def _figures(r: Rates) -> dict[str, Any]:
+    return {"sends": r.sends, "delivered": r.delivered, "bounces": r.bounces,
+            "complaints": r.complaints, "bounce_rate": r.bounce_rate,
+            "complaint_rate": r.complaint_rate}
 
 
 def _event(etype: str, tenant: str, found: Assessment, at: float) -> LedgerEvent:
