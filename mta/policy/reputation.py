@@ -20,6 +20,9 @@ Public API:
     Assessment(status, metric, rate, sends, text)
     assess(rates, policy) -> Assessment
     transition(previous_status, current) -> event name | None
+    TenantStatus, TENANT_STATUS   the automatic status (ok, warn, paused) and
+                                  its machine (paused is left only to ok, by
+                                  an operator's resume)
 
 Rules:
   * The window is the last `policy.window` sends (final outcomes), and only
@@ -54,9 +57,13 @@ time stays a pop from the left.
 
 from __future__ import annotations
 
+import enum
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
+
+from mta.core.statemachine import StateMachine
 
 __all__ = ["LEVELS", "KINDS", "Thresholds", "ReputationPolicy", "RollingRates", "Rates",
            "Assessment", "assess", "transition", "STATUSES"]
@@ -232,3 +239,19 @@ def transition(previous: str, current: Assessment) -> str | None:
     if now == "warn":
         return "reputation_warning"
     return "reputation_recovered"
+
+
+class TenantStatus(enum.StrEnum):
+    """A tenant's automatic status (stored as `tenants.auto_status`)."""
+    OK = "ok"
+    WARN = "warn"
+    PAUSED = "paused"
+
+
+# An automatic pause is left only by an operator's resume (to ok); the
+# tracker never moves paused -> warn (`transition` returns None for it).
+TENANT_STATUS: StateMachine[TenantStatus] = StateMachine("tenant", {
+    TenantStatus.OK: frozenset({TenantStatus.OK, TenantStatus.WARN, TenantStatus.PAUSED}),
+    TenantStatus.WARN: frozenset({TenantStatus.WARN, TenantStatus.OK, TenantStatus.PAUSED}),
+    TenantStatus.PAUSED: frozenset({TenantStatus.PAUSED, TenantStatus.OK}),
+}, logging.getLogger("mta.tenants"))

@@ -57,7 +57,8 @@ from mta.core.address import AddressError, parse_domain
 from mta.core.logfmt import event
 from mta.mail.headers import from_domains
 from mta.policy.quota import QuotaLimits, QuotaState, retry_after_seconds, smtp_reply
-from mta.policy.reputation import ReputationPolicy, Thresholds
+from mta.policy.reputation import (TENANT_STATUS, ReputationPolicy, TenantStatus,
+                                   Thresholds)
 from mta.spool import MessageFilter, Spool
 from mta.spool.apikeys import SqliteApiKeys
 from mta.spool.tenants import DEFAULT_TENANT, SqliteTenants, TenantError, TenantRow
@@ -341,6 +342,7 @@ class TenantService:
         state too: the rates start over), with the reason in the ledger."""
         now = self.clock.now()
         before = self.row(name)
+        TENANT_STATUS.move(TenantStatus(before.auto_status), TenantStatus.OK, name)
         await asyncio.to_thread(self.store.set_status, name, "active", "", now)
         row = await asyncio.to_thread(self.store.set_auto, name, "ok", "", now)
         await self.refresh()
@@ -355,6 +357,7 @@ class TenantService:
         return self.view(row)
 
     async def set_auto(self, name: str, status: str, reason: str) -> None:
+        TENANT_STATUS.move(TenantStatus(self.row(name).auto_status), TenantStatus(status), name)
         await asyncio.to_thread(self.store.set_auto, name, status, reason, self.clock.now())
         await self.refresh()
 
