@@ -552,3 +552,18 @@ def test_live_keys_are_marked_where_they_are_declared():
     assert ROUTES_LIVE is True
     with pytest.raises(KeyError):
         live_keys("nosuch")
+
+
+def test_reputation_thresholds_are_checked_together():
+    """[reputation] (issue 14): warn above pause, or a minimum volume the
+    window can never hold, is a config error naming the key."""
+    with pytest.raises(ConfigError) as ei:
+        parse_config('[reputation]\nbounce_warn = 0.2\nbounce_pause = 0.1\n'
+                     'min_volume = 3000\nwindow = 2000\n', "t")
+    text = "\n".join(ei.value.errors)
+    assert "reputation.bounce_warn: above bounce_pause" in text
+    assert "reputation.min_volume: above window" in text
+    cfg = parse_config('[reputation]\nlevel = "strict"\ncomplaint_pause = 0.01\n', "t")
+    assert cfg.reputation.level == "strict" and cfg.reputation.complaint_pause == 0.01
+    with pytest.raises(ConfigError):
+        parse_config('[reputation]\nlevel = "lenient"\n', "t")

@@ -147,6 +147,12 @@ def _cross_checks(cfg: Config) -> list[str]:
         errors.append("admin.token: use at least 16 characters")
     errors.extend(_webhook_checks(cfg))
     errors.extend(_api_checks(cfg))
+    r = cfg.reputation
+    for what in ("bounce", "complaint"):
+        if getattr(r, f"{what}_warn") > getattr(r, f"{what}_pause"):
+            errors.append(f"reputation.{what}_warn: above {what}_pause")
+    if r.min_volume > r.window:
+        errors.append("reputation.min_volume: above window (no assessment could ever act)")
     addrs = [lst.address for lst in cfg.listeners]
     for a in set(addrs):
         if addrs.count(a) > 1:
