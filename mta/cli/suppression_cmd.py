@@ -14,7 +14,7 @@ Commands (all accept --config; MTA_STATE_DIR overrides server.state_dir):
     suppression show ADDRESS [--json]   every entry of the address (any scope)
         and its soft-failure count; exit 1 when it has no entry
     suppression add ADDRESS [--reason manual|unsubscribe|hard_bounce|complaint]
-        [--scope CREDENTIAL] [--expires 30d]   replaces an existing entry
+        [--scope TENANT] [--expires 30d]   replaces an existing entry
     suppression remove ADDRESS [--scope S]     exit 1 when there was none
     suppression import FILE.csv   address[,reason[,scope[,expires]]], header optional;
                                   active entries are kept (reported as skipped)
@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     ls = ssub.add_parser("list", parents=[config_parent], help="list suppressed addresses")
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--reason", choices=SUPPRESSION_REASONS)
-    ls.add_argument("--scope", metavar="S", help='only this scope ("" = global entries)')
+    ls.add_argument("--scope", metavar="S", help='only this scope: a tenant\'s list '
+                    '("default", "acme", …; "" = the global list)')
     ls.add_argument("--all", action="store_true", help="include expired entries")
     show = ssub.add_parser("show", parents=[config_parent], help="one address's entries")
     show.add_argument("address")
@@ -59,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     add = ssub.add_parser("add", parents=[config_parent], help="suppress an address")
     add.add_argument("address")
     add.add_argument("--reason", choices=_ADD_REASONS, default="manual")
-    add.add_argument("--scope", metavar="CREDENTIAL", default="",
-                     help="suppress only for mail submitted by this credential (default: global)")
+    add.add_argument("--scope", metavar="TENANT", default="",
+                     help="suppress only for this tenant's mail (default: global, every tenant)")
     add.add_argument("--expires", metavar="DURATION", help="e.g. 30d (default: never)")
     rm = ssub.add_parser("remove", parents=[config_parent], help="unsuppress an address")
     rm.add_argument("address")
