@@ -101,3 +101,17 @@ async def test_the_admin_api_answers_tenants(world):
     assert [t["name"] for t in listed] == ["acme", "default"]
     assert store.get("bolt") is None
 
+
+async def test_remove(world):
+    d, mta, store = world
+    _ok(await mta("tenant", "add", "acme"))
+    store.own("domain", "acme.example", "acme", 0.0)
+    r = await mta("tenant", "remove", "acme")
+    assert r.returncode == 1 and "acme.example" in r.stderr, r.stderr
+    store.disown("domain", "acme.example")
+    r = await mta("tenant", "remove", "default")
+    assert r.returncode == 1 and "cannot be removed" in r.stderr, r.stderr
+    assert _ok(await mta("tenant", "remove", "acme")).strip() == "tenant acme removed"
+    assert store.get("acme") is None
+    r = await mta("tenant", "remove", "acme")
+    assert r.returncode == 1 and "no tenant named 'acme'" in r.stderr, r.stderr
