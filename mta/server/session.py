@@ -403,7 +403,9 @@ class SubmissionHandler:
                            self.cfg.name, server.client_ip, exc, str(exc.reply))
             return str(exc.reply)
         except Refused as exc:          # a tenant's guardrail (paused, quota, domain)
-            return str(exc.reply)
+            self.observer.message_received(self.cfg.name, "rejected")
+            return self._ledger("rejected", session, str(exc.reply), stage="DATA",
+                                sender=sender)
         credential = session.credential or "-"
         if queue_id != id_hint:
             # An idempotent repeat: answered with the original's id, nothing new queued.
