@@ -115,3 +115,17 @@ async def test_remove(world):
     assert store.get("acme") is None
     r = await mta("tenant", "remove", "acme")
     assert r.returncode == 1 and "no tenant named 'acme'" in r.stderr, r.stderr
+
+
+async def test_set_changes_only_what_is_given(world):
+    d, mta, store = world
+    _ok(await mta("tenant", "add", "acme", "--per-hour", "100", "--per-day", "1000",
+                  "--bounce-warn", "0.02", "--window", "500"))
+    _ok(await mta("tenant", "set", "acme", "--per-day", "5000", "--complaint-warn", "0.002"))
+    row = store.get("acme")
+    assert row.limits == {"per_hour": 100, "per_day": 5000}
+    assert row.policy == {"bounce_warn": 0.02, "window": 500, "complaint_warn": 0.002}
+    _ok(await mta("tenant", "set", "acme", "--per-hour", "none", "--window", "none"))
+    row = store.get("acme")
+    assert row.limits == {"per_day": 5000}
+    assert row.policy == {"bounce_warn": 0.02, "complaint_warn": 0.002}

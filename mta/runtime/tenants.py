@@ -305,9 +305,12 @@ class TenantService:
 
     async def update(self, name: str, limits: Mapping[str, Any] | None,
                      policy: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Keys given replace, a null clears one, keys absent stay."""
         row = self.store.get(name)
         if row is None:
             raise TenantError(404, f"no tenant named {name!r}", "name")
+        limits = None if limits is None else _merged(row.limits, limits)
+        policy = None if policy is None else _merged(row.policy, policy)
         self._checked(limits, policy, row)
         row = await asyncio.to_thread(self.store.update, name, limits=limits, policy=policy,
                                       now=self.clock.now())
@@ -372,6 +375,11 @@ class TenantService:
         await self.spool.ledger.append_events([LedgerEvent(
             etype, self.clock.now(), credential=tenant_credential(name),
             detail={"tenant": name, **detail})])
+
+
+def _merged(old: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    out = {**old, **given}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _with(row: TenantRow, **changes: Any) -> TenantRow:
