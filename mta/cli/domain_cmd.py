@@ -7,16 +7,21 @@ Public API:
     run(cfg, args) -> exit code
 
 Commands (all accept --config; those marked take --json for tools):
-    domain add DOMAIN [--selector S] [--algorithm rsa|ed25519|both] [--json]
+    domain add DOMAIN [--selector S] [--algorithm rsa|ed25519|both] [--tenant T] [--json]
         creates the keys (state_dir/dkim, 0600) and prints the records to
         publish: zone-file lines `NAME TTL IN TYPE VALUE`, comments start ";"
         (the PTR reminders for server.public_ips are comments too: reverse
-        DNS is not part of the domain's zone)
+        DNS is not part of the domain's zone). The domain belongs to tenant T
+        (default "default"; mta.cli.owner): T must exist and DOMAIN must not
+        be another tenant's, else exit 1 and nothing is created
     domain check DOMAIN [--json]    PASS/FAIL per record; exit 0 only if every
                                     required record passes, else 1
-    domain list [--json] / domain show DOMAIN [--json]
+    domain list [--json]     one a line, the owning tenant last but the failure
+                             reason ("tenant" in JSON)
+    domain show DOMAIN [--json]
     domain rotate DOMAIN [--selector S] [--json]   new key(s) + records to publish
-    domain remove DOMAIN            deletes the domain and its keys
+    domain remove DOMAIN            deletes the domain and its keys; its tenant no
+                                    longer owns it
 Exit codes: 0 ok, 1 failure (unknown domain, check failed), 2 usage error.
 
 The service is imported when a domain command runs, not when this module is
@@ -36,6 +41,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from mta.cli import owner
+from mta.core.address import AddressError, parse_domain
 from mta.core.errors import MtaError
 from mta.domains.model import Domain, SelectorStatus
 from mta.domains.records import records_json, zone_text
@@ -58,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     add.add_argument("--selector", help="DKIM selector (default mtaYYYYMM; Ed25519 gets S-ed)")
     add.add_argument("--algorithm", choices=("rsa", "ed25519", "both"), default="both")
     add.add_argument("--json", action="store_true")
+    owner.add_option(add, "domain")
     chk = dsub.add_parser("check", parents=[config_parent],
                           help="verify the domain's DNS records (exit 0 only if all pass)")
     chk.add_argument("domain")
@@ -104,8 +112,18 @@ def _print_records(svc: DomainService, d: Domain, as_json: bool) -> None:
         print(zone_text(plan), end="")
 
 
+def _state_dir(svc: DomainService) -> str:
+    return svc.cfg.server.state_dir
+
+
 def _add(svc: DomainService, args: argparse.Namespace) -> int:
+    try:
+        name = parse_domain(args.domain)
+    except AddressError:
+        name = args.domain              # svc.add refuses it with its own message
+    owner.check(_state_dir(svc), "domain", name, args.tenant)
     d = svc.add(args.domain, selector=args.selector, algorithm=args.algorithm)
+    owner.record(_state_dir(svc), "domain", d.name, args.tenant, lambda: svc.remove(d.name))
     _print_records(svc, d, args.json)
     return 0
 
@@ -131,13 +149,16 @@ def _check(svc: DomainService, args: argparse.Namespace) -> int:
 
 def _list(svc: DomainService, args: argparse.Namespace) -> int:
     domains = svc.list()
+    owners = owner.owners(_state_dir(svc), "domain")
+    tenant = {d.name: owners.get(d.name, owner.DEFAULT_TENANT) for d in domains}
     if args.json:
-        print(json.dumps([d.to_dict() for d in domains], indent=2))
+        print(json.dumps([{**d.to_dict(), "tenant": tenant[d.name]} for d in domains],
+                         indent=2))
         return 0
     for d in domains:
         sels = ",".join(s.selector for s in d.selectors if s.status is SelectorStatus.ACTIVE)
         print(f"{d.name}\t{d.state.value}\tchecked {_t(d.last_checked)}\t"
-              f"selectors {sels}"
+              f"selectors {sels}\ttenant {tenant[d.name]}"
               + (f"\t{d.failure_reason}" if d.failure_reason else ""))
     return 0
 
@@ -152,6 +173,7 @@ def _show(svc: DomainService, args: argparse.Namespace) -> int:
 
 def _remove(svc: DomainService, args: argparse.Namespace) -> int:
     svc.remove(args.domain)
+    owner.disown(_state_dir(svc), "domain", parse_domain(args.domain))
     print(f"domain {args.domain} removed (its DNS records may be deleted)")
     return 0
 
@@ -167,6 +189,6 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     svc = DomainService(cfg)
     try:
         return action(svc, args)
-    except MtaError as exc:  # DomainError and the store's typed errors
+    except (MtaError, owner.OwnerError) as exc:  # DomainError, the stores' typed errors
         print(f"mta: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,11 @@ directory it used (`mta: config PATH, state DIR`; `mta serve` logs it as
         certificate/key files that are missing, unreadable or do not load)
         on stderr, exit 1; warnings (placeholder names, documentation
         addresses: mta.config.checks) on stderr, exit 0, or 1 with --strict.
+    mta user add NAME [--password-stdin] [--domain D]... [--tenant T]
+        the credential belongs to tenant T (default "default"; T must exist,
+        and NAME must not be another tenant's: exit 1, nothing created);
+        mta user passwd NAME / remove NAME / list [--json]: the list shows
+        each credential's tenant ("tenant" in JSON)
 Exit codes: 0 ok, 1 failure (config invalid, command failed), 2 usage error.
 """
 
@@ -29,13 +34,18 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from mta.cli import (bounce_cmd, destination_cmd, domain_cmd, events_cmd, key_cmd, queue_cmd,
-                     suppression_cmd, tenant_cmd, webhooks_cmd)
+from mta.cli import (bounce_cmd, destination_cmd, domain_cmd, events_cmd, key_cmd, owner,
+                     queue_cmd, suppression_cmd, tenant_cmd, webhooks_cmd)
 from mta.cli.times import utc
 from mta.config import (EMBEDDED_SOURCE, Config, config_as_dict, config_path, file_errors,
                         load_config, placeholder_warnings, render_config, with_listen)
 from mta.core import ConfigError
+from mta.core.errors import StorageError
+
+if TYPE_CHECKING:
+    from mta.runtime.users import Credentials
 
 
 def _config_parent(top: bool) -> argparse.ArgumentParser:
@@ -90,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
             u.add_argument("--domain", action="append", default=[], metavar="D",
                            help="scope the credential to sending domain D (repeatable; "
                                 "*.D for its subdomains); unscoped: any verified domain")
+            owner.add_option(u, "credential")
     rm = usub.add_parser("remove", parents=[cfgp], help="delete a credential")
     rm.add_argument("name")
     ls = usub.add_parser("list", parents=[cfgp], help="list credentials")
@@ -195,17 +206,42 @@ def _read_password() -> str:
     return pw
 
 
+def _user_add(store: Credentials, state_dir: str, args: argparse.Namespace,
+              pw: str | None) -> str:
+    """Create the credential owned by --tenant (module owner): the password."""
+    owner.check(state_dir, "credential", args.name, args.tenant)
+    result = store.add(args.name, pw, domains=args.domain)
+    owner.record(state_dir, "credential", args.name, args.tenant,
+                 lambda: store.remove(args.name))
+    return result
+
+
+def _user_list(store: Credentials, state_dir: str, as_json: bool) -> None:
+    users = store.list()
+    tenants = owner.owners(state_dir, "credential")
+    if as_json:
+        print(json.dumps([{**u, "tenant": tenants.get(u["name"], owner.DEFAULT_TENANT)}
+                          for u in users], indent=2))
+        return
+    for u in users:
+        created = utc(u.get("created") or 0)
+        scope = ",".join(u.get("domains") or []) or "(any verified domain)"
+        print(f"{u['name']}\tcreated {created}\tdomains {scope}"
+              f"\ttenant {tenants.get(u['name'], owner.DEFAULT_TENANT)}")
+
+
 def _user(cfg: Config, args: argparse.Namespace) -> int:
     from mta.runtime.paths import state_paths
     from mta.runtime.users import CredentialError, open_credentials
     paths = state_paths(cfg)
     paths["root"].mkdir(parents=True, exist_ok=True, mode=0o700)
     store = open_credentials(paths["credentials"])
+    state_dir = cfg.server.state_dir
     try:
         if args.action in ("add", "passwd"):
             pw = _read_password() if args.password_stdin else None
             if args.action == "add":
-                result = store.add(args.name, pw, domains=args.domain)
+                result = _user_add(store, state_dir, args, pw)
             else:
                 result = store.passwd(args.name, pw)
             if pw is None:
@@ -217,15 +253,8 @@ def _user(cfg: Config, args: argparse.Namespace) -> int:
             store.remove(args.name)
             print(f"user {args.name} removed")
         else:
-            users = store.list()
-            if args.json:
-                print(json.dumps(users, indent=2))
-            else:
-                for u in users:
-                    created = utc(u.get("created") or 0)
-                    scope = ",".join(u.get("domains") or []) or "(any verified domain)"
-                    print(f"{u['name']}\tcreated {created}\tdomains {scope}")
-    except (CredentialError, ValueError) as exc:
+            _user_list(store, state_dir, args.json)
+    except (CredentialError, ValueError, owner.OwnerError, StorageError) as exc:
         return _fail(str(exc))
     return 0
 
