@@ -214,7 +214,8 @@ async def test_suppressions_add_list_remove_and_the_smtp_path(world):
         await world.submit("blocked@rcpt.test")          # not suppressed yet: accepted
         added = await world.sdk(resend.Suppressions.add, {"email": "blocked@rcpt.test"})
         assert added["object"] == "suppression" and added["id"] == "blocked@rcpt.test"
-        assert added["origin"] == "manual" and added["scope"] == "global"
+        # issue 14: a key works on its tenant's list ("default" here), not the global one
+        assert added["origin"] == "manual" and added["scope"] == "default"
         again = await world.sdk(resend.Suppressions.add, {"email": "blocked@rcpt.test"})
         assert again["id"] == added["id"] and again["created_at"] == added["created_at"]
         status, body = await world.http("POST", "/suppressions",
@@ -242,15 +243,19 @@ async def test_suppressions_add_list_remove_and_the_smtp_path(world):
 
 
 async def test_suppressions_page_through_a_long_list(world):
-    """Pages are bounded reads: 250 entries (global and another scope,
-    one expired) walk forward and back exactly once each, origin filters."""
+    """Pages are bounded reads: 250 entries of the key's tenant's list
+    ("default"; beside them a global one, another scope's and an expired
+    one, none listed) walk forward and back exactly once each, origin
+    filters."""
     from mta.spool import suppression_admin
     now = time.time()
     for i in range(250):
-        suppression_admin.add(str(world.state), f"u{i:03d}@rcpt.test", now=now,
+        suppression_admin.add(str(world.state), f"u{i:03d}@rcpt.test", now=now, scope="default",
                               reason="hard_bounce" if i % 5 == 0 else "manual")
     suppression_admin.add(str(world.state), "scoped@rcpt.test", scope="app1", now=now)
-    suppression_admin.add(str(world.state), "old@rcpt.test", expires=now - 10, now=now - 100)
+    suppression_admin.add(str(world.state), "global@rcpt.test", now=now)     # the operator's
+    suppression_admin.add(str(world.state), "old@rcpt.test", scope="default", expires=now - 10,
+                          now=now - 100)
     async with world.daemon():
         seen, after = [], None
         while True:

@@ -76,7 +76,7 @@ class FakeSpool:
         return out
 
     async def events_after(self, after_seq, limit, *, types=None, recipient=None,
-                           credential=None):
+                           credential=None, tenant=None):
         self.fetches += 1
         out = []
         for e in self.events:
@@ -89,7 +89,8 @@ class FakeSpool:
                 break
         return out
 
-    async def event_payloads_after(self, after_seq, limit, *, types=None, credential=None):
+    async def event_payloads_after(self, after_seq, limit, *, types=None, credential=None,
+                                   tenant=None):
         evs = await self.events_after(after_seq, limit, types=types, credential=credential)
         return [(e.seq, json.dumps(event_json(e), separators=(",", ":")).encode()) for e in evs]
 

@@ -39,9 +39,12 @@ address, a webhook's its name (given, or "wh_" + 16 hex digits). Resend uses
 UUIDs; the SDKs treat ids as opaque strings. Unknown body fields are ignored
 (the SDKs send some: Node's custom_return_path, Python's webhook_id).
 
-Suppressions here are the operator's global list (scope "", shown as
-"global"): entries limited to one SMTP credential or API key (scope = its
-name) are `mta suppression`'s, not listed here; tenants come with issue 14.
+Tenants (issue 14): every call is for the request's key, and sees only
+what the key's tenant owns (the backend decides: another tenant's id is
+404, a name another tenant holds is 409). Suppressions here are the key's
+tenant's list (scope = the tenant's name, "default" for keys no named
+tenant owns); the operator's global list (scope "", shown as "global") is
+`mta suppression`'s and the admin API's, not listed or changed here.
 An item: Resend's {id, email, origin (bounce | complaint | manual),
 source_id (the queue id that caused it), created_at} plus ours {reason,
 scope, expires_at, reply}. Adding an address already on the list answers
@@ -50,8 +53,9 @@ the existing entry (as Resend does).
 Webhook events: our ledger types (config.EVENT_TYPES) or "*"; Resend's
 names in RESEND_EVENTS are accepted and stored as ours. The endpoint URL is
 checked as the config file's `[[webhooks]] url` is (config.loader's
-webhook_errors). A webhook from the config file is listed (source "config",
-signing_secret null) and may be tested, not changed (409).
+webhook_errors). A webhook from the config file is listed to the default tenant's keys
+(source "config", signing_secret null) and may be tested, not changed
+(409); a key's endpoint gets only its tenant's events.
 
 Test keys (mta_test_…) may read these resources; a change is 403
 `restricted_api_key`: test keys cannot change live settings.
@@ -65,6 +69,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from mta.api.http import KEY, ApiError, Routes, read_json
+from mta.api.keys import ApiKey
 from mta.config.loader import webhook_errors
 from mta.config.sections import WebhookConfig
 from mta.core.address import AddressError, parse_address, parse_domain
@@ -88,30 +93,35 @@ _PLACEHOLDER_SECRET = "whsec_" + "A" * 43 + "="
 
 
 class ResourceBackend(Protocol):
-    """What the resource routes ask of the running daemon. Every value is
-    plain JSON; lists come sorted by id. `None` / False: no such id. Raise
-    ApiError for a refusal only the backend can see (409 a name in use or
-    the config file's, 422 what a service refused, 503 storage)."""
+    """What the resource routes ask of the running daemon, for the request's
+    key (whose tenant decides what it sees: the backend scopes). Every value
+    is plain JSON; lists come sorted by id. `None` / False: no such id (or
+    another tenant's). Raise ApiError for a refusal only the backend can see
+    (409 a name in use, another tenant's or the config file's, 422 what a
+    service refused, 503 storage)."""
 
-    async def domains(self) -> list[Json]: ...
-    async def domain(self, name: str) -> Json | None: ...
-    async def add_domain(self, name: str) -> Json: ...
-    async def verify_domain(self, name: str) -> Json | None: ...
-    async def remove_domain(self, name: str) -> bool: ...
+    async def domains(self, key: ApiKey) -> list[Json]: ...
+    async def domain(self, key: ApiKey, name: str) -> Json | None: ...
+    async def add_domain(self, key: ApiKey, name: str) -> Json: ...
+    async def verify_domain(self, key: ApiKey, name: str) -> Json | None: ...
+    async def remove_domain(self, key: ApiKey, name: str) -> bool: ...
 
-    async def suppressions(self, limit: int, after: str | None, before: str | None,
-                           origin: str | None) -> tuple[list[Json], bool]: ...
-    async def suppression(self, address: str) -> Json | None: ...
-    async def suppress(self, address: str, reason: str) -> Json: ...
-    async def unsuppress(self, address: str) -> bool: ...
+    async def suppressions(self, key: ApiKey, limit: int, after: str | None,
+                           before: str | None, origin: str | None
+                           ) -> tuple[list[Json], bool]: ...
+    async def suppression(self, key: ApiKey, address: str) -> Json | None: ...
+    async def suppress(self, key: ApiKey, address: str, reason: str) -> Json: ...
+    async def unsuppress(self, key: ApiKey, address: str) -> bool: ...
 
-    async def webhooks(self) -> list[Json]: ...
-    async def webhook(self, name: str) -> Json | None: ...
-    async def add_webhook(self, name: str | None, url: str, events: tuple[str, ...]) -> Json: ...
-    async def update_webhook(self, name: str, *, url: str | None, events: tuple[str, ...] | None,
+    async def webhooks(self, key: ApiKey) -> list[Json]: ...
+    async def webhook(self, key: ApiKey, name: str) -> Json | None: ...
+    async def add_webhook(self, key: ApiKey, name: str | None, url: str,
+                          events: tuple[str, ...]) -> Json: ...
+    async def update_webhook(self, key: ApiKey, name: str, *, url: str | None,
+                             events: tuple[str, ...] | None,
                              enabled: bool | None) -> Json | None: ...
-    async def remove_webhook(self, name: str) -> bool: ...
-    async def test_webhook(self, name: str) -> Json | None: ...
+    async def remove_webhook(self, key: ApiKey, name: str) -> bool: ...
+    async def test_webhook(self, key: ApiKey, name: str) -> Json | None: ...
 
 
 def _invalid(field: str, message: str) -> ApiError:
@@ -220,23 +230,25 @@ def _domain_routes(b: ResourceBackend) -> Routes:
         doc = await _body(request)
         name = _domain_name(_string(doc, "name") or "", "name")
         _string(doc, "region", required=False, max_len=64)   # checked, then ignored
-        return web.json_response(await b.add_domain(name))
+        return web.json_response(await b.add_domain(request[KEY], name))
 
     async def listing(request: web.Request) -> web.Response:
-        return web.json_response(_page(await b.domains(),
+        return web.json_response(_page(await b.domains(request[KEY]),
                                        _query(request, ("limit", "after", "before"))))
 
     async def get(request: web.Request) -> web.Response:
-        return web.json_response(_found(await b.domain(_domain_id(request)), "Domain"))
+        return web.json_response(_found(await b.domain(request[KEY], _domain_id(request)),
+                                        "Domain"))
 
     async def verify(request: web.Request) -> web.Response:
         _live(request)
-        return web.json_response(_found(await b.verify_domain(_domain_id(request)), "Domain"))
+        return web.json_response(_found(
+            await b.verify_domain(request[KEY], _domain_id(request)), "Domain"))
 
     async def delete(request: web.Request) -> web.Response:
         _live(request)
         name = _domain_id(request)
-        if not await b.remove_domain(name):
+        if not await b.remove_domain(request[KEY], name):
             raise ApiError(404, "not_found", "Domain not found")
         return web.json_response({"object": "domain", "id": name, "deleted": True})
 
@@ -278,12 +290,13 @@ def _suppression_routes(b: ResourceBackend) -> Routes:
             raise _invalid("origin", f"one of {', '.join(ORIGINS)}")
         limit = _limit(q, 20)
         assert limit is not None
-        data, more = await b.suppressions(limit, q.get("after"), q.get("before"), origin)
+        data, more = await b.suppressions(request[KEY], limit, q.get("after"), q.get("before"),
+                                          origin)
         return web.json_response({"object": "list", "has_more": more, "data": data})
 
     async def get(request: web.Request) -> web.Response:
-        return web.json_response(_found(await b.suppression(_suppressed_id(request)),
-                                        "Suppression"))
+        return web.json_response(_found(
+            await b.suppression(request[KEY], _suppressed_id(request)), "Suppression"))
 
     async def add(request: web.Request) -> web.Response:
         _live(request)
@@ -292,12 +305,12 @@ def _suppression_routes(b: ResourceBackend) -> Routes:
         reason = _string(doc, "reason", required=False, max_len=32) or "manual"
         if reason not in SUPPRESSION_REASONS:
             raise _invalid("reason", f"one of {', '.join(SUPPRESSION_REASONS)}")
-        return web.json_response(await b.suppress(address, reason))
+        return web.json_response(await b.suppress(request[KEY], address, reason))
 
     async def remove(request: web.Request) -> web.Response:
         _live(request)
         address = _suppressed_id(request)
-        if not await b.unsuppress(address):
+        if not await b.unsuppress(request[KEY], address):
             raise ApiError(404, "not_found", "Suppression not found")
         return web.json_response({"object": "suppression", "id": address, "deleted": True})
 
@@ -373,32 +386,35 @@ def _webhook_routes(b: ResourceBackend) -> Routes:
         url, events, _ = _webhook_changes(doc, create=True)
         assert url is not None and events is not None
         return web.json_response(await b.add_webhook(
+            request[KEY],
             None if name is None else _webhook_name(name, "name"), url, events))
 
     async def listing(request: web.Request) -> web.Response:
-        return web.json_response(_page(await b.webhooks(),
+        return web.json_response(_page(await b.webhooks(request[KEY]),
                                        _query(request, ("limit", "after", "before"))))
 
     async def get(request: web.Request) -> web.Response:
-        return web.json_response(_found(await b.webhook(_webhook_id(request)), "Webhook"))
+        return web.json_response(_found(await b.webhook(request[KEY], _webhook_id(request)),
+                                        "Webhook"))
 
     async def update(request: web.Request) -> web.Response:
         _live(request)
         name = _webhook_id(request)
         url, events, enabled = _webhook_changes(await _body(request), create=False)
-        _found(await b.update_webhook(name, url=url, events=events, enabled=enabled),
-               "Webhook")
+        _found(await b.update_webhook(request[KEY], name, url=url, events=events,
+                                      enabled=enabled), "Webhook")
         return web.json_response({"object": "webhook", "id": name})
 
     async def delete(request: web.Request) -> web.Response:
         _live(request)
         name = _webhook_id(request)
-        if not await b.remove_webhook(name):
+        if not await b.remove_webhook(request[KEY], name):
             raise ApiError(404, "not_found", "Webhook not found")
         return web.json_response({"object": "webhook", "id": name, "deleted": True})
 
     async def test(request: web.Request) -> web.Response:
-        return web.json_response(_found(await b.test_webhook(_webhook_id(request)), "Webhook"))
+        return web.json_response(_found(
+            await b.test_webhook(request[KEY], _webhook_id(request)), "Webhook"))
 
     return [("POST", "/webhooks", create, True), ("GET", "/webhooks", listing, True),
             ("GET", "/webhooks/{id}", get, True), ("PATCH", "/webhooks/{id}", update, True),

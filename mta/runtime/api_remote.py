@@ -215,7 +215,8 @@ class RemoteSending:
 
 
 class RemoteResources:
-    """Every ResourceBackend method, answered by the owner's."""
+    """Every ResourceBackend method, answered by the owner's (the request's
+    key goes along: the owner scopes by its tenant)."""
 
     def __init__(self, channel: Channel):
         self._channel = channel
@@ -224,8 +225,8 @@ class RemoteResources:
         if method not in RESOURCE_METHODS:
             raise AttributeError(method)
 
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return await _ask(self._channel, "api_call", "resources", method, None,
+        async def call(key: ApiKey, *args: Any, **kwargs: Any) -> Any:
+            return await _ask(self._channel, "api_call", "resources", method, key_dict(key),
                               [list(a) if isinstance(a, tuple) else a for a in args],
                               {k: list(v) if isinstance(v, tuple) else v
                                for k, v in kwargs.items()})

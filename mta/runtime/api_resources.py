@@ -1,16 +1,17 @@
-"""The sending API's resources over the running daemon's parts.
+"""The sending API's resources over the running daemon's parts, each scoped
+to the tenant of the request's key.
 
-One job: implement mta.api.resources.ResourceBackend — domains, the
-suppression list and webhook endpoints — with the services the CLI and the
-admin API already drive, and load the API-made webhook endpoints at start.
+One job: implement mta.api.resources.ResourceBackend — domains and the
+suppression list here, webhook endpoints in mta.runtime.api_webhooks — with
+the services the CLI and the admin API already drive.
 
 Public API:
-    RuntimeResources(daemon)            the ResourceBackend
-    await add_stored_webhooks(cfg, service) -> int
-        the daemon's start: hand every enabled endpoint of the spool index's
-        webhook_endpoints table (mta.spool.webhook_endpoints) to the
-        WebhookService beside the config file's (a name the config file
-        uses is skipped, with a warning)
+    RuntimeResources(daemon)            the ResourceBackend (every method
+                                        takes the request's ApiKey first)
+    ResourceDaemon, add_stored_webhooks  (from api_webhooks, re-exported)
+
+The key's tenant: `daemon.tenants.resolve(key.credential)` ("default" for a
+key no named tenant owns, and for every key of a daemon without tenants).
 
 Domains: DomainService (behind `daemon.domains`, the DomainCache) adds,
 checks and removes; `verify` asks `[dns] nameservers` through an uncached
@@ -21,47 +22,43 @@ A record's status is that of the domain's last check when the API ran it
 stored state: not_started (never checked), pending, verified, failed. The
 records listed are those the domain's own zone holds (DKIM, SPF, DMARC,
 the return path's MX and SPF); the server's A/AAAA and PTR reminders are
-`mta domain show`'s.
+`mta domain show`'s. Tenants: a key sees (lists, gets, verifies, deletes)
+the domains its tenant owns — the domain or its nearest owned parent
+(TenantService.domain_owner), as the sending rules decide — and the
+default tenant's keys those nobody else owns. Creating records the
+ownership ('domain', name) for the key's tenant (409 when the name or a
+parent is another tenant's; nothing is made); deleting removes it.
 
-Suppressions: the global list (scope ""), through spool.suppression_admin
-in a worker thread (the daemon's writer and these calls take turns at
-SQLite's lock, as with `mta suppression`). An added entry is noted to the
-daemon's RCPT lookup, so the very next RCPT sees it.
-
-Webhooks: an endpoint made here is a row of webhook_endpoints and a
-deliverer of the WebhookService (add_endpoint) started at once, its cursor
-at the ledger's end (replay "end": a name used before starts fresh). A
-disabled one keeps its row and its deliverer is stopped; enabling it again
-starts at the ledger's end (the events of its disabled time are not sent).
-Config-file endpoints are listed and testable, never changed here.
+Suppressions: the key's tenant's list (scope = the tenant's name: what the
+RCPT check consults for that tenant's mail, beside the global list),
+through spool.suppression_admin in a worker thread (the daemon's writer and
+these calls take turns at SQLite's lock, as with `mta suppression`). The
+global list (scope "") is the operator's (CLI, admin API): not shown or
+changed here. An added entry is noted to the daemon's RCPT lookup, so the
+very next RCPT sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import datetime as dt
 import logging
-import secrets
-from typing import Any, Protocol
+from typing import Any
 
 from mta.api.http import ApiError
-from mta.config import Config, WebhookConfig
-from mta.core import Clock
+from mta.api.keys import ApiKey
 from mta.core.envelope import AddressOutcome
+from mta.core.errors import StorageError
 from mta.core.stores import SuppressionView
 from mta.domains.check import CheckResult
 from mta.domains.model import Domain, DomainState
 from mta.domains.records import DnsRecord
 from mta.domains.service import DomainError, DomainService
-from mta.runtime.domains import DomainCache
+from mta.runtime.api_webhooks import (ResourceDaemon, WebhookResources, add_stored_webhooks, iso,
+                                      unavailable)
 from mta.runtime.logs import event
-from mta.spool import Spool, suppression_admin
-from mta.spool.webhook_endpoints import (EndpointExists, EndpointRow, SqliteWebhookEndpoints,
-                                         WebhookEndpointStoreError)
-from mta.webhooks import WebhookService
-from mta.webhooks.actions import probe, replay
-from mta.webhooks.wire import new_secret
+from mta.spool import suppression_admin
+from mta.spool.tenants import DEFAULT_TENANT, TenantError
 
 __all__ = ["ResourceDaemon", "RuntimeResources", "add_stored_webhooks"]
 
@@ -71,53 +68,6 @@ Json = dict[str, Any]
 _RECORD = {"dkim": "DKIM", "spf": "SPF", "dmarc": "DMARC", "return-path": "ReturnPath"}
 _ORIGIN = {"hard_bounce": "bounce", "soft_bounce": "bounce", "complaint": "complaint",
            "manual": "manual", "unsubscribe": "manual"}
-
-
-class _Receivers(Protocol):
-    def refresh_domains(self) -> None: ...
-
-
-class ResourceDaemon(Protocol):
-    cfg: Config
-    clock: Clock
-    spool: Spool | None
-    domains: DomainCache | None
-    webhooks: WebhookService | None
-    receivers: Any
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _unavailable(exc: Exception) -> ApiError:
-    return ApiError(503, "service_unavailable", f"The mail server cannot do this now ({exc}); "
-                    "retry later", {"retry-after": "30"})
-
-
-def _endpoint_cfg(row: EndpointRow) -> WebhookConfig:
-    return WebhookConfig(name=row.name, url=row.url, events=row.events, secret=row.secret)
-
-
-async def add_stored_webhooks(cfg: Config, service: WebhookService) -> int:
-    try:
-        rows = await asyncio.to_thread(SqliteWebhookEndpoints(cfg.server.state_dir).rows)
-    except WebhookEndpointStoreError as exc:
-        event(log, "webhook_endpoints_unreadable", logging.ERROR, error=str(exc))
-        return 0
-    added = 0
-    for row in rows:
-        if not row.enabled:
-            continue
-        if row.name in service.deliverers:
-            event(log, "webhook_endpoint_shadowed", logging.WARNING, webhook=row.name,
-                  hint="the config file has a webhook of this name; the API's is not run")
-            continue
-        service.add_endpoint(_endpoint_cfg(row))
-        added += 1
-    return added
 
 
 # -- JSON shapes ---------------------------------------------------------------------
@@ -155,16 +105,15 @@ def _record(r: DnsRecord, d: Domain, check: CheckResult | None) -> Json:
 def _suppression(v: SuppressionView) -> Json:
     return {"object": "suppression", "id": v.address, "email": v.address,
             "origin": _ORIGIN.get(v.reason, "manual"), "source_id": v.queue_id or None,
-            "created_at": _iso(v.created), "reason": v.reason, "scope": "global",
-            "expires_at": _iso(v.expires), "reply": v.reply or None}
+            "created_at": iso(v.created), "reason": v.reason, "scope": v.scope or "global",
+            "expires_at": iso(v.expires), "reply": v.reply or None}
 
 
-class RuntimeResources:
+
+class RuntimeResources(WebhookResources):
     def __init__(self, daemon: ResourceDaemon):
-        self.d = daemon
-        self.endpoints = SqliteWebhookEndpoints(daemon.cfg.server.state_dir)
+        super().__init__(daemon)
         self._checks: dict[str, CheckResult] = {}     # the last API-run check per domain
-        self._webhook_lock = asyncio.Lock()
 
     @property
     def _state_dir(self) -> str:
@@ -179,18 +128,25 @@ class RuntimeResources:
         assert isinstance(svc, DomainService)
         return svc
 
+    def _domain_tenant(self, name: str) -> str:
+        """The tenant whose domain `name` is (by itself or a parent)."""
+        tenants = self.d.tenants
+        owner = None if tenants is None else tenants.domain_owner(name)
+        return owner or DEFAULT_TENANT
+
     def _domain_json(self, d: Domain) -> Json:
         svc, check = self._service(), self._checks.get(d.name)
         if check is not None and (d.last_checked or 0.0) > check.checked_at:
             check = None              # the daemon's periodic check ran since
         records = [_record(r, d, check) for r in svc.plan(d).records() if r.purpose in _RECORD]
         return {"object": "domain", "id": d.name, "name": d.name, "status": _domain_status(d),
-                "created_at": _iso(d.created), "region": "local", "records": records,
-                "last_checked_at": _iso(d.last_checked), "failure_reason": d.failure_reason}
+                "created_at": iso(d.created), "region": "local", "records": records,
+                "last_checked_at": iso(d.last_checked), "failure_reason": d.failure_reason}
 
-    def _find(self, name: str) -> Json | None:
-        svc = self._service()
-        d = svc.store.get(name)
+    def _find(self, name: str, tenant: str) -> Json | None:
+        if self._domain_tenant(name) != tenant:
+            return None
+        d = self._service().store.get(name)
         return None if d is None else self._domain_json(d)
 
     async def _changed(self) -> None:
@@ -199,31 +155,61 @@ class RuntimeResources:
         if self.d.receivers is not None:
             self.d.receivers.refresh_domains()
 
-    async def domains(self) -> builtins.list[Json]:
+    async def domains(self, key: ApiKey) -> builtins.list[Json]:
+        tenant = await self.tenant_of_key(key)
+
         def read() -> builtins.list[Json]:
-            return sorted((self._domain_json(d) for d in self._service().list()),
+            return sorted((self._domain_json(d) for d in self._service().list()
+                           if self._domain_tenant(d.name) == tenant),
                           key=lambda j: str(j["id"]))
         return await asyncio.to_thread(read)
 
-    async def domain(self, name: str) -> Json | None:
-        return await asyncio.to_thread(self._find, name)
+    async def domain(self, key: ApiKey, name: str) -> Json | None:
+        return await asyncio.to_thread(self._find, name, await self.tenant_of_key(key))
 
-    async def add_domain(self, name: str) -> Json:
+    async def add_domain(self, key: ApiKey, name: str) -> Json:
+        tenant = await self.tenant_of_key(key)
         svc = self._service()
+        owner = None if self.d.tenants is None else self.d.tenants.domain_owner(name)
+        if owner not in (None, tenant):       # the name or a parent is another tenant's
+            raise ApiError(409, "conflict", f"name: the domain {name} belongs to another tenant")
         if await asyncio.to_thread(svc.store.get, name) is not None:
             raise ApiError(409, "conflict", f"name: the domain {name} exists")
+        await self._own_domain(name, tenant)
         try:
             d = await asyncio.to_thread(svc.add, name)
         except DomainError as exc:
+            await self._disown_domain(name)
             raise ApiError(422, "validation_error", f"name: {exc}") from None
         self._checks.pop(name, None)
         await self._changed()
-        event(log, "api_domain_added", domain=name)
+        event(log, "api_domain_added", domain=name, tenant=tenant)
         return await asyncio.to_thread(self._domain_json, d)
 
-    async def verify_domain(self, name: str) -> Json | None:
+    async def _own_domain(self, name: str, tenant: str) -> None:
+        if self.d.tenants is None:
+            return
+        try:
+            await self.d.tenants.own("domain", name, tenant)
+        except TenantError as exc:
+            raise ApiError(409, "conflict", f"name: the domain {name} belongs to another "
+                           "tenant" if exc.status == 409 else f"tenant: {exc}") from None
+        except StorageError as exc:
+            raise unavailable(exc) from None
+
+    async def _disown_domain(self, name: str) -> None:
+        if self.d.tenants is None:
+            return
+        try:
+            await self.d.tenants.disown("domain", name)
+        except StorageError as exc:
+            event(log, "domain_disown_failed", logging.WARNING, domain=name, error=str(exc))
+
+    async def verify_domain(self, key: ApiKey, name: str) -> Json | None:
+        tenant = await self.tenant_of_key(key)
         svc = self._service()
-        if await asyncio.to_thread(svc.store.get, name) is None:
+        if self._domain_tenant(name) != tenant \
+                or await asyncio.to_thread(svc.store.get, name) is None:
             return None
         # The check's own service over the same store: its default resolver
         # asks `[dns] nameservers` without a cache (the daemon's resolver
@@ -235,182 +221,74 @@ class RuntimeResources:
         except DomainError:              # removed meanwhile
             return None
         await self._changed()
-        return await asyncio.to_thread(self._find, name)
+        return await asyncio.to_thread(self._find, name, tenant)
 
-    async def remove_domain(self, name: str) -> bool:
-        svc = self._service()
+    async def remove_domain(self, key: ApiKey, name: str) -> bool:
+        tenant = await self.tenant_of_key(key)
+        if self._domain_tenant(name) != tenant:
+            return False
         try:
-            await asyncio.to_thread(svc.remove, name)
+            await asyncio.to_thread(self._service().remove, name)
         except DomainError:
             return False
+        await self._disown_domain(name)
         self._checks.pop(name, None)
         await self._changed()
-        event(log, "api_domain_removed", domain=name)
+        event(log, "api_domain_removed", domain=name, tenant=tenant)
         return True
 
-    # -- suppressions (the global list) ---------------------------------------------
+    # -- suppressions (the key's tenant's list) ---------------------------------------
 
-    async def suppressions(self, limit: int, after: str | None, before: str | None,
-                           origin: str | None) -> tuple[builtins.list[Json], bool]:
-        # One bounded range read of the global list (suppression_admin.page).
+    async def suppressions(self, key: ApiKey, limit: int, after: str | None,
+                           before: str | None, origin: str | None
+                           ) -> tuple[builtins.list[Json], bool]:
+        # One bounded range read of the tenant's list (suppression_admin.page).
+        scope = await self.tenant_of_key(key)
         reasons = None if origin is None else tuple(
             r for r, o in _ORIGIN.items() if o == origin) or ("",)
         views, more = await asyncio.to_thread(
-            suppression_admin.page, self._state_dir, scope="", reasons=reasons, after=after,
-            before=before, limit=limit, now=self.d.clock.now())
+            suppression_admin.page, self._state_dir, scope=scope, reasons=reasons,
+            after=after, before=before, limit=limit, now=self.d.clock.now())
         return [_suppression(v) for v in views], more
 
-    async def _global(self, address: str) -> SuppressionView | None:
+    async def _entry(self, address: str, scope: str) -> SuppressionView | None:
         try:
             views = await asyncio.to_thread(suppression_admin.get, self._state_dir, address)
         except suppression_admin.SuppressionAdminError:
             return None
         now = self.d.clock.now()
-        return next((v for v in views if v.scope == "" and v.is_active(now)), None)
+        return next((v for v in views if v.scope == scope and v.is_active(now)), None)
 
-    async def suppression(self, address: str) -> Json | None:
-        found = await self._global(address)
+    async def suppression(self, key: ApiKey, address: str) -> Json | None:
+        found = await self._entry(address, await self.tenant_of_key(key))
         return None if found is None else _suppression(found)
 
-    async def suppress(self, address: str, reason: str) -> Json:
-        found = await self._global(address)
+    async def suppress(self, key: ApiKey, address: str, reason: str) -> Json:
+        scope = await self.tenant_of_key(key)
+        found = await self._entry(address, scope)
         if found is not None:
             return _suppression(found)        # Resend: the existing entry, not an error
         now = self.d.clock.now()
         try:
             made = await asyncio.to_thread(suppression_admin.add, self._state_dir, address,
-                                           reason=reason, now=now)
+                                           reason=reason, scope=scope, now=now)
         except suppression_admin.SuppressionAdminError as exc:
-            raise _unavailable(exc) from None
+            raise unavailable(exc) from None
         if self.d.spool is not None:
             # The RCPT lookup skips the table while it believes it empty; an
             # outcome that may add an entry is how it learns otherwise.
-            self.d.spool.suppressions.note([AddressOutcome(made.address, "hard", now)])
-        event(log, "api_suppression_added", address=made.address, reason=reason)
+            self.d.spool.suppressions.note([AddressOutcome(made.address, "hard", now,
+                                                           scope=scope)])
+        event(log, "api_suppression_added", address=made.address, reason=reason, scope=scope)
         return _suppression(made)
 
-    async def unsuppress(self, address: str) -> bool:
+    async def unsuppress(self, key: ApiKey, address: str) -> bool:
+        scope = await self.tenant_of_key(key)
         try:
-            gone = await asyncio.to_thread(suppression_admin.remove, self._state_dir, address, "")
+            gone = await asyncio.to_thread(suppression_admin.remove, self._state_dir, address,
+                                           scope)
         except suppression_admin.SuppressionAdminError as exc:
-            raise _unavailable(exc) from None
+            raise unavailable(exc) from None
         if gone:
-            event(log, "api_suppression_removed", address=address)
+            event(log, "api_suppression_removed", address=address, scope=scope)
         return gone
-
-    # -- webhooks ------------------------------------------------------------------
-
-    def _hooks(self) -> WebhookService:
-        assert self.d.webhooks is not None, "the daemon has not started its webhooks"
-        return self.d.webhooks
-
-    def _configured(self, name: str) -> bool:
-        hooks = self._hooks()
-        return name in hooks.deliverers and not hooks.added(name)
-
-    async def _delivery(self, name: str) -> Json | None:
-        d = self._hooks().deliverers.get(name)
-        if d is None:
-            return None
-        st = await d.status()
-        return {k: st.get(k) for k in ("state", "attempts", "last_error", "failing_since",
-                                       "lag", "sent")}
-
-    async def _webhook_json(self, row: EndpointRow | None, name: str) -> Json:
-        if row is None or self._configured(name):
-            cfg = self._hooks().deliverers[name].cfg
-            return {"object": "webhook", "id": name, "name": name, "endpoint": cfg.url,
-                    "events": list(cfg.events), "status": "enabled", "created_at": None,
-                    "signing_secret": None, "source": "config",
-                    "delivery": await self._delivery(name)}
-        return {"object": "webhook", "id": name, "name": name, "endpoint": row.url,
-                "events": list(row.events), "status": "enabled" if row.enabled else "disabled",
-                "created_at": _iso(row.created), "signing_secret": row.secret, "source": "api",
-                "delivery": await self._delivery(name)}
-
-    async def webhooks(self) -> builtins.list[Json]:
-        rows = {r.name: r for r in await asyncio.to_thread(self.endpoints.rows)}
-        names = sorted({*rows, *(n for n in self._hooks().deliverers if self._configured(n))})
-        return [await self._webhook_json(rows.get(n), n) for n in names]
-
-    async def webhook(self, name: str) -> Json | None:
-        row = await asyncio.to_thread(self.endpoints.get, name)
-        if row is None and not self._configured(name):
-            return None
-        return await self._webhook_json(row, name)
-
-    def _refuse_configured(self, name: str) -> None:
-        if self._configured(name):
-            raise ApiError(409, "conflict", f"webhook {name!r} is defined in the config file; "
-                           "change it there (and reload)")
-
-    async def add_webhook(self, name: str | None, url: str, events: tuple[str, ...]) -> Json:
-        now = self.d.clock.now()
-        async with self._webhook_lock:
-            name = name or f"wh_{secrets.token_hex(8)}"
-            self._refuse_configured(name)
-            row = EndpointRow(name=name, url=url, events=events, secret=new_secret(),
-                              enabled=True, created=now, updated=now)
-            try:
-                await asyncio.to_thread(self.endpoints.insert, row)
-            except EndpointExists:
-                raise ApiError(409, "conflict", f"name: a webhook named {name!r} exists") \
-                    from None
-            except WebhookEndpointStoreError as exc:
-                raise _unavailable(exc) from None
-            await self._start(row)
-        event(log, "api_webhook_added", webhook=name, url=url)
-        return await self._webhook_json(row, name)
-
-    async def _start(self, row: EndpointRow) -> None:
-        assert self.d.spool is not None
-        await replay(self.d.spool.ledger, row.name, from_seq="end")
-        self._hooks().add_endpoint(_endpoint_cfg(row))
-
-    async def update_webhook(self, name: str, *, url: str | None, events: tuple[str, ...] | None,
-                             enabled: bool | None) -> Json | None:
-        self._refuse_configured(name)
-        hooks = self._hooks()
-        async with self._webhook_lock:
-            try:
-                row = await asyncio.to_thread(self.endpoints.update, name, url=url,
-                                              events=events, enabled=enabled,
-                                              now=self.d.clock.now())
-            except WebhookEndpointStoreError as exc:
-                raise _unavailable(exc) from None
-            if row is None:
-                return None
-            if not row.enabled:
-                await hooks.remove_endpoint(name)
-            elif hooks.added(name):
-                await hooks.update_endpoint(_endpoint_cfg(row))
-            else:
-                await self._start(row)
-        event(log, "api_webhook_updated", webhook=name, enabled=row.enabled)
-        return await self._webhook_json(row, name)
-
-    async def remove_webhook(self, name: str) -> bool:
-        self._refuse_configured(name)
-        async with self._webhook_lock:
-            try:
-                gone = await asyncio.to_thread(self.endpoints.delete, name)
-            except WebhookEndpointStoreError as exc:
-                raise _unavailable(exc) from None
-            if gone:
-                await self._hooks().remove_endpoint(name)
-        if gone:
-            event(log, "api_webhook_removed", webhook=name)
-        return gone
-
-    async def test_webhook(self, name: str) -> Json | None:
-        hooks = self._hooks()
-        if name in hooks.deliverers:
-            result = await hooks.test(name)
-        else:
-            row = await asyncio.to_thread(self.endpoints.get, name)
-            if row is None:
-                return None
-            result = await probe(_endpoint_cfg(row), self.d.clock)
-        return {"object": "webhook_test", "id": name, "endpoint": result["url"],
-                "ok": result["ok"], "status_code": result["status"], "error": result["error"],
-                "ms": result["ms"]}

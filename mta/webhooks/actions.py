@@ -13,7 +13,8 @@ Public API
         (the admin API's and `mta webhooks test --json`'s answer)
 
 Invariants: a test request never touches the ledger or a cursor; its
-webhook-id is "test_<random hex>", its event {"type": "test", "seq": 0}.
+webhook-id is "test_<random hex>", its event {"type": "test", "seq": 0}, whose
+data names the webhook and the tenant whose events it gets (null: all).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ async def send_test(cfg: WebhookConfig, clock: Clock, *,
                     ) -> tuple[int | None, str | None]:
     """One signed {"type": "test", …} request to the endpoint (does not touch
     the ledger or the cursor). Returns (status, error); error None on 2xx."""
-    payload = probe_payload(cfg.name, cfg.credential, clock.now())
+    payload = probe_payload(cfg.name, cfg.credential, clock.now(), tenant=cfg.tenant)
     body = encode_body([(0, payload)], cfg.batch_size > 1)
     msg_id = f"test_{secrets.token_hex(8)}"
     endpoint = Endpoint(cfg.url, timeout=cfg.timeout, ssl_context=ssl_context,

@@ -7,7 +7,7 @@ Public API
         spool: a store.WebhookStore (the ledger + the cursors)
         start() / await stop() / poke() / await status() -> dict
         await replay(from_seq=None, since=None) -> dict   (the running-daemon way)
-    status dict: name url events credential batch_size cursor failing_since
+    status dict: name url events credential tenant batch_size cursor failing_since
         next_attempt attempts last_error state last_event_seq lag running sent
         oldest_unsent_at (time of the oldest matching event not yet acknowledged)
     observer (core.Observer): webhook_request(name, "ok" | "failed") per POST
@@ -35,7 +35,9 @@ A new endpoint starts at the ledger's current end (the cursor defaults to
 `last_event_seq()` on its first start): it gets events from its creation on;
 a replay goes back (or, with a SEQ past the backlog, drops it).
 
-Filters: `events` (types; "*" = all) and `credential` are passed to
+Filters: `events` (types; "*" = all), `credential` and `tenant` (only the
+events of that tenant's credentials: a tenant named here that does not
+exist yet simply matches nothing until it does) are passed to
 `event_payloads_after`; when nothing matches, the cursor jumps to the ledger
 end that was read before the fetch (events commit in sequence order), so a
 narrow endpoint does not rescan the ledger.
@@ -183,12 +185,14 @@ class WebhookDeliverer:
             last = await self.spool.last_event_seq()
             if last > st["cursor"]:
                 first = await self.spool.events_after(st["cursor"], 1, types=event_types(self.cfg),
-                                                      credential=self.cfg.credential)
+                                                      credential=self.cfg.credential,
+                                                      tenant=self.cfg.tenant)
                 oldest = first[0].at if first else None
         except Exception:  # noqa: BLE001  a status answers even while the store fails
             last = None
         return {"name": self.name, "url": self.cfg.url, "events": list(self.cfg.events),
-                "credential": self.cfg.credential, "batch_size": self.cfg.batch_size,
+                "credential": self.cfg.credential, "tenant": self.cfg.tenant,
+                "batch_size": self.cfg.batch_size,
                 **st, "last_event_seq": last, "oldest_unsent_at": oldest,
                 "lag": None if last is None else max(0, last - st["cursor"]),
                 "running": self._task is not None and not self._task.done(),
@@ -264,7 +268,8 @@ class WebhookDeliverer:
         if len(buf) < size:
             buf.extend(await self.spool.event_payloads_after(
                 buf[-1][0] if buf else st.cursor, max(PREFETCH, size),
-                types=event_types(self.cfg), credential=self.cfg.credential))
+                types=event_types(self.cfg), credential=self.cfg.credential,
+                tenant=self.cfg.tenant))
         events = [buf[i] for i in range(min(size, len(buf)))]
         if not events:
             # Read the ledger's end, then look once more: an event committed
@@ -274,7 +279,7 @@ class WebhookDeliverer:
             if top > st.cursor:
                 events = list(await self.spool.event_payloads_after(
                     st.cursor, size, types=event_types(self.cfg),
-                    credential=self.cfg.credential))
+                    credential=self.cfg.credential, tenant=self.cfg.tenant))
             if not events:
                 if top > st.cursor and st.attempts == 0:
                     await self._save(replace(st, cursor=top))   # nothing matched up to top

@@ -18,10 +18,12 @@ Contracts the implementations keep
   * Ledger seqs are unique and increase in commit order; `last_event_seq()`
     never goes down (pruning does not lower it).
   * `events_after` / `event_payloads_after` return up to `limit` events with
-    seq > `after_seq`, in seq order, filtered by `types` (None: all) and
-    `credential` (None: any). When fewer than `limit` come back, no matching
-    event exists up to a `last_event_seq()` read BEFORE the call (so a
-    filtered follower may skip its cursor there).
+    seq > `after_seq`, in seq order, filtered by `types` (None: all),
+    `credential` (None: any) and `tenant` (None: any; else the tenant that
+    owns the event's credential, "default" for one nobody owns). When
+    fewer than `limit` come back, no matching event exists up to a
+    `last_event_seq()` read BEFORE the call (so a filtered follower may
+    skip its cursor there).
   * `event_payloads_after` gives (seq, payload): the compact UTF-8 JSON of
     `wire.event_json` of that event.
   * `webhook_state(name)` is None until the first `set_webhook_state(name,
@@ -47,11 +49,13 @@ class EventFeed(Protocol):
 
     async def events_after(self, after_seq: int, limit: int, *,
                            types: Sequence[str] | None = None,
-                           credential: str | None = None) -> Sequence[LedgerEventView]: ...
+                           credential: str | None = None,
+                           tenant: str | None = None) -> Sequence[LedgerEventView]: ...
 
     async def event_payloads_after(self, after_seq: int, limit: int, *,
                                    types: Sequence[str] | None = None,
-                                   credential: str | None = None
+                                   credential: str | None = None,
+                                   tenant: str | None = None
                                    ) -> Sequence[tuple[int, bytes]]: ...
 
 

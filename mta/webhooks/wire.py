@@ -6,7 +6,8 @@ Public API
     Signer(secret)(msg_id, timestamp, payload) -> the same, key decoded once
     new_secret() -> "whsec_<base64 of 32 random bytes>"
     event_json(event) -> dict          the payload object of one ledger event
-    probe_payload(name, credential, now) -> bytes   the payload of `mta webhooks test`
+    probe_payload(name, credential, now, *, tenant=None) -> bytes
+                                   the payload of `mta webhooks test`
     webhook_id(events) -> "evt_<seq>" | "evt_<first>-<last>"
     encode_body(payloads, batch) -> bytes
     signed_headers(signer, msg_id, timestamp, body) -> the three webhook-* headers
@@ -145,11 +146,13 @@ def event_json(ev: LedgerEventView) -> dict[str, Any]:
             "data": ev.detail or {}}
 
 
-def probe_payload(name: str, credential: str | None, now: float) -> bytes:
-    """The payload of `mta webhooks test`: a {"type": "test"} event, seq 0."""
+def probe_payload(name: str, credential: str | None, now: float, *,
+                  tenant: str | None = None) -> bytes:
+    """The payload of `mta webhooks test`: a {"type": "test"} event, seq 0;
+    data.tenant: the tenant whose events the endpoint gets (None: every one)."""
     obj = {"type": "test", "seq": 0, "timestamp": iso_ms(now), "queue_id": None,
            "recipient": None, "credential": credential,
-           "data": {"message": "mta webhook test", "webhook": name}}
+           "data": {"message": "mta webhook test", "webhook": name, "tenant": tenant}}
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
