@@ -112,6 +112,7 @@ class TenantService:
         self.spool, self.clock, self.cfg_of = spool, clock, cfg_of
         self._rows: dict[str, TenantRow] = {}
         self._owner: dict[tuple[str, str], str] = {}
+        self._any_domain_owned = False      # by a tenant other than the default
         self.quota: dict[str, QuotaState] = {}
         self.refused: dict[tuple[str, str], int] = {}    # (tenant, why) -> count
         self.loaded_at = 0.0
@@ -126,6 +127,8 @@ class TenantService:
         rows, owner = await asyncio.to_thread(self._read_all)
         self._rows = {r.name: r for r in rows}
         self._owner = owner
+        self._any_domain_owned = any(k == "domain" and t != DEFAULT_TENANT
+                                     for (k, _), t in owner.items())
         self.loaded_at = self.clock.now()
 
     def _read_all(self) -> tuple[list[TenantRow], dict[tuple[str, str], str]]:
@@ -151,9 +154,11 @@ class TenantService:
             return DEFAULT_TENANT
         found = self._owner.get(("credential", credential))
         if found is None:
+            # A credential's owner never changes once recorded (and one used
+            # before any record stays the default's), so the answer is kept
+            # (until the next refresh replaces the cache).
             found = await asyncio.to_thread(self.store.owner, "credential", credential)
-            if found != DEFAULT_TENANT:
-                self._owner[("credential", credential)] = found
+            self._owner[("credential", credential)] = found
         return found
 
     def domain_owner(self, domain: str) -> str | None:
@@ -206,6 +211,8 @@ class TenantService:
         if paused is not None:
             raise self._refuse(tenant, "paused", paused, 403)
         domains: list[str] = []
+        if tenant == DEFAULT_TENANT and not self._any_domain_owned:
+            messages = ()       # nobody owns a domain: nothing to check (and no parse)
         for sender, body in messages:
             domains += [d for d in (_domain(sender),) if d]
             if body is not None:
@@ -243,6 +250,7 @@ class TenantService:
             raise TenantError(404, f"no tenant named {tenant!r}", "tenant")
         await asyncio.to_thread(self.store.own, kind, name, tenant, self.clock.now())
         self._owner[(kind, name)] = tenant
+        self._any_domain_owned |= kind == "domain" and tenant != DEFAULT_TENANT
 
     async def disown(self, kind: str, name: str) -> None:
         await asyncio.to_thread(self.store.disown, kind, name)
