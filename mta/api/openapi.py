@@ -361,7 +361,7 @@ _PATHS: dict[str, Any] = {
         "post": _op("add_suppression", "suppress an address (the existing entry if it is)",
                     "suppressions", _ref("Suppression"), body=_ref("SuppressionCreate"),
                     errors={403: _TEST_KEY, 503: "service_unavailable"}),
-        "get": _op("list_suppressions", "the global suppression list", "suppressions",
+        "get": _op("list_suppressions", "the key's tenant's suppression list", "suppressions",
                    _ref("SuppressionList"),
                    params=[*_PAGE, _query("origin", "only these",
                                           {"enum": ["bounce", "complaint", "manual"]})],
@@ -379,7 +379,8 @@ _PATHS: dict[str, Any] = {
                     _ref("Webhook"), body=_ref("WebhookCreate"),
                     errors={403: _TEST_KEY, 409: "conflict: the name is taken",
                             503: "service_unavailable"}),
-        "get": _op("list_webhooks", "endpoints (the API's and the config file's)", "webhooks",
+        "get": _op("list_webhooks", "the key's tenant's endpoints (and, for the default "
+                   "tenant's keys, the config file's)", "webhooks",
                    _ref("WebhookList"), params=_PAGE,
                    errors={422: "a malformed or unknown query parameter"}),
     },
