@@ -265,6 +265,7 @@ async def test_a_complaint_storm_pauses_one_tenant_and_resume_releases(world):
     w = world
     d = w.d
     await d.tenants.update("acme", {"per_hour": None}, None)     # no quota in this story
+    await d.reputation.stop()       # the test takes its steps itself (no tick in between)
     rcpts = [f"ok-s{i}@rcpt.test" for i in range(12)]
     for r in rcpts:
         await w.smtp("acme-app", "app@acme.test", [r])
