@@ -27,8 +27,10 @@ Invariants:
 - The HTTP layer validates every argument before calling the backend: states
   and actions are members of the tuples below, `limit` is 1..1000, sequence
   numbers 0..2^63-1, queue ids, destination names (normalised, see
-  mta.admin.inputs) and webhook names are well formed, and a bulk action
-  without any filter arrives only with `all=True`.
+  mta.admin.inputs), webhook and tenant names are well formed, and a bulk
+  action without any filter arrives only with `all=True`. The `tenant`
+  filter (the tenant owning the message's or event's credential) is passed
+  only when the request gives one.
 - Backends raise `KeyError` (or `NotFound`) for an unknown message id,
   destination or webhook (-> 404), `ValueError` for a malformed cursor
   (-> 400) and `ActionRefused` when an action cannot apply (-> 409). Anything
@@ -133,12 +135,14 @@ class AdminBackend(Protocol):
 
     async def list_messages(self, *, state: str | None, domain: str | None,
                             sender: str | None, recipient: str | None, limit: int,
-                            cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+                            cursor: str | None, tenant: str | None = None
+                            ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of messages in arrival order, filtered (all filters AND):
         state (see MESSAGE_STATES; None = "active"), domain (a recipient's domain,
         exact, lowercase), sender and recipient (exact address, case-insensitive
-        domain part). Returns (messages, next_cursor); next_cursor is None on the
-        last page and is opaque to callers. Raise ValueError for a bad cursor."""
+        domain part), tenant (its credential's). Returns (messages,
+        next_cursor); next_cursor is None on the last page and is opaque to
+        callers. Raise ValueError for a bad cursor."""
 
     async def get_message(self, message_id: str) -> dict[str, Any] | None:
         """The message in detail — envelope, recipients (state, attempts,
@@ -157,7 +161,7 @@ class AdminBackend(Protocol):
 
     async def bulk_action(self, action: str, *, state: str | None, domain: str | None,
                           sender: str | None, recipient: str | None,
-                          all: bool) -> dict[str, Any]:
+                          all: bool, tenant: str | None = None) -> dict[str, Any]:
         """The same actions on every message matching the filter (as in
         list_messages). `all=True` is the caller's explicit consent to an empty
         filter. -> {"action", "affected": recipients changed, "messages": n}."""
@@ -183,7 +187,8 @@ class JsonListing(Protocol):
 
     async def list_messages_json(self, *, state: str | None, domain: str | None,
                                  sender: str | None, recipient: str | None, limit: int,
-                                 cursor: str | None) -> tuple[bytes, str | None]:
+                                 cursor: str | None, tenant: str | None = None
+                                 ) -> tuple[bytes, str | None]:
         """(the JSON array of the page's messages, next_cursor), as list_messages."""
 
 
@@ -195,9 +200,10 @@ class LedgerBackend(Protocol):
     on its routes, not an error at start."""
 
     async def events_after(self, after: int, limit: int, *, types: list[str] | None = None,
-                           recipient: str | None = None) -> list[dict[str, Any]]:
+                           recipient: str | None = None,
+                           tenant: str | None = None) -> list[dict[str, Any]]:
         """Up to `limit` events with seq > after, oldest first, optionally only
-        of `types` and for `recipient`; each has "seq"."""
+        of `types`, for `recipient` and of `tenant`; each has "seq"."""
 
     async def message_events(self, message_id: str) -> list[dict[str, Any]] | None:
         """The message's events, oldest first; None when the id is unknown."""

@@ -6,12 +6,12 @@ fast and needs no event loop), with errors a human can act on.
 Public API:
     AdminClient(base_url, token, timeout=10.0)
         health() readiness() metrics() openapi() queue_summary()
-        list_messages(state=, domain=, sender=, recipient=, limit=, cursor=)
+        list_messages(state=, domain=, sender=, recipient=, tenant=, limit=, cursor=)
         iter_messages(..., page_size=) -> Iterator[JsonObject]   follows next_cursor
         get_message(id) message_body(id) message_action(id, action)
-        bulk_action(action, state=, domain=, sender=, recipient=, all=)
+        bulk_action(action, state=, domain=, sender=, recipient=, tenant=, all=)
         destination_action(name, action)
-        events(after=, types=, recipient=, limit=) message_events(id)
+        events(after=, types=, recipient=, tenant=, limit=) message_events(id)
         webhooks() webhook_test(name) webhook_replay(name, from_seq=|"end", since=)
         tenants() tenant(name) tenant_add(name, limits=, policy=)
         tenant_update(name, limits=, policy=) tenant_remove(name)
@@ -221,17 +221,17 @@ class AdminClient:
 
     def list_messages(self, *, state: str | None = None, domain: str | None = None,
                       sender: str | None = None, recipient: str | None = None,
-                      limit: int | None = None, cursor: str | None = None
-                      ) -> tuple[list[JsonObject], str | None]:
+                      limit: int | None = None, cursor: str | None = None,
+                      tenant: str | None = None) -> tuple[list[JsonObject], str | None]:
         page = self._object("GET", "/v1/messages", query={
             "state": state, "domain": domain, "sender": sender, "recipient": recipient,
-            "limit": limit, "cursor": cursor})
+            "tenant": tenant, "limit": limit, "cursor": cursor})
         return self._as_objects(page["messages"]), page["next_cursor"]
 
     def iter_messages(self, *, page_size: int = 1000,
                       **filters: str | None) -> Iterator[JsonObject]:
         """Every message matching `filters` (state, domain, sender,
-        recipient), page by page."""
+        recipient, tenant), page by page."""
         cursor = None
         while True:
             messages, cursor = self.list_messages(limit=page_size, cursor=cursor, **filters)
@@ -252,9 +252,10 @@ class AdminClient:
 
     def bulk_action(self, action: str, *, state: str | None = None, domain: str | None = None,
                     sender: str | None = None, recipient: str | None = None,
-                    all: bool = False) -> JsonObject:
+                    all: bool = False, tenant: str | None = None) -> JsonObject:
         body: JsonObject = {k: v for k, v in (("state", state), ("domain", domain),
-                                              ("sender", sender), ("recipient", recipient))
+                                              ("sender", sender), ("recipient", recipient),
+                                              ("tenant", tenant))
                             if v is not None}
         if all:
             body["all"] = True
@@ -264,9 +265,11 @@ class AdminClient:
         return self._object("POST", f"/v1/destinations/{_seg(name)}/{_seg(action)}")
 
     def events(self, *, after: int = 0, types: str | None = None,
-               recipient: str | None = None, limit: int = 100) -> JsonObject:
+               recipient: str | None = None, limit: int = 100,
+               tenant: str | None = None) -> JsonObject:
         query: dict[str, str | int | float | None] = {
-            "after": after, "limit": limit, "type": types, "recipient": recipient}
+            "after": after, "limit": limit, "type": types, "recipient": recipient,
+            "tenant": tenant}
         return self._object("GET", "/v1/events",
                             query={k: v for k, v in query.items() if v is not None})
 

@@ -159,9 +159,10 @@ class _Handlers:
         return fn
 
     async def events(self, request: web.Request) -> web.Response:
-        after, limit, types, recipient = params.event_params(request)
+        after, limit, types, recipient, tenant = params.event_params(request)
+        only = {} if tenant is None else {"tenant": tenant}     # only when given
         events = await self._optional("events_after")(after, limit, types=types,
-                                                      recipient=recipient)
+                                                      recipient=recipient, **only)
         nxt = events[-1]["seq"] if events else after
         return web.json_response({"events": events, "next_after": nxt})
 

@@ -23,7 +23,8 @@ from mta.admin.backend import DESTINATION_STATES, MESSAGE_STATES
 from mta.core.envelope import EVENT_TYPES
 from mta.core.qshape import AGE_BUCKETS
 from mta.admin.inputs import INT64_MAX, MAX_DESTINATION, MAX_QUEUE_ID, MAX_WEBHOOK_NAME
-from mta.admin.openapi_tenants import TENANT_SCHEMAS, tenant_paths
+from mta.admin.openapi_tenants import (TENANT_FILTER, TENANT_FILTER_KEY, TENANT_SCHEMAS,
+                                      tenant_paths)
 
 __all__ = ["openapi_document"]
 
@@ -73,6 +74,7 @@ def _filter_params() -> list[dict[str, Any]]:
          "schema": {"type": "string"}},
         {"name": "recipient", "in": "query", "required": False,
          "description": "a recipient address (exact)", "schema": {"type": "string"}},
+        TENANT_FILTER,
     ]
 
 
@@ -209,6 +211,7 @@ _SCHEMAS: dict[str, Any] = {
             "domain": {"type": ["string", "null"]},
             "sender": {"type": ["string", "null"]},
             "recipient": {"type": ["string", "null"]},
+            "tenant": TENANT_FILTER_KEY,
             "all": {"type": "boolean", "default": False},
         },
     },
@@ -312,6 +315,7 @@ _PATHS: dict[str, Any] = {
              "schema": {"type": "string"}},
             {"name": "recipient", "in": "query", "required": False,
              "description": "a recipient address (exact)", "schema": {"type": "string"}},
+            TENANT_FILTER,
             {"name": "limit", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
         "responses": {"200": _json({"type": "object", "properties": {

@@ -7,6 +7,9 @@ Public API:
     TENANT_SCHEMAS                  {"Tenant", "TenantLimits", "TenantPolicy"}
     tenant_paths(errors) -> dict    the paths; `errors` are the document's
                                     shared error responses (401, 500)
+    TENANT_FILTER                   the `tenant` query parameter of
+                                    /v1/messages and /v1/events
+    TENANT_FILTER_KEY               the "tenant" key of a bulk action's body
 
 Invariant: bounds and key names are mta.admin.params' (the validator), so
 the document cannot drift from what the routes accept.
@@ -21,7 +24,7 @@ from mta.admin.params import (MAX_RATE, MAX_REASON, MAX_WINDOW, MAX_WINDOW_SECON
                               POLICY_LEVELS)
 from mta.spool.tenants import TENANT_NAME
 
-__all__ = ["TENANT_SCHEMAS", "tenant_paths"]
+__all__ = ["TENANT_SCHEMAS", "TENANT_FILTER", "TENANT_FILTER_KEY", "tenant_paths"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -41,6 +44,12 @@ def _nullable(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _COUNT = {"type": "integer", "minimum": 1, "maximum": INT64_MAX}
+_OWNER = ("a tenant name: only what that tenant's credentials and API keys sent "
+          '("default": what no tenant owns)')
+TENANT_FILTER = {"name": "tenant", "in": "query", "required": False, "description": _OWNER,
+                 "schema": {"type": "string", "pattern": TENANT_NAME.pattern}}
+TENANT_FILTER_KEY = {"type": ["string", "null"], "pattern": TENANT_NAME.pattern,
+                     "description": _OWNER}
 _FRACTION = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
 _POLICY_LEVEL = ("none: never acts; standard: warn, then pause; strict: pause at the warn "
                  "thresholds")

@@ -10,16 +10,22 @@ Public API:
     ApiError(status, code, message, headers=None)   an error response to send
     query(request, known) -> {name: value}          unknown/repeated names: 400
     list_params(request) -> kwargs of list_messages
-    event_params(request) -> (after, limit, types, recipient)
+    event_params(request) -> (after, limit, types, recipient, tenant)
     bulk_filters(body, action) -> (all, filters)    a bulk action's JSON body
     replay_params(body) -> (from_seq, since)         a webhook replay's JSON body
     queue_id(request), destination(request), webhook(request) -> str
+    check_tenant(value) -> str | None               the `tenant` filter (None: not given)
     tenant(request) -> str                          the {name} of /v1/tenants/{name}
     tenant_add(body) -> (name, limits, policy)      POST /v1/tenants (nulls left out)
     tenant_update(body) -> (limits | None, policy | None)   PATCH /v1/tenants/{name}
     tenant_reason(body, required) -> str            pause (optional) / resume (required)
     await json_body(request) -> dict                {} for an empty body
     DEFAULT_LIMIT, MAX_LIMIT, MAX_BODY, FILTER_KEYS, LIMIT_KEYS, POLICY_KEYS
+
+The `tenant` filter (messages, bulk bodies, events) is a tenant name
+(mta.spool.tenants.check_name; a 400 invalid_filter naming "tenant"
+otherwise); it is in the filters and kwargs only when given, so a backend
+without tenants is called as before.
 
 A tenant body's errors are 422 `validation_error`, the message starting
 with the field (the dotted path, e.g. "limits.per_hour: …"; also `.field`).
@@ -52,7 +58,7 @@ from mta.core.envelope import EVENT_TYPES
 from mta.spool.tenants import check_name
 
 __all__ = ["ApiError", "query", "list_params", "event_params", "bulk_filters", "replay_params",
-           "queue_id", "destination", "webhook", "json_body", "check_address",
+           "queue_id", "destination", "webhook", "json_body", "check_address", "check_tenant",
            "tenant", "tenant_add", "tenant_update", "tenant_reason", "tenant_limits",
            "tenant_policy",
            "DEFAULT_LIMIT", "MAX_LIMIT", "MAX_BODY", "FILTER_KEYS", "LIMIT_KEYS", "POLICY_KEYS"]
@@ -63,9 +69,9 @@ MAX_BODY = 64 * 1024            # a bulk filter is a few hundred bytes
 MAX_CURSOR = 512                # ours are ~40 characters of urlsafe base64
 MAX_FILTER = 320                # the longest address (mta.core.address)
 MAX_UNIX_TIME = 253402300799    # 9999-12-31T23:59:59Z
-EVENT_PARAMS = ("after", "type", "recipient", "limit")
-LIST_PARAMS = ("state", "domain", "sender", "recipient", "limit", "cursor")
-FILTER_KEYS = ("state", "domain", "sender", "recipient")
+EVENT_PARAMS = ("after", "type", "recipient", "tenant", "limit")
+LIST_PARAMS = ("state", "domain", "sender", "recipient", "tenant", "limit", "cursor")
+FILTER_KEYS = ("state", "domain", "sender", "recipient", "tenant")
 LIMIT_KEYS = ("per_hour", "per_day", "rate", "burst")
 POLICY_KEYS = ("level", "bounce_warn", "bounce_pause", "complaint_warn", "complaint_pause",
                "window", "window_seconds", "min_volume")
@@ -151,12 +157,29 @@ def check_address(value: Any, where: str, *, allow_null: bool) -> str | None:
         raise ApiError(400, "invalid_filter", f"{where}: {exc}") from None
 
 
+def check_tenant(value: Any) -> str | None:
+    """A `tenant` filter: a tenant name; None when absent or empty."""
+    if value is None or value == "":
+        return None
+    value = _text(value, "tenant", "invalid_filter")
+    try:
+        return check_name(value)
+    except ValueError:
+        raise ApiError(400, "invalid_filter", f"tenant: not a tenant name ({value[:70]!r}): 1 "
+                       "to 63 characters of a-z, 0-9, '_' and '-', starting with a letter or "
+                       "a digit", field="tenant") from None
+
+
 def _filters(get: Callable[[str], Any]) -> dict[str, str | None]:
-    return {"state": _check_state(get("state"), "state"),
-            "domain": _check_domain(get("domain"), "domain"),
-            # "<>" selects bounces/DSNs (the null sender), passed on as "".
-            "sender": check_address(get("sender"), "sender", allow_null=True),
-            "recipient": check_address(get("recipient"), "recipient", allow_null=False)}
+    out = {"state": _check_state(get("state"), "state"),
+           "domain": _check_domain(get("domain"), "domain"),
+           # "<>" selects bounces/DSNs (the null sender), passed on as "".
+           "sender": check_address(get("sender"), "sender", allow_null=True),
+           "recipient": check_address(get("recipient"), "recipient", allow_null=False)}
+    tenant = check_tenant(get("tenant"))
+    if tenant is not None:                  # only when given: see the module docstring
+        out["tenant"] = tenant
+    return out
 
 
 def _uint(raw: str | None, name: str, lo: int, hi: int, default: int) -> int:
@@ -191,14 +214,15 @@ def _event_types(raw: str | None) -> list[str] | None:
     return types or None
 
 
-def event_params(request: web.Request) -> tuple[int, int, list[str] | None, str | None]:
-    """(after, limit, types, recipient) of GET /v1/events."""
+def event_params(request: web.Request
+                 ) -> tuple[int, int, list[str] | None, str | None, str | None]:
+    """(after, limit, types, recipient, tenant) of GET /v1/events."""
     q = query(request, EVENT_PARAMS)
     after = _uint(q.get("after"), "after", 0, INT64_MAX, 0)
     limit = _uint(q.get("limit"), "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
     types = _event_types(q.get("type"))
     recipient = check_address(q.get("recipient"), "recipient", allow_null=False)
-    return after, limit, types, recipient
+    return after, limit, types, recipient, check_tenant(q.get("tenant"))
 
 
 def bulk_filters(body: dict[str, Any], action: str) -> tuple[bool, dict[str, str | None]]:
@@ -213,7 +237,7 @@ def bulk_filters(body: dict[str, Any], action: str) -> tuple[bool, dict[str, str
     filters = _filters(body.get)
     if not everything and all(v is None for v in filters.values()):
         raise ApiError(400, "empty_filter", f"refusing to {action} every message: give "
-                       "a filter (state, domain, sender, recipient) or \"all\": true")
+                       "a filter (state, domain, sender, recipient, tenant) or \"all\": true")
     return everything, filters
 
 

@@ -1,5 +1,6 @@
-"""`mta events tail [--follow] [--json] [--type T,…] [--recipient R] [--after SEQ]`:
-the message ledger, read through the running daemon's admin API.
+"""`mta events tail [--follow] [--json] [--type T,…] [--recipient R] [--tenant T]
+[--after SEQ]`: the message ledger, read through the running daemon's admin API
+(--tenant: only the events of that tenant's credentials and API keys).
 
 Without --after it starts with the last `--last` events (default 20); with
 --follow it keeps polling and prints new events as they are appended, so an
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.add_argument("--type", help="comma-separated event types")
     tail.add_argument("--recipient")
+    tail.add_argument("--tenant", help="only this tenant's events")
     tail.add_argument("--after", type=int, help="start after this sequence number")
     tail.add_argument("--last", type=int, default=20, help="without --after: the last N events")
     tail.add_argument("--interval", type=float, default=1.0,
@@ -42,7 +44,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             after = _start_for_last(client, args)
         while True:
             page = client.events(after=after, types=args.type, recipient=args.recipient,
-                                 limit=1000)
+                                 tenant=args.tenant, limit=1000)
             for e in page["events"]:
                 print(json.dumps(e) if args.json else format_event(e), flush=True)
             after = page["next_after"]
@@ -66,7 +68,8 @@ def _start_for_last(client: AdminClient, args: argparse.Namespace) -> int:
     seqs: list[int] = []
     after = 0
     while True:
-        page = client.events(after=after, types=args.type, recipient=args.recipient, limit=1000)
+        page = client.events(after=after, types=args.type, recipient=args.recipient,
+                             tenant=args.tenant, limit=1000)
         seqs = (seqs + [e["seq"] for e in page["events"]])[-(args.last + 1):]
         after = page["next_after"]
         if len(page["events"]) < 1000:

@@ -12,7 +12,8 @@ Public API:
     fail_admin(exc) -> exit code          prints an admin error the house way
 
 Commands (all accept --config and --json):
-    queue list [--state S] [--domain D] [--sender S] [--recipient R] [--limit N] [--all]
+    queue list [--state S] [--domain D] [--sender S] [--recipient R] [--tenant T]
+               [--limit N] [--all]
         messages not yet done (--all: every message still in the index),
         in arrival order; pages through the API; --limit 0 lists everything
     queue summary                  destinations × age buckets, like qshape
@@ -22,6 +23,8 @@ Commands (all accept --config and --json):
     queue hold|release|retry|bounce|delete --all [filters] | filters
                                    the action on every matching message; --all
                                    with no filter means every message
+    --tenant T                     only the mail of tenant T (whose credential
+                                   or API key sent it; "default": nobody's)
 Exit codes: 0 ok, 1 failure (daemon unreachable, unknown id, refused), 2 usage.
 Times print as ISO 8601 UTC (`2026-11-24 03:00:00Z`, as everywhere in the
 CLI), next attempts and arrival also relative (`in 4m`, `2h5m ago`); never a
@@ -65,6 +68,8 @@ def _filter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", metavar="D", help="a recipient's domain")
     p.add_argument("--sender", metavar="S", help="envelope sender (\"<>\" for bounces)")
     p.add_argument("--recipient", metavar="R", help="a recipient address")
+    p.add_argument("--tenant", metavar="T",
+                   help="a tenant's mail (sent with its credentials or API keys)")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -149,7 +154,7 @@ def _list(client: AdminClient, args: argparse.Namespace) -> int:
         return 2
     state = args.state or ("all" if args.all else None)
     filters = {"state": state, "domain": args.domain, "sender": args.sender,
-               "recipient": args.recipient}
+               "recipient": args.recipient, "tenant": args.tenant}
     rows: list[JsonObject] = []
     cursor = None
     while True:
@@ -301,7 +306,7 @@ def format_event(e: JsonObject) -> str:
 def _act(client: AdminClient, args: argparse.Namespace) -> int:
     action = args.action
     filters = {"state": args.state, "domain": args.domain, "sender": args.sender,
-               "recipient": args.recipient}
+               "recipient": args.recipient, "tenant": args.tenant}
     has_filter = any(v is not None for v in filters.values())
     if args.ids and (args.all or has_filter):
         print(f"mta: queue {action}: give IDs or --all/filters, not both", file=sys.stderr)

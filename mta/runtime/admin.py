@@ -232,20 +232,20 @@ class RuntimeAdmin:
 
     async def list_messages(self, *, state: str | None = None, domain: str | None = None,
                             sender: str | None = None, recipient: str | None = None,
-                            limit: int = 100, cursor: str | None = None
+                            limit: int = 100, cursor: str | None = None, tenant: str | None = None
                             ) -> tuple[list[dict[str, Any]], str | None]:
-        f = _filter(state, domain, sender, recipient)
+        f = _filter(state, domain, sender, recipient, tenant)
         views, nxt = await self.spool.list_page(f, limit, cursor)
         return [v.to_dict() for v in views], nxt
 
     async def list_messages_json(self, *, state: str | None = None, domain: str | None = None,
                                  sender: str | None = None, recipient: str | None = None,
-                                 limit: int = 100, cursor: str | None = None
-                                 ) -> tuple[bytes, str | None]:
+                                 limit: int = 100, cursor: str | None = None,
+                                 tenant: str | None = None) -> tuple[bytes, str | None]:
         """`list_messages` with the array already serialised by SQLite (the
         HTTP layer prefers it: no per-message Python work on the event loop)."""
-        return await self.spool.list_page_json(_filter(state, domain, sender, recipient),
-                                               limit, cursor)
+        return await self.spool.list_page_json(
+            _filter(state, domain, sender, recipient, tenant), limit, cursor)
 
     async def get_message(self, message_id: str) -> dict[str, Any] | None:
         v = await self.spool.get_message(message_id)
@@ -265,8 +265,9 @@ class RuntimeAdmin:
 
     async def bulk_action(self, action: str, *, state: str | None = None,
                           domain: str | None = None, sender: str | None = None,
-                          recipient: str | None = None, all: bool = False) -> dict[str, Any]:
-        f = _filter(state, domain, sender, recipient)
+                          recipient: str | None = None, all: bool = False,
+                          tenant: str | None = None) -> dict[str, Any]:
+        f = _filter(state, domain, sender, recipient, tenant)
         return {"action": action, "affected": await self._apply(action, f)}
 
     async def _apply(self, action: str, f: MessageFilter) -> int:
@@ -329,9 +330,10 @@ class RuntimeAdmin:
 
     # ---- the ledger and webhooks -------------------------------------------
     async def events_after(self, after: int, limit: int, *, types: list[str] | None = None,
-                           recipient: str | None = None) -> list[dict[str, Any]]:
+                           recipient: str | None = None,
+                           tenant: str | None = None) -> list[dict[str, Any]]:
         return [e.to_dict() for e in await self.spool.ledger.events_after(
-            after, limit, types=types, recipient=recipient)]
+            after, limit, types=types, recipient=recipient, tenant=tenant)]
 
     async def message_events(self, message_id: str) -> list[dict[str, Any]] | None:
         if await self.spool.get_message(message_id) is None:
@@ -429,9 +431,9 @@ def _normalised(dest: str) -> str:
 
 
 def _filter(state: str | None, domain: str | None, sender: str | None,
-            recipient: str | None) -> MessageFilter:
+            recipient: str | None, tenant: str | None) -> MessageFilter:
     """API filter → spool filter. API states: "active" (the default: not
     finished), "all" (finished too), or a recipient state."""
     return MessageFilter(state=None if state in (None, "active", "all") else state,
                          domain=domain, sender=sender, recipient=recipient,
-                         include_done=state not in (None, "active"))
+                         include_done=state not in (None, "active"), tenant=tenant)
