@@ -139,9 +139,10 @@ class TenantService:
 
     def row(self, tenant: str) -> TenantRow:
         found = self._rows.get(tenant) or self._rows.get(DEFAULT_TENANT)
-        if found is None:
-            found = self.store.get(DEFAULT_TENANT)
-            assert found is not None
+        if found is None:           # not loaded yet: the default as it starts
+            found = TenantRow(name=DEFAULT_TENANT, status="active", status_reason="",
+                              auto_status="ok", auto_reason="", limits={}, policy={},
+                              created=0.0, updated=0.0)
         return found if found.name == tenant else _renamed(found, tenant)
 
     def tenant_of(self, credential: str | None) -> str:
@@ -246,8 +247,10 @@ class TenantService:
 
     async def own(self, kind: str, name: str, tenant: str) -> None:
         """Record that `tenant` owns (kind, name): TenantError 404/409."""
-        if self.store.get(tenant) is None:
-            raise TenantError(404, f"no tenant named {tenant!r}", "tenant")
+        if tenant not in self._rows and tenant != DEFAULT_TENANT:
+            await self.refresh()                # one the CLI just added
+            if tenant not in self._rows:
+                raise TenantError(404, f"no tenant named {tenant!r}", "tenant")
         await asyncio.to_thread(self.store.own, kind, name, tenant, self.clock.now())
         self._owner[(kind, name)] = tenant
         self._any_domain_owned |= kind == "domain" and tenant != DEFAULT_TENANT
@@ -314,7 +317,7 @@ class TenantService:
     async def update(self, name: str, limits: Mapping[str, Any] | None,
                      policy: Mapping[str, Any] | None) -> dict[str, Any]:
         """Keys given replace, a null clears one, keys absent stay."""
-        row = self.store.get(name)
+        row = await asyncio.to_thread(self.store.get, name)
         if row is None:
             raise TenantError(404, f"no tenant named {name!r}", "name")
         limits = None if limits is None else _merged(row.limits, limits)
