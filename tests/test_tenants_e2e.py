@@ -298,7 +298,8 @@ async def test_a_complaint_storm_pauses_one_tenant_and_resume_releases(world):
     shown = await d.tenants.show("acme")
     assert shown["reputation"]["complaints"] == 3 and shown["reputation"]["delivered"] == 12
     assert shown["reputation"]["domains"]["acme.test"]["complaint_rate"] == 0.25
-    events = await d.spool.ledger.events_after(0, 100, types=["reputation_paused"])
+    events = await d.spool.ledger.events_after(0, 100, types=["reputation_paused"],
+                                               tenant="acme")
     assert [e.detail["tenant"] for e in events] == ["acme"]
     assert events[0].detail["metric"] == "complaint"
     # acme's key sees the event (its tenant's), beta's webhooks-to-be do not.
@@ -336,3 +337,33 @@ async def _qid_of(d, rcpt):
 async def _complaints(d, n):
     events = await d.spool.ledger.events_after(0, 100, types=["complained"])
     return events if len(events) >= n else None
+
+
+async def test_a_bounce_rate_at_the_warn_level_warns_and_keeps_sending(world):
+    """1 user-unknown bounce in 20 sends = 5%: standard's warning (a ledger
+    event the tenant's webhooks get), not a pause; a full mailbox would not
+    count (core.reasons.LIST_QUALITY)."""
+    w = world
+    d = w.d
+    await d.tenants.update("acme", {"per_hour": None}, None)
+    await d.reputation.stop()
+    for i in range(19):
+        await w.smtp("acme-app", "app@acme.test", [f"ok-w{i}@rcpt.test"])
+    await w.smtp("acme-app", "app@acme.test", ["reject-w@rcpt.test"])
+
+    async def settled():
+        got = await d.spool.ledger.events_after(0, 200, types=["delivered", "bounced"],
+                                                tenant="acme")
+        return got if len(got) == 20 else None
+    events = await wait_until(settled)
+    (bounced,) = [e for e in events if e.type == "bounced"]
+    assert bounced.detail["reason"] == "user_unknown"
+    await d.reputation.step()
+    row = d.tenants.row("acme")
+    assert row.auto_status == "warn" and row.sending
+    assert row.auto_reason == "bounce rate 5.00% over the last 20 messages"
+    (ev,) = await d.spool.ledger.events_after(0, 100, types=["reputation_warning"],
+                                              tenant="acme")
+    assert ev.detail["metric"] == "bounce" and ev.detail["sends"] == 20
+    errors, _ = await w.smtp("acme-app", "app@acme.test", ["ok-still@rcpt.test"])
+    assert errors == {}

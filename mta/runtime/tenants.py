@@ -61,6 +61,7 @@ from mta.policy.reputation import (TENANT_STATUS, ReputationPolicy, TenantStatus
                                    Thresholds)
 from mta.spool import MessageFilter, Spool
 from mta.spool.apikeys import SqliteApiKeys
+from mta.spool.tenant_sql import TENANT_PREFIX
 from mta.spool.tenants import DEFAULT_TENANT, SqliteTenants, TenantError, TenantRow
 
 __all__ = ["TenantService", "tenant_credential"]
@@ -72,8 +73,8 @@ REFRESH = 2.0        # seconds between re-reads of the store (CLI edits)
 
 def tenant_credential(tenant: str) -> str:
     """The credential of events about a tenant itself (reputation, pauses):
-    owned by the tenant, so tenant-scoped reads and webhooks see them."""
-    return f"tenant:{tenant}"
+    the tenant's (spool/tenant_sql.py), so its reads and webhooks see them."""
+    return TENANT_PREFIX + tenant
 
 
 def limits_of(row: TenantRow) -> QuotaLimits:
@@ -148,11 +149,15 @@ class TenantService:
     def tenant_of(self, credential: str | None) -> str:
         if not credential:
             return DEFAULT_TENANT
+        if credential.startswith(TENANT_PREFIX):
+            return credential[len(TENANT_PREFIX):]
         return self._owner.get(("credential", credential), DEFAULT_TENANT)
 
     async def resolve(self, credential: str | None) -> str:
         if not credential:
             return DEFAULT_TENANT
+        if credential.startswith(TENANT_PREFIX):
+            return credential[len(TENANT_PREFIX):]
         found = self._owner.get(("credential", credential))
         if found is None:
             # A credential's owner never changes once recorded (and one used
@@ -309,7 +314,6 @@ class TenantService:
                           auto_reason="", limits={}, policy={}, created=now, updated=now)
         self._checked(limits, policy, probe)
         row = await asyncio.to_thread(self.store.add, name, limits=limits, policy=policy, now=now)
-        await asyncio.to_thread(self.store.own, "credential", tenant_credential(name), name, now)
         await self.refresh()
         event(log, "tenant_added", tenant=name)
         return self.view(row)

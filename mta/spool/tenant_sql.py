@@ -8,7 +8,8 @@ operator moves of a tenant's mail) decides alike.
 API:
     tenant_of(column) -> str    an SQL expression: the tenant owning the
                                 credential in `column`, "default" when no
-                                tenant owns it (no row, '' or NULL)
+                                tenant owns it (no row, '' or NULL); NAME
+                                for "tenant:NAME" (events about a tenant)
     DEFAULT_TENANT              "default" (spool/tenants.py's)
 
 Invariants: ownership lives in the index's `tenant_owned` table
@@ -21,9 +22,14 @@ from __future__ import annotations
 
 from mta.spool.tenants import DEFAULT_TENANT
 
-__all__ = ["DEFAULT_TENANT", "tenant_of"]
+__all__ = ["DEFAULT_TENANT", "TENANT_PREFIX", "tenant_of"]
+
+TENANT_PREFIX = "tenant:"
 
 
 def tenant_of(column: str) -> str:
-    return ("COALESCE((SELECT o.tenant FROM tenant_owned o WHERE o.kind = 'credential' "
-            f"AND o.name = {column}), '{DEFAULT_TENANT}')")
+    # "tenant:NAME" is the credential of events about tenant NAME itself
+    # (runtime/tenants.py tenant_credential): its own, whatever the table says.
+    return (f"CASE WHEN {column} LIKE '{TENANT_PREFIX}%' THEN substr({column}, "
+            f"{len(TENANT_PREFIX) + 1}) ELSE COALESCE((SELECT o.tenant FROM tenant_owned o "
+            f"WHERE o.kind = 'credential' AND o.name = {column}), '{DEFAULT_TENANT}') END")
