@@ -220,7 +220,8 @@ async def test_hourly_quota_refuses_then_recovers_at_the_next_hour(world):
         [f"ok-q{i}@rcpt.test" for i in range(6)]
     rejected = await w.d.spool.ledger.events_after(0, 100, types=["rejected"],
                                                    tenant="acme")
-    assert [e.detail["reply"][:9] for e in rejected] == ["452 4.5.3"]
+    assert [(e.detail["stage"], e.detail["reply"][:9]) for e in rejected] == \
+        [("DATA", "452 4.5.3"), ("API", "452 4.5.3")]
     assert await w.d.spool.ledger.events_after(0, 100, types=["rejected"], tenant="beta") == []
     w.clock.advance(3600)                       # the next hour's window
     errors, _ = await w.smtp("acme-app", "app@acme.test", ["ok-q8@rcpt.test"])

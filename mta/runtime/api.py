@@ -60,7 +60,7 @@ from mta.api.http import ApiError, json_of, refused_error
 from mta.api.keys import ApiKey, KeyCache, KeyNameTaken, StoreKeys
 from mta.api.routes import fingerprint
 from mta.config import Config
-from mta.core import Clock, Refused, Reply, StorageError
+from mta.core import Clock, LedgerEvent, Refused, Reply, StorageError
 from mta.policy.senders import SenderPolicy
 from mta.runtime.api_build import BuildKey, BuildRefused, build, key_fields
 from mta.runtime.channel import ChannelClosed, RemoteError
@@ -234,7 +234,11 @@ class RuntimeSending:
             await self._enqueue.admit(key.credential, messages, now, test=key.test)
             return list(await asyncio.gather(*(self._enqueue.enqueue(m, now, gate=False)
                                                for m in messages)))
-        except Refused as exc:
+        except Refused as exc:          # recorded like an SMTP refusal (the tenant's)
+            await self.spool.ledger.append_events([LedgerEvent(
+                "rejected", now, credential=key.credential,
+                detail={"reply": str(exc.reply), "stage": "API", "listener": "api",
+                        "sender": messages[0].sender if messages else ""})])
             raise refused_error(exc) from None
         except StorageError as exc:
             raise ApiError(503, "service_unavailable",
