@@ -43,10 +43,11 @@ from mta.config import Config
 from mta.core import Clock, LedgerEvent
 from mta.core.logfmt import event
 from mta.core.reasons import LIST_QUALITY
-from mta.policy.reputation import Assessment, Rates, RollingRates, assess, transition
+from mta.policy.reputation import (Assessment, Rates, ReputationPolicy, RollingRates, assess,
+                                   transition)
 from mta.runtime.tenants import TenantService, policy_of, tenant_credential
 from mta.spool import Spool
-from mta.spool.views import EventView
+from mta.spool.ledger import OutcomeRow
 
 __all__ = ["ReputationTracker"]
 
@@ -56,18 +57,17 @@ TICK = 2.0
 BATCH = 2000
 REBUILD = 200_000        # events read back at start, at most
 REHOLD = 30.0            # a paused tenant's mail is held again this often
-_TYPES = ("delivered", "bounced", "expired", "complained", "received")
+_TYPES = ("delivered", "bounced", "expired", "complained")   # (+ received at start)
 _STATUS = {"ok": "ok", "warn": "warn", "paused": "pause"}
 
 
-def _kind(ev: EventView) -> str | None:
-    if ev.type == "delivered":
+def _kind(etype: str, reason: str | None) -> str | None:
+    if etype == "delivered":
         return "delivered"
-    if ev.type == "complained":
+    if etype == "complained":
         return "complaint"
-    if ev.type in ("bounced", "expired"):
-        reason = ev.detail.get("reason") if isinstance(ev.detail, dict) else None
-        return "bounce" if ev.type == "bounced" and reason in LIST_QUALITY else "bounce_other"
+    if etype in ("bounced", "expired"):
+        return "bounce" if etype == "bounced" and reason in LIST_QUALITY else "bounce_other"
     return None
 
 
@@ -112,10 +112,10 @@ class ReputationTracker:
         day, hour = now - now % 86400, now - now % 3600
         counts: dict[str, list[int]] = {}
         while self._cursor < upto:
-            batch = await self._read()
+            batch = await self._read(_TYPES + ("received",))
             if not batch:
                 break
-            for ev, tenant, _ in batch:
+            for ev, tenant in batch:
                 if ev.type == "received" and not ev.test and ev.at >= day:
                     c = counts.setdefault(tenant, [0, 0])
                     c[1] += 1
@@ -124,25 +124,28 @@ class ReputationTracker:
             self.tenants.quota_state(tenant).seed(h, d, now)
         event(log, "reputation_rebuilt", tenants=len(self._rates), cursor=self._cursor)
 
-    async def _read(self) -> list[tuple[EventView, str, str]]:
-        """The next events after the cursor as (event, tenant, sender
-        domain), fed into the windows; the cursor advances."""
-        events = await self.spool.ledger.events_after(self._cursor, BATCH, types=_TYPES)
-        if not events:
+    async def _read(self, types: tuple[str, ...] = _TYPES) -> list[tuple[OutcomeRow, str]]:
+        """The next outcomes after the cursor as (row, tenant), fed into the
+        windows; the cursor advances. One lean read (ledger.outcomes_after);
+        a tenant's policy is worked out once per read."""
+        rows = await self.spool.ledger.outcomes_after(self._cursor, BATCH, types=types)
+        if not rows:
             return []
-        self._cursor = events[-1].seq
-        senders = await self.spool.senders_of([e.queue_id for e in events if e.queue_id])
+        self._cursor = rows[-1].seq
+        cfg = self.cfg_of()
+        policies: dict[str, ReputationPolicy] = {}
         out = []
-        for ev in events:
+        for ev in rows:
             tenant = await self.tenants.resolve(ev.credential)
-            domain = senders.get(ev.queue_id, "").rpartition("@")[2].lower()
-            out.append((ev, tenant, domain))
-            kind = None if ev.test else _kind(ev)
+            out.append((ev, tenant))
+            kind = None if ev.test else _kind(ev.type, ev.reason)
             if kind is None:
                 continue
-            policy = policy_of(self.tenants.row(tenant), self.cfg_of())
-            rates = self._rates.setdefault(tenant, RollingRates(policy.window))
-            rates.add(kind, ev.at)
+            policy = policies.get(tenant)
+            if policy is None:
+                policy = policies[tenant] = policy_of(self.tenants.row(tenant), cfg)
+            self._rates.setdefault(tenant, RollingRates(policy.window)).add(kind, ev.at)
+            domain = (ev.sender or "").rpartition("@")[2].lower()
             if domain:
                 self._domains.setdefault(domain, RollingRates(policy.window)).add(kind, ev.at)
         return out

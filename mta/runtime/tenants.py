@@ -227,11 +227,10 @@ class TenantService:
             refusal = self._domain_refusal(tenant, d)
             if refusal is not None:
                 raise self._refuse(tenant, "domain", refusal, 403)
-        if test or n <= 0:
-            return tenant
-        limits = limits_of(self.row(tenant))
-        if limits == QuotaLimits():
-            return tenant
+        row = self.row(tenant)
+        if test or n <= 0 or not any(v is not None for v in row.limits.values()):
+            return tenant           # (the common case: no dataclass built per message)
+        limits = limits_of(row)
         verdict = self.quota_state(tenant).admit(limits, n, now)
         if not verdict.ok:
             raise self._refuse(tenant, verdict.limit or "quota", smtp_reply(verdict, tenant),

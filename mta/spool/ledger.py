@@ -10,9 +10,11 @@ API:
     ledger = Ledger(writer, read)          (made by Spool.open)
     await ledger.append_events([LedgerEvent, ...])        # events with no state change
     await ledger.events_after(after_seq, limit, *, types=None, recipient=None,
-                              credential=None) -> [EventView]   # seq order
+                              credential=None, tenant=None) -> [EventView]   # seq order
     await ledger.event_payloads_after(after_seq, limit, *, types=None,
-                                      credential=None) -> [(seq, bytes)]
+                                      credential=None, tenant=None) -> [(seq, bytes)]
+    await ledger.outcomes_after(after_seq, limit, *, types) -> [OutcomeRow]
+                                      # lean rows for the reputation tracker
     await ledger.message_events(queue_id) -> [EventView];  await ledger.last_event_seq() -> int
     await ledger.idempotent_id(credential, key) -> (queue id, created) | None
     await ledger.received_details([queue id, …]) -> {queue id: received detail}
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 
@@ -159,6 +161,19 @@ class Ledger:
         (expired or not: the caller checks the window), or None."""
         return await self._read(_idempotent_id, credential, key)
 
+    async def outcomes_after(self, after_seq: int, limit: int, *,
+                             types: Sequence[str]) -> list[OutcomeRow]:
+        """Up to `limit` events of `types` (of ledger_sql.OUTCOME_TYPES) after
+        `after_seq`, in seq order, as lean rows for the reputation tracker:
+        (seq, at, type, credential, detail's reason, the message's sender or
+        None, its test mark)."""
+        bad = [t for t in types if t not in ledger_sql.OUTCOME_TYPES]
+        if bad or not types:
+            raise ValueError(f"outcome types are some of {ledger_sql.OUTCOME_TYPES}, not {bad}")
+        sql = ledger_sql.SQL_OUTCOMES_AFTER.format(
+            types=", ".join(f"'{t}'" for t in dict.fromkeys(types)))
+        return await self._read(_outcomes_after, sql, int(after_seq), int(limit))
+
     async def last_event_seq(self) -> int:
         """The newest seq ever committed (0 when none); pruning never lowers it."""
         return await self._read(_last_event_seq)
@@ -171,6 +186,23 @@ class Ledger:
     async def webhook_states(self) -> list[dict[str, Any]]:
         """`webhook_state` of every stored name, by name."""
         return await self._read(_webhook_states)
+
+
+class OutcomeRow(NamedTuple):
+    seq: int
+    at: float
+    type: str
+    credential: str
+    reason: str | None
+    sender: str | None
+    test: bool
+
+
+async def _outcomes_after(conn: aiosqlite.Connection, sql: str, after: int,
+                          limit: int) -> list[OutcomeRow]:
+    return [OutcomeRow(int(r[0]), float(r[1]), str(r[2]), str(r[3] or ""),
+                       None if r[4] is None else str(r[4]), r[5], r[6] == 1)
+            for r in await fetchall(conn, sql, (after, limit))]
 
 
 def _event_types(limit: int, types: Sequence[str] | None) -> list[str] | None:

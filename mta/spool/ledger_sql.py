@@ -150,6 +150,18 @@ def events_after_sql(after: int, limit: int, types: Sequence[str] | None, recipi
     return " UNION ALL ".join(parts) + " ORDER BY seq LIMIT ?", [*params, limit]
 
 
+# The reputation tracker's read (runtime/reputation.py): final outcomes after
+# a cursor, lean — the reason from the detail, the message's sender and test
+# mark by one join, no per-row subquery. Params: after, limit. {types} is a
+# list of quoted literals from OUTCOME_TYPES only.
+OUTCOME_TYPES = ("delivered", "bounced", "expired", "complained", "received")
+SQL_OUTCOMES_AFTER = (
+    "SELECT e.seq, e.at, e.type, e.credential, CASE WHEN json_valid(e.detail) "
+    "THEN json_extract(e.detail, '$.reason') END, m.sender, m.test FROM events e "
+    "LEFT JOIN messages m ON m.id = e.queue_id AND e.queue_id != '' "
+    "WHERE e.seq > ? AND e.type IN ({types}) ORDER BY e.seq LIMIT ?")
+
+
 # Webhook cursors: the columns `set_webhook_state` may set (names are spliced
 # into SQL, so only these).
 WEBHOOK_FIELDS = ("cursor", "failing_since", "next_attempt", "attempts", "last_error", "state")
