@@ -593,3 +593,58 @@ async def test_ascii_known_at_acceptance_is_not_looked_up(dns, sink):
     assert all(report.outcomes[m.queue_id][0].fate is DELIVERED for m in msgs)
     assert [("BODY=8BITMIME" in m.mail_options) for m in sink.messages] == [True, False, True]
     assert [m.data for m in sink.messages] == [eight, BODY, eight]
+
+
+class MuteOnQuit(DataRefuser):
+    """A remote that takes the mail, then never answers QUIT."""
+
+    def __init__(self):
+        super().__init__(b"354 go on")
+        self.quits = 0
+
+    async def serve(self, reader, writer) -> None:
+        writer.write(b"220 mute.test ESMTP\r\n")
+        in_data = False
+        while line := await reader.readline():
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    writer.write(b"250 2.0.0 queued\r\n")
+                continue
+            verb = line[:4].upper()
+            if verb == b"QUIT":
+                self.quits += 1
+                continue                      # never answered
+            in_data = verb == b"DATA"
+            writer.write(b"250-mute.test\r\n250 8BITMIME\r\n" if verb == b"EHLO" else
+                         b"354 go on\r\n" if in_data else b"250 ok\r\n")
+            await writer.drain()
+
+
+async def test_close_quits_cached_connections_together_and_bounded():
+    """Shutdown QUITs every cached connection at once and waits at most
+    QUIT_TIMEOUT, however long the command timeout: two remotes that never
+    answer QUIT cost the 0.3 s given here, not 2 x the 10 s command timeout."""
+    import asyncio
+    mute = MuteOnQuit()
+    servers = [await asyncio.start_server(mute.serve, "127.0.0.1", 0) for _ in range(2)]
+
+    class Loopback:
+        async def addresses(self, host):
+            return [host]
+    t = SmtpTransport(hostname="mta.test", resolver=Loopback(), connect_timeout=2,
+                      command_timeout=10)
+    try:
+        for i, server in enumerate(servers):
+            port = server.sockets[0].getsockname()[1]
+            dest = Destination(name=f"[127.0.0.1]:{port}", kind="route", host="127.0.0.1",
+                               port=port)
+            report = await deliver(t, dest, message(f"Q{i}", "ok@example.test"))
+            assert report.outcomes[f"Q{i}"][0].fate is DELIVERED
+        # The old close() waited a command timeout per connection (20 s
+        # here) and would not return inside the guard.
+        await asyncio.wait_for(t.close(timeout=0.3), timeout=5)
+        assert mute.quits == 2                  # both were asked
+    finally:
+        for server in servers:
+            server.close()

@@ -223,7 +223,8 @@ async def test_outage_and_sigkills_lose_and_reorder_nothing(tmp_path, report):
                 assert 'mta_webhook_lag_events{webhook="app"} 0.0' in text
         finally:
             proc.send_signal(signal.SIGTERM)
-            rc = proc.wait(timeout=30)
+            # Off the loop: it runs the sink, which must answer the daemon's QUITs.
+            rc = await asyncio.to_thread(proc.wait, 30)
             await rx.down()
         assert rc == 0, log.read_text()[-3000:]
 
