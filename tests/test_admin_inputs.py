@@ -79,7 +79,8 @@ def test_queue_ids_and_webhook_names():
 def _admin(routes: dict, *, sandbox: bool = False) -> RuntimeAdmin:
     scheduler = Scheduler(concurrency=2, max_messages_per_connection=10,
                           max_recipients_per_transaction=10, backoff=(1.0,))
-    runner = SimpleNamespace(routes=routes, sandbox=sandbox, mx_port=25, scheduler=scheduler)
+    runner = SimpleNamespace(routes=routes, sandbox=sandbox, mx_port=25, scheduler=scheduler,
+                             shaping=None, rules=None)
     return RuntimeAdmin(SimpleNamespace(runner=runner))
 
 

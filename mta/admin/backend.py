@@ -17,6 +17,9 @@ Public API:
     TenantGauge                       one tenant's scrape-time figures for
                                       /metrics (`gauges()["tenants"]`)
     TENANT_AUTO_STATUSES, TENANT_REFUSALS   their vocabularies
+    ShapingBackend                    optional: traffic shaping (a backend
+                                      without it answers 501 on /v1/shaping,
+                                      /v1/warmup, /v1/shaping/lift)
     MESSAGE_STATES, MESSAGE_ACTIONS, DESTINATION_ACTIONS, DESTINATION_STATES
     destination_state(info) -> str   active|throttled|suspended of a scheduler
                                       destination_states() entry
@@ -54,7 +57,13 @@ message (detail) — the list item plus::
 destination summary::
     {"destination", "recipients", "held", "oldest_age", "age_buckets":
      {bucket: n for bucket in mta.core.qshape.AGE_BUCKETS}, "last_error",
-     "state" (one of DESTINATION_STATES)}
+     "state" (one of DESTINATION_STATES), "actions": [shaping action] (the
+     reply rules' actions in force on it; absent or [] without shaping)}
+
+shaping action (issue 15)::
+    {"id" (what a lift takes), "scope" ("site"|"tenant"), "key" (the site,
+     or "tenant@provider"), "action" ("suspend", "connection_limit=1", …),
+     "rule" (its name), "since", "until" (Unix time), "reason" (the reply)}
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
 __all__ = ["AdminBackend", "LedgerBackend", "JsonListing", "TenantBackend", "TenantJson",
+           "ShapingBackend",
            "TenantGauge", "TENANT_AUTO_STATUSES", "TENANT_REFUSALS",
            "ActionRefused", "NotFound",
            "MESSAGE_STATES", "MESSAGE_ACTIONS", "DESTINATION_ACTIONS", "DESTINATION_STATES",
@@ -279,3 +289,27 @@ class TenantBackend(Protocol):
 
     async def tenant_resume(self, name: str, reason: str) -> TenantJson:
         """The operator's resume (also clears an automatic pause)."""
+
+
+@runtime_checkable
+class ShapingBackend(Protocol):
+    """What /v1/shaping, /v1/warmup and /v1/shaping/lift ask of a backend
+    with traffic shaping (the daemon's; issue 15). Optional like
+    LedgerBackend: a backend without a method, or one raising
+    NotImplementedError (a daemon without shaping), answers 501."""
+
+    async def shaping(self) -> dict[str, Any]:
+        """{"table": the shaping table in force (version, default, providers,
+        sites, domains, rules), "mx_rollup": bool, "pools": {pool: [source
+        names]}, "actions": [shaping action], "warmup": [warm-up row]}."""
+
+    async def warmup(self) -> list[dict[str, Any]]:
+        """Each [[egress]] source, in config order: {"source", "address",
+        "pool", "schedule" (null: none), "day", "cap", "used", "allowed_now"
+        (null: no cap), "warm": bool}."""
+
+    async def shaping_lift(self, target: str) -> list[dict[str, Any]]:
+        """End the action whose id is `target`, else every action whose key
+        is `target` (a site, or "tenant@provider") -> the actions lifted;
+        [] when nothing matched. `target` arrives checked (1..300
+        characters, no control character, stripped)."""

@@ -16,6 +16,7 @@ Public API:
         tenants() tenant(name) tenant_add(name, limits=, policy=)
         tenant_update(name, limits=, policy=) tenant_remove(name)
         tenant_pause(name, reason="") tenant_resume(name, reason)
+        shaping() warmup() shaping_lift(target)      traffic shaping (issue 15)
     AdminClient.from_config(cfg)      address from [admin], token via read_token
     AdminUnavailable                  the daemon cannot be reached (str() says where)
     AdminError(status, code, message) the daemon answered with an error
@@ -322,6 +323,20 @@ class AdminClient:
     def tenant_resume(self, name: str, reason: str) -> JsonObject:
         return self._object("POST", f"/v1/tenants/{_seg(name)}/resume",
                             body={"reason": reason})
+
+    def shaping(self) -> JsonObject:
+        """The table in force, mx_rollup, pools, actions in force, warm-up."""
+        return self._object("GET", "/v1/shaping")
+
+    def warmup(self) -> list[JsonObject]:
+        """Each [[egress]] source's warm-up row."""
+        return self._as_objects(self._object("GET", "/v1/warmup").get("sources"))
+
+    def shaping_lift(self, target: str) -> list[JsonObject]:
+        """The actions lifted (by id, site, or "tenant@provider"); nothing
+        matched is AdminError 404."""
+        answer = self._object("POST", "/v1/shaping/lift", body={"target": target})
+        return self._as_objects(answer.get("lifted"))
 
 
 # No proxies: the admin API is the local daemon, whatever http_proxy says.

@@ -10,6 +10,8 @@ Public API:
     route_table(backend, openapi) -> [(method, path, handler)]   in order
                                (backend None: only the table, for ROUTES)
     ROUTES                     (method, path) of every route, in order
+    lift_target(body) -> str   the checked "target" of POST /v1/shaping/lift
+    MAX_LIFT_TARGET            its length limit
 
 Invariants: bulk routes come before "/v1/messages/{id}", so "hold" is never
 read as an id; backend exceptions map as mta.admin.backend says (KeyError
@@ -17,7 +19,10 @@ and NotFound → 404, ActionRefused → 409, ValueError from a cursor → 400),
 a ledger or tenant method the backend lacks → 501. The tenant routes answer
 a `TenantError` with its status (404 not_found, 409 conflict, 422
 validation_error), the message starting with the field at fault
-("limits.per_hour: …", "name: …") when there is one.
+("limits.per_hour: …", "name: …") when there is one. The shaping routes
+(issue 15) answer 501 when the backend lacks them or raises
+NotImplementedError (a daemon without shaping), 422 naming "target" for a
+bad lift body, 404 when a lift matched nothing.
 """
 
 from __future__ import annotations
@@ -31,14 +36,41 @@ from aiohttp import web
 from mta.admin import params
 from mta.admin.backend import (DESTINATION_ACTIONS, MESSAGE_ACTIONS, ActionRefused,
                                AdminBackend, JsonListing, NotFound)
+from mta.admin.inputs import has_control
 from mta.admin.params import ApiError
 from mta.spool.tenants import TenantError
 
-__all__ = ["route_table", "ROUTES", "Handler"]
+__all__ = ["route_table", "ROUTES", "Handler", "lift_target", "MAX_LIFT_TARGET"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TENANT_CODES = {404: "not_found", 409: "conflict", 422: "validation_error"}
 ITEM_ACTIONS = ("hold", "release", "retry", "bounce")   # POST /v1/messages/{id}/<action>
+MAX_LIFT_TARGET = 300       # an action id: "site:" + an MX site + ":" + the action
+
+
+def _bad_target(problem: str) -> ApiError:
+    return ApiError(422, "validation_error", f"target: {problem}", field="target")
+
+
+def lift_target(body: dict[str, Any]) -> str:
+    """The "target" of a lift body (an action id, a site, "tenant@provider"):
+    a string of 1..MAX_LIFT_TARGET characters without control characters,
+    stripped; anything else, or another key, is a 422 naming the field."""
+    unknown = sorted(set(body) - {"target"})
+    if unknown:
+        name = unknown[0][:40]
+        raise ApiError(422, "validation_error", f"{name}: unknown key (known: target)",
+                       field=name)
+    target = body.get("target")
+    if not isinstance(target, str) or not target.strip():
+        raise _bad_target("is required: an action id, a site, or tenant@provider (see GET "
+                          "/v1/shaping)")
+    if len(target) > MAX_LIFT_TARGET:
+        raise _bad_target(f"is too long ({len(target)} characters, at most "
+                          f"{MAX_LIFT_TARGET})")
+    if has_control(target):
+        raise _bad_target("contains control characters")
+    return target.strip()
 
 
 def _unknown_message(mid: str) -> ApiError:
@@ -241,6 +273,32 @@ class _Handlers:
         reason = params.tenant_reason(await params.json_body(request), required=True)
         return web.json_response(await self._tenant("tenant_resume", name, reason))
 
+    # ---- traffic shaping (ShapingBackend, optional; issue 15) ----------------
+    async def _shaping(self, method: str, *args: Any) -> Any:
+        fn: Callable[..., Awaitable[Any]] | None = getattr(self.b, method, None)
+        try:
+            if fn is None:
+                raise NotImplementedError
+            return await fn(*args)
+        except NotImplementedError as exc:
+            raise ApiError(501, "not_implemented",
+                           str(exc) or "this server has no traffic shaping") from None
+
+    async def shaping(self, request: web.Request) -> web.Response:
+        return web.json_response(await self._shaping("shaping"))
+
+    async def warmup(self, request: web.Request) -> web.Response:
+        return web.json_response({"sources": await self._shaping("warmup")})
+
+    async def shaping_lift(self, request: web.Request) -> web.Response:
+        target = lift_target(await params.json_body(request))
+        lifted = await self._shaping("shaping_lift", target)
+        if not lifted:
+            raise ApiError(404, "not_found", f"target: no action in force matches "
+                           f"{target[:80]!r} (an action id, a site, or tenant@provider; "
+                           "see GET /v1/shaping)")
+        return web.json_response({"lifted": lifted})
+
 
 def route_table(backend: AdminBackend | None,
                 openapi: dict[str, Any]) -> list[tuple[str, str, Handler]]:
@@ -278,6 +336,9 @@ def route_table(backend: AdminBackend | None,
         ("DELETE", "/v1/tenants/{name}", h.tenant_remove),
         ("POST", "/v1/tenants/{name}/pause", h.tenant_pause),
         ("POST", "/v1/tenants/{name}/resume", h.tenant_resume),
+        ("GET", "/v1/shaping", h.shaping),
+        ("POST", "/v1/shaping/lift", h.shaping_lift),
+        ("GET", "/v1/warmup", h.warmup),
     ]
     return routes
 

@@ -143,6 +143,13 @@ def parse_destination(text: str) -> tuple[str, str]:
                 raise ValueError(f"{_show(text)}: the host is not an IP address or a "
                                  "host name") from None
         return "route", f"[{host}]:{int(port)}"
+    if "," in text and not any(c in text for c in "[]:/\\%@"):
+        # an MX site (issue 15): its MX host names, sorted, joined with ","
+        try:
+            return "site", ",".join(sorted({parse_domain(h) for h in text.split(",")}))
+        except AddressError:
+            raise ValueError(f"{_show(text)} is not an MX site (host names joined with "
+                             "\",\")") from None
     if any(c in text for c in "[]:/\\%@"):
         raise ValueError(f"{_show(text)} is not a domain, \"[host]:port\" or \"sandbox\"")
     try:

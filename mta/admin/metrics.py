@@ -27,6 +27,8 @@ API
                                      reported (optional; else Metrics(state_dir=))
             webhooks                 WebhookService.statuses() (optional): dicts
                                      with name, lag, state, oldest_unsent_at
+            shaping                  {"actions": [{"action": …}], "warmup":
+                                     [{"source", "cap", "used"}]} (optional)
             tenants                  [mta.admin.backend.TenantGauge] (optional;
                                      None or absent: no tenant series)
     .render() -> (bytes, content_type)   the exposition text (text format 0.0.4)
@@ -50,6 +52,11 @@ units, `_total` for counters, `_seconds`/`_bytes` suffixes)
     mta_spool_filesystem_free_bytes                        gauge (scrape time)
     mta_destinations{state}                                gauge (scrape time)
     mta_webhook_requests_total{webhook,result}             counter  ok|failed
+    mta_automation_actions_total{action}                   counter  a shaping rule fired
+                                  suspend|suspend_tenant|connection_limit|message_rate|bounce
+    mta_automation_active{action}                          gauge (scrape time) in force
+    mta_warmup_cap{source} / mta_warmup_used{source}       gauge (scrape time) today's
+                                  warm-up cap and use per egress source (warming ones)
     mta_webhook_lag_events{webhook}                        gauge (scrape time)
         ledger events after the endpoint's cursor (not yet acknowledged)
     mta_webhook_lag_seconds{webhook}                       gauge (scrape time)
@@ -195,6 +202,18 @@ class Metrics(Observer):
         self.destinations = Gauge(
             "mta_destinations", "Destinations known to the scheduler, by state "
             "(active, throttled, suspended).", ["state"], registry=r)
+        self.automation_actions = Counter(
+            "mta_automation_actions", "Actions shaping rules fired on remote replies, by "
+            "action.", ["action"], registry=r)
+        self.automation_active = Gauge(
+            "mta_automation_active", "Shaping rule actions in force, by action.", ["action"],
+            registry=r)
+        self.warmup_cap = Gauge(
+            "mta_warmup_cap", "Today's warm-up cap of an egress source (messages).",
+            ["source"], registry=r)
+        self.warmup_used = Gauge(
+            "mta_warmup_used", "Messages an egress source sent today under its warm-up.",
+            ["source"], registry=r)
 
     def _declare_webhooks(self, r: CollectorRegistry) -> None:
         """Per webhook endpoint: requests, lag, failing."""
@@ -292,6 +311,9 @@ class Metrics(Observer):
     def webhook_request(self, webhook: str, result: str) -> None:
         self.webhook_requests.labels(webhook, result).inc()
 
+    def automation_action(self, action: str) -> None:
+        self.automation_actions.labels(action).inc()
+
     # -- scrape time ----------------------------------------------------------------
 
     async def refresh(self, source: GaugeSource) -> None:
@@ -327,6 +349,8 @@ class Metrics(Observer):
             self.webhook_failing.labels(name).set(1 if st.get("state") == "failing" else 0)
         if g.get("tenants") is not None:
             self._refresh_tenants(g["tenants"])
+        if g.get("shaping") is not None:
+            self._refresh_shaping(g["shaping"])
         free = g.get("spool_free_bytes")
         state_dir = g.get("state_dir") or self.state_dir
         if free is not None:
@@ -363,6 +387,20 @@ class Metrics(Observer):
         for name, reason in [k for k in self._refused_seen if k[0] not in names]:
             del self._refused_seen[(name, reason)]
             self.tenant_refused.remove(name, reason)
+
+    def _refresh_shaping(self, shaping: Mapping[str, Any]) -> None:
+        for gauge in (self.automation_active, self.warmup_cap, self.warmup_used):
+            gauge.clear()
+        active: dict[str, int] = {}
+        for a in shaping.get("actions", ()):
+            kind = str(a["action"]).partition("=")[0]
+            active[kind] = active.get(kind, 0) + 1
+        for kind, n in active.items():
+            self.automation_active.labels(kind).set(n)
+        for w in shaping.get("warmup", ()):
+            if w.get("cap") is not None:
+                self.warmup_cap.labels(w["source"]).set(w["cap"])
+                self.warmup_used.labels(w["source"]).set(w.get("used") or 0)
 
     @staticmethod
     def _label_values(gauge: Gauge) -> set[str]:

@@ -6,7 +6,8 @@ bodies, response schemas and error responses — for operators and tools.
 Public API:
     openapi_document() -> dict     a fresh copy each call
 
-The tenant routes' part is mta.admin.openapi_tenants.
+The tenant routes' part is mta.admin.openapi_tenants, the traffic shaping
+routes' (and a summary row's "actions") mta.admin.openapi_shaping.
 
 Invariant: the paths and methods here are exactly the app's routes; a test
 (tests/test_admin_http.py) compares them, so a route added without its
@@ -19,28 +20,20 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from mta.admin.openapi_parts import error_response as _err
+from mta.admin.openapi_parts import json_response as _json
+from mta.admin.openapi_parts import ref as _ref
+
 from mta.admin.backend import DESTINATION_STATES, MESSAGE_STATES
 from mta.core.envelope import EVENT_TYPES
 from mta.core.qshape import AGE_BUCKETS
 from mta.admin.inputs import INT64_MAX, MAX_DESTINATION, MAX_QUEUE_ID, MAX_WEBHOOK_NAME
+from mta.admin.openapi_shaping import SHAPING_SCHEMAS, SUMMARY_ACTIONS, shaping_paths
 from mta.admin.openapi_tenants import (TENANT_FILTER, TENANT_FILTER_KEY, TENANT_SCHEMAS,
                                       tenant_paths)
 
 __all__ = ["openapi_document"]
 
-_REF = "#/components/schemas/"
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": _REF + name}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _err(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
 
 
 _UNAUTHORIZED = {"401": {**_err("missing or invalid bearer token"),
@@ -372,6 +365,9 @@ _PATHS: dict[str, Any] = {
 
 _SCHEMAS.update(TENANT_SCHEMAS)
 _PATHS.update(tenant_paths(_ERRORS))
+_SCHEMAS.update(SHAPING_SCHEMAS)
+_SCHEMAS["DestinationSummary"]["properties"]["actions"] = SUMMARY_ACTIONS
+_PATHS.update(shaping_paths(_ERRORS))
 
 
 _DOCUMENT: dict[str, Any] = {

@@ -19,24 +19,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from mta.admin.openapi_parts import error_response as _err
+from mta.admin.openapi_parts import json_response as _json
+from mta.admin.openapi_parts import ref as _ref
+
 from mta.admin.inputs import INT64_MAX
 from mta.admin.params import (MAX_RATE, MAX_REASON, MAX_WINDOW, MAX_WINDOW_SECONDS,
                               POLICY_LEVELS)
 from mta.spool.tenants import TENANT_NAME
 
 __all__ = ["TENANT_SCHEMAS", "TENANT_FILTER", "TENANT_FILTER_KEY", "tenant_paths"]
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": "#/components/schemas/" + name}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _err(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
 
 
 def _nullable(schema: dict[str, Any], description: str) -> dict[str, Any]:

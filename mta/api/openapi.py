@@ -23,7 +23,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mta.admin.openapi import _json, _ref
+from mta.admin.openapi_parts import json_response as _json
+from mta.admin.openapi_parts import ref as _ref
 from mta.api.emails import BATCH_MAX, MAX_ATTACHMENTS, MAX_HEADERS, MAX_TAGS
 from mta.api.keys import MAX_NAME, MAX_RATE_LIMIT, MODES, PERMISSIONS
 from mta.core.envelope import EVENT_TYPES, SUPPRESSION_REASONS

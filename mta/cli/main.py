@@ -14,10 +14,12 @@ directory it used (`mta: config PATH, state DIR`; `mta serve` logs it as
                                        are several or none); kept across reloads
                                        (it is passed on as MTA_LISTEN)
     mta config check [--json] [--strict]
-        the effective config on stdout, exit 0; errors (parse errors, and
-        certificate/key files that are missing, unreadable or do not load)
-        on stderr, exit 1; warnings (placeholder names, documentation
-        addresses: mta.config.checks) on stderr, exit 0, or 1 with --strict.
+        the effective config on stdout, exit 0; errors (parse errors,
+        certificate/key files that are missing, unreadable or do not load,
+        the [shaping] file and [[egress]] warm-up schedules) on stderr, exit 1;
+        warnings (placeholder names, documentation addresses:
+        mta.config.checks) on stderr, exit 0, or 1 with --strict.
+    mta warmup status / shaping show / shaping lift TARGET   (mta.cli.shaping_cmd)
     mta user add NAME [--password-stdin] [--domain D]... [--tenant T]
         the credential belongs to tenant T (default "default"; T must exist,
         and NAME must not be another tenant's: exit 1, nothing created);
@@ -37,7 +39,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mta.cli import (bounce_cmd, destination_cmd, domain_cmd, events_cmd, key_cmd, owner,
-                     queue_cmd, suppression_cmd, tenant_cmd, webhooks_cmd)
+                     queue_cmd, shaping_cmd, suppression_cmd, tenant_cmd, webhooks_cmd)
 from mta.cli.times import utc
 from mta.config import (EMBEDDED_SOURCE, Config, config_as_dict, config_path, file_errors,
                         load_config, placeholder_warnings, render_config, with_listen)
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     events_cmd.register(sub, cfgp)
     key_cmd.register(sub, cfgp)
     tenant_cmd.register(sub, cfgp)
+    shaping_cmd.register(sub, cfgp)
     return parser
 
 
@@ -159,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "domain": domain_cmd.run, "bounce": bounce_cmd.run,
                "suppression": suppression_cmd.run, "webhooks": webhooks_cmd.run,
                "events": events_cmd.run, "key": key_cmd.run,
-               "tenant": tenant_cmd.run}[args.command]
+               "tenant": tenant_cmd.run, "warmup": shaping_cmd.run,
+               "shaping": shaping_cmd.run}[args.command]
     try:
         return handler(cfg, args)
     except KeyboardInterrupt:
@@ -181,7 +185,8 @@ def _serve(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _config(cfg: Config, args: argparse.Namespace) -> int:
-    errors, warnings = file_errors(cfg), placeholder_warnings(cfg)
+    from mta.runtime.shaping import check as shaping_errors   # what the daemon would refuse
+    errors, warnings = file_errors(cfg) + shaping_errors(cfg), placeholder_warnings(cfg)
     if errors:
         print(f"configuration errors in {_describe(cfg.source)}:", file=sys.stderr)
         for e in errors:

@@ -10,13 +10,18 @@ Public API:
     run(cfg, args) -> exit code
     connect(cfg) -> AdminClient           shared with destination_cmd
     fail_admin(exc) -> exit code          prints an admin error the house way
+    action_line(action, now=None) -> str  a shaping action for people (shared
+                                          with shaping_cmd)
 
 Commands (all accept --config and --json):
     queue list [--state S] [--domain D] [--sender S] [--recipient R] [--tenant T]
                [--limit N] [--all]
         messages not yet done (--all: every message still in the index),
         in arrival order; pages through the API; --limit 0 lists everything
-    queue summary                  destinations × age buckets, like qshape
+    queue summary                  destinations × age buckets, like qshape;
+                                   then each destination's last error, and the
+                                   shaping rules' actions in force on them
+                                   (reason and end time; `mta shaping lift`)
     queue show ID [--body]         envelope, recipients, attempts, like postcat;
                                    --body prints the message exactly as queued
     queue hold|release|retry|bounce|delete ID…
@@ -50,7 +55,7 @@ from mta.cli.times import utc_or, when
 from mta.config import Config
 from mta.core.qshape import AGE_BUCKETS
 
-__all__ = ["register", "run", "connect", "fail_admin"]
+__all__ = ["register", "run", "connect", "fail_admin", "action_line"]
 
 _PAST = {"hold": "held", "release": "released", "retry": "scheduled for retry now",
          "bounce": "bounced", "delete": "deleted"}
@@ -217,7 +222,21 @@ def _summary(client: AdminClient, args: argparse.Namespace) -> int:
         print()
         for r in errors:
             print(f"{r['destination']}: {r['last_error']}")
+    # the same action shows on each destination it concerns: once here
+    actions = {a.get("id"): a for r in rows for a in r.get("actions") or []}
+    if actions:
+        print()
+        print("Shaping rules in force:")
+        for a in actions.values():
+            print(f"  {action_line(a)}")
     return 0
+
+
+def action_line(a: JsonObject, now: float | None = None) -> str:
+    """`KEY  ACTION  until <UTC> (in 59m)  rule "NAME": REASON` (issue 15)."""
+    reason = f": {a['reason']}" if a.get("reason") else ""
+    return (f"{a.get('key', '?')}  {a.get('action', '?')}  until {when(a.get('until'), now)}"
+            f"  rule \"{a.get('rule', '')}\"{reason}")
 
 
 # ------------------------------------------------------------------ show

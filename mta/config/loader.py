@@ -147,6 +147,7 @@ def _cross_checks(cfg: Config) -> list[str]:
         errors.append("admin.token: use at least 16 characters")
     errors.extend(_webhook_checks(cfg))
     errors.extend(_api_checks(cfg))
+    errors.extend(_egress_checks(cfg))
     r = cfg.reputation
     for what in ("bounce", "complaint"):
         if getattr(r, f"{what}_warn") > getattr(r, f"{what}_pause"):
@@ -157,6 +158,37 @@ def _cross_checks(cfg: Config) -> list[str]:
     for a in set(addrs):
         if addrs.count(a) > 1:
             errors.append(f"listeners: address {a} is used by more than one listener")
+    return errors
+
+
+def _egress_checks(cfg: Config) -> list[str]:
+    """[[egress]] sources and [[egress_pool]]s: names, addresses, references.
+    (Warm-up schedules and the shaping file are read by runtime/shaping.py,
+    which `mta config check` and a reload also run.)"""
+    errors = []
+    names = [e.name for e in cfg.egress]
+    addresses = [e.address for e in cfg.egress]
+    for i, e in enumerate(cfg.egress):
+        where = f"egress[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", e.name):
+            errors.append(f"{where}.name: required: letters, digits, '.', '_' or '-'")
+        elif names.count(e.name) > 1:
+            errors.append(f"{where}.name: {e.name!r} is used by more than one source")
+        try:
+            ipaddress.ip_address(e.address)
+        except ValueError:
+            errors.append(f"{where}.address: {e.address!r} is not an IPv4 or IPv6 address")
+        else:
+            if addresses.count(e.address) > 1:
+                errors.append(f"{where}.address: {e.address} is used by more than one source")
+    pools = [p.name for p in cfg.egress_pool]
+    with_sources = {e.pool for e in cfg.egress}
+    for i, p in enumerate(cfg.egress_pool):
+        if pools.count(p.name) > 1:
+            errors.append(f"egress_pool[{i}].name: {p.name!r} is used by more than one pool")
+        if p.name not in with_sources:
+            errors.append(f"egress_pool[{i}].name: no [[egress]] source has pool = "
+                          f"{p.name!r}")
     return errors
 
 

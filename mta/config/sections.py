@@ -24,6 +24,7 @@ from mta.core.envelope import EVENT_TYPES  # what [[webhooks]] events may name
 __all__ = ["EVENT_TYPES", "SECTIONS", "ARRAYS", "Config", "ServerConfig", "ListenerConfig",
            "DeliveryConfig", "DnsConfig", "DomainsConfig", "PolicyConfig", "BouncesConfig",
            "SuppressionConfig", "AdminConfig", "ApiConfig", "LedgerConfig", "WebhookConfig", "MiB",
+           "ShapingConfig", "EgressConfig", "EgressPoolConfig",
            "live_keys", "ROUTES_LIVE"]
 
 MiB = 1024 * 1024
@@ -264,6 +265,43 @@ class ReputationConfig:
 
 
 @dataclass(frozen=True)
+class ShapingConfig:
+    builtin: bool = L(True, "load the shipped provider table (docs/shaping.md: connection "
+                      "limits, rates and reply rules per mailbox provider)", BOOL)
+    file: str | None = L(None, "an operator's shaping file in the same format, laid over the "
+                         "shipped table key by key (alone when builtin = false)", STR,
+                         optional=True)
+    mx_rollup: bool = L(True, "domains whose MX hosts are the same set share one queue and "
+                        "one set of limits (a [domain.NAME] mx_rollup = false in the shaping "
+                        "file opts a domain out)", BOOL)
+
+
+@dataclass(frozen=True)
+class EgressConfig:
+    name: str = L("", "the source's name, used by pools, `mta warmup status` and the "
+                  "ledger (required)")
+    address: str = L("", "local IPv4 or IPv6 address outgoing connections bind (required; "
+                     "it must be configured on this machine)")
+    ehlo: str | None = L(None, "name to greet with from this address (its reverse DNS "
+                         "should match; unset: [server] hostname)", STR, optional=True)
+    pool: str = L("default", "the pool it belongs to; mail uses the pool its tenant or "
+                  "sending domain chooses ([[egress_pool]]), else \"default\"")
+    warmup: str | None = L(None, "warm-up schedule by sending day: \"50*1.5\" (day 1: 50, "
+                           "then x1.5), \"50*1.5 until 100000\", \"50,100,250,500\" or "
+                           "\"standard\"; unset: the address is warm", STR, optional=True)
+
+
+@dataclass(frozen=True)
+class EgressPoolConfig:
+    name: str = L("", "the pool's name (required)")
+    tenants: tuple[str, ...] = L((), "tenants whose mail uses this pool", STR_LIST)
+    domains: tuple[str, ...] = L((), "sending domains (of the envelope sender) whose mail "
+                                 "uses this pool; a domain wins over a tenant", STR_LIST)
+    spill: bool = L(True, "when the pool has sources warming up, may its warm sources take "
+                    "what the warming ones may not send today (false: it waits)", BOOL)
+
+
+@dataclass(frozen=True)
 class WebhookConfig:
     name: str = L("", "name used by `mta webhooks` and the admin API (required)")
     url: str = L("", "http(s) URL the events are POSTed to (required)")
@@ -293,6 +331,9 @@ class Config:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     reputation: ReputationConfig = field(default_factory=ReputationConfig)
     webhooks: tuple[WebhookConfig, ...] = ()
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
+    egress: tuple[EgressConfig, ...] = ()
+    egress_pool: tuple[EgressPoolConfig, ...] = ()
     # domain → "host:port"; "*" routes every domain (a smarthost)
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "<embedded default>"   # file the config came from (not a key)
@@ -302,9 +343,10 @@ class Config:
 SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig,
             "domains": DomainsConfig, "policy": PolicyConfig, "bounces": BouncesConfig,
             "suppression": SuppressionConfig, "admin": AdminConfig, "api": ApiConfig,
-            "ledger": LedgerConfig, "reputation": ReputationConfig}
+            "ledger": LedgerConfig, "reputation": ReputationConfig, "shaping": ShapingConfig}
 # The [[array]] sections: key → the class of each table.
-ARRAYS = {"listeners": ListenerConfig, "webhooks": WebhookConfig}
+ARRAYS = {"listeners": ListenerConfig, "webhooks": WebhookConfig, "egress": EgressConfig,
+          "egress_pool": EgressPoolConfig}
 
 
 def live_keys(section: str) -> frozenset[str]:

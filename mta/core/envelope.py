@@ -82,6 +82,34 @@ ASYNC_BOUNCE_MACHINE = StateMachine("recipient_async", {
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """How the SMTP client connects for one batch (issue 15).
+
+    source        local address to bind ("" = the OS chooses)
+    ehlo          name to greet with ("" = the server's host name)
+    max_uses      transactions one connection may carry, cached reuse
+                  included (0 = the transport's default)
+    require_tls   never deliver in clear text: no STARTTLS, or a failed
+                  handshake, defers the batch (451 4.7.5, as Postfix says)
+    connect_timeout, command_timeout   seconds (0 = the [delivery] ones)
+    keep_idle     the connection may wait in the client's cache for the next
+                  batch (False under a provider-wide connection limit: an
+                  idle connection to one site is invisible to the others'
+                  count, yet the provider sees it)
+    """
+    source: str = ""
+    ehlo: str = ""
+    max_uses: int = 0
+    require_tls: bool = False
+    connect_timeout: float = 0.0
+    command_timeout: float = 0.0
+    keep_idle: bool = True
+
+
+DEFAULT_OPTIONS = ConnectionOptions()
+
+
+@dataclass(frozen=True, slots=True)
 class Destination:
     """Where a recipient's mail goes next; the scheduler queues per `name`.
 
@@ -95,6 +123,9 @@ class Destination:
     domain: str = ""
     host: str = ""
     port: int = 25
+    # How a connection to it is made (issue 15: the egress source and the
+    # shaping table's per-site options); the default is the [delivery] one.
+    options: ConnectionOptions = field(default_factory=lambda: DEFAULT_OPTIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +142,7 @@ class QueuedRecipient:
     next_attempt: float
     size: int = 0
     test: bool = False    # a test key's message: captured, never delivered
+    tenant: str = "default"   # the tenant of the message's credential (issue 14)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +223,9 @@ EVENT_TYPES = ("received", "rejected", "suppressed", "queued", "deferred", "deli
                "rescheduled",
                # About a tenant (credential "tenant:NAME"; runtime/tenants.py, reputation.py).
                "reputation_warning", "reputation_paused", "reputation_recovered",
-               "tenant_paused", "tenant_resumed")
+               "tenant_paused", "tenant_resumed",
+               # Traffic shaping's automation on replies (runtime/automation.py).
+               "automation_action", "automation_ended")
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,6 +97,9 @@ class Observer:
     def capture_refused(self, reason: str) -> None:
         pass
 
+    def automation_action(self, action: str) -> None:
+        """A shaping rule fired `action` ("suspend", "connection_limit", …)."""
+
     def webhook_request(self, webhook: str, result: str) -> None:
         pass
 

@@ -36,7 +36,7 @@ log) asks here; nothing else invents one. Order:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _ESC_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})$")
 _ESC_PREFIX_RE = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s+")
@@ -132,6 +132,10 @@ class Reply:
     code: int
     esc: str
     text: str
+    # True when a remote server said it (from_remote), False for our own
+    # words (4.4.1 no connection, a synthetic deferral …): automation rules
+    # act on remote replies only (issue 15). Not part of equality.
+    remote: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -179,7 +183,7 @@ class Reply:
         if m and m.group(1)[0] == str(code)[0]:
             esc = m.group(1)
             text = text[m.end():]
-        return cls(code, esc, text)
+        return cls(code, esc, text, True)
 
     @classmethod
     def parse(cls, line: str) -> "Reply":

@@ -33,7 +33,14 @@ Invariants:
     connection was lost after a first one dropped.
   - TLS is opportunistic and unauthenticated (Postfix
     `smtp_tls_security_level = may`): STARTTLS when offered, certificate not
-    checked, a failed handshake is retried once in clear text.
+    checked, a failed handshake is retried once in clear text — unless the
+    destination's options require TLS (the shaping table's `tls =
+    "required"`): then no clear text, the batch defers with 451 4.7.5.
+  - Egress (issue 15): a destination's `options.source` is the local
+    address each connection binds (MX addresses of the other IP family are
+    skipped), `options.ehlo` the name it greets with; idle connections are
+    cached per destination *and* source; `options.max_uses` caps the
+    transactions per connection, cached reuse included.
   - Log lines are `event=name key=value …` (mta.core.logfmt.event): text a
     remote chose (replies, error messages) is quoted, never a field of its own.
 
@@ -53,7 +60,7 @@ from collections.abc import Callable, Sequence
 import aiosmtplib
 from aiosmtplib import SMTPConnectResponseError, SMTPException, SMTPHeloError, SMTPResponseException
 
-from mta.core.envelope import Destination
+from mta.core.envelope import ConnectionOptions, Destination
 from mta.core.errors import PermFailure, TempFailure
 from mta.core.logfmt import event, fmt_value
 from mta.core.outcome import DestinationHealth, RecipientOutcome
@@ -79,6 +86,16 @@ def _is_ip(host: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _family_fits(ip: str, source: str) -> bool:
+    """Can a socket bound to `source` reach `ip`? ("" binds nothing: yes)."""
+    if not source:
+        return True
+    try:
+        return ipaddress.ip_address(ip).version == ipaddress.ip_address(source).version
+    except ValueError:
+        return True
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -128,9 +145,9 @@ class SmtpTransport:
             session.close()
         return None
 
-    async def _park(self, name: str, session: Session) -> None:
+    async def _park(self, name: str, session: Session, max_uses: int = 0) -> None:
         sessions = self._idle.setdefault(name, [])
-        if (self.cache_time <= 0 or session.uses >= self.max_uses
+        if (self.cache_time <= 0 or session.uses >= (max_uses or self.max_uses)
                 or len(sessions) >= self.max_idle or not session.smtp.is_connected):
             await session.quit()
             return
@@ -199,6 +216,12 @@ class SmtpTransport:
             return [Hop(host, tuple(addrs), 0)]
         raise ValueError(f"SmtpTransport cannot deliver to a {destination.kind!r} destination")
 
+    @staticmethod
+    def _cache_key(destination: Destination) -> str:
+        """Idle connections are per destination and per egress source."""
+        source = destination.options.source
+        return f"{destination.name}|{source}" if source else destination.name
+
     async def _deliver(self, destination: Destination, messages: list[OutboundMessage],
                        settlement: Settlement) -> DestinationHealth:
         try:
@@ -212,8 +235,9 @@ class SmtpTransport:
 
         pending = [m for m in messages if settlement.unsettled(m)]
         lost_once = False
+        key = self._cache_key(destination)
         while pending:
-            session = self._take_idle(destination.name)
+            session = self._take_idle(key)
             reused = session is not None
             if session is None:
                 session, failure = await self._open(destination, hops)
@@ -224,7 +248,10 @@ class SmtpTransport:
                 return health
             try:
                 if await self._send(session, pending, settlement, reused=reused):
-                    await self._park(destination.name, session)
+                    if destination.options.keep_idle:
+                        await self._park(key, session, destination.options.max_uses)
+                    else:
+                        await session.quit()
                     return DestinationHealth.OK
             except Throttled as exc:
                 session.close()
@@ -287,15 +314,24 @@ class SmtpTransport:
         """
         failures: list[str] = []
         throttled: Reply | None = None
+        options = destination.options
         for hop in hops:
             for ip in hop.addresses:
+                if not _family_fits(ip, options.source):
+                    continue
                 try:
                     try:
-                        return await self._connect(hop, ip, destination.port, tls=True), None
+                        return await self._connect(hop, ip, destination.port, options,
+                                                   tls=True), None
                     except HandshakeFailed as exc:
+                        if options.require_tls:
+                            failures.append(f"{hop.host}[{ip}]:{destination.port} STARTTLS "
+                                            f"failed ({exc}) and TLS is required")
+                            continue
                         event(log, "starttls_failed", mx=hop.host, ip=ip, port=destination.port,
                               error=exc, next="clear_text")
-                        return await self._connect(hop, ip, destination.port, tls=False), None
+                        return await self._connect(hop, ip, destination.port, options,
+                                                   tls=False), None
                 except Throttled as exc:
                     throttled = throttled or exc.reply
                     failures.append(f"{hop.host}[{ip}]:{destination.port} said {exc.reply}")
@@ -308,49 +344,61 @@ class SmtpTransport:
                     failures.append(f"{hop.host}[{ip}]:{destination.port} {describe(exc)}")
         if throttled is not None:
             return None, (throttled, DestinationHealth.THROTTLING)
+        if not failures:
+            return None, (Reply(451, "4.4.4", f"no mail host address of {destination.name} "
+                                              f"fits the egress source {options.source}; "
+                                              f"will retry"), DestinationHealth.DOWN)
         shown = "; ".join(failures[:_MAX_DETAIL])
         if len(failures) > _MAX_DETAIL:
             shown += f"; and {len(failures) - _MAX_DETAIL} more"
-        return None, (Reply(451, "4.4.1", f"could not connect to any mail host of "
-                                          f"{destination.name}: {shown}; will retry"),
+        code = "4.7.5" if options.require_tls else "4.4.1"
+        return None, (Reply(451, code, f"could not connect to any mail host of "
+                                       f"{destination.name}: {shown}; will retry"),
                       DestinationHealth.DOWN)
 
-    async def _connect(self, hop: Hop, ip: str, port: int, *, tls: bool) -> Session:
-        smtp = aiosmtplib.SMTP(hostname=ip, port=port, local_hostname=self.hostname,
-                               timeout=self.command_timeout, start_tls=False,
+    async def _connect(self, hop: Hop, ip: str, port: int, options: ConnectionOptions, *,
+                       tls: bool) -> Session:
+        command_timeout = options.command_timeout or self.command_timeout
+        smtp = aiosmtplib.SMTP(hostname=ip, port=port,
+                               local_hostname=options.ehlo or self.hostname,
+                               source_address=(options.source, 0) if options.source else None,
+                               timeout=command_timeout, start_tls=False,
                                validate_certs=False, tls_context=self._tls)
         # connect() covers TCP connect and the 220 greeting.
-        await smtp.connect(timeout=self.connect_timeout)
+        await smtp.connect(timeout=options.connect_timeout or self.connect_timeout)
         try:
-            await self._hello(smtp)
+            await self._hello(smtp, command_timeout)
             version = ""
             if tls and smtp.supports_extension("starttls"):
-                version = await self._starttls(smtp, hop)
-            return Session(smtp, Peer(hop.host, ip, version), self.command_timeout)
+                version = await self._starttls(smtp, hop, command_timeout)
+            if options.require_tls and not version:
+                raise HandshakeFailed("STARTTLS not offered" if not smtp.supports_extension(
+                    "starttls") else "STARTTLS declined")
+            return Session(smtp, Peer(hop.host, ip, version), command_timeout)
         except BaseException:
             smtp.close()
             raise
 
-    async def _hello(self, smtp: aiosmtplib.SMTP) -> None:
+    async def _hello(self, smtp: aiosmtplib.SMTP, timeout: float) -> None:
         try:
-            await smtp.ehlo(timeout=self.command_timeout)
+            await smtp.ehlo(timeout=timeout)
         except SMTPHeloError as exc:
             if exc.code == 421:
                 raise Throttled(remote_reply(exc)) from None
             if not smtp.is_connected:
                 raise
             try:
-                await smtp.helo(timeout=self.command_timeout)
+                await smtp.helo(timeout=timeout)
             except SMTPHeloError as exc2:
                 if exc2.code == 421:
                     raise Throttled(remote_reply(exc2)) from None
                 raise
 
-    async def _starttls(self, smtp: aiosmtplib.SMTP, hop: Hop) -> str:
+    async def _starttls(self, smtp: aiosmtplib.SMTP, hop: Hop, timeout: float) -> str:
         """Upgrade the connection; "" when the server declined and we go on in clear."""
         try:
             await smtp.starttls(server_hostname=None if _is_ip(hop.host) else hop.host,
-                                timeout=self.command_timeout)
+                                timeout=timeout)
         except SMTPResponseException as exc:
             if exc.code == 421:
                 raise Throttled(remote_reply(exc)) from None
@@ -361,5 +409,5 @@ class SmtpTransport:
             raise HandshakeFailed(describe(exc)) from None
         ssl_object = smtp.get_transport_info("ssl_object")
         version = ssl_object.version() if ssl_object is not None else "TLS"
-        await self._hello(smtp)  # RFC 3207: forget pre-TLS extensions, ask again
+        await self._hello(smtp, timeout)  # RFC 3207: forget pre-TLS extensions, ask again
         return version

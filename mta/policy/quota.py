@@ -35,10 +35,12 @@ Rules:
     count drops to 0 when the next window starts ("recovery at the next
     window"). A clock that steps back never reopens an older window: the
     counts of the newest window seen stay until a later one starts.
-  * The rate is a GCRA: T = 1 / rate, the theoretical arrival time `tat`
-    advances by n*T per admission; n is admitted at `now` when
-    max(tat, now) + n*T - burst*T <= now, else the wait is the difference.
-    Sustained: `rate` a second; at once: at most `burst`.
+  * The rate is a GCRA (mta.policy.gcra.Gcra): T = 1 / rate, the
+    theoretical arrival time `tat` advances by n*T per admission; n is
+    admitted at `now` when max(tat, now) + n*T - burst*T <= now, else the
+    wait is the difference. Sustained: `rate` a second; at once: at most
+    `burst`. The float rate becomes a RateSpec with that same T: a whole
+    rate r is "r/s", any other is 1 per 1/r seconds (0.5 -> 1 per 2 s).
   * When several limits refuse, the verdict names the one with the largest
     wait (ties: per_day, then per_hour, then rate — the longer window is
     what the client must wait for anyway). When n exceeds a limit's whole
@@ -46,8 +48,9 @@ Rules:
     and names the smallest such limit (ties in the same order).
   * A refusal consumes nothing; an admission consumes from every limit.
 
-Invariants: a QuotaState holds five numbers whatever the traffic; limits
-are passed per call, so a reload applies from the next call on.
+Invariants: a QuotaState holds four counters and one Gcra (one float)
+whatever the traffic; limits are passed per call, so a reload applies from
+the next call on.
 """
 
 from __future__ import annotations
@@ -56,13 +59,14 @@ import math
 from dataclasses import dataclass
 
 from mta.core.reply import Reply
+from mta.policy.gcra import Gcra, RateSpec
 
 __all__ = ["QuotaLimits", "QuotaState", "QuotaVerdict", "retry_after_seconds",
            "smtp_reply", "HOUR", "DAY"]
 
 HOUR = 3600
 DAY = 86400
-_EPS = 1e-9     # float slack in the GCRA comparison (never a visible wait)
+_EPS = 1e-9     # float slack when rounding a wait up to whole seconds
 
 # Ties between refusing limits: the earlier name wins.
 _ORDER = ("per_day", "per_hour", "rate")
@@ -148,6 +152,15 @@ def smtp_reply(verdict: QuotaVerdict, tenant: str) -> Reply:
     return Reply(452, "4.5.3", text)
 
 
+def _rate_spec(rate: float) -> RateSpec:
+    """messages/s as a RateSpec with the same emission interval 1.0 / rate:
+    a whole rate is `rate` per second ("5/s"); any other is one message per
+    1 / rate seconds (0.5 -> 1 per 2 s, 2.5 -> 1 per 0.4 s)."""
+    if float(rate).is_integer():
+        return RateSpec(int(rate), 1.0)
+    return RateSpec(1, 1.0 / rate)
+
+
 def _number(x: float) -> str:
     """5.0 -> "5", 1000 -> "1,000", 0.25 -> "0.25"."""
     if x == int(x):
@@ -162,7 +175,7 @@ class QuotaState:
         self._hour_count = 0
         self._day_start = -math.inf
         self._day_count = 0
-        self._tat = -math.inf       # GCRA theoretical arrival time
+        self._gcra: Gcra | None = None      # the rate part, made on first use
 
     def _roll(self, now: float) -> None:
         hour = math.floor(now / HOUR) * HOUR
@@ -187,11 +200,21 @@ class QuotaState:
         self._hour_count = hour_count
         self._day_count = max(day_count, hour_count)
 
+    def _rate(self, limits: QuotaLimits) -> Gcra:
+        """The GCRA for limits.rate, reconfigured when the limits changed
+        (its state is kept across a reload, as one `tat` always was)."""
+        assert limits.rate is not None
+        spec, burst = _rate_spec(limits.rate), limits.burst_size or 1
+        if self._gcra is None:
+            self._gcra = Gcra(spec, burst)
+        elif self._gcra.rate != spec or self._gcra.burst != burst:
+            self._gcra.reconfigure(spec, burst)
+        return self._gcra
+
     def _rate_slots(self, limits: QuotaLimits, now: float) -> int:
         """Burst slots in use at `now` (0 when the bucket is idle)."""
-        assert limits.rate is not None
-        ahead = max(0.0, self._tat - now) * limits.rate
-        return min(limits.burst_size or 0, math.ceil(ahead - _EPS))
+        gcra = self._rate(limits)
+        return gcra.burst - gcra.available(now)
 
     def admit(self, limits: QuotaLimits, n: int, now: float) -> QuotaVerdict:
         if n < 1:
@@ -207,23 +230,22 @@ class QuotaState:
         if limits.per_hour is not None and self._hour_count + n > limits.per_hour:
             refusals.append(QuotaVerdict(False, "per_hour", self._hour_start + HOUR - now,
                                          used=self._hour_count, allowed=limits.per_hour))
-        new_tat = self._tat
+        gcra: Gcra | None = None
         if limits.rate is not None:
-            interval = 1.0 / limits.rate
-            burst = limits.burst_size or 1
-            new_tat = max(self._tat, now) + n * interval
-            wait = new_tat - burst * interval - now
-            if wait > _EPS:
+            gcra = self._rate(limits)
+            wait = gcra.wait(now, n)
+            if wait > 0.0:
                 refusals.append(QuotaVerdict(False, "rate", wait,
                                              used=self._rate_slots(limits, now),
-                                             allowed=burst, rate=float(limits.rate)))
+                                             allowed=gcra.burst, rate=float(limits.rate)))
         if refusals:
             # the largest wait; ties keep _ORDER (the list is built in it)
             return max(refusals, key=lambda v: (v.retry_after or 0.0,
                                                 -_ORDER.index(v.limit)))
         self._hour_count += n
         self._day_count += n
-        self._tat = new_tat
+        if gcra is not None:
+            gcra.admit(now, n)
         return QuotaVerdict(True)
 
     def _impossible(self, limits: QuotaLimits, n: int, now: float) -> QuotaVerdict | None:

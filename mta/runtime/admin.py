@@ -47,6 +47,8 @@ from mta.config import Config
 from mta.core import Clock, Reply
 from mta.core.qshape import AGE_BUCKETS
 from mta.policy.routing import destination_for
+from mta.runtime.admin_shaping import (ShapingAdmin, ShapingRunner, shaping_gauges,
+                                       summary_actions)
 from mta.spool import MessageFilter, Spool
 
 __all__ = ["RuntimeAdmin", "DaemonView", "filesystem_free_bytes", "DEFAULT_MIN_FREE_SPACE",
@@ -61,7 +63,7 @@ class _Destinations(Protocol):
         """{name: {"state", "suspended", …}} of every destination it tracks."""
 
 
-class _Runner(Protocol):
+class _Runner(ShapingRunner, Protocol):
     """The queue runner as the admin API steers it (runtime.queue_runner)."""
 
     @property
@@ -138,7 +140,7 @@ def _mib(n: int) -> str:
     return f"{n / 1048576:.1f} MiB"
 
 
-class RuntimeAdmin:
+class RuntimeAdmin(ShapingAdmin):
     """The AdminBackend (and LedgerBackend, JsonListing) of a running daemon."""
 
     def __init__(self, daemon: DaemonView,
@@ -206,8 +208,10 @@ class RuntimeAdmin:
     # ---- queue -----------------------------------------------------------
     def _destination(self, domain: str) -> str:
         cfg = self.d.cfg
-        return destination_for(domain, cfg.routes, sandbox=cfg.server.mode == "sandbox",
+        name = destination_for(domain, cfg.routes, sandbox=cfg.server.mode == "sandbox",
                                mx_port=cfg.delivery.smtp_port).name
+        shaping = self.runner.shaping
+        return name if shaping is None else shaping.queue_of(domain, name)
 
     async def queue_summary(self) -> list[dict[str, Any]]:
         now = self.d.clock.now()
@@ -226,8 +230,11 @@ class RuntimeAdmin:
             agg["last_error"] = agg["last_error"] or row.get("last_error") or ""
         for name in states:
             out.setdefault(name, _summary_row(name))
+        actions = self.runner.rules.active() if self.runner.rules is not None else []
         for name, agg in out.items():
             agg["state"] = destination_state(states.get(name))
+            # shaping rules in force on it (issue 15): reason and end time
+            agg["actions"] = summary_actions(actions, name, states.get(name))
         return sorted(out.values(), key=lambda a: (-a["recipients"], a["destination"]))
 
     async def list_messages(self, *, state: str | None = None, domain: str | None = None,
@@ -294,10 +301,12 @@ class RuntimeAdmin:
         runner = self.runner
         kind, name = parse_destination(name)
         if kind in ("domain", "literal"):
-            return destination_for(name, runner.routes, sandbox=runner.sandbox,
+            dest = destination_for(name, runner.routes, sandbox=runner.sandbox,
                                    mx_port=runner.mx_port).name
-        if name in runner.scheduler.destination_states():
-            return name
+            # a domain rolled up into its MX site is steered with the site
+            return dest if runner.shaping is None else runner.shaping.queue_of(name, dest)
+        if name in runner.scheduler.destination_states() or kind == "site":
+            return name             # a site may be steered before mail reaches it
         if kind == "sandbox":
             if runner.sandbox:
                 return "sandbox"
@@ -392,7 +401,7 @@ class RuntimeAdmin:
                 "webhooks": await self.webhooks_service().statuses(),
                 "destinations": {n: destination_state(s) for n, s in
                                  self.runner.scheduler.destination_states().items()},
-                "tenants": self.tenant_gauges()}
+                "tenants": self.tenant_gauges(), "shaping": shaping_gauges(self.runner)}
 
     def tenant_gauges(self) -> list[TenantGauge] | None:
         """Each tenant's figures for /metrics (None: no tenant service)."""

@@ -41,13 +41,10 @@ from mta.admin.metrics import Metrics
 from mta.admin.token import ensure_token
 from mta.config import Config
 from mta.core import Clock, Reply, SystemClock
-from mta.delivery.client import SmtpTransport
 from mta.delivery.resolver import DnsResolver
-from mta.delivery.sandbox import SandboxTransport
 from mta.domains.service import DomainService
 from mta.mail.verp import VerpCodec
 from mta.policy.authlimit import AuthThrottle
-from mta.policy.retry import RetryPolicy
 from mta.policy.senders import SenderPolicy
 from mta.policy.suppression import SuppressionRules
 from mta.runtime import reload
@@ -58,19 +55,19 @@ from mta.runtime.api_resources import add_stored_webhooks
 from mta.runtime.bounces import BounceProcessor, load_or_create_secret
 from mta.runtime.domains import DomainCache
 from mta.runtime.housekeeping import (DOMAINS_EVERY, DSN_EVERY, DSN_PAUSE_AFTER_FAILURE,
-                                      PRUNE_EVERY, RECLAIM_EVERY, Housekeeping, Job,
+                                      PRUNE_EVERY, RECLAIM_EVERY, SHAPING_EVERY, Housekeeping, Job,
                                       prune_ledger, reclaim_segments)
 from mta.runtime.logs import event
 from mta.runtime.notify import notify
 from mta.runtime.paths import StatePaths, capture_dir, state_paths
 from mta.runtime.queue_runner import QueueRunner
 from mta.runtime.reputation import ReputationTracker
+from mta.runtime.runner_build import build_runner
 from mta.runtime.submission import GatedSpool, RcptChecks
 from mta.runtime.tenants import TenantService
 from mta.runtime.startup import (FIRST_USER, StartupError, ensure_first_credential,
                                  raise_fd_limit, tls_context, why)
 from mta.runtime.users import Credentials, open_credentials
-from mta.scheduler import Scheduler
 from mta.runtime.workers import Receivers, resolve_workers
 from mta.server.listener import Handoff, SubmissionListener
 from mta.spool import Spool
@@ -143,7 +140,9 @@ class Daemon:
                                    self.clock, observer=self.metrics)
         await self.domains.refresh()
         codec = VerpCodec(load_or_create_secret(paths["verp_key"]))
-        self.runner = self._runner(paths, resolver, codec)
+        self.runner = build_runner(cfg, spool=self.spool, paths=paths, resolver=resolver,
+                                   codec=codec, clock=self.clock, observer=self.metrics,
+                                   bounce_domain_for=self._bounce_domain_for)
         self.webhooks = WebhookService(cfg.webhooks, spool=self.spool.ledger, clock=self.clock,
                                        ledger_cfg=cfg.ledger, observer=self.metrics)
         await add_stored_webhooks(cfg, self.webhooks)     # made by the sending API
@@ -196,7 +195,8 @@ class Daemon:
                         pause_after_failure=DSN_PAUSE_AFTER_FAILURE),
                     Job("reclaim", RECLAIM_EVERY, reclaim),
                     Job("prune", PRUNE_EVERY, prune),
-                    Job("domains", DOMAINS_EVERY, self._domains_tick)):
+                    Job("domains", DOMAINS_EVERY, self._domains_tick),
+                    Job("shaping", SHAPING_EVERY, runner.shaping_tick)):
             self.housekeeping.add(job)
         self.housekeeping.start()
 
@@ -219,23 +219,6 @@ class Daemon:
             event(log, "no_credentials", level=logging.WARNING,
                   hint="add one with: mta user add NAME")
         return credentials
-
-    def _runner(self, paths: StatePaths, resolver: DnsResolver, codec: VerpCodec) -> QueueRunner:
-        cfg, d = self.cfg, self.cfg.delivery
-        scheduler = Scheduler.from_config(cfg)
-        transport = SmtpTransport(hostname=cfg.server.hostname, resolver=resolver,
-                                  connect_timeout=d.connect_timeout,
-                                  command_timeout=d.command_timeout)
-        sandbox = cfg.server.mode == "sandbox"
-        assert self.spool is not None
-        return QueueRunner(
-            spool=self.spool, scheduler=scheduler, transport=transport,
-            # Always: a test key's mail is captured there in every mode (issue 13).
-            sandbox_transport=SandboxTransport(str(paths["sandbox"])),
-            retry=RetryPolicy.from_config(d), clock=self.clock, routes=cfg.routes,
-            sandbox=sandbox, mx_port=d.smtp_port, hostname=cfg.server.hostname,
-            batch_size=d.batch_size, delay_warning_after=d.delay_warning_after,
-            verp=codec, bounce_domain_for=self._bounce_domain_for, observer=self.metrics)
 
     def _bounce_domain_for(self, sender: str) -> str | None:
         """The VERP domain for mail from `sender`: bounce.<its set-up domain>,

@@ -11,9 +11,11 @@ API
                                     its waiting recipients go back to the
                                     spool, re-checked every SUSPEND_RECHECK s
                                     (no attempt counted)
-      await .resume(name)           deliveries again, and flush
+      await .resume(name)           deliveries again (a shaping rule's action
+                                    on `name` is lifted too), and flush
       await .flush(name) -> int     attempt its queued recipients now
-                                    (postqueue -s); how many were made due
+                                    (postqueue -s; an MX site: the domains
+                                    last found in it); how many were made due
     domains_of(name, routes, *, sandbox, mx_port) -> list[str | None]
                                     the recipient domains whose mail goes to
                                     destination `name` (None = every domain)
@@ -29,6 +31,8 @@ from typing import Protocol
 
 from mta.core import Clock
 from mta.policy.routing import destination_for
+from mta.runtime.automation import ReplyRules
+from mta.runtime.shaping import Shaping
 from mta.scheduler import Scheduler, Work
 from mta.spool import MessageFilter, Spool
 
@@ -45,6 +49,8 @@ class Steerable(Protocol):
     routes: Mapping[str, str]
     sandbox: bool
     mx_port: int
+    shaping: Shaping | None
+    rules: ReplyRules | None
 
     def poke(self) -> None: ...
     async def put_back(self, works: Sequence[Work], until: float) -> None: ...
@@ -79,7 +85,11 @@ class DestinationControl:
         await r.put_back(back, r.clock.now() + SUSPEND_RECHECK)
 
     async def resume(self, name: str) -> None:
+        """Lifts the operator's suspension and any shaping-rule action on
+        `name` (issue 15), then flushes."""
         self.runner.scheduler.resume(name)
+        if self.runner.rules is not None:
+            await self.runner.rules.lift(name)
         await self.flush(name)
 
     async def flush(self, name: str) -> int:
@@ -87,7 +97,10 @@ class DestinationControl:
         now = r.clock.now()
         r.scheduler.flush(name, now)
         count = 0
-        for domain in domains_of(name, r.routes, sandbox=r.sandbox, mx_port=r.mx_port):
+        domains = domains_of(name, r.routes, sandbox=r.sandbox, mx_port=r.mx_port)
+        if r.shaping is not None and domains == [name]:
+            domains += r.shaping.sites.domains(name)     # an MX site: its domains
+        for domain in domains:
             count += await r.spool.retry_messages(MessageFilter(domain=domain), now)
         r.poke()
         return count

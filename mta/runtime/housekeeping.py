@@ -52,6 +52,7 @@ DSN_PAUSE_AFTER_FAILURE = 5.0
 RECLAIM_EVERY = 30.0
 PRUNE_EVERY = 300.0
 DOMAINS_EVERY = 30.0         # re-read sending domains, run the DNS checks due
+SHAPING_EVERY = 5.0          # end expired shaping-rule actions, save warm-up counters
 
 PRUNE_BATCH = 1000       # rows per delete: the writer (and every enqueue) waits only briefly
 PRUNE_PAUSE = 0.2        # seconds between two full batches

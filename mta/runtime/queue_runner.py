@@ -61,10 +61,12 @@ from mta.policy.outcomes import (Attempt, ReplyVocabulary, Settlement, destinati
                                  expired_unattempted, put_back, settle)
 from mta.policy.retry import RetryPolicy
 from mta.policy.routing import destination_for
+from mta.runtime.automation import BatchReplies, ReplyRules
 from mta.runtime.destinations import SUSPEND_RECHECK, DestinationControl
 from mta.runtime.dsn import DsnIssuer
 from mta.runtime.housekeeping import wait_event
 from mta.runtime.outbound import Outbound
+from mta.runtime.shaping import SAVE_EVERY, Shaping
 from mta.scheduler import Batch, Idle, Scheduler, Sleep, Work
 from mta.spool import Spool
 
@@ -84,8 +86,12 @@ class QueueRunner:
                  batch_size: int, delay_warning_after: float | None, max_pending: int = 5000,
                  verp: VerpCodec | None = None,
                  bounce_domain_for: Callable[[str], str | None] | None = None,
-                 observer: Observer | None = None):
+                 observer: Observer | None = None, shaping: Shaping | None = None):
         self.observer = observer or Observer()
+        # Traffic shaping (issue 15): MX sites, pools, rules on replies.
+        self.shaping = shaping
+        self.rules = ReplyRules(shaping, self, spool, clock, self.observer) if shaping else None
+        self._warmup_saved = 0.0
         self.spool, self.scheduler, self.clock = spool, scheduler, clock
         self.transport, self.sandbox_transport = transport, sandbox_transport
         self.routes, self.sandbox, self.mx_port = routes, sandbox, mx_port
@@ -179,10 +185,26 @@ class QueueRunner:
         if self._leased:
             await self.spool.release(list(self._leased))
             self._leased.clear()
+        if self.shaping is not None:
+            try:
+                self.shaping.save()
+            except OSError as exc:
+                event(log, "warmup_save_failed", level=logging.WARNING, error=exc)
         for transport in (self.transport, self.sandbox_transport):
             close = getattr(transport, "close", None)   # test transports may have none
             if close:
                 await close()
+
+    async def shaping_tick(self) -> None:
+        """Housekeeping (every SHAPING_EVERY s): end the rule actions whose
+        time is up; save the warm-up counters every SAVE_EVERY seconds."""
+        if self.rules is None or self.shaping is None:
+            return
+        await self.rules.tick()
+        now = self.clock.now()
+        if now - self._warmup_saved >= SAVE_EVERY:
+            self._warmup_saved = now
+            await asyncio.to_thread(self.shaping.save)
 
     def _leased_ids(self) -> set[str]:
         return {qid for qid, _ in self._leased}
@@ -194,6 +216,8 @@ class QueueRunner:
                 if self._maybe_due:
                     await self._refill()
                 decision = self.scheduler.next_batch(self.clock.now())
+                for back, due in self.scheduler.take_handed_back():
+                    await self.put_back(back, due)      # a metered queue's excess
                 if isinstance(decision, Batch):
                     t = asyncio.create_task(self._deliver(decision))
                     self._tasks.add(t)
@@ -252,17 +276,26 @@ class QueueRunner:
             # A test key's message is captured, never delivered (issue 13).
             dest = destination_for(it.domain, self.routes, sandbox=self.sandbox or it.test,
                                    mx_port=self.mx_port)
-            w = Work(it, dest)
+            pool = ""
+            if self.shaping is not None:
+                dest, pool = await self.shaping.route(it, dest)
+            w = Work(it, dest, pool)
             self._leased[(it.queue_id, it.rcpt_idx)] = w
             works.append(w)
         if expired and await self._record(expired):
             for _ in expired:
                 self.observer.recipient_outcome("expired")
-        held = [w for w in works if self.scheduler.is_suspended(w.destination.name)]
+        held = [w for w in works if self._held(w)]
         if held:
-            works = [w for w in works if not self.scheduler.is_suspended(w.destination.name)]
+            kept = {w.key for w in held}
+            works = [w for w in works if w.key not in kept]
             await self.put_back(held, now + SUSPEND_RECHECK)
         self.scheduler.add(works, now)
+
+    def _held(self, w: Work) -> bool:
+        """Suspended: the destination (operator or rule), or the tenant at it."""
+        return (self.scheduler.is_suspended(w.destination.name)
+                or (self.rules is not None and self.rules.held(w.item, w.destination)))
 
     # ---- operator control (runtime/destinations.py) ----------------------
     async def suspend(self, name: str) -> None:
@@ -283,7 +316,8 @@ class QueueRunner:
     async def _deliver(self, batch: Batch) -> None:
         started = self.clock.now()
         t0 = time.monotonic()
-        dest = batch.destination
+        dest = batch.destination if self.shaping is None else self.shaping.connect_as(batch)
+        replies = self.rules.batch() if self.rules is not None else None
         messages = await self.outbound.messages(batch)
         works = {(w.item.queue_id, w.item.rcpt_idx): w for group in batch.messages for w in group}
         early: list[asyncio.Future[None]] = []
@@ -297,7 +331,7 @@ class QueueRunner:
                 attempt = Attempt(started=started, duration=time.monotonic() - t0,
                                   now=self.clock.now())
                 early.append(asyncio.ensure_future(self._record_settled(
-                    [self._settle(w.item, outcomes[w.item.rcpt_idx], attempt, dest)
+                    [self._settle(w.item, outcomes[w.item.rcpt_idx], attempt, dest, replies)
                      for w in done])))
 
         outcomes, health = await self._send(dest, messages, on_settled)
@@ -306,7 +340,7 @@ class QueueRunner:
         self.observer.attempt_finished(elapsed, dest.kind, health.value)
         attempt = Attempt(started=started, duration=elapsed, now=now)
         await self._record_settled([
-            self._settle(w.item, outcomes.get(qid, {}).get(idx), attempt, dest)
+            self._settle(w.item, outcomes.get(qid, {}).get(idx), attempt, dest, replies)
             for (qid, idx), w in works.items()])
         await asyncio.gather(*early)
         handed_back = self.scheduler.complete(batch, health, now)
@@ -314,6 +348,9 @@ class QueueRunner:
             # A long pause: don't hold that destination's waiting work in
             # memory; it goes back to the spool, due when the pause ends.
             await self.put_back(handed_back, self.scheduler.pause_until(dest.name) or now)
+        if replies is not None and replies.fired:
+            assert self.rules is not None
+            await self.rules.apply(replies.fired)
 
     async def _record_settled(self, settled: list[Settlement]) -> None:
         if not settled:
@@ -345,7 +382,10 @@ class QueueRunner:
             return {m.queue_id: {i: outcome for i, _ in m.recipients} for m in messages}, health
 
     def _settle(self, item: QueuedRecipient, outcome: RecipientOutcome | None,
-                attempt: Attempt, dest: Destination) -> Settlement:
+                attempt: Attempt, dest: Destination,
+                replies: BatchReplies | None = None) -> Settlement:
+        if replies is not None:          # automation on replies (issue 15)
+            outcome = replies.rewrite(item, outcome, dest)
         s = settle(item, outcome, attempt=attempt, retry=self.retry, vocabulary=VOCABULARY)
         u, now = s.update, attempt.now
         fields: dict[str, object] = {

@@ -52,6 +52,9 @@ from mta.config import (ROUTES_LIVE, Config, ListenerConfig, config_as_dict, liv
 from mta.core import ConfigError
 from mta.core.logfmt import event
 from mta.runtime.notify import monotonic_usec, notify
+from mta.policy.shaping import ShapingTable
+from mta.runtime.shaping import check as shaping_check
+from mta.runtime.shaping import load_table
 from mta.runtime.paths import state_paths
 from mta.runtime.tls import ensure_self_signed, server_context
 from mta.runtime.users import open_credentials
@@ -137,6 +140,7 @@ class _Prepared:
     # each kept listener → its new TLS context (None: no TLS)
     listeners: list[tuple[SubmissionListener, ssl.SSLContext | None]]
     restart: list[str]
+    shaping: ShapingTable | None = None      # the shaping table the new config names
 
 
 def _prepare(daemon: "Daemon", old: Config, new: Config) -> _Prepared:
@@ -181,9 +185,10 @@ def _prepare(daemon: "Daemon", old: Config, new: Config) -> _Prepared:
     for lcfg in new.listeners:
         if lcfg.name not in running:
             restart.append(f"listeners.{lcfg.name} (added)")
+    errors.extend(shaping_check(new))       # the shaping file and warm-up schedules
     if errors:
         raise ConfigError(errors)
-    return _Prepared(listeners, restart)
+    return _Prepared(listeners, restart, load_table(new))
 
 
 # ---- phase 2: apply ---------------------------------------------------------
@@ -195,7 +200,9 @@ async def _apply(daemon: "Daemon", old: Config, new: Config, p: _Prepared) -> No
     in_force = dataclasses.replace(
         new, server=old.server if _restart_server(old, new) else new.server, dns=old.dns)
     if daemon.runner is not None:
-        daemon.runner.reconfigure(in_force)
+        if daemon.runner.shaping is not None and p.shaping is not None:
+            daemon.runner.shaping.reconfigure(in_force, p.shaping)
+        daemon.runner.reconfigure(in_force)       # the scheduler re-plans every queue
     if daemon.webhooks is not None and new.webhooks != old.webhooks:
         await daemon.webhooks.reconfigure(new.webhooks)
     if daemon.bounces is not None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from mta.core.envelope import BOUNCED, DELIVERED, EXPIRED, QUEUED, RecipientState
 from mta.core.qshape import AGE_BUCKET_MINUTES, AGE_BUCKETS
+from mta.spool.tenant_sql import tenant_of
 
 # Plain strings: they become keys of JSON objects and metric labels.
 ALL_STATES = tuple(s.value for s in RecipientState)   # queued, held, delivered, bounced, …
@@ -81,7 +82,8 @@ SQL_MARK_DELAY_SENT = ("UPDATE recipients SET dsn_state = 'delay_sent' "
 
 SQL_LEASE_SELECT = (
     "SELECT r.message_id, r.rcpt_idx, r.address, r.domain, m.sender, r.attempts, "
-    "MAX(m.received_at, IFNULL(m.not_before, 0)), r.next_attempt, m.size, m.test "
+    "MAX(m.received_at, IFNULL(m.not_before, 0)), r.next_attempt, m.size, m.test, "
+    f"{tenant_of('m.credential')} "
     "FROM recipients r JOIN messages m ON m.id = r.message_id "
     "WHERE r.state = 'queued' AND r.leased = 0 AND r.next_attempt <= ? "
     "ORDER BY r.next_attempt LIMIT ?")

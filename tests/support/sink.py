@@ -10,6 +10,8 @@ Script (by local part, case-insensitive prefix):
                   (counted per full address, across connections)
     reject…       550 5.1.1 <addr>: Recipient address rejected: User unknown
     throttle…     421 4.7.0 at RCPT ("slow down")
+    ts04…         421 4.7.0 [TS04] at RCPT, as Yahoo defers a sender (the
+                  first time that address is tried; 250 after)
     slow…         wait before answering DATA: 2 s, or slow-<ms>… milliseconds
     drop…         read the DATA, then close the connection without a reply
   and by the sender's local part:
@@ -30,6 +32,8 @@ Public API:
     sink.start_in_thread() / sink.stop_in_thread()   own loop in a thread
     sink.messages: list[SinkMessage]   completed transactions (DATA answered 250)
     sink.connections, sink.transactions, sink.rcpt_attempts[address]
+    sink.open_now / sink.max_open   connections open now / the most at once
+    sink.peers          the client address of each connection, in order
     sink.round_trips    times the client sent something after the sink had
                         answered since its last input: the client waited for a
                         reply (the greeting's answer, EHLO, counts as one)
@@ -108,6 +112,20 @@ class _SinkSMTP(SMTP):
         self._mail_pending = False
         self._chunks: list[bytes] = []
         self._chunk_failed = False
+
+    def connection_made(self, transport) -> None:
+        sink = self.sink
+        if not getattr(self, "_counted", False):   # STARTTLS calls it again
+            self._counted = True
+            sink.open_now += 1
+            sink.max_open = max(sink.max_open, sink.open_now)
+            peer = transport.get_extra_info("peername")
+            sink.peers.append(peer[0] if peer else "")
+        super().connection_made(transport)
+
+    def connection_lost(self, exc) -> None:
+        self.sink.open_now -= 1
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._answered:
@@ -197,6 +215,11 @@ class _Handler:
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         if local.startswith("throttle"):
             return "421 4.7.0 sink.test Error: too many connections from you, slow down"
+        if local.startswith("ts04") and sink.rcpt_attempts[key] == 1:
+            peer = session.peer[0] if session.peer else "127.0.0.1"
+            return (f"421 4.7.0 [TS04] Messages from {peer} temporarily deferred due to "
+                    "unexpected volume or user complaints - 4.16.55.1; see "
+                    "https://postmaster.yahooinc.com/error-codes")
         m = _TEMPFAIL.match(local)
         if m and sink.rcpt_attempts[key] <= int(m.group(1)):
             return (f"451 4.7.1 <{address}>: Recipient address rejected: "
@@ -248,6 +271,9 @@ class Sink:
         self.bdat_chunks: list[tuple[int, bool]] = []
         self.messages: list[SinkMessage] = []
         self.connections = 0
+        self.open_now = 0
+        self.max_open = 0
+        self.peers: list[str] = []
         self.transactions = 0
         self.dropped = 0
         self.rcpt_attempts: collections.Counter[str] = collections.Counter()

@@ -1,0 +1,52 @@
+"""Building the queue runner and what it drives: scheduler, shaping, the
+SMTP and sandbox transports (split from runtime/daemon.py).
+
+API
+    build_runner(cfg, *, spool, paths, resolver, codec, clock, observer,
+                 bounce_domain_for) -> QueueRunner
+        raises StartupError when the shaping file or a warm-up schedule is
+        wrong (the same words as `mta config check`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mta.config import Config
+from mta.core import Clock, Observer
+from mta.delivery.client import SmtpTransport
+from mta.delivery.resolver import DnsResolver
+from mta.delivery.sandbox import SandboxTransport
+from mta.mail.verp import VerpCodec
+from mta.policy.retry import RetryPolicy
+from mta.runtime.paths import StatePaths
+from mta.runtime.queue_runner import QueueRunner
+from mta.runtime.shaping import Shaping, SiteCache, check, load_table
+from mta.runtime.startup import StartupError
+from mta.scheduler import Scheduler
+from mta.spool import Spool
+
+__all__ = ["build_runner"]
+
+
+def build_runner(cfg: Config, *, spool: Spool, paths: StatePaths, resolver: DnsResolver,
+                 codec: VerpCodec, clock: Clock, observer: Observer,
+                 bounce_domain_for: Callable[[str], str | None]) -> QueueRunner:
+    d = cfg.delivery
+    problems = check(cfg)
+    if problems:
+        raise StartupError("; ".join(problems))
+    shaping = Shaping(cfg, load_table(cfg), sites=SiteCache(resolver, clock), clock=clock,
+                      state_path=paths["root"] / "warmup.json")
+    scheduler = Scheduler.from_config(cfg, shaper=shaping)
+    transport = SmtpTransport(hostname=cfg.server.hostname, resolver=resolver,
+                              connect_timeout=d.connect_timeout, command_timeout=d.command_timeout)
+    return QueueRunner(
+        spool=spool, scheduler=scheduler, transport=transport,
+        # Always: a test key's mail is captured there in every mode (issue 13).
+        sandbox_transport=SandboxTransport(str(paths["sandbox"])),
+        retry=RetryPolicy.from_config(d), clock=clock, routes=cfg.routes,
+        sandbox=cfg.server.mode == "sandbox", mx_port=d.smtp_port,
+        hostname=cfg.server.hostname, batch_size=d.batch_size,
+        delay_warning_after=d.delay_warning_after, verp=codec,
+        bounce_domain_for=bounce_domain_for, observer=observer, shaping=shaping)
