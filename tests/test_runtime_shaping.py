@@ -21,7 +21,7 @@ from mta.delivery.resolver import DnsTempError, MxRecord, NoRecords, NxDomain
 from mta.policy.shaping import ShapingTable
 from mta.runtime.automation import ReplyRules
 from mta.runtime.shaping import Shaping, SiteCache, check
-from mta.scheduler import Batch, Scheduler
+from mta.scheduler import Batch, Scheduler, Work
 from mta.scheduler.limits import DEFAULT_SOURCE, Source
 from mta.spool import Spool
 
@@ -221,8 +221,14 @@ async def test_rules_bounce_and_suspend_a_tenant_on_real_replies_only(shaping, t
     spool = await Spool.open(tmp_path / "state", now=T0)
     try:
         runner = Runner()
+        runner.scheduler = Scheduler(concurrency=2, max_messages_per_connection=10,
+                                     max_recipients_per_transaction=10, backoff=(1.0,),
+                                     shaper=shaping)
         rules = ReplyRules(shaping, runner, spool, shaping.clock)
         dest, _ = await shaping.route(item("yahoo.test"), mx("yahoo.test"))
+        own, _ = await shaping.route(item("own.test"), mx("own.test"))
+        runner.scheduler.add([Work(item("yahoo.test", idx=1), dest),
+                              Work(item("own.test", idx=2), own)], T0)
         batch = rules.batch()
         # a bounce rule turns that deferral into a bounce (5.x.x, rule named)
         out = batch.rewrite(item("yahoo.test"), deferral("451 4.7.9 policy says no"), dest)
@@ -238,6 +244,10 @@ async def test_rules_bounce_and_suspend_a_tenant_on_real_replies_only(shaping, t
                       deferral("421 4.7.0 [TSS09] go away"), dest)
         assert [f.action.kind for f in batch.fired] == ["bounce", "suspend_tenant"]
         await rules.apply(batch.fired)
+        # what waited for yahoo went back to the spool (to be sorted at the
+        # next lease); the other site's work stayed
+        assert [[w.item.queue_id for w in works] for works, _ in runner.put] == [["Q1"]]
+        assert runner.scheduler.pending_count() == 1
         assert rules.held(item("yahoo.test", tenant="acme"), dest)
         assert not rules.held(item("yahoo.test", tenant="other"), dest)
         events = await spool.ledger.events_after(0, 10, types=["automation_action"])
@@ -263,7 +273,6 @@ async def test_a_rule_that_lowers_limits_replans_the_site(shaping, tmp_path):
                                      shaper=shaping)
         rules = ReplyRules(shaping, runner, spool, shaping.clock)
         dest, _ = await shaping.route(item("yahoo.test"), mx("yahoo.test"))
-        from mta.scheduler import Work
         runner.scheduler.add([Work(item("yahoo.test", idx=i), dest) for i in range(3)], T0)
         assert shaping.plan(dest).message_rate is None
         batch = rules.batch()

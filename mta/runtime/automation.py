@@ -111,9 +111,7 @@ class ReplyRules:
     def _scope(self, dest: Destination) -> tuple[tuple[Rule, ...], str]:
         """The rules that watch `dest` and its provider's name ("" = none)."""
         table = self.shaping.table
-        if dest.kind != "mx":
-            return table.rules, ""
-        provider = table.provider_for(self.shaping.sites.hosts(dest.name), dest.domain)
+        provider = self.shaping.provider_of(dest)
         if provider is None:
             return table.rules, ""
         return table.rules + provider.rules, provider.name
@@ -146,9 +144,12 @@ class ReplyRules:
             elif kind in ("connection_limit", "message_rate"):
                 scheduler.replan(f.key)
             elif kind == "suspend_tenant":
-                # Its mail waiting in any queue goes back; the next lease
-                # holds what is the tenant's (held()) and lets the rest go.
-                await self.runner.put_back(scheduler.drain(), now)
+                # The mail waiting for that provider (or site) goes back; the
+                # next lease holds what is the tenant's (held()), lets the rest go.
+                at = f.key.rpartition("@")[2]
+                for name, state in scheduler.destination_states().items():
+                    if at in (name.partition("@")[0], state.get("provider")):
+                        await self.runner.put_back(scheduler.drain(name), now)
             event(log, "automation_action", level=logging.WARNING, action=str(f.action),
                   scope=f.scope, key=f.key, rule=f.rule.name, until=f"{f.until - now:.0f}s",
                   reason=f.reason)

@@ -57,7 +57,7 @@ from mta.core.files import atomic_write
 from mta.core.logfmt import event
 from mta.delivery.resolver import DnsTempError, NoRecords, NullMx, NxDomain, Resolver
 from mta.policy.automation import Automation
-from mta.policy.shaping import ShapingError, ShapingTable, site_name
+from mta.policy.shaping import Provider, ShapingError, ShapingTable, site_name
 from mta.policy.warmup import Warmup, WarmupSchedule, WarmupState
 from mta.scheduler import Batch
 from mta.scheduler.limits import DEFAULT_SOURCE, Plan, Source
@@ -158,6 +158,7 @@ class Shaping:
     # ---- configuration ---------------------------------------------------
     def reconfigure(self, cfg: Config, table: ShapingTable) -> None:
         self.cfg, self.table = cfg, table
+        self._providers: dict[tuple[str, str], Provider | None] = {}
         self._pools: dict[str, list[Source]] = {}
         for e in cfg.egress:
             self._pools.setdefault(e.pool, []).append(
@@ -194,6 +195,22 @@ class Shaping:
         data = {"sources": self._saved}
         atomic_write(self.state_path, json.dumps(data, indent=1, sort_keys=True).encode())
 
+    def provider_of(self, destination: Destination) -> Provider | None:
+        """The provider of an "mx" destination (memoised per site and
+        domain until the table changes)."""
+        if destination.kind != "mx":
+            return None
+        key = (destination.name, destination.domain)
+        if key in self._providers:
+            return self._providers[key]
+        hosts = self.sites.hosts(destination.name)
+        found = self.table.provider_for(hosts, destination.domain)
+        if hosts or found is not None:      # unknown MX hosts: ask again next time
+            if len(self._providers) >= SITE_CACHE_MAX:
+                self._providers.clear()
+            self._providers[key] = found
+        return found
+
     # ---- scheduler.limits.Shaper ------------------------------------------
     def plan(self, destination: Destination) -> Plan:
         if destination.kind != "mx":
@@ -201,7 +218,7 @@ class Shaping:
         hosts = self.sites.hosts(destination.name)
         limits = self.table.limits_for(site=destination.name, mx_hosts=hosts,
                                        domain=destination.domain)
-        provider = self.table.provider_for(hosts, destination.domain)
+        provider = self.provider_of(destination)
         now = self.clock.now()
         connections = limits.connection_limit
         lowered = self.automation.connection_limit(destination.name, now)
@@ -267,7 +284,7 @@ class Shaping:
                 source=source.address, ehlo=source.ehlo))
         hosts = self.sites.hosts(dest.name)
         limits = self.table.limits_for(site=dest.name, mx_hosts=hosts, domain=dest.domain)
-        provider = self.table.provider_for(hosts, dest.domain)
+        provider = self.provider_of(dest)
         options = ConnectionOptions(
             source=source.address, ehlo=source.ehlo,
             max_uses=limits.max_deliveries_per_connection or 0,
