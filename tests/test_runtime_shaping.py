@@ -286,3 +286,14 @@ async def test_a_rule_that_lowers_limits_replans_the_site(shaping, tmp_path):
     finally:
         await spool.close()
 
+
+
+async def test_a_rule_lowers_a_routes_limit_too(shaping):
+    route = Destination("[10.0.0.1]:25", "route", host="10.0.0.1", port=25)
+    assert shaping.plan(route).connection_limit is None       # routes: no table limits
+    rules = [r for r in shaping.table.rules if r.action.kind == "connection_limit"]
+    for _ in range(3):      # "too many connections" three times: connection_limit=2
+        shaping.automation.observe(rules, reply="421 4.7.0 Too many connections from you",
+                                   site=route.name, provider=None, tenant=None,
+                                   synthetic=False, now=T0)
+    assert shaping.plan(route).connection_limit == 2

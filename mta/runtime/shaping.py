@@ -57,7 +57,7 @@ from mta.core.files import atomic_write
 from mta.core.logfmt import event
 from mta.delivery.resolver import DnsTempError, NoRecords, NullMx, NxDomain, Resolver
 from mta.policy.automation import Automation
-from mta.policy.shaping import Provider, ShapingError, ShapingTable, site_name
+from mta.policy.shaping import Limits, Provider, ShapingError, ShapingTable, site_name
 from mta.policy.warmup import Warmup, WarmupSchedule, WarmupState
 from mta.scheduler import Batch
 from mta.scheduler.limits import DEFAULT_SOURCE, Plan, Source
@@ -213,11 +213,13 @@ class Shaping:
 
     # ---- scheduler.limits.Shaper ------------------------------------------
     def plan(self, destination: Destination) -> Plan:
-        if destination.kind != "mx":
-            return Plan()
-        hosts = self.sites.hosts(destination.name)
-        limits = self.table.limits_for(site=destination.name, mx_hosts=hosts,
-                                       domain=destination.domain)
+        """The table's limits for an "mx" destination (a route or the
+        sandbox has none), with what rules in force lower on it."""
+        limits = Limits()
+        if destination.kind == "mx":
+            limits = self.table.limits_for(site=destination.name,
+                                           mx_hosts=self.sites.hosts(destination.name),
+                                           domain=destination.domain)
         provider = self.provider_of(destination)
         now = self.clock.now()
         connections = limits.connection_limit
