@@ -33,6 +33,14 @@ def report():
     return _REPORT.append
 
 
+@pytest.fixture(scope="session")
+def staged_installs(tmp_path_factory):
+    """scripts/install.sh into a DESTDIR once per prefix for the whole run
+    (tests/support/staged.py): test_install.py and test_service.py share them."""
+    from tests.support.staged import StagedInstalls
+    return StagedInstalls(tmp_path_factory.mktemp("installs"))
+
+
 def pytest_terminal_summary(terminalreporter):
     if _REPORT:
         terminalreporter.section("mta test figures")

@@ -18,23 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-INSTALL = ROOT / "scripts" / "install.sh"
-
-
-def _install(dest: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DESTDIR=str(dest))
-    p = subprocess.run(["sh", str(INSTALL), *args], env=env, capture_output=True, text=True,
-                       timeout=600)
-    out = p.stdout + p.stderr
-    if p.returncode != 0 and "python3-venv is missing" in out:
-        pytest.skip("python3-venv is missing (apt-get install python3-venv)")
-    if p.returncode != 0 and ("No matching distribution" in out
-                              or "Could not find a version" in out
-                              or "Failed to establish a new connection" in out):
-        pytest.skip(f"pip cannot install mta's dependencies here: {out[-300:]}")
-    assert p.returncode == 0, out
-    return p
+from tests.support.staged import run_install
 
 
 def _files_naming(root: Path, needle: bytes) -> list[str]:
@@ -52,11 +36,10 @@ def _files_naming(root: Path, needle: bytes) -> list[str]:
     return hits
 
 
-@pytest.mark.parametrize("prefix", [None, "/srv/mta-test"])
-def test_destdir_tree_never_names_the_staging_path(tmp_path, prefix):
-    dest = tmp_path / "stage"
-    args = ["--prefix", prefix] if prefix else []
-    _install(dest, *args)
+@pytest.mark.parametrize("prefix", [None, "/srv/mta"])
+def test_destdir_tree_never_names_the_staging_path(staged_installs, prefix):
+    # the staged installs are shared with test_service.py (tests/support/staged.py)
+    dest = staged_installs.get(prefix).dest
     final = prefix or "/opt/mta"
     venv = dest / final.lstrip("/") / "venv"
     assert (venv / "bin" / "mta").exists()
@@ -81,6 +64,6 @@ def test_destdir_tree_never_names_the_staging_path(tmp_path, prefix):
     if prefix is None:
         # a re-run (an upgrade of the same staging tree: pip writes the
         # scripts with the staging path again) is cleaned the same way
-        second = _install(dest)
+        second = run_install(dest)
         assert "keeping existing" in second.stdout
         assert _files_naming(dest, os.fsencode(str(dest))) == []

@@ -454,14 +454,11 @@ def _need_systemd_analyze() -> str:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """install.sh into a DESTDIR, twice (the second run must change nothing)."""
-    dest = tmp_path_factory.mktemp("destdir")
-    env = dict(os.environ, DESTDIR=str(dest))
-    first = subprocess.run(["sh", str(INSTALL)], env=env, capture_output=True, text=True,
-                           timeout=600)
-    assert first.returncode == 0, first.stdout + first.stderr
-    return dest, env, first
+def installed(staged_installs):
+    """install.sh into a DESTDIR (shared with test_install.py: tests/support/
+    staged.py); the idempotency test runs it a second time."""
+    staged = staged_installs.get(None)
+    return staged.dest, staged.env, staged.first
 
 
 def test_install_into_destdir_is_idempotent_and_keeps_config(installed):
@@ -493,14 +490,12 @@ def test_install_into_destdir_is_idempotent_and_keeps_config(installed):
     assert mta.exists()
 
 
-def test_install_with_prefix_rewrites_execstart(tmp_path):
-    env = dict(os.environ, DESTDIR=str(tmp_path))
-    out = subprocess.run(["sh", str(INSTALL), "--prefix", "/srv/mta"], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    unit = (tmp_path / "etc/systemd/system/mta.service").read_text()
+def test_install_with_prefix_rewrites_execstart(staged_installs, tmp_path):
+    dest = staged_installs.get("/srv/mta").dest       # shared with test_install.py
+    unit = (dest / "etc/systemd/system/mta.service").read_text()
     assert "\nExecStart=/srv/mta/venv/bin/mta serve\n" in unit
-    assert (tmp_path / "srv/mta/venv/bin/mta").exists()
+    assert (dest / "srv/mta/venv/bin/mta").exists()
+    env = dict(os.environ, DESTDIR=str(tmp_path))
     bad = subprocess.run(["sh", str(INSTALL), "--prefix", "relative"], env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2
