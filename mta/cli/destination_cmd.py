@@ -66,7 +66,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     dest, past = result.get("destination", name), _PAST[args.action]
     requested = result.get("requested", name)
     if requested != dest:
-        print(f"{requested} is routed to {dest}; {past} {dest} (now {result.get('state', '?')})")
+        # a route ("[host]:port", the sandbox), or the MX site the domain shares
+        how = "is routed to" if dest.startswith("[") or dest == "sandbox" else \
+            "shares the MX site"
+        print(f"{requested} {how} {dest}; {past} {dest} (now {result.get('state', '?')})")
     else:
         print(f"destination {dest}: {past} (now {result.get('state', '?')})")
     return 0
