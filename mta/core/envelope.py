@@ -125,7 +125,7 @@ class Destination:
     port: int = 25
     # How a connection to it is made (issue 15: the egress source and the
     # shaping table's per-site options); the default is the [delivery] one.
-    options: ConnectionOptions = field(default_factory=lambda: DEFAULT_OPTIONS)
+    options: ConnectionOptions = DEFAULT_OPTIONS
 
 
 @dataclass(frozen=True, slots=True)

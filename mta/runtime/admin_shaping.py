@@ -67,6 +67,4 @@ class ShapingAdmin:
         return self._shaping()[0].warmup_status()
 
     async def shaping_lift(self, target: str) -> list[dict[str, Any]]:
-        rules = self._shaping()[1]
-        lifted = await rules.lift(target)
-        return lifted
+        return await self._shaping()[1].lift(target)

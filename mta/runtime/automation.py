@@ -125,10 +125,10 @@ class ReplyRules:
                                        synthetic=not reply.remote, now=self.clock.now())
 
     def held(self, item: QueuedRecipient, dest: Destination) -> bool:
-        _rules, provider = self._scope(dest)
-        now = self.clock.now()
-        return self.automation.tenant_suspended(item.tenant, provider or dest.name,
-                                                now) is not None
+        # called for every leased recipient: the provider's name only (memoised)
+        provider = self.shaping.provider_of(dest)
+        at = provider.name if provider is not None else dest.name
+        return self.automation.tenant_suspended(item.tenant, at, self.clock.now()) is not None
 
     async def apply(self, fired: list[Fired]) -> None:
         if not fired:

@@ -153,6 +153,7 @@ class Shaping:
         self.automation = automation or Automation()
         self._warmups: dict[str, Warmup] = {}
         self._saved: dict[str, dict[str, int]] = self._load_state()
+        self._written = b""          # what save() last wrote
         self.reconfigure(cfg, table)
 
     # ---- configuration ---------------------------------------------------
@@ -189,11 +190,15 @@ class Shaping:
             return {}
 
     def save(self) -> None:
+        """Write the counters when they changed since the last write (an
+        install without warm-ups never writes)."""
         if self.state_path is None:
             return
         self._saved.update({name: w.state.to_dict() for name, w in self._warmups.items()})
-        data = {"sources": self._saved}
-        atomic_write(self.state_path, json.dumps(data, indent=1, sort_keys=True).encode())
+        data = json.dumps({"sources": self._saved}, indent=1, sort_keys=True).encode()
+        if data != self._written and (self._saved or self.state_path.exists()):
+            atomic_write(self.state_path, data)
+            self._written = data
 
     def provider_of(self, destination: Destination) -> Provider | None:
         """The provider of an "mx" destination (memoised per site and
