@@ -177,7 +177,18 @@ BAD = [
     ("html a number", dict(html=3), "html", INVALID),
     ("text a list", dict(text=["a"]), "text", INVALID),
     ("html lone surrogate", dict(html="<p>\udfff</p>"), "html", INVALID),
-    ("template", dict(template={"id": "t"}), "template", INVALID),
+    ("template and a body", dict(template={"id": "t"}), "text", INVALID),
+    ("template not an object", dict(template="t", text=None), "template", INVALID),
+    ("template without id", dict(template={"variables": {}}, text=None), "template.id",
+     "missing_required_field"),
+    ("template bad id", dict(template={"id": "a b"}, text=None), "template.id", INVALID),
+    ("template variables", dict(template={"id": "t", "variables": [1]}, text=None),
+     "template.variables", INVALID),
+    ("template version", dict(template={"id": "t", "version": 0}, text=None),
+     "template.version", INVALID),
+    ("stream unknown", dict(stream="marketing"), "stream", INVALID),
+    ("topic without broadcast", dict(topic="news"), "topic", INVALID),
+    ("topic bad", dict(stream="broadcast", topic="a b"), "topic", INVALID),
     ("headers a list", dict(headers=[["X-A", "1"]]), "headers", INVALID),
     ("header value a number", dict(headers={"X-A": 1}), "headers.X-A", INVALID),
     ("header value CRLF", dict(headers={"X-A": "1\r\nBcc: v@example.net"}), "headers.X-A",
@@ -471,3 +482,24 @@ def test_node_sdk_bodies_parse(capture):
     assert legacy["type"] == "Buffer"
     req = parse(body(attachments=[{"filename": "old.bin", "content": legacy}]))
     assert req.composition.attachments[0].content == BLOB
+
+
+def test_a_template_send_needs_neither_body_nor_from_nor_subject():
+    req = parse({"to": "ann@example.org", "stream": "broadcast", "topic": "news",
+                 "template": {"id": "welcome", "variables": {"NAME": "Ann"}, "version": 2}})
+    opts = req.options
+    assert (opts.stream, opts.topic) == ("broadcast", "news")
+    assert opts.template is not None
+    assert (opts.template.ref, opts.template.variables, opts.template.version) == \
+        ("welcome", {"NAME": "Ann"}, 2)
+    c = req.composition
+    assert (c.sender, c.subject, c.html, c.text) == ("", "", None, None)
+
+
+def test_without_a_template_from_and_subject_stay_required():
+    with pytest.raises(ValidationError) as info:
+        parse({"to": "ann@example.org", "subject": "x", "text": "y"})
+    assert info.value.field == "from"
+    with pytest.raises(ValidationError) as info:
+        parse({"from": "a@example.com", "to": "ann@example.org", "text": "y"})
+    assert info.value.field == "subject"

@@ -29,8 +29,8 @@ Fields (Resend's names)
                     parser); a non-ASCII local part is refused (it would need
                     SMTPUTF8 end to end), a non-ASCII domain becomes its A-label.
     subject         required string, ≤ 998 bytes
-    html, text      strings; at least one (no templates here: `template` is
-                    refused). text "" with html: no text part.
+    html, text      strings; at least one, unless `template` (email_options.py,
+                    with stream and topic). text "" with html: no text part.
     headers         object of name → string, at most MAX_HEADERS. Names:
                     RFC 5322 field-name characters, ≤ 76; values ≤ 998 bytes.
                     Refused: the fields we write (From, To, Cc, Bcc, Reply-To,
@@ -56,28 +56,27 @@ Fields (Resend's names)
     absent. In a batch, attachments and scheduled_at are refused (Resend does
     not support them there).
 
-Invariant: no control character (TAB aside) nor lone surrogate reaches a
-header: from, to, cc, bcc, reply_to (names included), subject, header values,
-filenames and content ids are checked here field by field; compose checks
-again.
+Invariant: no control character (TAB aside) nor lone surrogate reaches a header
+(every field is checked here; compose checks again).
 """
 
 from __future__ import annotations
 
 import base64
-import ipaddress
 import re
 import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from mta.api.email_options import SendOptions, parse_options
 from mta.core.address import AddressError, parse_address
+from mta.core.hostport import is_loopback
 from mta.core.schedule import MAX_AHEAD, parse_schedule
 from mta.mail.compose import Attachment, Composition, Mailbox
 
 __all__ = ["BATCH_MAX", "EmailRequest", "ValidationError", "parse_batch", "parse_email",
-           "parse_scheduled_at"]
+           "parse_mailbox", "parse_scheduled_at"]
 
 BATCH_MAX, MAX_TAGS, MAX_HEADERS, MAX_ATTACHMENTS = 100, 50, 100, 100
 SCHEDULE_MAX_AHEAD = MAX_AHEAD
@@ -107,6 +106,7 @@ class EmailRequest:
     tags: tuple[tuple[str, str], ...]
     scheduled_at: float | None
     remote_attachments: tuple[tuple[int, str], ...] = ()
+    options: SendOptions = SendOptions()
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,9 @@ def _mailbox(field: str, text: str) -> Mailbox:
     if not parsed.local.isascii():
         _fail(field, "a non-ASCII local part is not supported (it needs SMTPUTF8)")
     return Mailbox(name, str(parsed))
+
+
+parse_mailbox = _mailbox      # "Name <addr>" or "addr" → Mailbox (a template's from)
 
 
 def _mailboxes(doc: dict[str, Any], key: str, *, required: bool = False) -> tuple[Mailbox, ...]:
@@ -318,16 +321,9 @@ def _remote(f: str, path: object, hosts: frozenset[str]) -> str:
     if host not in hosts:
         _fail(f"{f}.path", "remote attachments are not fetched (send the bytes as content, "
                            "or ask the operator to allow this host)", "invalid_attachment")
-    if url.scheme == "http" and not _loopback(host):
+    if url.scheme == "http" and not is_loopback(host):
         _fail(f"{f}.path", "use https (http only for a loopback host)", "invalid_attachment")
     return path
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _attachments(doc: dict[str, Any], lim: _Limits
@@ -376,9 +372,9 @@ def parse_scheduled_at(value: object, now: float, field: str = "scheduled_at") -
         _fail(field, str(exc))
 
 
-def _body(doc: dict[str, Any]) -> tuple[str | None, str | None]:
-    if doc.get("template") is not None:
-        _fail("template", "templates are not supported: send html or text")
+def _body(doc: dict[str, Any], opts: SendOptions) -> tuple[str | None, str | None]:
+    if opts.template is not None:
+        return None, None                   # the template's (parse_options refused a body)
     html, text = _string(doc, "html"), _string(doc, "text")
     for key, body in (("html", html), ("text", text)):
         if body is not None:
@@ -396,8 +392,10 @@ def _parse(doc: object, lim: _Limits, *, batch: bool) -> EmailRequest:
             if doc.get(key) not in (None, []):
                 _fail(key, "not supported in a batch (as with Resend): send this email "
                            "alone with POST /emails")
-    sender = _mailboxes(doc, "from", required=True)
-    if len(sender) != 1:
+    opts = parse_options(doc, _fail)
+    templated = opts.template is not None
+    sender = _mailboxes(doc, "from", required=not templated)
+    if len(sender) > 1 or (not sender and not templated):
         _fail("from", "give exactly one sender")
     to = _mailboxes(doc, "to", required=True)
     cc, bcc, reply_to = (_mailboxes(doc, k) for k in ("cc", "bcc", "reply_to"))
@@ -407,19 +405,20 @@ def _parse(doc: object, lim: _Limits, *, batch: bool) -> EmailRequest:
                     f"(got {count})")
     if len(reply_to) > lim.max_recipients:
         _fail("reply_to", f"at most {lim.max_recipients} addresses")
-    subject = _string(doc, "subject", required=True) or ""
+    subject = _string(doc, "subject", required=not templated) or ""
     _header_text("subject", subject)
-    html, text = _body(doc)
+    html, text = _body(doc, opts)
     attachments, remote = _attachments(doc, lim)
     scheduled = None
     if doc.get("scheduled_at") is not None:
         now = time.time() if lim.now is None else lim.now
         at = parse_scheduled_at(doc["scheduled_at"], now)
         scheduled = at if at > now else None
-    c = Composition(sender=sender[0].address, sender_name=sender[0].name, to=to, cc=cc,
+    box = sender[0] if sender else Mailbox("", "")     # "": the template's from
+    c = Composition(sender=box.address, sender_name=box.name, to=to, cc=cc,
                     bcc=bcc, reply_to=reply_to, subject=subject, html=html, text=text,
                     headers=_headers(doc), attachments=attachments)
-    return EmailRequest(c, _tags(doc), scheduled, remote)
+    return EmailRequest(c, _tags(doc), scheduled, remote, opts)
 
 
 def parse_email(doc: object, *, max_recipients: int = 50,

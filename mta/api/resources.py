@@ -81,7 +81,8 @@ Json = dict[str, Any]
 
 RESEND_EVENTS = {"email.sent": "received", "email.delivered": "delivered",
                  "email.delivery_delayed": "deferred", "email.bounced": "bounced",
-                 "email.complained": "complained", "email.suppressed": "suppressed"}
+                 "email.complained": "complained", "email.suppressed": "suppressed",
+                 "email.clicked": "clicked", "email.opened": "opened"}
 ORIGINS = ("bounce", "complaint", "manual")
 _LIST_MAX = 100
 _URL_MAX = 2048

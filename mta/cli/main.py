@@ -39,7 +39,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mta.cli import (bounce_cmd, destination_cmd, domain_cmd, events_cmd, key_cmd, owner,
-                     queue_cmd, shaping_cmd, suppression_cmd, tenant_cmd, webhooks_cmd)
+                     queue_cmd, shaping_cmd, suppression_cmd, template_cmd, tenant_cmd,
+                     webhooks_cmd)
 from mta.cli.times import utc
 from mta.config import (EMBEDDED_SOURCE, Config, config_as_dict, config_path, file_errors,
                         load_config, placeholder_warnings, render_config, with_listen)
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     webhooks_cmd.register(sub, cfgp)
     events_cmd.register(sub, cfgp)
     key_cmd.register(sub, cfgp)
+    template_cmd.register(sub, cfgp)
     tenant_cmd.register(sub, cfgp)
     shaping_cmd.register(sub, cfgp)
     return parser
@@ -161,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                "destination": destination_cmd.run,
                "domain": domain_cmd.run, "bounce": bounce_cmd.run,
                "suppression": suppression_cmd.run, "webhooks": webhooks_cmd.run,
-               "events": events_cmd.run, "key": key_cmd.run,
+               "events": events_cmd.run, "key": key_cmd.run, "template": template_cmd.run,
                "tenant": tenant_cmd.run, "warmup": shaping_cmd.run,
                "shaping": shaping_cmd.run}[args.command]
     try:

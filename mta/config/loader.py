@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mta.config.schema import HOSTPORT, KeyError_, check_bounds, host_of
+from mta.config.content import content_checks
 from mta.config.sections import ARRAYS, EVENT_TYPES, SECTIONS, Config, WebhookConfig
 from mta.core.address import AddressError, parse_domain
 from mta.core.errors import ConfigError
@@ -52,6 +53,9 @@ tls = "starttls"
 
 [api]
 address = "127.0.0.1:8080"
+
+[public]
+address = "127.0.0.1:8081"
 """
 
 
@@ -147,6 +151,7 @@ def _cross_checks(cfg: Config) -> list[str]:
         errors.append("admin.token: use at least 16 characters")
     errors.extend(_webhook_checks(cfg))
     errors.extend(_api_checks(cfg))
+    errors.extend(content_checks(cfg))
     errors.extend(_egress_checks(cfg))
     r = cfg.reputation
     for what in ("bounce", "complaint"):

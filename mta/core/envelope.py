@@ -192,7 +192,10 @@ class DsnCandidate:
 
 OUTCOME_KINDS = ("delivered", "soft", "hard", "complaint")
 # Why an address is on the suppression list (persisted; a public interface).
-SUPPRESSION_REASONS = ("hard_bounce", "complaint", "soft_bounce", "unsubscribe", "manual")
+# "unsubscribed": the recipient used a one-click unsubscribe link (issue 16);
+# "unsubscribe": an entry an operator or application added for that reason.
+SUPPRESSION_REASONS = ("hard_bounce", "complaint", "soft_bounce", "unsubscribe", "manual",
+                       "unsubscribed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +228,11 @@ EVENT_TYPES = ("received", "rejected", "suppressed", "queued", "deferred", "deli
                "reputation_warning", "reputation_paused", "reputation_recovered",
                "tenant_paused", "tenant_resumed",
                # Traffic shaping's automation on replies (runtime/automation.py).
-               "automation_action", "automation_ended")
+               "automation_action", "automation_ended",
+               # Content and compliance (issue 16): the public listener's clicks, opens and
+               # one-click unsubscriptions; one-time codes (credential: the key's).
+               "clicked", "opened", "unsubscribed", "verification_sent",
+               "verification_checked")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ Public API:
     split_ip_port(text, default_port) -> (ip, port)   an IP address, port optional
                                            (a bare IPv6 address needs no brackets)
     format_hostport(host, port) -> str     "[::1]:25" / "mx.example:25"
+    is_loopback(host) -> bool              "localhost" or a loopback IP address
 
 Grammar (nothing is stripped: a space is an error, not ignored):
     "host:port"       host without ":" (a name or an IPv4 address)
@@ -26,7 +27,14 @@ from __future__ import annotations
 
 import ipaddress
 
-__all__ = ["split_hostport", "split_ip_port", "format_hostport"]
+__all__ = ["split_hostport", "split_ip_port", "format_hostport", "is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 MAX_PORT = 65535
 

@@ -99,9 +99,9 @@ class SuppressionEntry(Protocol):
 def reply_for(entry: SuppressionEntry) -> Reply:
     """The RCPT TO refusal for a suppressed address, e.g.
     ``550 5.1.1 <a@b.example>: recipient suppressed (hard bounce, 2026-11-20)``.
-    5.7.1 for complaints (a policy refusal), 5.1.1 otherwise; the date is
-    the entry's creation day in UTC."""
-    esc = "5.7.1" if entry.reason == "complaint" else "5.1.1"
+    5.7.1 for complaints and unsubscriptions (a policy refusal), 5.1.1
+    otherwise; the date is the entry's creation day in UTC."""
+    esc = "5.7.1" if entry.reason in ("complaint", "unsubscribed") else "5.1.1"
     day = time.strftime("%Y-%m-%d", time.gmtime(entry.created))
     why = entry.reason.replace("_", " ")
     return Reply(550, esc, f"<{entry.address}>: recipient suppressed ({why}, {day})")

@@ -38,12 +38,13 @@ from mta.core import new_queue_id
 from mta.mail.compose import Mailbox, compose, envelope_recipients
 from mta.mail.headers import prepare_submission
 from mta.policy.senders import SenderPolicy
+from mta.runtime.api_content import BuildRefused, DomainStates, prepare
 from mta.runtime.fetch import fetch_remote
 
 __all__ = ["BuildKey", "BuildRefused", "build", "key_fields", "key_of"]
 
 
-class Signer(Protocol):
+class Signer(DomainStates, Protocol):
     def keys_for(self, domain: str) -> Sequence[object]: ...
     def sign(self, message: bytes, domain: str) -> bytes: ...
 
@@ -67,12 +68,6 @@ def key_fields(key: BuildKey) -> list[Any]:
 def key_of(fields: Sequence[Any]) -> BuildKey:
     prefix, credential, domains, test = fields
     return BuildKey(str(prefix), str(credential), tuple(str(d) for d in domains), bool(test))
-
-
-class BuildRefused(Exception):
-    def __init__(self, status: int, name: str, message: str):
-        super().__init__(message)
-        self.status, self.name, self.message = status, name, message
 
 
 def _shown(box: Mailbox) -> str:
@@ -114,13 +109,14 @@ async def build(raw: bytes, *, batch: bool, key: BuildKey, client_ip: str, now: 
 async def _one(req: EmailRequest, *, key: BuildKey, client_ip: str, now: float, cfg: Config,
                secure: bool, sender_policy: SenderPolicy, signer: Signer | None,
                where: str) -> dict[str, Any]:
-    c = req.composition
+    qid = new_queue_id(now)
+    c, content = await prepare(req, credential=key.credential, queue_id=qid, cfg=cfg,
+                               domains=signer, where=where)
     domain = c.sender.rpartition("@")[2]
     refusal = sender_policy.check(domain, key.scopes, "from")
     if refusal is not None:
         raise BuildRefused(403, "validation_error", f"{where}from: {refusal.text}")
     rcpts = envelope_recipients(c)
-    qid = new_queue_id(now)
     hostname = cfg.server.hostname
     try:
         body = compose(c, message_id=f"{qid}.{os.urandom(6).hex()}@{hostname}", date=now)
@@ -132,7 +128,7 @@ async def _one(req: EmailRequest, *, key: BuildKey, client_ip: str, now: float, 
         recipient=rcpts[0] if len(rcpts) == 1 else None, now=now, authenticated=True)
     if signer is not None and signer.keys_for(domain):
         body = await asyncio.to_thread(signer.sign, body, domain)
-    detail = {"api_key": key.prefix,
+    detail = {**content, "api_key": key.prefix,
               "tags": [{"name": n, "value": v} for n, v in req.tags],
               "email": {"from": f"{c.sender_name} <{c.sender}>" if c.sender_name else c.sender,
                         "to": [_shown(b) for b in c.to], "cc": [_shown(b) for b in c.cc],

@@ -38,9 +38,13 @@ from mta.api.keys import ApiKey, KeyCache, StoreKeys
 from mta.api.ratelimit import Decision, RateLimiter
 from mta.api.resources import ResourceBackend, resource_routes
 from mta.api.routes import email_routes
+from mta.api.templates import TemplateBackend
+from mta.api.verifications import VerificationBackend
 from mta.config import Config
 from mta.core import Clock
 from mta.policy.senders import SenderPolicy
+from mta.runtime.api_content_start import (TEMPLATE_METHODS, VERIFICATION_METHODS,
+                                           content_routes)
 from mta.runtime.api_build import BuildKey, BuildRefused, Signer, build
 from mta.runtime.channel import Channel, ChannelClosed, RemoteError
 from mta.runtime.paths import state_paths
@@ -71,8 +75,12 @@ def _tuples(value: Any) -> Any:
 class OwnerApi:
     """The owner's answers to its receivers' API requests."""
 
-    def __init__(self, sending: Any, resources: Any, limiter: RateLimiter):
+    def __init__(self, sending: Any, resources: Any, limiter: RateLimiter,
+                 extra: dict[str, tuple[Any, frozenset[str]]] | None = None):
         self.sending, self.resources, self.limiter = sending, resources, limiter
+        self.targets: dict[str, tuple[Any, frozenset[str]]] = {
+            "sending": (sending, SENDING_METHODS), "resources": (resources, RESOURCE_METHODS),
+            **(extra or {})}
 
     async def serve(self, op: str, args: list[Any]) -> Any:
         if op == "api_rate":            # key id, rate, tokens wanted (a lease)
@@ -100,10 +108,9 @@ class OwnerApi:
 
     async def _call(self, target: str, method: str, kd: dict[str, Any] | None,
                     args: list[Any], kwargs: dict[str, Any]) -> Any:
-        allowed = SENDING_METHODS if target == "sending" else RESOURCE_METHODS
+        obj, allowed = self.targets.get(target, (None, frozenset()))
         if method not in allowed:
             raise LookupError(f"no API method {target}.{method}")
-        obj = self.sending if target == "sending" else self.resources
         head = [key_from(kd)] if kd is not None else []
         return await getattr(obj, method)(*head, *map(_tuples, args),
                                           **{k: _tuples(v) for k, v in kwargs.items()})
@@ -215,18 +222,20 @@ class RemoteSending:
 
 
 class RemoteResources:
-    """Every ResourceBackend method, answered by the owner's (the request's
-    key goes along: the owner scopes by its tenant)."""
+    """Every method of a backend (ResourceBackend by default; the templates'
+    and verifications' too), answered by the owner's (the request's key goes
+    along: the owner scopes by its tenant)."""
 
-    def __init__(self, channel: Channel):
-        self._channel = channel
+    def __init__(self, channel: Channel, target: str = "resources",
+                 methods: frozenset[str] = RESOURCE_METHODS):
+        self._channel, self._target, self._methods = channel, target, methods
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
-        if method not in RESOURCE_METHODS:
+        if method not in self._methods:
             raise AttributeError(method)
 
         async def call(key: ApiKey, *args: Any, **kwargs: Any) -> Any:
-            return await _ask(self._channel, "api_call", "resources", method, key_dict(key),
+            return await _ask(self._channel, "api_call", self._target, method, key_dict(key),
                               [list(a) if isinstance(a, tuple) else a for a in args],
                               {k: list(v) if isinstance(v, tuple) else v
                                for k, v in kwargs.items()})
@@ -249,7 +258,11 @@ async def receiver_api(channel: Channel, *, cfg_of: Callable[[], Config], domain
                             clock=clock, secure=ctx is not None)
     keys = KeyCache(StoreKeys(SqliteApiKeys(str(state_paths(cfg)["root"]))), clock)
     routes = [*email_routes(sending, lambda: cfg_of().api),
-              *resource_routes(cast(ResourceBackend, RemoteResources(channel)))]
+              *resource_routes(cast(ResourceBackend, RemoteResources(channel))),
+              *content_routes(
+                  cast(TemplateBackend, RemoteResources(channel, "templates", TEMPLATE_METHODS)),
+                  cast(VerificationBackend, RemoteResources(channel, "verifications",
+                                                            VERIFICATION_METHODS)))]
     adopted = Adopted(create_app(routes, settings_of=lambda: cfg_of().api, keys=keys,
                                  clock=clock, limiter=remote_rate(channel, clock)), ctx)
     await adopted.setup()

@@ -67,7 +67,8 @@ Json = dict[str, Any]
 
 _RECORD = {"dkim": "DKIM", "spf": "SPF", "dmarc": "DMARC", "return-path": "ReturnPath"}
 _ORIGIN = {"hard_bounce": "bounce", "soft_bounce": "bounce", "complaint": "complaint",
-           "manual": "manual", "unsubscribe": "manual"}
+           "manual": "manual", "unsubscribe": "manual",
+           "unsubscribed": "manual"}
 
 
 # -- JSON shapes ---------------------------------------------------------------------

@@ -25,6 +25,7 @@ from mta.config import Config
 from mta.core.files import atomic_write
 from mta.policy.senders import SenderPolicy
 from mta.runtime.api import RuntimeSending, _Enqueue, _RcptCheck
+from mta.runtime.api_content_start import content_backends, content_routes, remote_targets
 from mta.runtime.api_remote import OwnerApi
 from mta.runtime.api_resources import ResourceDaemon, RuntimeResources
 from mta.runtime.paths import state_paths
@@ -83,7 +84,9 @@ async def start_api(daemon: _Daemon) -> ApiServer | None:
                              signer=daemon.domains, rcpt_check=rcpt_check,
                              secure=ctx is not None, remote=remote, tenants=daemon.tenants)
     resources = RuntimeResources(daemon)
-    routes = [*email_routes(backend, lambda: daemon.cfg.api), *resource_routes(resources)]
+    content = content_backends(daemon, backend, daemon.tenants, daemon.spool.ledger)
+    routes = [*email_routes(backend, lambda: daemon.cfg.api), *resource_routes(resources),
+              *content_routes(content.templates, content.verifications)]
     limiter = RateLimiter(daemon.clock)
 
     async def take(key_id: str, rate: float) -> Decision:
@@ -96,7 +99,8 @@ async def start_api(daemon: _Daemon) -> ApiServer | None:
     if receivers is not None:
         # Receivers serve the API's connections (api_remote.py); the owner
         # answers what needs its spool, stores and rate limiter.
-        receivers.api_serve = OwnerApi(backend, resources, limiter).serve
+        receivers.api_serve = OwnerApi(backend, resources, limiter,
+                                       remote_targets(content)).serve
     try:
         await server.start(handoff=receivers.hand_api if receivers is not None else None)
     except OSError as exc:

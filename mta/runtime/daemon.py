@@ -51,6 +51,9 @@ from mta.runtime import reload
 from mta.api.http import ApiServer
 from mta.runtime.admin import RuntimeAdmin
 from mta.runtime.api_start import start_api
+from mta.api.public import PublicServer
+from mta.runtime.public import start_public
+from mta.server.stream import StreamHeaders
 from mta.runtime.api_resources import add_stored_webhooks
 from mta.runtime.bounces import BounceProcessor, load_or_create_secret
 from mta.runtime.domains import DomainCache
@@ -102,6 +105,7 @@ class Daemon:
                                state_dir=cfg.server.state_dir, clock=self.clock)
         self.admin: AdminServer | None = None
         self.api: ApiServer | None = None
+        self.public: PublicServer | None = None     # [public]: unsubscribe, clicks, opens
         self.webhooks: WebhookService | None = None
         self.tenants: TenantService | None = None
         self.reputation: ReputationTracker | None = None
@@ -175,6 +179,7 @@ class Daemon:
             self.api = await start_api(self)
         if self.api is not None:
             event(log, "listening", listener="api", address=self.api.url, role="api")
+        self.public = await start_public(cfg, self.spool, self.clock, paths["public_key"])
         event(log, "ready", mode=cfg.server.mode, config=cfg.source,
               state_dir=str(paths["root"]))
         self._ready = True   # recovery done, listeners and admin API bound
@@ -287,7 +292,8 @@ class Daemon:
                     sender_policy=sender_policy, signer=self.domains,
                     rcpt_check=self._rcpt_check, spill_dir=spill_dir,
                     accept_suppressed=cfg.suppression.on_rcpt == "accept",
-                    observer=self.metrics))
+                    observer=self.metrics, stream=StreamHeaders(
+                        lambda: self.cfg, self.domains, paths["public_key"])))
         handoff = await self._start_receivers(spool, spill_dir, built)
         for lst in built:
             lcfg = lst.cfg
@@ -370,6 +376,8 @@ class Daemon:
         event(log, "stopping")
         if self.api:
             await self.api.stop()
+        if self.public:
+            await self.public.stop()
         for lst in self.listeners:
             await lst.stop()
         if self.receivers is not None:     # sessions in DATA finish: the spool is open

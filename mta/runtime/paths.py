@@ -17,6 +17,8 @@ Layout (root = `[server] state_dir`, or $MTA_STATE_DIR as the config applied)
     root/credentials.json       submission credentials (scrypt)
     root/initial-credential.txt the first sandbox credential (0600)
     root/verp.key               the VERP token key
+    root/public.key             the public listener's token key (unsubscribe, click,
+                                open tokens; one-time codes' hashing key is derived)
     root/inbound/               captured inbound mail (default capture_dir)
     root/incoming/              large messages in transit (anonymous files)
     root/admin-token            the admin API token (mta.admin.token writes it)
@@ -42,6 +44,7 @@ class StatePaths(TypedDict):
     credentials: Path
     initial_credential: Path
     verp_key: Path
+    public_key: Path
     inbound: Path
     incoming: Path
 
@@ -51,7 +54,8 @@ def state_paths(cfg: Config) -> StatePaths:
     return StatePaths(root=root, tls=root / "tls", sandbox=root / "sandbox",
                       credentials=root / "credentials.json",
                       initial_credential=root / "initial-credential.txt",
-                      verp_key=root / "verp.key", inbound=root / "inbound",
+                      verp_key=root / "verp.key", public_key=root / "public.key",
+                      inbound=root / "inbound",
                       incoming=root / "incoming")
 
 

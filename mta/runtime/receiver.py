@@ -52,6 +52,7 @@ from mta.runtime.remote import (ForwardingObserver, HandedGate, RemoteSpool, Rem
                                 remote_rcpt_check)
 from mta.runtime.startup import tls_context
 from mta.runtime.users import open_credentials
+from mta.server.stream import StreamHeaders
 from mta.server.listener import SubmissionListener
 
 __all__ = ["Receiver", "main"]
@@ -143,7 +144,8 @@ class Receiver:
                 tls_context=ctx, clock=clock, auth_turns=RemoteTurns(channel, lcfg.name),
                 gate=gate, sender_policy=sender_policy, signer=self.domains,
                 rcpt_check=rcpt_check, spill_dir=str(paths["incoming"]),
-                accept_suppressed=cfg.suppression.on_rcpt == "accept", observer=observer)
+                accept_suppressed=cfg.suppression.on_rcpt == "accept", observer=observer,
+                stream=StreamHeaders(self._config, self.domains, paths["public_key"]))
         if cfg.api.address is not None:
             self.api = await receiver_api(channel, cfg_of=self._config, domains=self.domains,
                                           clock=clock)

@@ -83,6 +83,7 @@ from mta.server import replies
 from mta.server.credentials import CredentialCheck
 from mta.server.inbound import InboundHandler, InboundMessage, InboundSMTP
 from mta.server.protocol import SubmissionSMTP
+from mta.server.stream import StreamHeaders
 from mta.server.session import SubmissionHandler
 
 if TYPE_CHECKING:  # server does not import config at run time (ARCHITECTURE §2)
@@ -220,7 +221,8 @@ class SubmissionListener:
                  inbound_classify: Callable[[str], str | None] | None = None,
                  inbound_deliver: Callable[[InboundMessage], Awaitable[Reply]] | None = None,
                  observer: Observer | None = None, spill_dir: str | None = None,
-                 auth_turns: Turns | None = None, gate: SessionLimits | None = None):
+                 auth_turns: Turns | None = None, gate: SessionLimits | None = None,
+                 stream: StreamHeaders | None = None):
         self.observer = observer = observer or Observer()
         self.spill_dir = spill_dir   # where DATA past core.spill.HEAD_BYTES goes
         self.log = log or logging.getLogger("mta.server")
@@ -253,7 +255,8 @@ class SubmissionListener:
                                              sender_policy=sender_policy, signer=signer,
                                              rcpt_check=rcpt_check,
                                              accept_suppressed=accept_suppressed,
-                                             observer=observer, auth_turns=auth_turns)
+                                             observer=observer, auth_turns=auth_turns,
+                                             stream=stream)
         self._server: asyncio.Server | None = None
         self._lsocks: list[socket.socket] = []     # handoff mode (the owner)
         self._adopting = False                     # receiver mode

@@ -72,6 +72,7 @@ from mta.core import Clock, LedgerEvent, Observer, Refused, Reply, StorageError,
 from mta.core.logfmt import event
 from mta.core.schedule import parse_schedule
 from mta.mail.headers import from_domains, prepare_submission, remove_header
+from mta.server.stream import StreamHeaders
 from mta.policy.authlimit import AuthThrottle, UserThrottle
 from mta.policy.senders import SenderPolicy
 from mta.server import replies
@@ -138,8 +139,9 @@ class SubmissionHandler:
                  sender_policy: SenderPolicy | None = None, signer: Signer | None = None,
                  rcpt_check: RcptCheck | None = None, accept_suppressed: bool = False,
                  observer: Observer | None = None, user_throttle: UserThrottle | None = None,
-                 auth_turns: Turns | None = None):
+                 auth_turns: Turns | None = None, stream: StreamHeaders | None = None):
         self.hostname = hostname
+        self.stream = stream              # X-Mta-Stream: broadcast (server/stream.py)
         self.observer = observer or Observer()
         self.rcpt_check = rcpt_check      # (recipient, credential) -> refusal or None
         self.accept_suppressed = accept_suppressed
@@ -374,6 +376,12 @@ class SubmissionHandler:
         sender = "" if envelope.mail_from == "<>" else (envelope.mail_from or "")
         rcpts = tuple(envelope.rcpt_tos)
         id_hint = new_queue_id(now)
+        if self.stream is not None:
+            streamed = await self.stream.apply(content, rcpts, session.credential, id_hint)
+            if isinstance(streamed, Reply):
+                return self._ledger("rejected", session, str(streamed), stage="DATA",
+                                    sender=envelope.mail_from)
+            content = streamed
         body = prepare_submission(
             content, hostname=self.hostname, helo=session.host_name or "unknown",
             client_ip=server.client_ip, protocol=self._protocol_name(server, session),

@@ -193,7 +193,7 @@ SUPPRESSION_SCHEMA = """
 CREATE TABLE IF NOT EXISTS suppressions (
     address  TEXT NOT NULL,           -- local part as given, domain lower-cased
     scope    TEXT NOT NULL DEFAULT '',-- '' global, else a credential name
-    reason   TEXT NOT NULL,           -- hard_bounce|complaint|soft_bounce|unsubscribe|manual
+    reason   TEXT NOT NULL,           -- core.envelope.SUPPRESSION_REASONS
     queue_id TEXT NOT NULL DEFAULT '',
     reply    TEXT NOT NULL DEFAULT '',
     created  REAL NOT NULL,

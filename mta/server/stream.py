@@ -1,0 +1,105 @@
+"""Broadcast mail submitted over SMTP: the `X-Mta-Stream: broadcast` header.
+
+One job: for a submission that says it is broadcast mail, check what
+broadcast needs and add the RFC 8058 one-click unsubscribe headers before
+DKIM signs the message (the API's twin is runtime/api_content.py; both use
+the same token and checks).
+
+API:
+    StreamHeaders(cfg_of, domains, key_path)     key_path: the token key file (runtime/paths.py)
+        await .apply(content, rcpts, credential, queue_id) -> bytes | Reply
+            the message with our headers (or unchanged), or the refusal
+    STREAM_HEADER, TOPIC_HEADER
+
+Rules (the header is for us: always removed, with X-Mta-Topic):
+  - absent or "transactional": the message is unchanged;
+  - "broadcast": exactly one recipient (else 550 5.5.3), the public listener
+    configured (else 550 5.3.3), a sending domain (the From: domain or its
+    registered parent) whose state is "verified" — SPF, DKIM and DMARC pass
+    (else 550 5.7.1); any List-Unsubscribe(-Post) the client wrote is
+    replaced by ours; anything else: 550 5.6.0 naming the header.
+Invariant: the added fields are single lines (the URL has no spaces) placed
+at the top of the header section, so the DKIM signature that follows signs
+them (mail/dkim.py SIGNED_HEADERS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from mta.config import Config
+from mta.config.content import public_base
+from mta.core.reply import Reply
+from mta.mail.headers import from_domains, remove_header
+from mta.mail.tokens import TokenKey, seal
+from mta.spool.tenants import SqliteTenants
+
+__all__ = ["STREAM_HEADER", "TOPIC_HEADER", "StreamHeaders"]
+
+STREAM_HEADER, TOPIC_HEADER = "X-Mta-Stream", "X-Mta-Topic"
+_TOPIC = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class DomainStates(Protocol):
+    def registered(self, domain: str) -> str | None: ...
+    def state(self, domain: str) -> str | None: ...
+
+
+class StreamHeaders:
+    def __init__(self, cfg_of: Callable[[], Config], domains: DomainStates | None,
+                 key_path: Path):
+        self.cfg_of, self.domains, self.key_path = cfg_of, domains, key_path
+        self._key: TokenKey | None = None
+
+    def _token_key(self) -> TokenKey:
+        if self._key is None:
+            self._key = TokenKey.load_or_create(self.key_path)
+        return self._key
+
+    async def apply(self, content: bytes, rcpts: Sequence[str], credential: str | None,
+                    queue_id: str) -> bytes | Reply:
+        content, streams = remove_header(content, STREAM_HEADER)
+        content, topics = remove_header(content, TOPIC_HEADER)
+        stream = streams[0].strip().lower() if streams else "transactional"
+        if stream == "transactional":
+            return content
+        if stream != "broadcast":
+            return Reply(550, "5.6.0", f"{STREAM_HEADER}: transactional or broadcast")
+        topic = topics[0].strip() if topics else ""
+        if topic and not _TOPIC.fullmatch(topic):
+            return Reply(550, "5.6.0", f"{TOPIC_HEADER}: 1 to 64 letters, digits, _ - or .")
+        cfg = self.cfg_of()
+        refused = self._refusal(content, rcpts, cfg)
+        if refused is not None:
+            return refused
+        tenant = await asyncio.to_thread(
+            SqliteTenants(Path(cfg.server.state_dir)).owner, "credential", credential or "")
+        key = await asyncio.to_thread(self._token_key)
+        token = seal(key, "u", [tenant, rcpts[0], topic, queue_id])
+        for name in ("List-Unsubscribe", "List-Unsubscribe-Post"):
+            content, _ = remove_header(content, name)
+        added = (f"List-Unsubscribe: <{public_base(cfg)}/u/{token}>\r\n"
+                 "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n").encode("ascii")
+        return added + content
+
+    def _refusal(self, content: bytes, rcpts: Sequence[str], cfg: Config) -> Reply | None:
+        if len(rcpts) != 1:
+            return Reply(550, "5.5.3", "broadcast mail goes to one recipient per message "
+                                       "(its unsubscribe link names them)")
+        if public_base(cfg) is None:
+            return Reply(550, "5.3.3", "broadcast mail needs the public listener for its "
+                                       "unsubscribe link ([public] address is not set)")
+        domains = from_domains(content) or []
+        domain = domains[0].lower() if domains else ""
+        registered = self.domains.registered(domain) if self.domains and domain else None
+        state = self.domains.state(registered) if self.domains and registered else None
+        if state != "verified":
+            shown = registered or domain or "(no From: domain)"
+            return Reply(550, "5.7.1", f"broadcast mail needs a sending domain whose SPF, "
+                                       f"DKIM and DMARC all pass: {shown} is "
+                                       f"{state or 'not a sending domain'}")
+        return None
