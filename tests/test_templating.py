@@ -207,6 +207,7 @@ def test_used_names_top_level_only():
                      "{{{raw}}}{{! comment }}{{.}}",
                 text="{{#user.active}}{{since}}{{/user.active}}")
     assert used_names(c) == ("greeting", "items", "offer", "raw", "user", "vip")
+    assert used_names(content(subject="Code {{code}}", html="", text="")) == ("code",)
 
 
 # ---- render ---------------------------------------------------------------------------

@@ -142,12 +142,14 @@ def _scan(source: str, part: str) -> None:
         elif sigil == "/":
             opener = sections.pop()[0] if sections else None
             if opener is None or opener[1:] != key:
-                closes = f"does not close {{{{{opener}}}}}" if opener else "closes no section"
-                raise TemplateError(part, f"{{{{/{key}}}}} at {at} {closes}")
+                closes = f"does not close {{{{{opener[:65]}}}}}" if opener else \
+                    "closes no section"
+                raise TemplateError(part, f"{{{{/{key[:64]}}}}} at {at} {closes}")
         pos = source.find("{{", m.end())
     if sections:
         opener, start = sections[-1]
-        raise TemplateError(part, f"unclosed section {{{{{opener}}}}} at {_Where(source, start)}")
+        raise TemplateError(part, f"unclosed section {{{{{opener[:65]}}}}} at "
+                            f"{_Where(source, start)}")
 
 
 def _tree(template: Any) -> Tree:

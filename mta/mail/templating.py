@@ -26,13 +26,16 @@ API
 
 Templates are Mustache as mta/mail/template_syntax.py parses it (partials and
 set-delimiter tags refused, every part in linear time). Also refused: a
-subject with CR or LF, neither html nor text, sources over MAX_SOURCE_BYTES.
-Values: strings as they are, numbers as JSON writes them, true/false, null as
-"", lists and objects as compact JSON. The rendered subject is one line: each
-run of CR, LF, TAB (and line separators, with the spaces around them) is one
-space, other control characters are dropped, then it is stripped and cut to
-MAX_SUBJECT_BYTES on a character boundary. A declared variable absent (or null) in
-the data takes its fallback; a given one must have its declared type.
+subject with CR or LF, sources over MAX_SOURCE_BYTES, and (by check() only)
+neither html nor text. Values: strings as they are, numbers as JSON writes
+them, true/false, null as "", lists and objects as compact JSON. A declared
+variable absent (or null) in the data takes its fallback; a given one must
+have its declared type. The rendered subject is one line: each run of CR, LF,
+TAB and line separators (with the spaces around it) becomes one space, other
+control characters go, then it is stripped and cut to MAX_SUBJECT_BYTES on a
+character boundary. Rendered.html is None when the template's html is "";
+Rendered.text is None when text is "" or when there was nothing to derive.
+A render is CPU work of up to about MAX_RENDER_SECONDS: run it off the loop.
 
 Invariants
 - No code from data, no attribute access: data must be exact JSON types
@@ -234,7 +237,8 @@ def _json_size(value: object, field: str, depth: int = 0, room: int = MAX_DATA_B
 # ---- parts --------------------------------------------------------------------------
 
 def _parse_all(content: TemplateContent) -> dict[str, Parsed]:
-    """check(): the parts by name (text only when it is a template)."""
+    """The parts by name (text only when it is a template), parsed and checked
+    (all of check() but html-or-text: used_names and render do not need one)."""
     sources = {"subject": content.subject, "html": content.html, "text": content.text}
     size = 0
     for name, source in sources.items():
@@ -249,16 +253,16 @@ def _parse_all(content: TemplateContent) -> dict[str, Parsed]:
                             f"{MAX_SOURCE_BYTES // 1024} KiB together")
     if "\r" in content.subject or "\n" in content.subject:
         raise TemplateError("subject", "must not contain a line break")
-    if not content.html and not content.text:
-        raise TemplateError("html", "html or text is required")
     _check_variables(content.variables, "variables")
     return {name: parse(source, name) for name, source in sources.items() if source}
 
 
 def check(content: TemplateContent) -> None:
     """Raises TemplateError (naming the part, line and column) unless every part
-    parses and the sizes and variables are valid."""
+    parses, the sizes and variables are valid and there is html or text."""
     _parse_all(content)
+    if not content.html and not content.text:
+        raise TemplateError("html", "html or text is required")
 
 
 def used_names(content: TemplateContent) -> tuple[str, ...]:
