@@ -10,6 +10,7 @@ DNS server on 127.0.0.x; mail goes to a real SMTP sink."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import re
@@ -65,6 +66,11 @@ class World:
                                  headers={"Authorization": f"Bearer {self.key}"}) as r:
                 return r.status, await r.json(content_type=None)
 
+    async def sdk_send_html(self, html: str, to: str = "olga@rcpt.test") -> str:
+        sent = await self.sdk(resend.Emails.send, {
+            "from": f"news@{DOMAIN}", "to": to, "subject": "Hello", "html": html})
+        return sent["id"]
+
     async def events(self, queue_id, kind, count=1, timeout=10.0):
         end = time.monotonic() + timeout
         while True:
@@ -75,8 +81,10 @@ class World:
             await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-async def world(tmp_path):
+@contextlib.asynccontextmanager
+async def content_world(tmp_path, extra: str = "", processes: bool = False):
+    """A daemon with [api], [public] and tracking, its domain verified
+    against a real DNS server, delivering to a sink."""
     dns = MultiStringDns({}, host="127.0.0.156", ttl=1).start()
     clock = OffsetClock()
     try:
@@ -87,14 +95,17 @@ async def world(tmp_path):
                                 routes={"*": f"127.0.0.1:{sink.address[1]}"})
                     + f'[api]\naddress = "127.0.0.1:{free_port()}"\n'
                     + f'[public]\naddress = "127.0.0.1:{free_port()}"\n'
-                    + f'[tracking]\nclicks = ["{DOMAIN}"]\nopens = ["tenant:default"]\n')
+                    + f'[tracking]\nclicks = ["{DOMAIN}"]\nopens = ["tenant:default"]\n'
+                    + extra)
+            if processes:
+                text = text.replace("[server]\n", "[server]\nworkers = 2\n", 1)
             cfg = parse_config(text, "test")
             svc = DomainService(cfg, DnsResolver(cfg.dns.nameservers, 2.0, cache=False))
             svc.add(DOMAIN)
             dns.zone.update(parse_zone(zone_text(svc.plan(DOMAIN))))
             assert (await svc.check(DOMAIN)).ok
             svc.add("pending.test")              # never published: SPF/DKIM/DMARC fail
-            d = Daemon(cfg, clock)
+            d = Daemon(cfg, clock, processes=processes)
             await d.start()
             try:
                 yield World(d, sink, dns, state, clock)
@@ -102,6 +113,12 @@ async def world(tmp_path):
                 await d.stop()
     finally:
         dns.stop()
+
+
+@pytest.fixture
+async def world(tmp_path):
+    async with content_world(tmp_path) as w:
+        yield w
 
 
 def parsed(raw: bytes):
