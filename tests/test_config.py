@@ -547,7 +547,8 @@ def test_live_keys_are_marked_where_they_are_declared():
                  # issue 15: a reload re-reads the table and re-plans every queue
                  "shaping": "*", "egress": "*", "egress_pool": "*",
                  # issue 16: the build and the verification routes read these per request
-                 "tracking": "*", "verification": "*", "verification_tenant": "*"}
+                 "tracking": "*", "verification": "*", "verification_tenant": "*",
+                 "broadcast": "*"}
     for section, keys in every.items():
         expected = old_table.get(section, set())
         if section == "listeners":      # all but what moves the socket (and the name)

@@ -12,9 +12,11 @@ import re
 from html import unescape
 
 import aiohttp
+import aiohttp.web
 import aiosmtplib
 import pytest
 
+from tests.test_api_send import make_key
 from tests.test_e2e_content import DOMAIN, World, content_world, header_lines, parsed
 
 pytestmark = pytest.mark.slow
@@ -133,3 +135,49 @@ async def test_content_routes_in_receiver_processes(tmp_path):
         assert status == 200 and v["sends"] == 1, v
         await w.sink.wait_for(2)
         await asyncio.sleep(0)
+
+
+async def test_a_broadcast_key_and_the_unsubscribe_webhook(tmp_path):
+    """[broadcast] credentials makes a key's mail broadcast unless it says
+    otherwise; the one-click unsubscription reaches a webhook endpoint."""
+    got: list[dict] = []
+
+    async def hook(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        got.append(json.loads(await request.read()))
+        return aiohttp.web.Response(status=204)
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/hook", hook)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    extra = ('[broadcast]\ncredentials = ["api:news"]\n[[webhooks]]\nname = "app"\n'
+             f'url = "http://127.0.0.1:{port}/hook"\n'
+             'secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\nevents = ["unsubscribed"]\n')
+    try:
+        async with content_world(tmp_path, extra) as w:
+            w.key = make_key(w.state, "news")
+            base = {"from": f"news@{DOMAIN}", "to": "dora@rcpt.test", "subject": "s",
+                    "text": "t"}
+            status, plain = await w.http("POST", "/emails", json={**base,
+                                                                  "stream": "transactional"})
+            status, sent = await w.http("POST", "/emails", json=base)
+            assert status == 200, sent
+            m1, m2 = await w.sink.wait_for(2)
+            by_subject = {m.data.count(b"List-Unsubscribe:"): m for m in (m1, m2)}
+            assert set(by_subject) == {0, 1}        # the key's default, and the override
+            url = re.search(rb"List-Unsubscribe: <(\S+)>", by_subject[1].data).group(1)
+            async with aiohttp.ClientSession() as s:
+                async with s.post(url.decode(), data={"List-Unsubscribe": "One-Click"}) as r:
+                    assert r.status == 200
+            for _ in range(200):
+                if got:
+                    break
+                await asyncio.sleep(0.05)
+            assert got and got[0]["type"] == "unsubscribed", got
+            assert (got[0]["recipient"], got[0]["credential"], got[0]["data"]["tenant"]) == \
+                ("dora@rcpt.test", "api:news", "default")
+    finally:
+        await runner.cleanup()

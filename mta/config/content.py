@@ -5,7 +5,8 @@ click and open tracking), of tracking's opt-in and of one-time codes, and
 check what only makes sense across keys (`content_checks`).
 
 API:
-    PublicConfig, TrackingConfig, VerificationConfig    frozen dataclasses
+    PublicConfig, BroadcastConfig, TrackingConfig, VerificationConfig   frozen dataclasses
+    default_stream(cfg, credential) -> "broadcast" | "transactional"   (no header or field)
     content_checks(cfg) -> [error, …]                   cross-key checks
     VerificationTenantConfig                           [[verification_tenant]]
     verification_limits(cfg, tenant) -> {digits, ttl, max_attempts, resend_cooldown,
@@ -34,8 +35,9 @@ from mta.config.schema import live_key as L
 if TYPE_CHECKING:
     from mta.config.sections import Config
 
-__all__ = ["PublicConfig", "TrackingConfig", "VerificationConfig", "VerificationTenantConfig",
-           "content_checks", "public_base", "tracks", "verification_limits"]
+__all__ = ["BroadcastConfig", "PublicConfig", "TrackingConfig", "VerificationConfig",
+           "VerificationTenantConfig", "content_checks", "default_stream", "public_base",
+           "tracks", "verification_limits"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,20 @@ class PublicConfig:
     key: str | None = K(None, "PEM private key path (with cert)", STR, optional=True)
     behind_tls_proxy: bool = K(False, "a TLS-terminating proxy sits in front: allows a "
                                "non-loopback address without cert/key", BOOL)
+
+
+@dataclass(frozen=True)
+class BroadcastConfig:
+    """Broadcast mail by default, per credential (a message may still say otherwise)."""
+    credentials: tuple[str, ...] = L((), "credentials whose mail is broadcast unless it says "
+                                     "transactional: API keys as \"api:NAME\", SMTP users "
+                                     "by name", STR_LIST, max=1000)
+
+
+def default_stream(cfg: Config, credential: str | None) -> str:
+    """"broadcast" for a credential [broadcast] lists, else "transactional"."""
+    return "broadcast" if credential and credential in cfg.broadcast.credentials \
+        else "transactional"
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,15 @@ from mta.config.schema import (BOOL, CIDR_LIST, DURATION, DURATION_LIST, FLOAT, 
 # reload applies to the running daemon ("a field is named key": hence K).
 from mta.config.schema import key as K
 from mta.config.schema import live_key as L
-from mta.config.content import (PublicConfig, TrackingConfig, VerificationConfig,
-                                VerificationTenantConfig)
+from mta.config.content import (BroadcastConfig, PublicConfig, TrackingConfig,
+                                VerificationConfig, VerificationTenantConfig)
 from mta.core.envelope import EVENT_TYPES  # what [[webhooks]] events may name
 
 __all__ = ["EVENT_TYPES", "SECTIONS", "ARRAYS", "Config", "ServerConfig", "ListenerConfig",
            "DeliveryConfig", "DnsConfig", "DomainsConfig", "PolicyConfig", "BouncesConfig",
            "SuppressionConfig", "AdminConfig", "ApiConfig", "LedgerConfig", "WebhookConfig", "MiB",
-           "ShapingConfig", "EgressConfig", "EgressPoolConfig", "PublicConfig", "TrackingConfig",
-           "VerificationConfig",
+           "ShapingConfig", "EgressConfig", "EgressPoolConfig", "PublicConfig", "BroadcastConfig",
+           "TrackingConfig", "VerificationConfig",
            "live_keys", "ROUTES_LIVE"]
 
 MiB = 1024 * 1024
@@ -336,6 +336,7 @@ class Config:
     webhooks: tuple[WebhookConfig, ...] = ()
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
     public: PublicConfig = field(default_factory=PublicConfig)
+    broadcast: BroadcastConfig = field(default_factory=BroadcastConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     verification: VerificationConfig = field(default_factory=VerificationConfig)
     verification_tenant: tuple[VerificationTenantConfig, ...] = ()
@@ -351,7 +352,7 @@ SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig
             "domains": DomainsConfig, "policy": PolicyConfig, "bounces": BouncesConfig,
             "suppression": SuppressionConfig, "admin": AdminConfig, "api": ApiConfig,
             "ledger": LedgerConfig, "reputation": ReputationConfig, "shaping": ShapingConfig,
-            "public": PublicConfig, "tracking": TrackingConfig,
+            "public": PublicConfig, "broadcast": BroadcastConfig, "tracking": TrackingConfig,
             "verification": VerificationConfig}
 # The [[array]] sections: key → the class of each table.
 ARRAYS = {"listeners": ListenerConfig, "webhooks": WebhookConfig, "egress": EgressConfig,

@@ -15,9 +15,10 @@ Order (each step sees the previous one's result):
      key's tenant, rendered strictly with the request's variables (bounded:
      mail/templating.py, off the event loop); from, subject and reply_to
      default to the template's. detail["template"] = {id, version}.
-  2. broadcast (`stream`): one envelope recipient; a sending domain whose SPF,
-     DKIM and DMARC all pass (the domain's state is "verified": the periodic
-     check or `mta domain check`); the public listener configured. Adds
+  2. broadcast (`stream`, else [broadcast] credentials): one envelope
+     recipient; a sending domain whose SPF, DKIM and DMARC all pass (the
+     domain's state is "verified": the periodic check or `mta domain
+     check`); the public listener configured. Adds
      List-Unsubscribe: <BASE/u/TOKEN> and List-Unsubscribe-Post:
      List-Unsubscribe=One-Click (RFC 8058) — before DKIM, which signs both
      (mail/dkim.py SIGNED_HEADERS); the URL has no spaces, so compose never
@@ -43,7 +44,7 @@ from typing import Any, Protocol
 from mta.api.email_options import TemplateRef
 from mta.api.emails import EmailRequest, ValidationError, parse_mailbox
 from mta.config import Config
-from mta.config.content import public_base, tracks
+from mta.config.content import default_stream, public_base, tracks
 from mta.mail.compose import Composition, Mailbox, envelope_recipients
 from mta.mail.htmltext import html_to_text
 from mta.mail.templating import TemplateError, render
@@ -99,7 +100,8 @@ async def prepare(req: EmailRequest, *, credential: str, queue_id: str, cfg: Con
                   where: str) -> tuple[Composition, dict[str, Any]]:
     c, opts = req.composition, req.options
     detail: dict[str, Any] = {}
-    if opts.template is None and opts.stream != "broadcast" \
+    stream = opts.stream or default_stream(cfg, credential)
+    if opts.template is None and stream != "broadcast" \
             and not cfg.tracking.clicks and not cfg.tracking.opens:
         return c, detail                # plain mail: no store read, no key file
     parts = ContentParts.of(cfg)
@@ -109,7 +111,7 @@ async def prepare(req: EmailRequest, *, credential: str, queue_id: str, cfg: Con
     base = public_base(cfg)
     rcpts = envelope_recipients(c)
     one = rcpts[0] if len(rcpts) == 1 else ""
-    if opts.stream == "broadcast":
+    if stream == "broadcast":
         c = _broadcast(c, tenant=tenant, rcpt=one, topic=opts.topic, queue_id=queue_id,
                        base=base, parts=parts, domains=domains, where=where)
         detail["stream"] = "broadcast"

@@ -51,6 +51,7 @@ from mta.runtime import reload
 from mta.api.http import ApiServer
 from mta.runtime.admin import RuntimeAdmin
 from mta.runtime.api_start import start_api
+from mta.spool.verifications import SqliteVerifications
 from mta.api.public import PublicServer
 from mta.runtime.public import start_public
 from mta.server.stream import StreamHeaders
@@ -190,8 +191,11 @@ class Daemon:
         the idempotency window are read from `self.cfg` at each run, so a
         reload applies them."""
         async def prune() -> None:
-            await prune_ledger(spool.ledger, self.clock.now(), self.cfg.ledger.retention,
+            now = self.clock.now()
+            await prune_ledger(spool.ledger, now, self.cfg.ledger.retention,
                                self.cfg.ledger.idempotency_window)
+            # one-time codes: kept a day past their expiry (GET shows "expired")
+            await asyncio.to_thread(SqliteVerifications(spool.root).prune, now - 86400)
 
         async def reclaim() -> None:
             await reclaim_segments(spool)

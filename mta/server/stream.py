@@ -12,7 +12,8 @@ API:
     STREAM_HEADER, TOPIC_HEADER
 
 Rules (the header is for us: always removed, with X-Mta-Topic):
-  - absent or "transactional": the message is unchanged;
+  - "transactional", or absent and the credential not in [broadcast]
+    credentials: the message is unchanged;
   - "broadcast": exactly one recipient (else 550 5.5.3), the public listener
     configured (else 550 5.3.3), a sending domain (the From: domain or its
     registered parent) whose state is "verified" — SPF, DKIM and DMARC pass
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mta.config import Config
-from mta.config.content import public_base
+from mta.config.content import default_stream, public_base
 from mta.core.reply import Reply
 from mta.mail.headers import from_domains, remove_header
 from mta.mail.tokens import TokenKey, seal
@@ -64,7 +65,8 @@ class StreamHeaders:
                     queue_id: str) -> bytes | Reply:
         content, streams = remove_header(content, STREAM_HEADER)
         content, topics = remove_header(content, TOPIC_HEADER)
-        stream = streams[0].strip().lower() if streams else "transactional"
+        cfg = self.cfg_of()
+        stream = streams[0].strip().lower() if streams else default_stream(cfg, credential)
         if stream == "transactional":
             return content
         if stream != "broadcast":
@@ -72,7 +74,6 @@ class StreamHeaders:
         topic = topics[0].strip() if topics else ""
         if topic and not _TOPIC.fullmatch(topic):
             return Reply(550, "5.6.0", f"{TOPIC_HEADER}: 1 to 64 letters, digits, _ - or .")
-        cfg = self.cfg_of()
         refused = self._refusal(content, rcpts, cfg)
         if refused is not None:
             return refused
