@@ -394,7 +394,7 @@ BAD = [
     ("POST", "/webhooks", {"endpoint": "http://127.0.0.1:9/"}, "events: required"),
     ("POST", "/webhooks", {"endpoint": "ftp://x.test/", "events": ["*"]}, "endpoint:"),
     ("POST", "/webhooks", {"endpoint": "http://:99999/", "events": ["*"]}, "endpoint:"),
-    ("POST", "/webhooks", {"endpoint": "http://h.test/", "events": ["opened"]}, "events:"),
+    ("POST", "/webhooks", {"endpoint": "http://h.test/", "events": ["viewed"]}, "events:"),
     ("POST", "/webhooks", {"endpoint": "http://h.test/", "events": []}, "events:"),
     ("POST", "/webhooks", {"endpoint": "http://h.test/", "events": "*"}, "events:"),
     ("POST", "/webhooks", {"endpoint": "http://h.test/", "events": ["*"], "name": "a b"},

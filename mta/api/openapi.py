@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 description of the sending API, served at GET /openapi.json.
 
 One job: describe every route of the sending API (mta.api.routes: emails,
-batch, api-keys; mta.api.resources: domains, suppressions, webhooks) — path
+batch, api-keys; mta.api.resources: domains, suppressions, webhooks; the
+templates and verifications part is mta.api.openapi_content) — path
 and query parameters, request bodies, response schemas, the error shape
 `{"statusCode", "name", "message"}`, the bearer security scheme, the
 Idempotency-Key header and the rate-limit headers — for SDK users and tools.
@@ -27,6 +28,7 @@ from mta.admin.openapi_parts import json_response as _json
 from mta.admin.openapi_parts import ref as _ref
 from mta.api.emails import BATCH_MAX, MAX_ATTACHMENTS, MAX_HEADERS, MAX_TAGS
 from mta.api.keys import MAX_NAME, MAX_RATE_LIMIT, MODES, PERMISSIONS
+from mta.api.openapi_content import CONTENT_SCHEMAS, content_paths
 from mta.core.envelope import EVENT_TYPES, SUPPRESSION_REASONS
 
 __all__ = ["openapi_document"]
@@ -402,6 +404,8 @@ _PATHS: dict[str, Any] = {
         "test_webhook", "send one signed test request now", "webhooks", _ref("WebhookTest"),
         params=[_WEBHOOK_ID], errors={404: "not_found"})},
 }
+_SCHEMAS.update(CONTENT_SCHEMAS)
+_PATHS.update(content_paths(_op))
 
 _DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",

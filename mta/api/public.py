@@ -59,7 +59,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from html import escape
 from types import TracebackType
@@ -69,7 +68,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from mta.core.hostport import split_hostport
+from mta.api.http import ApiServer
 from mta.mail.tokens import TokenKey, unseal
 from mta.policy.scanners import click_label, open_label
 
@@ -318,39 +317,6 @@ def public_app(backend: PublicBackend, key: TokenKey, *, name: str = "mta") -> w
     return app
 
 
-class PublicServer:
-    """Serves the public app on `address` ("host:port"; port 0 picks one),
-    over TLS when given an ssl_context. No access log (paths carry tokens)."""
-
-    def __init__(self, app: web.Application, address: str, *,
-                 ssl_context: ssl.SSLContext | None = None):
-        self.app, self.address, self.ssl_context = app, address, ssl_context
-        self._runner: web.AppRunner | None = None
-        self.sockname: tuple[str, int] | None = None
-
-    @property
-    def url(self) -> str:
-        if self.sockname is None:
-            raise RuntimeError("PublicServer is not started")
-        host, port = self.sockname
-        scheme = "https" if self.ssl_context is not None else "http"
-        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-    async def start(self) -> None:
-        host, port = split_hostport(self.address)
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=self.ssl_context)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        addresses = runner.addresses
-        self.sockname = (addresses[0][0], addresses[0][1]) if addresses else (host, port)
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+# The sending API's server, reused: it binds "host:port" (port 0 picks one),
+# optionally over TLS, and keeps no access log (paths carry tokens).
+PublicServer = ApiServer

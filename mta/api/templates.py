@@ -61,6 +61,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from mta.api.fields import invalid
 from mta.api.http import KEY, ApiError, Routes, read_json
 from mta.api.keys import ApiKey
 from mta.core.address import AddressError, parse_address
@@ -104,8 +105,7 @@ class TemplateBackend(Protocol):
                         data: Json) -> str | None: ...
 
 
-def _invalid(field: str, reason: str) -> ApiError:
-    return ApiError(422, "validation_error", f"{field}: {reason}")
+_invalid = invalid
 
 
 def _template_error(exc: TemplateError) -> ApiError:

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from mta.api.fields import invalid, string_field
 from mta.api.http import KEY, ApiError, Routes, read_json
 from mta.api.keys import ApiKey
 from mta.core.address import AddressError, parse_address
@@ -71,8 +72,7 @@ class VerificationBackend(Protocol):
     async def get(self, key: ApiKey, vid: str) -> Json | None: ...
 
 
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "validation_error", f"{field}: {message}")
+_invalid = invalid
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -84,18 +84,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 def _string(doc: dict[str, Any], field: str, max_len: int, *,
             required: bool = False) -> str | None:
-    value = doc.get(field)
-    if value is None:
-        if required:
-            raise ApiError(422, "missing_required_field", f"{field}: required")
-        return None
-    if not isinstance(value, str):
-        raise _invalid(field, "must be a string")
-    if len(value) > max_len:
-        raise _invalid(field, f"at most {max_len} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise _invalid(field, "contains control characters")
-    return value
+    return string_field(doc, field, max_len=max_len, required=required)
 
 
 def _to(doc: dict[str, Any]) -> str:
