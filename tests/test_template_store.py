@@ -211,3 +211,16 @@ def test_refuses_to_create_an_index_beside_orphan_segments(tmp_path, store):
     (seg / "00000001.seg").write_bytes(b"x")
     with pytest.raises(TemplateStoreError, match="repair"):
         store.create("acme", fields(), T0)
+
+
+def test_versions_are_bounded(store, monkeypatch):
+    monkeypatch.setattr(tmod, "MAX_VERSIONS", 2)
+    t = store.create("acme", fields(), 1.0)
+    for n in (1, 2):
+        store.update("acme", t.id, {"html": f"<p>{n}</p>"}, 1.0 + n)
+        assert store.publish("acme", t.id, 2.0 + n).version == n
+    store.update("acme", t.id, {"html": "<p>3</p>"}, 9.0)
+    with pytest.raises(TemplateRefused) as info:
+        store.publish("acme", t.id, 10.0)
+    assert "at most 2 versions" in str(info.value)
+    assert [v.version for v in store.versions("acme", t.id)] == [2, 1]

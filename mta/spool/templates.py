@@ -32,7 +32,8 @@ method takes the tenant first and sees only that tenant's rows):
     TemplateRefused  a ValueError: .field, .reason, str() "field: reason" (a bad
                      alias or field, an unknown cursor, MAX_TEMPLATES reached)
     TemplateStoreError   a core.StorageError (cannot open or write the index)
-    TEMPLATE_ID = ^tpl_[0-9a-f]{20}$;  ALIAS = ^[a-z0-9_-]{1,64}$;  MAX_TEMPLATES = 1000
+    TEMPLATE_ID = ^tpl_[0-9a-f]{20}$;  ALIAS = ^[a-z0-9_-]{1,64}$;  MAX_TEMPLATES,
+    MAX_VERSIONS = 1000 (per tenant; per template)
 
 Invariants:
 - The approach of apikeys.py (spool/sidetable.py): stdlib sqlite3 on the
@@ -66,7 +67,7 @@ from typing import Any
 from mta.core.errors import StorageError
 from mta.spool.sidetable import SideTable
 
-__all__ = ["ALIAS", "FIELDS", "MAX_TEMPLATES", "TEMPLATES_SCHEMA", "TEMPLATE_ID",
+__all__ = ["ALIAS", "FIELDS", "MAX_TEMPLATES", "MAX_VERSIONS", "TEMPLATES_SCHEMA", "TEMPLATE_ID",
            "SqliteTemplates", "TemplateExists", "TemplateRefused", "TemplateRow",
            "TemplateStoreError", "TemplateVersion"]
 
@@ -109,6 +110,7 @@ CREATE TABLE IF NOT EXISTS template_versions (
 TEMPLATE_ID = re.compile(r"tpl_[0-9a-f]{20}")
 ALIAS = re.compile(r"[a-z0-9_-]{1,64}")
 MAX_TEMPLATES = 1000
+MAX_VERSIONS = 1000
 FIELDS = ("name", "alias", "sender", "subject", "reply_to", "html", "text", "variables")
 _CONTENT = ("sender", "subject", "reply_to", "html", "text", "variables")
 _NAME_MAX = 255
@@ -422,6 +424,9 @@ class SqliteTemplates(SideTable):
                 if latest is not None:
                     return _version(latest)
             n = row.published_version + 1
+            if n > MAX_VERSIONS:        # each may hold 512 KiB: growth stays bounded
+                raise TemplateRefused("version", f"at most {MAX_VERSIONS} versions: "
+                                                 "duplicate the template to go on")
             version = TemplateVersion(tenant=tenant, template_id=row.id, version=n,
                                       sender=row.sender, subject=row.subject,
                                       reply_to=row.reply_to, html=row.html, text=row.text,
