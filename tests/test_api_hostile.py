@@ -471,7 +471,8 @@ async def test_bodies_on_get_and_delete_are_ignored(world):
 WRONG: list[Any] = [12345, 1.5, "a string", True, {"k": 1}, [1, 2]]
 PATH_IDS = {"/emails/{id}": "AAAA", "/api-keys/{id}": "aaaaaaaaaaaa",
             "/domains/{id}": "x.acme.test", "/suppressions/{id}": "a@rcpt.test",
-            "/webhooks/{id}": "hook1"}
+            "/webhooks/{id}": "hook1", "/templates/{id}": "nosuch",
+            "/verifications/{id}": "vrf_" + "0" * 20}
 
 
 def json_type(value: Any) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import email
+import email.policy
 import re
 import sqlite3
 import time
@@ -348,3 +350,154 @@ async def _resources(d: Doc, w: ApiWorld, call) -> None:
     assert (await call("GET", "/webhooks/{id}", f"/webhooks/{hid}"))[0] == 404
     assert (await call("GET", "/openapi.json", key=None))[0] == 200
     await asyncio.sleep(0)
+
+
+# -- /templates and /verifications (mta.api.openapi_content) -------------------------
+
+def _content_ops(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops
+            if p.startswith(("/templates", "/verifications"))}
+
+
+def _code_in(raw: bytes) -> str:
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    part = msg.get_body(("plain",))
+    assert part is not None
+    (code,) = re.findall(r"code is (\d+)", part.get_content())
+    return code
+
+
+class _Caller:
+    """Requests to the content routes, each answer checked against the document."""
+
+    def __init__(self, d: Doc, w: ApiWorld):
+        self.d, self.w = d, w
+        self.seen: set[tuple[str, str]] = set()
+
+    async def __call__(self, method: str, template: str, path: str | None = None, *,
+                       key: str | None = "default", **kw: Any) -> tuple[int, Any]:
+        status, body, headers = await self.w.http(method, path or template, key=key, **kw)
+        self.d.check(method, template, status, body)
+        if status != 200:
+            assert body["statusCode"] == status
+        assert "ratelimit-limit" in headers or status == 401, (method, path, headers)
+        self.seen.add((method, template))
+        return status, body
+
+
+async def test_template_answers_match_the_documented_schemas(world):
+    d, w = Doc(), world
+    call = _Caller(d, w)
+    example = d.resolve(d.request_schema("POST", "/templates"))["example"]
+    status, made = await call("POST", "/templates", json=example)
+    assert status == 200, made
+    tid = made["id"]
+    assert (await call("POST", "/templates", json=example))[0] == 409       # the alias
+    assert (await call("POST", "/templates", key=w.test_key, json=example))[0] == 403
+    assert (await call("GET", "/templates", key=w.sending))[0] == 403
+    assert (await call("POST", "/templates", json={"name": "x"}))[0] == 422
+    assert (await call("GET", "/templates", "/templates?limit=0"))[0] == 422
+    status, page = await call("GET", "/templates", "/templates?limit=1")
+    assert [t["id"] for t in page["data"]] == [tid] and page["has_more"] is False
+    status, tpl = await call("GET", "/templates/{id}", "/templates/welcome")   # by alias
+    assert (tpl["id"], tpl["status"], tpl["version"]) == (tid, "draft", None)
+    assert (await call("POST", "/templates/{id}/preview", f"/templates/{tid}/preview",
+                       json={"version": "published"}))[0] == 404
+    status, pub = await call("POST", "/templates/{id}/publish", f"/templates/{tid}/publish")
+    assert pub == {"id": tid, "object": "template", "version": 1}
+    update = d.resolve(d.request_schema("PATCH", "/templates/{id}"))["example"]
+    assert (await call("PATCH", "/templates/{id}", f"/templates/{tid}", json=update))[0] == 200
+    assert (await call("PUT", "/templates/{id}", f"/templates/{tid}", json=update))[0] == 200
+    assert (await call("PATCH", "/templates/{id}", f"/templates/{tid}",
+                       json={"reply_to": 5}))[0] == 422
+    status, tpl = await call("GET", "/templates/{id}", f"/templates/{tid}")
+    assert tpl["has_unpublished_changes"] is True and tpl["version"] == 1
+    status, versions = await call("GET", "/templates/{id}/versions",
+                                  f"/templates/{tid}/versions")
+    assert [v["version"] for v in versions["data"]] == [1]
+    preview = d.resolve(d.request_schema("POST", "/templates/{id}/preview"))["example"]
+    status, out = await call("POST", "/templates/{id}/preview", f"/templates/{tid}/preview",
+                             json=preview)
+    assert out["subject"] == "Welcome, Ann" and out["missing"] == ["plan"], out
+    status, out = await call("POST", "/templates/{id}/preview", f"/templates/{tid}/preview",
+                             json={"version": 1})
+    assert out["subject"] == "Hi there", out                  # the fallback, version 1
+    assert (await call("POST", "/templates/{id}/preview", f"/templates/{tid}/preview",
+                       json={"version": 7}))[0] == 404
+    assert (await call("POST", "/templates/{id}/preview", f"/templates/{tid}/preview",
+                       json={"version": "x"}))[0] == 422
+    test = d.resolve(d.request_schema("POST", "/templates/{id}/test"))["example"]
+    status, sent = await call("POST", "/templates/{id}/test", f"/templates/{tid}/test",
+                              json=test)
+    assert status == 200 and sent["id"], sent
+    assert (await call("POST", "/templates/{id}/test", f"/templates/{tid}/test",
+                       json={"to": "ok@rcpt.test"}))[0] == 422     # plan has no value
+    (m,) = await w.sink.wait_for(1)
+    assert b"[Test] Welcome, Ann" in m.data
+    status, dup = await call("POST", "/templates/{id}/duplicate", f"/templates/{tid}/duplicate")
+    assert status == 200 and dup["id"] != tid
+    status, gone = await call("DELETE", "/templates/{id}", f"/templates/{dup['id']}")
+    assert gone == {"id": dup["id"], "object": "template", "deleted": True}
+    assert (await call("DELETE", "/templates/{id}", f"/templates/{dup['id']}"))[0] == 404
+    assert (await call("GET", "/templates/{id}/versions", "/templates/nosuch/versions"))[0] \
+        == 404
+    assert (await call("POST", "/templates/{id}/duplicate", "/templates/nosuch/duplicate",
+                       key=w.test_key))[0] == 403
+    assert (await call("POST", "/templates/{id}/publish", "/templates/nosuch/publish"))[0] \
+        == 404
+    # the documented bounds are the API's: one past each is a 422 naming the field
+    props = d.resolve(d.request_schema("POST", "/templates"))["properties"]
+    top = props["name"]["maxLength"]
+    for body, field in ((dict(example, alias=None, name="n" * (top + 1)), "name"),
+                        (dict(example, alias=None, reply_to=["a@acme.test"] * (
+                            props["reply_to"]["oneOf"][1]["maxItems"] + 1)), "reply_to")):
+        status, err = await call("POST", "/templates", json=body)
+        assert status == 422 and err["message"].startswith(field), err
+    status, _ = await call("POST", "/templates", json=dict(example, alias=None, name="n" * top))
+    assert status == 200
+    assert call.seen == {op for op in _content_ops(d.doc) if op[1].startswith("/templates")}
+
+
+async def test_verification_answers_match_the_documented_schemas(world):
+    d, w = Doc(), world
+    call = _Caller(d, w)
+    example = d.resolve(d.request_schema("POST", "/verifications"))["example"]
+    status, v = await call("POST", "/verifications", key=w.sending, json=example)
+    assert status == 200 and (v["status"], v["sends"]) == ("pending", 1), v
+    vid = v["id"]
+    status, err = await call("POST", "/verifications", key=w.sending, json=example)
+    assert status == 429 and "resend in" in err["message"], err   # the pending one, resent
+    assert (await call("POST", "/verifications/{id}/resend", f"/verifications/{vid}/resend",
+                       key=w.sending))[0] == 429                    # the resend cooldown
+    assert (await call("POST", "/verifications", json={"from": "a@acme.test"}))[0] == 422
+    (m,) = await w.sink.wait_for(1)
+    code = _code_in(m.data)
+    assert (await call("GET", "/verifications/{id}", f"/verifications/{vid}",
+                       key=w.sending))[0] == 403
+    status, got = await call("GET", "/verifications/{id}", f"/verifications/{vid}")
+    assert got["email_id"] and code not in str(got)
+    check = d.resolve(d.request_schema("POST", "/verifications/{id}/check"))["example"]
+    wrong = {**check, "code": "x" if code != "x" else "y"}
+    status, r = await call("POST", "/verifications/{id}/check", f"/verifications/{vid}/check",
+                           key=w.sending, json=wrong)
+    assert (r["valid"], r["status"]) == (False, "pending") and r["attempts_remaining"] >= 1
+    assert (await call("POST", "/verifications/{id}/check", f"/verifications/{vid}/check",
+                       json={}))[0] == 422
+    status, r = await call("POST", "/verifications/{id}/check", f"/verifications/{vid}/check",
+                           json={"code": code})
+    assert (r["valid"], r["status"], r["attempts_remaining"]) == (True, "verified", 0), r
+    assert (await call("POST", "/verifications/{id}/resend",
+                       f"/verifications/{vid}/resend"))[0] == 409
+    nobody = "vrf_" + "0" * 20
+    assert (await call("GET", "/verifications/{id}", f"/verifications/{nobody}"))[0] == 404
+    assert (await call("POST", "/verifications/{id}/check", f"/verifications/{nobody}/check",
+                       json={"code": "1"}))[0] == 404
+    # the documented bounds are the API's
+    props = d.resolve(d.request_schema("POST", "/verifications"))["properties"]
+    for field, value in (("to", "a" * (props["to"]["oneOf"][0]["maxLength"] + 1)),
+                         ("template", "t" * (props["template"]["maxLength"] + 1)),
+                         ("locale", "l" * (props["locale"]["maxLength"] + 1))):
+        status, err = await call("POST", "/verifications", json={**example, field: value})
+        assert status == 422 and err["message"].startswith(field), err
+    assert call.seen == {op for op in _content_ops(d.doc)
+                         if op[1].startswith("/verifications")}

@@ -28,7 +28,7 @@ from mta.admin.openapi_parts import json_response as _json
 from mta.admin.openapi_parts import ref as _ref
 from mta.api.emails import BATCH_MAX, MAX_ATTACHMENTS, MAX_HEADERS, MAX_TAGS
 from mta.api.keys import MAX_NAME, MAX_RATE_LIMIT, MODES, PERMISSIONS
-from mta.api.openapi_content import CONTENT_SCHEMAS, content_paths
+from mta.api.openapi_content import CONTENT_SCHEMAS, content_paths, with_send_options
 from mta.core.envelope import EVENT_TYPES, SUPPRESSION_REASONS
 
 __all__ = ["openapi_document"]
@@ -405,6 +405,8 @@ _PATHS: dict[str, Any] = {
         params=[_WEBHOOK_ID], errors={404: "not_found"})},
 }
 _SCHEMAS.update(CONTENT_SCHEMAS)
+for _name in ("SendEmail", "BatchEmail"):
+    _SCHEMAS[_name] = with_send_options(_SCHEMAS[_name])
 _PATHS.update(content_paths(_op))
 
 _DOCUMENT: dict[str, Any] = {

@@ -13,14 +13,16 @@ Public API:
                                     the shared error responses, the rate-limit
                                     headers), passed in so this module does not
                                     import the one that imports it
+    with_send_options(schema) -> schema  SendEmail/BatchEmail with template, stream
+                                    and topic (mta.api.email_options)
 
 Invariants: as mta.api.openapi's — every route written out one by one, each
 request-body field one the route checks, each operation listing the
 statuses it can answer, `full` the route's 4th tuple element (needs a
 full-access key). Answer shapes are the runtime's (api_templates.py
 template_json, list_item, version_json; api_verifications.py _json and
-check). Bounds named in mta.api.templates / mta.api.verifications as private
-constants are repeated here (tests/test_api_openapi.py sends one past each).
+check). Bounds that mta.api.templates / mta.api.verifications keep as private
+constants are repeated here (tests/test_api_openapi.py sends one past most).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from mta.api.verifications import VERIFICATION_ID
 from mta.mail.templating import MAX_DATA_BYTES, MAX_VARIABLES, VARIABLE_TYPES
 from mta.policy.otp import VerificationStatus
 
-__all__ = ["CONTENT_SCHEMAS", "OpBuilder", "content_paths"]
+__all__ = ["CONTENT_SCHEMAS", "OpBuilder", "content_paths", "with_send_options"]
 
 _TEMPLATE_REF = "^[a-z0-9_-]{1,64}$"        # mta.api.templates._REF: an id or an alias
 _TEMPLATE_ID = "^tpl_[0-9a-f]{20}$"
@@ -102,7 +104,8 @@ _EDITABLE: dict[str, Any] = {
     "from": {**_mailbox(), "type": ["string", "null"],
              "description": "the default From (\"addr\" or \"Name <addr>\"); null clears it"},
     "subject": {"type": ["string", "null"], "maxLength": _HEADER_MAX,
-                "description": "Mustache; no control characters; null clears it"},
+                "description": "Mustache; at most 998 UTF-8 bytes, no control "
+                               "characters; null clears it"},
     "reply_to": _REPLY_TO,
     "html": {"type": "string", "description": "Mustache (logic-less); may not be null"},
     "text": {"type": ["string", "null"],
@@ -180,8 +183,9 @@ _TEMPLATE_SCHEMAS: dict[str, Any] = {
                  "description": "newest first"}}, ["object", "has_more", "data"]),
     "TemplatePreviewRequest": _obj({
         "variables": _DATA,
-        "version": {"oneOf": [{"enum": ["draft", "published", None]},
-                              {"type": "integer", "minimum": 1}], "default": "draft",
+        "version": {"oneOf": [{"enum": ["draft", "published"]},
+                              {"type": "integer", "minimum": 1}, {"type": "null"}],
+                    "default": "draft",
                     "description": "the draft, the latest published version or version n"}},
         example={"variables": {"first_name": "Ann"}, "version": "draft"},
         description="the body may be empty"),
@@ -298,7 +302,8 @@ def _templates(op: OpBuilder) -> dict[str, Any]:
         "/templates/{id}/publish": {"post": op(
             "publish_template", "publish the draft as a new version (sends use the latest)",
             "templates", _ref("TemplatePublished"), params=[_TPL],
-            errors={403: _CHANGE, 404: _NOT_FOUND, 503: _STORE})},
+            errors={403: _CHANGE, 404: _NOT_FOUND, 503: _STORE,
+                    422: "validation_error: the template's 1000 versions reached"})},
         "/templates/{id}/duplicate": {"post": op(
             "duplicate_template", "copy the draft (name + \" (copy)\", no alias)", "templates",
             _ref("TemplateRef"), params=[_TPL],
@@ -357,3 +362,30 @@ def content_paths(op: OpBuilder) -> dict[str, Any]:
         paths[path]["post"]["responses"]["429"]["description"] = _VRF_429
     paths["/templates/{id}/preview"]["post"]["requestBody"]["required"] = False
     return paths
+
+
+_SEND_OPTIONS: dict[str, Any] = {
+    "template": {"type": "object", "required": ["id"], "properties": {
+        "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$",
+               "description": "a template's id or alias"},
+        "variables": {"type": "object", "description": "values for its variables"},
+        "version": {"type": "integer", "minimum": 1,
+                    "description": "a published version (default: the latest)"}},
+        "description": "render a published template: html and text come from it (not "
+                       "allowed beside it); from, subject, reply_to default to its own"},
+    "stream": {"enum": ["transactional", "broadcast"],
+               "description": "broadcast: RFC 8058 one-click unsubscribe headers, one "
+                              "recipient, a verified sending domain (default: the key's, "
+                              "from [broadcast] credentials, else transactional)"},
+    "topic": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$",
+              "description": "broadcast only: recorded with an unsubscription"},
+}
+
+
+def with_send_options(schema: dict[str, Any]) -> dict[str, Any]:
+    """SendEmail / BatchEmail with template, stream and topic: from and
+    subject are required only without a template."""
+    return {**schema, "properties": {**schema["properties"], **_SEND_OPTIONS},
+            "required": ["to"],
+            "description": schema.get("description", "") + "; from, subject and html or text "
+                           "are required unless a template gives them"}
