@@ -24,6 +24,7 @@ from mta.config import parse_config
 from mta.delivery.resolver import DnsResolver
 from mta.domains.records import zone_text
 from mta.domains.service import DomainService
+from mta.mail.tokens import TokenKey, seal
 from mta.runtime.daemon import Daemon
 from tests.support.mtahelpers import config_text, free_port
 from tests.support.sink import Sink
@@ -158,6 +159,12 @@ async def test_templates_publish_versions_and_send_with_escaped_variables(world)
     assert "Hello <b>Ann</b> & co" in text                     # derived from the html
     detail = (await world.d.spool.ledger.received_details([sent["id"]]))[sent["id"]]
     assert detail["template"] == {"id": tid, "version": 1}
+    status, batch = await world.http("POST", "/emails/batch", json=[
+        {"to": f"b{n}@rcpt.test", "template": {"id": "welcome", "variables": {"NAME": f"B{n}"}}}
+        for n in (1, 2)])
+    assert status == 200 and len(batch["data"]) == 2, batch
+    subjects = sorted(parsed(m.data)["Subject"] for m in await world.sink.wait_for(3))
+    assert subjects == ["Welcome <b>Ann</b> & co", "Welcome B1", "Welcome B2"]
     # Publishing the draft makes version 2, which the next send uses.
     await world.sdk(resend.Templates.publish, tid)
     status, err = await world.http("POST", "/emails", json={
@@ -210,6 +217,12 @@ async def test_broadcast_one_click_unsubscribe(world):
         assert not await world.events(sent["id"], "unsubscribed", timeout=0.2)
         async with s.post(url[:-4] + "AAAA", data={"List-Unsubscribe": "One-Click"}) as r:
             assert r.status == 404                  # forged
+        # A token for another address can only come from our key: one sealed
+        # with any other key (naming bob, on this very message) is refused.
+        other = seal(TokenKey.generate(), "u", ["default", "bob@rcpt.test", "", sent["id"]])
+        async with s.post(f"{world.public}/u/{other}",
+                          data={"List-Unsubscribe": "One-Click"}) as r:
+            assert r.status == 404
         async with s.post(url, data={"List-Unsubscribe": "One-Click"}) as r:
             assert r.status == 200
     (ev,) = await world.events(sent["id"], "unsubscribed")
@@ -217,6 +230,8 @@ async def test_broadcast_one_click_unsubscribe(world):
         ("ann@rcpt.test", "weekly", "one-click")
     status, entry = await world.http("GET", "/suppressions/ann@rcpt.test")
     assert status == 200 and entry["reason"] == "unsubscribed" and entry["scope"] == "default"
+    status, _ = await world.http("GET", "/suppressions/bob@rcpt.test")
+    assert status == 404
     again = await world.sdk(resend.Emails.send, {
         "from": f"news@{DOMAIN}", "to": "ann@rcpt.test", "subject": "Weekly 2",
         "text": "more", "stream": "broadcast"})
