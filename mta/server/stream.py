@@ -43,6 +43,12 @@ __all__ = ["STREAM_HEADER", "TOPIC_HEADER", "StreamHeaders"]
 
 STREAM_HEADER, TOPIC_HEADER = "X-Mta-Stream", "X-Mta-Topic"
 _TOPIC = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_OURS = re.compile(rb"(?im)^x-mta-(?:stream|topic)[ \t]*:")
+
+
+def _head_end(content: bytes) -> int:
+    end = content.find(b"\r\n\r\n")
+    return len(content) if end < 0 else end
 
 
 class DomainStates(Protocol):
@@ -63,9 +69,12 @@ class StreamHeaders:
 
     async def apply(self, content: bytes, rcpts: Sequence[str], credential: str | None,
                     queue_id: str) -> bytes | Reply:
+        cfg = self.cfg_of()
+        if not _OURS.search(content, 0, _head_end(content)) \
+                and default_stream(cfg, credential) == "transactional":
+            return content                  # the common case: one scan, in C
         content, streams = remove_header(content, STREAM_HEADER)
         content, topics = remove_header(content, TOPIC_HEADER)
-        cfg = self.cfg_of()
         stream = streams[0].strip().lower() if streams else default_stream(cfg, credential)
         if stream == "transactional":
             return content
