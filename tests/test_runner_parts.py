@@ -124,7 +124,7 @@ def test_state_paths_name_every_file_under_the_state_dir(tmp_path):
     assert {k: v.relative_to(tmp_path).as_posix() for k, v in p.items() if k != "root"} == {
         "tls": "tls", "sandbox": "sandbox", "credentials": "credentials.json",
         "initial_credential": "initial-credential.txt", "verp_key": "verp.key",
-        "inbound": "inbound", "incoming": "incoming"}
+        "public_key": "public.key", "inbound": "inbound", "incoming": "incoming"}
     assert capture_dir(cfg, p) == tmp_path / "inbound"
     other = parse_config(f'[server]\nstate_dir = "{tmp_path}"\n[bounces]\n'
                          f'capture_dir = "{tmp_path / "cap"}"\n', "test")
