@@ -252,3 +252,77 @@ async def test_every_error_status(world):
     await world.sink.wait_for(1, timeout=20)
     await asyncio.sleep(0.3)
     assert world.queued() == 1 and len(world.sink.messages) == 1
+
+
+async def test_templates_lifecycle_and_a_templated_send(world):
+    variables = [{"key": "NAME", "type": "string", "fallbackValue": "friend"},
+                 {"key": "CODE", "type": "number"}]          # the SDK sends fallback_value
+    made, got, listed = await node(world, [
+        {"op": "templates.create", "args": {
+            "name": "Welcome", "alias": "welcome-node", "from": "Acme <team@acme.test>",
+            "subject": "Hi {{{NAME}}}", "replyTo": "help@acme.test",
+            "html": "<p>Hi {{NAME}}</p>", "variables": variables}},
+        {"op": "templates.get", "args": {"id": "welcome-node"}},
+        {"op": "templates.list", "args": {"limit": 10}}])
+    made = ok(made)
+    tid = made["id"]
+    assert made == {"id": tid, "object": "template"} and tid.startswith("tpl_")
+    got = ok(got)
+    assert (got["id"], got["object"], got["name"], got["alias"], got["status"]) == (
+        tid, "template", "Welcome", "welcome-node", "draft")
+    assert (got["from"], got["reply_to"], got["published_at"]) == (
+        "Acme <team@acme.test>", ["help@acme.test"], None)
+    assert [(v["key"], v["type"], v.get("fallback_value")) for v in got["variables"]] == [
+        ("NAME", "string", "friend"), ("CODE", "number", None)]
+    listed = ok(listed)
+    assert listed["object"] == "list" and listed["has_more"] is False
+    assert [(t["id"], t["alias"], t["status"]) for t in listed["data"]] == [
+        (tid, "welcome-node", "draft")]
+
+    html = "<p>Hello {{NAME}}, your code is {{CODE}}</p>"
+    updated, published, after, copy = await node(world, [
+        {"op": "templates.update", "args": {"id": tid, "subject": "Welcome, {{{NAME}}}",
+                                            "html": html}},
+        {"op": "templates.publish", "args": {"id": "welcome-node"}},
+        {"op": "templates.get", "args": {"id": tid}},
+        {"op": "templates.duplicate", "args": {"id": tid}}])
+    assert ok(updated) == {"id": tid, "object": "template"}
+    assert ok(published)["id"] == tid and ok(published)["object"] == "template"
+    after = ok(after)
+    assert (after["status"], after["subject"], after["html"]) == (
+        "published", "Welcome, {{{NAME}}}", html)
+    assert after["published_at"] is not None
+    copy_id = ok(copy)["id"]
+    assert copy_id != tid and copy_id.startswith("tpl_") and ok(copy)["object"] == "template"
+
+    name = '<b>Zoë & "co"</b>'
+    copied, draft, by_alias, by_id = await node(world, [
+        {"op": "templates.get", "args": {"id": copy_id}},
+        {"op": "templates.update", "args": {"id": tid, "subject": "DRAFT {{{NAME}}}"}},
+        {"op": "emails.send", "args": {"to": "ok-1@rcpt.test", "template": {
+            "id": "welcome-node", "variables": {"NAME": name, "CODE": 1234}}}},
+        {"op": "emails.send", "args": {"to": "ok-2@rcpt.test", "template": {
+            "id": tid, "variables": {"CODE": 7}}}}])
+    assert (ok(copied)["name"], ok(copied)["alias"], ok(copied)["status"]) == (
+        "Welcome (copy)", None, "draft")
+    ok(draft)
+    assert ok(by_alias)["id"] and ok(by_id)["id"]
+    await world.sink.wait_for(2, timeout=20)
+    got_mail = {m.rcpt_tos[0]: parse(m.data) for m in world.sink.messages}
+    first, second = got_mail["ok-1@rcpt.test"], got_mail["ok-2@rcpt.test"]
+    # the published version, not the later draft; raw in the subject, escaped in html
+    assert first["Subject"] == f"Welcome, {name}" and second["Subject"] == "Welcome, friend"
+    assert first["From"] == "Acme <team@acme.test>" and first["Reply-To"] == "help@acme.test"
+    assert first.get_body(("html",)).get_content().strip() == (
+        "<p>Hello &lt;b&gt;Zoë &amp; &quot;co&quot;&lt;/b&gt;, your code is 1234</p>")
+    assert "<b>" not in first.get_body(("html",)).get_content()
+    assert second.get_body(("html",)).get_content().strip() == (
+        "<p>Hello friend, your code is 7</p>")
+
+    removed, gone, kept = await node(world, [
+        {"op": "templates.remove", "args": {"id": "welcome-node"}},
+        {"op": "templates.get", "args": {"id": tid}},
+        {"op": "templates.get", "args": {"id": copy_id}}])
+    assert ok(removed) == {"id": tid, "object": "template", "deleted": True}
+    assert "Template not found" in failed(gone, 404, "not_found")["message"]
+    assert ok(kept)["id"] == copy_id

@@ -164,10 +164,16 @@ _TEMPLATE_SCHEMAS: dict[str, Any] = {
         "created_at": _TIME, "updated_at": _TIME, "published_at": _TIME_NULL,
         "version": {"type": ["integer", "null"], "minimum": 1,
                     "description": "the latest published version; null: never published"},
-        "has_unpublished_changes": {"type": "boolean"}},
+        "has_unpublished_changes": {"type": "boolean"},
+        "has_unpublished_versions": {"type": "boolean",
+                                     "description": "has_unpublished_changes, as the SDKs "
+                                                    "name it"},
+        "current_version_id": {"type": ["string", "null"],
+                               "description": "\"<id>.v<version>\" of the latest published "
+                                              "version; null: never published"}},
         ["object", "id", "name", "alias", "status", "from", "subject", "reply_to", "html",
          "text", "variables", "created_at", "updated_at", "published_at", "version",
-         "has_unpublished_changes"]),
+         "has_unpublished_changes", "has_unpublished_versions", "current_version_id"]),
     "TemplateVersion": _obj({
         "object": {"const": "template_version"},
         "template_id": {"type": "string", "pattern": _TEMPLATE_ID},

@@ -63,7 +63,11 @@ def template_json(row: TemplateRow) -> Json:
             "variables": [dict(v) for v in row.variables], "created_at": iso(row.created),
             "updated_at": iso(row.updated), "published_at": iso(row.published_at),
             "version": row.published_version or None,
-            "has_unpublished_changes": row.unpublished}
+            "has_unpublished_changes": row.unpublished,
+            # the Resend SDKs' names for the same two facts
+            "has_unpublished_versions": row.unpublished,
+            "current_version_id": (f"{row.id}.v{row.published_version}"
+                                   if row.published_version else None)}
 
 
 def list_item(row: TemplateRow) -> Json:

@@ -12,6 +12,8 @@
 //   args are the SDK's own arguments (camelCase where the SDK wants it:
 //   replyTo, scheduledAt, contentType, contentId; the SDK turns them into
 //   the wire's snake_case and silently drops keys it does not know).
+//   templates.*: {"id"} is the template's id or alias (update: {"id", …changes});
+//   create/update take replyTo and variables [{key, type, fallbackValue}].
 //   An attachment {"content_b64": "…"} becomes {"content": Buffer} before
 //   the call, so the SDK sends a Buffer the way a real application does.
 //   {"op": …, "concurrent": N} runs N copies of that op at once (Promise.all).
@@ -42,6 +44,13 @@ const OPS = {
   'domains.list': (r, a, o) => r.domains.list(a, o),
   'domains.verify': (r, a, o) => r.domains.verify(a.id, o),
   'domains.remove': (r, a, o) => r.domains.remove(a.id, o),
+  'templates.create': (r, a, o) => r.templates.create(a, o),
+  'templates.get': (r, a, o) => r.templates.get(a.id, o),
+  'templates.list': (r, a, o) => r.templates.list(a, o),
+  'templates.update': (r, { id, ...a }, o) => r.templates.update(id, a, o),
+  'templates.publish': (r, a, o) => r.templates.publish(a.id, o),
+  'templates.duplicate': (r, a, o) => r.templates.duplicate(a.id, o),
+  'templates.remove': (r, a, o) => r.templates.remove(a.id, o),
 };
 
 function withBuffers(email) {
