@@ -8,8 +8,10 @@ Public API:
     MxRecord(preference, host)                 host lower-case, no trailing dot;
                                                the root "." stays "."
     NxDomain, NoRecords, NullMx, DnsTempError  the typed answers (DnsError base)
+    Tlsa(usage, selector, mtype, data)         one TLSA record (RFC 6698), data raw bytes
+    TlsaAnswer(records, secure)                what tlsa() found; secure = the AD bit
     Resolver                                   Protocol: mx(domain), addresses(host),
-                                               txt(name)
+                                               txt(name), tlsa(name)
     DnsResolver(nameservers=(), timeout=5.0)   dnspython's asyncresolver
 
 Invariants:
@@ -23,6 +25,15 @@ Invariants:
   - `txt()` returns one str per TXT record, its character-strings joined
     without separators (RFC 7208 3.3, RFC 6376 3.6.2.2), decoded as UTF-8
     with replacement; it raises like `mx()` (never NullMx).
+  - `tlsa()` (name "_25._tcp.<mx host>") asks with the AD flag set, so a
+    validating resolver (the operator's, on loopback: Postfix's trust model)
+    says whether it authenticated the answer: `secure` is the response's AD
+    bit. NXDOMAIN and NODATA are not errors: `records` is () and `secure`
+    tells a secure denial (no DANE: normal policy) from an insecure one.
+    SERVFAIL (what a validating resolver answers for bogus data) and
+    timeouts raise DnsTempError: the caller defers, never falls back.
+    Secure means what the configured resolver says: it must be a
+    validating one the operator trusts (loopback), as with Postfix.
   - Tests use DnsResolver pointed at tests/support/dnsserver.py on 127.0.0.x,
     or a fake at this Protocol; never the system resolver.
 """
@@ -37,6 +48,8 @@ from typing import Protocol
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -44,14 +57,31 @@ import dns.resolver
 
 from mta.core.hostport import split_ip_port
 
-__all__ = ["MxRecord", "DnsError", "NxDomain", "NoRecords", "NullMx", "DnsTempError",
-           "Resolver", "DnsResolver", "parse_nameserver", "ip_literal"]
+__all__ = ["MxRecord", "Tlsa", "TlsaAnswer", "DnsError", "NxDomain", "NoRecords", "NullMx",
+           "DnsTempError", "Resolver", "DnsResolver", "parse_nameserver", "ip_literal"]
 
 
 @dataclass(frozen=True, slots=True)
 class MxRecord:
     preference: int
     host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tlsa:
+    """One TLSA record: certificate usage, selector, matching type, and the
+    association data as raw bytes (not hex). mta.delivery.dane decides which
+    are usable and whether a certificate chain matches."""
+    usage: int
+    selector: int
+    mtype: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TlsaAnswer:
+    records: tuple[Tlsa, ...]
+    secure: bool  # the validating resolver set AD: authenticated data (or denial)
 
 
 class DnsError(Exception):
@@ -80,6 +110,8 @@ class Resolver(Protocol):
     async def addresses(self, host: str) -> list[str]: ...
 
     async def txt(self, name: str) -> list[str]: ...
+
+    async def tlsa(self, name: str) -> TlsaAnswer: ...
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -120,6 +152,11 @@ class DnsResolver:
         if cache:
             # Respects record TTLs; saves a lookup per batch to a busy domain.
             r.cache = dns.resolver.Cache()
+        # Every query asks for the AD bit (RFC 6840 §5.7: a validating
+        # resolver sets AD in its answer only when the query had AD or DO);
+        # AD rather than DO, so answers carry no RRSIGs we would ignore. Only
+        # tlsa() reads it; the other lookups are unaffected by the flag.
+        r.flags = dns.flags.RD | dns.flags.AD
         self._resolver = r
 
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:
@@ -132,13 +169,16 @@ class DnsResolver:
             raise NxDomain(f"{what}: name does not exist (NXDOMAIN)") from None
         except dns.resolver.NoAnswer:
             raise NoRecords(f"{what}: no {rdtype} records") from None
-        except dns.resolver.NoNameservers as exc:
-            raise DnsTempError(f"{what}: no nameserver answered usefully "
-                               f"(SERVFAIL or refused): {exc}") from None
-        except dns.exception.Timeout:
-            raise DnsTempError(f"{what}: DNS timeout after {self._resolver.lifetime:g}s") from None
         except dns.exception.DNSException as exc:
-            raise DnsTempError(f"{what}: {exc.__class__.__name__}: {exc}") from None
+            raise self._temp_error(what, exc) from None
+
+    def _temp_error(self, what: str, exc: dns.exception.DNSException) -> DnsTempError:
+        if isinstance(exc, dns.resolver.NoNameservers):
+            return DnsTempError(f"{what}: no nameserver answered usefully "
+                                f"(SERVFAIL or refused): {exc}")
+        if isinstance(exc, dns.exception.Timeout):
+            return DnsTempError(f"{what}: DNS timeout after {self._resolver.lifetime:g}s")
+        return DnsTempError(f"{what}: {exc.__class__.__name__}: {exc}")
 
     async def mx(self, domain: str) -> list[MxRecord]:
         answer = await self._query(domain, "MX")
@@ -172,3 +212,23 @@ class DnsResolver:
     async def txt(self, name: str) -> list[str]:
         answer = await self._query(name, "TXT")
         return [b"".join(rr.strings).decode("utf-8", "replace") for rr in answer]
+
+    async def tlsa(self, name: str) -> TlsaAnswer:
+        qname = dns.name.empty
+        try:
+            qname = dns.name.from_text(name)
+            answer = await self._resolver.resolve(qname, "TLSA", search=False,
+                                                raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN as exc:
+            # The denial is as trustworthy as the AD bit on its response.
+            responses = exc.kwargs.get("responses") or {}
+            return TlsaAnswer((), _authenticated(responses.get(qname)))
+        except dns.exception.DNSException as exc:
+            raise self._temp_error(f"TLSA {name}", exc) from None
+        records = tuple(Tlsa(int(rr.usage), int(rr.selector), int(rr.mtype), bytes(rr.cert))
+                        for rr in answer.rrset or ())
+        return TlsaAnswer(records, _authenticated(answer.response))
+
+
+def _authenticated(response: dns.message.Message | None) -> bool:
+    return response is not None and bool(response.flags & dns.flags.AD)

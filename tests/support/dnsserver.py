@@ -1,19 +1,31 @@
 """A small authoritative DNS server for tests (dnspython wire format, real sockets).
 
-One job: answer A / AAAA / MX (and CNAME / TXT) queries from a Python dict so
-MX resolution is tested against a real server through the resolver's
-configurable nameservers, never the system resolver.
+One job: answer A / AAAA / MX (and CNAME / TXT / TLSA) queries from a Python
+dict so MX resolution is tested against a real server through the resolver's
+configurable nameservers, never the system resolver; for DANE it also plays
+the part of a validating resolver (the AD bit, SERVFAIL for bogus data).
 
 Public API:
-    DnsServer(zone, host="127.0.0.153", port=0, *, servfail=(), timeout=(), ttl=60)
+    DnsServer(zone, host="127.0.0.153", port=0, *, servfail=(), timeout=(), ttl=60,
+              ad_zones=(), bogus=())
         zone      {"example.test": {"MX": [(10, "mx1.example.test")],
                                     "A": ["127.0.0.1"], "AAAA": ["::1"]}, ...}
                   null MX is {"MX": [(0, ".")]}
                   TXT values are strings of any length (longer than 255
                   characters they are served as several character-strings
                   of one record, as a DKIM RSA key must be)
+                  TLSA values are (usage, selector, mtype, data) with data
+                  bytes or hex, or the presentation text "3 1 1 ab12…":
+                  {"_25._tcp.mx1.example.test": {"TLSA": [(3, 1, 1, digest)]}}
         servfail  names answered with SERVFAIL
         timeout   names never answered at all (the query is dropped)
+        ad_zones  zones "signed and validated": an answer (NXDOMAIN and NODATA
+                  too) for a name at or under one of them, and for every CNAME
+                  target it follows, carries the AD flag — only when the query
+                  asked (AD flag or EDNS DO bit), as RFC 6840 §5.7 says a
+                  validating resolver does
+        bogus     names whose data fails validation: SERVFAIL, as a validating
+                  resolver answers; with the CD flag, the data without AD
     async with DnsServer(...) as dns: ...          # serves on the running loop
     dns.start() / dns.stop()                       # serves from a thread (sync tests)
     dns.nameserver -> "127.0.0.153:PORT"           # for DnsResolver / DnsConfig
@@ -23,7 +35,8 @@ Invariants: answers are authoritative (AA set). An unknown name is NXDOMAIN; a
 known name without records of the asked type is NOERROR with an empty answer
 (RFC 2308 NODATA). UDP and TCP listen on the same port. Only loopback
 addresses are accepted for `host` (tests never talk to anything else).
-`zone` is read on every query, so a test may mutate it while the server runs.
+`zone`, `ad_zones` and `bogus` are read on every query, so a test may mutate
+them while the server runs.
 """
 
 from __future__ import annotations
@@ -66,7 +79,7 @@ class _Udp(asyncio.DatagramProtocol):
 class DnsServer:
     def __init__(self, zone: Mapping[str, Mapping[str, list]], host: str = "127.0.0.153",
                  port: int = 0, *, servfail: Iterable[str] = (), timeout: Iterable[str] = (),
-                 ttl: int = 60):
+                 ttl: int = 60, ad_zones: Iterable[str] = (), bogus: Iterable[str] = ()):
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"test DNS server must listen on loopback, not {host}")
         self.zone = zone
@@ -74,6 +87,8 @@ class DnsServer:
         self.port = port
         self.servfail = {_norm(n) for n in servfail}
         self.timeout = {_norm(n) for n in timeout}
+        self.ad_zones = {_norm(n) for n in ad_zones}
+        self.bogus = {_norm(n) for n in bogus}
         self.ttl = ttl
         self.queries: list[tuple[str, str]] = []
         self._udp: asyncio.DatagramTransport | None = None
@@ -108,15 +123,32 @@ class DnsServer:
             return None
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
-        if name in self.servfail:
+        dnssec_ok = bool(query.ednsflags & dns.flags.DO)
+        if dnssec_ok:
+            response.ednsflags |= dns.flags.DO
+        checking_disabled = bool(query.flags & dns.flags.CD)
+        if name in self.servfail or (name in self.bogus and not checking_disabled):
             response.set_rcode(dns.rcode.SERVFAIL)
             return response.to_wire()
+        names = self._fill(response, q.name, q.rdtype)
+        secure = all(self._signed(n) for n in names) and not (self.bogus & set(names))
+        if secure and (query.flags & dns.flags.AD or dnssec_ok):
+            response.flags |= dns.flags.AD
+        return response.to_wire()
+
+    def _signed(self, name: str) -> bool:
+        return any(name == z or name.endswith("." + z) for z in self.ad_zones)
+
+    def _fill(self, response: dns.message.Message, qname: dns.name.Name, qtype: int) -> list[str]:
+        """Put the answer for (qname, qtype) in `response`; return every name
+        it looked at (qname and the CNAME targets followed)."""
+        name = _norm(qname.to_text())
         records = self._records(name)
         if records is None:
             response.set_rcode(dns.rcode.NXDOMAIN)
-            return response.to_wire()
-        rdtype = dns.rdatatype.to_text(q.rdtype)
-        owner = q.name
+            return [name]
+        rdtype = dns.rdatatype.to_text(qtype)
+        owner, names = qname, [name]
         for _ in range(8):  # follow in-zone CNAMEs, as a recursive server would
             values = records.get(rdtype) or []
             if not values and rdtype != "CNAME" and records.get("CNAME"):
@@ -124,6 +156,7 @@ class DnsServer:
                 response.answer.append(dns.rrset.from_text_list(
                     owner, self.ttl, dns.rdataclass.IN, "CNAME", [target]))
                 owner = dns.name.from_text(target)
+                names.append(_norm(target))
                 records = self._records(_norm(target)) or {}
                 continue
             if values:
@@ -131,7 +164,7 @@ class DnsServer:
                 response.answer.append(dns.rrset.from_text_list(
                     owner, self.ttl, dns.rdataclass.IN, rdtype, texts))
             break
-        return response.to_wire()
+        return names
 
     @staticmethod
     def _rdata_text(rdtype: str, value) -> str:
@@ -141,6 +174,10 @@ class DnsServer:
             return f"{int(pref)} {host}"
         if rdtype == "CNAME":
             return value if value.endswith(".") else value + "."
+        if rdtype == "TLSA" and not isinstance(value, str):
+            usage, selector, mtype, data = value
+            hexdata = data.hex() if isinstance(data, (bytes, bytearray)) else str(data)
+            return f"{int(usage)} {int(selector)} {int(mtype)} {hexdata}"
         if rdtype == "TXT":
             # One TXT record may hold several <character-string>s of at most
             # 255 octets each (RFC 1035 §3.3.14); verifiers join them, so a
