@@ -32,3 +32,5 @@ class RecipientOutcome:
     remote_host: str = ""   # MX host name (or route host) that gave the reply
     remote_ip: str = ""
     tls: str = ""           # e.g. "TLSv1.3" or "" when clear text
+    tls_policy: str = ""    # which outbound TLS policy applied (issue 17): opportunistic,
+                            # mta-sts, mta-sts-testing, dane, none, or an override level

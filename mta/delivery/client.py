@@ -5,7 +5,7 @@ report, for every recipient of every message, what the remote said, plus one
 verdict on the destination's health (docs/ARCHITECTURE.md §4, "two levels").
 
 Public API:
-    SmtpTransport(hostname=, resolver=, connect_timeout=, command_timeout=)
+    SmtpTransport(hostname=, resolver=, connect_timeout=, command_timeout=, guard=None)
         await .deliver(destination, messages, *, on_settled=None) -> DeliveryReport
             on_settled(queue_id, {rcpt index: outcome}) is called as each
             message's transaction ends, so the caller can record it before
@@ -31,11 +31,14 @@ Invariants:
     was refused — one 550 is not the destination's fault); THROTTLING on any
     421; DOWN when nothing connected, DNS failed temporarily, or a second
     connection was lost after a first one dropped.
-  - TLS is opportunistic and unauthenticated (Postfix
-    `smtp_tls_security_level = may`): STARTTLS when offered, certificate not
-    checked, a failed handshake is retried once in clear text — unless the
-    destination's options require TLS (the shaping table's `tls =
-    "required"`): then no clear text, the batch defers with 451 4.7.5.
+  - TLS follows the batch's plan (issue 17, `guard`: delivery/tlsguard.py
+    decides per MX host — the operator's [tls] policy, DANE, MTA-STS, else
+    opportunistic; delivery/connect.py opens the connection under it): a
+    host whose policy requires TLS never gets clear text (the batch defers
+    with 451 4.7.5), nor does any host when the destination's options
+    require TLS (the shaping table's `tls = "required"`). Opportunistic TLS
+    is unauthenticated; a failed handshake is retried once in clear text.
+    Without a guard every host is opportunistic.
   - Egress (issue 15): a destination's `options.source` is the local
     address each connection binds (MX addresses of the other IP family are
     skipped), `options.ehlo` the name it greets with; idle connections are
@@ -52,60 +55,29 @@ Known compromises (written down where they live):
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import ssl
 from collections.abc import Callable, Sequence
 
-import aiosmtplib
-from aiosmtplib import SMTPConnectResponseError, SMTPException, SMTPHeloError, SMTPResponseException
 
-from mta.core.envelope import ConnectionOptions, Destination
+from mta.core.envelope import Destination
 from mta.core.errors import PermFailure, TempFailure
 from mta.core.logfmt import event, fmt_value
 from mta.core.outcome import DestinationHealth, RecipientOutcome
 from mta.core.reply import Reply
 from mta.delivery.mx import Hop, resolve_hops
 from mta.delivery.resolver import DnsTempError, NoRecords, NxDomain, Resolver
+from mta.delivery.connect import Connector
 from mta.delivery.session import Session, smtp_path
-from mta.delivery.settlement import (BOUNCED, DEFERRED, HandshakeFailed, Lost, Peer, Settlement,
-                                     Throttled, describe, remote_reply)
+from mta.delivery.tlsguard import TlsGuard, TlsPlan
+from mta.delivery.settlement import (BOUNCED, DEFERRED, Lost, Settlement,
+                                     Throttled)
 from mta.delivery.transport import DeliveryReport, OutboundMessage, TransportConfig
 
 __all__ = ["OutboundMessage", "DeliveryReport", "SmtpTransport", "smtp_path"]
 
 log = logging.getLogger("mta.delivery")
 
-_MAX_DETAIL = 6  # failures named in a 4.4.1 text; the rest are counted
 QUIT_TIMEOUT = 2.0   # seconds a shutdown waits for the cached connections' QUIT replies
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
-def _family_fits(ip: str, source: str) -> bool:
-    """Can a socket bound to `source` reach `ip`? ("" binds nothing: yes)."""
-    if not source:
-        return True
-    try:
-        return ipaddress.ip_address(ip).version == ipaddress.ip_address(source).version
-    except ValueError:
-        return True
-
-
-def _tls_context() -> ssl.SSLContext:
-    # Opportunistic TLS: encrypt against passive snooping, authenticate no one
-    # (most MX certificates do not match the MX name). No CA bundle is loaded
-    # because nothing is verified.
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class SmtpTransport:
@@ -116,21 +88,32 @@ class SmtpTransport:
 
     def __init__(self, *, hostname: str, resolver: Resolver, connect_timeout: float,
                  command_timeout: float, cache_time: float = 2.0, max_uses: int = 100,
-                 max_idle: int = 20):
+                 max_idle: int = 20, guard: TlsGuard | None = None):
         self.hostname = hostname
         self.resolver = resolver
-        self.connect_timeout = connect_timeout
-        self.command_timeout = command_timeout
+        self.guard = guard            # outbound TLS policy (issue 17); None: opportunistic
+        self.connector = Connector(hostname=hostname, connect_timeout=connect_timeout,
+                                   command_timeout=command_timeout, guard=guard)
         self.cache_time, self.max_uses, self.max_idle = cache_time, max_uses, max_idle
-        self._tls = _tls_context()
         self._idle: dict[str, list[Session]] = {}
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.connector.connect_timeout
+
+    @property
+    def command_timeout(self) -> float:
+        return self.connector.command_timeout
 
     def reconfigure(self, cfg: TransportConfig) -> None:
         """Apply a reloaded configuration's [delivery] timeouts: connections
         opened from now on use them (those in the cache keep theirs until
         they close). The host name stays the running process's."""
-        self.connect_timeout = cfg.delivery.connect_timeout
-        self.command_timeout = cfg.delivery.command_timeout
+        self.connector.connect_timeout = cfg.delivery.connect_timeout
+        self.connector.command_timeout = cfg.delivery.command_timeout
+        tls = getattr(cfg, "tls", None)           # [tls]: read per batch (issue 17)
+        if self.guard is not None and tls is not None:
+            self.guard.settings = tls
 
     # ---- connection cache ---------------------------------------------
     def _take_idle(self, name: str) -> Session | None:
@@ -234,13 +217,17 @@ class SmtpTransport:
             return DestinationHealth.DOWN
 
         pending = [m for m in messages if settlement.unsettled(m)]
+        plan = TlsPlan()
+        if self.guard is not None:
+            domains = [r.rpartition("@")[2] for m in pending for _, r in m.recipients]
+            plan = await self.guard.plan(destination, domains, hops)
         lost_once = False
         key = self._cache_key(destination)
         while pending:
             session = self._take_idle(key)
             reused = session is not None
             if session is None:
-                session, failure = await self._open(destination, hops)
+                session, failure = await self.connector.open(destination, hops, plan)
             if session is None:
                 assert failure is not None
                 reply, health = failure
@@ -305,109 +292,3 @@ class SmtpTransport:
             reused = False
             settlement.done(pending.pop(0))
         return True
-
-    async def _open(self, destination: Destination, hops: list[Hop]
-                    ) -> tuple[Session | None, tuple[Reply, DestinationHealth] | None]:
-        """Connect to the first host/address that works, in MX order.
-
-        Returns (session, None), or (None, (reply, health)) for the whole batch.
-        """
-        failures: list[str] = []
-        throttled: Reply | None = None
-        options = destination.options
-        for hop in hops:
-            for ip in hop.addresses:
-                if not _family_fits(ip, options.source):
-                    continue
-                try:
-                    try:
-                        return await self._connect(hop, ip, destination.port, options,
-                                                   tls=True), None
-                    except HandshakeFailed as exc:
-                        if options.require_tls:
-                            failures.append(f"{hop.host}[{ip}]:{destination.port} STARTTLS "
-                                            f"failed ({exc}) and TLS is required")
-                            continue
-                        event(log, "starttls_failed", mx=hop.host, ip=ip, port=destination.port,
-                              error=exc, next="clear_text")
-                        return await self._connect(hop, ip, destination.port, options,
-                                                   tls=False), None
-                except Throttled as exc:
-                    throttled = throttled or exc.reply
-                    failures.append(f"{hop.host}[{ip}]:{destination.port} said {exc.reply}")
-                except SMTPConnectResponseError as exc:
-                    if exc.code == 421:
-                        throttled = throttled or remote_reply(exc)
-                    failures.append(f"{hop.host}[{ip}]:{destination.port} greeted with "
-                                    f"{describe(exc)}")
-                except (SMTPException, OSError, HandshakeFailed) as exc:
-                    failures.append(f"{hop.host}[{ip}]:{destination.port} {describe(exc)}")
-        if throttled is not None:
-            return None, (throttled, DestinationHealth.THROTTLING)
-        if not failures:
-            return None, (Reply(451, "4.4.4", f"no mail host address of {destination.name} "
-                                              f"fits the egress source {options.source}; "
-                                              f"will retry"), DestinationHealth.DOWN)
-        shown = "; ".join(failures[:_MAX_DETAIL])
-        if len(failures) > _MAX_DETAIL:
-            shown += f"; and {len(failures) - _MAX_DETAIL} more"
-        code = "4.7.5" if options.require_tls else "4.4.1"
-        return None, (Reply(451, code, f"could not connect to any mail host of "
-                                       f"{destination.name}: {shown}; will retry"),
-                      DestinationHealth.DOWN)
-
-    async def _connect(self, hop: Hop, ip: str, port: int, options: ConnectionOptions, *,
-                       tls: bool) -> Session:
-        command_timeout = options.command_timeout or self.command_timeout
-        smtp = aiosmtplib.SMTP(hostname=ip, port=port,
-                               local_hostname=options.ehlo or self.hostname,
-                               source_address=(options.source, 0) if options.source else None,
-                               timeout=command_timeout, start_tls=False,
-                               validate_certs=False, tls_context=self._tls)
-        # connect() covers TCP connect and the 220 greeting.
-        await smtp.connect(timeout=options.connect_timeout or self.connect_timeout)
-        try:
-            await self._hello(smtp, command_timeout)
-            version = ""
-            if tls and smtp.supports_extension("starttls"):
-                version = await self._starttls(smtp, hop, command_timeout)
-            if options.require_tls and not version:
-                raise HandshakeFailed("STARTTLS not offered" if not smtp.supports_extension(
-                    "starttls") else "STARTTLS declined")
-            return Session(smtp, Peer(hop.host, ip, version), command_timeout)
-        except BaseException:
-            smtp.close()
-            raise
-
-    async def _hello(self, smtp: aiosmtplib.SMTP, timeout: float) -> None:
-        try:
-            await smtp.ehlo(timeout=timeout)
-        except SMTPHeloError as exc:
-            if exc.code == 421:
-                raise Throttled(remote_reply(exc)) from None
-            if not smtp.is_connected:
-                raise
-            try:
-                await smtp.helo(timeout=timeout)
-            except SMTPHeloError as exc2:
-                if exc2.code == 421:
-                    raise Throttled(remote_reply(exc2)) from None
-                raise
-
-    async def _starttls(self, smtp: aiosmtplib.SMTP, hop: Hop, timeout: float) -> str:
-        """Upgrade the connection; "" when the server declined and we go on in clear."""
-        try:
-            await smtp.starttls(server_hostname=None if _is_ip(hop.host) else hop.host,
-                                timeout=timeout)
-        except SMTPResponseException as exc:
-            if exc.code == 421:
-                raise Throttled(remote_reply(exc)) from None
-            if smtp.is_connected:
-                return ""  # e.g. 454: the session is still usable in clear text
-            raise HandshakeFailed(describe(exc)) from None
-        except (SMTPException, OSError) as exc:   # ssl.SSLError is an OSError
-            raise HandshakeFailed(describe(exc)) from None
-        ssl_object = smtp.get_transport_info("ssl_object")
-        version = ssl_object.version() if ssl_object is not None else "TLS"
-        await self._hello(smtp, timeout)  # RFC 3207: forget pre-TLS extensions, ask again
-        return version

@@ -45,6 +45,7 @@ class Peer:
     host: str = ""
     ip: str = ""
     tls: str = ""
+    policy: str = ""          # the TLS policy the connection was made under (issue 17)
 
 
 class Settlement:
@@ -66,7 +67,7 @@ class Settlement:
     def settle(self, msg: OutboundMessage, idx: int, fate: RecipientFate, reply: Reply,
                peer: Peer) -> None:
         self.outcomes[msg.queue_id].setdefault(
-            idx, RecipientOutcome(fate, reply, peer.host, peer.ip, peer.tls))
+            idx, RecipientOutcome(fate, reply, peer.host, peer.ip, peer.tls, peer.policy))
 
     def settle_by_reply(self, msg: OutboundMessage, idx: int, reply: Reply, peer: Peer) -> None:
         fate = DELIVERED if reply.is_success else DEFERRED if reply.is_temp else BOUNCED

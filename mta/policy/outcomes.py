@@ -151,7 +151,8 @@ def settle(item: QueuedRecipient, outcome: RecipientOutcome | None, *, attempt: 
     update = RecipientUpdate(item.queue_id, item.rcpt_idx, state, next_attempt=nxt,
                              event_detail=detail, reply=reply, attempted_at=attempt.started,
                              duration=attempt.duration, remote_host=outcome.remote_host,
-                             remote_ip=outcome.remote_ip, tls=outcome.tls)
+                             remote_ip=outcome.remote_ip, tls=outcome.tls,
+                             tls_policy=outcome.tls_policy)
     return Settlement(update, _address_outcome(item, outcome, klass, now), status)
 
 

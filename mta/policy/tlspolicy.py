@@ -92,7 +92,7 @@ from dataclasses import dataclass
 from mta.policy.mtasts import StsPolicy
 
 __all__ = ["DANE_STATES", "OVERRIDES", "RESULT_TYPES", "VERIFY_MODES", "HostPolicy",
-           "failure_result", "host_policy", "order_hosts"]
+           "failure_result", "host_policy", "order_hosts", "override_for"]
 
 OVERRIDES = ("dane-only", "verify", "encrypt", "may", "none")
 DANE_STATES = ("usable", "none", "bogus")
@@ -201,3 +201,15 @@ def failure_result(verify: str, reason: str) -> str:
         if verify in modes and any(marker in text for marker in markers):
             return result
     return "validation-failure"
+
+
+def override_for(table: Sequence[tuple[str, str]], domain: str) -> str | None:
+    """The operator's level for `domain` from `[tls] policy` ((domain, level)
+    pairs): the domain's own, else its closest parent's, else None."""
+    levels = dict(table)
+    labels = domain.lower().rstrip(".").split(".")
+    for i in range(len(labels)):
+        found = levels.get(".".join(labels[i:]))
+        if found is not None:
+            return found
+    return None

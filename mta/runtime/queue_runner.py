@@ -391,6 +391,7 @@ class QueueRunner:
         fields: dict[str, object] = {
             "id": item.queue_id, "rcpt": item.address, "destination": dest.name,
             "mx": u.remote_host or None, "ip": u.remote_ip or None, "tls": u.tls or "none",
+            "tls_policy": u.tls_policy or None,
             "attempt": item.attempts + 1, "delay": f"{now - item.received_at:.3f}s",
             "reply": str(u.reply)}
         if s.status:

@@ -146,10 +146,12 @@ async def _record(txn: Txn, updates: Sequence[RecipientUpdate]) -> None:
     for u in updates:
         reply = str(u.reply) if u.reply is not None else None
         inc = 1 if u.counts_attempt else 0
+        # The attempt's TLS as `queue show` prints it: "TLSv1.3 (dane)".
+        tls = f"{u.tls or 'none'} ({u.tls_policy})" if u.tls_policy else u.tls
         if inc:
             attempts.append((u.queue_id, u.rcpt_idx, u.attempted_at, u.duration, u.state, reply,
-                             u.remote_host, u.remote_ip, u.tls))
-        rows.append((u.state, inc, u.next_attempt, reply, inc, u.remote_host, inc, u.tls,
+                             u.remote_host, u.remote_ip, tls))
+        rows.append((u.state, inc, u.next_attempt, reply, inc, u.remote_host, inc, tls,
                      u.attempted_at or now, u.queue_id, u.rcpt_idx))
         txn.touched.add(u.queue_id)
     if attempts:
@@ -200,6 +202,8 @@ def _event_detail(u: RecipientUpdate) -> dict[str, Any]:
                               "reply": str(reply) if reply is not None else None}
     if u.state in (QUEUED, DELIVERED, BOUNCED):
         detail.update(remote_host=u.remote_host, remote_ip=u.remote_ip, tls=u.tls or None)
+        if u.tls_policy:
+            detail["tls_policy"] = u.tls_policy
     if u.state == QUEUED:
         detail["next_attempt"] = u.next_attempt
     elif u.state == BOUNCED:
