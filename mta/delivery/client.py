@@ -55,6 +55,7 @@ Known compromises (written down where they live):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 
@@ -77,6 +78,7 @@ __all__ = ["OutboundMessage", "DeliveryReport", "SmtpTransport", "smtp_path"]
 
 log = logging.getLogger("mta.delivery")
 
+_RANK = {DestinationHealth.OK: 0, DestinationHealth.DOWN: 1, DestinationHealth.THROTTLING: 2}
 QUIT_TIMEOUT = 2.0   # seconds a shutdown waits for the cached connections' QUIT replies
 
 
@@ -217,12 +219,45 @@ class SmtpTransport:
             return DestinationHealth.DOWN
 
         pending = [m for m in messages if settlement.unsettled(m)]
-        plan = TlsPlan()
-        if self.guard is not None:
-            domains = [r.rpartition("@")[2] for m in pending for _, r in m.recipients]
-            plan = await self.guard.plan(destination, domains, hops)
+        worst = DestinationHealth.OK
+        for plan, group in await self._plans(destination, hops, pending):
+            health = await self._run(destination, hops, plan, group, settlement)
+            if _RANK[health] > _RANK[worst]:
+                worst = health
+        return worst
+
+    async def _plans(self, destination: Destination, hops: list[Hop],
+                     pending: list[OutboundMessage]
+                     ) -> list[tuple[TlsPlan, list[OutboundMessage]]]:
+        """The batch split by TLS plan: each recipient domain's policy is its
+        own (RFC 8461 §5), so recipients of domains whose plans differ (an MX
+        site carries several) go over different connections — a message to
+        both is sent once per plan, each time to its own recipients."""
+        if self.guard is None:
+            return [(TlsPlan(), pending)]
+        plans: dict[str, TlsPlan] = {}
+        groups: dict[object, tuple[TlsPlan, dict[str, tuple[OutboundMessage,
+                                                            list[tuple[int, str]]]]]] = {}
+        for m in pending:
+            for idx, rcpt in m.recipients:
+                domain = rcpt.rpartition("@")[2].lower()
+                if domain not in plans:
+                    plans[domain] = await self.guard.plan(destination, (domain,), hops)
+                plan = plans[domain]
+                by_msg = groups.setdefault(plan.signature(), (plan, {}))[1]
+                by_msg.setdefault(m.queue_id, (m, []))[1].append((idx, rcpt))
+        return [(plan, [m if len(rcpts) == len(m.recipients)
+                        else dataclasses.replace(m, recipients=tuple(rcpts))
+                        for m, rcpts in by_msg.values()])
+                for plan, by_msg in groups.values()]
+
+    async def _run(self, destination: Destination, hops: list[Hop], plan: TlsPlan,
+                   pending: list[OutboundMessage], settlement: Settlement
+                   ) -> DestinationHealth:
         lost_once = False
         key = self._cache_key(destination)
+        if plan.hosts:        # a connection carries only mail its plan was made for
+            key = f"{key}|{hash(plan.signature())}"
         while pending:
             session = self._take_idle(key)
             reused = session is not None
@@ -230,8 +265,8 @@ class SmtpTransport:
                 session, failure = await self.connector.open(destination, hops, plan)
             if session is None:
                 assert failure is not None
-                reply, health = failure
-                settlement.settle_rest(pending, DEFERRED, reply)
+                reply, health, peer = failure
+                settlement.settle_rest(pending, DEFERRED, reply, peer)
                 return health
             try:
                 if await self._send(session, pending, settlement, reused=reused):

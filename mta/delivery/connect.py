@@ -94,8 +94,23 @@ class Connector:
             self.guard.outcome(plan, hop.host, ip, result, source)
 
     async def open(self, destination: Destination, hops: list[Hop], plan: TlsPlan
-                   ) -> tuple[Session | None, tuple[Reply, DestinationHealth] | None]:
-        """Connect to the first host/address that works and passes, in MX order."""
+                   ) -> tuple[Session | None, tuple[Reply, DestinationHealth, Peer] | None]:
+        """Connect to the first host/address that works and passes, in MX order;
+        else the batch's reply, the destination's health, and a Peer naming
+        the TLS policy that applied (for the deferral's record)."""
+        failed = self._failed(destination, hops, plan)
+        session, failure = await self._walk(destination, hops, plan)
+        if failure is None:
+            return session, None
+        return None, (*failure, failed)
+
+    def _failed(self, destination: Destination, hops: list[Hop], plan: TlsPlan) -> Peer:
+        if self.guard is None or not hops:
+            return Peer()
+        return Peer(hops[0].host, "", "", plan.label(hops[0].host))
+
+    async def _walk(self, destination: Destination, hops: list[Hop], plan: TlsPlan
+                    ) -> tuple[Session | None, tuple[Reply, DestinationHealth] | None]:
         failures: list[str] = []
         throttled: Reply | None = None
         options = destination.options
@@ -194,10 +209,8 @@ class Connector:
                     "starttls") else "STARTTLS declined")
             if version and tls:
                 self._count(plan, hop, ip, "success", options.source)
-            label = plan.label(hop.host) if tls else (
-                "opportunistic" if tls is False or hp.policy != "none" else "none")
-            return Session(smtp, Peer(hop.host, ip, version, label if self.guard else ""),
-                           command_timeout)
+            label = plan.label(hop.host) if self.guard is not None else ""
+            return Session(smtp, Peer(hop.host, ip, version, label), command_timeout)
         except BaseException:
             smtp.close()
             raise

@@ -95,10 +95,12 @@ class TlsPlan:
         return self.hosts.get(host.lower().rstrip("."), OPPORTUNISTIC)
 
     def label(self, host: str) -> str:
-        hp = self.policy(host)
-        if hp.policy == "mta-sts" and not hp.enforce:
-            return "mta-sts-testing"
-        return hp.policy
+        return self.policy(host).policy
+
+    def signature(self) -> tuple[tuple[str, HostPolicy], ...]:
+        """Equal for plans that ask the same of every host (batches with
+        equal signatures may share connections)."""
+        return tuple(sorted(self.hosts.items()))
 
     def refusal(self, host: str) -> str:
         hp = self.policy(host)

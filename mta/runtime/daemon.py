@@ -51,6 +51,7 @@ from mta.runtime import reload
 from mta.api.http import ApiServer
 from mta.runtime.admin import RuntimeAdmin
 from mta.runtime.api_start import start_api
+from mta.runtime.tlsrpt_job import TICK_EVERY as TLSRPT_EVERY, TlsReports
 from mta.spool.verifications import SqliteVerifications
 from mta.api.public import PublicServer
 from mta.runtime.public import start_public
@@ -74,7 +75,7 @@ from mta.runtime.startup import (FIRST_USER, StartupError, ensure_first_credenti
 from mta.runtime.users import Credentials, open_credentials
 from mta.runtime.workers import Receivers, resolve_workers
 from mta.server.listener import Handoff, SubmissionListener
-from mta.spool import Spool
+from mta.spool import NewMessage, Spool
 from mta.webhooks import WebhookService
 
 __all__ = ["Daemon", "StartupError", "ensure_first_credential", "raise_fd_limit", "run",
@@ -110,6 +111,7 @@ class Daemon:
         self.webhooks: WebhookService | None = None
         self.tenants: TenantService | None = None
         self.reputation: ReputationTracker | None = None
+        self.tls_reports: TlsReports | None = None      # TLS-RPT counts and reports
         self.housekeeping = Housekeeping()
         self._starting: asyncio.Future[None] | None = None
 
@@ -145,9 +147,13 @@ class Daemon:
                                    self.clock, observer=self.metrics)
         await self.domains.refresh()
         codec = VerpCodec(load_or_create_secret(paths["verp_key"]))
+        self.tls_reports = TlsReports(state_dir=paths["root"], resolver=resolver,
+                                      clock=self.clock, cfg_of=lambda: self.cfg,
+                                      enqueue=self._enqueue_own, signer=self.domains)
         self.runner = build_runner(cfg, spool=self.spool, paths=paths, resolver=resolver,
                                    codec=codec, clock=self.clock, observer=self.metrics,
-                                   bounce_domain_for=self._bounce_domain_for)
+                                   bounce_domain_for=self._bounce_domain_for,
+                                   record=self.tls_reports.record)
         self.webhooks = WebhookService(cfg.webhooks, spool=self.spool.ledger, clock=self.clock,
                                        ledger_cfg=cfg.ledger, observer=self.metrics)
         await add_stored_webhooks(cfg, self.webhooks)     # made by the sending API
@@ -190,6 +196,9 @@ class Daemon:
         """The periodic jobs (runtime/housekeeping.py). Ledger retention and
         the idempotency window are read from `self.cfg` at each run, so a
         reload applies them."""
+        assert self.tls_reports is not None
+        reports = self.tls_reports
+
         async def prune() -> None:
             now = self.clock.now()
             await prune_ledger(spool.ledger, now, self.cfg.ledger.retention,
@@ -205,9 +214,17 @@ class Daemon:
                     Job("reclaim", RECLAIM_EVERY, reclaim),
                     Job("prune", PRUNE_EVERY, prune),
                     Job("domains", DOMAINS_EVERY, self._domains_tick),
-                    Job("shaping", SHAPING_EVERY, runner.shaping_tick)):
+                    Job("shaping", SHAPING_EVERY, runner.shaping_tick),
+                    Job("tlsrpt", TLSRPT_EVERY, reports.tick)):
             self.housekeeping.add(job)
         self.housekeeping.start()
+
+    async def _enqueue_own(self, msg: NewMessage) -> str:
+        """Mail the daemon writes itself (TLS-RPT reports): no guardrails."""
+        assert self.spool is not None and self.runner is not None
+        qid = await self.spool.enqueue(msg, self.clock.now())
+        self.runner.poke()
+        return qid
 
     async def _domains_tick(self) -> None:
         """Re-read sending domains, run the DNS checks due, and have the
@@ -389,6 +406,8 @@ class Daemon:
         if self.runner:
             await self.runner.stop(self.cfg.server.shutdown_timeout)
         await self.housekeeping.stop()
+        if self.tls_reports:                    # today's TLS-RPT counts survive a restart
+            await self.tls_reports.flush()
         if self.reputation:
             await self.reputation.stop()
         if self.webhooks:

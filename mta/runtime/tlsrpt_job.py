@@ -58,7 +58,8 @@ When and how a report goes (per (day, policy domain) with counts, not marked):
     redirects; a 2xx status is delivered, anything else a failure.
   * Marks (`SqliteTlsRpt.sent(day, domain)[0]`): the schemes that got it in
     rua order ("mailto", "https", "mailto,https"); "no-record"; "failed"
-    (nothing got it); "mailto;failed=https" (a part gave up).
+    (nothing got it); "mailto;failed=https" (a part gave up; "failed=dns"
+    or "failed=error" when the record lookup or the report itself failed).
   * A failing rua (or a DNS temporary error) is logged
     `event=tlsrpt_send_failed` and tried again on every run until RETRY_FOR
     (24 h, RFC 8460 §5.5) after the day ended; then the pair is marked and
@@ -108,7 +109,8 @@ from mta.spool import NewMessage
 from mta.spool.tlsrpt import OutcomeRow, SqliteTlsRpt
 
 __all__ = ["CONTENT_TYPE", "KEEP_DAYS", "MAX_PENDING", "POST_TIMEOUT", "REPORT_LISTENER",
-           "REPORT_SENDER_LOCAL", "RETRY_FOR", "TICK_EVERY", "Post", "TlsReports", "https_post"]
+           "REPORT_SENDER_LOCAL", "RETRY_FOR", "TICK_EVERY", "Enqueue", "Post", "Signer",
+           "TlsReports", "https_post"]
 
 log = logging.getLogger("mta.tlsrpt")
 

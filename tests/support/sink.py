@@ -28,6 +28,11 @@ Public API:
         reply_delay=0.0     hold every reply back this many seconds after the
                             input that asked for it arrived, in order, like a
                             WAN round trip (the bench sink's --reply-delay)
+        tls_context=None    an ssl.SSLContext (Purpose.CLIENT_AUTH, certificate
+                            loaded) used for STARTTLS instead of the trustme
+                            one: an expired, wrong-name or self-signed
+                            certificate (tests/support/tlsworld.py); needs a
+                            true `tls` (ValueError with tls=False)
     await sink.start() / await sink.stop(), or `async with Sink() as sink:`
     sink.start_in_thread() / sink.stop_in_thread()   own loop in a thread
     sink.messages: list[SinkMessage]   completed transactions (DATA answered 250)
@@ -258,9 +263,11 @@ class Sink:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: bool | str = True, *,
                  hostname: str = "sink.test", slow_default: float = 2.0,
                  smtputf8: bool = True, pipelining: bool = False, chunking: bool = False,
-                 reply_delay: float = 0.0):
+                 reply_delay: float = 0.0, tls_context: ssl.SSLContext | None = None):
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"the sink listens on loopback only, not {host}")
+        if tls_context is not None and not tls:
+            raise ValueError("tls_context: given, but tls=False offers no STARTTLS")
         self.host, self.port, self.tls = host, port, tls
         self.hostname = hostname
         self.slow_default = slow_default
@@ -278,7 +285,8 @@ class Sink:
         self.dropped = 0
         self.rcpt_attempts: collections.Counter[str] = collections.Counter()
         self.ca = trustme.CA()
-        self._tls_context = self._make_tls_context() if tls else None
+        self._tls_context = (tls_context if tls_context is not None
+                             else self._make_tls_context() if tls else None)
         self._server: asyncio.AbstractServer | None = None
         self._protocols: set[SMTP] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
