@@ -53,6 +53,7 @@ units, `_total` for counters, `_seconds`/`_bytes` suffixes)
     mta_destinations{state}                                gauge (scrape time)
     mta_webhook_requests_total{webhook,result}             counter  ok|failed
     mta_automation_actions_total{action}                   counter  a shaping rule fired
+    mta_tls_sessions_total{policy,result}                  counter  outbound TLS negotiations
                                   suspend|suspend_tenant|connection_limit|message_rate|bounce
     mta_automation_active{action}                          gauge (scrape time) in force
     mta_warmup_cap{source} / mta_warmup_used{source}       gauge (scrape time) today's
@@ -205,6 +206,10 @@ class Metrics(Observer):
         self.automation_actions = Counter(
             "mta_automation_actions", "Actions shaping rules fired on remote replies, by "
             "action.", ["action"], registry=r)
+        self.tls_sessions = Counter(
+            "mta_tls_sessions", "Outbound TLS negotiations by policy (opportunistic, mta-sts, "
+            "dane, or an override level) and result (success, or the RFC 8460 failure type).",
+            ["policy", "result"], registry=r)
         self.automation_active = Gauge(
             "mta_automation_active", "Shaping rule actions in force, by action.", ["action"],
             registry=r)
@@ -313,6 +318,9 @@ class Metrics(Observer):
 
     def automation_action(self, action: str) -> None:
         self.automation_actions.labels(action).inc()
+
+    def tls_session(self, policy: str, result: str) -> None:
+        self.tls_sessions.labels(policy, result).inc()
 
     # -- scrape time ----------------------------------------------------------------
 

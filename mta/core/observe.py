@@ -100,6 +100,11 @@ class Observer:
     def automation_action(self, action: str) -> None:
         """A shaping rule fired `action` ("suspend", "connection_limit", …)."""
 
+    def tls_session(self, policy: str, result: str) -> None:
+        """An outbound TLS negotiation under `policy` (opportunistic, mta-sts,
+        dane, an override level) ended with `result`: "success" or an RFC 8460
+        result type (issue 17)."""
+
     def webhook_request(self, webhook: str, result: str) -> None:
         pass
 

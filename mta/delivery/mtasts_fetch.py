@@ -75,13 +75,15 @@ from mta.core.logfmt import event as log_event
 from mta.delivery.resolver import DnsError, DnsTempError, Resolver, ip_literal
 from mta.policy.mtasts import MAX_POLICY_BYTES, StsError, StsPolicy, parse_policy, parse_txt
 
-__all__ = ["StsResolver", "StsLookup", "StsCache", "StsCacheRow", "RETRY_AFTER", "TOUCH_EVERY"]
+__all__ = ["REFRESH_EVERY", "StsResolver", "StsLookup", "StsCache", "StsCacheRow", "RETRY_AFTER",
+           "TOUCH_EVERY"]
 
 log = logging.getLogger("mta.delivery.mtasts")
 
 FETCH_ERROR = "sts-policy-fetch-error"
 POLICY_INVALID = "sts-policy-invalid"
 WEBPKI_INVALID = "sts-webpki-invalid"
+REFRESH_EVERY = 3600.0   # how often the daemon calls refresh_due (its housekeeping job)
 RETRY_AFTER = 300.0
 TOUCH_EVERY = 3600.0
 WELL_KNOWN = "/.well-known/mta-sts.txt"

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from mta.core.envelope import Destination
+from mta.core.observe import Observer
 from mta.core.logfmt import event
 from mta.delivery import dane
 from mta.delivery.mtasts_fetch import StsLookup, StsResolver
@@ -131,8 +132,10 @@ def _strings(policy: StsPolicy) -> tuple[str, ...]:
 class TlsGuard:
     def __init__(self, resolver: Resolver, settings: TlsSettings, *,
                  sts: StsResolver | None = None, clock: Callable[[], float] = time.time,
-                 record: Callable[[Outcome], None] | None = None):
+                 record: Callable[[Outcome], None] | None = None,
+                 observer: Observer | None = None):
         self.resolver, self.settings, self.sts = resolver, settings, sts
+        self.observer = observer or Observer()
         self.clock, self.record = clock, record
         self._contexts: dict[tuple[object, ...], ssl.SSLContext] = {}
 
@@ -216,10 +219,12 @@ class TlsGuard:
     # ---- TLS-RPT ----------------------------------------------------------------------
     def outcome(self, plan: TlsPlan, host: str, ip: str, result: str,
                 source: str = "") -> None:
-        """Count one negotiation with `host` for each of the batch's domains."""
+        """Count one negotiation with `host`: a metric, and for TLS-RPT one
+        outcome for each of the batch's domains."""
+        hp = plan.policy(host)
+        self.observer.tls_session(hp.policy, result)
         if self.record is None:
             return
-        hp = plan.policy(host)
         for d in plan.domains:
             lookup = plan.lookups.get(d)
             if hp.verify == "dane":

@@ -52,6 +52,7 @@ from mta.api.http import ApiServer
 from mta.runtime.admin import RuntimeAdmin
 from mta.runtime.api_start import start_api
 from mta.runtime.tlsrpt_job import TICK_EVERY as TLSRPT_EVERY, TlsReports
+from mta.delivery.mtasts_fetch import REFRESH_EVERY as MTASTS_EVERY
 from mta.spool.verifications import SqliteVerifications
 from mta.api.public import PublicServer
 from mta.runtime.public import start_public
@@ -196,9 +197,8 @@ class Daemon:
         """The periodic jobs (runtime/housekeeping.py). Ledger retention and
         the idempotency window are read from `self.cfg` at each run, so a
         reload applies them."""
-        assert self.tls_reports is not None
         reports = self.tls_reports
-
+        assert reports is not None
         async def prune() -> None:
             now = self.clock.now()
             await prune_ledger(spool.ledger, now, self.cfg.ledger.retention,
@@ -215,9 +215,16 @@ class Daemon:
                     Job("prune", PRUNE_EVERY, prune),
                     Job("domains", DOMAINS_EVERY, self._domains_tick),
                     Job("shaping", SHAPING_EVERY, runner.shaping_tick),
-                    Job("tlsrpt", TLSRPT_EVERY, reports.tick)):
+                    Job("tlsrpt", TLSRPT_EVERY, reports.tick),
+                    Job("mtasts", MTASTS_EVERY, self._mtasts_refresh)):
             self.housekeeping.add(job)
         self.housekeeping.start()
+
+    async def _mtasts_refresh(self) -> None:
+        """MTA-STS policies expiring within a day are fetched again (RFC 8461 §10.2)."""
+        guard = getattr(self.runner.transport if self.runner else None, "guard", None)
+        if guard is not None and guard.sts is not None and self.cfg.tls.mta_sts:
+            await guard.sts.refresh_due()
 
     async def _enqueue_own(self, msg: NewMessage) -> str:
         """Mail the daemon writes itself (TLS-RPT reports): no guardrails."""

@@ -5,7 +5,7 @@ API
     build_runner(cfg, *, spool, paths, resolver, codec, clock, observer,
                  bounce_domain_for, record=None) -> QueueRunner
         record: where each outbound TLS negotiation's outcome goes (TLS-RPT)
-    tls_guard(cfg, resolver, paths, clock, record) -> TlsGuard
+    tls_guard(cfg, resolver, paths, clock, record, observer) -> TlsGuard
         raises StartupError when the shaping file or a warm-up schedule is
         wrong (the same words as `mta config check`)
 """
@@ -36,7 +36,7 @@ __all__ = ["build_runner", "tls_guard"]
 
 
 def tls_guard(cfg: Config, resolver: DnsResolver, paths: StatePaths, clock: Clock,
-              record: Callable[[Outcome], None] | None) -> TlsGuard:
+              record: Callable[[Outcome], None] | None, observer: Observer) -> TlsGuard:
     """Outbound TLS policy (issue 17): MTA-STS policies cached in the index
     (spool/mtasts_cache.py), fetched with `[tls] ca_file` as the trust store
     (a change to it needs a restart for the fetches; checks read it live)."""
@@ -45,7 +45,8 @@ def tls_guard(cfg: Config, resolver: DnsResolver, paths: StatePaths, clock: Cloc
                           port=cfg.tls.mta_sts_port, clock=clock.now)
     except ValueError as exc:
         raise StartupError(f"tls: {exc}") from None
-    return TlsGuard(resolver, cfg.tls, sts=sts, clock=clock.now, record=record)
+    return TlsGuard(resolver, cfg.tls, sts=sts, clock=clock.now, record=record,
+                    observer=observer)
 
 
 def build_runner(cfg: Config, *, spool: Spool, paths: StatePaths, resolver: DnsResolver,
@@ -61,7 +62,7 @@ def build_runner(cfg: Config, *, spool: Spool, paths: StatePaths, resolver: DnsR
     scheduler = Scheduler.from_config(cfg, shaper=shaping)
     transport = SmtpTransport(hostname=cfg.server.hostname, resolver=resolver,
                               connect_timeout=d.connect_timeout, command_timeout=d.command_timeout,
-                              guard=tls_guard(cfg, resolver, paths, clock, record))
+                              guard=tls_guard(cfg, resolver, paths, clock, record, observer))
     return QueueRunner(
         spool=spool, scheduler=scheduler, transport=transport,
         # Always: a test key's mail is captured there in every mode (issue 13).
