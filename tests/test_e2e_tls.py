@@ -265,3 +265,16 @@ async def test_shared_mx_site_applies_each_domains_own_policy(world: TlsWorld):
     [got] = world.received(open_rcpt)
     assert got.tls is None and sts_rcpt not in got.rcpt_tos
     assert opened.detail.get("tls_policy") == "opportunistic", opened.detail
+
+
+async def test_metrics_count_negotiations_by_policy_and_result(world: TlsWorld, outcomes):
+    """After the table: /metrics-level counters name each policy's successes
+    and failures by their RFC 8460 type (mta_tls_sessions_total)."""
+    counter = world.daemon.metrics.tls_sessions
+    seen = {tuple(s.labels.values()): s.value for m in counter.collect() for s in m.samples
+            if s.name.endswith("_total")}
+    assert seen.get(("mta-sts", "success"), 0) >= 2, seen
+    assert seen.get(("mta-sts", "certificate-expired"), 0) >= 1, seen
+    assert seen.get(("mta-sts", "certificate-host-mismatch"), 0) >= 1, seen
+    assert seen.get(("dane", "success"), 0) >= 4, seen
+    assert any(p == "dane" and r != "success" for p, r in seen), seen
