@@ -20,6 +20,8 @@ Public API:
     ShapingBackend                    optional: traffic shaping (a backend
                                       without it answers 501 on /v1/shaping,
                                       /v1/warmup, /v1/shaping/lift)
+    TlsBackend                        optional: outbound TLS (issue 17; without it
+                                      /v1/tls… answer 501)
     MESSAGE_STATES, MESSAGE_ACTIONS, DESTINATION_ACTIONS, DESTINATION_STATES
     destination_state(info) -> str   active|throttled|suspended of a scheduler
                                       destination_states() entry
@@ -72,7 +74,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
 __all__ = ["AdminBackend", "LedgerBackend", "JsonListing", "TenantBackend", "TenantJson",
-           "ShapingBackend",
+           "ShapingBackend", "TlsBackend",
            "TenantGauge", "TENANT_AUTO_STATUSES", "TENANT_REFUSALS",
            "ActionRefused", "NotFound",
            "MESSAGE_STATES", "MESSAGE_ACTIONS", "DESTINATION_ACTIONS", "DESTINATION_STATES",
@@ -313,3 +315,24 @@ class ShapingBackend(Protocol):
         is `target` (a site, or "tenant@provider") -> the actions lifted;
         [] when nothing matched. `target` arrives checked (1..300
         characters, no control character, stripped)."""
+
+
+@runtime_checkable
+class TlsBackend(Protocol):
+    """What /v1/tls… ask of a backend with outbound TLS policy (the daemon's;
+    issue 17). Optional like ShapingBackend: a missing method, or one raising
+    NotImplementedError, answers 501. `domain` arrives checked (lower-case
+    A-labels, no address literal: mta.admin.handlers.tls_domain)."""
+
+    async def tls_show(self, domain: str) -> dict[str, Any]:
+        """{"domain", "override": the [tls] policy level or None, "mta_sts":
+        {"id", "mode", "mx", "max_age", "fetched_at", "expires_at"} or None,
+        "error": why no policy applies (an RFC 8460 result type first) or None},
+        after a lookup now (cached as delivery caches it)."""
+
+    async def tls_purge(self, domain: str) -> dict[str, Any]:
+        """Drop the cached MTA-STS policy -> {"domain", "purged": bool}."""
+
+    async def tls_policies(self) -> list[dict[str, Any]]:
+        """The cached MTA-STS policies, by domain: {"domain", "id", "mode",
+        "expires_at"}."""

@@ -12,6 +12,7 @@ Public API:
     ROUTES                     (method, path) of every route, in order
     lift_target(body) -> str   the checked "target" of POST /v1/shaping/lift
     MAX_LIFT_TARGET            its length limit
+    tls_domain(value) -> str   a checked recipient domain of /v1/tls… (422 naming "domain")
 
 Invariants: bulk routes come before "/v1/messages/{id}", so "hold" is never
 read as an id; backend exceptions map as mta.admin.backend says (KeyError
@@ -22,11 +23,13 @@ validation_error), the message starting with the field at fault
 ("limits.per_hour: …", "name: …") when there is one. The shaping routes
 (issue 15) answer 501 when the backend lacks them or raises
 NotImplementedError (a daemon without shaping), 422 naming "target" for a
-bad lift body, 404 when a lift matched nothing.
+bad lift body, 404 when a lift matched nothing. The TLS routes (issue 17)
+likewise answer 501, and 422 naming "domain" for anything but a domain name.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,9 +41,10 @@ from mta.admin.backend import (DESTINATION_ACTIONS, MESSAGE_ACTIONS, ActionRefus
                                AdminBackend, JsonListing, NotFound)
 from mta.admin.inputs import has_control
 from mta.admin.params import ApiError
+from mta.core.address import AddressError, parse_domain
 from mta.spool.tenants import TenantError
 
-__all__ = ["route_table", "ROUTES", "Handler", "lift_target", "MAX_LIFT_TARGET"]
+__all__ = ["route_table", "ROUTES", "Handler", "lift_target", "MAX_LIFT_TARGET", "tls_domain"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TENANT_CODES = {404: "not_found", 409: "conflict", 422: "validation_error"}
@@ -71,6 +75,34 @@ def lift_target(body: dict[str, Any]) -> str:
     if has_control(target):
         raise _bad_target("contains control characters")
     return target.strip()
+
+
+def tls_domain(value: Any) -> str:
+    """A recipient domain for /v1/tls…, as lower-case A-labels; not a domain
+    name (an address literal, an IP address, control characters, …) is a
+    422 naming "domain"."""
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(422, "validation_error", "domain: is required: a recipient domain",
+                       field="domain")
+    try:
+        if has_control(value) or len(value) > 300:
+            raise AddressError(value)
+        domain = parse_domain(value)
+        if domain.startswith("[") or _is_ip(domain):
+            raise AddressError(value)
+    except AddressError:
+        raise ApiError(422, "validation_error", f"domain: {value[:80]!r} is not a domain "
+                       "name (MTA-STS is published for names, not addresses)",
+                       field="domain") from None
+    return domain
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _unknown_message(mid: str) -> ApiError:
@@ -274,7 +306,9 @@ class _Handlers:
         return web.json_response(await self._tenant("tenant_resume", name, reason))
 
     # ---- traffic shaping (ShapingBackend, optional; issue 15) ----------------
-    async def _shaping(self, method: str, *args: Any) -> Any:
+    async def _feature(self, what: str, method: str, *args: Any) -> Any:
+        """An optional backend method: 501 (saying it has no `what`) when the
+        backend lacks it or raises NotImplementedError."""
         fn: Callable[..., Awaitable[Any]] | None = getattr(self.b, method, None)
         try:
             if fn is None:
@@ -282,7 +316,10 @@ class _Handlers:
             return await fn(*args)
         except NotImplementedError as exc:
             raise ApiError(501, "not_implemented",
-                           str(exc) or "this server has no traffic shaping") from None
+                           str(exc) or f"this server has no {what}") from None
+
+    async def _shaping(self, method: str, *args: Any) -> Any:
+        return await self._feature("traffic shaping", method, *args)
 
     async def shaping(self, request: web.Request) -> web.Response:
         return web.json_response(await self._shaping("shaping"))
@@ -298,6 +335,27 @@ class _Handlers:
                            f"{target[:80]!r} (an action id, a site, or tenant@provider; "
                            "see GET /v1/shaping)")
         return web.json_response({"lifted": lifted})
+
+    # ---- outbound TLS (TlsBackend, optional; issue 17) -----------------------
+    async def _tls(self, method: str, *args: Any) -> Any:
+        return await self._feature("outbound TLS policy", method, *args)
+
+    async def tls_show(self, request: web.Request) -> web.Response:
+        params.query(request, ())               # none known: 400 naming one given
+        domain = tls_domain(request.match_info["domain"])
+        return web.json_response(await self._tls("tls_show", domain))
+
+    async def tls_purge(self, request: web.Request) -> web.Response:
+        body = await params.json_body(request)
+        unknown = sorted(set(body) - {"domain"})
+        if unknown:
+            name = unknown[0][:40]
+            raise ApiError(422, "validation_error", f"{name}: unknown key (known: domain)",
+                           field=name)
+        return web.json_response(await self._tls("tls_purge", tls_domain(body.get("domain"))))
+
+    async def tls_policies(self, request: web.Request) -> web.Response:
+        return web.json_response({"policies": await self._tls("tls_policies")})
 
 
 def route_table(backend: AdminBackend | None,
@@ -339,6 +397,9 @@ def route_table(backend: AdminBackend | None,
         ("GET", "/v1/shaping", h.shaping),
         ("POST", "/v1/shaping/lift", h.shaping_lift),
         ("GET", "/v1/warmup", h.warmup),
+        ("GET", "/v1/tls", h.tls_policies),
+        ("POST", "/v1/tls/purge", h.tls_purge),
+        ("GET", "/v1/tls/{domain}", h.tls_show),
     ]
     return routes
 

@@ -7,7 +7,8 @@ Public API:
     openapi_document() -> dict     a fresh copy each call
 
 The tenant routes' part is mta.admin.openapi_tenants, the traffic shaping
-routes' (and a summary row's "actions") mta.admin.openapi_shaping.
+routes' (and a summary row's "actions") mta.admin.openapi_shaping, the
+outbound TLS routes' mta.admin.openapi_tls.
 
 Invariant: the paths and methods here are exactly the app's routes; a test
 (tests/test_admin_http.py) compares them, so a route added without its
@@ -31,6 +32,7 @@ from mta.admin.inputs import INT64_MAX, MAX_DESTINATION, MAX_QUEUE_ID, MAX_WEBHO
 from mta.admin.openapi_shaping import SHAPING_SCHEMAS, SUMMARY_ACTIONS, shaping_paths
 from mta.admin.openapi_tenants import (TENANT_FILTER, TENANT_FILTER_KEY, TENANT_SCHEMAS,
                                       tenant_paths)
+from mta.admin.openapi_tls import TLS_SCHEMAS, tls_paths
 
 __all__ = ["openapi_document"]
 
@@ -368,6 +370,8 @@ _PATHS.update(tenant_paths(_ERRORS))
 _SCHEMAS.update(SHAPING_SCHEMAS)
 _SCHEMAS["DestinationSummary"]["properties"]["actions"] = SUMMARY_ACTIONS
 _PATHS.update(shaping_paths(_ERRORS))
+_SCHEMAS.update(TLS_SCHEMAS)
+_PATHS.update(tls_paths(_ERRORS))
 
 
 _DOCUMENT: dict[str, Any] = {

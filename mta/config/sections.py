@@ -293,6 +293,9 @@ class EgressConfig:
     warmup: str | None = L(None, "warm-up schedule by sending day: \"50*1.5\" (day 1: 50, "
                            "then x1.5), \"50*1.5 until 100000\", \"50,100,250,500\" or "
                            "\"standard\"; unset: the address is warm", STR, optional=True)
+    cert: str | None = L(None, "PEM client certificate chain this source presents in "
+                         "STARTTLS (unset: none)", STR, optional=True)
+    key: str | None = L(None, "PEM private key of `cert`", STR, optional=True)
 
 
 @dataclass(frozen=True)

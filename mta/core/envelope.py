@@ -104,6 +104,10 @@ class ConnectionOptions:
     connect_timeout: float = 0.0
     command_timeout: float = 0.0
     keep_idle: bool = True
+    # A client certificate the source presents in STARTTLS (issue 17): PEM
+    # paths, "" = none.
+    client_cert: str = ""
+    client_key: str = ""
 
 
 DEFAULT_OPTIONS = ConnectionOptions()

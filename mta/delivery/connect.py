@@ -83,11 +83,22 @@ class Connector:
         self.hostname, self.guard = hostname, guard
         self.connect_timeout, self.command_timeout = connect_timeout, command_timeout
         self._plain = _plain_context()
+        self._certs: dict[tuple[str, str], ssl.SSLContext] = {}
 
-    def _context(self, hp: HostPolicy, verified: bool) -> ssl.SSLContext:
+    def _context(self, hp: HostPolicy, verified: bool,
+                  options: ConnectionOptions) -> ssl.SSLContext:
+        cert = (options.client_cert, options.client_key) if options.client_cert else None
         if self.guard is None:
-            return self._plain
-        return self.guard.context(hp if verified else OPPORTUNISTIC)
+            return self._plain if cert is None else self._with_cert(cert)
+        return self.guard.context(hp if verified else OPPORTUNISTIC, cert)
+
+    def _with_cert(self, cert: tuple[str, str]) -> ssl.SSLContext:
+        ctx = self._certs.get(cert)
+        if ctx is None:
+            ctx = _plain_context()
+            ctx.load_cert_chain(cert[0], cert[1] or None)
+            self._certs[cert] = ctx
+        return ctx
 
     def _count(self, plan: TlsPlan, hop: Hop, ip: str, result: str, source: str) -> None:
         if self.guard is not None:
@@ -198,7 +209,7 @@ class Connector:
             version = ""
             if tls is not None and smtp.supports_extension("starttls"):
                 version = await self._starttls(smtp, hop, command_timeout,
-                                               self._context(hp, bool(tls)))
+                                               self._context(hp, bool(tls), options))
                 if tls and hp.verify == "dane" and self.guard is not None:
                     reason = self.guard.check_dane(plan, hop.host,
                                                    smtp.get_transport_info("ssl_object"))

@@ -9,7 +9,8 @@ API:
     TlsGuard(resolver, settings, *, sts=None, clock=time.time, record=None)
         settings: `[tls]` (TlsSettings); .settings = … on reload (read per batch)
         await .plan(destination, domains, hops) -> TlsPlan
-        .context(host_policy) -> ssl.SSLContext    verifying (pkix) or not (the rest)
+        .context(host_policy, cert=None) -> ssl.SSLContext   verifying (pkix) or not;
+                                                   with the egress source's client cert
         .check_dane(plan, host, ssl_object) -> str | None   the reason it fails, None: ok
         .outcome(plan, host, ip, result, source="")          one TLS-RPT count per domain
     TlsPlan: .policy(host) -> HostPolicy; .refusal(host) -> str (why a host may not
@@ -188,10 +189,12 @@ class TlsGuard:
         await asyncio.gather(*(one(h.host) for h in hops))
 
     # ---- the connection ---------------------------------------------------------------
-    def context(self, hp: HostPolicy) -> ssl.SSLContext:
+    def context(self, hp: HostPolicy, cert: tuple[str, str] | None = None) -> ssl.SSLContext:
+        """The SSL context for a host's policy (and an egress source's client
+        certificate, PEM paths (chain, key))."""
         cfg = self.settings
         verifying = hp.verify == "pkix"
-        key = (verifying, cfg.ca_file, cfg.min_version, cfg.ciphers)
+        key = (verifying, cert, cfg.ca_file, cfg.min_version, cfg.ciphers)
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -199,6 +202,8 @@ class TlsGuard:
                                    else ssl.TLSVersion.TLSv1_2)
             if cfg.ciphers:
                 ctx.set_ciphers(cfg.ciphers)
+            if cert is not None:
+                ctx.load_cert_chain(cert[0], cert[1] or None)
             if verifying:
                 ctx.check_hostname, ctx.verify_mode = True, ssl.CERT_REQUIRED
                 if cfg.ca_file:
@@ -208,7 +213,7 @@ class TlsGuard:
             else:
                 ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
             self._contexts = {**{k: v for k, v in self._contexts.items()
-                                 if k[1:] == key[1:]}, key: ctx}
+                                 if k[2:] == key[2:]}, key: ctx}
         return ctx
 
     def check_dane(self, plan: TlsPlan, host: str, ssl_object: ssl.SSLObject) -> str | None:

@@ -49,6 +49,7 @@ from mta.core.qshape import AGE_BUCKETS
 from mta.policy.routing import destination_for
 from mta.runtime.admin_shaping import (ShapingAdmin, ShapingRunner, shaping_gauges,
                                        summary_actions)
+from mta.runtime.admin_tls import TlsAdmin, TlsRunner
 from mta.spool import MessageFilter, Spool
 
 __all__ = ["RuntimeAdmin", "DaemonView", "filesystem_free_bytes", "DEFAULT_MIN_FREE_SPACE",
@@ -63,7 +64,7 @@ class _Destinations(Protocol):
         """{name: {"state", "suspended", …}} of every destination it tracks."""
 
 
-class _Runner(ShapingRunner, Protocol):
+class _Runner(ShapingRunner, TlsRunner, Protocol):
     """The queue runner as the admin API steers it (runtime.queue_runner)."""
 
     @property
@@ -140,12 +141,12 @@ def _mib(n: int) -> str:
     return f"{n / 1048576:.1f} MiB"
 
 
-class RuntimeAdmin(ShapingAdmin):
+class RuntimeAdmin(ShapingAdmin, TlsAdmin):
     """The AdminBackend (and LedgerBackend, JsonListing) of a running daemon."""
 
     def __init__(self, daemon: DaemonView,
                  free_space: Callable[[str], int] = filesystem_free_bytes):
-        self.d = daemon
+        self.d: DaemonView = daemon
         self.free_space = free_space          # the seam: path -> free bytes
 
     # ---- the daemon's parts (set once it has started) ------------------------

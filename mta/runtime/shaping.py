@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,13 @@ def check(cfg: Config) -> list[str]:
                 WarmupSchedule.parse(e.warmup)
             except ValueError as exc:
                 errors.append(f"egress[{i}].warmup: {exc}")
+        if e.key is not None and e.cert is None:
+            errors.append(f"egress[{i}].key: set with cert (the client certificate)")
+        if e.cert is not None:
+            try:
+                ssl.create_default_context().load_cert_chain(e.cert, e.key)
+            except (OSError, ssl.SSLError) as exc:
+                errors.append(f"egress[{i}].cert: {e.cert}: {exc}")
     return errors
 
 
@@ -165,6 +173,7 @@ class Shaping:
             self._pools.setdefault(e.pool, []).append(
                 Source(e.name, e.address, e.ehlo or cfg.server.hostname))
         self._spill = {p.name: p.spill for p in cfg.egress_pool}
+        self._client_certs = {e.name: (e.cert, e.key or e.cert) for e in cfg.egress if e.cert}
         self._by_tenant = {t: p.name for p in cfg.egress_pool for t in p.tenants}
         self._by_domain = {d.lower(): p.name for p in cfg.egress_pool for d in p.domains}
         warmups: dict[str, Warmup] = {}
@@ -284,11 +293,12 @@ class Shaping:
         and the site's TLS requirement, timeouts and deliveries per
         connection from the table."""
         dest, source = batch.destination, batch.source
+        cert, key = self._client_certs.get(source.name, ("", ""))
         if dest.kind != "mx":
             if source.name == DEFAULT_SOURCE.name:
                 return dest
             return dataclasses.replace(dest, options=ConnectionOptions(
-                source=source.address, ehlo=source.ehlo))
+                source=source.address, ehlo=source.ehlo, client_cert=cert, client_key=key))
         hosts = self.sites.hosts(dest.name)
         limits = self.table.limits_for(site=dest.name, mx_hosts=hosts, domain=dest.domain)
         provider = self.provider_of(dest)
@@ -298,7 +308,8 @@ class Shaping:
             require_tls=limits.tls == "required",
             connect_timeout=limits.connect_timeout or 0.0,
             command_timeout=limits.command_timeout or 0.0,
-            keep_idle=provider is None or provider.total.connection_limit is None)
+            keep_idle=provider is None or provider.total.connection_limit is None,
+            client_cert=cert, client_key=key)
         return dest if options == DEFAULT_OPTIONS else dataclasses.replace(dest, options=options)
 
     # ---- read model ---------------------------------------------------------
