@@ -574,3 +574,11 @@ def test_reputation_thresholds_are_checked_together():
     assert cfg.reputation.level == "strict" and cfg.reputation.complaint_pause == 0.01
     with pytest.raises(ConfigError):
         parse_config('[reputation]\nlevel = "lenient"\n', "t")
+
+
+def test_the_tlsrpt_listener_name_is_reserved():
+    """Our own TLS-RPT reports are recognised by their listener (issue 17)."""
+    with pytest.raises(ConfigError) as info:
+        parse_config('[[listeners]]\nname = "tlsrpt"\naddress = "127.0.0.1:2525"\n'
+                     'trusted_networks = ["127.0.0.0/8"]\ntls = "none"\n')
+    assert 'listeners[0].name: "tlsrpt" is reserved' in str(info.value)

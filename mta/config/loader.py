@@ -131,6 +131,9 @@ def _cross_checks(cfg: Config) -> list[str]:
     for i, lst in enumerate(cfg.listeners):
         if names.count(lst.name) > 1:
             errors.append(f"listeners[{i}].name: {lst.name!r} is used by more than one listener")
+        if lst.name == "tlsrpt":
+            errors.append(f"listeners[{i}].name: \"tlsrpt\" is reserved (the daemon's own "
+                          "TLS-RPT reports)")
         if (lst.cert is None) != (lst.key is None):
             errors.append(f"listeners[{i}]: set both cert and key, or neither")
         if (lst.role == "submission" and lst.tls == "none" and lst.require_tls_for_auth

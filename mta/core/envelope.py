@@ -147,6 +147,7 @@ class QueuedRecipient:
     size: int = 0
     test: bool = False    # a test key's message: captured, never delivered
     tenant: str = "default"   # the tenant of the message's credential (issue 14)
+    listener: str = ""        # where it was accepted ("tlsrpt": our own TLS-RPT report)
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,6 +235,10 @@ class SmtpTransport:
         both is sent once per plan, each time to its own recipients."""
         if self.guard is None:
             return [(TlsPlan(), pending)]
+        # Our TLS-RPT reports go whatever the policies say, uncounted (RFC 8460 §5.3.1, §3).
+        reports = [m for m in pending if m.tls_report]
+        pending = [m for m in pending if not m.tls_report]
+        out = [(TlsPlan(counted=False), reports)] if reports else []
         plans: dict[str, TlsPlan] = {}
         groups: dict[object, tuple[TlsPlan, dict[str, tuple[OutboundMessage,
                                                             list[tuple[int, str]]]]]] = {}
@@ -246,10 +250,10 @@ class SmtpTransport:
                 plan = plans[domain]
                 by_msg = groups.setdefault(plan.signature(), (plan, {}))[1]
                 by_msg.setdefault(m.queue_id, (m, []))[1].append((idx, rcpt))
-        return [(plan, [m if len(rcpts) == len(m.recipients)
-                        else dataclasses.replace(m, recipients=tuple(rcpts))
-                        for m, rcpts in by_msg.values()])
-                for plan, by_msg in groups.values()]
+        return out + [(plan, [m if len(rcpts) == len(m.recipients)
+                              else dataclasses.replace(m, recipients=tuple(rcpts))
+                              for m, rcpts in by_msg.values()])
+                      for plan, by_msg in groups.values()]
 
     async def _run(self, destination: Destination, hops: list[Hop], plan: TlsPlan,
                    pending: list[OutboundMessage], settlement: Settlement

@@ -177,7 +177,8 @@ class Connector:
             return await self._connect(hop, ip, port, options, plan, hp, tls=True,
                                        must=must)
         except VerifyFailed as exc:
-            self._count(plan, hop, ip, failure_result(hp.verify, str(exc)), options.source)
+            self._count(plan, hop, ip, exc.result or failure_result(hp.verify, str(exc)),
+                        options.source)
             if must:
                 raise
             event(log, "tls_check_failed", mx=hop.host, ip=ip, policy=plan.label(hop.host),
@@ -211,10 +212,7 @@ class Connector:
                 version = await self._starttls(smtp, hop, command_timeout,
                                                self._context(hp, bool(tls), options))
                 if tls and hp.verify == "dane" and self.guard is not None:
-                    reason = self.guard.check_dane(plan, hop.host,
-                                                   smtp.get_transport_info("ssl_object"))
-                    if reason is not None:
-                        raise VerifyFailed(f"TLSA check failed: {reason}")
+                    self.guard.check_dane(plan, hop.host, smtp.get_transport_info("ssl_object"))
             if must and not version:
                 raise HandshakeFailed("STARTTLS not offered" if not smtp.supports_extension(
                     "starttls") else "STARTTLS declined")

@@ -11,7 +11,7 @@ API:
         await .plan(destination, domains, hops) -> TlsPlan
         .context(host_policy, cert=None) -> ssl.SSLContext   verifying (pkix) or not;
                                                    with the egress source's client cert
-        .check_dane(plan, host, ssl_object) -> str | None   the reason it fails, None: ok
+        .check_dane(plan, host, ssl_object)    raises VerifyFailed (with its RFC 8460 result)
         .outcome(plan, host, ip, result, source="")          one TLS-RPT count per domain
     TlsPlan: .policy(host) -> HostPolicy; .refusal(host) -> str (why a host may not
         be tried); .label(host) -> the policy's name for the attempt's record
@@ -82,7 +82,12 @@ class TlsSettings(Protocol):
 
 
 class VerifyFailed(HandshakeFailed):
-    """The TLS connection worked but its certificate did not pass."""
+    """The TLS connection worked but its certificate did not pass; `result`
+    is its RFC 8460 result type when the check knows it ("" : map the text)."""
+
+    def __init__(self, reason: str, result: str = ""):
+        super().__init__(reason)
+        self.result = result
 
 
 @dataclass
@@ -92,6 +97,7 @@ class TlsPlan:
     lookups: dict[str, StsLookup] = field(default_factory=dict)
     dane_state: dict[str, str] = field(default_factory=dict)
     domains: tuple[str, ...] = ()
+    counted: bool = True      # False for our own TLS-RPT reports (RFC 8460 §3)
 
     def policy(self, host: str) -> HostPolicy:
         return self.hosts.get(host.lower().rstrip("."), OPPORTUNISTIC)
@@ -216,10 +222,19 @@ class TlsGuard:
                                  if k[2:] == key[2:]}, key: ctx}
         return ctx
 
-    def check_dane(self, plan: TlsPlan, host: str, ssl_object: ssl.SSLObject) -> str | None:
+    def check_dane(self, plan: TlsPlan, host: str, ssl_object: ssl.SSLObject) -> None:
+        """Raise VerifyFailed unless the server's chain matches the host's
+        TLSA records. A chain no record matches is RFC 8460's
+        "validation-failure" (the records were valid: not "tlsa-invalid",
+        and no CA is involved: not "certificate-not-trusted")."""
         hp = plan.policy(host)
-        return dane.verify(plan.tlsa.get(host, ()), dane.chain_of(ssl_object),
-                           names=hp.names or (host,), now=self.clock())
+        reason = dane.verify(plan.tlsa.get(host, ()), dane.chain_of(ssl_object),
+                             names=hp.names or (host,), now=self.clock())
+        if reason is not None:
+            result = dane.result_type(reason)
+            if result == "certificate-not-trusted":
+                result = "validation-failure"
+            raise VerifyFailed(f"TLSA check failed: {reason}", result)
 
     # ---- TLS-RPT ----------------------------------------------------------------------
     def outcome(self, plan: TlsPlan, host: str, ip: str, result: str,
@@ -228,7 +243,7 @@ class TlsGuard:
         outcome for each of the batch's domains."""
         hp = plan.policy(host)
         self.observer.tls_session(hp.policy, result)
-        if self.record is None:
+        if self.record is None or not plan.counted:
             return
         for d in plan.domains:
             lookup = plan.lookups.get(d)

@@ -75,6 +75,9 @@ class OutboundMessage:
     body: Body
     ascii: bool | None = None                    # known at acceptance; None: look
     dot_lines: bool | None = None                # known at acceptance; None: look
+    # A TLS-RPT report of ours (issue 17): RFC 8460 §3 and §5.3.1 — its own
+    # TLS negotiation is not counted and a policy failure does not stop it.
+    tls_report: bool = False
 
 
 @dataclass

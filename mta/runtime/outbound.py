@@ -37,6 +37,7 @@ from mta.core.logfmt import event
 from mta.core.spill import HEAD_BYTES
 from mta.delivery.transport import Body, OutboundMessage
 from mta.mail.verp import VerpCodec
+from mta.runtime.tlsrpt_job import REPORT_LISTENER
 from mta.scheduler import Batch, Work
 from mta.spool import DeliveryBody, Spool
 
@@ -51,15 +52,16 @@ def transactions(group: Sequence[Work], body: Body, verp: VerpCodec | None,
     """The transactions of one message's `group` of recipients: one with
     them all, or one per recipient with its VERP return path."""
     first = group[0].item
+    report = first.listener == REPORT_LISTENER
     if verp is not None and bounce_domain:
         return [OutboundMessage(queue_id=first.queue_id,
                                 sender=verp.encode(first.queue_id, w.item.rcpt_idx, bounce_domain),
                                 recipients=((w.item.rcpt_idx, w.item.address),), body=body,
-                                ascii=ascii, dot_lines=dot_lines)
+                                ascii=ascii, dot_lines=dot_lines, tls_report=report)
                 for w in group]
     return [OutboundMessage(queue_id=first.queue_id, sender=first.sender,
                             recipients=tuple((w.item.rcpt_idx, w.item.address) for w in group),
-                            body=body, ascii=ascii, dot_lines=dot_lines)]
+                            body=body, ascii=ascii, dot_lines=dot_lines, tls_report=report)]
 
 
 class Outbound:

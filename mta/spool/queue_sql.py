@@ -83,7 +83,7 @@ SQL_MARK_DELAY_SENT = ("UPDATE recipients SET dsn_state = 'delay_sent' "
 SQL_LEASE_SELECT = (
     "SELECT r.message_id, r.rcpt_idx, r.address, r.domain, m.sender, r.attempts, "
     "MAX(m.received_at, IFNULL(m.not_before, 0)), r.next_attempt, m.size, m.test, "
-    f"{tenant_of('m.credential')} "
+    f"{tenant_of('m.credential')}, m.listener "
     "FROM recipients r JOIN messages m ON m.id = r.message_id "
     "WHERE r.state = 'queued' AND r.leased = 0 AND r.next_attempt <= ? "
     "ORDER BY r.next_attempt LIMIT ?")

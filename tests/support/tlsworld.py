@@ -15,9 +15,12 @@ Public API:
     mx_name(kind, policy) -> "mx.<kind>.<policy>.test" its one MX host
     spki_sha256(cert_der) -> bytes   the DANE-EE "3 1 1" digest of a certificate
     async with tls_world(tmp_path, *, extra_config="", extra_zone=None,
-                         extra_policies=None) as w:
+                         extra_policies=None, extra_names=None, clock=None) as w:
         (extra_zone: more DNS names; extra_policies: {domain: policy text} the
-        policy host also serves, its certificate naming mta-sts.<domain>)
+        policy host also serves, its certificate naming mta-sts.<domain>;
+        extra_names: {kind: [names]} more names on the good, expired and
+        selfsigned sinks' certificates (wrongname keeps "other.example", plain
+        has none); clock: the daemon's Clock, e.g. one a test moves forward)
         w.daemon           the running Daemon (in process, on this loop)
         w.sinks[kind]      the Sink playing each kind, all on port w.smtp_port
         w.dns              the DnsServer (its `zone` may be changed while running)
@@ -56,7 +59,9 @@ The world (what a test may rely on):
     SMTP listener without TLS on 127.0.0.1 to submit through, retry
     schedule 1s,2s,3s, `[tls] dane = true`, `ca_file`, `mta_sts_port`.
     `extra_config` is appended last (it may open new sections, not add keys
-    to one the world already wrote).
+    to one the world already wrote). `clock` (default: the system clock) is
+    the daemon's only time source: what it records, schedules and reports
+    follows it, while TLS certificate dates are checked against real time.
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from mta.config import parse_config
+from mta.core import Clock
 from mta.core.stores import EventView
 from mta.runtime.daemon import Daemon
 from tests.support.dnsserver import DnsServer
@@ -297,6 +304,17 @@ class TlsWorld:
         return [m for s in self.sinks.values() for m in s.messages if rcpt in m.rcpt_tos]
 
 
+@contextlib.asynccontextmanager
+async def _daemon_on(text: str, clock: Clock) -> AsyncIterator[Daemon]:
+    """running_daemon (tests/support/mtahelpers.py), on the given clock."""
+    daemon = Daemon(parse_config(text, "test"), clock)
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
 def _tls_section(ca_file: Path, sts_port: int) -> str:
     table = ", ".join(f'"{d}" = "{lvl}"' for d, lvl in OVERRIDES.items())
     return (f'[tls]\npolicy = {{ {table} }}\nmta_sts = true\ndane = true\n'
@@ -307,16 +325,20 @@ def _tls_section(ca_file: Path, sts_port: int) -> str:
 async def tls_world(tmp_path: Path, *, extra_config: str = "",
                     extra_zone: Mapping[str, Mapping[str, list[Any]]] | None = None,
                     extra_policies: Mapping[str, str] | None = None,
+                    extra_names: Mapping[str, Sequence[str]] | None = None,
+                    clock: Clock | None = None,
                     ) -> AsyncIterator[TlsWorld]:
     """The world described in the module docstring. `extra_zone` adds DNS
     names; `extra_policies` ({domain: policy text}) adds what the policy host
     serves for mta-sts.<domain> (the domain's `_mta-sts` TXT and the policy
-    host's A record are the caller's, in extra_zone)."""
+    host's A record are the caller's, in extra_zone); `extra_names` adds
+    names to the sinks' certificates; `clock` is the daemon's."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    names = {k: [mx_name(k, p) for p in POLICIES] for k in KINDS}
+    names = {k: [mx_name(k, p) for p in POLICIES] + list((extra_names or {}).get(k, ()))
+             for k in KINDS}
     certs = _sink_certs(ca, tmp_path, names)
     leaf_der = {kind: der for kind, (_, der) in certs.items()}
     policies = {domain(k, p): sts_policy(mode, [mx_name(k, p)])
@@ -337,7 +359,8 @@ async def tls_world(tmp_path: Path, *, extra_config: str = "",
                             trusted=["127.0.0.0/8"], nameservers=[dns.nameserver],
                             smtp_port=smtp_port, retry="1s,2s,3s", lifetime="120s")
                 + _tls_section(ca_file, sts_port) + extra_config)
-        daemon = await stack.enter_async_context(running_daemon(text))
+        daemon = await stack.enter_async_context(
+            running_daemon(text) if clock is None else _daemon_on(text, clock))
         yield TlsWorld(daemon=daemon, sinks=sinks, dns=dns, ca=ca, ca_file=ca_file,
                        smtp_port=smtp_port, sts_port=sts_port, submit_port=submit_port,
                        leaf_der=leaf_der, policy_fetches=host.fetches)
