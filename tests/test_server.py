@@ -214,7 +214,7 @@ async def test_ehlo_before_and_after_starttls(make_listener, client_tls):
     await c.starttls(client_tls)
     after = await c.ehlo()
     assert set(after) == {"SIZE 1000000", "8BITMIME", "SMTPUTF8", "PIPELINING",
-                          "ENHANCEDSTATUSCODES", "AUTH LOGIN PLAIN"}
+                          "ENHANCEDSTATUSCODES", "AUTH LOGIN PLAIN", "REQUIRETLS"}
     await c.close()
 
 

@@ -148,6 +148,7 @@ class QueuedRecipient:
     test: bool = False    # a test key's message: captured, never delivered
     tenant: str = "default"   # the tenant of the message's credential (issue 14)
     listener: str = ""        # where it was accepted ("tlsrpt": our own TLS-RPT report)
+    tls_flags: int = 0        # RFC 8689 (issue 17): 1 REQUIRETLS, 2 "TLS-Required: No"
 
 
 @dataclass(frozen=True, slots=True)

@@ -235,9 +235,11 @@ class SmtpTransport:
         both is sent once per plan, each time to its own recipients."""
         if self.guard is None:
             return [(TlsPlan(), pending)]
-        # Our TLS-RPT reports go whatever the policies say, uncounted (RFC 8460 §5.3.1, §3).
-        reports = [m for m in pending if m.tls_report]
-        pending = [m for m in pending if not m.tls_report]
+        # Our TLS-RPT reports go whatever the policies say, uncounted (RFC 8460
+        # §5.3.1, §3), and so does mail whose sender said "TLS-Required: No"
+        # (RFC 8689 §5.2).
+        reports = [m for m in pending if m.tls_report or m.tls_optional]
+        pending = [m for m in pending if not (m.tls_report or m.tls_optional)]
         out = [(TlsPlan(counted=False), reports)] if reports else []
         plans: dict[str, TlsPlan] = {}
         groups: dict[object, tuple[TlsPlan, dict[str, tuple[OutboundMessage,

@@ -219,7 +219,8 @@ class Connector:
             if version and tls:
                 self._count(plan, hop, ip, "success", options.source)
             label = plan.label(hop.host) if self.guard is not None else ""
-            return Session(smtp, Peer(hop.host, ip, version, label), command_timeout)
+            verified = bool(version) and bool(tls) and hp.verify in ("pkix", "dane")
+            return Session(smtp, Peer(hop.host, ip, version, label, verified), command_timeout)
         except BaseException:
             smtp.close()
             raise

@@ -131,6 +131,17 @@ class Session:
         SMTPUTF8 the peer lacks (those are settled here)."""
         smtp, peer = self.smtp, self.peer
         options: list[str] = []
+        if msg.requiretls:
+            # RFC 8689 §5: only over TLS a policy verified (MTA-STS, DANE or
+            # the operator's verify), to a server that offers REQUIRETLS.
+            if not (peer.verified and smtp.supports_extension("requiretls")):
+                why = ("does not offer REQUIRETLS" if peer.verified else
+                       f"was reached without verified TLS (policy {peer.policy or 'none'})")
+                settlement.settle_rest([msg], BOUNCED, Reply(
+                    550, "5.7.30", f"REQUIRETLS support required: {peer.host}[{peer.ip}] "
+                                   f"{why}; not sent"), peer)
+                return None
+            options.append("REQUIRETLS")
         size = body_size(msg.body)
         if smtp.supports_extension("size"):
             limit = _size_limit(smtp)

@@ -46,6 +46,7 @@ class Peer:
     ip: str = ""
     tls: str = ""
     policy: str = ""          # the TLS policy the connection was made under (issue 17)
+    verified: bool = False    # its certificate passed a policy's check (pkix or DANE)
 
 
 class Settlement:

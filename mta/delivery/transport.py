@@ -78,6 +78,11 @@ class OutboundMessage:
     # A TLS-RPT report of ours (issue 17): RFC 8460 §3 and §5.3.1 — its own
     # TLS negotiation is not counted and a policy failure does not stop it.
     tls_report: bool = False
+    # RFC 8689 (issue 17): the sender asked for REQUIRETLS (only over TLS a
+    # policy verified, to a server that supports REQUIRETLS, else returned with
+    # 5.7.30), or said "TLS-Required: No" (TLS policies may not stop it).
+    requiretls: bool = False
+    tls_optional: bool = False
 
 
 @dataclass

@@ -53,15 +53,17 @@ def transactions(group: Sequence[Work], body: Body, verp: VerpCodec | None,
     them all, or one per recipient with its VERP return path."""
     first = group[0].item
     report = first.listener == REPORT_LISTENER
+    tls = {"tls_report": report, "requiretls": bool(first.tls_flags & 1),
+           "tls_optional": bool(first.tls_flags & 2) and not first.tls_flags & 1}
     if verp is not None and bounce_domain:
         return [OutboundMessage(queue_id=first.queue_id,
                                 sender=verp.encode(first.queue_id, w.item.rcpt_idx, bounce_domain),
                                 recipients=((w.item.rcpt_idx, w.item.address),), body=body,
-                                ascii=ascii, dot_lines=dot_lines, tls_report=report)
+                                ascii=ascii, dot_lines=dot_lines, **tls)
                 for w in group]
     return [OutboundMessage(queue_id=first.queue_id, sender=first.sender,
                             recipients=tuple((w.item.rcpt_idx, w.item.address) for w in group),
-                            body=body, ascii=ascii, dot_lines=dot_lines, tls_report=report)]
+                            body=body, ascii=ascii, dot_lines=dot_lines, **tls)]
 
 
 class Outbound:

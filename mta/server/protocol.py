@@ -68,6 +68,7 @@ from mta.core.observe import result_of
 from mta.core.spill import SpillFile
 from mta.server import replies, sasl
 from mta.server.data import DataBody, read_data
+from mta.server.stream import take_requiretls
 
 if TYPE_CHECKING:
     from mta.server.seams import SessionHooks, SessionLimits, SubmissionHooks
@@ -99,6 +100,7 @@ class SubmissionEnvelope(Envelope):
         # (rcpt index, refusal text) of recipients accepted as suppressed
         self.suppressed: list[tuple[int, str]] = []
         self.kinds: list[str] = []             # inbound: per rcpt, the classify_rcpt kind
+        self.requiretls = False                # MAIL FROM … REQUIRETLS (RFC 8689)
         # What the DATA reader learnt on the way (issue 12): every byte 7-bit,
         # some line starts with "." (None: not known, the spool looks).
         self.body_ascii: bool | None = None
@@ -328,6 +330,14 @@ class SubmissionSMTP(SMTP):
         return rest.split(" ", 1)[0] if address is None else None
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        arg, requiretls = take_requiretls(arg)
+        if requiretls and not (self.tls_active
+                               and getattr(self.event_handler, "offers_requiretls", False)):
+            # RFC 8689 §4.1: only where we offered it, which is after STARTTLS.
+            await self.push("530 5.7.10 REQUIRETLS needs a TLS session (STARTTLS first)"
+                            if not self.tls_active else
+                            "555 5.5.4 MAIL FROM parameter REQUIRETLS not supported here")
+            return
         bad = self._unparsable(arg, "FROM:")
         session = self.current_session()
         if (bad is not None and session.host_name
@@ -335,6 +345,9 @@ class SubmissionSMTP(SMTP):
             await self.push(replies.bad_sender(bad))
             return
         await super().smtp_MAIL(arg)
+        if requiretls and isinstance(self.envelope, SubmissionEnvelope) \
+                and self.envelope.mail_from:
+            self.envelope.requiretls = True
         if (self.envelope is not None and self.envelope.mail_from and self._txn_timer is None
                 and self._transaction_timeout):
             self._txn_timer = self.loop.call_later(self._transaction_timeout,

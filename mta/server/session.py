@@ -72,7 +72,7 @@ from mta.core import Clock, LedgerEvent, Observer, Refused, Reply, StorageError,
 from mta.core.logfmt import event
 from mta.core.schedule import parse_schedule
 from mta.mail.headers import from_domains, prepare_submission, remove_header
-from mta.server.stream import StreamHeaders
+from mta.server.stream import StreamHeaders, tls_flags
 from mta.policy.authlimit import AuthThrottle, UserThrottle
 from mta.policy.senders import SenderPolicy
 from mta.server import replies
@@ -142,6 +142,7 @@ class SubmissionHandler:
                  auth_turns: Turns | None = None, stream: StreamHeaders | None = None):
         self.hostname = hostname
         self.stream = stream              # X-Mta-Stream: broadcast (server/stream.py)
+        self.offers_requiretls = True     # MAIL FROM … REQUIRETLS after STARTTLS (RFC 8689)
         self.observer = observer or Observer()
         self.rcpt_check = rcpt_check      # (recipient, credential) -> refusal or None
         self.accept_suppressed = accept_suppressed
@@ -256,7 +257,8 @@ class SubmissionHandler:
                           envelope: SubmissionEnvelope, hostname: str,
                           responses: list[str]) -> list[str]:
         session.host_name = hostname  # the 5-argument hook must do this itself
-        return ehlo_lines(responses)
+        # REQUIRETLS (RFC 8689 §4) is offered only inside TLS.
+        return ehlo_lines([*responses, "250-REQUIRETLS"] if server.tls_active else responses)
 
     async def handle_AUTH(self, server: SubmissionSMTP, session: SubmissionSession,
                           envelope: SubmissionEnvelope, args: list[str]) -> Any:
@@ -399,6 +401,7 @@ class SubmissionHandler:
                          if envelope.suppressed else {}),
                       **({"idempotency_key": idempotency_key} if idempotency_key else {}),
                       **({"not_before": not_before} if not_before is not None else {}),
+                      **({"tls_flags": flags} if (flags := tls_flags(envelope, body)) else {}),
                       # Header work and DKIM change only the header section,
                       # which the spool checks itself (spool.acceptance.body_flags).
                       **({"ascii": envelope.body_ascii, "dot_lines": envelope.body_dots}

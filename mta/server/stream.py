@@ -10,6 +10,8 @@ API:
         await .apply(content, rcpts, credential, queue_id) -> bytes | Reply
             the message with our headers (or unchanged), or the refusal
     STREAM_HEADER, TOPIC_HEADER
+    take_requiretls(mail_from_arg) -> (arg without REQUIRETLS, had it)   (RFC 8689)
+    tls_flags(envelope, head) -> 0 | 1 (REQUIRETLS) | 2 ("TLS-Required: No")
 
 Rules (the header is for us: always removed, with X-Mta-Topic):
   - "transactional", or absent and the credential not in [broadcast]
@@ -39,7 +41,7 @@ from mta.mail.headers import from_domains, remove_header
 from mta.mail.tokens import TokenKey, seal
 from mta.spool.tenants import SqliteTenants
 
-__all__ = ["STREAM_HEADER", "TOPIC_HEADER", "StreamHeaders"]
+__all__ = ["STREAM_HEADER", "TOPIC_HEADER", "StreamHeaders", "take_requiretls", "tls_flags"]
 
 STREAM_HEADER, TOPIC_HEADER = "X-Mta-Stream", "X-Mta-Topic"
 _TOPIC = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -113,3 +115,35 @@ class StreamHeaders:
                                        f"DKIM and DMARC all pass: {shown} is "
                                        f"{state or 'not a sending domain'}")
         return None
+
+
+# ---- RFC 8689 (REQUIRETLS, TLS-Required: No) -----------------------------------
+
+class _Requiring(Protocol):
+    requiretls: bool
+
+
+_REQUIRETLS = re.compile(r"(?i)[ \t]+REQUIRETLS(?=[ \t]|$)")
+
+
+def take_requiretls(arg: str | None) -> tuple[str | None, bool]:
+    """MAIL FROM's argument without a REQUIRETLS parameter, and whether it
+    had one (aiosmtpd refuses parameters it does not know)."""
+    if not arg or "requiretls" not in arg.lower():
+        return arg, False
+    cut = arg.rfind(">")
+    head, tail = (arg[:cut + 1], arg[cut + 1:]) if cut >= 0 else ("", arg)
+    stripped, n = _REQUIRETLS.subn("", tail)
+    return (head + stripped, True) if n else (arg, False)
+
+
+_TLS_REQUIRED_NO = re.compile(rb"(?im)^tls-required[ \t]*:[ \t]*no[ \t]*\r?$")
+
+
+def tls_flags(envelope: _Requiring, body: bytes) -> int:
+    """RFC 8689: 1 for MAIL FROM … REQUIRETLS; else 2 when the header says
+    "TLS-Required: No" (ignored beside REQUIRETLS, §5)."""
+    if envelope.requiretls:
+        return 1
+    end = body.find(b"\r\n\r\n")
+    return 2 if _TLS_REQUIRED_NO.search(body, 0, end if end >= 0 else len(body)) else 0

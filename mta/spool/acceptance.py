@@ -108,6 +108,9 @@ class NewMessage:
     detail: Mapping[str, Any] | None = None
     test: bool = False
     not_before: float | None = None
+    # Outbound TLS the sender asked for (issue 17, RFC 8689): TLS_REQUIRED
+    # (MAIL FROM … REQUIRETLS) and/or TLS_OPTIONAL (a "TLS-Required: No" field).
+    tls_flags: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ def pending_message(msg: NewMessage, now: float, *, dsn_for: DsnMark | None = No
         dsn_mark=mark, suppressed=suppressed, received_detail=json.dumps(detail),
         idempotency_key=msg.idempotency_key, idempotency_window=float(idempotency_window),
         tail=msg.tail, ascii=ascii, dot_lines=dot_lines, test=msg.test,
-        not_before=msg.not_before)
+        not_before=msg.not_before, tls_flags=msg.tls_flags)
 
 
 async def insert(txn: Txn, placed: list[Placed]) -> list[str]:
@@ -232,7 +235,7 @@ class _Rows:
         cred, at = m.credential or "", m.received_at
         self.messages.append((m.queue_id, m.sender, at, p.length, p.segment, p.offset, p.length,
                               m.credential, m.listener, m.client_ip, int(m.is_dsn), m.dsn_for,
-                              m.ascii, m.dot_lines, int(m.test), m.not_before))
+                              m.ascii, m.dot_lines, int(m.test), m.not_before, m.tls_flags))
         self.received.append((at, "received", m.queue_id, "", cred, m.received_detail))
         why = dict(m.suppressed)
         for idx, address in enumerate(m.recipients):

@@ -86,7 +86,8 @@ async def _lease(conn: Statements, now: float, limit: int) -> list[QueuedRecipie
     return [QueuedRecipient(queue_id=r[0], rcpt_idx=r[1], address=r[2], domain=r[3],
                             sender=r[4], attempts=r[5], received_at=r[6],
                             next_attempt=r[7], size=r[8], test=bool(r[9]),
-                            tenant=r[10], listener=r[11] or "") for r in rows]
+                            tenant=r[10], listener=r[11] or "", tls_flags=r[12] or 0)
+            for r in rows]
 
 
 async def release(txn: Txn, payloads: list[list[RcptKey]]) -> list[None]:

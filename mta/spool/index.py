@@ -75,7 +75,9 @@ CREATE TABLE IF NOT EXISTS messages (
     -- The sending API (issue 13): a test key's message (captured, never
     -- delivered); a scheduled send's time (NULL: none).
     test        INT  NOT NULL DEFAULT 0,
-    not_before  REAL
+    not_before  REAL,
+    -- RFC 8689 (issue 17): 1 = REQUIRETLS, 2 = "TLS-Required: No".
+    tls_flags   INT  NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS recipients (
@@ -214,6 +216,7 @@ SQL_ADD_BODY_FLAGS = ("ALTER TABLE messages ADD COLUMN body_ascii INT",
                       "ALTER TABLE messages ADD COLUMN body_dots INT")
 SQL_ADD_API_COLUMNS = ("ALTER TABLE messages ADD COLUMN test INT NOT NULL DEFAULT 0",
                        "ALTER TABLE messages ADD COLUMN not_before REAL")
+SQL_ADD_TLS_FLAGS = "ALTER TABLE messages ADD COLUMN tls_flags INT NOT NULL DEFAULT 0"
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -286,6 +289,8 @@ async def connect(path: str | os.PathLike[str], *, reader: bool = False) -> aios
             if "test" not in cols:                  # before issue 13
                 for sql in SQL_ADD_API_COLUMNS:
                     await conn.execute(sql)
+            if "tls_flags" not in cols:             # before issue 17
+                await conn.execute(SQL_ADD_TLS_FLAGS)
             # Older indexes left failed recipients of DSNs and null-sender
             # messages at dsn_state '': mark them (a no-op walk of the
             # partial index once done).

@@ -69,6 +69,7 @@ class PendingMessage:
     dot_lines: bool | None = None         # some line starts with "."
     test: bool = False                    # a test key's message: captured, never delivered
     not_before: float | None = None       # a scheduled send: first due then
+    tls_flags: int = 0                    # RFC 8689: 1 REQUIRETLS, 2 "TLS-Required: No"
 
     @property
     def size(self) -> int:

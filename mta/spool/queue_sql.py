@@ -62,7 +62,7 @@ SQL_MARK_NO_DSN_OWED = (
 SQL_INSERT_MESSAGE = (
     'INSERT INTO messages (id, sender, received_at, size, segment, "offset", length, '
     "credential, listener, client_ip, is_dsn, done, body_live, dsn_for, body_ascii, body_dots, "
-    "test, not_before) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?, ?, ?, ?)")
+    "test, not_before, tls_flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 1, ?, ?, ?, ?, ?, ?)")
 
 SQL_INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, rcpt_idx, address, domain, state, attempts, "
@@ -83,7 +83,7 @@ SQL_MARK_DELAY_SENT = ("UPDATE recipients SET dsn_state = 'delay_sent' "
 SQL_LEASE_SELECT = (
     "SELECT r.message_id, r.rcpt_idx, r.address, r.domain, m.sender, r.attempts, "
     "MAX(m.received_at, IFNULL(m.not_before, 0)), r.next_attempt, m.size, m.test, "
-    f"{tenant_of('m.credential')}, m.listener "
+    f"{tenant_of('m.credential')}, m.listener, m.tls_flags "
     "FROM recipients r JOIN messages m ON m.id = r.message_id "
     "WHERE r.state = 'queued' AND r.leased = 0 AND r.next_attempt <= ? "
     "ORDER BY r.next_attempt LIMIT ?")

@@ -67,7 +67,8 @@ def envelope(m: PendingMessage) -> bytes:
            "ip": m.client_ip, "dsn": m.is_dsn, "dsn_for": m.dsn_for, "mark": mark,
            "supp": [[i, why] for i, why in m.suppressed], "detail": m.received_detail,
            "key": m.idempotency_key, "window": m.idempotency_window,
-           "ascii": m.ascii, "dots": m.dot_lines, "test": m.test, "nb": m.not_before}
+           "ascii": m.ascii, "dots": m.dot_lines, "test": m.test, "nb": m.not_before,
+           "tlsf": m.tls_flags}
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -82,6 +83,13 @@ def _flag(doc: dict[str, Any], key: str) -> bool | None:
     value = doc.get(key)         # absent (an older record): None, not known
     if value is not None and not isinstance(value, bool):
         raise ValueError(f"envelope field {key!r}: {value!r}")
+    return value
+
+
+def _tls_flags(doc: dict[str, Any]) -> int:
+    value = doc.get("tlsf", 0)   # absent (a record from before issue 17): none
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
+        raise ValueError(f"envelope field 'tlsf': {value!r}")
     return value
 
 
@@ -122,7 +130,8 @@ def pending(data: bytes) -> PendingMessage:
         idempotency_key=_typed(doc, "key", (str, type(None))),
         idempotency_window=float(_typed(doc, "window", (int, float))),
         ascii=_flag(doc, "ascii"), dot_lines=_flag(doc, "dots"),
-        test=bool(_flag(doc, "test")), not_before=_time(doc, "nb"))
+        test=bool(_flag(doc, "test")), not_before=_time(doc, "nb"),
+        tls_flags=_tls_flags(doc))
 
 
 @dataclass(slots=True)

@@ -118,6 +118,17 @@ class _SinkSMTP(SMTP):
         self._chunks: list[bytes] = []
         self._chunk_failed = False
 
+    async def _mail_requiretls(self, arg):
+        # REQUIRETLS (RFC 8689), when offered: aiosmtpd refuses parameters it
+        # does not know, so take it off and note it in the envelope's options.
+        seen = bool(self.sink.requiretls and arg
+                    and re.search(r"(?i)[ \t]REQUIRETLS\b", arg))
+        if seen:
+            arg = re.sub(r"(?i)[ \t]+REQUIRETLS\b", "", arg)
+        await super().smtp_MAIL(arg)
+        if seen and self.envelope is not None and self.envelope.mail_from:
+            self.envelope.mail_options.append("REQUIRETLS")
+
     def connection_made(self, transport) -> None:
         sink = self.sink
         if not getattr(self, "_counted", False):   # STARTTLS calls it again
@@ -156,7 +167,7 @@ class _SinkSMTP(SMTP):
     async def smtp_MAIL(self, arg):
         self._mail_pending = True
         self._chunks, self._chunk_failed = [], False
-        await super().smtp_MAIL(arg)
+        await self._mail_requiretls(arg)
 
     async def smtp_RSET(self, arg):
         self._chunks, self._chunk_failed = [], False
@@ -201,7 +212,9 @@ class _Handler:
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         extra = ((["250-PIPELINING"] if self.sink.pipelining else [])
-                 + (["250-CHUNKING"] if self.sink.chunking else []))
+                 + (["250-CHUNKING"] if self.sink.chunking else [])
+                 + (["250-REQUIRETLS"] if self.sink.requiretls and server._tls_protocol
+                    else []))
         return [*responses[:-1], *extra, responses[-1]]
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
@@ -263,7 +276,7 @@ class Sink:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, tls: bool | str = True, *,
                  hostname: str = "sink.test", slow_default: float = 2.0,
                  smtputf8: bool = True, pipelining: bool = False, chunking: bool = False,
-                 reply_delay: float = 0.0, tls_context: ssl.SSLContext | None = None):
+                 reply_delay: float = 0.0, requiretls: bool = False, tls_context: ssl.SSLContext | None = None):
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"the sink listens on loopback only, not {host}")
         if tls_context is not None and not tls:
@@ -273,6 +286,7 @@ class Sink:
         self.slow_default = slow_default
         self.smtputf8 = smtputf8
         self.pipelining, self.chunking, self.reply_delay = pipelining, chunking, reply_delay
+        self.requiretls = requiretls   # offer REQUIRETLS inside TLS (RFC 8689); may change live
         self.round_trips = 0
         self.mail_depths: list[int] = []
         self.bdat_chunks: list[tuple[int, bool]] = []
