@@ -278,3 +278,19 @@ async def test_metrics_count_negotiations_by_policy_and_result(world: TlsWorld, 
     assert seen.get(("mta-sts", "certificate-host-mismatch"), 0) >= 1, seen
     assert seen.get(("dane", "success"), 0) >= 4, seen
     assert any(p == "dane" and r != "success" for p, r in seen), seen
+
+
+@pytest.mark.parametrize("policy, kind, check", [
+    ("sts-enforce", "good", "verified"), ("dane", "wrongname", "verified"),
+    ("verify", "good", "verified"), ("sts-testing", "good", "verified"),
+    ("sts-testing", "expired", "failed: certificate-expired"),
+    ("sts-testing", "wrongname", "failed: certificate-host-mismatch"),
+    ("sts-testing", "selfsigned", "failed: certificate-not-trusted"),
+    ("opportunistic", "good", None), ("encrypt", "expired", None)])
+async def test_each_delivery_records_its_certificate_check(world: TlsWorld, outcomes, policy,
+                                                          kind, check):
+    """The verification result is on the attempt's ledger event: verified,
+    or (testing mode, delivered anyway) the RFC 8460 failure; no check, none."""
+    _, ev = outcomes[(policy, kind)]
+    assert ev is not None and ev.type == "delivered", ev
+    assert ev.detail.get("tls_check") == check, ev.detail

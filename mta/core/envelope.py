@@ -170,6 +170,7 @@ class RecipientUpdate:
     remote_ip: str = ""
     tls: str = ""
     tls_policy: str = ""          # the outbound TLS policy that applied (issue 17)
+    tls_check: str = ""           # its certificate check: verified / failed: … / ""
     counts_attempt: bool = True
     # Extra fields for the ledger event this update writes (issue 6): what
     # the spool cannot know, e.g. {"class": "hard", "reason": "bad_mailbox",

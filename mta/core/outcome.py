@@ -33,4 +33,6 @@ class RecipientOutcome:
     remote_ip: str = ""
     tls: str = ""           # e.g. "TLSv1.3" or "" when clear text
     tls_policy: str = ""    # which outbound TLS policy applied (issue 17): opportunistic,
-                            # mta-sts, mta-sts-testing, dane, none, or an override level
+                            # mta-sts, dane, none, or an override level
+    tls_check: str = ""     # its certificate check: "verified", "failed: <RFC 8460
+                            # result>" (testing mode went on), "" none made

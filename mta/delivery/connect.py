@@ -183,7 +183,9 @@ class Connector:
                 raise
             event(log, "tls_check_failed", mx=hop.host, ip=ip, policy=plan.label(hop.host),
                   error=exc, next="unverified")
-            return await self._connect(hop, ip, port, options, plan, hp, tls=False)
+            result = exc.result or failure_result(hp.verify, str(exc))
+            return await self._connect(hop, ip, port, options, plan, hp, tls=False,
+                                       failed=f"failed: {result}")
         except HandshakeFailed as exc:
             self._count(plan, hop, ip, failure_result(hp.verify, str(exc)), options.source)
             if must:
@@ -194,9 +196,10 @@ class Connector:
 
     async def _connect(self, hop: Hop, ip: str, port: int, options: ConnectionOptions,
                        plan: TlsPlan, hp: HostPolicy, *, tls: bool | None,
-                       must: bool = False) -> Session:
+                       must: bool = False, failed: str = "") -> Session:
         """tls True: STARTTLS checked as `hp` says; False: unverified TLS;
-        None: clear text."""
+        None: clear text. `failed`: the check an earlier try failed (the
+        attempt records it)."""
         command_timeout = options.command_timeout or self.command_timeout
         smtp = aiosmtplib.SMTP(hostname=ip, port=port,
                                local_hostname=options.ehlo or self.hostname,
@@ -220,7 +223,9 @@ class Connector:
                 self._count(plan, hop, ip, "success", options.source)
             label = plan.label(hop.host) if self.guard is not None else ""
             verified = bool(version) and bool(tls) and hp.verify in ("pkix", "dane")
-            return Session(smtp, Peer(hop.host, ip, version, label, verified), command_timeout)
+            check = "verified" if verified else failed
+            return Session(smtp, Peer(hop.host, ip, version, label, verified, check),
+                           command_timeout)
         except BaseException:
             smtp.close()
             raise

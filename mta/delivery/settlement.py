@@ -47,6 +47,7 @@ class Peer:
     tls: str = ""
     policy: str = ""          # the TLS policy the connection was made under (issue 17)
     verified: bool = False    # its certificate passed a policy's check (pkix or DANE)
+    check: str = ""           # "verified", "failed: <result>" (testing mode), "" none
 
 
 class Settlement:
@@ -68,7 +69,8 @@ class Settlement:
     def settle(self, msg: OutboundMessage, idx: int, fate: RecipientFate, reply: Reply,
                peer: Peer) -> None:
         self.outcomes[msg.queue_id].setdefault(
-            idx, RecipientOutcome(fate, reply, peer.host, peer.ip, peer.tls, peer.policy))
+            idx, RecipientOutcome(fate, reply, peer.host, peer.ip, peer.tls, peer.policy,
+                                  peer.check))
 
     def settle_by_reply(self, msg: OutboundMessage, idx: int, reply: Reply, peer: Peer) -> None:
         fate = DELIVERED if reply.is_success else DEFERRED if reply.is_temp else BOUNCED

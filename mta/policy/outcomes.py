@@ -152,7 +152,7 @@ def settle(item: QueuedRecipient, outcome: RecipientOutcome | None, *, attempt: 
                              event_detail=detail, reply=reply, attempted_at=attempt.started,
                              duration=attempt.duration, remote_host=outcome.remote_host,
                              remote_ip=outcome.remote_ip, tls=outcome.tls,
-                             tls_policy=outcome.tls_policy)
+                             tls_policy=outcome.tls_policy, tls_check=outcome.tls_check)
     return Settlement(update, _address_outcome(item, outcome, klass, now), status)
 
 

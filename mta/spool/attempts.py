@@ -148,7 +148,8 @@ async def _record(txn: Txn, updates: Sequence[RecipientUpdate]) -> None:
         reply = str(u.reply) if u.reply is not None else None
         inc = 1 if u.counts_attempt else 0
         # The attempt's TLS as `queue show` prints it: "TLSv1.3 (dane)".
-        tls = f"{u.tls or 'none'} ({u.tls_policy})" if u.tls_policy else u.tls
+        tls = (f"{u.tls or 'none'} ({u.tls_policy}{', ' + u.tls_check if u.tls_check else ''})"
+               if u.tls_policy else u.tls)
         if inc:
             attempts.append((u.queue_id, u.rcpt_idx, u.attempted_at, u.duration, u.state, reply,
                              u.remote_host, u.remote_ip, tls))
@@ -205,6 +206,8 @@ def _event_detail(u: RecipientUpdate) -> dict[str, Any]:
         detail.update(remote_host=u.remote_host, remote_ip=u.remote_ip, tls=u.tls or None)
         if u.tls_policy:
             detail["tls_policy"] = u.tls_policy
+        if u.tls_check:
+            detail["tls_check"] = u.tls_check
     if u.state == QUEUED:
         detail["next_attempt"] = u.next_attempt
     elif u.state == BOUNCED:
