@@ -77,8 +77,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from mta.core.tlsrpt import TlsOutcomeFields
 
 __all__ = ["POLICY_TYPES", "RESULT_TYPES", "Outcome", "OutcomeLike", "TlsRptError",
            "mailto_address", "parse_record", "report_bytes", "report_filename", "report_json",
@@ -177,21 +179,7 @@ def mailto_address(uri: str) -> str:
 # -- outcomes ---------------------------------------------------------------------
 
 
-class OutcomeLike(Protocol):
-    @property
-    def policy_domain(self) -> str: ...
-    @property
-    def policy_type(self) -> str: ...
-    @property
-    def policy_strings(self) -> Sequence[str]: ...
-    @property
-    def mx_host(self) -> str: ...
-    @property
-    def result(self) -> str: ...
-    @property
-    def sending_ip(self) -> str: ...
-    @property
-    def receiving_ip(self) -> str: ...
+OutcomeLike = TlsOutcomeFields      # anything with the seven fields (core.tlsrpt)
 
 
 @dataclass(frozen=True, slots=True)

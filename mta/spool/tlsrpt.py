@@ -50,11 +50,11 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date
-from typing import Any, Protocol
+from typing import Any
 
 from mta.core.errors import StorageError
+from mta.core.tlsrpt import TlsOutcome, TlsOutcomeFields
 from mta.spool.sidetable import SideTable
 
 __all__ = ["TLSRPT_SCHEMA", "OutcomeFields", "OutcomeRow", "SqliteTlsRpt", "TlsRptStoreError"]
@@ -101,32 +101,8 @@ class TlsRptStoreError(StorageError):
     pass
 
 
-class OutcomeFields(Protocol):
-    @property
-    def policy_domain(self) -> str: ...
-    @property
-    def policy_type(self) -> str: ...
-    @property
-    def policy_strings(self) -> Sequence[str]: ...
-    @property
-    def mx_host(self) -> str: ...
-    @property
-    def result(self) -> str: ...
-    @property
-    def sending_ip(self) -> str: ...
-    @property
-    def receiving_ip(self) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class OutcomeRow:
-    policy_domain: str
-    policy_type: str
-    policy_strings: tuple[str, ...]
-    mx_host: str
-    result: str
-    sending_ip: str
-    receiving_ip: str
+OutcomeFields = TlsOutcomeFields      # what add() reads (mta.policy.tlsrpt.Outcome is one)
+OutcomeRow = TlsOutcome              # what counts() returns
 
 
 def _day(day: str) -> str:
