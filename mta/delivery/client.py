@@ -242,7 +242,9 @@ class SmtpTransport:
         pending = [m for m in pending if not (m.tls_report or m.tls_optional)]
         out = [(TlsPlan(counted=False), reports)] if reports else []
         plans: dict[str, TlsPlan] = {}
-        groups: dict[object, tuple[TlsPlan, dict[str, tuple[OutboundMessage,
+        # Keyed by the message object, not its queue id: VERP makes one
+        # transaction per recipient of a queue id, each with its own sender.
+        groups: dict[object, tuple[TlsPlan, dict[int, tuple[OutboundMessage,
                                                             list[tuple[int, str]]]]]] = {}
         for m in pending:
             for idx, rcpt in m.recipients:
@@ -251,7 +253,7 @@ class SmtpTransport:
                     plans[domain] = await self.guard.plan(destination, (domain,), hops)
                 plan = plans[domain]
                 by_msg = groups.setdefault(plan.signature(), (plan, {}))[1]
-                by_msg.setdefault(m.queue_id, (m, []))[1].append((idx, rcpt))
+                by_msg.setdefault(id(m), (m, []))[1].append((idx, rcpt))
         return out + [(plan, [m if len(rcpts) == len(m.recipients)
                               else dataclasses.replace(m, recipients=tuple(rcpts))
                               for m, rcpts in by_msg.values()])
