@@ -648,3 +648,27 @@ async def test_close_quits_cached_connections_together_and_bounded():
     finally:
         for server in servers:
             server.close()
+
+
+async def test_a_tls_plan_keeps_verp_transactions_apart(sink):
+    """With a TLS guard (issue 17), a batch is split by plan; VERP's one
+    transaction per recipient of a queue id (each its own return path) must
+    stay apart, not merge under the first one's sender."""
+    from mta.config.tls import TlsConfig
+    from mta.delivery.tlsguard import TlsGuard
+
+    class Loopback:
+        async def addresses(self, host):
+            return [host]
+    t = SmtpTransport(hostname="mta.test", resolver=Loopback(), connect_timeout=2,
+                      command_timeout=5, guard=TlsGuard(Loopback(), TlsConfig()))
+    dest = Destination(name=f"[127.0.0.1]:{sink.port}", kind="route", host="127.0.0.1",
+                       port=sink.port)
+    first = OutboundMessage("Q1", "b+1@bounce.test", ((0, "ok-a@x.test"),), BODY)
+    second = OutboundMessage("Q1", "b+2@bounce.test", ((1, "ok-b@x.test"),), BODY)
+    report = await t.deliver(dest, [first, second])
+    assert {i: o.fate for i, o in report.outcomes["Q1"].items()} == {0: DELIVERED, 1: DELIVERED}
+    assert sorted((m.mail_from, tuple(m.rcpt_tos)) for m in sink.messages) == [
+        ("b+1@bounce.test", ("ok-a@x.test",)), ("b+2@bounce.test", ("ok-b@x.test",))]
+    assert report.outcomes["Q1"][0].tls_policy == "opportunistic"
+    await t.close()
