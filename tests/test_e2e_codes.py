@@ -17,7 +17,8 @@ import aiosmtplib
 import pytest
 
 from tests.test_api_send import make_key
-from tests.test_e2e_content import DOMAIN, World, content_world, header_lines, parsed
+from tests.test_e2e_content import (DOMAIN, World, content_metrics, content_world,
+                                    header_lines, parsed)
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +69,10 @@ async def test_a_code_is_sent_resent_the_same_and_checked(world, caplog):
     assert "verification_sent" in ledger and "verification_checked" in ledger
     assert code not in ledger
     assert code not in caplog.text
+    seen = content_metrics(world.d)
+    assert (seen[("verification_sent", "first")], seen[("verification_sent", "resend")],
+            seen[("verification_checked", "wrong_code")],
+            seen[("verification_checked", "verified")]) == (1, 1, 1, 1)
 
 
 async def test_a_template_test_send_and_a_code_in_a_subject_refused(world):

@@ -122,6 +122,12 @@ async def world(tmp_path):
         yield w
 
 
+def content_metrics(d) -> dict[tuple[str, str], float]:
+    """mta_content_events_total by (event, label), as /metrics has it."""
+    return {tuple(s.labels.values()): s.value for m in d.metrics.content_events.collect()
+            for s in m.samples if s.name.endswith("_total")}
+
+
 def parsed(raw: bytes):
     return email.message_from_bytes(raw, policy=email.policy.default)
 
@@ -238,6 +244,7 @@ async def test_broadcast_one_click_unsubscribe(world):
     assert await world.events(again["id"], "suppressed")
     await asyncio.sleep(0.3)
     assert len(world.sink.messages) == 1
+    assert content_metrics(world.d)[("unsubscribed", "one-click")] == 1
 
 
 async def test_broadcast_refusals_name_the_field(world):
@@ -285,4 +292,7 @@ async def test_click_tracking_redirects_and_labels_bots(world):
     clicks = await world.events(sent["id"], "clicked", count=4)
     labels = [(e.detail["bot"], e.detail["label"]) for e in clicks]
     assert labels == [(True, "prefetch"), (True, "head"), (False, None), (True, "scanner")]
+    seen = content_metrics(world.d)
+    assert [seen.get(("clicked", k)) for k in ("prefetch", "head", "human", "scanner")] == \
+        [1, 1, 1, 1]
     assert all(e.detail["url"] == target for e in clicks)

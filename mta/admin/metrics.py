@@ -54,6 +54,8 @@ units, `_total` for counters, `_seconds`/`_bytes` suffixes)
     mta_webhook_requests_total{webhook,result}             counter  ok|failed
     mta_automation_actions_total{action}                   counter  a shaping rule fired
     mta_tls_sessions_total{policy,result}                  counter  outbound TLS negotiations
+    mta_content_events_total{event,label}                  counter  unsubscribes, clicks, opens,
+                                                                    one-time codes sent/checked
                                   suspend|suspend_tenant|connection_limit|message_rate|bounce
     mta_automation_active{action}                          gauge (scrape time) in force
     mta_warmup_cap{source} / mta_warmup_used{source}       gauge (scrape time) today's
@@ -206,6 +208,10 @@ class Metrics(Observer):
         self.automation_actions = Counter(
             "mta_automation_actions", "Actions shaping rules fired on remote replies, by "
             "action.", ["action"], registry=r)
+        self.content_events = Counter(
+            "mta_content_events", "Unsubscriptions (by method), clicks and opens (human, or "
+            "the bot/proxy label), one-time codes sent (first, resend) and checked (result).",
+            ["event", "label"], registry=r)
         self.tls_sessions = Counter(
             "mta_tls_sessions", "Outbound TLS negotiations by policy (opportunistic, mta-sts, "
             "dane, or an override level) and result (success, or the RFC 8460 failure type).",
@@ -321,6 +327,9 @@ class Metrics(Observer):
 
     def tls_session(self, policy: str, result: str) -> None:
         self.tls_sessions.labels(policy, result).inc()
+
+    def content_event(self, event: str, label: str) -> None:
+        self.content_events.labels(event, label).inc()
 
     # -- scrape time ----------------------------------------------------------------
 

@@ -100,6 +100,11 @@ class Observer:
     def automation_action(self, action: str) -> None:
         """A shaping rule fired `action` ("suspend", "connection_limit", …)."""
 
+    def content_event(self, event: str, label: str) -> None:
+        """Issue 16: a recipient unsubscribed (label: one-click | page), clicked or
+        opened (label: human, or the bot/proxy label), or a one-time code was
+        sent (label: first | resend) or checked (label: the check's result)."""
+
     def tls_session(self, policy: str, result: str) -> None:
         """An outbound TLS negotiation under `policy` (opportunistic, mta-sts,
         dane, an override level) ended with `result`: "success" or an RFC 8460

@@ -8,7 +8,8 @@ guardrails and commit point as any other email), and say which of their
 methods a receiver process may ask the owner for.
 
 API:
-    content_backends(daemon, sending) -> ContentBackends(templates, verifications)
+    content_backends(daemon, sending, tenants, ledger, observer=None)
+        -> ContentBackends(templates, verifications)   (observer: verification metrics)
     content_routes(backends) -> Routes           /templates…, /verifications…
     remote_targets(backends) -> {target: (object, allowed methods)}   for OwnerApi
     TEMPLATE_METHODS, VERIFICATION_METHODS       the Protocols' method names
@@ -35,6 +36,7 @@ from mta.config import Config
 from mta.config.content import verification_limits
 from mta.core import Clock
 from mta.core.envelope import LedgerEvent
+from mta.core.observe import Observer
 from mta.mail.templating import TemplateContent, used_names
 from mta.mail.tokens import TokenKey
 from mta.policy.otp import OtpPolicy
@@ -88,7 +90,7 @@ def internal_send(sending: _Sending) -> Callable[[ApiKey, Json], Awaitable[str]]
 
 
 def content_backends(daemon: _Daemon, sending: _Sending, tenants: _Tenants | None,
-                     ledger: _Ledger) -> ContentBackends:
+                     ledger: _Ledger, observer: Observer | None = None) -> ContentBackends:
     cfg = daemon.cfg
     root = state_paths(cfg)["root"]
     send = internal_send(sending)
@@ -113,10 +115,19 @@ def content_backends(daemon: _Daemon, sending: _Sending, tenants: _Tenants | Non
         return await send(key, doc)
 
     secret = TokenKey.load_or_create(state_paths(cfg)["public_key"]).derive("otp")
+    seen = observer or Observer()
+
+    async def append_events(events: list[LedgerEvent]) -> None:
+        await ledger.append_events(events)
+        for e in events:                  # mta_content_events_total (never the code)
+            label = ("resend" if e.detail.get("resend") else "first") \
+                if e.type == "verification_sent" else str(e.detail.get("result", ""))
+            seen.content_event(e.type, label)
+
     verifications = RuntimeVerifications(
         SqliteVerifications(Path(root)), tenant_of=tenant_of, policy_of=policy_of,
         secret=secret, clock=daemon.clock, send=code_send,
-        append_events=ledger.append_events, template_of=templates.published)
+        append_events=append_events, template_of=templates.published)
     return ContentBackends(templates, verifications)
 
 

@@ -84,7 +84,8 @@ async def start_api(daemon: _Daemon) -> ApiServer | None:
                              signer=daemon.domains, rcpt_check=rcpt_check,
                              secure=ctx is not None, remote=remote, tenants=daemon.tenants)
     resources = RuntimeResources(daemon)
-    content = content_backends(daemon, backend, daemon.tenants, daemon.spool.ledger)
+    content = content_backends(daemon, backend, daemon.tenants, daemon.spool.ledger,
+                               getattr(daemon, "metrics", None))
     routes = [*email_routes(backend, lambda: daemon.cfg.api), *resource_routes(resources),
               *content_routes(content.templates, content.verifications)]
     limiter = RateLimiter(daemon.clock)

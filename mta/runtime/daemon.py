@@ -187,7 +187,7 @@ class Daemon:
             self.api = await start_api(self)
         if self.api is not None:
             event(log, "listening", listener="api", address=self.api.url, role="api")
-        self.public = await start_public(cfg, self.spool, self.clock, paths["public_key"])
+        self.public = await start_public(cfg, self.spool, self.clock, self.metrics)
         event(log, "ready", mode=cfg.server.mode, config=cfg.source,
               state_dir=str(paths["root"]))
         self._ready = True   # recovery done, listeners and admin API bound

@@ -5,7 +5,7 @@ spool (the suppression list, the ledger) and start the `[public]` server.
 
 API:
     RuntimePublic(spool, state_dir, clock)      the PublicBackend
-    await start_public(cfg, spool, clock, key_path) -> PublicServer | None   (None: off;
+    await start_public(cfg, spool, clock, observer=None) -> PublicServer | None   (None: off;
                                                 StartupError: cannot load or bind)
 
 What each request does (the token was unsealed by mta.api.public: its fields
@@ -37,9 +37,11 @@ from pathlib import Path
 from mta.api.public import PublicServer, public_app
 from mta.config import Config
 from mta.core import Clock
+from mta.core.observe import Observer
 from mta.core.envelope import AddressOutcome, LedgerEvent
 from mta.core.logfmt import event
 from mta.mail.tokens import TokenKey
+from mta.runtime.paths import state_paths
 from mta.runtime.startup import StartupError
 from mta.spool import Spool, suppression_admin
 
@@ -54,8 +56,10 @@ def _ua(user_agent: str) -> str:
 
 
 class RuntimePublic:
-    def __init__(self, spool: Spool, state_dir: str | Path, clock: Clock):
+    def __init__(self, spool: Spool, state_dir: str | Path, clock: Clock,
+                 observer: Observer | None = None):
         self.spool, self.state_dir, self.clock = spool, Path(state_dir), clock
+        self.observer = observer or Observer()
 
     def now(self) -> float:
         return self.clock.now()
@@ -74,6 +78,7 @@ class RuntimePublic:
                     "method": "one-click" if one_click else "page",
                     "user_agent": _ua(user_agent)})])
         event(log, "unsubscribed", queue_id=queue_id, tenant=tenant, new=made)
+        self.observer.content_event("unsubscribed", "one-click" if one_click else "page")
         return True
 
     def _suppress(self, rcpt: str, tenant: str, now: float) -> bool:
@@ -100,6 +105,7 @@ class RuntimePublic:
             "clicked", self.now(), queue_id=queue_id, recipient=rcpt,
             detail={"url": url, "link": n, "bot": label is not None, "label": label,
                     "user_agent": _ua(user_agent)})])
+        self.observer.content_event("clicked", label or "human")
         return url
 
     async def opened(self, fields: list[str | int], *, label: str | None, client_ip: str,
@@ -113,6 +119,7 @@ class RuntimePublic:
             "opened", self.now(), queue_id=queue_id, recipient=rcpt,
             detail={"estimate": True, "bot": label is not None, "label": label,
                     "user_agent": _ua(user_agent)})])
+        self.observer.content_event("opened", label or "human")
 
     async def delivered_at(self, queue_id: str) -> float | None:
         events = await self.spool.ledger.message_events(queue_id)
@@ -131,16 +138,17 @@ def _tls(cfg: Config) -> ssl.SSLContext | None:
 
 
 async def start_public(cfg: Config, spool: Spool, clock: Clock,
-                       key_path: Path) -> PublicServer | None:
+                       observer: Observer | None = None) -> PublicServer | None:
     """The [public] listener, started; None when it is off."""
     if cfg.public.address is None:
         return None
     try:
-        key = await asyncio.to_thread(TokenKey.load_or_create, key_path)
+        key = await asyncio.to_thread(TokenKey.load_or_create, state_paths(cfg)["public_key"])
         ctx = _tls(cfg)
     except (OSError, ValueError, ssl.SSLError) as exc:
         raise StartupError(f"public: {exc}") from exc
-    server = PublicServer(public_app(RuntimePublic(spool, cfg.server.state_dir, clock), key,
+    server = PublicServer(public_app(RuntimePublic(spool, cfg.server.state_dir, clock,
+                                                   observer), key,
                                      name=cfg.server.hostname),
                           cfg.public.address, ssl_context=ctx)
     try:
