@@ -17,6 +17,7 @@ Public API:
         tenant_update(name, limits=, policy=) tenant_remove(name)
         tenant_pause(name, reason="") tenant_resume(name, reason)
         shaping() warmup() shaping_lift(target)      traffic shaping (issue 15)
+        tls(domain) tls_purge(domain) tls_policies() outbound TLS (issue 17)
     AdminClient.from_config(cfg)      address from [admin], token via read_token
     AdminUnavailable                  the daemon cannot be reached (str() says where)
     AdminError(status, code, message) the daemon answered with an error
@@ -337,6 +338,16 @@ class AdminClient:
         matched is AdminError 404."""
         answer = self._object("POST", "/v1/shaping/lift", body={"target": target})
         return self._as_objects(answer.get("lifted"))
+
+    def tls(self, domain: str) -> JsonObject:
+        """A domain's outbound TLS: override, MTA-STS policy (issue 17)."""
+        return self._object("GET", "/v1/tls/" + _seg(domain))
+
+    def tls_purge(self, domain: str) -> JsonObject:
+        return self._object("POST", "/v1/tls/purge", body={"domain": domain})
+
+    def tls_policies(self) -> list[JsonObject]:
+        return self._as_objects(self._object("GET", "/v1/tls").get("policies"))
 
 
 # No proxies: the admin API is the local daemon, whatever http_proxy says.

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import urllib.parse
 from typing import Any
 
 from mta.admin.client import AdminClient, AdminError, AdminUnavailable, JsonObject
@@ -60,18 +59,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     ls.add_argument("--json", action="store_true")
 
 
-# ---- the calls (to move into AdminClient when client.py grows them) ----------
+# ---- the calls --------------------------------------------------------------------
 
 def tls_show(client: AdminClient, domain: str) -> JsonObject:
-    return client._object("GET", "/v1/tls/" + urllib.parse.quote(domain, safe=""))
+    return client.tls(domain)
 
 
 def tls_purge(client: AdminClient, domain: str) -> JsonObject:
-    return client._object("POST", "/v1/tls/purge", body={"domain": domain})
+    return client.tls_purge(domain)
 
 
 def tls_policies(client: AdminClient) -> list[JsonObject]:
-    return client._as_objects(client._object("GET", "/v1/tls").get("policies"))
+    return client.tls_policies()
 
 
 # ---- the command ---------------------------------------------------------------
