@@ -23,6 +23,7 @@ from mta.api.resources import resource_routes
 from mta.api.routes import email_routes
 from mta.config import Config
 from mta.core.files import atomic_write
+from mta.core.observe import Observer
 from mta.policy.senders import SenderPolicy
 from mta.runtime.api import RuntimeSending, _Enqueue, _RcptCheck
 from mta.runtime.api_content_start import content_backends, content_routes, remote_targets
@@ -40,6 +41,9 @@ __all__ = ["FIRST_KEY", "ensure_first_key", "start_api"]
 class _Daemon(ResourceDaemon, Protocol):
 
     tenants: TenantService | None
+
+    @property
+    def metrics(self) -> Observer: ...
 
     def sending_parts(self) -> tuple[_Enqueue, Callable[[], SenderPolicy], _RcptCheck]: ...
 
@@ -85,7 +89,7 @@ async def start_api(daemon: _Daemon) -> ApiServer | None:
                              secure=ctx is not None, remote=remote, tenants=daemon.tenants)
     resources = RuntimeResources(daemon)
     content = content_backends(daemon, backend, daemon.tenants, daemon.spool.ledger,
-                               getattr(daemon, "metrics", None))
+                               daemon.metrics)
     routes = [*email_routes(backend, lambda: daemon.cfg.api), *resource_routes(resources),
               *content_routes(content.templates, content.verifications)]
     limiter = RateLimiter(daemon.clock)
