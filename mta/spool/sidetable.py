@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -50,12 +51,31 @@ def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(os.fspath(path), timeout=5.0, isolation_level=None)
     try:
         db.execute("PRAGMA busy_timeout=5000")
-        db.execute("PRAGMA journal_mode=WAL")
+        _wal(db)
         db.execute("PRAGMA synchronous=FULL")
     except BaseException:
         db.close()
         raise
     return db
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    """WAL mode, which a file keeps once set. Switching a new file to it
+    needs the lock for itself, and SQLite answers "database is locked" at
+    once rather than through the busy handler when another connection is
+    doing the same (several threads' first writes): retry for up to the
+    busy timeout."""
+    if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 class SideTable:
