@@ -5,13 +5,22 @@ Public API:
     ref(name) -> {"$ref": "#/components/schemas/NAME"}
     json_response(schema, description) -> an OpenAPI response object
     error_response(description) -> a response with the shared Error schema
+    obj(props, required=None, **extra) -> an object schema
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["error_response", "json_response", "ref"]
+__all__ = ["error_response", "json_response", "obj", "ref"]
+
+
+def obj(props: dict[str, Any], required: list[str] | None = None, **extra: Any
+        ) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "properties": props, **extra}
+    if required:
+        out["required"] = required
+    return out
 
 
 def ref(name: str) -> dict[str, str]:

@@ -25,6 +25,7 @@ import copy
 from typing import Any
 
 from mta.admin.openapi_parts import json_response as _json
+from mta.admin.openapi_parts import obj as _obj
 from mta.admin.openapi_parts import ref as _ref
 from mta.api.emails import BATCH_MAX, MAX_ATTACHMENTS, MAX_HEADERS, MAX_TAGS
 from mta.api.keys import MAX_NAME, MAX_RATE_LIMIT, MODES, PERMISSIONS
@@ -148,14 +149,6 @@ _SEND_EXAMPLE = {"from": "Acme <team@acme.test>", "to": ["ok@rcpt.test"],
 _BATCH_ITEM_PROPS = {k: v for k, v in _SEND_PROPS.items()
                      if k not in ("attachments", "scheduled_at")}
 _BATCH_EXAMPLE = {k: v for k, v in _SEND_EXAMPLE.items() if k in _BATCH_ITEM_PROPS}
-
-
-def _obj(props: dict[str, Any], required: list[str] | None = None, **extra: Any
-         ) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "object", "properties": props, **extra}
-    if required:
-        out["required"] = required
-    return out
 
 
 def _list_of(item: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from mta.admin.openapi_parts import obj as _obj
 from mta.admin.openapi_parts import ref as _ref
 from mta.api.verifications import VERIFICATION_ID
 from mta.mail.templating import MAX_DATA_BYTES, MAX_VARIABLES, VARIABLE_TYPES
@@ -57,14 +58,6 @@ class OpBuilder(Protocol):
                  body: dict[str, Any] | None = None,
                  params: list[dict[str, Any]] | None = None,
                  errors: dict[int, str] | None = None, full: bool = True) -> dict[str, Any]: ...
-
-
-def _obj(props: dict[str, Any], required: list[str] | None = None, **extra: Any
-         ) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "object", "properties": props, **extra}
-    if required:
-        out["required"] = required
-    return out
 
 
 def _path(description: str, pattern: str) -> dict[str, Any]:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import re
 import secrets
 from collections.abc import Sequence
@@ -51,7 +50,7 @@ import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from mta.core.files import fsync_dir
+from mta.core.files import create_once
 
 __all__ = ["KEY_BYTES", "MAX_TOKEN", "TokenKey", "seal", "unseal"]
 
@@ -90,7 +89,7 @@ class TokenKey:
             return cls._read(path)
         except FileNotFoundError:
             pass
-        _create(path, secrets.token_bytes(KEY_BYTES))
+        create_once(path, secrets.token_bytes(KEY_BYTES))
         return cls._read(path)           # ours, or the one another process linked first
 
     @classmethod
@@ -106,32 +105,6 @@ class TokenKey:
         """A 32-byte sub-key for one purpose (HMAC-SHA256(raw, b"mta:" + purpose))."""
         return hmac.new(self._raw, b"mta:" + purpose.encode(), hashlib.sha256).digest()
 
-
-
-def _create(path: Path, raw: bytes) -> None:
-    """Write `raw` to a new temporary file beside `path`, fsync it, link it
-    into place (FileExistsError from the link: another process won; its key
-    stands) and fsync the directory."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            view = memoryview(raw)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-    fsync_dir(path.parent)
 
 
 def seal(key: TokenKey, kind: str, fields: Sequence[str | int]) -> str:

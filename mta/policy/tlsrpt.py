@@ -80,7 +80,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from mta.core.tlsrpt import TlsOutcomeFields
+from mta.core.tlsrpt import TlsOutcome, TlsOutcomeFields
 
 __all__ = ["POLICY_TYPES", "RESULT_TYPES", "Outcome", "OutcomeLike", "TlsRptError",
            "mailto_address", "parse_record", "report_bytes", "report_filename", "report_json",
@@ -183,14 +183,8 @@ OutcomeLike = TlsOutcomeFields      # anything with the seven fields (core.tlsrp
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    policy_domain: str
-    policy_type: str
-    policy_strings: tuple[str, ...]
-    mx_host: str
-    result: str
-    sending_ip: str
-    receiving_ip: str
+class Outcome(TlsOutcome):
+    """core.tlsrpt.TlsOutcome, its fields checked."""
 
     def __post_init__(self) -> None:
         if not self.policy_domain:
