@@ -6,11 +6,15 @@ The routes and their handlers are mta.admin.handlers, what a request may
 carry mta.admin.params; no queue logic lives here.
 
 Public API:
-    create_app(backend, *, token, metrics_require_token) -> web.Application
-    AdminServer(cfg, backend, token)   .start() binds cfg.address (port 0 ok),
+    create_app(backend, *, token, metrics_require_token, console=None) -> web.Application
+    AdminServer(cfg, backend, token, console=None)
+                                       .start() binds cfg.address (port 0 ok),
                                        .sockname, .url, .backend, .stop()
     AdminSettings                      the Protocol of `cfg` (the [admin] section)
     ROUTES                             (method, path) of every route, in order
+    token_digest(token), token_matches(given, digest)   the bearer comparison
+    CONSOLE_PREFIX                     "/console": the web console (mta.console,
+                                       given as `console`) is mounted under it
 
 Routes (all JSON unless noted; /v1/openapi.json describes them in full):
     GET  /healthz  /readyz (503 + reason)  /metrics (Prometheus text)
@@ -66,13 +70,14 @@ from mta.admin.openapi import openapi_document
 from mta.admin.params import DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT, ApiError
 from mta.core.hostport import split_hostport
 
-__all__ = ["create_app", "AdminServer", "AdminSettings", "ROUTES", "DEFAULT_LIMIT",
-           "MAX_LIMIT", "ServerLog", "quote"]
+__all__ = ["create_app", "token_digest", "token_matches", "CONSOLE_PREFIX", "AdminServer",
+           "AdminSettings", "ROUTES", "DEFAULT_LIMIT", "MAX_LIMIT", "ServerLog", "quote"]
 
 log = logging.getLogger("mta.admin")
 access_log = logging.getLogger("mta.admin.access")
 
 _OPEN_PATHS = web.AppKey("open_paths", frozenset)
+CONSOLE_PREFIX = "/console"
 _TOKEN = web.AppKey("token", bytes)
 
 def _error_response(status: int, code: str, message: str,
@@ -108,7 +113,7 @@ def _check_token(request: web.Request) -> None:
                        {"WWW-Authenticate": 'Bearer realm="mta"'})
     scheme, _, given = values[0].strip().partition(b" ")
     # Digests of both sides: constant time whatever the given length.
-    valid = hmac.compare_digest(_digest(given.strip()), request.app[_TOKEN])
+    valid = token_matches(given, request.app[_TOKEN])
     if len(values) != 1 or scheme.lower() != b"bearer" or not valid:
         raise ApiError(401, "unauthorized", "the bearer token is not valid",
                        {"WWW-Authenticate": 'Bearer realm="mta", error="invalid_token"'})
@@ -117,6 +122,13 @@ def _check_token(request: web.Request) -> None:
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.monotonic()
+    if request.path == CONSOLE_PREFIX or request.path.startswith(CONSOLE_PREFIX + "/"):
+        # The console's own sessions, CSRF checks and HTML error pages.
+        response = await handler(request)
+        access_log.debug("method=%s path=%s status=%d ms=%.1f", quote(request.method),
+                         quote(request.path[:60]), response.status,
+                         (time.monotonic() - started) * 1000)
+        return response
     try:
         if request.path not in request.app[_OPEN_PATHS]:
             _check_token(request)
@@ -180,18 +192,38 @@ def _http_exception_response(exc: web.HTTPException) -> web.Response:
     return _error_response(exc.status, code, exc.reason or "error")
 
 
-def create_app(backend: AdminBackend, *, token: str,
-               metrics_require_token: bool = False) -> web.Application:
-    """The admin application. `token` must be non-empty: there is no open mode."""
+def token_digest(token: str) -> bytes:
+    """What the admin app compares a bearer token's digest with (the console's
+    login uses the same comparison)."""
+    return _digest(token.encode())
+
+
+def token_matches(given: bytes, digest: bytes) -> bool:
+    """`given` is the token whose digest is `digest` (constant time)."""
+    return hmac.compare_digest(_digest(given.strip()), digest)
+
+
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPPermanentRedirect(CONSOLE_PREFIX + "/")
+
+
+def create_app(backend: AdminBackend, *, token: str, metrics_require_token: bool = False,
+               console: web.Application | None = None) -> web.Application:
+    """The admin application. `token` must be non-empty: there is no open mode.
+    `console` (mta.console.app) is mounted at /console/ and checks its own
+    sessions: its paths are outside the bearer check and the JSON errors."""
     if not token:
         raise ValueError("the admin API needs a non-empty token")
     app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY,
                           handler_args={"logger": ServerLog(log)})
-    app[_TOKEN] = _digest(token.encode())
+    app[_TOKEN] = token_digest(token)
     open_paths = {"/healthz"} if metrics_require_token else {"/healthz", "/metrics"}
     app[_OPEN_PATHS] = frozenset(open_paths)
     for method, path, handler in route_table(backend, openapi_document()):
         app.router.add_route(method, path, handler)
+    if console is not None:
+        app.router.add_get(CONSOLE_PREFIX, _to_console)
+        app.add_subapp(CONSOLE_PREFIX + "/", console)
     return app
 
 
@@ -212,11 +244,13 @@ class AdminServer:
     the config.
     """
 
-    def __init__(self, cfg: AdminSettings, backend: AdminBackend, token: str):
+    def __init__(self, cfg: AdminSettings, backend: AdminBackend, token: str,
+                 console: web.Application | None = None):
         self.cfg = cfg
         self.backend = backend
         require = bool(getattr(cfg, "metrics_require_token", False))
-        self.app = create_app(backend, token=token, metrics_require_token=require)
+        self.app = create_app(backend, token=token, metrics_require_token=require,
+                              console=console)
         self._runner: web.AppRunner | None = None
         self.sockname: tuple[str, int] | None = None
 

@@ -207,6 +207,13 @@ class AdminConfig:
                           "state_dir/admin-token on first start)", STR, optional=True)
     metrics_require_token: bool = K(False, "require the token for /metrics too", BOOL)
     enabled: bool = K(True, "serve the admin API (the `mta queue` commands need it)", BOOL)
+    console: bool = K(True, "serve the web console at /console/ on the admin address "
+                      "(log in with the admin token or a tenant's full-access API key)", BOOL)
+    console_session_idle: float = K(3600.0, "a console session ends after this long without "
+                                    "a request", DURATION, min=60, max=7 * 86400)
+    console_session_lifetime: float = K(43200.0, "a console session ends this long after "
+                                        "login, used or not", DURATION, min=300,
+                                        max=30 * 86400)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ from typing import Any
 
 from mta.admin.http import AdminServer
 from mta.admin.metrics import Metrics
-from mta.admin.token import ensure_token
 from mta.config import Config
 from mta.core import Clock, Reply, SystemClock
 from mta.delivery.resolver import DnsResolver
@@ -49,7 +48,7 @@ from mta.policy.senders import SenderPolicy
 from mta.policy.suppression import SuppressionRules
 from mta.runtime import reload
 from mta.api.http import ApiServer
-from mta.runtime.admin import RuntimeAdmin
+from mta.runtime.admin_start import start_admin
 from mta.runtime.api_start import start_api
 from mta.runtime.tlsrpt_job import TICK_EVERY as TLSRPT_EVERY, TlsReports
 from mta.delivery.mtasts_fetch import REFRESH_EVERY as MTASTS_EVERY
@@ -173,16 +172,7 @@ class Daemon:
             bounce_domains=self._bounce_domains, feedback_addresses=cfg.bounces.feedback_addresses,
             observer=self.metrics)
         await self._start_listeners(paths, credentials)
-        if cfg.admin.enabled:
-            token = cfg.admin.token or ensure_token(paths["root"])
-            admin = AdminServer(cfg.admin, RuntimeAdmin(self), token)
-            try:
-                await admin.start()
-            except OSError as exc:
-                raise StartupError(f"admin API: cannot listen on {cfg.admin.address}: "
-                                   f"{why(exc)}") from exc
-            self.admin = admin
-            event(log, "listening", listener="admin", address=self.admin.url, role="admin")
+        self.admin = await start_admin(self, paths["root"])
         if cfg.api.address is not None:
             self.api = await start_api(self)
         if self.api is not None:

@@ -1,0 +1,46 @@
+"""Starting the admin server: the admin API, /metrics and the console.
+
+One job: bind `[admin] address` with the admin API over the daemon
+(runtime/admin.py) and, unless `[admin] console = false`, the web console
+mounted at /console/ (runtime/console.py).
+
+API
+    await start_admin(daemon, state_dir) -> AdminServer | None   None: [admin] enabled = false
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from mta.admin.http import AdminServer
+from mta.admin.token import ensure_token
+from mta.runtime.admin import RuntimeAdmin
+from mta.runtime.console import build_console
+from mta.runtime.logs import event
+from mta.runtime.startup import StartupError, why
+
+__all__ = ["start_admin"]
+
+log = logging.getLogger("mta.daemon")
+
+
+async def start_admin(daemon: Any, state_dir: Path) -> AdminServer | None:
+    cfg = daemon.cfg
+    if not cfg.admin.enabled:
+        return None
+    token = cfg.admin.token or ensure_token(state_dir)
+    admin = AdminServer(cfg.admin, RuntimeAdmin(daemon), token,
+                        console=build_console(daemon, token))
+    try:
+        await admin.start()
+    except OSError as exc:
+        raise StartupError(f"admin API: cannot listen on {cfg.admin.address}: "
+                           f"{why(exc)}") from exc
+    if cfg.admin.console:
+        event(log, "listening", listener="admin", address=admin.url, role="admin",
+              console=admin.url + "/console/")
+    else:
+        event(log, "listening", listener="admin", address=admin.url, role="admin")
+    return admin
