@@ -24,10 +24,13 @@ if [ "${1:-}" = test ]; then
     # there too) and promtool from Debian's prometheus package (`promtool
     # check metrics` on /metrics), systemd-analyze from Debian's systemd
     # package (verifies systemd/mta.service), and Node.js with npm (the official
-    # Resend Node SDK is a test client of the sending API). Root only; the tests
-    # that need them say why they skip when they are missing.
+    # Resend Node SDK is a test client of the sending API), Chromium and its
+    # WebDriver (the console's browser tests, driven by Selenium; nothing is
+    # downloaded at test time). Root only; the tests that need them say why
+    # they skip when they are missing.
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
        { ! perl -MMail::DKIM::Verifier -MSisimai -e1 >/dev/null 2>&1 ||
+         ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ] ||
          ! command -v opendkim-testmsg >/dev/null ||
          ! command -v promtool >/dev/null ||
          ! command -v systemd-analyze >/dev/null ||
@@ -42,7 +45,7 @@ if [ "${1:-}" = test ]; then
         fi
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             libmail-dkim-perl libsisimai-perl opendkim-tools prometheus systemd \
-            $node_pkgs >/dev/null
+            chromium chromium-driver fonts-dejavu-core $node_pkgs >/dev/null
         # We only want promtool: on a host running systemd the package also
         # enables a Prometheus server; switch it off again.
         if [ -d /run/systemd/system ]; then

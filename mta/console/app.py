@@ -31,8 +31,10 @@ Invariants:
   not exist for them). A ConsoleError is its status with its message; any
   other exception is a logged traceback and a generic 500 page.
 - Every answer carries a strict Content-Security-Policy (scripts, styles and
-  images from this origin only; no inline script), nosniff, no-referrer,
-  frame-ancestors 'none' and Cache-Control: no-store (static files: cached).
+  images from this origin only; no inline script), nosniff, frame-ancestors
+  'none', Cache-Control: no-store (static files: cached) and a same-origin
+  Referrer-Policy (no-referrer would make browsers send "Origin: null" on
+  our own form posts; our URLs hold no secrets).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ _OPEN = frozenset({PREFIX + "/login"})
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"}
+            "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
 _STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml",
                  ".png": "image/png"}
 
@@ -110,15 +112,16 @@ async def _check_csrf(request: web.Request) -> None:
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        s = request.app[_STORE].get(request.cookies.get(COOKIE))
+        if s is not None:
+            request[SESSION] = s
         if request.path not in _OPEN and not request.path.startswith(PREFIX + "/static/"):
-            s = request.app[_STORE].get(request.cookies.get(COOKIE))
             if s is None:
                 if request.method in ("GET", "HEAD"):
                     target = request.path_qs if request.path != PREFIX + "/" else ""
                     suffix = f"?next={urlquote(target, safe='')}" if target else ""
                     raise web.HTTPSeeOther(PREFIX + "/login" + suffix)
                 raise ConsoleError(403, "not logged in (or the session expired)")
-            request[SESSION] = s
             resource = request.match_info.route.resource
             canonical = resource.canonical if resource is not None else ""
             if not s.viewer.operator and canonical in request.app[_OPERATOR_PATHS]:
