@@ -21,7 +21,8 @@ Public API:
     AdminClient.from_config(cfg)      address from [admin], token via read_token
     AdminUnavailable                  the daemon cannot be reached (str() says where)
     AdminError(status, code, message) the daemon answered with an error
-    base_url(address) -> str          "host:port" -> "http://host:port" (wildcards -> loopback)
+    base_url(address, https=False)    "host:port" -> "http://host:port" (wildcards: loopback)
+    trusting(cert) -> SSLContext      trusts `[admin] cert` only (the CLI over HTTPS)
     token_path(state_dir), read_token(cfg) -> str | None
     ClientConfig                      the Protocol of `cfg` (mta.config.Config has it)
     JsonObject                        a decoded JSON object, shaped as /v1/openapi.json says
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -63,7 +65,7 @@ class AdminError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def base_url(address: str) -> str:
+def base_url(address: str, https: bool = False) -> str:
     """The URL to reach a daemon listening on `address`; a wildcard bind
     (0.0.0.0, ::) is reached over loopback."""
     host, port = split_hostport(address)
@@ -71,7 +73,17 @@ def base_url(address: str) -> str:
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"http://{format_hostport(host, port)}"
+    return f"{'https' if https else 'http'}://{format_hostport(host, port)}"
+
+
+def trusting(cert: str) -> ssl.SSLContext:
+    """A client context that trusts the admin server's own certificate file
+    (self-signed, or a leaf whose chain we need not walk) and nothing else;
+    the name is not checked: the address comes from the same config."""
+    ctx = ssl.create_default_context(cafile=cert)
+    ctx.check_hostname = False
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return ctx
 
 
 class _AdminKeys(Protocol):
@@ -79,6 +91,8 @@ class _AdminKeys(Protocol):
     def address(self) -> str: ...
     @property
     def token(self) -> str | None: ...
+    @property
+    def cert(self) -> str | None: ...
 
 
 class _ServerKeys(Protocol):
@@ -104,10 +118,13 @@ def read_token(cfg: ClientConfig) -> str | None:
 
 
 class AdminClient:
-    def __init__(self, base_url: str, token: str | None, timeout: float = 10.0):
+    def __init__(self, base_url: str, token: str | None, timeout: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None):
         self.base_url = base_url.rstrip("/")
         self._token = token
         self.timeout = timeout
+        self._opener = (_OPENER if ssl_context is None else urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ssl_context)))
         self.address = urllib.parse.urlsplit(self.base_url).netloc
 
     def __repr__(self) -> str:              # never show the token
@@ -115,7 +132,9 @@ class AdminClient:
 
     @classmethod
     def from_config(cls, cfg: ClientConfig, timeout: float = 10.0) -> AdminClient:
-        return cls(base_url(cfg.admin.address), read_token(cfg), timeout)
+        cert = getattr(cfg.admin, "cert", None)
+        return cls(base_url(cfg.admin.address, https=cert is not None), read_token(cfg), timeout,
+                   ssl_context=trusting(cert) if cert is not None else None)
 
     # ------------------------------------------------------------ transport
 
@@ -137,7 +156,7 @@ class AdminClient:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            with _OPENER.open(req, timeout=self.timeout) as resp:
+            with self._opener.open(req, timeout=self.timeout) as resp:
                 payload: bytes = resp.read()
         except urllib.error.HTTPError as exc:
             raise self._error(exc) from None

@@ -7,7 +7,7 @@ carry mta.admin.params; no queue logic lives here.
 
 Public API:
     create_app(backend, *, token, metrics_require_token, console=None) -> web.Application
-    AdminServer(cfg, backend, token, console=None)
+    AdminServer(cfg, backend, token, console=None, ssl_context=None)   (HTTPS with one)
                                        .start() binds cfg.address (port 0 ok),
                                        .sockname, .url, .backend, .stop()
     AdminSettings                      the Protocol of `cfg` (the [admin] section)
@@ -56,6 +56,7 @@ import hashlib
 import hmac
 import json
 import logging
+import ssl
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -245,8 +246,10 @@ class AdminServer:
     """
 
     def __init__(self, cfg: AdminSettings, backend: AdminBackend, token: str,
-                 console: web.Application | None = None):
+                 console: web.Application | None = None,
+                 ssl_context: ssl.SSLContext | None = None):
         self.cfg = cfg
+        self.ssl_context = ssl_context
         self.backend = backend
         require = bool(getattr(cfg, "metrics_require_token", False))
         self.app = create_app(backend, token=token, metrics_require_token=require,
@@ -262,13 +265,14 @@ class AdminServer:
         if self.sockname is None:
             raise RuntimeError("AdminServer is not started")
         host, port = self.sockname[0], self.sockname[1]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     async def start(self) -> None:
         host, port = split_hostport(self.cfg.address)
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=self.ssl_context)
         try:
             await site.start()
         except BaseException:

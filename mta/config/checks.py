@@ -6,7 +6,7 @@ make it misbehave, each message naming its key path.
 
 API
     file_errors(cfg) -> list[str]
-        Errors (the config cannot start). For every listener with `cert` and
+        Errors (the config cannot start). For every listener (and `[admin]`) with `cert` and
         `key`: each path must exist, be a readable file, and the two must
         load as a PEM certificate chain and its matching private key
         (`ssl.SSLContext.load_cert_chain`, as the daemon loads them), e.g.
@@ -90,22 +90,26 @@ def _pair_error(cert: str, key: str) -> str | None:
     return None
 
 
+def _pair_errors(where: str, cert: str | None, key: str | None) -> list[str]:
+    if cert is None or key is None:
+        return []              # no files (self-signed), or the parse error says so
+    errors = []
+    for name, path in (("cert", cert), ("key", key)):
+        why = _unreadable(path)
+        if why:
+            errors.append(f"{where}.{name}: {path}: {why}")
+    if not errors:
+        why = _pair_error(cert, key)
+        if why:
+            errors.append(f"{where}.cert/key: {cert} and {key}: {why}")
+    return errors
+
+
 def file_errors(cfg: Config) -> list[str]:
     errors = []
     for i, lst in enumerate(cfg.listeners):
-        if lst.cert is None or lst.key is None:
-            continue           # no files (self-signed), or the parse error says so
-        bad = False
-        for name in ("cert", "key"):
-            path = getattr(lst, name)
-            why = _unreadable(path)
-            if why:
-                errors.append(f"listeners[{i}].{name}: {path}: {why}")
-                bad = True
-        if not bad:
-            why = _pair_error(lst.cert, lst.key)
-            if why:
-                errors.append(f"listeners[{i}].cert/key: {lst.cert} and {lst.key}: {why}")
+        errors += _pair_errors(f"listeners[{i}]", lst.cert, lst.key)
+    errors += _pair_errors("admin", cfg.admin.cert, cfg.admin.key)
     return errors
 
 

@@ -210,6 +210,8 @@ def _api_checks(cfg: Config) -> list[str]:
                       "needs TLS: set api.cert and api.key, or api.behind_tls_proxy = true "
                       "when a TLS proxy sits in front (API keys must never cross a network "
                       "in clear)")
+    if (cfg.admin.cert is None) != (cfg.admin.key is None):
+        errors.append("admin: set both cert and key, or neither")
     if api.address is not None and cfg.admin.enabled and api.address == cfg.admin.address:
         errors.append(f"api.address: {api.address} is the admin API's address")
     return errors

@@ -207,6 +207,10 @@ class AdminConfig:
                           "state_dir/admin-token on first start)", STR, optional=True)
     metrics_require_token: bool = K(False, "require the token for /metrics too", BOOL)
     enabled: bool = K(True, "serve the admin API (the `mta queue` commands need it)", BOOL)
+    cert: str | None = K(None, "PEM certificate chain path: serve the admin API and the "
+                         "console over HTTPS (the console's cookie is then Secure; `mta` "
+                         "commands trust this certificate)", STR, optional=True)
+    key: str | None = K(None, "PEM private key path (with cert)", STR, optional=True)
     console: bool = K(True, "serve the web console at /console/ on the admin address "
                       "(log in with the admin token or a tenant's full-access API key)", BOOL)
     console_session_idle: float = K(3600.0, "a console session ends after this long without "

@@ -1,8 +1,9 @@
 """Starting the admin server: the admin API, /metrics and the console.
 
-One job: bind `[admin] address` with the admin API over the daemon
-(runtime/admin.py) and, unless `[admin] console = false`, the web console
-mounted at /console/ (runtime/console.py).
+One job: bind `[admin] address` (over HTTPS when `[admin] cert` and `key`
+are set) with the admin API over the daemon (runtime/admin.py) and, unless
+`[admin] console = false`, the web console mounted at /console/
+(runtime/console.py).
 
 API
     await start_admin(daemon, state_dir) -> AdminServer | None   None: [admin] enabled = false
@@ -11,6 +12,7 @@ API
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from mta.runtime.admin import RuntimeAdmin
 from mta.runtime.console import build_console
 from mta.runtime.logs import event
 from mta.runtime.startup import StartupError, why
+from mta.runtime.tls import server_context
 
 __all__ = ["start_admin"]
 
@@ -31,8 +34,13 @@ async def start_admin(daemon: Any, state_dir: Path) -> AdminServer | None:
     if not cfg.admin.enabled:
         return None
     token = cfg.admin.token or ensure_token(state_dir)
+    try:
+        ctx = (server_context(cfg.admin.cert, cfg.admin.key)
+               if cfg.admin.cert is not None and cfg.admin.key is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"admin: cannot load cert/key: {exc}") from exc
     admin = AdminServer(cfg.admin, RuntimeAdmin(daemon), token,
-                        console=build_console(daemon, token))
+                        console=build_console(daemon, token), ssl_context=ctx)
     try:
         await admin.start()
     except OSError as exc:
