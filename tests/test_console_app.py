@@ -237,3 +237,18 @@ async def test_expired_session_sends_back_to_login(aiohttp_unused_port=None):
             status, _ = await c.get("/")
             assert status == 303
             assert re.search(r"name=\"_csrf\"", (await c.get("/login"))[1])
+
+
+async def test_revoking_its_key_ends_a_tenant_session(daemon, monkeypatch):
+    import mta.console.app as console_app
+    monkeypatch.setattr(console_app, "KEY_RECHECK", 0.0)
+    token = await _tenant_key(daemon, "acme", "acme-admin")
+    async with console_client(daemon.admin.url, token) as c:
+        status, page = await c.get("/login")
+        assert "acme (key acme-admin)" in page
+        StoreKeys(SqliteApiKeys(str(daemon.cfg.server.state_dir))).revoke(
+            "acme-admin", daemon.clock.now())
+        status, page = await c.get("/login")
+        assert 'id="viewer"' not in page            # no session any more
+        status, _ = await c.get("/keys")
+        assert status == 303                         # back to the login page

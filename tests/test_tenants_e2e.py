@@ -178,6 +178,13 @@ async def test_keys_see_only_their_tenants_emails_and_keys(world):
     _, keys, _ = await w.http("acme", "GET", "/api-keys")
     assert [k["name"] for k in keys["data"]] == ["acme-key"]
     assert (await w.http("acme", "DELETE", f"/api-keys/{made['id']}"))[0] == 404
+    # A name that is another tenant's credential: 409, and no key is left
+    # behind (its token was never shown to anyone).
+    await w.d.tenants.own("credential", "api:taken", "beta")
+    status, body, _ = await w.http("acme", "POST", "/api-keys", json={"name": "taken"})
+    assert status == 409 and "taken" in body["message"]
+    live = StoreKeys(SqliteApiKeys(str(w.d.cfg.server.state_dir))).list()
+    assert "taken" not in [k.name for k in live]
 
 
 async def test_a_hard_bounce_suppresses_in_the_tenant_that_sent(world):

@@ -22,6 +22,7 @@ Public API:
     read_json(request) -> object     the body as JSON ({} when empty)
     json_of(raw) -> object           the same for bytes already read (422: not JSON)
     KEY (web.RequestKey)             the authenticated ApiKey of a request
+    key_cache(app) -> KeyCache       the app's key cache (to forget a revoked key)
 
 Errors (every one is JSON `{"statusCode", "name", "message"}`, statusCode
 equal to the HTTP status; the official SDKs read exactly these):
@@ -70,7 +71,7 @@ from mta.core.clock import Clock
 from mta.core.hostport import split_hostport
 
 __all__ = ["ApiError", "ApiServer", "ApiSettings", "Adopted", "KEY", "RateTake", "create_app",
-           "local_limiter", "read_json", "read_raw",
+           "local_limiter", "read_json", "read_raw", "key_cache",
            "json_of",
            "error_response", "Routes"]
 
@@ -308,6 +309,12 @@ def create_app(routes: Routes, *, settings_of: Callable[[], ApiSettings], keys: 
     for method, path, handler, _ in routes:
         app.router.add_route(method, path, handler)
     return app
+
+
+def key_cache(app: web.Application) -> KeyCache:
+    """The KeyCache `create_app` was given: whoever revokes a key in this
+    process (the console) calls its .forget(id), so it stops at once."""
+    return app[_KEYS]
 
 
 class Adopted:

@@ -26,7 +26,8 @@ Invariants:
 - The cookie is HttpOnly, SameSite=Strict, Path=/console/, Secure when the
   request came over TLS. Tokens never appear in a URL, a page or a log; a
   failed login says only that the token is not valid, and ten failures
-  from one address in five minutes make it wait (429).
+  from one address in five minutes make it wait (429). A tenant's session
+  ends within KEY_RECHECK seconds of its API key being revoked.
 - An operator-only page asked for by a tenant's session is a 404 (it does
   not exist for them). A ConsoleError is its status with its message; any
   other exception is a logged traceback and a generic 500 page.
@@ -49,7 +50,7 @@ from aiohttp import web
 from mta.console.backend import ConsoleError, ConsoleParts, Viewer
 from mta.console.render import (NAV, PREFIX, SESSION, Handler, NavItem, Pages, field, redirect,
                                 render)
-from mta.console.sessions import LoginThrottle, SessionStore, new_token, same
+from mta.console.sessions import LoginThrottle, Session, SessionStore, new_token, same
 from mta.core import Clock
 
 __all__ = ["create_console_app", "COOKIE"]
@@ -58,6 +59,7 @@ log = logging.getLogger("mta.console")
 
 COOKIE = "mta_console"
 _PRE_COOKIE = "mta_console_login"      # the login form's CSRF (double submit)
+KEY_RECHECK = 5.0                      # seconds between checks of a tenant session's key
 _STORE = web.AppKey("console_sessions", SessionStore)
 _THROTTLE = web.AppKey("console_throttle", LoginThrottle)
 _PARTS = web.AppKey("console_parts", ConsoleParts)
@@ -109,10 +111,27 @@ async def _check_csrf(request: web.Request) -> None:
                                 "(missing or wrong CSRF token); reload the page and try again")
 
 
+async def _session(request: web.Request) -> Session | None:
+    """The request's live session; a tenant's whose key was revoked since
+    (checked at most every KEY_RECHECK seconds) ends here."""
+    store = request.app[_STORE]
+    cookie = request.cookies.get(COOKIE)
+    s = store.get(cookie)
+    if s is None or s.viewer.key_id is None:
+        return s
+    now = store.clock.now()
+    if not s.key_checked <= now < s.key_checked + KEY_RECHECK:
+        if not await request.app[_PARTS].auth.key_live(s.viewer.key_id):
+            store.drop(cookie)
+            return None
+        s.key_checked = now
+    return s
+
+
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        s = request.app[_STORE].get(request.cookies.get(COOKIE))
+        s = await _session(request)
         if s is not None:
             request[SESSION] = s
         if request.path not in _OPEN and not request.path.startswith(PREFIX + "/static/"):
@@ -183,7 +202,8 @@ async def _login(request: web.Request) -> web.StreamResponse:
     else:
         found = await auth.tenant_of_key(token)
         if found is not None:
-            viewer = Viewer(found[0], f"{found[0]} (key {found[1]})")
+            viewer = Viewer(found[0], f"{found[0]} (key {found[1]})", key_name=found[1],
+                            key_id=found[2])
     if viewer is None:
         throttle.failed(addr)
         log.info("event=console_login_failed remote=%s", urlquote(addr))

@@ -41,6 +41,8 @@ class Viewer:
 
     tenant: str | None
     label: str
+    key_name: str | None = None       # a tenant's session: the API key it logged in with
+    key_id: str | None = None
 
     @property
     def operator(self) -> bool:
@@ -65,9 +67,15 @@ class Authenticator(Protocol):
     def is_admin_token(self, token: bytes) -> bool:
         """True when `token` is the admin token (compared in constant time)."""
 
-    async def tenant_of_key(self, token: str) -> tuple[str, str] | None:
-        """(tenant, key name) for a live full-access API key, else None
-        (unknown, revoked, sending-only or malformed: one answer for all)."""
+    async def tenant_of_key(self, token: str) -> tuple[str, str, str] | None:
+        """(tenant, key name, key id) for a live full-access API key, else
+        None (unknown, revoked, sending-only or malformed: one answer for all)."""
+
+    async def key_live(self, key_id: str) -> bool:
+        """The key a tenant's session logged in with is still live (not
+        revoked, not deleted, still full access): asked again at most every
+        few seconds while the session is used, so revoking the key ends its
+        console sessions too."""
 
 
 @dataclass

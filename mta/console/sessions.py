@@ -60,6 +60,7 @@ class Session:
     created: float
     seen: float
     flashes: list[tuple[str, str]] = field(default_factory=list)
+    key_checked: float = 0.0          # when a tenant session's key was last found live
 
     def flash(self, kind: str, text: str) -> None:
         """A one-line notice ("ok" or "error") shown on the next page."""

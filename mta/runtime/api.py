@@ -67,6 +67,7 @@ from mta.runtime.channel import ChannelClosed, RemoteError
 from mta.runtime.logs import event
 from mta.runtime.tenants import TenantService
 from mta.spool import MessageFilter, NewMessage, Spool
+from mta.spool.tenants import TenantError
 from mta.spool.views import MessageView
 
 __all__ = ["RuntimeSending", "REMOTE_BUILD_MAX"]
@@ -379,7 +380,14 @@ class RuntimeSending:
                            f"name: an API key named {name!r} exists") from None
         tenant = self.tenant(key)
         if self.tenants is not None and tenant is not None:
-            await self.tenants.own("credential", made.credential, tenant)
+            try:
+                await self.tenants.own("credential", made.credential, tenant)
+            except TenantError:
+                # The name is another tenant's credential: the key must not
+                # exist (its token was never shown), and the client hears 409.
+                await asyncio.to_thread(self.store.revoke, made.id, self.now())
+                raise ApiError(409, "invalid_parameter",
+                               f"name: {name!r} is taken; choose another name") from None
         return {"id": made.id, "token": token, **made.as_json()}
 
     async def list_keys(self, key: ApiKey) -> dict[str, Any]:

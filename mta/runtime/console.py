@@ -12,6 +12,7 @@ Public API:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from mta.api.keys import KeyCache, StoreKeys
 from mta.console.app import create_console_app
 from mta.console.backend import ConsoleParts
 from mta.console.pages import ALL_PAGES
+from mta.runtime.console_accounts import ConsoleAccounts
 from mta.runtime.paths import state_paths
 from mta.spool.apikeys import SqliteApiKeys
 
@@ -41,11 +43,16 @@ class RuntimeAuth:
     def is_admin_token(self, token: bytes) -> bool:
         return token_matches(token, self._digest)
 
-    async def tenant_of_key(self, token: str) -> tuple[str, str] | None:
+    async def tenant_of_key(self, token: str) -> tuple[str, str, str] | None:
         key = await self._keys.authenticate_async(token)
         if key is None or key.permission != "full_access" or key.revoked_at is not None:
             return None
-        return await self._tenant_of(key.credential), key.name
+        return await self._tenant_of(key.credential), key.name, key.id
+
+    async def key_live(self, key_id: str) -> bool:
+        found = await asyncio.to_thread(self._keys.store.get, key_id)
+        return (found is not None and found[0].revoked_at is None
+                and found[0].permission == "full_access")
 
 
 def build_console(daemon: Any, token: str) -> web.Application | None:
@@ -59,6 +66,7 @@ def build_console(daemon: Any, token: str) -> web.Application | None:
         tenants = daemon.tenants
         return "default" if tenants is None else await tenants.resolve(credential)
 
-    parts = ConsoleParts(auth=RuntimeAuth(token, keys, tenant_of))
+    parts = ConsoleParts(auth=RuntimeAuth(token, keys, tenant_of),
+                         accounts=ConsoleAccounts(daemon, keys))
     return create_console_app(parts, clock=daemon.clock, idle=cfg.admin.console_session_idle,
                               lifetime=cfg.admin.console_session_lifetime, pages=ALL_PAGES)
