@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mta.console import pages_keys, pages_templates, pages_tenants, pages_webhooks
+from mta.console import (pages_keys, pages_messages, pages_templates, pages_tenants,
+                         pages_webhooks)
 from mta.console.render import Pages
 
 __all__ = ["ALL_PAGES"]
 
-ALL_PAGES: Sequence[Pages] = (pages_webhooks, pages_tenants, pages_keys, pages_templates)
+ALL_PAGES: Sequence[Pages] = (pages_messages, pages_webhooks, pages_tenants, pages_keys,
+                              pages_templates)

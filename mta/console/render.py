@@ -7,6 +7,7 @@ modules call; the request keys the app's middleware fills in.
 
 Public API:
     render(request, template, status=200, **context) -> web.Response
+    fragment(template, **context) -> str      a piece of a page (e.g. a live table row)
     redirect(request, path, ok=None, error=None) -> web.HTTPSeeOther (raise it)
     viewer(request) -> Viewer        session(request) -> Session
     await form(request) -> MultiDictProxy     (the POST body, CSRF already checked)
@@ -34,8 +35,8 @@ from multidict import MultiDictProxy
 from mta.console.backend import ConsoleError, Viewer
 from mta.console.sessions import Session
 
-__all__ = ["Pages", "render", "redirect", "viewer", "session", "form", "field", "SESSION", "NAV",
-           "Route", "NavItem", "Handler", "when", "ago", "size", "PREFIX"]
+__all__ = ["Pages", "render", "fragment", "redirect", "viewer", "session", "form", "field",
+           "SESSION", "NAV", "Route", "NavItem", "Handler", "when", "ago", "size", "PREFIX"]
 
 PREFIX = "/console"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -99,6 +100,11 @@ _env = Environment(loader=PackageLoader("mta.console", "templates"),
                    enable_async=False)
 _env.filters.update(when=when, ago=ago, size=size)
 _env.globals["prefix"] = PREFIX
+
+
+def fragment(template: str, **context: Any) -> str:
+    """A piece of a page (a table row sent live), rendered and escaped like a page."""
+    return _env.get_template(template).render(**context)
 
 
 def session(request: web.Request) -> Session:

@@ -6,7 +6,8 @@ the keyset-paged listing (`Spool.list_page`) and the operator moves
 
 API:
     MessageFilter(ids=(), state=None, domain=None, sender=None, recipient=None,
-                  include_done=False, tenant=None)
+                  include_done=False, tenant=None, since=None, until=None,
+                  newest_first=False)
     page_sql(f, after, limit) -> (sql, params)        # messages, keyset order
     targets_sql(f, from_states) -> (sql, params)       # (message_id, rcpt_idx, state)
     encode_cursor(received_at, id) / decode_cursor(text) -> (received_at, id)
@@ -15,7 +16,9 @@ API:
 Semantics (a public interface through the admin API and the CLI):
 - Message fields: `ids` (any of), `sender` (exact, ASCII case-insensitive;
   "" = the null sender), `include_done` (False: only messages not done),
-  `tenant` (the tenant owning the message's credential: spool/tenant_sql.py).
+  `tenant` (the tenant owning the message's credential: spool/tenant_sql.py),
+  `since` / `until` (received_at >= since, received_at < until; Unix
+  seconds).
 - Recipient fields: `state`, `domain`, `recipient` (exact address; the
   domain part is compared lower-cased, as stored). A message matches when
   ONE of its recipients matches all recipient fields given. `state` is a
@@ -25,9 +28,10 @@ Semantics (a public interface through the admin API and the CLI):
 - Moves act on recipients, not whole messages: `hold` with `domain=x`
   holds the matching message's recipients at x, not its other ones. With
   only message fields, every recipient of the matching messages is moved.
-- Page order is (received_at, id), both ascending; the cursor is the
-  urlsafe base64 of ``repr(received_at)|id`` of the last row of the
-  previous page, opaque to callers.
+- Page order is (received_at, id), both ascending, or both descending
+  with `newest_first` (the console's search; moves ignore it); the cursor
+  is the urlsafe base64 of ``repr(received_at)|id`` of the last row of the
+  previous page, opaque to callers (a page continues in its own order).
 
 Performance (no plan scans the recipients table; tests check the plans):
 a page is one index walk in page order (messages_pending, or
@@ -35,7 +39,9 @@ messages_received with include_done, or messages_sender) that probes each
 message's recipients by key. When a recipient filter (domain, address,
 state) matches fewer than DRIVE_CAP recipients (`probe_sql`, a bounded
 index count), the page is driven from that index instead and at most
-DRIVE_CAP messages are sorted. Known slow case: "deferred" (queued with
+DRIVE_CAP messages are sorted. `since`/`until` bound the walk's range on
+(received_at, id) (messages_received, messages_pending and messages_sender
+all end in received_at), in either direction. Known slow case: "deferred" (queued with
 attempts > 0, no index) when few of many pending messages are deferred —
 the walk then reads every pending message, ~50 ms per 100,000.
 """
@@ -72,6 +78,9 @@ class MessageFilter:
     recipient: str | None = None  # exact address
     include_done: bool = False
     tenant: str | None = None     # the tenant of the message's credential
+    since: float | None = None    # received_at >= since
+    until: float | None = None    # received_at < until
+    newest_first: bool = False    # page order (received_at, id) descending
 
     def __post_init__(self) -> None:
         ids: object = self.ids      # the annotation is not enforced at run time
@@ -106,6 +115,12 @@ def message_where(f: MessageFilter, m: str = "m") -> tuple[list[str], SqlParams]
     if f.tenant is not None:
         conds.append(f"{tenant_of(m + '.credential')} = ?")
         params.append(f.tenant)
+    if f.since is not None:
+        conds.append(f"{m}.received_at >= ?")
+        params.append(float(f.since))
+    if f.until is not None:
+        conds.append(f"{m}.received_at < ?")
+        params.append(float(f.until))
     return conds, params
 
 
@@ -159,23 +174,25 @@ def page_sql(f: MessageFilter, after: tuple[float, str] | None, limit: int, *,
     if not f.includes_done:
         conds.append("m.done = 0")
     if after is not None:
-        conds.append("(m.received_at, m.id) > (?, ?)")
+        conds.append(f"(m.received_at, m.id) {'<' if f.newest_first else '>'} (?, ?)")
         params.extend(after)
+    order = ("ORDER BY m.received_at DESC, m.id DESC" if f.newest_first
+             else "ORDER BY m.received_at, m.id")
     rconds, rparams = recipient_where(f, probe=not drive)
     if rconds and drive:
         # CROSS JOIN fixes the loop order: recipients outside, messages by key.
         where = " AND ".join(conds) or "1"
         return (f"SELECT {_MESSAGE_COLS} FROM (SELECT DISTINCT r.message_id AS mid FROM "
                 f"recipients r WHERE {' AND '.join(rconds)}) x CROSS JOIN messages m "
-                f"ON m.id = x.mid WHERE {where} ORDER BY m.received_at, m.id LIMIT ?"), \
+                f"ON m.id = x.mid WHERE {where} {order} LIMIT ?"), \
             [*rparams, *params, limit]
     if rconds:
         conds.append("EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND "
                      + " AND ".join(rconds) + ")")
         params.extend(rparams)
     where = " AND ".join(conds) or "1"
-    return (f"SELECT {_MESSAGE_COLS} FROM messages m WHERE {where} "
-            f"ORDER BY m.received_at, m.id LIMIT ?"), [*params, limit]
+    return f"SELECT {_MESSAGE_COLS} FROM messages m WHERE {where} {order} LIMIT ?", \
+        [*params, limit]
 
 
 def targets_sql(f: MessageFilter, from_states: Iterable[str]) -> tuple[str, SqlParams]:

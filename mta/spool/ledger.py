@@ -15,7 +15,8 @@ API:
                                       credential=None, tenant=None) -> [(seq, bytes)]
     await ledger.outcomes_after(after_seq, limit, *, types) -> [OutcomeRow]
                                       # lean rows for the reputation tracker
-    await ledger.message_events(queue_id) -> [EventView];  await ledger.last_event_seq() -> int
+    await ledger.message_events(queue_id, *, after=0, limit=None) -> [EventView]
+    await ledger.last_event_seq() -> int
     await ledger.idempotent_id(credential, key) -> (queue id, created) | None
     await ledger.received_details([queue id, …]) -> {queue id: received detail}
     await ledger.prune_events(before, batch=1000) / prune_idempotency(before, batch=1000) -> n
@@ -147,9 +148,17 @@ class Ledger:
         return await self._read(_payloads_after, int(after_seq), int(limit), wanted, credential,
                                 tenant)
 
-    async def message_events(self, queue_id: str) -> list[EventView]:
-        """Every event of one message, in seq order (the `queue show` timeline)."""
-        return await self._read(_message_events, queue_id)
+    async def message_events(self, queue_id: str, *, after: int = 0,
+                             limit: int | None = None) -> list[EventView]:
+        """Every event of one message, in seq order (the `queue show` timeline);
+        with `after` / `limit`, only up to `limit` of those with seq > after
+        (the console's live timeline polls so)."""
+        if after == 0 and limit is None:
+            return await self._read(_message_events, queue_id)
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        return await self._read(_message_events_after, queue_id, int(after),
+                                -1 if limit is None else int(limit))
 
     async def received_details(self, queue_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """{queue id: its `received` event's detail} for these messages (one
@@ -272,6 +281,12 @@ async def _payloads_after(conn: aiosqlite.Connection, after: int, limit: int,
 
 async def _message_events(conn: aiosqlite.Connection, queue_id: str) -> list[EventView]:
     return [_event(r) for r in await fetchall(conn, ledger_sql.SQL_MESSAGE_EVENTS, (queue_id,))]
+
+
+async def _message_events_after(conn: aiosqlite.Connection, queue_id: str, after: int,
+                                limit: int) -> list[EventView]:
+    return [_event(r) for r in await fetchall(conn, ledger_sql.SQL_MESSAGE_EVENTS_AFTER,
+                                              (queue_id, after, limit))]
 
 
 async def _received_details(conn: aiosqlite.Connection,

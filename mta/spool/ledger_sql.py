@@ -71,7 +71,7 @@ SQL_MOVE_EVENT = _rcpt_event("?3", " AND r.state = ?6")
 # dsn_sent on the original's recipients.
 SQL_RCPT_EVENT = _rcpt_event("?3")
 
-# Pruning, oldest first along events_at, at most ?2 rows a call.
+# Pruning, oldest first along events_at_type, at most ?2 rows a call.
 SQL_PRUNE_EVENTS = ("DELETE FROM events WHERE seq IN "
                     "(SELECT seq FROM events WHERE at < ?1 ORDER BY at LIMIT ?2)")
 SQL_PRUNE_IDEMPOTENCY = ("DELETE FROM idempotency WHERE rowid IN "
@@ -92,6 +92,10 @@ def _received(path: str) -> str:
 _TAGS, _TEST = _received("$.tags"), _received("$.test")
 EVENT_COLS = f"seq, at, type, queue_id, recipient, credential, detail, {_TAGS}, {_TEST}"
 SQL_MESSAGE_EVENTS = f"SELECT {EVENT_COLS} FROM events WHERE queue_id = ? ORDER BY seq"
+# One message's events after a seq, a bounded page (the console's live timeline):
+# one range of events_by_message. Params: queue_id, after, limit (-1: all).
+SQL_MESSAGE_EVENTS_AFTER = (f"SELECT {EVENT_COLS} FROM events WHERE queue_id = ? AND seq > ? "
+                            "ORDER BY seq LIMIT ?")
 # The `received` events of some messages (the first of each is its own; an
 # idempotent repeat's comes later), one walk of events_by_message per id.
 SQL_RECEIVED_OF = ("SELECT queue_id, detail FROM events WHERE queue_id IN ({ids}) "

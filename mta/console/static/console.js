@@ -32,7 +32,8 @@
   // Live updates: <table data-stream="URL"> listens to server-sent events.
   //   event "row":   data is a <tr>…</tr> rendered (and escaped) by the server;
   //                  appended to the table's tbody unless a row with its id exists
-  //   event "state": data is JSON {"id": element id, "text": new text}
+  //   event "state": data is JSON {"id": element id, "text": new text}; a
+  //                  .badge element also takes the new text as its class
   //   event "end":   the stream is over (the message reached a final state)
   function live(table) {
     if (!window.EventSource) return;
@@ -53,7 +54,12 @@
       try {
         var change = JSON.parse(ev.data);
         var node = document.getElementById(change.id);
-        if (node) node.textContent = change.text;
+        if (!node) return;
+        node.textContent = change.text;
+        // A state badge takes its new state's colour too.
+        if (node.classList.contains("badge")) {
+          node.className = "badge " + String(change.text).replace(/[^a-z_]/g, "");
+        }
       } catch (e) { /* ignore a malformed update */ }
     });
     source.addEventListener("end", function () {
