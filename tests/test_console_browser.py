@@ -9,18 +9,21 @@ photographed into tests/artifacts/console/ (desktop and phone widths)."""
 
 from __future__ import annotations
 
+import aiosmtplib
 import pytest
 
 from mta.api.keys import StoreKeys
 from mta.spool.apikeys import SqliteApiKeys
 from tests.support.browser import browser, missing
-from tests.support.mtahelpers import config_text, free_port, running_daemon
+from mta.server.credentials import CredentialStore
+from tests.support.mtahelpers import config_text, free_port, no_verify_context, running_daemon
 from tests.support.sink import Sink
 from tests.test_domains import MultiStringDns
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 
 TOKEN = "test-admin-token-0123456789"
+PASSWORD = "app-password-1"
 
 
 @pytest.fixture
@@ -29,12 +32,16 @@ async def world(tmp_path):
     try:
         async with Sink() as sink:
             port = free_port()
+            state = tmp_path / "state"
+            state.mkdir()
+            CredentialStore(state / "credentials.json").add("app", PASSWORD)
             text = config_text(tmp_path / "state", port, nameservers=[dns.nameserver],
                                routes={"*": f"127.0.0.1:{sink.address[1]}"},
                                public_ips=["127.0.0.9"])
             async with running_daemon(text) as d:
                 d.port = port
                 d.console = d.admin.url + "/console"
+                d.dest = f"[127.0.0.1]:{sink.address[1]}"
                 yield d, sink, dns
     finally:
         dns.stop()
@@ -80,3 +87,73 @@ async def test_login_logout_and_refusals(world):
         await b.wait(lambda: "/console/login" in b.driver.current_url, what="the login page")
         await b.get(d.console + "/")
         assert "/console/login" in b.url                  # the session ended
+
+
+async def submit(d, rcpt: str, subject: str = "hello") -> str:
+    data = (f"From: app@sender.test\r\nTo: {rcpt}\r\nSubject: {subject}\r\n\r\n"
+            "Hi there.\r\n").encode()
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=d.port, start_tls=True,
+                               tls_context=no_verify_context()) as c:
+        await c.login("app", PASSWORD)
+        _, resp = await c.sendmail("app@sender.test", [rcpt], data)
+    return resp.split()[-1]
+
+
+async def act(b, action: str) -> None:
+    """Click an action on a message page, then confirm it."""
+    await b.click(f"#action-{action}")
+    await b.wait(lambda: "/confirm" in b.driver.current_url, what=f"the {action} confirmation")
+    await b.shot(f"message-confirm-{action}")
+    await b.click("#confirm-button")
+    await b.wait(lambda: "/confirm" not in b.driver.current_url, what=f"{action} done")
+
+
+async def test_follow_a_message_to_delivery_live_and_hold_release(world):
+    d, sink, dns = world
+    # The destination is suspended: the message waits in the queue.
+    await d.admin.backend.destination_action(d.dest, "suspend")
+    qid = await submit(d, "reader@rcpt.test", subject="live timeline")
+    async with browser() as b:
+        await login(b, d)
+        await b.get(d.console + "/messages?recipient=reader@rcpt.test")
+        await b.wait_text("#messages", qid)
+        await b.shot("messages")
+        await b.click(f"#msg-{qid} a")
+        await b.wait(lambda: f"/messages/{qid}" in b.driver.current_url, what="the message page")
+        assert await b.text("#rcpt-state-0") == "queued"
+        await b.wait_text("#timeline", "received")
+        # Hold, then release, each behind its confirmation page.
+        await act(b, "hold")
+        await b.wait_text("#envelope", "held")
+        assert [r.state for r in (await d.spool.get_message(qid)).recipients] == ["held"]
+        await act(b, "release")
+        assert [r.state for r in (await d.spool.get_message(qid)).recipients] == ["queued"]
+        # Now watch it go out without reloading the page.
+        await b.wait(lambda: b.driver.find_element("id", "timeline").get_attribute("data-live")
+                     == "open", what="the live stream")
+        await b.js("window.__sameDocument = 'yes';")
+        await d.admin.backend.destination_action(d.dest, "resume")
+        await b.wait_text("#timeline", "delivered", timeout=30)
+        await b.wait_text("#rcpt-state-0", "delivered")
+        assert await b.js("return window.__sameDocument;") == "yes"    # no reload happened
+        cls = await b.js("return document.getElementById('rcpt-state-0').className;")
+        assert cls == "badge delivered"
+        await b.shot("message")
+        await b.shot("message-phone", width=390)
+    (m,) = await sink.wait_for(1)
+    assert b"live timeline" in m.data
+
+
+async def test_a_tenant_cannot_read_another_tenants_message(world):
+    d, sink, dns = world
+    qid = await submit(d, "private@rcpt.test")        # the default tenant's mail
+    token = await tenant_key(d, "acme", "acme-admin")
+    async with browser() as b:
+        await login(b, d, token)
+        assert "acme" in await b.text("#viewer")
+        await b.get(d.console + f"/messages/{qid}")
+        assert await b.text("h1") == "404"
+        await b.get(d.console + "/messages?recipient=private@rcpt.test&state=all")
+        assert qid not in await b.page_source()
+        await b.get(d.console + "/destinations")           # operator only
+        assert await b.text("h1") == "404"
