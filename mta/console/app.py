@@ -60,6 +60,7 @@ log = logging.getLogger("mta.console")
 COOKIE = "mta_console"
 _PRE_COOKIE = "mta_console_login"      # the login form's CSRF (double submit)
 KEY_RECHECK = 5.0                      # seconds between checks of a tenant session's key
+MAX_POST = 2 << 20                     # a logged-in form's body (a 1 MiB CSV import + framing)
 _STORE = web.AppKey("console_sessions", SessionStore)
 _THROTTLE = web.AppKey("console_throttle", LoginThrottle)
 _PARTS = web.AppKey("console_parts", ConsoleParts)
@@ -146,6 +147,11 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             if not s.viewer.operator and canonical in request.app[_OPERATOR_PATHS]:
                 raise ConsoleError(404, "no such page")
         if request.method not in ("GET", "HEAD", "OPTIONS"):
+            if s is not None:
+                # A logged-in form may be bigger than the admin API's JSON
+                # bodies (a CSV import); the login form keeps the 64 KiB.
+                request = request.clone(client_max_size=MAX_POST)
+                request[SESSION] = s
             await _check_csrf(request)
         return await handler(request)
     except ConsoleError as exc:

@@ -22,8 +22,7 @@ Routes (under /console):
     GET  /templates/{id}                    #template (the draft), #variables,
                                             #versions, the form #preview-form
     POST /templates/{id}/preview            variables (a JSON object, at most
-                                            64 KiB: the admin server's body
-                                            limit), version ("draft",
+                                            64 KiB), version ("draft",
                                             "published" or a number) → the
                                             template page with #preview:
                                             #preview-subject, #preview-text,
@@ -61,7 +60,7 @@ PART = "accounts"
 NAV = [("Templates", "/templates", "any")]
 
 PAGE_SIZE = 50
-MAX_VARIABLES_TEXT = 64 * 1024       # the admin server refuses bigger bodies (413) anyway
+MAX_VARIABLES_TEXT = 64 * 1024       # what the API's preview takes too
 _REF = re.compile(r"[a-z0-9_-]{1,64}")
 _ID = re.compile(r"tpl_[0-9a-f]{20}")
 

@@ -24,6 +24,7 @@ from mta.console.app import create_console_app
 from mta.console.backend import ConsoleParts
 from mta.console.pages import ALL_PAGES
 from mta.runtime.console_accounts import ConsoleAccounts
+from mta.runtime.console_domains import ConsoleDomains
 from mta.runtime.console_messages import ConsoleMessages
 from mta.runtime.paths import state_paths
 from mta.spool.apikeys import SqliteApiKeys
@@ -68,7 +69,7 @@ def build_console(daemon: Any, token: str) -> web.Application | None:
         return "default" if tenants is None else await tenants.resolve(credential)
 
     parts = ConsoleParts(auth=RuntimeAuth(token, keys, tenant_of),
-                         messages=ConsoleMessages(daemon),
+                         messages=ConsoleMessages(daemon), domains=ConsoleDomains(daemon),
                          accounts=ConsoleAccounts(daemon, keys))
     return create_console_app(parts, clock=daemon.clock, idle=cfg.admin.console_session_idle,
                               lifetime=cfg.admin.console_session_lifetime, pages=ALL_PAGES)

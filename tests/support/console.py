@@ -37,8 +37,9 @@ class ConsoleClient:
                                  data={"token": token, "_csrf": pre}, allow_redirects=False)
         r.release()
         if r.status == 303:
-            page = await self.get("/")
-            self.csrf = csrf_of(page[1])
+            # The home page may redirect to the first page the viewer sees.
+            async with self.http.get(self.base + "/console/") as home:
+                self.csrf = csrf_of(await home.text())
         return r
 
     async def get(self, path: str, **kw: Any) -> tuple[int, str]:
