@@ -18,7 +18,8 @@ from tests.support.browser import browser, missing
 from mta.server.credentials import CredentialStore
 from tests.support.mtahelpers import config_text, free_port, no_verify_context, running_daemon
 from tests.support.sink import Sink
-from tests.test_domains import MultiStringDns
+from mta.domains.records import zone_text
+from tests.test_domains import MultiStringDns, parse_zone
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 
@@ -157,3 +158,64 @@ async def test_a_tenant_cannot_read_another_tenants_message(world):
         assert qid not in await b.page_source()
         await b.get(d.console + "/destinations")           # operator only
         assert await b.text("h1") == "404"
+
+
+async def record_statuses(b) -> list[str]:
+    return [await b.call(lambda e=e: e.text) for e in await b.finds("#records [id$='-status']")]
+
+
+async def test_add_a_domain_and_watch_its_records_turn_green(world):
+    d, sink, dns = world
+    async with browser() as b:
+        await login(b, d)
+        await b.get(d.console + "/domains")
+        await b.type("#domain-name", "brand.test")
+        await b.click("#add-domain-submit")
+        await b.wait(lambda: b.driver.current_url.endswith("/domains/brand.test"),
+                     what="the domain page")
+        statuses = await record_statuses(b)
+        assert len(statuses) >= 5 and set(statuses) == {"pending"}, statuses
+        assert await b.finds("#records .reason")               # each says why
+        # The copy button puts the DKIM value where the user can paste it.
+        copy = "#records button[data-copy$='-value']"
+        await b.click(copy)
+        await b.wait(lambda: b.driver.find_element("css selector", copy).get_attribute(
+            "data-copied") or b.driver.execute_script("return String(window.getSelection())"),
+            what="the copy button's effect")
+        await b.shot("domain-failing")
+        # The test DNS server now serves every record; "Check now" turns them green.
+        dns.zone.update(parse_zone(zone_text(d.domains.service.plan("brand.test"))))
+        await b.click("#check-now")
+        await b.wait_text("#domain-status", "verified")
+        assert set(await record_statuses(b)) == {"verified"}
+        green = await b.js("return getComputedStyle(document.querySelector("
+                           "'#records .badge')).color;")
+        assert green == "rgb(31, 122, 63)"                       # the ok colour, not amber
+        await b.shot("domain")
+        await b.get(d.console + "/domains")
+        await b.wait_text("#domain-brand\\.test", "verified")
+        await b.shot("domains")
+    assert d.domains.state("brand.test") == "verified"
+
+
+async def test_suppress_and_unsuppress_an_address(world):
+    d, sink, dns = world
+    async with browser() as b:
+        await login(b, d)
+        await b.get(d.console + "/suppressions")
+        await b.type("#add-address", "gone@rcpt.test")
+        await b.click("#add-submit")
+        await b.wait_text("#suppressions", "gone@rcpt.test")
+        await b.shot("suppressions")
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+            await submit(d, "gone@rcpt.test")
+        await b.click("#suppressions a.remove")
+        await b.wait(lambda: "/suppressions/remove" in b.driver.current_url, what="remove form")
+        await b.type("#remove-note", "asked to be mailed again")
+        await b.shot("suppressions-remove")
+        await b.click("#remove-confirm")
+        await b.wait(lambda: "/suppressions/remove" not in b.driver.current_url,
+                     what="back to the list")
+        assert "gone@rcpt.test" not in await b.text("#suppressions")
+    await submit(d, "gone@rcpt.test")                     # accepted again
+    await sink.wait_for(1)
