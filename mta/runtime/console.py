@@ -26,6 +26,7 @@ from mta.console.pages import ALL_PAGES
 from mta.runtime.console_accounts import ConsoleAccounts
 from mta.runtime.console_domains import ConsoleDomains
 from mta.runtime.console_messages import ConsoleMessages
+from mta.runtime.console_overview import ConsoleOverview
 from mta.runtime.paths import state_paths
 from mta.spool.apikeys import SqliteApiKeys
 
@@ -69,7 +70,8 @@ def build_console(daemon: Any, token: str) -> web.Application | None:
         return "default" if tenants is None else await tenants.resolve(credential)
 
     parts = ConsoleParts(auth=RuntimeAuth(token, keys, tenant_of),
-                         messages=ConsoleMessages(daemon), domains=ConsoleDomains(daemon),
+                         overview=ConsoleOverview(daemon), messages=ConsoleMessages(daemon),
+                         domains=ConsoleDomains(daemon),
                          accounts=ConsoleAccounts(daemon, keys))
     return create_console_app(parts, clock=daemon.clock, idle=cfg.admin.console_session_idle,
                               lifetime=cfg.admin.console_session_lifetime, pages=ALL_PAGES)

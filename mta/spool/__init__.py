@@ -222,6 +222,7 @@ Modules, by job:
     index.py        the tables and connections
     queue_sql.py, ledger_sql.py   the statements, by table group
     reads.py        queue reads on the reader connection
+    figures.py      grouped reads for dashboards: events per time bucket, queue figures
     filters.py      `MessageFilter` and its SQL; views.py the read models
     segments.py     the body store; records.py the record format (v1, v2) and the scan
     replay.py       the envelope a v2 record carries, and the replay of records (S3, S4p)

@@ -11,6 +11,7 @@ API:
     spool = await Spool.open(state_dir, *, now, suppression=None)  # dirs, lock, recovery
     spool.recovery: RecoveryReport;  spool.stats: SpoolStats
     spool.ledger: Ledger;  spool.suppressions: Suppressions
+    spool.figures: Figures   the console overview's grouped reads (figures.py)
     await spool.enqueue(NewMessage, now, *, dsn_for: DsnMark | None = None,
                         idempotency_window: float = 86400) -> queue id
     await spool.lease_due(now, limit) -> list[QueuedRecipient]
@@ -92,6 +93,7 @@ from mta.spool import index, reads
 from mta.spool.acceptance import IDEMPOTENCY_WINDOW, DsnMark, NewMessage, pending_message
 from mta.spool.attempts import async_report
 from mta.spool.faults import storage_error
+from mta.spool.figures import Figures
 from mta.spool.filters import MessageFilter
 from mta.spool.layout import SpoolPaths, make_dirs, take_lock
 from mta.spool.ledger import Ledger
@@ -135,6 +137,7 @@ class Spool:
         self._read = reads.ReadSide(reader)
         self.ledger = Ledger(self._writer, self._read)
         self.suppressions = Suppressions(self._read)
+        self.figures = Figures(self._read)
 
     @classmethod
     async def open(cls, state_dir: str | os.PathLike[str], *, now: float,
