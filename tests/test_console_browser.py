@@ -16,6 +16,7 @@ from mta.api.keys import StoreKeys
 from mta.spool.apikeys import SqliteApiKeys
 from tests.support.browser import browser, missing
 from mta.server.credentials import CredentialStore
+from mta.spool.templates import SqliteTemplates
 from tests.support.mtahelpers import config_text, free_port, no_verify_context, running_daemon
 from tests.support.sink import Sink
 from mta.domains.records import zone_text
@@ -219,3 +220,97 @@ async def test_suppress_and_unsuppress_an_address(world):
         assert "gone@rcpt.test" not in await b.text("#suppressions")
     await submit(d, "gone@rcpt.test")                     # accepted again
     await sink.wait_for(1)
+
+
+# Every element a person fills in must have a name a screen reader reads:
+# a <label> around it or pointing at it, or aria-label / aria-labelledby.
+UNLABELLED = """
+return Array.from(document.querySelectorAll(
+        'input:not([type=hidden]):not([type=submit]), select, textarea'))
+    .filter(e => !(e.closest('label') || (e.id && document.querySelector(
+        'label[for="' + e.id + '"]')) || e.getAttribute('aria-label')
+        || e.getAttribute('aria-labelledby')))
+    .map(e => e.name || e.id);"""
+
+
+async def furnish(d, sink) -> dict[str, str]:
+    """Something on every page: delivered and waiting mail, a tenant with a
+    key, a template with a published version, a suppressed address."""
+    for i in range(3):
+        await submit(d, f"reader{i}@rcpt.test", subject=f"hello {i}")
+    await sink.wait_for(3)
+    await d.admin.backend.destination_action(d.dest, "suspend")
+    waiting = await submit(d, "later@rcpt.test", subject="waiting")
+    await tenant_key(d, "acme", "acme-admin")
+    store = SqliteTemplates(d.cfg.server.state_dir)
+    tpl = store.create("default", {"name": "Welcome", "subject": "Hi {{name}}",
+                                   "html": "<p>Hello <b>{{name}}</b></p>",
+                                   "variables": [{"key": "name", "type": "string"}]},
+                       d.clock.now()).id
+    store.publish("default", tpl, d.clock.now())
+    return {"message": waiting, "template": tpl}
+
+
+async def test_every_page_renders_labelled_at_desktop_and_phone_width(world):
+    d, sink, dns = world
+    made = await furnish(d, sink)
+    async with browser() as b:
+        await login(b, d)
+        links = await b.js("return Array.from(document.querySelectorAll('header nav a'))"
+                           ".map(a => [a.textContent.trim(), a.getAttribute('href')]);")
+        labels = [label for label, _ in links]
+        assert labels == ["Overview", "Messages", "Domains", "Suppressions", "Webhooks",
+                          "Destinations", "Tenants", "API keys", "Templates"]
+        pages = [(label.lower().replace(" ", "-"), href) for label, href in links]
+        pages += [("template", f"/console/templates/{made['template']}"),
+                  ("tenant", "/console/tenants/acme")]
+        for name, href in pages:
+            await b.get(d.admin.url + href)
+            h1 = await b.text("h1")
+            assert h1 and h1 != "500" and h1 != "404", (name, h1)
+            assert await b.js(UNLABELLED) == [], name
+            # Nothing wider than a phone's screen but what scrolls on purpose.
+            assert await b.overflow_at(390) <= 0, name
+            await b.shot(name)
+            await b.shot(f"{name}-phone", width=390)
+        # (the width check does see a page that is too wide)
+        await b.js("const wide = document.createElement('div');"
+                   "wide.style.width = '2000px'; wide.style.height = '1px';"
+                   "document.body.appendChild(wide);")
+        assert await b.overflow_at(390) > 0
+        await b.get(d.console + "/")
+        await b.wait_text("#deferrals", "127.0.0.1")        # the suspended destination waits
+        assert int(await b.text("#stat-queued")) >= 1
+        svg = await b.find("#chart-hour-svg")
+        assert await b.call(lambda: svg.tag_name) == "svg"
+        # An API key made here is shown once, on the answer to the POST.
+        await b.get(d.console + "/keys")
+        await b.type("#key-name", "from-the-console")
+        await b.click("#create-key button[type=submit]")
+        await b.wait_text("h1", "")
+        token = await b.text("#new-key")
+        assert token.startswith("mta_live_")
+        await b.shot("key-created")
+        await b.get(d.console + "/keys")
+        assert token not in await b.page_source()
+
+
+async def test_read_pages_work_without_javascript(world):
+    d, sink, dns = world
+    made = await furnish(d, sink)
+    async with browser(javascript=False) as b:
+        await login(b, d)
+        for path, element in [("/", "#chart-day-svg"), ("/messages?state=all", "#messages"),
+                              (f"/messages/{made['message']}", "#timeline"),
+                              ("/destinations", "#queue"), ("/suppressions", "#suppressions"),
+                              ("/domains", "#domains"), ("/keys", "#keys"),
+                              ("/templates", "#templates"), ("/tenants", "#tenants"),
+                              ("/webhooks", "h1")]:
+            await b.get(d.console + path)
+            assert await b.finds(element), path
+        await b.get(d.console + f"/messages/{made['message']}")
+        assert "later@rcpt.test" in await b.text("#recipients")
+        # console.js marks a live table when it runs: here it never did.
+        timeline = await b.find("#timeline")
+        assert await b.call(timeline.get_attribute, "data-live") is None
+        await b.shot("message-no-javascript")

@@ -44,7 +44,7 @@ def missing() -> str | None:
     return None
 
 
-def _driver(profile: str, width: int, height: int) -> Any:
+def _driver(profile: str, width: int, height: int, javascript: bool) -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -59,6 +59,9 @@ def _driver(profile: str, width: int, height: int) -> Any:
                 "--hide-scrollbars", "--force-device-scale-factor=1",
                 f"--user-data-dir={profile}", f"--window-size={width},{height}"):
         options.add_argument(arg)
+    if not javascript:
+        options.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2})
     return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
 
 
@@ -131,6 +134,19 @@ class AsyncBrowser:
             return None
         return str(await self.wait(check, timeout, f"{text!r} in {css}"))
 
+    async def overflow_at(self, width: int) -> int:
+        """How many CSS pixels the page is wider than a `width`-px window
+        (0: nothing makes the whole page scroll sideways)."""
+        def measure() -> int:
+            size = self.driver.get_window_size()
+            self.driver.set_window_size(width, size["height"])
+            try:
+                return int(self.driver.execute_script(
+                    "return document.documentElement.scrollWidth - window.innerWidth"))
+            finally:
+                self.driver.set_window_size(size["width"], size["height"])
+        return await self.call(measure)
+
     async def shot(self, name: str, width: int | None = None) -> Path:
         """A PNG of the whole page as the browser shows it: SCREENSHOTS/name.png
         (at `width` px when given, the window's height grown to the page)."""
@@ -140,6 +156,7 @@ class AsyncBrowser:
         def take() -> None:
             size = self.driver.get_window_size()
             w = width or size["width"]
+            self.driver.set_window_size(w, size["height"])     # lay out at this width first
             height = self.driver.execute_script(
                 "return Math.max(document.body.scrollHeight,"
                 " document.documentElement.scrollHeight)")
@@ -153,9 +170,10 @@ class AsyncBrowser:
 
 
 @contextlib.asynccontextmanager
-async def browser(width: int = 1280, height: int = 900) -> AsyncIterator[AsyncBrowser]:
+async def browser(width: int = 1280, height: int = 900,
+                  javascript: bool = True) -> AsyncIterator[AsyncBrowser]:
     profile = tempfile.mkdtemp(prefix="mta-chromium-")
-    driver = await asyncio.to_thread(_driver, profile, width, height)
+    driver = await asyncio.to_thread(_driver, profile, width, height, javascript)
     try:
         driver.set_page_load_timeout(30)
         yield AsyncBrowser(driver)
