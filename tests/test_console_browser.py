@@ -140,6 +140,7 @@ async def test_follow_a_message_to_delivery_live_and_hold_release(world):
         assert await b.js("return window.__sameDocument;") == "yes"    # no reload happened
         cls = await b.js("return document.getElementById('rcpt-state-0').className;")
         assert cls == "badge delivered"
+        await b.wait_text("#message-status", "finished")        # the stream's end says so
         await b.shot("message")
         await b.shot("message-phone", width=390)
     (m,) = await sink.wait_for(1)

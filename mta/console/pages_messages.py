@@ -48,7 +48,7 @@ Element ids (tests and the browser find these):
     message page: #message-id, #envelope, #recipients (state badge
         #rcpt-state-<idx>, #rcpt-attempts-<idx>, #rcpt-next-<idx>,
         #rcpt-reply-<idx>), #headers, #attempts, #timeline (rows
-        #ev-<seq>), #live-status, #actions (links #action-<name>)
+        #ev-<seq>), #live-status, #message-status, #actions (links #action-<name>)
     confirm page: #confirm, #confirm-affects, #confirm-form, #confirm-button,
         #cancel
 

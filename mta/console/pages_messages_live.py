@@ -231,6 +231,7 @@ class LiveStreams:
             done = bool(upd["done"]) if upd["done"] is not None else done
             if done and len(events) < BATCH:
                 await send(_state("live-status", FINISHED))
+                await send(_state("message-status", "finished"))
                 await send(sse("end", "done"))
                 return
             if len(events) < BATCH:               # caught up: wait for more
