@@ -13,6 +13,7 @@ API (synchronous; `state_dir` is the daemon's server.state_dir):
     add(state_dir, address, *, reason="manual", scope="", expires=None, now) -> SuppressionView
     remove(state_dir, address, scope="") -> bool
     import_csv(state_dir, path, now) -> (added, skipped)
+    insert_rows(db, rows, now) -> (added, present)   one transaction (the console's import too)
     export_csv(state_dir, out) -> rows written
     SuppressionAdminError: every user-facing failure (bad address, bad CSV,
         no index, refusing to create one), with a message meant for humans.
@@ -52,7 +53,7 @@ import datetime as dt
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import IO
@@ -83,7 +84,7 @@ __all__ = [
     "add",
     "export_csv",
     "get",
-    "import_csv",
+    "import_csv", "insert_rows",
     "list_entries",
     "page",
     "remove",
@@ -341,24 +342,36 @@ def import_csv(state_dir: StateDir, path: StateDir, now: float) -> tuple[int, in
         raise SuppressionAdminError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (ValueError, csv.Error, UnicodeDecodeError) as exc:
         raise SuppressionAdminError(f"{path}: {exc}; nothing imported") from None
-    added = skipped = 0
     with closing(_writable(state_dir)) as db:
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for _line, row in rows:
-                old = db.execute(SQL_SUPPRESSION, (row[0], row[1])).fetchone()
-                if old is not None and view(old).is_active(now):
-                    skipped += 1
-                    continue
-                db.execute(SQL_SUPPRESS_REPLACE, row)
-                added += 1
-            db.execute("COMMIT")
+            return insert_rows(db, [row for _line, row in rows], now)
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
             raise SuppressionAdminError(f"cannot write the suppression list: {exc}; "
                                         "nothing imported") from exc
-    return added, skipped
+
+
+def insert_rows(db: sqlite3.Connection, rows: Sequence[tuple[object, ...]],
+                now: float) -> tuple[int, int]:
+    """Add `rows` (SQL_SUPPRESS_REPLACE's columns: key, scope, reason,
+    queue_id, reply, created, expires) in one transaction -> (added, already
+    present). An entry active at `now` is kept as it is; an expired one is
+    replaced. On an sqlite3.Error nothing is written (rolled back, re-raised)."""
+    added = present = 0
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for row in rows:
+            old = db.execute(SQL_SUPPRESSION, (row[0], row[1])).fetchone()
+            if old is not None and view(old).is_active(now):
+                present += 1
+                continue
+            db.execute(SQL_SUPPRESS_REPLACE, row)
+            added += 1
+        db.execute("COMMIT")
+    except sqlite3.Error:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return added, present
 
 
 def _iso(t: float | None) -> str:

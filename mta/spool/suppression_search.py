@@ -47,8 +47,8 @@ from mta.core.address import AddressError, parse_address
 from mta.core.errors import StorageError
 from mta.core.stores import SuppressionView
 from mta.spool.layout import SpoolPaths
-from mta.spool.suppressions import (SQL_SUPPRESS_REPLACE, SQL_SUPPRESSION, SUPP_COLS,
-                                    address_key, view)
+from mta.spool.suppression_admin import insert_rows
+from mta.spool.suppressions import SUPP_COLS, address_key, view
 
 __all__ = ["add_many", "is_address", "search"]
 
@@ -124,25 +124,12 @@ def add_many(state_dir: StateDir,
     db = _connect(state_dir)
     if db is None:
         raise StorageError("the spool index does not exist (is the daemon running?)")
-    added = present = 0
     with closing(db):
         try:
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN IMMEDIATE")
-            for address, reason, created, expires in rows:
-                key = address_key(address)
-                old = db.execute(SQL_SUPPRESSION, (key, scope)).fetchone()
-                if old is not None and view(old).is_active(now):
-                    present += 1
-                    continue
-                db.execute(SQL_SUPPRESS_REPLACE,
-                           (key, scope, reason, "", "", now if created is None else created,
-                            expires))
-                added += 1
-            db.execute("COMMIT")
+            return insert_rows(db, [(address_key(address), scope, reason, "", "",
+                                     now if created is None else created, expires)
+                                    for address, reason, created, expires in rows], now)
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
             raise StorageError(f"cannot write the suppression list: {exc}; "
                                "nothing imported") from exc
-    return added, present
