@@ -284,6 +284,13 @@ async def test_every_page_renders_labelled_at_desktop_and_phone_width(world):
         assert int(await b.text("#stat-queued")) >= 1
         svg = await b.find("#chart-hour-svg")
         assert await b.call(lambda: svg.tag_name) == "svg"
+        # A template previewed with variables: escaped, in a sandboxed frame.
+        await b.get(d.console + f"/templates/{made['template']}")
+        await b.type("#preview-form textarea", '{"name": "Ann <b>"}')
+        await b.click("#preview-form button[type=submit]")
+        await b.wait_text("#preview-subject", "Hi Ann <b>")
+        assert "&lt;b&gt;" in await b.text("#preview-html")     # the html, escaped once
+        await b.shot("template-preview")
         # An API key made here is shown once, on the answer to the POST.
         await b.get(d.console + "/keys")
         await b.type("#key-name", "from-the-console")
