@@ -4,12 +4,16 @@ captures it in the sandbox maildir, lists it, and exits 0 on SIGTERM."""
 
 from __future__ import annotations
 
+import http.cookiejar
 import os
+import re
 import signal
 import smtplib
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -74,6 +78,9 @@ def test_embedded_default_sandbox_roundtrip(fresh_dir):
         listing = subprocess.run([sys.executable, "-m", "mta", "queue", "list", "--all", "--json"],
                                  cwd=fresh_dir, env=env, capture_output=True, text=True)
         assert '"state": "delivered"' in listing.stdout, listing.stderr
+        # The README's next step: the console, logged in with var/mta/admin-token.
+        page = _console_page(fresh_dir, "/console/messages?recipient=someone@example.org")
+        assert 'id="messages"' in page and "someone@example.org" in page
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -88,6 +95,22 @@ def test_embedded_default_sandbox_roundtrip(fresh_dir):
     assert (f"event=starting version=0.1.0 config=\"(embedded sandbox default)\" "
             f"state_dir={fresh_dir}/var/mta mode=sandbox") in err
     assert "mta: config" not in err           # serve logs it as an event line instead
+
+
+def _console_page(fresh_dir, path: str) -> str:
+    """GET a console page as a person would: log in through the form first."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPCookieProcessor(jar))
+    base = "http://127.0.0.1:8025"
+    with opener.open(base + "/console/login", timeout=10) as r:
+        csrf = re.search(r'name="_csrf" value="([^"]+)"', r.read().decode()).group(1)
+    token = (fresh_dir / "var/mta/admin-token").read_text().strip()
+    form = urllib.parse.urlencode({"token": token, "_csrf": csrf}).encode()
+    with opener.open(base + "/console/login", data=form, timeout=10) as r:
+        assert "/login" not in r.url
+    with opener.open(base + path, timeout=10) as r:
+        return r.read().decode()
 
 
 def _env(tmp_path):
