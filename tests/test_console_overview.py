@@ -165,6 +165,8 @@ async def test_overview_counts_the_ledger_and_names_the_deferring_destination(wo
         rows = section(page, "deferrals")
         assert f'data-name="{w.dest}"' in rows
         assert "greylisted, try again later" in rows        # its last reply
+        assert 'data-label="Deferred" class="num">1<' in rows
+        assert ">Oldest<" not in rows                       # ages: the Destinations page
         assert 'href="/console/destinations"' in rows
         # more mail: counted from the seqs after the first page (no recount)
         await submit(w, ["ok-3@a.test", "ok-4@a.test"])
@@ -218,6 +220,7 @@ async def test_a_tenant_sees_only_its_own(world):
         assert stat(page, "stat-queued") == "1"
         rows = section(page, "deferrals")
         assert 'data-name="acme-slow.test"' in rows and "greylisted" in rows
+        assert 'data-label="Deferred" class="num">1<' in rows and ">Oldest<" in rows
         assert "a.test" not in rows and w.dest not in rows
         assert 'id="tenants-at-risk"' not in page and 'id="suspended-destinations"' not in page
         assert 'id="status"' in page

@@ -3,7 +3,7 @@
 One job: GET / — the event series of the last hour (per minute) and the
 last day (per hour) as server-drawn SVG charts with their totals in text,
 the queue's figures, the destinations (or, for a tenant, the recipient
-domains) with the most mail waiting and their last reply, the tenants at
+domains) with the most deferrals and their last reply, the tenants at
 or near their reputation thresholds, and what is paused or suspended.
 An operator sees every tenant's figures; a tenant's viewer its own only
 (its backend filters: see `OverviewBackend`).
@@ -27,7 +27,7 @@ Element ids (tests and the browser tests rely on them):
                            #chart-hour-svg, #chart-day-svg; each series'
                            total in text (the legend): #total-hour-<series>,
                            #total-day-<series>
-    #deferrals             most mail waiting, by destination (operator) or
+    #deferrals             the most deferrals, by destination (operator) or
                            recipient domain (tenant); rows carry data-name
     #tenants-at-risk       (operator) rows carry data-tenant
     #paused                #paused-tenants (rows data-tenant),
@@ -76,18 +76,18 @@ class OverviewBackend(Protocol):
         SERIES: [count per bucket]}} (hour: 60 buckets, day: 24, the last
         one the current minute / hour)."""
 
-    async def queue_figures(self, viewer: Viewer) -> dict[str, Any]:
-        """{"queued": recipients, "held": recipients, "held_messages": messages
-        with a held recipient, "oldest_age": seconds since the oldest
-        message with a queued recipient arrived, or None}."""
-
-    async def deferrals(self, viewer: Viewer, limit: int) -> list[dict[str, Any]]:
-        """At most `limit` rows, most waiting first: {"name" (a destination
-        for the operator, a recipient domain for a tenant), "recipients",
-        "held", "deferred" (tenant: queued after an attempt; operator: None),
-        "state" (operator: active|throttled|suspended; tenant: None),
-        "oldest_age": seconds or None, "last_error": the latest reply of a
-        deferred recipient, or ""}."""
+    async def queue(self, viewer: Viewer, limit: int) -> dict[str, Any]:
+        """{"figures": {"queued": recipients, "held": recipients,
+        "held_messages": messages with a held recipient, "oldest_age":
+        seconds since the oldest message with a queued recipient arrived, or
+        None}, "deferrals": at most `limit` rows, the most deferred first,
+        then the most waiting: {"name" (a destination for the operator, a
+        recipient domain for a tenant), "recipients" (waiting: queued or
+        held), "held", "deferred" (queued after an attempt), "state"
+        (operator: active|throttled|suspended; tenant: None), "oldest_age":
+        seconds since the oldest message arrived (tenant; operator: None,
+        not read: the Destinations page has the ages), "last_error": the
+        latest reply of a deferred recipient, or ""}]}."""
 
     async def tenants_at_risk(self) -> list[dict[str, Any]]:
         """(Operator) tenants whose automatic status is warn or paused, or
@@ -129,9 +129,9 @@ def pct(rate: float | None) -> str:
 def routes(backend: OverviewBackend) -> list[Route]:
     async def overview(request: web.Request) -> web.StreamResponse:
         v = viewer(request)
-        series, figures, deferrals, paused = await asyncio.gather(
-            backend.series(v), backend.queue_figures(v), backend.deferrals(v, _TOP),
-            backend.paused(v))
+        series, queue, paused = await asyncio.gather(
+            backend.series(v), backend.queue(v, _TOP), backend.paused(v))
+        figures, deferrals = queue["figures"], queue["deferrals"]
         at_risk = await backend.tenants_at_risk() if v.operator else []
         own = None if v.operator else await backend.tenant_status(v)
         charts = [_chart("hour", "Events per minute, last hour (UTC)", series["hour"], 10),

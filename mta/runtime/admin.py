@@ -206,8 +206,8 @@ class RuntimeAdmin(ShapingAdmin, TlsAdmin):
             return False, f"queue index not reachable: {exc}", disk
         return True, "ok", disk
 
-    # ---- queue -----------------------------------------------------------
-    def _destination(self, domain: str) -> str:
+    # ---- queue (destination_of: where delivery queues a domain's mail) ------
+    def destination_of(self, domain: str) -> str:
         cfg = self.d.cfg
         name = destination_for(domain, cfg.routes, sandbox=cfg.server.mode == "sandbox",
                                mx_port=cfg.delivery.smtp_port).name
@@ -219,7 +219,7 @@ class RuntimeAdmin(ShapingAdmin, TlsAdmin):
         states = self.runner.scheduler.destination_states()
         out: dict[str, dict[str, Any]] = {}
         for row in await self.spool.domain_summary(now):
-            name = self._destination(row["domain"])
+            name = self.destination_of(row["domain"])
             agg = out.setdefault(name, _summary_row(name))
             agg["recipients"] += row["recipients"]
             agg["held"] += row.get("held", 0)

@@ -6,7 +6,8 @@ only, resolved to their tenant) and one backend per group of pages, each
 in its own module (mta.runtime.console_*).
 
 Public API:
-    build_console(daemon, token) -> web.Application | None   (None: [admin] console = false)
+    build_console(daemon, token) -> (web.Application, ConsoleParts) | None
+                                            (None: [admin] console = false)
     RuntimeAuth(token, keys, tenant_of)     the console's Authenticator
 """
 
@@ -58,7 +59,7 @@ class RuntimeAuth:
                 and found[0].permission == "full_access")
 
 
-def build_console(daemon: Any, token: str) -> web.Application | None:
+def build_console(daemon: Any, token: str) -> tuple[web.Application, ConsoleParts] | None:
     cfg = daemon.cfg
     if not cfg.admin.console:
         return None
@@ -73,5 +74,6 @@ def build_console(daemon: Any, token: str) -> web.Application | None:
                          overview=ConsoleOverview(daemon), messages=ConsoleMessages(daemon),
                          domains=ConsoleDomains(daemon),
                          accounts=ConsoleAccounts(daemon, keys))
-    return create_console_app(parts, clock=daemon.clock, idle=cfg.admin.console_session_idle,
-                              lifetime=cfg.admin.console_session_lifetime, pages=ALL_PAGES)
+    app = create_console_app(parts, clock=daemon.clock, idle=cfg.admin.console_session_idle,
+                             lifetime=cfg.admin.console_session_lifetime, pages=ALL_PAGES)
+    return app, parts

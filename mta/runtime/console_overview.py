@@ -18,6 +18,12 @@ Invariants:
   as /v1/events and /v1/messages filter), its deferrals are grouped by its
   own recipients' domains (never a destination's totals, which mix
   tenants), and only its own pause and its own shaping actions show.
+- The queue's figures and deferrals come from one read (spool figures
+  `queue`) at each view; nothing is cached but the event series (kept up
+  by seq, exact). The operator's reads each pending recipient's row and
+  never its message (so no age per destination: the Destinations page has
+  the queue's ages) and groups the domains into destinations with
+  RuntimeAdmin's own mapping, as the queue summary and delivery do.
 - Nothing here blocks the loop: the spool's reads are async (reader
   connection); tenant rows and rates are in memory.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mta.admin.backend import destination_state
 from mta.console.backend import Viewer
 from mta.runtime.admin import RuntimeAdmin
 from mta.runtime.console_destinations import ConsoleDestinations
@@ -33,9 +40,10 @@ from mta.runtime.console_series import EventSeries
 from mta.runtime.tenants import TenantService, policy_of
 from mta.spool import Spool
 
-__all__ = ["ConsoleOverview", "NEAR"]
+__all__ = ["ConsoleOverview", "NEAR", "WARM_EVERY"]
 
 NEAR = 0.8
+WARM_EVERY = 60.0
 
 
 class ConsoleOverview(ConsoleDestinations):
@@ -61,32 +69,55 @@ class ConsoleOverview(ConsoleDestinations):
 
     # ---- OverviewBackend -----------------------------------------------------
 
+    async def warm(self) -> None:
+        """Bring the operator's event series up to date (a housekeeping job
+        runs this at start and every WARM_EVERY seconds): the first overview
+        after a start then costs an incremental read, not a day's count."""
+        await self.series(Viewer(None, "operator"))
+
     async def series(self, viewer: Viewer) -> dict[str, Any]:
         if self._series is None:
             self._series = EventSeries(self.spool.figures, self.spool.ledger)
         now = self._now()
         return {"now": now, **await self._series.windows(viewer.tenant, now)}
 
-    async def queue_figures(self, viewer: Viewer) -> dict[str, Any]:
-        found = await self.spool.figures.queue_figures(viewer.tenant)
-        oldest = found.pop("oldest_queued_at")
-        found["oldest_age"] = None if oldest is None else max(0.0, self._now() - oldest)
-        return found
-
-    async def deferrals(self, viewer: Viewer, limit: int) -> list[dict[str, Any]]:
+    async def queue(self, viewer: Viewer, limit: int) -> dict[str, Any]:
+        found = await self.spool.figures.queue(viewer.tenant)
         now = self._now()
-        if viewer.tenant is not None:
-            rows = await self.spool.figures.domain_deferrals(viewer.tenant, limit)
-            return [{"name": r["domain"], "recipients": r["recipients"], "held": r["held"],
-                     "deferred": r["deferred"], "state": None,
-                     "oldest_age": None if r["oldest_received_at"] is None
-                     else max(0.0, now - r["oldest_received_at"]),
-                     "last_error": r["last_error"] or ""} for r in rows]
-        summary = [r for r in await self.admin.queue_summary() if r["recipients"] > 0]
-        summary.sort(key=lambda r: (not r["last_error"], -r["recipients"], r["destination"]))
-        return [{"name": r["destination"], "recipients": r["recipients"], "held": r["held"],
-                 "deferred": None, "state": r["state"], "oldest_age": r["oldest_age"] or None,
-                 "last_error": r["last_error"] or ""} for r in summary[:limit]]
+        oldest = found["oldest_queued_at"]
+        figures = {"queued": found["queued"], "held": found["held"],
+                   "held_messages": found["held_messages"],
+                   "oldest_age": None if oldest is None else max(0.0, now - oldest)}
+        if viewer.tenant is None:
+            return {"figures": figures, "deferrals": self._destinations(found["domains"], limit)}
+        top = sorted(found["domains"],
+                     key=lambda r: (-r["deferred"], -r["recipients"], r["domain"]))[:limit]
+        return {"figures": figures, "deferrals": [
+            {"name": r["domain"], "recipients": r["recipients"], "held": r["held"],
+             "deferred": r["deferred"], "state": None,
+             "oldest_age": None if r["oldest_received_at"] is None
+             else max(0.0, now - r["oldest_received_at"]),
+             "last_error": r["last_error"] or ""} for r in top]}
+
+    def _destinations(self, domains: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+        """Everyone's domains grouped into destinations as delivery queues
+        them (RuntimeAdmin.destination_of), each with its latest reply; the
+        most deferred first."""
+        out: dict[str, dict[str, Any]] = {}
+        latest: dict[str, float] = {}
+        for row in domains:
+            name = self.admin.destination_of(row["domain"])
+            agg = out.setdefault(name, {"name": name, "recipients": 0, "held": 0,
+                                        "deferred": 0, "last_error": ""})
+            for key in ("recipients", "held", "deferred"):
+                agg[key] += row[key]
+            at = row["last_error_at"]
+            if at is not None and at > latest.get(name, -1.0):
+                agg["last_error"], latest[name] = row["last_error"] or "", at
+        states = self.admin.runner.scheduler.destination_states()
+        top = sorted(out.values(), key=lambda r: (-r["deferred"], -r["recipients"], r["name"]))
+        return [{**r, "state": destination_state(states.get(r["name"])), "oldest_age": None}
+                for r in top[:limit]]
 
     def _tenant_figures(self, service: TenantService, name: str) -> dict[str, Any]:
         row = service.row(name)

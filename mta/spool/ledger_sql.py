@@ -80,12 +80,16 @@ SQL_PRUNE_IDEMPOTENCY = ("DELETE FROM idempotency WHERE rowid IN "
 
 # What the sending API (issue 13) gave a message, carried by every event of
 # it: one seek of events_by_message to its `received` event each. Its tags
-# (NULL for none) and whether a test key sent it (1, else NULL).
+# (NULL for none) and whether a test key sent it (1, else NULL). "+t.type":
+# never events_by_type, which the planner would otherwise pick for its seq
+# order (no sort for the LIMIT 1), walking every `received` event older than
+# the message's own: with 100,000 messages, 50-100 ms for a message's
+# timeline, 1.9 s for a page of 100 webhook payloads (now well under 1 ms).
 
 
 def _received(path: str) -> str:
     return ("(SELECT json_extract(t.detail, '" + path + "') FROM events t WHERE "
-            "events.queue_id != '' AND t.queue_id = events.queue_id AND t.type = 'received' "
+            "events.queue_id != '' AND t.queue_id = events.queue_id AND +t.type = 'received' "
             "AND json_valid(t.detail) ORDER BY t.seq LIMIT 1)")
 
 
