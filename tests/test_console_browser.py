@@ -9,10 +9,14 @@ photographed into tests/artifacts/console/ (desktop and phone widths)."""
 
 from __future__ import annotations
 
+import math
+import random
+
 import aiosmtplib
 import pytest
 
 from mta.api.keys import StoreKeys
+from mta.core import LedgerEvent
 from mta.spool.apikeys import SqliteApiKeys
 from tests.support.browser import browser, missing
 from mta.server.credentials import CredentialStore
@@ -243,6 +247,17 @@ async def furnish(d, sink) -> dict[str, str]:
     await d.admin.backend.destination_action(d.dest, "suspend")
     waiting = await submit(d, "later@rcpt.test", subject="waiting")
     await tenant_key(d, "acme", "acme-admin")
+    # A day of history for the charts (ledger events as delivery writes them).
+    rng, now, history = random.Random(18), d.clock.now(), []
+    for minute in range(1, 24 * 60, 7):
+        at = now - minute * 60
+        busy = 3 + int(4 * (1 + math.sin(minute / 180)))
+        # (no bounces or complaints: the reputation tracker would pause the
+        # default tenant, holding the mail this test looks at)
+        for kind, n in (("queued", busy), ("delivered", busy - rng.randint(0, 2)),
+                        ("deferred", rng.randint(0, 2))):
+            history += [LedgerEvent(kind, at + i, "", f"h{i}@rcpt.test") for i in range(n)]
+    await d.spool.ledger.append_events(history)
     store = SqliteTemplates(d.cfg.server.state_dir)
     tpl = store.create("default", {"name": "Welcome", "subject": "Hi {{name}}",
                                    "html": "<p>Hello <b>{{name}}</b></p>",
