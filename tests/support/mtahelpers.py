@@ -3,6 +3,7 @@ and SMTP clients over real loopback sockets."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import email
 import email.policy
@@ -14,10 +15,20 @@ from mta.config import parse_config
 from mta.runtime.daemon import Daemon
 
 
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=512)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free now, and not one this process handed out recently: the
+    kernel may give the same ephemeral port to two calls in a row (seen: a
+    config's API and admin addresses on one port, refused as a clash)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
 
 
 def config_text(state_dir: Path, port: int, *, routes: dict | None = None, mode="production",
