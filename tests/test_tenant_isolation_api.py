@@ -22,14 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import json
 import time
 from pathlib import Path
 
 import aiohttp
 import aiosmtplib
 import pytest
-from aiohttp import web
 
 from mta.api.keys import StoreKeys
 from mta.config.loader import parse_config
@@ -38,41 +36,13 @@ from mta.server.credentials import CredentialStore
 from mta.spool import suppression_admin
 from mta.spool.apikeys import SqliteApiKeys
 from mta.spool.tenants import SqliteTenants
+from tests.support.accounts import Receiver
 from tests.support.mtahelpers import config_text, free_port, no_verify_context
 from tests.support.sink import Sink
 
 PASSWORD = "tenant-password-1"
 SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY="
 TENANTS = ("acme", "beta", "default")
-
-
-class Receiver:
-    """A webhook endpoint on 127.0.0.1: answers 204, keeps (path, payload)."""
-
-    def __init__(self) -> None:
-        self.got: list[tuple[str, dict]] = []
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.got.append((request.path, json.loads(await request.read())))
-        return web.Response(status=204)
-
-    async def __aenter__(self) -> "Receiver":
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
-
-    def at(self, path: str) -> list[dict]:
-        return [e for p, e in self.got if p == path]
 
 
 class World:
@@ -287,15 +257,15 @@ async def test_webhooks_get_and_show_only_their_tenants(world, rx, sink):
         sent = {t: await w.send(t, f"to-{t}@rcpt.test") for t in TENANTS}
         for t in TENANTS:
             await until(lambda t=t: {"received", "delivered"} <= {
-                e["type"] for e in rx.at(f"/{t}") if e["queue_id"] == sent[t]})
-        await until(lambda: any(e["type"] == "delivered" for e in rx.at("/cfg-beta")))
+                e["type"] for e in rx.at(t) if e["queue_id"] == sent[t]})
+        await until(lambda: any(e["type"] == "delivered" for e in rx.at("cfg-beta")))
         await asyncio.sleep(0.5)        # time for a stray event to arrive, if one would
         for t in TENANTS:
-            got = rx.at(f"/{t}")
+            got = rx.at(t)
             assert {e["credential"] for e in got} == {f"api:{t}-key"}, (t, got)
             assert {e["queue_id"] for e in got} == {sent[t]}
-        assert {e["credential"] for e in rx.at("/cfg-beta")} == {"api:beta-key"}
-        assert rx.at("/cfg-ghost") == []
+        assert {e["credential"] for e in rx.at("cfg-beta")} == {"api:beta-key"}
+        assert rx.at("cfg-ghost") == []
         ghost = await d.webhooks.deliverers["cfg-ghost"].status()
         assert ghost["running"] and ghost["tenant"] == "ghost" and ghost["lag"] == 0
         assert (await d.webhooks.deliverers["cfg-beta"].status())["tenant"] == "beta"
@@ -303,7 +273,7 @@ async def test_webhooks_get_and_show_only_their_tenants(world, rx, sink):
         # the test request says whose events the endpoint gets
         status, body = await w.http("acme", "POST", f"/webhooks/{hooks['acme']}/test")
         assert status == 200 and body["ok"] is True
-        test = [e for e in rx.at("/acme") if e["type"] == "test"]
+        test = [e for e in rx.at("acme") if e["type"] == "test"]
         assert [e["data"]["tenant"] for e in test] == ["acme"]
 
         # delete disowns
@@ -318,6 +288,6 @@ async def test_webhooks_get_and_show_only_their_tenants(world, rx, sink):
         b = await w.send("beta", "again-b@rcpt.test")
         a = await w.send("acme", "again-a@rcpt.test")
         await until(lambda: any(e["queue_id"] == a and e["type"] == "delivered"
-                                for e in rx.at("/acme")))
-        await until(lambda: any(e["queue_id"] == b for e in rx.at("/cfg-beta")))
-        assert {e["queue_id"] for e in rx.at("/acme")} == {a}
+                                for e in rx.at("acme")))
+        await until(lambda: any(e["queue_id"] == b for e in rx.at("cfg-beta")))
+        assert {e["queue_id"] for e in rx.at("acme")} == {a}
