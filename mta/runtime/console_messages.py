@@ -116,10 +116,7 @@ class ConsoleMessages:
 
     @property
     def spool(self) -> Spool:
-        spool: Spool | None = self.d.spool
-        if spool is None:
-            raise RuntimeError("the daemon has not opened its spool yet")
-        return spool
+        return self.admin.spool          # RuntimeError until the daemon opened it
 
     def now(self) -> float:
         return float(self.d.clock.now())

@@ -54,10 +54,7 @@ class ConsoleOverview(ConsoleDestinations):
 
     @property
     def spool(self) -> Spool:
-        spool: Spool | None = self.d.spool
-        if spool is None:
-            raise RuntimeError("the daemon has not opened its spool yet")
-        return spool
+        return self.admin.spool          # RuntimeError until the daemon opened it
 
     @property
     def tenants(self) -> TenantService | None:
