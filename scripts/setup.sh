@@ -26,7 +26,8 @@ if [ "${1:-}" = test ]; then
     # package (verifies systemd/mta.service), and Node.js with npm (the official
     # Resend Node SDK is a test client of the sending API), Chromium and its
     # WebDriver (the console's browser tests, driven by Selenium; nothing is
-    # downloaded at test time). Root only; the tests that need them say why
+    # downloaded at test time), PostgreSQL and Redis (the cluster tests start
+    # their own servers on loopback ports in temporary directories). Root only; the tests that need them say why
     # they skip when they are missing.
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null &&
        { ! perl -MMail::DKIM::Verifier -MSisimai -e1 >/dev/null 2>&1 ||
@@ -34,6 +35,8 @@ if [ "${1:-}" = test ]; then
          ! command -v opendkim-testmsg >/dev/null ||
          ! command -v promtool >/dev/null ||
          ! command -v systemd-analyze >/dev/null ||
+         ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 ||
+         ! command -v redis-server >/dev/null ||
          ! command -v node >/dev/null || ! command -v npm >/dev/null; }; then
         apt-get update -qq
         # Node.js only when missing: a machine may carry a newer one than
@@ -45,11 +48,14 @@ if [ "${1:-}" = test ]; then
         fi
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             libmail-dkim-perl libsisimai-perl opendkim-tools prometheus systemd \
-            chromium chromium-driver fonts-dejavu-core $node_pkgs >/dev/null
+            chromium chromium-driver fonts-dejavu-core postgresql redis-server \
+            $node_pkgs >/dev/null
         # We only want promtool: on a host running systemd the package also
         # enables a Prometheus server; switch it off again.
         if [ -d /run/systemd/system ]; then
             systemctl disable --now prometheus >/dev/null 2>&1 || true
+            # Likewise the system's own PostgreSQL and Redis: the tests start theirs.
+            systemctl disable --now postgresql redis-server >/dev/null 2>&1 || true
         fi
     fi
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -124,3 +124,38 @@ def pytest_unconfigure(config):
 
 def pytest_sessionfinish(session, exitstatus):
     session.config._mta_exitstatus = int(exitstatus)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL on a loopback port for the whole run (issue 19;
+    tests/support/engines.py), started on first use."""
+    from tests.support.engines import MISSING_ENGINES, PostgresServer
+    if MISSING_ENGINES:
+        pytest.skip(MISSING_ENGINES)
+    server = PostgresServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server on a loopback port for the whole run (issue 19)."""
+    from tests.support.engines import MISSING_ENGINES, RedisServer
+    if MISSING_ENGINES:
+        pytest.skip(MISSING_ENGINES)
+    server = RedisServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh database of its own on the shared server."""
+    return pg_server.new_database()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A Redis database number of its own on the shared server."""
+    return redis_server.new_db()

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from mta.config.schema import HOSTPORT, KeyError_, check_bounds, host_of
 from mta.config.content import content_checks
+from mta.config.cluster import cluster_checks
 from mta.config.sections import ARRAYS, EVENT_TYPES, SECTIONS, Config, WebhookConfig
 from mta.core.address import AddressError, parse_domain
 from mta.core.errors import ConfigError
@@ -155,6 +156,7 @@ def _cross_checks(cfg: Config) -> list[str]:
     errors.extend(_webhook_checks(cfg))
     errors.extend(_api_checks(cfg))
     errors.extend(content_checks(cfg))
+    errors.extend(cluster_checks(cfg))
     errors.extend(_egress_checks(cfg))
     r = cfg.reputation
     for what in ("bounce", "complaint"):

@@ -20,6 +20,7 @@ from mta.config.schema import (BOOL, CIDR_LIST, DURATION, DURATION_LIST, FLOAT, 
 from mta.config.schema import key as K
 from mta.config.schema import live_key as L
 from mta.config.tls import TlsConfig
+from mta.config.cluster import ClusterConfig
 from mta.config.content import (BroadcastConfig, PublicConfig, TrackingConfig,
                                 VerificationConfig, VerificationTenantConfig)
 from mta.core.envelope import EVENT_TYPES  # what [[webhooks]] events may name
@@ -28,7 +29,7 @@ __all__ = ["EVENT_TYPES", "SECTIONS", "ARRAYS", "Config", "ServerConfig", "Liste
            "DeliveryConfig", "DnsConfig", "DomainsConfig", "PolicyConfig", "BouncesConfig",
            "SuppressionConfig", "AdminConfig", "ApiConfig", "LedgerConfig", "WebhookConfig", "MiB",
            "ShapingConfig", "EgressConfig", "EgressPoolConfig", "PublicConfig", "BroadcastConfig",
-           "TrackingConfig", "VerificationConfig", "TlsConfig",
+           "TrackingConfig", "VerificationConfig", "TlsConfig", "ClusterConfig",
            "live_keys", "ROUTES_LIVE"]
 
 MiB = 1024 * 1024
@@ -356,6 +357,7 @@ class Config:
     verification: VerificationConfig = field(default_factory=VerificationConfig)
     verification_tenant: tuple[VerificationTenantConfig, ...] = ()
     tls: TlsConfig = field(default_factory=TlsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     egress: tuple[EgressConfig, ...] = ()
     egress_pool: tuple[EgressPoolConfig, ...] = ()
     # domain → "host:port"; "*" routes every domain (a smarthost)
@@ -369,7 +371,7 @@ SECTIONS = {"server": ServerConfig, "delivery": DeliveryConfig, "dns": DnsConfig
             "suppression": SuppressionConfig, "admin": AdminConfig, "api": ApiConfig,
             "ledger": LedgerConfig, "reputation": ReputationConfig, "shaping": ShapingConfig,
             "public": PublicConfig, "broadcast": BroadcastConfig, "tracking": TrackingConfig,
-            "verification": VerificationConfig, "tls": TlsConfig}
+            "verification": VerificationConfig, "tls": TlsConfig, "cluster": ClusterConfig}
 # The [[array]] sections: key → the class of each table.
 ARRAYS = {"listeners": ListenerConfig, "webhooks": WebhookConfig, "egress": EgressConfig,
           "egress_pool": EgressPoolConfig, "verification_tenant": VerificationTenantConfig}

@@ -50,6 +50,7 @@ from mta.runtime import reload
 from mta.api.http import ApiServer
 from mta.runtime.admin_start import start_admin
 from mta.runtime.api_start import start_api
+from mta.runtime.cluster import ClusterNode, start_cluster
 from mta.runtime.tlsrpt_job import TICK_EVERY as TLSRPT_EVERY, TlsReports
 from mta.delivery.mtasts_fetch import REFRESH_EVERY as MTASTS_EVERY
 from mta.spool.verifications import SqliteVerifications
@@ -113,6 +114,7 @@ class Daemon:
         self.reputation: ReputationTracker | None = None
         self.tls_reports: TlsReports | None = None      # TLS-RPT counts and reports
         self.housekeeping = Housekeeping()
+        self.cluster: ClusterNode | None = None
         self._starting: asyncio.Future[None] | None = None
 
     @property
@@ -134,6 +136,7 @@ class Daemon:
         except OSError as exc:
             raise StartupError(f"state directory {paths['root']}: {why(exc)}") from exc
         event(log, "recovery_done", logging.INFO, **_report_fields(self.spool.recovery))
+        self.cluster = await start_cluster(self)      # [cluster]: shared engines (or None)
         self.tenants = TenantService(paths["root"], self.spool, self.clock, lambda: self.cfg)
         await self.tenants.refresh()
         self._rcpt = RcptChecks(self.spool, self.tenants)
@@ -178,6 +181,8 @@ class Daemon:
         if self.api is not None:
             event(log, "listening", listener="api", address=self.api.url, role="api")
         self.public = await start_public(cfg, self.spool, self.clock, self.metrics)
+        if self.cluster is not None:          # every part is built: the shared stores join in
+            await self.cluster.wire()
         event(log, "ready", mode=cfg.server.mode, config=cfg.source,
               state_dir=str(paths["root"]))
         self._ready = True   # recovery done, listeners and admin API bound
@@ -411,6 +416,8 @@ class Daemon:
             await self.webhooks.stop()
         if self.admin:
             await self.admin.stop()
+        if self.cluster:
+            await self.cluster.stop()
         if self.spool:
             await self.spool.close()
         event(log, "stopped")
