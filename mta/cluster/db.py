@@ -148,7 +148,7 @@ class SharedDb:
     async def close(self) -> None:
         try:
             await asyncio.wait_for(self.pool.close(), 10)
-        except (asyncio.TimeoutError, *UNREACHABLE):
+        except UNREACHABLE:         # (asyncio.TimeoutError is one of them)
             self.pool.terminate()
 
 
