@@ -17,7 +17,9 @@ Public API:
 Invariants: bulk routes come before "/v1/messages/{id}", so "hold" is never
 read as an id; backend exceptions map as mta.admin.backend says (KeyError
 and NotFound → 404, ActionRefused → 409, ValueError from a cursor → 400),
-a ledger or tenant method the backend lacks → 501. The tenant routes answer
+a ledger or tenant method the backend lacks → 501; a message this node
+does not know is looked up by the backend's `ledger_elsewhere(id)` when it
+has one (a cluster's shared ledger: runtime/cluster_ledger.py sets it). The tenant routes answer
 a `TenantError` with its status (404 not_found, 409 conflict, 422
 validation_error), the message starting with the field at fault
 ("limits.per_hour: …", "name: …") when there is one. The shaping routes
@@ -39,6 +41,7 @@ from aiohttp import web
 from mta.admin import params
 from mta.admin.backend import (DESTINATION_ACTIONS, MESSAGE_ACTIONS, ActionRefused,
                                AdminBackend, JsonListing, NotFound)
+from mta.admin.handlers_cluster import cluster_routes
 from mta.admin.inputs import has_control
 from mta.admin.params import ApiError
 from mta.core.address import AddressError, parse_domain
@@ -233,6 +236,8 @@ class _Handlers:
     async def message_events(self, request: web.Request) -> web.Response:
         mid = params.queue_id(request)
         events = await self._optional("message_events")(mid)
+        if events is None and (other := getattr(self.b, "ledger_elsewhere", None)) is not None:
+            events = await other(mid)        # a cluster: another node's message
         if events is None:
             raise _unknown_message(mid)
         return web.json_response({"events": events})
@@ -401,7 +406,7 @@ def route_table(backend: AdminBackend | None,
         ("POST", "/v1/tls/purge", h.tls_purge),
         ("GET", "/v1/tls/{domain}", h.tls_show),
     ]
-    return routes
+    return routes + cluster_routes(backend)     # /v1/cluster, /v1/node… (issue 19)
 
 
 ROUTES: tuple[tuple[str, str], ...] = tuple(

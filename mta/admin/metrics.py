@@ -58,6 +58,8 @@ units, `_total` for counters, `_seconds`/`_bytes` suffixes)
                                                                     one-time codes sent/checked
                                   suspend|suspend_tenant|connection_limit|message_rate|bounce
     mta_automation_active{action}                          gauge (scrape time) in force
+    mta_cluster_node_draining, mta_cluster_engine_up{engine}   gauges of a cluster node,
+                                  put on .registry by runtime/admin_cluster.py (issue 19)
     mta_warmup_cap{source} / mta_warmup_used{source}       gauge (scrape time) today's
                                   warm-up cap and use per egress source (warming ones)
     mta_webhook_lag_events{webhook}                        gauge (scrape time)

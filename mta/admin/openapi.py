@@ -8,7 +8,7 @@ Public API:
 
 The tenant routes' part is mta.admin.openapi_tenants, the traffic shaping
 routes' (and a summary row's "actions") mta.admin.openapi_shaping, the
-outbound TLS routes' mta.admin.openapi_tls.
+outbound TLS routes' mta.admin.openapi_tls, the cluster routes' mta.admin.openapi_cluster.
 
 Invariant: the paths and methods here are exactly the app's routes; a test
 (tests/test_admin_http.py) compares them, so a route added without its
@@ -33,6 +33,7 @@ from mta.admin.openapi_shaping import SHAPING_SCHEMAS, SUMMARY_ACTIONS, shaping_
 from mta.admin.openapi_tenants import (TENANT_FILTER, TENANT_FILTER_KEY, TENANT_SCHEMAS,
                                       tenant_paths)
 from mta.admin.openapi_tls import TLS_SCHEMAS, tls_paths
+from mta.admin.openapi_cluster import CLUSTER_SCHEMAS, cluster_paths
 
 __all__ = ["openapi_document"]
 
@@ -372,6 +373,8 @@ _SCHEMAS["DestinationSummary"]["properties"]["actions"] = SUMMARY_ACTIONS
 _PATHS.update(shaping_paths(_ERRORS))
 _SCHEMAS.update(TLS_SCHEMAS)
 _PATHS.update(tls_paths(_ERRORS))
+_SCHEMAS.update(CLUSTER_SCHEMAS)
+_PATHS.update(cluster_paths(_ERRORS))
 
 
 _DOCUMENT: dict[str, Any] = {

@@ -23,6 +23,7 @@ Public API:
     json_of(raw) -> object           the same for bytes already read (422: not JSON)
     KEY (web.RequestKey)             the authenticated ApiKey of a request
     key_cache(app) -> KeyCache       the app's key cache (to forget a revoked key)
+    REFUSE_SENDS (AppKey)   [fn() -> ApiError | None] asked before POST /emails(/batch)
 
 Errors (every one is JSON `{"statusCode", "name", "message"}`, statusCode
 equal to the HTTP status; the official SDKs read exactly these):
@@ -72,7 +73,7 @@ from mta.core.hostport import split_hostport
 
 __all__ = ["ApiError", "ApiServer", "ApiSettings", "Adopted", "KEY", "RateTake", "create_app",
            "local_limiter", "read_json", "read_raw", "key_cache",
-           "json_of",
+           "json_of", "REFUSE_SENDS",
            "error_response", "Routes"]
 
 log = logging.getLogger("mta.api")
@@ -90,6 +91,7 @@ _FULL = web.AppKey("full_access", frozenset)     # (method, route path) needing 
 _BUDGET: web.AppKey[_Budget] = web.AppKey("budget")
 _HELD = web.RequestKey("held", int)
 _OPEN = frozenset({"/openapi.json"})
+REFUSE_SENDS: web.AppKey[list[Callable[[], ApiError | None]]] = web.AppKey("refuse_sends")
 # Request bodies held in memory at once, all requests together (each is
 # also at most [api] max_request_size): past it, 503 with retry-after.
 BODY_BUDGET = 256 * 1024 * 1024
@@ -199,6 +201,10 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             if key.permission != "full_access" and _full_access_needed(request):
                 raise ApiError(403, "restricted_api_key",
                                "This API key is restricted to sending emails only")
+            if request.method == "POST" and request.path in ("/emails", "/emails/batch"):
+                for refuse in request.app[REFUSE_SENDS]:
+                    if (refused := refuse()) is not None:
+                        raise refused
         try:
             response = await handler(request)
         finally:
@@ -305,6 +311,7 @@ def create_app(routes: Routes, *, settings_of: Callable[[], ApiSettings], keys: 
     app[_KEYS] = keys
     app[_LIMITER] = limiter or local_limiter(clock)
     app[_BUDGET] = _Budget()
+    app[REFUSE_SENDS] = []
     app[_FULL] = frozenset((m, p) for m, p, _, full in routes if full)
     for method, path, handler, _ in routes:
         app.router.add_route(method, path, handler)

@@ -21,6 +21,7 @@ directory it used (`mta: config PATH, state DIR`; `mta serve` logs it as
         mta.config.checks) on stderr, exit 0, or 1 with --strict.
     mta warmup status / shaping show / shaping lift TARGET   (mta.cli.shaping_cmd)
     mta tls show DOMAIN / tls purge DOMAIN / tls list          (mta.cli.tls_cmd)
+    mta cluster status / node status|drain|undrain           (mta.cli.cluster_cmd)
     mta user add NAME [--password-stdin] [--domain D]... [--tenant T]
         the credential belongs to tenant T (default "default"; T must exist,
         and NAME must not be another tenant's: exit 1, nothing created);
@@ -39,9 +40,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mta.cli import (bounce_cmd, destination_cmd, domain_cmd, events_cmd, key_cmd, owner,
-                     queue_cmd, shaping_cmd, suppression_cmd, template_cmd, tenant_cmd,
-                     tls_cmd, webhooks_cmd)
+from mta.cli import (bounce_cmd, cluster_cmd, destination_cmd, domain_cmd, events_cmd,
+                     key_cmd, owner, queue_cmd, shaping_cmd, suppression_cmd, template_cmd,
+                     tenant_cmd, tls_cmd, webhooks_cmd)
 from mta.cli.times import utc
 from mta.config import (EMBEDDED_SOURCE, Config, config_as_dict, config_path, file_errors,
                         load_config, placeholder_warnings, render_config, with_listen)
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_cmd.register(sub, cfgp)
     shaping_cmd.register(sub, cfgp)
     tls_cmd.register(sub, cfgp)
+    cluster_cmd.register(sub, cfgp)
     return parser
 
 
@@ -167,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "suppression": suppression_cmd.run, "webhooks": webhooks_cmd.run,
                "events": events_cmd.run, "key": key_cmd.run, "template": template_cmd.run,
                "tenant": tenant_cmd.run, "warmup": shaping_cmd.run,
-               "shaping": shaping_cmd.run, "tls": tls_cmd.run}[args.command]
+               "shaping": shaping_cmd.run, "tls": tls_cmd.run, "cluster": cluster_cmd.run,
+               "node": cluster_cmd.run}[args.command]
     try:
         return handler(cfg, args)
     except KeyboardInterrupt:

@@ -8,7 +8,9 @@ whether the database is reachable now (degraded mode).
 API
     Migration(component, version, sql)   one step; versions of a component
                                          are applied in order, each once
-    SharedDb.open(url, *, timeout, migrations, min_size=1, max_size=10) -> SharedDb
+    SharedDb.open(url, *, timeout, migrations, min_size=0, max_size=10) -> SharedDb
+        (min_size 0: no background reconnecting while the database is away;
+        a call opens what it needs)
         raises SharedDbError (a message naming the redacted URL) when the
         database cannot be reached or a migration fails
     db.pool                      the asyncpg pool
@@ -77,6 +79,9 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.PostgresConnectionError,
+    # The server went away in the middle of an operation: the connection's
+    # state machine is left mid-query (seen when PostgreSQL stops).
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -87,7 +92,7 @@ class SharedDb:
 
     @classmethod
     async def open(cls, url: str, *, timeout: float, migrations: Sequence[Migration],
-                   min_size: int = 1, max_size: int = 10) -> SharedDb:
+                   min_size: int = 0, max_size: int = 10) -> SharedDb:
         shown = redact_url(url)
         try:
             pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,

@@ -63,7 +63,8 @@ async def beat(conn: Any, b: NodeBeat, now: float) -> None:
 
 async def set_draining(conn: Any, name: str, draining: bool, now: float) -> bool:
     status = await conn.execute(
-        "UPDATE nodes SET draining = $2, drain_since = CASE WHEN $2 THEN $3 ELSE NULL END "
+        "UPDATE nodes SET draining = $2, "
+        "drain_since = CASE WHEN $2 THEN $3::double precision ELSE NULL END "
         "WHERE name = $1", name, draining, now)
     return bool(status.endswith(" 1"))
 

@@ -1,9 +1,10 @@
 """The [cluster] section (issue 19): several nodes, one cluster to the user.
 
 One job: declare how a node joins a cluster (the shared PostgreSQL and
-Redis, its own name) and check what only makes sense across keys
-(`cluster_checks`). Unset `database` and `redis` (the default): a single
-node on its embedded SQLite, needing neither engine.
+Redis, its own name, the secret file that seals DKIM keys) and check what
+only makes sense across keys (`cluster_checks`). Unset `database` and
+`redis` (the default): a single node on its embedded SQLite, needing
+neither engine.
 
 API
     ClusterConfig                      frozen dataclass
@@ -52,6 +53,10 @@ class ClusterConfig:
                          "depth, draining) to the database", DURATION, min=0.2, max=60)
     node_timeout: float = K(15.0, "a node not heard from for this long shows as down "
                             "in `mta cluster status`", DURATION, min=1, max=3600)
+    secret_file: str | None = K(None, "file holding the 32-byte key (base64 or hex: `mta "
+                                "cluster secret` prints a new one) that seals the DKIM "
+                                "private keys kept in the database; every node needs the "
+                                "same file; required in a cluster", STR, optional=True)
     connect_timeout: float = K(5.0, "how long a call to the database or Redis may take "
                                "before this node treats the engine as unreachable "
                                "(degraded mode)", DURATION, min=0.1, max=120)
@@ -103,6 +108,10 @@ def cluster_checks(cfg: Config) -> list[str]:
     if c.redis is not None:
         err = _url_error("redis", c.redis, ("redis", "rediss"))
         errors += [err] if err else []
+    if c.database is not None and c.redis is not None and not c.secret_file:
+        errors.append("cluster.secret_file: required in a cluster (the key that seals DKIM "
+                      "private keys in the database; `mta cluster secret > FILE` makes one, "
+                      "the same file on every node)")
     if not NODE_NAME.fullmatch(c.node):
         errors.append(f"cluster.node: {c.node!r} is not a node name (1-63 letters, digits, "
                       "'.', '_', '-', starting with a letter or digit)")

@@ -11,6 +11,11 @@ Layout (under `[server] state_dir`):
 Public API:
     SqliteDomainStore(state_dir)      the `store.DomainStore` operations, plus
         .key_path(domain, selector, algorithm) -> Path    where a key file lives
+        .replace(domain, pems)         make `domain` exactly this (rows and key
+                                       files; pems: selector -> private PEM): a
+                                       copy of a state another node reached by
+                                       legal moves (cluster replication), so no
+                                       state-machine check
     ALG_FILE_SUFFIX                   algorithm -> key file suffix
 
 Invariants:
@@ -36,7 +41,7 @@ import logging
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -256,6 +261,29 @@ class SqliteDomainStore:
         self.key_path(name, selector, algorithm).unlink(missing_ok=True)
         fsync_dir(self.key_root / name)
         SELECTOR_MACHINE.move(old, SelectorStatus.REMOVED, subject)
+
+    def replace(self, domain: Domain, pems: Mapping[str, bytes]) -> None:
+        """Keys first, then the rows in one transaction, then stale key files."""
+        name = domain.name
+        for s in domain.selectors:
+            self._write_key(name, NewKey(s.selector, s.algorithm, pems[s.selector], s.status))
+        with self._db() as db:
+            old = set(db.execute("SELECT selector, algorithm FROM selectors WHERE domain = ?",
+                                 (name,)).fetchall())
+            db.execute("DELETE FROM selectors WHERE domain = ?", (name,))
+            db.execute("INSERT OR REPLACE INTO domains (name, state, created, last_checked, "
+                       "failure_reason, next_check, check_attempts) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (name, domain.state.value, domain.created, domain.last_checked,
+                        domain.failure_reason, domain.next_check, domain.check_attempts))
+            for s in domain.selectors:
+                db.execute("INSERT INTO selectors (domain, selector, algorithm, created, status, "
+                           "retire_at) VALUES (?, ?, ?, ?, ?, ?)",
+                           (name, s.selector, s.algorithm, s.created, s.status.value,
+                            s.retire_at))
+        for sel, alg in old - {(s.selector, s.algorithm) for s in domain.selectors}:
+            self.key_path(name, sel, alg).unlink(missing_ok=True)
+        log.info("domain %s: replaced by the cluster's copy (%s, %d selectors)", name,
+                 domain.state.value, len(domain.selectors))
 
     def public_key(self, selector: Selector) -> str:
         pem = self.key_path(selector.domain, selector.selector, selector.algorithm).read_bytes()

@@ -11,7 +11,7 @@ Public API:
         `daemon` is anything with the DaemonView Protocol's attributes
     filesystem_free_bytes(path) -> int, DEFAULT_MIN_FREE_SPACE, OPERATOR_BOUNCE
 
-Readiness: not ready while starting or stopping, when the spool directory
+Readiness: not ready while starting, stopping or draining, when the spool directory
 is not writable, when the spool's filesystem has less than `[server]
 min_free_space` bytes free (default DEFAULT_MIN_FREE_SPACE, 100 MiB; 0
 turns the check off), or when the index does not answer. /readyz carries
@@ -49,6 +49,7 @@ from mta.core.qshape import AGE_BUCKETS
 from mta.policy.routing import destination_for
 from mta.runtime.admin_shaping import (ShapingAdmin, ShapingRunner, shaping_gauges,
                                        summary_actions)
+from mta.runtime.admin_cluster import ClusterAdmin, draining
 from mta.runtime.admin_tls import TlsAdmin, TlsRunner
 from mta.spool import MessageFilter, Spool
 
@@ -141,7 +142,7 @@ def _mib(n: int) -> str:
     return f"{n / 1048576:.1f} MiB"
 
 
-class RuntimeAdmin(ShapingAdmin, TlsAdmin):
+class RuntimeAdmin(ShapingAdmin, TlsAdmin, ClusterAdmin):
     """The AdminBackend (and LedgerBackend, JsonListing) of a running daemon."""
 
     def __init__(self, daemon: DaemonView,
@@ -189,8 +190,8 @@ class RuntimeAdmin(ShapingAdmin, TlsAdmin):
         disk = self.disk()
         if not d.ready:
             return False, "starting: recovery or listeners not done yet", disk
-        if d.stopping:
-            return False, "stopping", disk
+        if d.stopping or draining(d):   # draining: the LB sends new mail to another node
+            return False, "stopping" if d.stopping else "draining: refusing new mail", disk
         spool_dir = self._spool_dir()
         if not os.access(spool_dir, os.W_OK):
             return False, f"spool directory {spool_dir} is not writable", disk

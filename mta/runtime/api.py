@@ -39,7 +39,9 @@ Idempotency-Key: scoped to the key's credential; each item of a batch uses
 original ids, nothing queued; the same key with another body is 409
 `invalid_idempotent_request`; a repeat while the first is still being
 accepted is 409 `concurrent_idempotent_requests` (one process owns the
-spool, so an in-memory set sees every request).
+spool, so an in-memory set sees every request). In a cluster `shared_keys`
+(runtime/cluster_idempotency.py) makes the decision for every node after
+the local check: a key used on another node answers that node's ids.
 
 Test keys see only test messages and live keys only live ones (a 404
 otherwise); a test key's mail is captured (state_dir/sandbox), never
@@ -98,6 +100,20 @@ class _Enqueue(Protocol):
 _RcptCheck = Callable[[str, str | None], Awaitable[Reply | None]]
 
 
+class _SharedKeys(Protocol):
+    async def once(self, scope: str, key: str, fp: str,
+                   accept: Callable[[], Awaitable[list[str]]]) -> list[str]: ...
+
+
+_Theirs = Callable[[str | None], bool]     # a credential's rows are the asking key's tenant's
+
+
+class _Elsewhere(Protocol):    # a cluster's shared ledger (runtime/cluster_ledger.py)
+    async def email(self, key: ApiKey, email_id: str, theirs: _Theirs) -> dict[str, Any] | None: ...
+    async def email_events(self, key: ApiKey, email_id: str,
+                           theirs: _Theirs) -> dict[str, Any] | None: ...
+
+
 def _iso(t: float | None) -> str | None:
     if t is None:
         return None
@@ -136,6 +152,8 @@ class RuntimeSending:
         self.signer, self.rcpt_check, self.secure = signer, rcpt_check, secure
         self.remote, self.tenants = remote, tenants
         self._inflight: set[tuple[str, str]] = set()
+        self.shared_keys: _SharedKeys | None = None     # a cluster's (set when it is wired)
+        self.elsewhere: _Elsewhere | None = None        # a cluster's shared ledger (likewise)
 
     def now(self) -> float:
         return self.clock.now()
@@ -158,6 +176,9 @@ class RuntimeSending:
             earlier = await self._earlier(key, idempotency_key, count, fp)
             if earlier is not None:
                 return earlier
+            if self.shared_keys is not None:
+                return await self.shared_keys.once(key.credential, idempotency_key, fp, lambda: (
+                    self._accept(key, raw, batch, idempotency_key, fp, client_ip)))
             return await self._accept(key, raw, batch, idempotency_key, fp, client_ip)
         finally:
             self._inflight.discard(slot)
@@ -314,7 +335,17 @@ class RuntimeSending:
                 "last_event": self._last_event(view), "tags": detail.get("tags", []),
                 "test": view.test}
 
+    async def _other_node(self, key: ApiKey, email_id: str,
+                          events: bool) -> dict[str, Any] | None:
+        """A cluster: another node's message (None: this node's, or unknown)."""
+        if self.elsewhere is None or await self.spool.get_message(email_id) is not None:
+            return None
+        read = self.elsewhere.email_events if events else self.elsewhere.email
+        return await read(key, email_id, lambda credential: self._theirs(key, credential))
+
     async def get_email(self, key: ApiKey, email_id: str) -> dict[str, Any]:
+        if (other := await self._other_node(key, email_id, False)) is not None:
+            return other
         view = await self._view(key, email_id)
         out = self._shape(view, await self._received(email_id))
         out["html"], out["text"] = await self._bodies(email_id)
@@ -359,6 +390,8 @@ class RuntimeSending:
             poke()
 
     async def email_events(self, key: ApiKey, email_id: str) -> dict[str, Any]:
+        if (other := await self._other_node(key, email_id, True)) is not None:
+            return other
         await self._view(key, email_id)
         events = await self.spool.ledger.message_events(email_id)
         data = [{"seq": e.seq, "type": e.type, "at": _iso(e.at), "recipient": e.recipient,

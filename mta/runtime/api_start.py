@@ -6,6 +6,7 @@ start its listener; in sandbox mode make the first key.
 
 API
     await start_api(daemon) -> ApiServer | None     None when [api] address is unset
+    SENDING          server.app[SENDING]: its RuntimeSending (a cluster wires into it)
     ensure_first_key(cfg, store, root, now) -> token | None
 """
 
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 import ssl
+
+from aiohttp import web
 
 from mta.api.http import ApiServer, create_app
 from mta.api.keys import KeyCache, StoreKeys
@@ -35,7 +38,9 @@ from mta.runtime.tenants import TenantService
 from mta.runtime.tls import api_ssl_context
 from mta.spool.apikeys import SqliteApiKeys
 
-__all__ = ["FIRST_KEY", "ensure_first_key", "start_api"]
+__all__ = ["FIRST_KEY", "SENDING", "ensure_first_key", "start_api"]
+
+SENDING = web.AppKey("mta.sending", RuntimeSending)
 
 
 class _Daemon(ResourceDaemon, Protocol):
@@ -99,6 +104,7 @@ async def start_api(daemon: _Daemon) -> ApiServer | None:
 
     app = create_app(routes, settings_of=lambda: daemon.cfg.api, keys=keys, clock=daemon.clock,
                      limiter=take)
+    app[SENDING] = backend
     server = ApiServer(app, cfg.api.address, ssl_context=ctx)
     receivers = daemon.receivers
     if receivers is not None:

@@ -14,6 +14,7 @@ API
     await node.status() -> dict   {"node", "cluster": [rows…], "degraded": {…}}
     node.degraded() -> {"database": bool, "redis": bool}   unreachable now
     node.add_job(job)            a housekeeping job that runs only in a cluster
+    node.on_stop                 [async fn()]: run at stop, before the engines close
     await node.wire()            the daemon calls it once every part is built:
                                  each of WIRINGS plugs a shared store into them
     await node.stop()
@@ -37,8 +38,18 @@ import redis.exceptions
 
 from mta import __version__
 from mta.cluster import nodes
+from mta.cluster import suppressions as shared_suppressions
+from mta.cluster import idempotency as shared_idempotency
+from mta.cluster import ledger as shared_ledger
+from mta.cluster import accounts as shared_accounts
+from mta.cluster import documents as shared_documents
 from mta.cluster.db import Migration, SharedDb, SharedDbError, SharedDbUnavailable
 from mta.config.cluster import enabled, redact_url
+from mta.runtime import cluster_idempotency, cluster_limits, cluster_suppressions
+from mta.runtime import admin_cluster
+from mta.runtime import cluster_ledger
+from mta.runtime import cluster_accounts
+from mta.runtime import cluster_credentials, cluster_domains
 from mta.runtime.housekeeping import Job
 from mta.runtime.logs import event
 from mta.runtime.startup import StartupError
@@ -47,10 +58,20 @@ __all__ = ["MIGRATIONS", "ClusterNode", "REDIS_DOWN", "start_cluster"]
 
 log = logging.getLogger("mta.cluster")
 
-MIGRATIONS: list[Migration] = [*nodes.MIGRATIONS]
+MIGRATIONS: list[Migration] = [*nodes.MIGRATIONS, *shared_suppressions.MIGRATIONS,
+                                *shared_idempotency.MIGRATIONS, *shared_ledger.MIGRATIONS,
+                                *shared_accounts.MIGRATIONS, *shared_documents.MIGRATIONS]
 # Each shared component's wiring: called once every part of the daemon is
 # built (listeners bound, runner started), in this order, with the node.
-WIRINGS: list[Callable[[Any], Awaitable[None]]] = []
+WIRINGS: list[Callable[[Any], Awaitable[None]]] = [admin_cluster.wire,
+                                                   cluster_domains.wire,
+                                                   cluster_credentials.wire,
+                                                   cluster_suppressions.wire,
+                                                   cluster_limits.wire,
+                                                   cluster_idempotency.wire,
+                                                   cluster_idempotency.wire_auth,
+                                                   cluster_ledger.wire,
+                                                   cluster_accounts.wire]
 
 # What a Redis call raises when Redis is unreachable (not a bug of ours).
 REDIS_DOWN: tuple[type[BaseException], ...] = (
@@ -66,6 +87,8 @@ class ClusterNode:
         self.db, self.redis = db, rds
         self.redis_available = True
         self.draining = False
+        self.on_stop: list[Callable[[], Awaitable[None]]] = []   # run by stop(), in order
+        self._drain_gen = 0        # bumped by set_draining: a heartbeat begun before
         self.started = daemon.clock.now()
 
     # -- heartbeat ------------------------------------------------------------------
@@ -87,8 +110,11 @@ class ClusterNode:
         async def write(conn: Any) -> bool:
             await nodes.beat(conn, beat, now)
             return await nodes.draining_of(conn, self.name)
+        gen = self._drain_gen
         try:
-            self.draining = await self.db.call(write)
+            draining = await self.db.call(write)
+            if gen == self._drain_gen:   # no set_draining meanwhile (it would be stale)
+                self.draining = draining
         except SharedDbUnavailable:
             pass                    # logged by SharedDb; the local flag stands
         await self.ping_redis()
@@ -122,6 +148,7 @@ class ClusterNode:
         """Drain (or undrain) this node: the flag is stored in the shared row
         (so it survives a restart) and applies here at once."""
         now = self.d.clock.now()
+        self._drain_gen += 1
         self.draining = flag
         await self.heartbeat()       # the row exists before it is flagged
         await self.db.call(lambda c: nodes.set_draining(c, self.name, flag, now))
@@ -154,6 +181,11 @@ class ClusterNode:
         self.d.housekeeping.add(job)
 
     async def stop(self) -> None:
+        for hook in self.on_stop:       # e.g. hand webhook leases back at once
+            try:
+                await hook()
+            except SharedDbUnavailable:
+                pass                    # they expire on their own
         await self.db.close()
         await self.redis.aclose()
 
@@ -181,6 +213,11 @@ async def start_cluster(daemon: Any) -> ClusterNode | None:
         await rds.aclose()
         raise StartupError(f"cluster.redis {redact_url(c.redis)}: {exc}") from exc
     node = ClusterNode(daemon, db, rds)
+    try:                        # a bad secret file stops the start before anything binds
+        cluster_domains.open_box(node)
+    except StartupError:
+        await node.stop()
+        raise
     await node.heartbeat()
     node.add_job(Job("cluster_heartbeat", c.heartbeat, node.heartbeat))
     event(log, "cluster_joined", node=node.name, database=redact_url(c.database),

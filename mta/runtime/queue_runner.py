@@ -22,6 +22,8 @@ API
       await .suspend(name) / .resume(name) / .flush(name) -> int
       await .put_back(works, until)
       .dsn (DsnIssuer), .dsn_wakeup, .scheduler, .routes, .sandbox, .mx_port, .verp
+      .gate                     None, or a ConnectGate each batch passes before it
+                                connects (a cluster's leases: runtime/cluster_limits.py)
       .after_write              called after each successful record (e.g.
                                 wake the webhook deliverers)
 
@@ -62,6 +64,7 @@ from mta.policy.outcomes import (Attempt, ReplyVocabulary, Settlement, destinati
 from mta.policy.retry import RetryPolicy
 from mta.policy.routing import destination_for
 from mta.runtime.automation import BatchReplies, ReplyRules
+from mta.runtime.cluster_limits import ConnectGate
 from mta.runtime.destinations import SUSPEND_RECHECK, DestinationControl
 from mta.runtime.dsn import DsnIssuer
 from mta.runtime.housekeeping import wait_event
@@ -116,6 +119,7 @@ class QueueRunner:
         self._main: asyncio.Task[None] | None = None
         self._leased: dict[tuple[str, int], Work] = {}
         self.after_write: Callable[[], None] = lambda: None   # e.g. wake webhook deliverers
+        self.gate: ConnectGate | None = None
 
     # ---- settings --------------------------------------------------------
     def reconfigure(self, cfg: Config) -> None:
@@ -314,6 +318,16 @@ class QueueRunner:
 
     # ---- one batch -------------------------------------------------------
     async def _deliver(self, batch: Batch) -> None:
+        gate = self.gate
+        if gate is not None and not await gate.before_connect(batch):
+            return          # not granted: the gate handed the batch back
+        try:
+            await self._connect(batch)
+        finally:
+            if gate is not None:
+                await gate.after_close(batch)
+
+    async def _connect(self, batch: Batch) -> None:
         started = self.clock.now()
         t0 = time.monotonic()
         dest = batch.destination if self.shaping is None else self.shaping.connect_as(batch)

@@ -162,6 +162,7 @@ class Shaping:
         self._warmups: dict[str, Warmup] = {}
         self._saved: dict[str, dict[str, int]] = self._load_state()
         self._written = b""          # what save() last wrote
+        self.leased = False          # a cluster leases connection limits (cluster_limits.py)
         self.reconfigure(cfg, table)
 
     # ---- configuration ---------------------------------------------------
@@ -302,13 +303,15 @@ class Shaping:
         hosts = self.sites.hosts(dest.name)
         limits = self.table.limits_for(site=dest.name, mx_hosts=hosts, domain=dest.domain)
         provider = self.provider_of(dest)
+        # a leased limit counts connections, so none may wait idle after its lease
+        leased = self.leased and self.plan(dest).connection_limit is not None
         options = ConnectionOptions(
             source=source.address, ehlo=source.ehlo,
             max_uses=limits.max_deliveries_per_connection or 0,
             require_tls=limits.tls == "required",
             connect_timeout=limits.connect_timeout or 0.0,
             command_timeout=limits.command_timeout or 0.0,
-            keep_idle=provider is None or provider.total.connection_limit is None,
+            keep_idle=not leased and (provider is None or provider.total.connection_limit is None),
             client_cert=cert, client_key=key)
         return dest if options == DEFAULT_OPTIONS else dataclasses.replace(dest, options=options)
 

@@ -39,7 +39,8 @@ Rules (in `admit`, in this order; nothing is queued when one refuses)
      never delivered) counts toward no quota.
 Counts live in memory and are seeded at start from the ledger's
 `received` events (runtime/reputation.py), so a restart does not reset a
-day's count.
+day's count; in a cluster, `shared_quota` (runtime/cluster_limits.py)
+counts them on Redis for every node instead.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ from mta.core import Clock, LedgerEvent, Refused, Reply
 from mta.core.address import AddressError, parse_domain
 from mta.core.logfmt import event
 from mta.mail.headers import from_domains
-from mta.policy.quota import QuotaLimits, QuotaState, retry_after_seconds, smtp_reply
+from mta.policy.quota import (QuotaLimits, QuotaState, QuotaVerdict, retry_after_seconds,
+                              smtp_reply)
 from mta.policy.reputation import (TENANT_STATUS, ReputationPolicy, TenantStatus,
                                    Thresholds)
 from mta.spool import MessageFilter, Spool
@@ -121,6 +123,8 @@ class TenantService:
         self.assessment: Callable[[str], Mapping[str, Any]] = lambda _t: {}
         self.on_resume: Callable[[str], None] = lambda _t: None
         self.user_names: Callable[[], Sequence[str]] = list      # the daemon's credential store
+        self.shared_quota: Callable[[str, QuotaLimits, int, float],
+                                    Awaitable[QuotaVerdict]] | None = None   # set in a cluster
 
     # -- cache -----------------------------------------------------------------
 
@@ -231,7 +235,9 @@ class TenantService:
         if test or n <= 0 or not any(v is not None for v in row.limits.values()):
             return tenant           # (the common case: no dataclass built per message)
         limits = limits_of(row)
-        verdict = self.quota_state(tenant).admit(limits, n, now)
+        shared = self.shared_quota
+        verdict = (await shared(tenant, limits, n, now) if shared is not None
+                   else self.quota_state(tenant).admit(limits, n, now))
         if not verdict.ok:
             raise self._refuse(tenant, verdict.limit or "quota", smtp_reply(verdict, tenant),
                                429, retry_after_seconds(verdict))

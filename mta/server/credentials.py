@@ -27,6 +27,10 @@ API
                                             "domains"}], never hashes
     .verify(name, password) -> bool         sync and CPU-bound (scrypt, ~50 ms):
                                             the server runs it in a thread
+    .entries() -> {name: entry}             the stored entries (scrypt hashes,
+                                            never passwords): for replication only
+    .put_entry(name, entry | None)          store another node's entry as is
+                                            (None: remove it); under the file lock
     CredentialError                         every refusal, with a message for humans
     generate_password() -> str              24 characters of base64url (~143 bits),
                                             the first a letter or digit
@@ -316,6 +320,19 @@ class CredentialStore:
                 raise CredentialError(f"no such user {name!r}")
             del users[name]
         log.info("event=credential_removed name=%s", name)
+
+    def entries(self) -> dict[str, dict[str, Any]]:
+        self._refresh(strict=True)
+        return {k: dict(v) for k, v in self._users.items()}
+
+    def put_entry(self, name: str, entry: dict[str, Any] | None) -> None:
+        self._check_name(name)
+        with self._editing() as users:
+            if entry is None:
+                users.pop(name, None)
+            else:
+                users[name] = dict(entry)
+        log.info("event=credential_replicated name=%s removed=%s", name, entry is None)
 
     def names(self) -> list[str]:
         self._refresh(strict=False)

@@ -50,6 +50,9 @@ API
                             address, TLS mode and role do not change
                             (restart for that: logged, the old ones stay)
     .trusted(ip) -> bool    a client of trusted_networks (submission only)
+    .refusal                () -> Reply | None, or None: asked (via .gate.refusal())
+                            before each new connection and each MAIL FROM; a Reply
+                            refuses it (a draining node, runtime/admin_cluster.py)
 
 Invariants
   * tls="starttls" and tls="implicit" need a TLS context (ConfigError
@@ -172,9 +175,17 @@ class SessionGate:
         self.per_ip: collections.Counter[str] = collections.Counter()
         self._logged: dict[str, tuple[float, int]] = {}   # reason -> (last log, not logged)
 
+    def refusal(self) -> Reply | None:
+        """The listener's answer to any new connection or MAIL FROM now (None: go on)."""
+        hook = self.listener.refusal
+        return None if hook is None else hook()
+
     def admit(self, proto: SubmissionSMTP) -> Reply | None:
         cfg = self.listener.cfg
         ip = proto.client_ip
+        refused = self.refusal()
+        if refused is not None:
+            return refused
         if len(self.sessions) >= cfg.max_sessions:
             self.limit_hit(proto, "max_sessions")
             return replies.TOO_MANY_SESSIONS
@@ -257,6 +268,7 @@ class SubmissionListener:
                                              accept_suppressed=accept_suppressed,
                                              observer=observer, auth_turns=auth_turns,
                                              stream=stream)
+        self.refusal: Callable[[], Reply | None] | None = None   # e.g. a draining node
         self._server: asyncio.Server | None = None
         self._lsocks: list[socket.socket] = []     # handoff mode (the owner)
         self._adopting = False                     # receiver mode

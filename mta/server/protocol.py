@@ -13,8 +13,8 @@ API
         .close_for_shutdown(reply)
         gate              the listener's seams.SessionLimits: asked to admit
                           the connection before the greeting (a 421 instead
-                          of it when refused), told when it closes and when
-                          a limit closed it
+                          of it when refused; its refusal(), if any, at each
+                          MAIL FROM too), told when it closes or a limit closed it
         observer          told session_opened/closed(listener) once per
                           connection (STARTTLS calls connection_made twice:
                           counted once) and message_received(listener, result)
@@ -330,6 +330,10 @@ class SubmissionSMTP(SMTP):
         return rest.split(" ", 1)[0] if address is None else None
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        refusal = getattr(self._gate, "refusal", None)   # a draining node: 421, then closed
+        if refusal is not None and (reply := refusal()) is not None:
+            self.close_for_shutdown(reply)
+            return
         arg, requiretls = take_requiretls(arg)
         if requiretls and not (self.tls_active
                                and getattr(self.event_handler, "offers_requiretls", False)):

@@ -5,7 +5,8 @@ the queue ops that write events with their changes (acceptance.py,
 attempts.py, steering.py) run on the ``events``, ``webhook_state`` and
 ``idempotency`` tables (created by index.py).
 
-API: the `SQL_*` statements; `EVENT_OF_STATE` (which event a recorded
+API: the `SQL_*` statements; `HOLD_CURSOR` (the webhook_state name whose
+cursor pruning never passes); `EVENT_OF_STATE` (which event a recorded
 update writes); `EVENT_COLS`,
 `EVENT_PAYLOAD_COLS` and `events_after_sql` (the pages of
 `Ledger.events_after` / `event_payloads_after`); `WEBHOOK_FIELDS` and
@@ -71,9 +72,14 @@ SQL_MOVE_EVENT = _rcpt_event("?3", " AND r.state = ?6")
 # dsn_sent on the original's recipients.
 SQL_RCPT_EVENT = _rcpt_event("?3")
 
-# Pruning, oldest first along events_at_type, at most ?2 rows a call.
+# Pruning, oldest first along events_at_type, at most ?2 rows a call; never
+# an event after HOLD_CURSOR's cursor (in a cluster: not yet forwarded to the
+# shared ledger, runtime/cluster_ledger.py; no such row: no limit).
+HOLD_CURSOR = "cluster:forward"
 SQL_PRUNE_EVENTS = ("DELETE FROM events WHERE seq IN "
-                    "(SELECT seq FROM events WHERE at < ?1 ORDER BY at LIMIT ?2)")
+                    "(SELECT seq FROM events WHERE at < ?1 AND seq <= COALESCE((SELECT cursor "
+                    f"FROM webhook_state WHERE name = '{HOLD_CURSOR}'), seq) "
+                    "ORDER BY at LIMIT ?2)")
 SQL_PRUNE_IDEMPOTENCY = ("DELETE FROM idempotency WHERE rowid IN "
                          "(SELECT rowid FROM idempotency WHERE created < ?1 "
                          "ORDER BY created LIMIT ?2)")

@@ -16,6 +16,10 @@ Public API
         await replay(name, from_seq=, since=) -> dict (KeyError: unknown name)
         await test(name) -> {name, url, ok, status, error, ms} (KeyError: unknown name)
         deliverers: {name: WebhookDeliverer}, in configured order
+        await share(spool)           follow another store (a cluster's shared
+                                     ledger and cursors): endpoints then run
+                                     only while resume(name)d
+        resume(name) / await pause(name) / on_poke   (the cluster's leases)
     daemon: WebhookService(cfg.webhooks, spool=spool, clock=clock,
                            ledger_cfg=cfg.ledger); poke() after ledger writes;
     admin backend: webhooks() -> statuses(), webhook_replay(...) -> replay(...),
@@ -27,13 +31,16 @@ ledger's end; statuses come in the configured order, then the added ones.
 Added endpoints (add_endpoint: the sending API's, stored in the spool index
 by mta.spool.webhook_endpoints) survive a reload; when a reloaded config
 names one of them, the config's endpoint takes the name over.
+Shared (a cluster): an endpoint's deliverer runs only between resume(name)
+and pause(name) (the node holding its lease); a paused one is replaced by a
+fresh deliverer, which reads its cursor from the store when resumed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from mta.config.sections import LedgerConfig, WebhookConfig
@@ -60,6 +67,8 @@ class WebhookService:
         self.deliverers = {c.name: self._deliverer(c) for c in configs}
         self._added: dict[str, None] = {}      # names from add_endpoint, in order
         self._started = False
+        self._allowed: set[str] | None = None  # shared: the names that may run here
+        self.on_poke: Callable[[], None] | None = None   # also told of new events
 
     def _deliverer(self, cfg: WebhookConfig) -> WebhookDeliverer:
         return WebhookDeliverer(cfg, spool=self._spool, clock=self._clock,
@@ -70,7 +79,39 @@ class WebhookService:
     def start(self) -> None:
         self._started = True
         for d in self.deliverers.values():
-            d.start()
+            if self._may_run(d.name):
+                d.start()
+
+    def _may_run(self, name: str) -> bool:
+        return self._allowed is None or name in self._allowed
+
+    async def share(self, spool: WebhookStore) -> None:
+        """Follow `spool` from now on: every deliverer stops (storing its
+        cursor in the old store) and is made afresh on `spool`; each endpoint
+        then runs only once `resume(name)` allows it."""
+        await asyncio.gather(*(d.stop() for d in self.deliverers.values()))
+        self._spool, self._allowed = spool, set()
+        self.deliverers = {n: self._deliverer(d.cfg) for n, d in self.deliverers.items()}
+
+    def resume(self, name: str) -> None:
+        """Shared: let endpoint `name` run here (start it if it is not running)."""
+        if self._allowed is not None and name not in self._allowed:
+            self._allowed.add(name)
+            d = self.deliverers.get(name)
+            if d is not None and self._started:
+                d.start()
+
+    async def pause(self, name: str) -> None:
+        """Shared: stop endpoint `name` here (its cursor stored); a fresh
+        deliverer waits for the next resume."""
+        if self._allowed is None or name not in self._allowed:
+            return
+        self._allowed.discard(name)
+        d = self.deliverers.get(name)
+        if d is not None:
+            await d.stop()
+            if self.deliverers.get(name) is d:
+                self.deliverers[name] = self._deliverer(d.cfg)
 
     async def reconfigure(self, configs: Iterable[WebhookConfig]) -> None:
         """SIGHUP: stop the endpoints that were removed or changed (each
@@ -93,7 +134,7 @@ class WebhookService:
 
     def _run(self, cfg: WebhookConfig) -> None:
         d = self.deliverers[cfg.name] = self._deliverer(cfg)
-        if self._started:
+        if self._started and self._may_run(cfg.name):
             d.start()
 
     def add_endpoint(self, cfg: WebhookConfig) -> None:
@@ -131,6 +172,8 @@ class WebhookService:
     def poke(self) -> None:
         for d in self.deliverers.values():
             d.poke()
+        if self.on_poke is not None:
+            self.on_poke()
 
     async def statuses(self) -> list[dict[str, Any]]:
         return [await d.status() for d in self.deliverers.values()]

@@ -32,6 +32,7 @@ import aiohttp
 import aiosmtplib
 
 from mta.api.keys import StoreKeys
+from mta.cluster.secrets import new_secret
 from mta.config import parse_config
 from mta.runtime.daemon import Daemon
 from mta.spool.apikeys import SqliteApiKeys
@@ -49,8 +50,12 @@ def cluster_text(state: Path, pg_url: str, redis_url: str, node: str, sink_port:
                  extra: str = "") -> str:
     text = config_text(state, free_port(), routes={"*": f"127.0.0.1:{sink_port}"},
                        trusted=("127.0.0.0/8",))
+    secret = state.parent / "cluster-secret.txt"      # one file for every node
+    if not secret.exists():
+        secret.write_text(new_secret() + "\n")
     return (text + f'[api]\naddress = "127.0.0.1:{free_port()}"\n'
             f'[cluster]\ndatabase = "{pg_url}"\nredis = "{redis_url}"\nnode = "{node}"\n'
+            f'secret_file = "{secret}"\n'
             'heartbeat = "0.5s"\nnode_timeout = "3s"\nconnect_timeout = "2s"\n' + extra)
 
 
