@@ -159,3 +159,26 @@ def pg_url(pg_server):
 def redis_url(redis_server):
     """A Redis database number of its own on the shared server."""
     return redis_server.new_db()
+
+
+@pytest.fixture
+def own_pg():
+    """A PostgreSQL server of this test's own, to stop and start (failure
+    tests): the session's server is shared by every other test."""
+    from tests.support.engines import MISSING_ENGINES, PostgresServer
+    if MISSING_ENGINES:
+        pytest.skip(MISSING_ENGINES)
+    server = PostgresServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def own_redis():
+    """A redis-server of this test's own, to stop and restart."""
+    from tests.support.engines import MISSING_ENGINES, RedisServer
+    if MISSING_ENGINES:
+        pytest.skip(MISSING_ENGINES)
+    server = RedisServer().start()
+    yield server
+    server.destroy()

@@ -25,7 +25,6 @@ from mta.policy.authlimit import FREE, GO, LOCKED, AuthThrottle, UserThrottle
 from mta.server.authcheck import AuthTurns
 from mta.server.credentials import CredentialStore, valid_username
 from tests.support.cluster import ClusterWorld, cluster_world, until
-from tests.support.engines import MISSING_ENGINES, RedisServer
 from tests.support.mtahelpers import no_verify_context
 
 PASSWORD = "s3cret-passwd"
@@ -82,14 +81,6 @@ async def test_a_success_forgets_the_addresss_failures_on_every_node(
         assert await auth(w, "B", "wrong-4") == 535
         assert await auth(w, "B", "wrong-5") == 421       # A's one + B's two
 
-
-@pytest.fixture
-def own_redis():
-    if MISSING_ENGINES:
-        pytest.skip(MISSING_ENGINES)
-    server = RedisServer().start()
-    yield server
-    server.destroy()
 
 
 async def test_with_redis_down_each_node_throttles_on_its_own(tmp_path, pg_url, own_redis):

@@ -21,7 +21,7 @@ import pytest
 
 from mta.cluster import ledger as shared_ledger
 from tests.support.cluster import cluster_world, until
-from tests.support.engines import MISSING_ENGINES, PostgresServer, RedisServer
+from tests.support.engines import MISSING_ENGINES
 from tests.support.mtahelpers import make_message, parse
 
 pytestmark = pytest.mark.skipif(bool(MISSING_ENGINES), reason=MISSING_ENGINES or "-")
@@ -29,18 +29,6 @@ pytestmark = pytest.mark.skipif(bool(MISSING_ENGINES), reason=MISSING_ENGINES or
 OUTAGE = 30.0      # seconds PostgreSQL stays down (the figure)
 
 
-@pytest.fixture
-def own_pg():
-    server = PostgresServer().start()
-    yield server
-    server.destroy()
-
-
-@pytest.fixture
-def own_redis():
-    server = RedisServer().start()
-    yield server
-    server.destroy()
 
 
 def subjects(sink) -> set[str]:

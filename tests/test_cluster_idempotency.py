@@ -15,13 +15,11 @@ import asyncio
 import time
 
 import asyncpg
-import pytest
 
 from mta.api.routes import fingerprint
 from mta.cluster import idempotency as shared
 from mta.runtime import cluster_idempotency
 from tests.support.cluster import ClusterWorld, cluster_world
-from tests.support.engines import MISSING_ENGINES, PostgresServer
 
 BODY = {"from": "app@acme.test", "to": "ok-idem@rcpt.test", "subject": "once", "text": "hi"}
 
@@ -136,14 +134,6 @@ async def test_a_live_claim_not_finished_in_time_is_a_409(tmp_path, pg_url, redi
         assert (status, doc["name"]) == (409, "concurrent_idempotent_requests")
         assert await queued_everywhere(w) == []
 
-
-@pytest.fixture
-def own_pg():
-    if MISSING_ENGINES:
-        pytest.skip(MISSING_ENGINES)
-    server = PostgresServer().start()
-    yield server
-    server.destroy()
 
 
 async def test_with_postgres_down_a_key_is_refused_429_and_no_key_accepted(

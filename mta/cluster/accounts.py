@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mta.cluster.db import Migration
-from mta.cluster.suppressions import execute_runs, pg_text
+from mta.cluster.feed import Feed, pg_text
 
 __all__ = ["ACCOUNTS_LOCK", "MIGRATIONS", "TOMBSTONE_DAYS", "high_water", "prune", "pull",
            "push", "sweep"]
@@ -136,60 +136,13 @@ def _statements(changes: Sequence[Sequence[Any]], through: int, origin: str,
     return out
 
 
+FEED = Feed("account_rows", ("tbl", "pk"), _COLS, "account_writers", "account_meta",
+            ACCOUNTS_LOCK)
+
+
 async def push(conn: Any, origin: str, writer: str, changes: Sequence[Sequence[Any]],
                now: float) -> int:
-    if not changes:
-        return 0
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", ACCOUNTS_LOCK)
-        through = await conn.fetchval(
-            "SELECT through FROM account_writers WHERE writer = $1", writer) or 0
-        await execute_runs(conn, _statements(changes, int(through), origin, now))
-        last = max(int(c[0]) for c in changes)
-        await conn.execute(
-            "INSERT INTO account_writers (writer, origin, through, at) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (writer) DO UPDATE SET origin = $2, at = $4, "
-            "through = GREATEST(account_writers.through, $3)", writer, origin, last, now)
-        return max(last, int(through))
+    return await FEED.push(conn, origin, writer, changes, now, _statements)
 
 
-async def pull(conn: Any, after: int, origin: str | None,
-               limit: int) -> tuple[list[tuple[Any, ...]], int]:
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        if origin is None:
-            rows = await conn.fetch(f"SELECT {_COLS} FROM account_rows WHERE seq > $1 "
-                                    "ORDER BY seq LIMIT $2", after, limit)
-        else:
-            rows = await conn.fetch(f"SELECT {_COLS} FROM account_rows WHERE seq > $1 "
-                                    "AND origin <> $3 ORDER BY seq LIMIT $2", after, limit, origin)
-        pruned = await conn.fetchval(
-            "SELECT value FROM account_meta WHERE name = 'pruned_through'")
-    return [tuple(r) for r in rows], int(pruned or 0)
-
-
-async def sweep(conn: Any, after_key: tuple[str, str] | None,
-                limit: int) -> list[tuple[Any, ...]]:
-    if after_key is None:
-        rows = await conn.fetch(f"SELECT {_COLS} FROM account_rows WHERE NOT deleted "
-                                "ORDER BY tbl, pk LIMIT $1", limit)
-    else:
-        rows = await conn.fetch(f"SELECT {_COLS} FROM account_rows WHERE NOT deleted "
-                                "AND (tbl, pk) > ($1, $2) ORDER BY tbl, pk LIMIT $3",
-                                after_key[0], after_key[1], limit)
-    return [tuple(r) for r in rows]
-
-
-async def high_water(conn: Any) -> int:
-    return int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM account_rows"))
-
-
-async def prune(conn: Any, before: float) -> int:
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", ACCOUNTS_LOCK)
-        gone = await conn.fetch("DELETE FROM account_rows WHERE deleted AND changed < $1 "
-                                "RETURNING seq", before)
-        if gone:
-            await conn.execute(
-                "UPDATE account_meta SET value = GREATEST(value, $1) "
-                "WHERE name = 'pruned_through'", max(int(r["seq"]) for r in gone))
-    return len(gone)
+pull, sweep, high_water, prune = FEED.pull, FEED.sweep, FEED.high_water, FEED.prune

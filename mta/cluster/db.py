@@ -100,6 +100,13 @@ class SharedDb:
         except (*UNREACHABLE, asyncpg.PostgresError, ValueError) as exc:
             raise SharedDbError(f"cluster.database {shown}: cannot connect: "
                                 f"{_why(exc)}") from exc
+        try:
+            async with asyncio.timeout(timeout):
+                await pool.fetchval("SELECT 1")
+        except (*UNREACHABLE, asyncpg.PostgresError) as exc:
+            pool.terminate()
+            raise SharedDbError(f"cluster.database {shown}: cannot connect: "
+                                f"{_why(exc)}") from exc
         db = cls(pool, url, timeout)
         try:
             await db.migrate(migrations)

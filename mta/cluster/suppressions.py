@@ -27,9 +27,8 @@ API
     await high_water(conn) -> int                 the newest seq
     await prune(conn, before) -> int              tombstones older than `before`
     TOMBSTONE_DAYS
-    pg_text(v) -> str      a value as PostgreSQL text (no NUL, no lone surrogate)
-    await execute_runs(conn, [(sql, params), …])   in order, a run of one
-                           statement as one executemany (shared with accounts.py)
+    pg_text, execute_runs  re-exported from cluster/feed.py (the feed's
+                           mechanics, shared with accounts.py)
 
 Invariants
 - One row per (address, scope): its latest write (PostgreSQL's latest write
@@ -51,6 +50,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mta.cluster.db import Migration
+from mta.cluster.feed import Feed, execute_runs, pg_text
 
 __all__ = ["MIGRATIONS", "SUPPRESSION_LOCK", "TOMBSTONE_DAYS", "execute_runs", "high_water",
            "pg_text", "prune", "pull", "push", "sweep"]
@@ -109,89 +109,29 @@ _TOMBSTONE = (
     "seq = excluded.seq, changed = excluded.changed")
 
 
-def pg_text(v: Any) -> str:
-    """PostgreSQL's text holds no NUL and no lone surrogate; a local row
-    with one must not wedge the outbox."""
-    s = str(v or "").replace("\x00", "")
-    return s.encode("utf-8", "replace").decode("utf-8")
+def _statements(changes: Sequence[Sequence[Any]], through: int, origin: str,
+                now: float) -> list[tuple[str, tuple[Any, ...]]]:
+    out: list[tuple[str, tuple[Any, ...]]] = []
+    for seq, op, address, scope, reason, queue_id, reply, created, expires in changes:
+        if seq <= through:
+            continue
+        key = (pg_text(address), pg_text(scope))
+        if op == "delete":
+            out.append((_TOMBSTONE, (*key, origin, now)))
+        else:
+            row = (*key, pg_text(reason), pg_text(queue_id), pg_text(reply), float(created),
+                   None if expires is None else float(expires), origin, now)
+            out.append((_SEED if op == "seed" else _UPSERT, row))
+    return out
 
 
-async def execute_runs(conn: Any, stmts: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
-    """(sql, params) pairs in order, each run of one statement as one executemany."""
-    i = 0
-    while i < len(stmts):
-        j = i
-        while j < len(stmts) and stmts[j][0] == stmts[i][0]:
-            j += 1
-        await conn.executemany(stmts[i][0], [p for _, p in stmts[i:j]])
-        i = j
+FEED = Feed("suppressions", ("address", "scope"), _COLS, "suppression_writers",
+            "suppression_meta", SUPPRESSION_LOCK)
 
 
 async def push(conn: Any, origin: str, writer: str, changes: Sequence[Sequence[Any]],
                now: float) -> int:
-    if not changes:
-        return 0
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", SUPPRESSION_LOCK)
-        through = await conn.fetchval(
-            "SELECT through FROM suppression_writers WHERE writer = $1", writer) or 0
-        upserts: list[tuple[str, tuple[Any, ...]]] = []
-        for seq, op, address, scope, reason, queue_id, reply, created, expires in changes:
-            if seq <= through:
-                continue
-            key = (pg_text(address), pg_text(scope))
-            if op == "delete":
-                upserts.append((_TOMBSTONE, (*key, origin, now)))
-            else:
-                row = (*key, pg_text(reason), pg_text(queue_id), pg_text(reply), float(created),
-                       None if expires is None else float(expires), origin, now)
-                upserts.append((_SEED if op == "seed" else _UPSERT, row))
-        await execute_runs(conn, upserts)
-        last = max(int(c[0]) for c in changes)
-        await conn.execute(
-            "INSERT INTO suppression_writers (writer, origin, through, at) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (writer) DO UPDATE SET origin = $2, at = $4, "
-            "through = GREATEST(suppression_writers.through, $3)", writer, origin, last, now)
-        return max(last, int(through))
+    return await FEED.push(conn, origin, writer, changes, now, _statements)
 
 
-async def pull(conn: Any, after: int, origin: str | None,
-               limit: int) -> tuple[list[tuple[Any, ...]], int]:
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        if origin is None:
-            rows = await conn.fetch(f"SELECT {_COLS} FROM suppressions WHERE seq > $1 "
-                                    "ORDER BY seq LIMIT $2", after, limit)
-        else:
-            rows = await conn.fetch(f"SELECT {_COLS} FROM suppressions WHERE seq > $1 "
-                                    "AND origin <> $3 ORDER BY seq LIMIT $2", after, limit, origin)
-        pruned = await conn.fetchval(
-            "SELECT value FROM suppression_meta WHERE name = 'pruned_through'")
-    return [tuple(r) for r in rows], int(pruned or 0)
-
-
-async def sweep(conn: Any, after_key: tuple[str, str] | None,
-                limit: int) -> list[tuple[Any, ...]]:
-    if after_key is None:
-        rows = await conn.fetch(f"SELECT {_COLS} FROM suppressions WHERE NOT deleted "
-                                "ORDER BY address, scope LIMIT $1", limit)
-    else:
-        rows = await conn.fetch(f"SELECT {_COLS} FROM suppressions WHERE NOT deleted "
-                                "AND (address, scope) > ($1, $2) ORDER BY address, scope "
-                                "LIMIT $3", after_key[0], after_key[1], limit)
-    return [tuple(r) for r in rows]
-
-
-async def high_water(conn: Any) -> int:
-    return int(await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM suppressions"))
-
-
-async def prune(conn: Any, before: float) -> int:
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", SUPPRESSION_LOCK)
-        gone = await conn.fetch("DELETE FROM suppressions WHERE deleted AND changed < $1 "
-                                "RETURNING seq", before)
-        if gone:
-            await conn.execute(
-                "UPDATE suppression_meta SET value = GREATEST(value, $1) "
-                "WHERE name = 'pruned_through'", max(int(r["seq"]) for r in gone))
-    return len(gone)
+pull, sweep, high_water, prune = FEED.pull, FEED.sweep, FEED.high_water, FEED.prune
