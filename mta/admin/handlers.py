@@ -19,8 +19,11 @@ read as an id; backend exceptions map as mta.admin.backend says (KeyError
 and NotFound → 404, ActionRefused → 409, ValueError from a cursor → 400),
 a ledger or tenant method the backend lacks → 501; a message this node
 does not know is looked up by the backend's `ledger_elsewhere(id)` when it
-has one (a cluster's shared ledger: runtime/cluster_ledger.py sets it). The tenant routes answer
-a `TenantError` with its status (404 not_found, 409 conflict, 422
+has one (a cluster's shared ledger: runtime/cluster_ledger.py sets it), and
+GET /v1/events reads the backend's `events_shared` instead of `events_after`
+when it has one (a cluster: every node's events, the global seq the cursor,
+the answer labelled "ledger": "cluster"; runtime/cluster_events.py sets it).
+The tenant routes answer a `TenantError` with its status (404 not_found, 409 conflict, 422
 validation_error), the message starting with the field at fault
 ("limits.per_hour: …", "name: …") when there is one. The shaping routes
 (issue 15) answer 501 when the backend lacks them or raises
@@ -228,10 +231,12 @@ class _Handlers:
     async def events(self, request: web.Request) -> web.Response:
         after, limit, types, recipient, tenant = params.event_params(request)
         only = {} if tenant is None else {"tenant": tenant}     # only when given
-        events = await self._optional("events_after")(after, limit, types=types,
-                                                      recipient=recipient, **only)
+        shared = getattr(self.b, "events_shared", None)         # a cluster's ledger
+        events = await (shared or self._optional("events_after"))(
+            after, limit, types=types, recipient=recipient, **only)
         nxt = events[-1]["seq"] if events else after
-        return web.json_response({"events": events, "next_after": nxt})
+        label = {} if shared is None else {"ledger": "cluster"}
+        return web.json_response({"events": events, "next_after": nxt, **label})
 
     async def message_events(self, request: web.Request) -> web.Response:
         mid = params.queue_id(request)

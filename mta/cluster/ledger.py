@@ -15,6 +15,12 @@ API
     await events_after(conn, after, limit, *, types=None, recipient=None,
                        credential=None, tenant=None) -> [EventView]  global seq order
     await message_events(conn, queue_id) -> [EventView]              seq order
+    await outcomes_after(conn, after, limit, types) -> [Outcome]    global seq order:
+        lean rows for the reputation tracker (the spool's OutcomeRow fields:
+        seq, at, type, credential, detail's reason, the message's sender
+        from its `received` event or None, test)
+    await message_node(conn, queue_id) -> str | None   the node that received it
+        (forwarded its "received" event; else its first event's node)
     await last_seq(conn) -> int       the newest committed seq (0: none)
     await node_count(conn, node) -> int   events forwarded by `node`
     await prune(conn, before, batch) -> int   oldest first; never the newest row
@@ -41,14 +47,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from mta.cluster.db import Migration
 from mta.core.stores import EventView
 
 __all__ = ["LEDGER_LOCK", "MIGRATIONS", "WEBHOOK_FIELDS", "events_after", "insert_batch",
-           "last_seq", "leases", "message_events", "node_count", "prune", "release_lease",
-           "set_webhook_state", "take_lease", "webhook_state"]
+           "last_seq", "leases", "message_events", "message_node", "node_count", "Outcome",
+           "outcomes_after", "prune",
+           "release_lease", "set_webhook_state", "take_lease", "webhook_state"]
 
 # pg_advisory_xact_lock key: "mta-led" in ASCII, as a bigint.
 LEDGER_LOCK = 0x6D74612D6C6564
@@ -164,6 +171,41 @@ async def message_events(conn: Any, queue_id: str) -> list[EventView]:
     rows = await conn.fetch(f"SELECT {_COLS} FROM events WHERE queue_id = $1 ORDER BY seq",
                             queue_id)
     return [_view(r) for r in rows]
+
+
+async def message_node(conn: Any, queue_id: str) -> str | None:
+    v = await conn.fetchval("SELECT node FROM events WHERE queue_id = $1 "
+                            "ORDER BY (type <> 'received'), seq LIMIT 1", queue_id)
+    return None if v is None else str(v)
+
+
+class Outcome(NamedTuple):
+    seq: int
+    at: float
+    type: str
+    credential: str
+    reason: str | None
+    sender: str | None
+    test: bool
+
+
+_OUTCOMES = """
+SELECT e.seq, e.at, e.type, e.credential, e.detail->>'reason' AS reason,
+       CASE WHEN e.queue_id = '' THEN NULL ELSE
+         (SELECT r.detail->>'sender' FROM events r WHERE r.queue_id = e.queue_id
+          AND r.type = 'received' ORDER BY r.seq LIMIT 1) END AS sender, e.test
+FROM events e WHERE e.seq > $1 AND e.type = ANY($2::text[]) ORDER BY e.seq LIMIT $3"""
+
+
+async def outcomes_after(conn: Any, after: int, limit: int,
+                         types: Sequence[str]) -> list[Outcome]:
+    """Up to `limit` events of `types` after `after`, in global seq order,
+    as the reputation tracker reads them (every node's)."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    rows = await conn.fetch(_OUTCOMES, int(after), list(dict.fromkeys(types)), int(limit))
+    return [Outcome(int(r["seq"]), float(r["at"]), r["type"], r["credential"] or "",
+                    r["reason"], r["sender"], bool(r["test"])) for r in rows]
 
 
 async def last_seq(conn: Any) -> int:

@@ -48,8 +48,8 @@ from urllib.parse import quote as urlquote
 from aiohttp import web
 
 from mta.console.backend import ConsoleError, ConsoleParts, Viewer
-from mta.console.render import (NAV, PREFIX, SESSION, Handler, NavItem, Pages, field, redirect,
-                                render)
+from mta.console.render import (CLUSTER, NAV, PREFIX, SESSION, Handler, NavItem, Pages, field,
+                                redirect, render)
 from mta.console.sessions import LoginThrottle, Session, SessionStore, new_token, same
 from mta.core import Clock
 
@@ -275,6 +275,8 @@ def create_console_app(parts: ConsoleParts, *, clock: Clock, idle: float = 3600.
             if access == "operator":
                 operator_paths.add(PREFIX + path)
     app[NAV] = nav
+    if parts.cluster is not None:
+        app[CLUSTER] = parts.cluster
     app[_OPERATOR_PATHS] = operator_paths
     app.router.add_get("/login", _login_page)
     app.router.add_post("/login", _login)

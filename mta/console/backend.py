@@ -10,7 +10,7 @@ page module declares the Protocol of its own backend
 Public API:
     Viewer(tenant, label)      tenant None: the operator (every tenant)
     ConsoleError(status, message, field=None)
-    ConsoleParts               messages, overview, domains, accounts, auth
+    ConsoleParts               messages, overview, domains, accounts, cluster, auth
     Authenticator              the Protocol of `parts.auth` (logins)
 
 Invariants:
@@ -90,3 +90,5 @@ class ConsoleParts:
     domains: Any = None         # mta.console.pages_domains.DomainsBackend (+ suppressions)
     accounts: Any = None        # mta.console.pages_accounts.AccountsBackend
                                 # (webhooks, tenants, API keys, templates)
+    cluster: Any = None         # mta.console.pages_cluster.ClusterBackend (None: a
+                                # single node: no Cluster page, no node label)

@@ -18,7 +18,8 @@ Public API:
 
 Routes (under /console; access):
     GET  /messages                  search (any)
-    GET  /messages/{id}             the message page (any)
+    GET  /messages/{id}             the message page (any); in a cluster, one another
+                                    node holds: its shared timeline (pages_cluster)
     GET  /messages/{id}/live        its timeline as server-sent events (any)
     GET  /messages/{id}/confirm?action=A    what A will do, a POST form (operator)
     POST /messages/{id}/{hold|release|retry|bounce|delete}               (operator)
@@ -75,6 +76,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from mta.console import pages_cluster
 from mta.console.backend import ConsoleError, Viewer
 from mta.console.pages_messages_live import LiveStreams, event_summary
 from mta.console.render import Route, redirect, render, viewer
@@ -335,8 +337,8 @@ def _handlers(b: MessagesBackend) -> dict[str, Any]:
     async def message(request: web.Request) -> web.StreamResponse:
         mid = _message_id(request)
         m = await b.message(viewer(request), mid, TIMELINE_MAX)
-        if m is None:
-            raise ConsoleError(404, "no such message")
+        if m is None:          # another node's, in a cluster (else 404)
+            return await pages_cluster.elsewhere(request, mid, TIMELINE_MAX)
         events = [{**e, "summary": event_summary(e)} for e in m["events"]]
         last = events[-1]["seq"] if events else 0
         return render(request, "message.html", m=m, events=events, actions=ACTIONS,

@@ -12,7 +12,7 @@ Public API:
     viewer(request) -> Viewer        session(request) -> Session
     await form(request) -> MultiDictProxy     (the POST body, CSRF already checked)
     field(data, name, max_len=300, required=True) -> str   a form value, checked
-    SESSION, NAV (request/app keys), Route, NavItem, Handler, Pages (a page module)
+    SESSION, NAV, CLUSTER (request/app keys), Route, NavItem, Handler, Pages (a page module)
     when(t) / ago(seconds) / size(n)  (also the templates' filters)
 
 Invariants:
@@ -20,6 +20,9 @@ Invariants:
   safe but our own SVG charts (mta.console.charts, which escape every
   label themselves).
 - Pages are never cached (Cache-Control: no-store, set by the app).
+- In a cluster (app[CLUSTER] set: the ClusterBackend of mta.console.pages_cluster)
+  every logged-in page's header names the node serving it (`cluster_node`:
+  {"name", "label"}); on a single node `cluster_node` is None.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from mta.console.backend import ConsoleError, Viewer
 from mta.console.sessions import Session
 
 __all__ = ["Pages", "render", "fragment", "redirect", "viewer", "session", "form", "field",
-           "SESSION", "NAV", "Route", "NavItem", "Handler", "when", "ago", "size", "PREFIX"]
+           "SESSION", "NAV", "CLUSTER", "Route", "NavItem", "Handler", "when", "ago", "size",
+           "PREFIX"]
 
 PREFIX = "/console"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -57,6 +61,7 @@ class Pages(Protocol):
 
 SESSION = web.RequestKey("console_session", Session)
 NAV = web.AppKey("console_nav", list)
+CLUSTER: web.AppKey[Any] = web.AppKey("console_cluster")    # a pages_cluster.ClusterBackend
 
 
 def when(t: float | None) -> str:
@@ -122,9 +127,11 @@ def render(request: web.Request, template: str, status: int = 200,
     s = request.get(SESSION)
     nav = [(label, PREFIX + path) for label, path, access in request.app[NAV]
            if s is not None and (access == "any" or s.viewer.operator)]
+    cluster = request.app.get(CLUSTER)
     html = _env.get_template(template).render(
         viewer=s.viewer if s is not None else None, csrf=s.csrf if s is not None else "",
         nav=nav, flashes=s.take_flashes() if s is not None else [], path=request.path,
+        cluster_node=cluster.header() if cluster is not None and s is not None else None,
         **context)
     return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
 

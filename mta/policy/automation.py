@@ -38,6 +38,8 @@ Public API:
         .connection_limit(site, now) -> int | None     the lowest in force
         .message_rate(site, now) -> RateSpec | None     the slowest in force
         .lift(target) -> list[Fired]    by id, or every action on a key
+        .adopt(fired) -> bool           put in force an action fired elsewhere
+                                        (another node); False: already as long
         .held() -> int                  match timestamps in memory
 
 Rules:
@@ -417,6 +419,13 @@ class Automation:
             return None
         # slowest: fewest messages a second; a tie keeps the smaller burst
         return min(rates, key=lambda r: (r.per_second, r.count))
+
+    def adopt(self, fired: Fired) -> bool:
+        current = self._in_force.get(fired.id)
+        if fired.action.kind == "bounce" or (current is not None and current.until >= fired.until):
+            return False
+        self._in_force[fired.id] = fired
+        return True
 
     def held(self) -> int:
         """Match timestamps held, over every (rule, key)."""

@@ -24,11 +24,20 @@ API
       .held(item, dest) -> bool           is this recipient's tenant
                                           suspended at that destination?
       .active() -> list[dict]             the actions in force (queue summary)
+      .share                              None, or an ActionShare told of each
+                                          firing and lift here (a cluster:
+                                          runtime/cluster_shaping.py)
+      await .adopt(fired)                 put in force actions another node fired,
+                                          carried out as here, no ledger event
+      await .lift_adopted(ids)            lifted on another node: end them here,
+                                          no ledger event
 
 Invariants: only replies a remote server sent (`Reply.remote`) are
 observed; our own deferrals — "no connection", "site suspended" — never
 count, so no action extends itself. Actions live in memory: a restart ends
-them (the remote's next throttling reply starts them again).
+them (the remote's next throttling reply starts them again). In a cluster
+an action is one ledger event, on the node whose rule fired (its expiry
+too); a lift is one event, on the node that lifted it.
 """
 
 from __future__ import annotations
@@ -51,6 +60,11 @@ from mta.spool import Spool
 __all__ = ["BatchReplies", "ReplyRules"]
 
 log = logging.getLogger("mta.shaping")
+
+
+class ActionShare(Protocol):
+    async def fired(self, fired: list[Fired]) -> None: ...
+    async def lifted(self, lifted: list[Fired]) -> None: ...
 
 
 class Runner(Protocol):
@@ -100,6 +114,8 @@ class ReplyRules:
                  observer: Observer | None = None):
         self.shaping, self.runner, self.spool, self.clock = shaping, runner, spool, clock
         self.observer = observer or Observer()
+        self.share: ActionShare | None = None
+        self.foreign: set[str] = set()      # ids in force here that another node fired
 
     @property
     def automation(self) -> Automation:
@@ -134,22 +150,10 @@ class ReplyRules:
         if not fired:
             return
         now = self.clock.now()
-        scheduler = self.runner.scheduler
         events = []
         for f in fired:
-            kind = f.action.kind
-            if kind == "suspend":
-                scheduler.suspend(f.key)
-                await self.runner.put_back(scheduler.drain(f.key), f.until)
-            elif kind in ("connection_limit", "message_rate"):
-                scheduler.replan(f.key)
-            elif kind == "suspend_tenant":
-                # The mail waiting for that provider (or site) goes back; the
-                # next lease holds what is the tenant's (held()), lets the rest go.
-                at = f.key.rpartition("@")[2]
-                for name, state in scheduler.destination_states().items():
-                    if at in (name.partition("@")[0], state.get("provider")):
-                        await self.runner.put_back(scheduler.drain(name), now)
+            self.foreign.discard(f.id)
+            await self._carry_out(f, now)
             event(log, "automation_action", level=logging.WARNING, action=str(f.action),
                   scope=f.scope, key=f.key, rule=f.rule.name, until=f"{f.until - now:.0f}s",
                   reason=f.reason)
@@ -160,6 +164,38 @@ class ReplyRules:
                                       detail=fired_dict(f)))
         await self.spool.ledger.append_events(events)
         self.runner.poke()
+        if self.share is not None:
+            await self.share.fired([f for f in fired if f.action.kind != "bounce"])
+
+    async def _carry_out(self, f: Fired, now: float) -> None:
+        scheduler = self.runner.scheduler
+        kind = f.action.kind
+        if kind == "suspend":
+            scheduler.suspend(f.key)
+            await self.runner.put_back(scheduler.drain(f.key), f.until)
+        elif kind in ("connection_limit", "message_rate"):
+            scheduler.replan(f.key)
+        elif kind == "suspend_tenant":
+            # The mail waiting for that provider (or site) goes back; the
+            # next lease holds what is the tenant's (held()), lets the rest go.
+            at = f.key.rpartition("@")[2]
+            for name, state in scheduler.destination_states().items():
+                if at in (name.partition("@")[0], state.get("provider")):
+                    await self.runner.put_back(scheduler.drain(name), now)
+
+    async def adopt(self, fired: list[Fired]) -> None:
+        now = self.clock.now()
+        for f in fired:
+            if f.until > now and self.automation.adopt(f):
+                self.foreign.add(f.id)
+                await self._carry_out(f, now)
+                event(log, "automation_adopted", action=str(f.action), scope=f.scope,
+                      key=f.key, rule=f.rule.name, until=f"{f.until - now:.0f}s")
+        self.runner.poke()
+
+    async def lift_adopted(self, ids: list[str]) -> None:
+        lifted = [f for i in ids for f in self.automation.lift(i)]
+        await self._ended(lifted, "lifted", record=False)
 
     async def tick(self) -> None:
         """End the actions whose time is up."""
@@ -168,10 +204,12 @@ class ReplyRules:
 
     async def lift(self, target: str) -> list[dict[str, Any]]:
         lifted = self.automation.lift(target)
+        if self.share is not None and lifted:       # first: no poll may re-adopt them
+            await self.share.lifted(lifted)
         await self._ended(lifted, "lifted")
         return [fired_dict(f) for f in lifted]
 
-    async def _ended(self, ended: list[Fired], why: str) -> None:
+    async def _ended(self, ended: list[Fired], why: str, record: bool = True) -> None:
         if not ended:
             return
         now = self.clock.now()
@@ -186,11 +224,16 @@ class ReplyRules:
                 scheduler.replan(f.key)
             event(log, "automation_ended", action=str(f.action), scope=f.scope, key=f.key,
                   rule=f.rule.name, why=why)
+            foreign = f.id in self.foreign and why == "expired"
+            self.foreign.discard(f.id)
+            if not record or foreign:
+                continue            # the node that fired (or lifted) it records it
             tenant = f.key.partition("@")[0] if f.scope == "tenant" else ""
             events.append(LedgerEvent("automation_ended", now,
                                       credential=_tenant_credential(tenant) if tenant else "",
                                       detail={**fired_dict(f), "why": why}))
-        await self.spool.ledger.append_events(events)
+        if events:
+            await self.spool.ledger.append_events(events)
         self.runner.poke()
 
     def active(self) -> list[dict[str, Any]]:

@@ -50,6 +50,8 @@ from mta.runtime import admin_cluster
 from mta.runtime import cluster_ledger
 from mta.runtime import cluster_accounts
 from mta.runtime import cluster_credentials, cluster_domains
+from mta.runtime import cluster_shaping
+from mta.runtime import cluster_events, cluster_reputation, cluster_smtp_keys
 from mta.runtime.housekeeping import Job
 from mta.runtime.logs import event
 from mta.runtime.startup import StartupError
@@ -68,10 +70,14 @@ WIRINGS: list[Callable[[Any], Awaitable[None]]] = [admin_cluster.wire,
                                                    cluster_credentials.wire,
                                                    cluster_suppressions.wire,
                                                    cluster_limits.wire,
+                                                   cluster_shaping.wire,
                                                    cluster_idempotency.wire,
                                                    cluster_idempotency.wire_auth,
                                                    cluster_ledger.wire,
-                                                   cluster_accounts.wire]
+                                                   cluster_accounts.wire,
+                                                   cluster_smtp_keys.wire,
+                                                   cluster_events.wire,
+                                                   cluster_reputation.wire]
 
 # What a Redis call raises when Redis is unreachable (not a bug of ours).
 REDIS_DOWN: tuple[type[BaseException], ...] = (

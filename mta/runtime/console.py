@@ -3,7 +3,9 @@
 One job: build `mta.console.app`'s application for the admin server — the
 login check (the admin token's digest; the API key store, full-access keys
 only, resolved to their tenant) and one backend per group of pages, each
-in its own module (mta.runtime.console_*).
+in its own module (mta.runtime.console_*); in a cluster, the cluster's
+(runtime/console_cluster.py: the node label, the Cluster page, messages
+other nodes hold).
 
 Public API:
     build_console(daemon, token) -> (web.Application, ConsoleParts) | None
@@ -25,6 +27,7 @@ from mta.console.app import create_console_app
 from mta.console.backend import ConsoleParts
 from mta.console.pages import ALL_PAGES
 from mta.runtime.console_accounts import ConsoleAccounts
+from mta.runtime.console_cluster import console_cluster
 from mta.runtime.console_domains import ConsoleDomains
 from mta.runtime.console_messages import ConsoleMessages
 from mta.runtime.console_overview import ConsoleOverview
@@ -73,7 +76,8 @@ def build_console(daemon: Any, token: str) -> tuple[web.Application, ConsolePart
     parts = ConsoleParts(auth=RuntimeAuth(token, keys, tenant_of),
                          overview=ConsoleOverview(daemon), messages=ConsoleMessages(daemon),
                          domains=ConsoleDomains(daemon),
-                         accounts=ConsoleAccounts(daemon, keys))
+                         accounts=ConsoleAccounts(daemon, keys),
+                         cluster=console_cluster(daemon))
     app = create_console_app(parts, clock=daemon.clock, idle=cfg.admin.console_session_idle,
                              lifetime=cfg.admin.console_session_lifetime, pages=ALL_PAGES)
     return app, parts

@@ -20,6 +20,9 @@ API
         .rates(tenant) -> dict      what `mta tenant show` prints (with the
                                     figures of each sending domain)
         .domain_rates(tenant) -> {domain: Rates}
+    In a cluster runtime/cluster_reputation.py subclasses it: where the
+    outcomes come from (_outcomes, _last_seq, _follow), whether this node
+    acts (_acting), what it does when the tenant rows change (_noticed).
 
 What counts (core/reasons.py is the table): a delivered recipient is a
 send; a final bounce whose reason is in LIST_QUALITY (user unknown, host
@@ -36,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mta.config import Config
@@ -85,9 +88,12 @@ class ReputationTracker:
         tenants.on_resume = self.forget
 
     async def start(self) -> None:
-        last = await self.spool.ledger.last_event_seq()
+        last = await self._last_seq()
         self._cursor = max(0, last - REBUILD)
         await self._rebuild(last)
+        self._start_task()
+
+    def _start_task(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reputation")
 
     async def stop(self) -> None:
@@ -128,7 +134,7 @@ class ReputationTracker:
         """The next outcomes after the cursor as (row, tenant), fed into the
         windows; the cursor advances. One lean read (ledger.outcomes_after);
         a tenant's policy is worked out once per read."""
-        rows = await self.spool.ledger.outcomes_after(self._cursor, BATCH, types=types)
+        rows = await self._outcomes(types)
         if not rows:
             return []
         self._cursor = rows[-1].seq
@@ -153,20 +159,43 @@ class ReputationTracker:
     async def step(self) -> None:
         """Re-read the tenants, follow the ledger, assess, act."""
         await self.tenants.refresh()
-        while len(await self._read()) == BATCH:
-            pass
+        await self._noticed()
+        followed = await self._follow()
+        acting = followed and await self._acting()
         cfg, now = self.cfg_of(), self.clock.now()
         for tenant in sorted(set(self._rates) | set(self._last)):
             row = self.tenants.row(tenant)
             rates = self._rates.get(tenant) or RollingRates()
             found = assess(rates.snapshot(now, policy_of(row, cfg)), policy_of(row, cfg))
             self._last[tenant] = found
-            await self._act(tenant, _STATUS.get(row.auto_status, "ok"), found)
+            if acting:
+                await self._act(tenant, _STATUS.get(row.auto_status, "ok"), found)
         if now >= self._rehold_at:
             self._rehold_at = now + REHOLD
             for name in self.tenants.names():
                 if not self.tenants.row(name).sending:
                     await self.tenants.hold(name)
+
+    # -- what a cluster changes (runtime/cluster_reputation.py) -----------------------
+
+    async def _outcomes(self, types: tuple[str, ...]) -> Sequence[OutcomeRow]:
+        return await self.spool.ledger.outcomes_after(self._cursor, BATCH, types=types)
+
+    async def _last_seq(self) -> int:
+        return await self.spool.ledger.last_event_seq()
+
+    async def _follow(self) -> bool:
+        """Read the outcomes up to the newest; False: the view is not current."""
+        while len(await self._read()) == BATCH:
+            pass
+        return True
+
+    async def _acting(self) -> bool:
+        """Whether this tracker acts on what it assesses (one node does)."""
+        return True
+
+    async def _noticed(self) -> None:
+        """The tenants were re-read (a cluster looks for changes made elsewhere)."""
 
     async def _act(self, tenant: str, stored: str, found: Assessment) -> None:
         change = transition(stored, found)

@@ -12,6 +12,9 @@ API
         await .enqueue(msg, now, *, gate=True, **kw) -> queue id
             gate=False: the caller admitted the submission itself (the
             sending API admits a batch as one, then enqueues each message)
+        .shared_keys   None, or (a cluster: runtime/cluster_smtp_keys.py) what
+            a gated message with an Idempotency-Key goes through: claimed
+            once in the cluster, then admitted and enqueued
         await .admit(credential, messages, now, *, test=False) -> tenant
             an API request's messages admitted as one (core.Refused)
         await .append_events(events); .poke()
@@ -26,7 +29,7 @@ API
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from mta.core import LedgerEvent, Reply
@@ -41,6 +44,10 @@ class _Pokeable(Protocol):
     def poke(self) -> None: ...
 
 
+class _SharedKeys(Protocol):
+    async def once(self, msg: NewMessage, accept: Callable[[], Awaitable[str]]) -> str: ...
+
+
 def attempted(msg: NewMessage) -> int:
     """The recipients of `msg` that will be attempted (what quotas count)."""
     return len(msg.recipients) - len(msg.suppressed)
@@ -52,9 +59,15 @@ class GatedSpool:
         self._spool, self._runner, self._webhooks = spool, runner, webhooks
         self._window = idempotency_window
         self.tenants = tenants
+        self.shared_keys: _SharedKeys | None = None
 
     async def enqueue(self, msg: NewMessage, now: float, *, gate: bool = True,
                       **kw: Any) -> str:
+        if gate and self.shared_keys is not None and msg.idempotency_key is not None:
+            return await self.shared_keys.once(msg, lambda: self._enqueue(msg, now, gate, kw))
+        return await self._enqueue(msg, now, gate, kw)
+
+    async def _enqueue(self, msg: NewMessage, now: float, gate: bool, kw: dict[str, Any]) -> str:
         if gate and self.tenants is not None:
             await self.tenants.admit(msg.credential, [(msg.sender, msg.body)], attempted(msg),
                                      now, test=msg.test)
