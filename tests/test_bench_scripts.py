@@ -313,3 +313,36 @@ def test_api_bench_tiny_run_end_to_end() -> None:
         assert doc["sdk"] is None
     assert doc["sent"] == doc["delivered"] == 2 * 2 + 4 * 3 + extra
     assert doc["failed"] == 0 and abs(doc["message_bytes"] - 20480) <= 100
+
+
+# -- bench_cluster (issue 19) ------------------------------------------------------------------
+
+
+def test_cluster_report_adds_the_engines_cost_and_ratios() -> None:
+    import bench_cluster
+
+    def run(e2e: float, node: float, eng: float) -> dict[str, Any]:
+        return {"accept_mps": e2e + 10, "e2e_mps": e2e, "node_cpu_ms_per_msg": node,
+                "engine_cpu_ms_per_msg": eng}
+    runs = {"sqlite": [run(600, 2.0, 0.0), run(580, 1.8, 0.0)],
+            "cluster-1": [run(500, 2.2, 0.1)], "cluster-2": [run(750, 2.3, 0.2)],
+            "cluster-3": [run(600, 2.6, 0.3)]}
+    a = type("A", (), {"n": 10, "c": 2, "repeats": 2})()
+    text = bench_cluster.report(a, runs)
+    # sqlite's median node CPU is 1.9: the cluster adds 0.3 (+16 %), 0.1 in the engines
+    assert "+0.30 CPU-ms (+16% of the SQLite node's 1.90)" in text
+    assert "plus 0.10 CPU-ms in PostgreSQL and Redis" in text
+    assert "cluster-2: e2e 1.50x cluster-1" in text and "cluster-3: e2e 1.20x" in text
+
+
+def test_cluster_node_config_is_a_valid_single_or_cluster_config(tmp_path: Path) -> None:
+    import bench_cluster
+    from mta.config import parse_config
+    key = tmp_path / "k"
+    key.write_text("0" * 64)
+    plain = bench_cluster.node_config(tmp_path / "s", 2600, 2601, 2602, "")
+    cfg = parse_config(plain, "bench")
+    assert cfg.cluster.database is None and cfg.server.workers == 0
+    clustered = plain + ('[cluster]\ndatabase = "postgresql://mta@127.0.0.1:1/x"\n'
+                         f'redis = "redis://127.0.0.1:2/0"\nnode = "n0"\nsecret_file = "{key}"\n')
+    assert parse_config(clustered, "bench").cluster.node == "n0"
