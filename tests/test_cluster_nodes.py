@@ -7,7 +7,7 @@ import asyncio
 from mta.cluster import nodes
 from mta.cluster.db import SharedDb
 from mta.runtime.cluster import MIGRATIONS
-from tests.support.cluster import cluster_world
+from tests.support.cluster import cluster_world, until
 
 
 async def test_three_nodes_join_and_beat(tmp_path, pg_url, redis_url):
@@ -57,3 +57,33 @@ async def test_migrations_apply_once_when_nodes_start_together(pg_url):
         for db in dbs:
             await db.close()
 
+
+
+async def test_a_node_that_leaves_the_cluster_drops_its_outboxes(tmp_path, pg_url, redis_url):
+    import re
+    import sqlite3
+
+    from mta.spool.layout import SpoolPaths
+    from mta.spool.ledger_sql import HOLD_CURSOR
+    from tests.support.mtahelpers import running_daemon
+
+    def cluster_objects(index) -> list[str]:
+        with sqlite3.connect(index) as db:
+            names = [r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE name LIKE 'cluster%'")]
+            hold = db.execute("SELECT count(*) FROM webhook_state WHERE name = ?",
+                              (HOLD_CURSOR,)).fetchone()[0]
+        return names + ["hold"] * hold
+    async with cluster_world(tmp_path, pg_url, redis_url, n=1) as w:
+        index = SpoolPaths.of(w.nodes["A"].cfg.server.state_dir).index
+        await w.smtp_send("A", "app@plain.test", ["x@rcpt.test"], b"Subject: x\r\n\r\nx\r\n")
+        await until(lambda: "hold" in cluster_objects(index), 10)
+        assert any(n.startswith("cluster_suppression") for n in cluster_objects(index))
+        single = re.sub(r"\[cluster\]\n(?:[a-z_]+ = .*\n)+", "", w.texts["A"])
+        assert "[cluster]" not in single
+        await w.stop_node("A")
+        assert "hold" in cluster_objects(index)          # a stop alone keeps them
+        async with running_daemon(single):       # (the world removes the state at its end)
+            assert cluster_objects(index) == []
+        async with running_daemon(single):       # nothing left to do the second time
+            assert cluster_objects(index) == []

@@ -6,7 +6,8 @@ current, and hand the shared stores to the parts that use them; when it is
 not set, do nothing (the single node needs neither engine).
 
 API
-    await start_cluster(daemon) -> ClusterNode | None   None: [cluster] unset
+    await start_cluster(daemon) -> ClusterNode | None   None: [cluster] unset (and
+        what an earlier membership left in the index removed: spool/cluster_leave.py)
         StartupError when an engine cannot be reached at start
     node.name, node.db (cluster.db.SharedDb), node.redis (redis.asyncio.Redis)
     node.draining -> bool        this node refuses new mail (`mta node drain`)
@@ -55,6 +56,8 @@ from mta.runtime import cluster_events, cluster_reputation, cluster_smtp_keys
 from mta.runtime.housekeeping import Job
 from mta.runtime.logs import event
 from mta.runtime.startup import StartupError
+from mta.spool.cluster_leave import leave
+from mta.spool.layout import SpoolPaths
 
 __all__ = ["MIGRATIONS", "ClusterNode", "REDIS_DOWN", "start_cluster"]
 
@@ -199,6 +202,9 @@ class ClusterNode:
 async def start_cluster(daemon: Any) -> ClusterNode | None:
     c = daemon.cfg.cluster
     if not enabled(c):
+        gone = await asyncio.to_thread(leave, SpoolPaths.of(daemon.cfg.server.state_dir).index)
+        if gone:        # it was in a cluster: stop feeding outboxes nobody drains
+            event(log, "cluster_left", removed=",".join(gone))
         return None
     assert c.database is not None and c.redis is not None
     try:
