@@ -230,3 +230,28 @@ async def test_a_single_node_is_not_in_a_cluster(tmp_path):
         for args in (("cluster", "status"), ("node", "drain", "--wait")):
             r = await cli(*args)
             assert r.returncode == 1 and "not in a cluster" in r.stderr, (args, r.stderr)
+
+
+async def test_a_drain_refuses_the_api_with_receiver_processes(tmp_path, pg_url, redis_url):
+    """`mta serve` hands API connections to receiver processes: a draining
+    node's owner keeps new ones and refuses them (421), then hands them on
+    again after the undrain."""
+    async with cluster_world(tmp_path, pg_url, redis_url, n=1, start=False) as w:
+        w.texts["A"] = w.texts["A"].replace("[server]\n", "[server]\nworkers = 1\n", 1)
+        d = await w.start_node("A", processes=True)
+        assert d.receivers is not None and d.receivers.pids
+        key = w.keys["acme"]
+
+        async def send() -> tuple[int, Any]:
+            async with aiohttp.ClientSession() as s:     # a new connection each time
+                async with s.post(d.api.url + "/emails", json=send_doc(),
+                                  headers={"Authorization": f"Bearer {key}"}) as r:
+                    return r.status, await r.json(content_type=None)
+        assert (await send())[0] == 200
+        status, _ = await w.admin("A", "POST", "/v1/node/drain", json={})
+        assert status == 200
+        for _ in range(5):
+            status, body = await send()
+            assert status == 421 and body["name"] == "node_draining", body
+        status, _ = await w.admin("A", "POST", "/v1/node/undrain", json={})
+        assert status == 200 and (await send())[0] == 200

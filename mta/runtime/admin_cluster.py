@@ -119,6 +119,11 @@ async def wire(node: Any) -> None:
         def api_refusal() -> ApiError | None:
             return ApiError(421, "node_draining", API_REFUSAL) if node.draining else None
         d.api.app[REFUSE_SENDS].append(api_refusal)
+        if getattr(d, "receivers", None) is not None:
+            # Receiver processes serve the API: while draining, the owner
+            # keeps new connections (its app refuses); a keep-alive one a
+            # receiver already holds is served until the client closes it.
+            d.receivers.keep_api = lambda: bool(node.draining)
     registry = d.metrics.registry
     Gauge("mta_cluster_node_draining", "1 while this node is draining (refusing new mail)",
           registry=registry).set_function(lambda: 1.0 if node.draining else 0.0)

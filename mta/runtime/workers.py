@@ -135,6 +135,9 @@ class Receivers:
         # The sending API's answers to receivers (api_remote.OwnerApi.serve),
         # set by runtime/api.py when the API is on.
         self.api_serve: Callable[[str, list[Any]], Awaitable[Any]] | None = None
+        # True: the owner serves new API connections itself (a draining
+        # cluster node: its app answers 421; runtime/admin_cluster.py).
+        self.keep_api: Callable[[], bool] = lambda: False
         self._stopping = False
         self._watchers: set[asyncio.Task[None]] = set()
 
@@ -226,7 +229,7 @@ class Receivers:
         """A sending-API connection to a ready receiver (in turn); False
         when none can take it now (the caller serves it itself)."""
         ready = [p for p in self._procs if p.ready and p.pass_sock is not None and not p.queue]
-        if self._stopping or not ready:
+        if self._stopping or not ready or self.keep_api():
             return False
         p = ready[next(self._turn) % len(ready)]
         assert p.pass_sock is not None

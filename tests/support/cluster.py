@@ -91,8 +91,9 @@ class ClusterWorld:
         self.texts, self.keys, self.sink, self.states = texts, keys, sink, states
         self.nodes: dict[str, Daemon] = {}
 
-    async def start_node(self, name: str) -> Daemon:
-        d = Daemon(parse_config(self.texts[name], f"node {name}"))
+    async def start_node(self, name: str, processes: bool = False) -> Daemon:
+        """processes: run `[server] workers` receiver processes, as `mta serve` does."""
+        d = Daemon(parse_config(self.texts[name], f"node {name}"), processes=processes)
         await d.start()
         self.nodes[name] = d
         return d
