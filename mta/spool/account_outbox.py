@@ -59,7 +59,8 @@ from pathlib import Path
 from typing import Any
 
 from mta.spool.apikeys import API_KEYS_SCHEMA
-from mta.spool.suppression_outbox import connect, write_txn
+from mta.spool.suppression_outbox import (connect, delete_outbox_through, state_cursor,
+                                          write_txn)
 from mta.spool.templates import TEMPLATES_SCHEMA
 from mta.spool.tenants import TENANTS_SCHEMA
 from mta.spool.webhook_endpoints import WEBHOOK_ENDPOINTS_SCHEMA
@@ -205,15 +206,11 @@ def read_batch(path: Path, limit: int) -> list[tuple[Any, ...]]:
 
 
 def delete_through(path: Path, seq: int) -> int:
-    with closing(connect(path)) as db:
-        return int(db.execute("DELETE FROM cluster_account_outbox WHERE seq <= ?",
-                              (seq,)).rowcount)
+    return delete_outbox_through(path, "cluster_account_outbox", seq)
 
 
 def cursor(path: Path) -> int:
-    with closing(connect(path)) as db:
-        row = db.execute(_GET, ("cursor",)).fetchone()
-        return -1 if row is None else int(row[0])
+    return state_cursor(path, "cluster_account_state")
 
 
 def _pending(db: sqlite3.Connection, tbl: str, pk: str) -> bool:

@@ -151,16 +151,25 @@ def read_batch(path: Path, limit: int) -> list[tuple[Any, ...]]:
             (limit,))]
 
 
-def delete_through(path: Path, seq: int) -> int:
+def delete_outbox_through(path: Path, outbox: str, seq: int) -> int:
+    """Forget `outbox`'s rows up to `seq` (pushed): shared by account_outbox.py."""
     with closing(connect(path)) as db:
-        return int(db.execute("DELETE FROM cluster_suppression_outbox WHERE seq <= ?",
-                              (seq,)).rowcount)
+        return int(db.execute(f"DELETE FROM {outbox} WHERE seq <= ?", (seq,)).rowcount)
+
+
+def state_cursor(path: Path, state: str) -> int:
+    """The pull cursor kept in table `state` (-1: never pulled)."""
+    with closing(connect(path)) as db:
+        row = db.execute(f"SELECT value FROM {state} WHERE name = 'cursor'").fetchone()
+        return -1 if row is None else int(row[0])
+
+
+def delete_through(path: Path, seq: int) -> int:
+    return delete_outbox_through(path, "cluster_suppression_outbox", seq)
 
 
 def cursor(path: Path) -> int:
-    with closing(connect(path)) as db:
-        row = db.execute(_GET, ("cursor",)).fetchone()
-        return -1 if row is None else int(row[0])
+    return state_cursor(path, "cluster_suppression_state")
 
 
 def _pending(db: sqlite3.Connection, address: str, scope: str) -> bool:
