@@ -227,3 +227,43 @@ async def test_postgres_away_then_back_every_event_arrives(tmp_path, redis_url):
                     await db.close()
     finally:
         await asyncio.to_thread(pg.destroy)
+
+
+async def test_a_replay_asked_on_another_node_is_delivered_by_the_holder(
+        tmp_path, pg_url, redis_url):
+    async with Hooks() as rx:
+        async with cluster_world(tmp_path, pg_url, redis_url, extra=_hook(rx.url)) as w:
+            db = await _db(pg_url)
+            try:
+                start = await _cursor0(db)
+                holder = [n for n, d in w.nodes.items()
+                          if "hook" in d.cluster.webhook_leases.held][0]
+                other = next(n for n in w.nodes if n != holder)
+                ids = await _send(w, other, 2, "replay")
+                await until(lambda: rx.delivered() >= set(ids), 20)
+                seqs = sorted(await _shared_after(db, start))
+                await until(lambda: {p["seq"] for _, p in rx.got} >= set(seqs), 10)
+                before = len(rx.got)
+                # Replay from the first event, asked on a node that does not deliver it.
+                status, body = await w.admin(other, "POST", "/v1/webhooks/hook/replay",
+                                             json={"from": seqs[0]})
+                assert status == 200, body
+                await until(lambda: len(rx.got) >= before + len(seqs), 15)
+                again = [p["seq"] for _, p in rx.got[before:]]
+                assert again[:len(seqs)] == seqs        # each event once more, in order
+            finally:
+                await db.close()
+
+
+async def test_with_postgres_away_a_replay_is_429_not_500(tmp_path, own_pg, redis_url):
+    async with Hooks() as rx:
+        async with cluster_world(tmp_path, own_pg.new_database(), redis_url, n=2,
+                                 extra=_hook(rx.url)) as w:
+            own_pg.stop()
+            try:
+                for node in w.nodes:
+                    status, body = await w.admin(node, "POST", "/v1/webhooks/hook/replay",
+                                                 json={"from": 1})
+                    assert status == 429 and body["error"]["code"] == "unavailable", body
+            finally:
+                own_pg.start()

@@ -70,6 +70,7 @@ from mta.admin.handlers import ROUTES, Handler, route_table
 from mta.admin.openapi import openapi_document
 from mta.admin.params import DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT, ApiError
 from mta.core.hostport import split_hostport
+from mta.core.errors import Unavailable
 
 __all__ = ["create_app", "token_digest", "token_matches", "CONSOLE_PREFIX", "AdminServer",
            "AdminSettings", "ROUTES", "DEFAULT_LIMIT", "MAX_LIMIT", "ServerLog", "quote"]
@@ -140,6 +141,9 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         response = _http_exception_response(exc)
+    except Unavailable:       # a cluster's shared engine is away (degraded mode)
+        response = _error_response(429, "unavailable", "the cluster's shared database does "
+                                   "not answer now; try again shortly", {"Retry-After": "5"})
     except Exception:
         # The traceback goes to the log, never to the client; no headers logged.
         log.exception("event=admin_error method=%s path=%s", quote(request.method),

@@ -23,7 +23,8 @@ Public API:
     json_of(raw) -> object           the same for bytes already read (422: not JSON)
     KEY (web.RequestKey)             the authenticated ApiKey of a request
     key_cache(app) -> KeyCache       the app's key cache (to forget a revoked key)
-    REFUSE_SENDS (AppKey)   [fn() -> ApiError | None] asked before POST /emails(/batch)
+    REFUSE_SENDS (AppKey)   [fn() -> ApiError | None] asked before POST /emails(/batch);
+    UNAVAILABLE: the 429's message while a cluster's engine is away (core.Unavailable)
 
 Errors (every one is JSON `{"statusCode", "name", "message"}`, statusCode
 equal to the HTTP status; the official SDKs read exactly these):
@@ -69,12 +70,12 @@ from mta.api.keys import ApiKey, KeyCache
 from mta.api.ratelimit import Decision, RateLimiter
 from mta.core import Refused
 from mta.core.clock import Clock
+from mta.core.errors import Unavailable
 from mta.core.hostport import split_hostport
 
 __all__ = ["ApiError", "ApiServer", "ApiSettings", "Adopted", "KEY", "RateTake", "create_app",
-           "local_limiter", "read_json", "read_raw", "key_cache",
-           "json_of", "REFUSE_SENDS",
-           "error_response", "Routes"]
+           "local_limiter", "read_json", "read_raw", "key_cache", "json_of", "REFUSE_SENDS",
+           "error_response", "Routes", "UNAVAILABLE"]
 
 log = logging.getLogger("mta.api")
 access_log = logging.getLogger("mta.api.access")
@@ -82,18 +83,16 @@ access_log = logging.getLogger("mta.api.access")
 KEY = web.RequestKey("api_key", ApiKey)
 _SETTINGS: web.AppKey[Callable[[], ApiSettings]] = web.AppKey("settings")
 _KEYS = web.AppKey("keys", KeyCache)
-# The rate limit's decision for (key id, requests/s): a local RateLimiter's,
-# or (a receiver process) its owner's, so a key has one budget whichever
-# process serves it.
+# The rate limit's decision for (key id, requests/s): a local RateLimiter's, or (a
+# receiver process) its owner's, so a key has one budget whichever process serves it.
 RateTake = Callable[[str, float], Awaitable[Decision]]
 _LIMITER: web.AppKey[RateTake] = web.AppKey("limiter")
 _FULL = web.AppKey("full_access", frozenset)     # (method, route path) needing full access
 _BUDGET: web.AppKey[_Budget] = web.AppKey("budget")
-_HELD = web.RequestKey("held", int)
-_OPEN = frozenset({"/openapi.json"})
+_HELD, _OPEN = web.RequestKey("held", int), frozenset({"/openapi.json"})
+UNAVAILABLE = "The cluster's shared database does not answer now; try again shortly"
 REFUSE_SENDS: web.AppKey[list[Callable[[], ApiError | None]]] = web.AppKey("refuse_sends")
-# Request bodies held in memory at once, all requests together (each is
-# also at most [api] max_request_size): past it, 503 with retry-after.
+# Bodies held in memory at once, all requests together: past it, 503 + retry-after.
 BODY_BUDGET = 256 * 1024 * 1024
 # aiohttp's own cap: the largest [api] max_request_size; ours is checked per request.
 _CLIENT_MAX = 1024 * 1024 * 1024
@@ -215,6 +214,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         response = _http_exception(exc)
+    except Unavailable:       # a cluster's shared engine is away (degraded mode)
+        response = error_response(429, "unavailable", UNAVAILABLE, {"Retry-After": "5"})
     except Exception:
         log.exception("event=api_error method=%s path=%s", quote(request.method),
                       quote(request.path))

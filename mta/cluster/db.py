@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from mta.config.cluster import redact_url
+from mta.core.errors import Unavailable
 from mta.core.logfmt import event
 
 __all__ = ["MIGRATION_LOCK", "Migration", "SharedDb", "SharedDbError", "SharedDbUnavailable"]
@@ -52,7 +53,7 @@ class SharedDbError(Exception):
     """The database cannot be used at start (message for the operator)."""
 
 
-class SharedDbUnavailable(Exception):
+class SharedDbUnavailable(Unavailable):
     """The database did not answer now (degraded mode: retry later)."""
 
 

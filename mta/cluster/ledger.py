@@ -19,6 +19,9 @@ API
         lean rows for the reputation tracker (the spool's OutcomeRow fields:
         seq, at, type, credential, detail's reason, the message's sender
         from its `received` event or None, test)
+    await request_replay(conn, name, cursor) / await take_replays(conn, names) -> {name: cursor}
+        a replay asked on a node that does not deliver the endpoint, applied
+        by the one that does (each taken once)
     await message_node(conn, queue_id) -> str | None   the node that received it
         (forwarded its "received" event; else its first event's node)
     await last_seq(conn) -> int       the newest committed seq (0: none)
@@ -55,7 +58,8 @@ from mta.core.stores import EventView
 __all__ = ["LEDGER_LOCK", "MIGRATIONS", "WEBHOOK_FIELDS", "events_after", "insert_batch",
            "last_seq", "leases", "message_events", "message_node", "node_count", "Outcome",
            "outcomes_after", "prune",
-           "release_lease", "set_webhook_state", "take_lease", "webhook_state"]
+           "release_lease", "set_webhook_state", "take_lease", "webhook_state", "request_replay",
+           "take_replays"]
 
 # pg_advisory_xact_lock key: "mta-led" in ASCII, as a bigint.
 LEDGER_LOCK = 0x6D74612D6C6564
@@ -93,7 +97,8 @@ CREATE TABLE webhook_leases (
     name    TEXT PRIMARY KEY,
     owner   TEXT NOT NULL,
     expires DOUBLE PRECISION NOT NULL
-)""")]
+)"""), Migration("ledger", 2, """
+ALTER TABLE webhook_cursors ADD COLUMN replay_from BIGINT""")]
 
 _COLS = "seq, at, type, queue_id, recipient, credential, detail, tags, test"
 
@@ -272,3 +277,21 @@ async def release_lease(conn: Any, name: str, owner: str) -> None:
 async def leases(conn: Any) -> dict[str, tuple[str, float]]:
     rows = await conn.fetch(f"SELECT name, owner, expires - {_NOW} AS left FROM webhook_leases")
     return {r["name"]: (r["owner"], float(r["left"])) for r in rows}
+
+
+async def request_replay(conn: Any, name: str, cursor: int) -> None:
+    """Ask the node delivering `name` to move its cursor to `cursor` (a
+    replay made on another node: runtime/cluster_ledger.py)."""
+    await conn.execute("INSERT INTO webhook_cursors (name, cursor, replay_from) "
+                       "VALUES ($1, $2, $2) ON CONFLICT (name) DO UPDATE SET "
+                       "replay_from = excluded.replay_from", name, cursor)
+
+
+async def take_replays(conn: Any, names: Sequence[str]) -> dict[str, int]:
+    """The replays asked for `names`, each taken once (cleared)."""
+    rows = await conn.fetch(
+        "UPDATE webhook_cursors w SET replay_from = NULL FROM "
+        "(SELECT name, replay_from FROM webhook_cursors WHERE name = ANY($1::text[]) "
+        "AND replay_from IS NOT NULL FOR UPDATE) r "
+        "WHERE w.name = r.name RETURNING r.name, r.replay_from", list(names))
+    return {r["name"]: int(r["replay_from"]) for r in rows}

@@ -1,6 +1,8 @@
 """Typed errors, by who is at fault; each maps to one SMTP reply at the boundary.
 
 `TempFailure(reply)` → a 4xx to the client, `PermFailure(reply)` → a 5xx.
+`Unavailable` → a shared engine of a cluster did not answer (degraded mode):
+the HTTP servers answer 429 with Retry-After, never a 5xx.
 `StorageError` is raised by the spool and always becomes ``451 4.3.0`` (or
 ``452 4.3.1`` when the disk is full, see `StorageError.disk_full`).
 """
@@ -62,3 +64,8 @@ class Refused(MtaError):
     def __init__(self, reply: Reply, status: int, retry_after: int | None = None):
         self.reply, self.status, self.retry_after = reply, status, retry_after
         super().__init__(str(reply))
+
+
+class Unavailable(MtaError):
+    """A shared engine (a cluster's PostgreSQL or Redis) did not answer now;
+    the same request may succeed later (HTTP 429 + Retry-After)."""

@@ -271,7 +271,9 @@ class SharedWebhookStore:
 
 
 class WebhookLeases:
-    """Which endpoints this node delivers: those whose lease it holds."""
+    """Which endpoints this node delivers: those whose lease it holds. A
+    replay asked on a node that does not deliver the endpoint is stored
+    (`request_replay`) and applied here at the next tick."""
 
     def __init__(self, node: Any, service: Any):
         self.node, self.service = node, service
@@ -287,11 +289,19 @@ class WebhookLeases:
             held = await self.node.db.call(take)
         except SharedDbUnavailable:
             held = set()
+        replays: dict[str, int] = {}
+        if held:
+            try:        # replays asked on other nodes: this node delivers them
+                replays = await self.node.db.call(lambda c: shared.take_replays(c, list(held)))
+            except SharedDbUnavailable:
+                pass
         for name in names:
             if name in held:
                 if name not in self.held:
                     event(log, "webhook_lease_taken", webhook=name, node=self.node.name)
                 self.service.resume(name)
+                if name in replays:
+                    await self.service.replay(name, from_seq=replays[name] + 1)
             else:
                 if name in self.held:
                     event(log, "webhook_lease_lost", level=logging.WARNING, webhook=name,
@@ -338,5 +348,9 @@ async def wire(node: Any) -> None:
         leases = WebhookLeases(node, d.webhooks)
         node.webhook_leases = leases
         node.on_stop.append(leases.release)
+
+        async def replay_elsewhere(name: str, cursor: int) -> None:
+            await node.db.call(lambda c: shared.request_replay(c, name, cursor))
+        d.webhooks.replay_elsewhere = replay_elsewhere
         await leases.tick()
         node.add_job(Job("cluster_webhooks", float(node.cfg.heartbeat), leases.tick))

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from mta.config.sections import LedgerConfig, WebhookConfig
@@ -69,6 +69,8 @@ class WebhookService:
         self._started = False
         self._allowed: set[str] | None = None  # shared: the names that may run here
         self.on_poke: Callable[[], None] | None = None   # also told of new events
+        # Shared: a replay here of an endpoint another node delivers.
+        self.replay_elsewhere: Callable[[str, int], Awaitable[None]] | None = None
 
     def _deliverer(self, cfg: WebhookConfig) -> WebhookDeliverer:
         return WebhookDeliverer(cfg, spool=self._spool, clock=self._clock,
@@ -180,7 +182,12 @@ class WebhookService:
 
     async def replay(self, name: str, *, from_seq: int | str | None = None,
                      since: float | None = None) -> dict[str, Any]:
-        return await self.deliverers[name].replay(from_seq=from_seq, since=since)
+        st = await self.deliverers[name].replay(from_seq=from_seq, since=since)
+        if not self._may_run(name) and self.replay_elsewhere is not None:
+            # Shared, and delivered by another node: it moves its cursor too
+            # (else its own, ahead, would overwrite the one just stored).
+            await self.replay_elsewhere(name, int(st["cursor"]))
+        return st
 
     async def test(self, name: str) -> dict[str, Any]:
         """`actions.send_test` to endpoint `name` (KeyError: unknown name) →
