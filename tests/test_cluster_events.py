@@ -57,14 +57,6 @@ async def smtp_id(w: ClusterWorld, node: str, body: bytes) -> str:
     return m.group(1)
 
 
-async def queued_everywhere(w: ClusterWorld) -> list[str]:
-    ids = []
-    for d in w.nodes.values():
-        assert d.spool is not None
-        views, _ = await d.spool.email_page(False, 100)
-        ids.extend(v.id for v in views)
-    return sorted(ids)
-
 
 # -- SMTP Idempotency-Key -------------------------------------------------------------
 
@@ -74,11 +66,11 @@ async def test_an_smtp_key_sent_to_a_then_b_makes_one_message(tmp_path, pg_url, 
         assert await smtp_id(w, "B", keyed("smtp-17")) == first
         assert await smtp_id(w, "C", keyed("smtp-17", "another body")) == first
         assert await smtp_id(w, "A", keyed("smtp-17")) == first       # a repeat on A too
-        assert await queued_everywhere(w) == [first]
+        assert await w.queued_everywhere() == [first]
         other = await smtp_id(w, "B", keyed("smtp-18"))
         plain = await smtp_id(w, "B", keyed(None))
         assert len({first, other, plain}) == 3
-        assert await queued_everywhere(w) == sorted([first, other, plain])
+        assert await w.queued_everywhere() == sorted([first, other, plain])
         await w.sink.wait_for(3, timeout=20)
         assert w.sink.transactions == 3
 
@@ -116,7 +108,7 @@ async def test_with_postgres_down_a_keyed_smtp_message_is_451(tmp_path, own_pg, 
             return True
         await until_async(retried)
         assert await smtp_id(w, "B", keyed("pg-down")) == got["id"]
-        assert await queued_everywhere(w) == sorted([held, plain, got["id"]])
+        assert await w.queued_everywhere() == sorted([held, plain, got["id"]])
 
 
 # -- the admin event list -------------------------------------------------------------

@@ -31,15 +31,6 @@ async def post(w: ClusterWorld, node: str, key: str | None, body: object = None,
                        headers=headers)
 
 
-async def queued_everywhere(w: ClusterWorld) -> list[str]:
-    """The ids of every message in every node's spool."""
-    ids = []
-    for d in w.nodes.values():
-        assert d.spool is not None
-        views, _ = await d.spool.email_page(False, 100)
-        ids.extend(v.id for v in views)
-    return sorted(ids)
-
 
 async def test_a_key_sent_to_a_then_b_makes_one_message(tmp_path, pg_url, redis_url):
     async with cluster_world(tmp_path, pg_url, redis_url) as w:
@@ -50,11 +41,11 @@ async def test_a_key_sent_to_a_then_b_makes_one_message(tmp_path, pg_url, redis_
         assert again["id"] == first["id"]
         status, third = await post(w, "C", "order-17")
         assert (status, third["id"]) == (200, first["id"])
-        assert await queued_everywhere(w) == [first["id"]]
+        assert await w.queued_everywhere() == [first["id"]]
         # another key is another message, wherever it is sent
         status, other = await post(w, "B", "order-18")
         assert status == 200 and other["id"] != first["id"]
-        assert await queued_everywhere(w) == sorted([first["id"], other["id"]])
+        assert await w.queued_everywhere() == sorted([first["id"], other["id"]])
         await w.sink.wait_for(2, timeout=20)
         assert sorted(m.rcpt_tos[0] for m in w.sink.messages) == ["ok-idem@rcpt.test"] * 2
 
@@ -65,7 +56,7 @@ async def test_a_key_with_another_body_is_refused_on_another_node(tmp_path, pg_u
         assert status == 200
         status, doc = await post(w, "B", "k-body", {**BODY, "subject": "changed"})
         assert (status, doc["name"]) == (409, "invalid_idempotent_request")
-        assert await queued_everywhere(w) == [first["id"]]
+        assert await w.queued_everywhere() == [first["id"]]
 
 
 async def test_a_batch_key_answers_the_same_ids_on_another_node(tmp_path, pg_url, redis_url):
@@ -75,7 +66,7 @@ async def test_a_batch_key_answers_the_same_ids_on_another_node(tmp_path, pg_url
         assert status == 200, first
         status, again = await post(w, "B", "batch-1", batch, "/emails/batch")
         assert status == 200 and again == first
-        assert await queued_everywhere(w) == sorted(d["id"] for d in first["data"])
+        assert await w.queued_everywhere() == sorted(d["id"] for d in first["data"])
 
 
 async def test_racing_requests_on_two_nodes_make_one_message(tmp_path, pg_url, redis_url):
@@ -85,7 +76,7 @@ async def test_racing_requests_on_two_nodes_make_one_message(tmp_path, pg_url, r
                                              for node in ("A", "B", "C")))
             assert [r[0] for r in results] == [200, 200, 200], results
             assert len({r[1]["id"] for r in results}) == 1
-        assert len(await queued_everywhere(w)) == 3
+        assert len(await w.queued_everywhere()) == 3
 
 
 async def _sql(url: str, query: str, *args: object) -> None:
@@ -107,7 +98,7 @@ async def test_a_dead_nodes_claim_is_taken_over_and_a_live_one_waited_for(
                    scope, fp, time.time() - 120)
         status, doc = await post(w, "A", "dead-1")
         assert status == 200, doc
-        assert await queued_everywhere(w) == [doc["id"]]
+        assert await w.queued_everywhere() == [doc["id"]]
         # node B (alive) holds "live-1" now: A waits for it and answers its id
         await _sql(pg_url, "INSERT INTO idempotency (scope, key, fingerprint, state, node, "
                    "token, created) VALUES ($1, 'live-1', $2, 'pending', 'B', 't1', $3)",
@@ -119,7 +110,7 @@ async def test_a_dead_nodes_claim_is_taken_over_and_a_live_one_waited_for(
                    "WHERE key = 'live-1'")
         status, doc2 = await waiting
         assert (status, doc2["id"]) == (200, "b-id")
-        assert await queued_everywhere(w) == [doc["id"]]
+        assert await w.queued_everywhere() == [doc["id"]]
 
 
 async def test_a_live_claim_not_finished_in_time_is_a_409(tmp_path, pg_url, redis_url,
@@ -132,7 +123,7 @@ async def test_a_live_claim_not_finished_in_time_is_a_409(tmp_path, pg_url, redi
                    "'t', $2)", fp, time.time())
         status, doc = await post(w, "A", "slow-1")
         assert (status, doc["name"]) == (409, "concurrent_idempotent_requests")
-        assert await queued_everywhere(w) == []
+        assert await w.queued_everywhere() == []
 
 
 
@@ -156,7 +147,7 @@ async def test_with_postgres_down_a_key_is_refused_429_and_no_key_accepted(
         first = got["r"][1]
         status, again = await post(w, "B", "pg-down")
         assert (status, again["id"]) == (200, first["id"])
-        assert sorted(await queued_everywhere(w)) == sorted([plain["id"], first["id"]])
+        assert sorted(await w.queued_everywhere()) == sorted([plain["id"], first["id"]])
 
 
 async def _until_async(cond, timeout: float = 20.0) -> None:

@@ -15,8 +15,8 @@ API
     await events_after(conn, after, limit, *, types=None, recipient=None,
                        credential=None, tenant=None) -> [EventView]  global seq order
     await message_events(conn, queue_id) -> [EventView]              seq order
-    await outcomes_after(conn, after, limit, types) -> [Outcome]    global seq order:
-        lean rows for the reputation tracker (the spool's OutcomeRow fields:
+    await outcomes_after(conn, after, limit, types) -> [OutcomeRow]  global seq order:
+        lean rows for the reputation tracker (core.stores.OutcomeRow:
         seq, at, type, credential, detail's reason, the message's sender
         from its `received` event or None, test)
     await request_replay(conn, name, cursor) / await take_replays(conn, names) -> {name: cursor}
@@ -50,13 +50,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from mta.cluster.db import Migration
-from mta.core.stores import EventView
+from mta.core.stores import EventView, OutcomeRow
 
 __all__ = ["LEDGER_LOCK", "MIGRATIONS", "WEBHOOK_FIELDS", "events_after", "insert_batch",
-           "last_seq", "leases", "message_events", "message_node", "node_count", "Outcome",
+           "last_seq", "leases", "message_events", "message_node", "node_count",
            "outcomes_after", "prune",
            "release_lease", "set_webhook_state", "take_lease", "webhook_state", "request_replay",
            "take_replays"]
@@ -184,16 +184,6 @@ async def message_node(conn: Any, queue_id: str) -> str | None:
     return None if v is None else str(v)
 
 
-class Outcome(NamedTuple):
-    seq: int
-    at: float
-    type: str
-    credential: str
-    reason: str | None
-    sender: str | None
-    test: bool
-
-
 _OUTCOMES = """
 SELECT e.seq, e.at, e.type, e.credential, e.detail->>'reason' AS reason,
        CASE WHEN e.queue_id = '' THEN NULL ELSE
@@ -203,13 +193,13 @@ FROM events e WHERE e.seq > $1 AND e.type = ANY($2::text[]) ORDER BY e.seq LIMIT
 
 
 async def outcomes_after(conn: Any, after: int, limit: int,
-                         types: Sequence[str]) -> list[Outcome]:
+                         types: Sequence[str]) -> list[OutcomeRow]:
     """Up to `limit` events of `types` after `after`, in global seq order,
     as the reputation tracker reads them (every node's)."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
     rows = await conn.fetch(_OUTCOMES, int(after), list(dict.fromkeys(types)), int(limit))
-    return [Outcome(int(r["seq"]), float(r["at"]), r["type"], r["credential"] or "",
+    return [OutcomeRow(int(r["seq"]), float(r["at"]), r["type"], r["credential"] or "",
                     r["reason"], r["sender"], bool(r["test"])) for r in rows]
 
 

@@ -62,7 +62,7 @@ import math
 import uuid
 from typing import Any
 
-from mta.policy.quota import DAY, HOUR, QuotaLimits, QuotaVerdict
+from mta.policy.quota import DAY, HOUR, QuotaLimits, QuotaVerdict, refusal
 
 __all__ = ["GRACE", "Leases", "SharedQuota"]
 
@@ -198,42 +198,18 @@ class SharedQuota:
 
 
 def _verdict(limits: QuotaLimits, n: int, now: float, hour_count: int, day_count: int,
-            rate_wait: float, rate_slots: int) -> QuotaVerdict:
+             rate_wait: float, rate_slots: int) -> QuotaVerdict:
     """The refusal QuotaState.admit would give from the same state (the
-    script said no): the impossible limit, else the refusing limit with
-    the largest wait (ties: per_day, per_hour, rate)."""
-    hour_start = math.floor(now / HOUR) * HOUR
-    day_start = math.floor(now / DAY) * DAY
-    rate = float(limits.rate or 0.0)
-    sizes: list[tuple[int, str]] = []
-    if limits.per_day is not None and n > limits.per_day:
-        sizes.append((limits.per_day, "per_day"))
-    if limits.per_hour is not None and n > limits.per_hour:
-        sizes.append((limits.per_hour, "per_hour"))
-    burst = limits.burst_size
-    if burst is not None and n > burst:
-        sizes.append((burst, "rate"))
-    if sizes:
-        allowed, name = min(sizes, key=lambda s: (s[0], _ORDER.index(s[1])))
-        used = {"per_day": day_count, "per_hour": hour_count, "rate": rate_slots}[name]
-        return QuotaVerdict(False, name, None, impossible=True, used=used, allowed=allowed,
-                            rate=rate if name == "rate" else 0.0)
-    refusals: list[QuotaVerdict] = []
-    if limits.per_day is not None and day_count + n > limits.per_day:
-        refusals.append(QuotaVerdict(False, "per_day", day_start + DAY - now,
-                                     used=day_count, allowed=limits.per_day))
-    if limits.per_hour is not None and hour_count + n > limits.per_hour:
-        refusals.append(QuotaVerdict(False, "per_hour", hour_start + HOUR - now,
-                                     used=hour_count, allowed=limits.per_hour))
-    if burst is not None and rate_wait > 0.0:
-        refusals.append(QuotaVerdict(False, "rate", rate_wait, used=rate_slots,
-                                     allowed=burst, rate=rate))
-    if not refusals:
-        # The script refused on a float edge the arithmetic here does not
-        # see: the rate's smallest wait (never an admission nothing counted).
-        return QuotaVerdict(False, "rate", 1e-6, used=rate_slots, allowed=burst or 0,
-                            rate=rate)
-    return max(refusals, key=lambda v: (v.retry_after or 0.0, -_ORDER.index(v.limit)))
+    script said no): policy.quota.refusal over the cluster's counts."""
+    hour = (math.floor(now / HOUR) * HOUR, hour_count)
+    day = (math.floor(now / DAY) * DAY, day_count)
+    refused = refusal(limits, n, now, hour, day, rate_wait, rate_slots)
+    if refused is not None:
+        return refused
+    # The script refused on a float edge the arithmetic here does not see:
+    # the rate's smallest wait (never an admission nothing counted).
+    return QuotaVerdict(False, "rate", 1e-6, used=rate_slots, allowed=limits.burst_size or 0,
+                        rate=float(limits.rate or 0.0))
 
 
 class Leases:

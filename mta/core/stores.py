@@ -17,7 +17,7 @@ API
                         message_events, last_event_seq, prune_events
     WebhookCursors      webhook_state, webhook_states, set_webhook_state
     IdempotencyKeys     prune_idempotency
-    EventView, SuppressionView   the records they hand out
+    EventView, SuppressionView, OutcomeRow   the records they hand out
     UNSET               set_webhook_state: "leave this field as it is"
 
 Contracts every implementation keeps (the spool's docstrings say how)
@@ -42,7 +42,7 @@ import enum
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any, NamedTuple, Protocol
 
 from mta.core.envelope import LedgerEvent
 
@@ -51,6 +51,7 @@ __all__ = [
     "EventLedger",
     "EventView",
     "IdempotencyKeys",
+    "OutcomeRow",
     "SuppressionList",
     "SuppressionLookup",
     "SuppressionView",
@@ -107,6 +108,19 @@ class EventView:
         return {"seq": self.seq, "at": self.at, "type": self.type, "queue_id": self.queue_id,
                 "recipient": self.recipient, "credential": self.credential,
                 "detail": self.detail, "tags": self.tags, "test": self.test}
+
+
+class OutcomeRow(NamedTuple):
+    """A final outcome as the reputation tracker reads it (the spool's
+    ledger and, in a cluster, the shared one): sender is the message's
+    envelope sender from its `received` event (None: unknown)."""
+    seq: int
+    at: float
+    type: str
+    credential: str
+    reason: str | None
+    sender: str | None
+    test: bool
 
 
 class SuppressionLookup(Protocol):

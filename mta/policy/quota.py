@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from mta.core.reply import Reply
 from mta.policy.gcra import Gcra, RateSpec
 
-__all__ = ["QuotaLimits", "QuotaState", "QuotaVerdict", "retry_after_seconds",
+__all__ = ["QuotaLimits", "QuotaState", "QuotaVerdict", "refusal", "retry_after_seconds",
            "smtp_reply", "HOUR", "DAY"]
 
 HOUR = 3600
@@ -211,59 +211,62 @@ class QuotaState:
             self._gcra.reconfigure(spec, burst)
         return self._gcra
 
-    def _rate_slots(self, limits: QuotaLimits, now: float) -> int:
-        """Burst slots in use at `now` (0 when the bucket is idle)."""
-        gcra = self._rate(limits)
-        return gcra.burst - gcra.available(now)
-
     def admit(self, limits: QuotaLimits, n: int, now: float) -> QuotaVerdict:
         if n < 1:
             raise ValueError(f"n: must be >= 1 (got {n})")
         self._roll(now)
-        impossible = self._impossible(limits, n, now)
-        if impossible is not None:
-            return impossible
-        refusals: list[QuotaVerdict] = []
-        if limits.per_day is not None and self._day_count + n > limits.per_day:
-            refusals.append(QuotaVerdict(False, "per_day", self._day_start + DAY - now,
-                                         used=self._day_count, allowed=limits.per_day))
-        if limits.per_hour is not None and self._hour_count + n > limits.per_hour:
-            refusals.append(QuotaVerdict(False, "per_hour", self._hour_start + HOUR - now,
-                                         used=self._hour_count, allowed=limits.per_hour))
-        gcra: Gcra | None = None
-        if limits.rate is not None:
-            gcra = self._rate(limits)
-            wait = gcra.wait(now, n)
-            if wait > 0.0:
-                refusals.append(QuotaVerdict(False, "rate", wait,
-                                             used=self._rate_slots(limits, now),
-                                             allowed=gcra.burst, rate=float(limits.rate)))
-        if refusals:
-            # the largest wait; ties keep _ORDER (the list is built in it)
-            return max(refusals, key=lambda v: (v.retry_after or 0.0,
-                                                -_ORDER.index(v.limit)))
+        gcra = self._rate(limits) if limits.rate is not None else None
+        # the GCRA's wait for n (none past its burst: refused as impossible)
+        # and its burst slots in use (0 when idle)
+        wait, slots = 0.0, 0
+        if gcra is not None:
+            wait = gcra.wait(now, n) if n <= gcra.burst else 0.0
+            slots = gcra.burst - gcra.available(now)
+        refused = refusal(limits, n, now, (self._hour_start, self._hour_count),
+                          (self._day_start, self._day_count), wait, slots)
+        if refused is not None:
+            return refused
         self._hour_count += n
         self._day_count += n
         if gcra is not None:
             gcra.admit(now, n)
         return QuotaVerdict(True)
 
-    def _impossible(self, limits: QuotaLimits, n: int, now: float) -> QuotaVerdict | None:
-        """The verdict for an n no window could ever admit (the smallest
-        limit it exceeds), or None."""
-        sizes: list[tuple[int, str]] = []
-        if limits.per_day is not None and n > limits.per_day:
-            sizes.append((limits.per_day, "per_day"))
-        if limits.per_hour is not None and n > limits.per_hour:
-            sizes.append((limits.per_hour, "per_hour"))
-        burst = limits.burst_size
-        if burst is not None and n > burst:
-            sizes.append((burst, "rate"))
-        if not sizes:
-            return None
+
+def refusal(limits: QuotaLimits, n: int, now: float, hour: tuple[float, int],
+            day: tuple[float, int], rate_wait: float, rate_slots: int) -> QuotaVerdict | None:
+    """The verdict refusing `n` at `now`, or None when every limit admits it.
+    hour, day: (window start, count in it); rate_wait, rate_slots: the
+    GCRA's wait for n and its burst slots in use (0, 0 without a rate). The
+    module's rules: the impossible limit first (the smallest n exceeds),
+    else the refusing limit with the largest wait. Shared by QuotaState and
+    the cluster's counts on Redis (cluster/limits.py)."""
+    (hour_start, hour_count), (day_start, day_count) = hour, day
+    rate = float(limits.rate or 0.0)
+    burst = limits.burst_size
+    sizes: list[tuple[int, str]] = []
+    if limits.per_day is not None and n > limits.per_day:
+        sizes.append((limits.per_day, "per_day"))
+    if limits.per_hour is not None and n > limits.per_hour:
+        sizes.append((limits.per_hour, "per_hour"))
+    if burst is not None and n > burst:
+        sizes.append((burst, "rate"))
+    if sizes:
         allowed, name = min(sizes, key=lambda s: (s[0], _ORDER.index(s[1])))
-        used = {"per_day": self._day_count, "per_hour": self._hour_count}.get(name)
-        if used is None:
-            used = self._rate_slots(limits, now)
+        used = {"per_day": day_count, "per_hour": hour_count, "rate": rate_slots}[name]
         return QuotaVerdict(False, name, None, impossible=True, used=used, allowed=allowed,
-                            rate=float(limits.rate or 0.0) if name == "rate" else 0.0)
+                            rate=rate if name == "rate" else 0.0)
+    refusals: list[QuotaVerdict] = []
+    if limits.per_day is not None and day_count + n > limits.per_day:
+        refusals.append(QuotaVerdict(False, "per_day", day_start + DAY - now,
+                                     used=day_count, allowed=limits.per_day))
+    if limits.per_hour is not None and hour_count + n > limits.per_hour:
+        refusals.append(QuotaVerdict(False, "per_hour", hour_start + HOUR - now,
+                                     used=hour_count, allowed=limits.per_hour))
+    if burst is not None and rate_wait > 0.0:
+        refusals.append(QuotaVerdict(False, "rate", rate_wait, used=rate_slots,
+                                     allowed=burst, rate=rate))
+    if not refusals:
+        return None
+    # the largest wait; ties keep _ORDER (the list is built in it)
+    return max(refusals, key=lambda v: (v.retry_after or 0.0, -_ORDER.index(v.limit)))

@@ -62,7 +62,7 @@ from mta.policy.reputation import Assessment
 from mta.runtime.reputation import BATCH, REBUILD, ReputationTracker, log
 from mta.runtime.tenants import TenantService
 from mta.spool import MessageFilter, Spool
-from mta.spool.ledger import OutcomeRow
+from mta.core.stores import OutcomeRow
 
 __all__ = ["ClusterReputation", "assessor", "wire"]
 
@@ -108,9 +108,9 @@ class ClusterReputation(ReputationTracker):
 
     async def _outcomes(self, types: tuple[str, ...]) -> Sequence[OutcomeRow]:
         after = self._cursor
-        rows = await self.node.db.call(
+        rows: list[OutcomeRow] = await self.node.db.call(
             lambda c: shared.outcomes_after(c, after, BATCH, types))
-        return [OutcomeRow(*r) for r in rows]
+        return rows
 
     async def _last_seq(self) -> int:
         return int(await self.node.db.call(shared.last_seq))

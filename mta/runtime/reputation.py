@@ -50,7 +50,7 @@ from mta.policy.reputation import (Assessment, Rates, ReputationPolicy, RollingR
                                    transition)
 from mta.runtime.tenants import TenantService, policy_of, tenant_credential
 from mta.spool import Spool
-from mta.spool.ledger import OutcomeRow
+from mta.core.stores import OutcomeRow
 
 __all__ = ["ReputationTracker"]
 

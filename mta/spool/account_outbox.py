@@ -59,8 +59,8 @@ from pathlib import Path
 from typing import Any
 
 from mta.spool.apikeys import API_KEYS_SCHEMA
-from mta.spool.suppression_outbox import (connect, delete_outbox_through, state_cursor,
-                                          write_txn)
+from mta.spool.suppression_outbox import (apply_pulled, connect, delete_outbox_through,
+                                          state_cursor)
 from mta.spool.templates import TEMPLATES_SCHEMA
 from mta.spool.tenants import TENANTS_SCHEMA
 from mta.spool.webhook_endpoints import WEBHOOK_ENDPOINTS_SCHEMA
@@ -111,8 +111,8 @@ CREATE TABLE IF NOT EXISTS cluster_account_state (
 ) WITHOUT ROWID;
 """
 
+_OUTBOX, _STATE = "cluster_account_outbox", "cluster_account_state"
 _OUT = "INSERT INTO cluster_account_outbox (op, tbl, pk, row)"
-_LAST_OUT = "SELECT COALESCE(MAX(seq), 0) FROM cluster_account_outbox"
 _PENDING = "SELECT 1 FROM cluster_account_outbox WHERE tbl = ? AND pk = ? LIMIT 1"
 _SET = "INSERT OR REPLACE INTO cluster_account_state (name, value) VALUES (?, ?)"
 _GET = "SELECT value FROM cluster_account_state WHERE name = ?"
@@ -206,11 +206,11 @@ def read_batch(path: Path, limit: int) -> list[tuple[Any, ...]]:
 
 
 def delete_through(path: Path, seq: int) -> int:
-    return delete_outbox_through(path, "cluster_account_outbox", seq)
+    return delete_outbox_through(path, _OUTBOX, seq)
 
 
 def cursor(path: Path) -> int:
-    return state_cursor(path, "cluster_account_state")
+    return state_cursor(path, _STATE)
 
 
 def _pending(db: sqlite3.Connection, tbl: str, pk: str) -> bool:
@@ -273,20 +273,10 @@ def _put(db: sqlite3.Connection, tbl: str, pk: str, row: str | None, deleted: bo
     return n
 
 
-def _forget_echo(db: sqlite3.Connection, before: int, new_cursor: int | None) -> None:
-    db.execute("DELETE FROM cluster_account_outbox WHERE seq > ?", (before,))
-    if new_cursor is not None:
-        db.execute(_SET, ("cursor", str(new_cursor)))
-
-
 def apply_remote(path: Path, rows: Sequence[Sequence[Any]], new_cursor: int) -> int:
-    def run(db: sqlite3.Connection) -> int:
-        before = int(db.execute(_LAST_OUT).fetchone()[0])
-        changed = sum(_put(db, r[0], r[1], r[2], bool(r[3])) for r in rows)
-        _forget_echo(db, before, new_cursor)
-        return changed
-    with closing(connect(path)) as db:
-        return int(write_txn(db, run))
+    return apply_pulled(path, _OUTBOX, _STATE,
+                        lambda db: sum(_put(db, r[0], r[1], r[2], bool(r[3])) for r in rows),
+                        new_cursor)
 
 
 def _local_range(db: sqlite3.Connection, lo: tuple[str, str] | None,
@@ -314,8 +304,7 @@ def apply_sweep(path: Path, lo: tuple[str, str] | None, hi: tuple[str, str] | No
     """Rows are PostgreSQL's live rows with keys in (lo, hi], in key order;
     a local row in that range that is not among them (and has no change
     queued) is removed, one that differs is replaced."""
-    def run(db: sqlite3.Connection) -> int:
-        before = int(db.execute(_LAST_OUT).fetchone()[0])
+    def write(db: sqlite3.Connection) -> int:
         local = _local_range(db, lo, hi)
         changed = 0
         for r in rows:
@@ -325,7 +314,5 @@ def apply_sweep(path: Path, lo: tuple[str, str] | None, hi: tuple[str, str] | No
         for tbl, pk in local:
             if not _pending(db, tbl, pk):
                 changed += _delete(db, tbl, pk)
-        _forget_echo(db, before, new_cursor)
         return changed
-    with closing(connect(path)) as db:
-        return int(write_txn(db, run))
+    return apply_pulled(path, _OUTBOX, _STATE, write, new_cursor)

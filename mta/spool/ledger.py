@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiosqlite
 
 from mta.core.envelope import LedgerEvent
-from mta.core.stores import UNSET, EventView, Unset
+from mta.core.stores import UNSET, EventView, OutcomeRow, Unset
 from mta.spool import ledger_sql
 from mta.spool.ops import EVENTS, PRUNE, WEBHOOK, PruneOp, Submitter, Txn, WebhookUpdate
 from mta.spool.reads import ReadSide, Row, fetchall
@@ -195,16 +195,6 @@ class Ledger:
     async def webhook_states(self) -> list[dict[str, Any]]:
         """`webhook_state` of every stored name, by name."""
         return await self._read(_webhook_states)
-
-
-class OutcomeRow(NamedTuple):
-    seq: int
-    at: float
-    type: str
-    credential: str
-    reason: str | None
-    sender: str | None
-    test: bool
 
 
 async def _outcomes_after(conn: aiosqlite.Connection, sql: str, after: int,

@@ -43,7 +43,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -89,8 +89,8 @@ CREATE TRIGGER IF NOT EXISTS cluster_suppression_del AFTER DELETE ON suppression
 END;
 """
 
+_OUTBOX, _STATE = "cluster_suppression_outbox", "cluster_suppression_state"
 _PENDING = "SELECT 1 FROM cluster_suppression_outbox WHERE address = ? AND scope = ? LIMIT 1"
-_LAST_OUT = "SELECT COALESCE(MAX(seq), 0) FROM cluster_suppression_outbox"
 _SET = "INSERT OR REPLACE INTO cluster_suppression_state (name, value) VALUES (?, ?)"
 _GET = "SELECT value FROM cluster_suppression_state WHERE name = ?"
 
@@ -165,11 +165,11 @@ def state_cursor(path: Path, state: str) -> int:
 
 
 def delete_through(path: Path, seq: int) -> int:
-    return delete_outbox_through(path, "cluster_suppression_outbox", seq)
+    return delete_outbox_through(path, _OUTBOX, seq)
 
 
 def cursor(path: Path) -> int:
-    return state_cursor(path, "cluster_suppression_state")
+    return state_cursor(path, _STATE)
 
 
 def _pending(db: sqlite3.Connection, address: str, scope: str) -> bool:
@@ -189,20 +189,26 @@ def _put(db: sqlite3.Connection, row: Sequence[Any]) -> bool:
     return True
 
 
-def _forget_echo(db: sqlite3.Connection, before: int, new_cursor: int | None) -> None:
-    db.execute("DELETE FROM cluster_suppression_outbox WHERE seq > ?", (before,))
-    if new_cursor is not None:
-        db.execute(_SET, ("cursor", str(new_cursor)))
+def apply_pulled(path: Path, outbox: str, state: str,
+                 write: Callable[[sqlite3.Connection], int], new_cursor: int | None) -> int:
+    """`write(db)` (pulled rows into the local tables) in one transaction
+    that then forgets the outbox rows those writes made (no echo) and stores
+    the pull cursor (None: leave it); shared by account_outbox.py."""
+    def run(db: sqlite3.Connection) -> int:
+        before = int(db.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {outbox}").fetchone()[0])
+        n = int(write(db))
+        db.execute(f"DELETE FROM {outbox} WHERE seq > ?", (before,))
+        if new_cursor is not None:
+            db.execute(f"INSERT OR REPLACE INTO {state} (name, value) VALUES ('cursor', ?)",
+                       (str(new_cursor),))
+        return n
+    with closing(connect(path)) as db:
+        return int(write_txn(db, run))
 
 
 def apply_remote(path: Path, rows: Sequence[Sequence[Any]], new_cursor: int) -> int:
-    def run(db: sqlite3.Connection) -> int:
-        before = int(db.execute(_LAST_OUT).fetchone()[0])
-        added = sum(_put(db, r) for r in rows)
-        _forget_echo(db, before, new_cursor)
-        return added
-    with closing(connect(path)) as db:
-        return int(write_txn(db, run))
+    return apply_pulled(path, _OUTBOX, _STATE, lambda db: sum(_put(db, r) for r in rows),
+                        new_cursor)
 
 
 def apply_sweep(path: Path, lo: tuple[str, str] | None, hi: tuple[str, str] | None,
@@ -221,8 +227,7 @@ def apply_sweep(path: Path, lo: tuple[str, str] | None, hi: tuple[str, str] | No
     sql = (f"SELECT {SUPP_COLS} FROM suppressions"
            + (f" WHERE {' AND '.join(where)}" if where else ""))
 
-    def run(db: sqlite3.Connection) -> int:
-        before = int(db.execute(_LAST_OUT).fetchone()[0])
+    def write(db: sqlite3.Connection) -> int:
         local = {(r[0], r[1]): tuple(r) for r in db.execute(sql, params)}
         added = 0
         for r in rows:
@@ -232,7 +237,5 @@ def apply_sweep(path: Path, lo: tuple[str, str] | None, hi: tuple[str, str] | No
         for address, scope in local:
             if not _pending(db, address, scope):
                 db.execute(SQL_UNSUPPRESS, (address, scope))
-        _forget_echo(db, before, new_cursor)
         return added
-    with closing(connect(path)) as db:
-        return int(write_txn(db, run))
+    return apply_pulled(path, _OUTBOX, _STATE, write, new_cursor)

@@ -15,6 +15,7 @@ API
         await w.api(node, token, method, path, **kw) -> (status, json)
         await w.admin(node, method, path, **kw) -> (status, json)
         await w.smtp_send(node, sender, rcpts, body) -> reply or raises
+        await w.queued_everywhere() -> [queue id]   every node's spool
         await w.stop_node(name) / await w.start_node(name)
     until(cond, timeout)    re-exported from tests/support/accounts.py
 """
@@ -123,6 +124,15 @@ class ClusterWorld:
     def smtp_port(self, node: str) -> int:
         d = self.nodes[node]
         return int(d.cfg.listeners[0].address.rsplit(":", 1)[1])
+
+    async def queued_everywhere(self) -> list[str]:
+        """The ids of every message in every node's spool (test-key mail aside)."""
+        ids = []
+        for d in self.nodes.values():
+            assert d.spool is not None
+            views, _ = await d.spool.email_page(False, 100)
+            ids.extend(v.id for v in views)
+        return sorted(ids)
 
     async def smtp_send(self, node: str, sender: str, rcpts: list[str],
                         body: bytes) -> tuple[dict[str, Any], str]:
